@@ -1,0 +1,385 @@
+"""The embedded default dataset: a deterministic synthetic CT cohort written as real DICOM files.
+
+Each patient has `images_per_patient` 2D axial abdominal slices in Hounsfield units (HU): a body
+ellipse (soft tissue ~40 HU inside a subcutaneous fat ring ~-100 HU, air -1000 HU outside) with
+liver, spleen, spine, aorta, kidneys and bowel gas. Labels are patient-level: every slice of a
+`lesion` patient shows the same focal lesion (hypo- or hyperdense, soft-edged and round, of
+varying size and contrast, some subtle); `normal` patients show none. Both classes carry benign
+look-alikes (calcifications, tubular vessels, fluid-filled bowel loops) so that "any bright or dark
+spot" is not the answer, and the lesion is too small to move whole-image intensity histograms much.
+
+Patients come from three sites whose scanners differ in vendor, noise level, reconstruction
+sharpness and a small calibration offset, so `site`/`scanner` are meaningful subgroups. The label
+is independent of site, sex and age.
+
+The headers carry realistic but FAKE identifiers (names, MRNs, birth dates, accession numbers,
+institutions, physicians, device serials, free-text comments, a private tag, UIDs) so that
+de-identification can be tested end to end; `identifiers.json` lists them. Nothing here belongs to a
+real person.
+
+Layout of `out_dir`::
+
+    site-a/case-000/0.dcm ...   (folder names carry neither patient name nor id)
+    labels.csv                  (path relative to out_dir, label: normal | lesion)
+    identifiers.json            (the fake identifier strings, for leak tests)
+
+Same config, same bytes: every random draw comes from `numpy.random.default_rng` seeded by
+`cfg.seed` (per patient, so patient k does not change when more patients are asked for), UIDs are
+derived from the seed, and no clock is read.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from components.config import CohortConfig
+
+CLASS_NAMES: tuple[str, str] = ("normal", "lesion")  # index 1 is the finding
+RESCALE_INTERCEPT = -1024.0  # stored value = HU + 1024, so stored pixels are >= 0
+PRIVATE_CREATOR = "MEDGATE SYNTH"
+PRIVATE_GROUP = 0x0029
+
+
+@dataclass(frozen=True)
+class _Site:
+    folder: str
+    institution: str
+    address: str
+    manufacturer: str
+    model: str
+    station: str
+    kernel: str
+    noise_hu: float  # standard deviation of quantum noise after reconstruction
+    blur_px: float  # sigma of the reconstruction kernel's smoothing, in pixels at 64 px
+    offset_hu: float  # calibration offset of the scanner
+    fov_mm: float
+    weight: float  # share of patients
+
+
+SITES: tuple[_Site, ...] = (
+    _Site("site-a", "St. Aldric General Hospital", "12 Wharf Lane, Eastmoor", "SIEMENS",
+          "SOMATOM Definition AS", "CTA01ALDRIC", "B30f", 10.0, 0.45, 0.0, 360.0, 0.40),
+    _Site("site-b", "Northbridge University Medical Center", "400 Campus Road, Northbridge",
+          "GE MEDICAL SYSTEMS", "LightSpeed VCT", "NBCT02", "STANDARD", 16.0, 0.75, 8.0, 380.0, 0.35),
+    _Site("site-c", "Harbourview Community Clinic", "3 Quay Street, Harbourview", "Philips",
+          "Brilliance 64", "HVCT-1", "B", 22.0, 0.95, -6.0, 400.0, 0.25),
+)
+
+_FIRST = ("Avery", "Blake", "Casey", "Dana", "Ellis", "Finley", "Gray", "Harper", "Indigo", "Jordan",
+          "Kai", "Logan", "Morgan", "Noel", "Oakley", "Parker", "Quinn", "Reese", "Sage", "Tatum")
+_LAST = ("Abernathy", "Bramwell", "Castellan", "Dunmore", "Everhart", "Fairweather", "Galloway",
+         "Hollingsworth", "Ingleby", "Jessop", "Kilbride", "Lockhart", "Marchbanks", "Netherby",
+         "Ormsby", "Pemberton", "Quillfeather", "Rotherham", "Stanwick", "Thistlewood")
+_DOCTORS = ("Okonkwo^Adaeze^^Dr", "Lindqvist^Hugo^^Dr", "Ferreira^Marta^^Dr", "Nakamura^Ren^^Dr")
+
+
+def generate_cohort(out_dir: Path, cfg: CohortConfig) -> Path:
+    """Write the synthetic CT cohort described in the module docstring.
+
+    Args:
+        out_dir: folder to write into (created; existing files of the same names are overwritten).
+        cfg: number of patients, slices per patient, image size, positive fraction, seed.
+
+    Returns:
+        out_dir.
+
+    Raises:
+        ValueError: on a config that cannot make a cohort (no patients, image smaller than 32 px).
+    """
+    if cfg.patients < 1 or cfg.images_per_patient < 1:
+        raise ValueError("cohort needs at least one patient and one image per patient")
+    if cfg.image_size < 32:
+        raise ValueError(f"cohort image_size must be >= 32, got {cfg.image_size}")
+    if not 0.0 <= cfg.positive_fraction <= 1.0:
+        raise ValueError(f"cohort positive_fraction must be in [0, 1], got {cfg.positive_fraction}")
+    if cfg.patients > len(_FIRST) * len(_LAST):
+        raise ValueError(f"cohort supports at most {len(_FIRST) * len(_LAST)} patients")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = np.random.default_rng([cfg.seed, 0xC0])
+    n_pos = int(round(cfg.positive_fraction * cfg.patients))
+    labels = np.array([1] * n_pos + [0] * (cfg.patients - n_pos))
+    plan.shuffle(labels)
+    weights = np.array([s.weight for s in SITES])
+    site_idx = plan.choice(len(SITES), size=cfg.patients, p=weights / weights.sum())
+    names = plan.choice(len(_FIRST) * len(_LAST), size=cfg.patients, replace=False)
+    mrns = plan.choice(9_000_000, size=cfg.patients, replace=False) + 1_000_000
+    accessions = plan.choice(90_000_000, size=cfg.patients, replace=False) + 10_000_000
+
+    ids: dict[str, list[str]] = {k: [] for k in (
+        "patient_names", "patient_ids", "birth_dates", "accession_numbers", "institution_names",
+        "institution_addresses", "referring_physicians", "device_serials", "station_names",
+        "study_dates", "uids")}
+    rows: list[tuple[str, str]] = []
+    case_per_site = [0] * len(SITES)
+    for p in range(cfg.patients):
+        site = SITES[int(site_idx[p])]
+        rng = np.random.default_rng([cfg.seed, p])
+        first, last = _FIRST[int(names[p]) % len(_FIRST)], _LAST[int(names[p]) // len(_FIRST)]
+        person = _Person(
+            name=f"{last.upper()}^{first.upper()}",
+            display=f"{first} {last}",
+            mrn=f"MRN{int(mrns[p]):07d}",
+            accession=f"ACC{int(accessions[p]):08d}",
+            sex=str(rng.choice(["M", "F"])),
+            age=int(rng.integers(22, 88)),
+            study_date=_date(2019 + int(rng.integers(0, 5)), rng),
+            physician=_DOCTORS[int(rng.integers(len(_DOCTORS)))],
+            serial=f"SN{site.folder[-1].upper()}{4000 + int(site_idx[p]) * 1111:05d}",
+        )
+        person_birth = _date(int(person.study_date[:4]) - person.age, rng)
+        folder = Path(site.folder) / f"case-{case_per_site[int(site_idx[p])]:03d}"
+        case_per_site[int(site_idx[p])] += 1
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+
+        study_uid = generate_uid(entropy_srcs=[str(cfg.seed), "study", str(p)])
+        series_uid = generate_uid(entropy_srcs=[str(cfg.seed), "series", str(p)])
+        frame_uid = generate_uid(entropy_srcs=[str(cfg.seed), "frame", str(p)])
+        ids["uids"] += [study_uid, series_uid, frame_uid]
+        images = _patient_images(rng, cfg, site, lesion=bool(labels[p]))
+        spacing = site.fov_mm / cfg.image_size
+        thickness = float(rng.choice([2.5, 3.0, 5.0]))
+        for k, hu in enumerate(images):
+            sop_uid = generate_uid(entropy_srcs=[str(cfg.seed), "sop", str(p), str(k)])
+            ids["uids"].append(sop_uid)
+            ds = _ct_dataset(hu, site, person, person_birth, spacing, thickness, k,
+                             study_uid, series_uid, frame_uid, sop_uid)
+            rel = (folder / f"{k}.dcm").as_posix()
+            ds.save_as(out_dir / rel, enforce_file_format=True)
+            rows.append((rel, CLASS_NAMES[int(labels[p])]))
+
+        ids["patient_names"] += [person.name, person.display]
+        ids["patient_ids"].append(person.mrn)
+        ids["birth_dates"].append(person_birth)
+        ids["accession_numbers"].append(person.accession)
+        ids["referring_physicians"].append(person.physician)
+        ids["device_serials"].append(person.serial)
+        ids["study_dates"].append(person.study_date)
+        ids["institution_names"].append(site.institution)
+        ids["institution_addresses"].append(site.address)
+        ids["station_names"].append(site.station)
+
+    with open(out_dir / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["path", "label"])
+        writer.writerows(rows)
+    unique = {k: sorted(set(v)) for k, v in ids.items()}
+    (out_dir / "identifiers.json").write_text(json.dumps(unique, indent=1, sort_keys=True) + "\n")
+    return out_dir
+
+
+@dataclass(frozen=True)
+class _Person:
+    name: str
+    display: str
+    mrn: str
+    accession: str
+    sex: str
+    age: int
+    study_date: str
+    physician: str
+    serial: str
+
+
+def _date(year: int, rng: np.random.Generator) -> str:
+    return f"{year:04d}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}"
+
+
+def _ct_dataset(hu: np.ndarray, site: _Site, person: _Person, birth: str, spacing: float,
+                thickness: float, k: int, study_uid: str, series_uid: str, frame_uid: str,
+                sop_uid: str) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = person.study_date
+    ds.StudyTime = ds.SeriesTime = "101500"
+    ds.ContentTime = f"1015{k:02d}"
+    ds.AccessionNumber = person.accession
+    ds.Modality = "CT"
+    ds.Manufacturer = site.manufacturer
+    ds.InstitutionName = site.institution
+    ds.InstitutionAddress = site.address
+    ds.ReferringPhysicianName = person.physician
+    ds.StationName = site.station
+    ds.StudyDescription = "CT ABDOMEN WITH CONTRAST"
+    ds.SeriesDescription = "AXIAL 5MM"
+    ds.OperatorsName = "Tech^Sam"
+    ds.ManufacturerModelName = site.model
+    ds.PatientName = person.name
+    ds.PatientID = person.mrn
+    ds.PatientBirthDate = birth
+    ds.PatientSex = person.sex
+    ds.PatientAge = f"{person.age:03d}Y"
+    ds.BodyPartExamined = "ABDOMEN"
+    ds.SliceThickness = f"{thickness:g}"
+    ds.KVP = "120"
+    ds.DeviceSerialNumber = person.serial
+    ds.SoftwareVersions = "synthetic-1.0"
+    ds.ConvolutionKernel = site.kernel
+    ds.PatientPosition = "FFS"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = person.accession[-4:]
+    ds.SeriesNumber = 2
+    ds.InstanceNumber = k + 1
+    z = -100.0 - k * thickness
+    ds.ImagePositionPatient = [f"{-spacing * hu.shape[1] / 2:.3f}", f"{-spacing * hu.shape[0] / 2:.3f}",
+                               f"{z:.1f}"]
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ds.FrameOfReferenceUID = frame_uid
+    ds.SliceLocation = f"{z:.1f}"
+    ds.ImageComments = (f"Follow-up for {person.display} (MRN {person.mrn}), "
+                        f"accession {person.accession}, referred by {person.physician}.")
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = hu.shape
+    ds.PixelSpacing = [f"{spacing:.4f}", f"{spacing:.4f}"]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.BurnedInAnnotation = "NO"
+    ds.WindowCenter = "40"
+    ds.WindowWidth = "400"
+    ds.RescaleIntercept = f"{RESCALE_INTERCEPT:g}"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+    block.add_new(0x01, "LO", f"RIS ref {person.mrn}")
+    block.add_new(0x02, "LO", person.name)
+    stored = np.clip(np.rint(hu - RESCALE_INTERCEPT), 0, 4095).astype("<i2")
+    ds.PixelData = stored.tobytes()
+    return ds
+
+
+def _patient_images(rng: np.random.Generator, cfg: CohortConfig, site: _Site, lesion: bool) -> list[np.ndarray]:
+    """Slices of one patient in HU (float64), sharing anatomy and, when present, one lesion."""
+    n = cfg.image_size
+    s = n / 64.0  # geometry below is written for 64 px and scaled
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64) + 0.5
+    cx = n / 2 + rng.uniform(-2, 2) * s
+    cy = n / 2 + rng.uniform(-1.5, 1.5) * s
+    a0 = n * rng.uniform(0.38, 0.45)  # half-width of the body
+    b0 = n * rng.uniform(0.27, 0.33)  # half-height
+    fat = rng.uniform(0.10, 0.20)
+    contrast = rng.random() < 0.7  # contrast-enhanced (portal venous) phase
+    liver_hu = rng.uniform(52, 66) + (35 if contrast else 0)
+    kidney_hu = rng.uniform(140, 190) if contrast else rng.uniform(28, 36)
+    aorta_hu = rng.uniform(150, 220) if contrast else rng.uniform(38, 48)
+    tissue_hu = rng.uniform(30, 45)
+
+    # Lesion: position relative to the body, so it stays inside as slices change slightly.
+    if lesion:
+        in_liver = rng.random() < 0.6
+        subtle = rng.random() < 0.2
+        radius = s * (rng.uniform(2.5, 3.5) if subtle else rng.uniform(4.0, 7.0))
+        sign = -1.0 if rng.random() < 0.7 else 1.0
+        delta = sign * (rng.uniform(45, 70) if subtle else rng.uniform(100, 200))
+        if in_liver:
+            lu, lv = rng.uniform(-0.55, -0.2), rng.uniform(-0.45, 0.05)
+        else:
+            lu, lv = rng.uniform(-0.3, 0.55), rng.uniform(-0.55, 0.25)
+
+    # Benign look-alikes, independent of the label.
+    calcs = [(rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.5), rng.uniform(250, 600))
+             for _ in range(int(rng.integers(0, 3)))]
+    tubes = [(rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.3), rng.uniform(0, np.pi), rng.uniform(60, 130))
+             for _ in range(int(rng.integers(0, 3)))]
+    loops = [(rng.uniform(-0.1, 0.5), rng.uniform(-0.6, -0.1)) for _ in range(int(rng.integers(0, 3)))]
+
+    images = []
+    for k in range(cfg.images_per_patient):
+        zf = 1.0 + 0.03 * (k - (cfg.images_per_patient - 1) / 2) / max(cfg.images_per_patient, 1)
+        a, b = a0 * zf, b0 * zf
+        r = np.sqrt(((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2)
+        img = np.full((n, n), -1000.0)
+        body = _soft(1.0 - r, 0.6 / a)
+        inner = _soft((1.0 - fat) - r, 0.6 / a)
+        img += body * (-100.0 + 1000.0)  # air -> fat
+        texture = _blur(rng.standard_normal((n, n)), 3.0 * s) * 40.0
+        img += inner * (tissue_hu + 100.0 + texture)  # fat -> soft tissue with texture
+
+        def ell(u: float, v: float, ra: float, rb: float, edge: float = 0.7) -> np.ndarray:
+            d = np.sqrt(((xx - (cx + u * a)) / (ra * a)) ** 2 + ((yy - (cy + v * b)) / (rb * b)) ** 2)
+            return _soft(1.0 - d, edge / (min(ra * a, rb * b)))
+
+        def put(mask: np.ndarray, value: float) -> None:
+            img[:] = img * (1 - mask) + value * mask
+
+        put(ell(-0.38, -0.12, 0.42 + 0.04 * k / cfg.images_per_patient, 0.55) * inner, liver_hu)
+        put(ell(0.55, 0.05, 0.16, 0.28) * inner, liver_hu - 10)  # spleen
+        for side in (-1, 1):
+            put(ell(side * 0.3, 0.45, 0.11, 0.2), kidney_hu)
+        put(ell(0.0, 0.62, 0.13, 0.17), 650.0)  # vertebral body cortex
+        put(ell(0.0, 0.62, 0.095, 0.125), 230.0)  # cancellous bone
+        put(ell(0.0, 0.9, 0.03, 0.09), 500.0)  # spinous process
+        put(ell(-0.06, 0.33, 0.055, 0.075), aorta_hu)
+        put(ell(0.1, 0.3, 0.05, 0.06), aorta_hu * 0.8)  # inferior vena cava
+        for _ in range(int(rng.integers(0, 3))):  # bowel gas moves between slices
+            u, v = rng.uniform(-0.2, 0.5), rng.uniform(-0.75, -0.2)
+            put(ell(u, v, rng.uniform(0.04, 0.1), rng.uniform(0.04, 0.08), 0.5) * inner, -900.0)
+        for u, v, wall in [(u, v, 90.0) for u, v in loops]:  # fluid-filled bowel with enhancing wall
+            put(ell(u, v, 0.1, 0.08) * inner, wall if contrast else 45.0)
+            put(ell(u, v, 0.07, 0.055) * inner, 12.0)
+        for u, v, theta, dhu in tubes:  # vessel running in-plane: elongated, sharp
+            du, dv = (xx - (cx + u * a)), (yy - (cy + v * b))
+            along = du * np.cos(theta) + dv * np.sin(theta)
+            across = -du * np.sin(theta) + dv * np.cos(theta)
+            d = np.sqrt((along / (3.5 * s)) ** 2 + (across / (0.9 * s)) ** 2)
+            img += _soft(1.0 - d, 0.3) * inner * (dhu if contrast else dhu * 0.3)
+        for u, v, chu in calcs:  # punctate calcification: tiny and very dense
+            put(ell(u, v, 0.6 * s / a, 0.6 * s / b, 0.4) * inner, chu)
+        if lesion:
+            rk = radius * np.sqrt(max(0.45, 1.0 - (0.25 * (k - (cfg.images_per_patient - 1) / 2)) ** 2))
+            lx = cx + lu * a + rng.normal(0, 0.3) * s
+            ly = cy + lv * b + rng.normal(0, 0.3) * s
+            d = np.sqrt((xx - lx) ** 2 + (yy - ly) ** 2)
+            img += _soft(rk - d, 1.0 / 1.2) * inner * delta
+
+        img = _blur(img, site.blur_px * s) + site.offset_hu * body
+        noise = _blur(rng.standard_normal((n, n)), site.blur_px * s)
+        noise *= site.noise_hu / max(float(noise.std()), 1e-6)
+        img += noise * (0.4 + 0.6 * body)  # little noise in air, as after air masking in recon
+        images.append(np.clip(img, -1024.0, 3071.0))
+    return images
+
+
+def _soft(x: np.ndarray, width: float) -> np.ndarray:
+    """A smooth step from 0 (x < 0) to 1 (x > 0); `width` in the units of x."""
+    return 1.0 / (1.0 + np.exp(-np.clip(x / max(width, 1e-6), -40, 40)))
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur with reflected edges (numpy only, exact and deterministic)."""
+    if sigma <= 0:
+        return img
+    r = max(1, int(np.ceil(3 * sigma)))
+    t = np.arange(-r, r + 1, dtype=np.float64)
+    w = np.exp(-0.5 * (t / sigma) ** 2)
+    w /= w.sum()
+    out = img
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (r, r)
+        p = np.pad(out, pad, mode="reflect")
+        acc = np.zeros_like(out)
+        for i, wi in enumerate(w):
+            acc += wi * (p[i:i + out.shape[0], :] if axis == 0 else p[:, i:i + out.shape[1]])
+        out = acc
+    return out

@@ -1,0 +1,148 @@
+"""gate: the promotion decision, a pure function of metrics, the champion's metrics and the policy.
+
+The arithmetic (docs/gate.md has a worked example):
+- No thresholds configured: nothing is promoted.
+- Value thresholds: `lower <= value <= upper`, one check per bound.
+- Change thresholds against the production model (the champion): `gain = candidate - champion`
+  for metrics where higher is better, `champion - candidate` where lower is better; passes if
+  `gain >= absolute`, and `gain / |champion| >= relative` (skipped, not failed, when the
+  champion's value is 0).
+- No champion: value thresholds only, and the decision says so.
+- Subgroup floors: every computable subgroup's metric `>= floor`; subgroups where the metric is
+  not computable are listed as skipped.
+- A configured metric that was not computed (missing or NaN) fails.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal, Mapping
+
+from components.config import GatePolicy
+
+Verdict = Literal["pass", "fail", "skipped"]
+
+
+@dataclass(frozen=True)
+class Check:
+    kind: str  # value | change | subgroup | serving
+    metric: str
+    value: float | None
+    threshold: float | None
+    comparison: str
+    verdict: Verdict
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict != "fail"
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    checks: tuple[Check, ...]
+    reason: str
+    champion_version: int | None = None
+
+    def with_check(self, check: Check) -> GateDecision:
+        """The decision after one more check (e.g. serving parity, known only after packaging)."""
+        checks = (*self.checks, check)
+        if check.verdict != "fail":
+            return replace(self, checks=checks)
+        return replace(self, checks=checks, promote=False, reason=f"{self.reason}; failed {check.kind} check {check.metric}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "promote": self.promote,
+            "reason": self.reason,
+            "champion_version": self.champion_version,
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+
+def _number(metrics: Mapping[str, Any] | None, name: str) -> float | None:
+    value = (metrics or {}).get(name)
+    if value is None or not isinstance(value, (int, float)) or math.isnan(float(value)):
+        return None
+    return float(value)
+
+
+def _bound(kind: str, metric: str, value: float | None, threshold: float, comparison: str) -> Check:
+    if value is None:
+        return Check(kind, metric, None, threshold, comparison, "fail", "metric was not computed")
+    ok = value >= threshold if comparison == ">=" else value <= threshold
+    return Check(kind, metric, value, threshold, comparison, "pass" if ok else "fail")
+
+
+def decide_promotion(
+    metrics: Mapping[str, Any],
+    champion_metrics: Mapping[str, Any] | None,
+    policy: GatePolicy,
+    champion_version: int | None = None,
+) -> GateDecision:
+    """Every check of `policy` on the candidate's `metrics` (with `subgroups` as written by evaluate).
+
+    Args:
+        metrics: the candidate's test metrics.
+        champion_metrics: the production model's metrics on the same test data, or None.
+        policy: value bounds, change thresholds and subgroup floors.
+        champion_version: recorded in the decision for traceability.
+    """
+    if not (policy.values or policy.changes or policy.subgroup_floors):
+        return GateDecision(False, (), "no thresholds configured: nothing is promoted", champion_version)
+    checks: list[Check] = []
+    for metric, bound in sorted(policy.values.items()):
+        value = _number(metrics, metric)
+        if bound.lower is not None:
+            checks.append(_bound("value", metric, value, bound.lower, ">="))
+        if bound.upper is not None:
+            checks.append(_bound("value", metric, value, bound.upper, "<="))
+
+    if champion_metrics is not None:
+        for metric, change in sorted(policy.changes.items()):
+            checks.extend(_change_checks(metric, change, _number(metrics, metric), _number(champion_metrics, metric)))
+
+    for metric, floor in sorted(policy.subgroup_floors.items()):
+        for column, groups in sorted((metrics.get("subgroups") or {}).items()):
+            for group, values in sorted(groups.items()):
+                name = f"{metric}[{column}={group}]"
+                if not values.get("computable", False):
+                    checks.append(Check("subgroup", name, None, floor, ">=", "skipped", values.get("reason", "not computable")))
+                else:
+                    checks.append(_bound("subgroup", name, _number(values, metric), floor, ">="))
+
+    failed = [c for c in checks if c.verdict == "fail"]
+    decided = [c for c in checks if c.verdict != "skipped"]
+    prefix = "" if champion_metrics is not None else "no champion: value thresholds only; "
+    if failed:
+        reason = prefix + "refused: " + ", ".join(f"{c.metric} {c.comparison} {c.threshold}" for c in failed)
+    elif not decided:
+        reason = prefix + "refused: no check could be evaluated"
+    else:
+        reason = prefix + f"all {len(decided)} checks passed"
+    return GateDecision(bool(decided) and not failed, tuple(checks), reason, champion_version)
+
+
+def _change_checks(metric: str, change, candidate: float | None, champion: float | None) -> list[Check]:
+    """The absolute and relative checks of one metric against the champion."""
+    sign = 1.0 if change.direction == "higher" else -1.0
+    checks = []
+    for kind, threshold in (("absolute", change.absolute), ("relative", change.relative)):
+        if threshold is None:
+            continue
+        comparison = f"gain {'' if kind == 'absolute' else '/ |champion| '}>="
+        if candidate is None or champion is None:
+            who = "candidate" if candidate is None else "champion"
+            checks.append(Check("change", metric, None, threshold, comparison, "fail", f"{who} value was not computed"))
+            continue
+        gain = sign * (candidate - champion)
+        detail = f"candidate {candidate:.4f}, champion {champion:.4f}"
+        if kind == "relative":
+            if champion == 0:
+                checks.append(Check("change", metric, None, threshold, comparison, "skipped", "champion value is 0: relative change undefined"))
+                continue
+            gain = gain / abs(champion)
+        checks.append(Check("change", metric, gain, threshold, comparison, "pass" if gain >= threshold else "fail", detail))
+    return checks

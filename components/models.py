@@ -1,0 +1,179 @@
+"""Network families, all from MONAI, built by one function from params and the data's shape."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.networks.nets import DenseNet, EfficientNet, ResNet
+from torch import nn
+
+from components.config import ModelConfig
+from components.transforms import Preprocessing
+
+FAMILIES_2D = ("resnet", "densenet", "efficientnet")
+FAMILIES_3D = ("resnet3d", "cnn_rnn")
+# EfficientNet-B0's stages (MONAI's own string for B0), built for the data's image size instead of 224.
+_EFFICIENTNET_B0 = [
+    "r1_k3_s11_e1_i32_o16_se0.25",
+    "r2_k3_s22_e6_i16_o24_se0.25",
+    "r2_k5_s22_e6_i24_o40_se0.25",
+    "r3_k3_s22_e6_i40_o80_se0.25",
+    "r3_k5_s11_e6_i80_o112_se0.25",
+    "r4_k5_s22_e6_i112_o192_se0.25",
+    "r1_k3_s11_e6_i192_o320_se0.25",
+]
+
+
+def resolve_family(cfg: ModelConfig, input_shape: tuple[int, ...]) -> str:
+    """The family to build: the configured one, or for `auto` a ResNet matching the data's dimensions."""
+    spatial_dims = len(input_shape) - 1
+    family = cfg.family
+    if family == "auto":
+        family = "resnet" if spatial_dims == 2 else "resnet3d"
+    if spatial_dims == 2 and family not in FAMILIES_2D:
+        raise ValueError(f"model family {family!r} needs 3D input; the data is 2D (input {input_shape})")
+    if spatial_dims == 3 and family not in FAMILIES_3D:
+        raise ValueError(f"model family {family!r} needs 2D input; the data is 3D (input {input_shape})")
+    return family
+
+
+def _small_resnet(spatial_dims: int, in_channels: int, num_classes: int, width: int, size: int) -> ResNet:
+    """A ResNet-10-style network for small images: 3x3 stem, no max-pool below 64 px (MedMNIST style)."""
+    return ResNet(
+        block="basic",
+        layers=[1, 1, 1, 1],
+        block_inplanes=[width, 2 * width, 4 * width, 8 * width],
+        spatial_dims=spatial_dims,
+        n_input_channels=in_channels,
+        conv1_t_size=3,
+        conv1_t_stride=1 if size <= 64 else 2,
+        no_max_pool=size <= 64,
+        num_classes=num_classes,
+    )
+
+
+class SliceRNN(nn.Module):
+    """A 2D CNN encoder applied to every slice (or frame), then a GRU over the sequence.
+
+    Input (B, C, D, H, W): D is the slice or frame axis.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int, hidden: int, size: int, dropout: float):
+        super().__init__()
+        self.encoder = _small_resnet(2, in_channels, 8 * width, width, size)
+        self.rnn = nn.GRU(8 * width, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, d, h, w = x.shape
+        feats = self.encoder(x.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)).reshape(b, d, -1)
+        out, _ = self.rnn(torch.relu(feats))
+        return self.head(out.mean(dim=1))
+
+
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The network for inputs of `input_shape` = (C, *spatial), returning `num_classes` logits."""
+    family = resolve_family(cfg, input_shape)
+    in_channels, spatial = input_shape[0], input_shape[1:]
+    size = max(spatial)
+    if family == "resnet":
+        return _small_resnet(2, in_channels, num_classes, cfg.width, size)
+    if family == "resnet3d":
+        return _small_resnet(3, in_channels, num_classes, cfg.width, size)
+    if family == "densenet":
+        return DenseNet(
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=num_classes,
+            init_features=cfg.width,
+            growth_rate=max(cfg.width // 2, 8),
+            block_config=(4, 8, 6),
+            dropout_prob=cfg.dropout,
+        )
+    if family == "efficientnet":
+        # Randomly initialised: pretrained weights would be downloaded, and medgate never fetches at run time.
+        return EfficientNet(
+            blocks_args_str=_EFFICIENTNET_B0,
+            spatial_dims=2,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            dropout_rate=cfg.dropout,
+            image_size=size,
+        )
+    return SliceRNN(in_channels, num_classes, cfg.width, cfg.rnn_hidden, size, cfg.dropout)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a trained network and feed it: stored beside the weights.
+
+    `class_names` is the only source of label order; for two classes, `class_names[1]` is the
+    positive class that `operating_threshold` applies to.
+    """
+
+    model: ModelConfig
+    input_shape: tuple[int, ...]
+    class_names: tuple[str, ...]
+    preprocessing: Preprocessing
+    operating_threshold: float = 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.model_dump(),
+            "family": resolve_family(self.model, self.input_shape),
+            "input_shape": list(self.input_shape),
+            "class_names": list(self.class_names),
+            "preprocessing": self.preprocessing.to_dict(),
+            "operating_threshold": self.operating_threshold,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ModelSpec:
+        return cls(
+            model=ModelConfig.model_validate(raw["model"]),
+            input_shape=tuple(int(s) for s in raw["input_shape"]),
+            class_names=tuple(raw["class_names"]),
+            preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
+            operating_threshold=float(raw.get("operating_threshold", 0.5)),
+        )
+
+
+WEIGHTS_FILE = "model.pt"
+SPEC_FILE = "model.json"
+
+
+def save_model(model: nn.Module, spec: ModelSpec, out_dir: Path) -> Path:
+    """Write weights (a plain state dict) and spec into `out_dir`; returns the weights path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / WEIGHTS_FILE
+    torch.save(model.state_dict(), weights)
+    (out_dir / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2))
+    return weights
+
+
+def load_model(model_dir: Path, expected_sha256: str | None = None) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the network saved by `save_model`, in eval mode.
+
+    Raises ValueError if `expected_sha256` is given and the weights file does not match it.
+    Weights load with `weights_only=True`: no arbitrary pickle is ever executed.
+    """
+    weights = model_dir / WEIGHTS_FILE
+    if expected_sha256 is not None and (actual := file_sha256(weights)) != expected_sha256:
+        raise ValueError(f"{weights}: sha256 {actual} does not match the registered {expected_sha256}")
+    spec = ModelSpec.from_dict(json.loads((model_dir / SPEC_FILE).read_text()))
+    model = build_model(spec.model, spec.input_shape, len(spec.class_names))
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.eval(), spec
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

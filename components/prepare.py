@@ -1,0 +1,146 @@
+"""prepare: patient-level splits and the preprocessed arrays the network trains on.
+
+Reads the ingest manifest and its pixel files, writes under `out_dir`:
+`{train,val,test}.npz` (images float32 (N, C, *spatial) in [0, 1], labels int64),
+`{train,val,test}.csv` (one row per image: id, patient, label and subgroup columns),
+and `dataset.json` (class names, input shape, preprocessing, counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.artifacts import SPLITS, SUBGROUP_COLUMNS, PreparedDataset
+from components.config import PrepareConfig, load_params
+from components.transforms import Preprocessing, preprocess
+
+DATASET_FILE = "dataset.json"
+
+
+def sort_class_names(labels: pd.Series) -> tuple[str, ...]:
+    """Class names in a stable order: numerically when all are integers (MedMNIST), else alphabetically."""
+    names = {str(v) for v in labels.dropna().unique()}
+    if names and all(n.lstrip("-").isdigit() for n in names):
+        return tuple(sorted(names, key=int))
+    return tuple(sorted(names))
+
+
+def split_patients(manifest: pd.DataFrame, cfg: PrepareConfig) -> pd.Series:
+    """Each row's split. Fixed splits in the manifest are kept; otherwise patients are assigned
+    to train/val/test, stratified by their label, so no patient spans two splits."""
+    given = manifest["split"]
+    if given.notna().all():
+        return given.astype(str)
+    rng = np.random.default_rng(cfg.seed)
+    patient_label = manifest.groupby("patient_id")["label"].agg(lambda s: s.mode().iloc[0])
+    assignment: dict[str, str] = {}
+    for _, patients in sorted(patient_label.groupby(patient_label), key=lambda kv: str(kv[0])):
+        ids = np.array(sorted(patients.index))
+        rng.shuffle(ids)
+        n_test = int(round(len(ids) * cfg.test_fraction))
+        n_val = int(round(len(ids) * cfg.val_fraction))
+        for i, pid in enumerate(ids):
+            assignment[pid] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return manifest["patient_id"].map(assignment)
+
+
+def choose_preprocessing(manifest: pd.DataFrame, train: pd.DataFrame, cfg: PrepareConfig) -> Preprocessing:
+    """Spatial size and intensity window from the data and params.
+
+    CT (modality column says CT) uses the configured window in Hounsfield units; 8-bit images
+    map 0-255; anything else maps the training split's observed range.
+    """
+    ndims = manifest["ndim"].unique()
+    channels = manifest["channels"].unique()
+    if len(ndims) != 1 or len(channels) != 1:
+        raise ValueError(
+            f"mixed image kinds in one dataset: ndim {sorted(ndims)}, channels {sorted(channels)}; "
+            "split the source into one dataset per kind"
+        )
+    size = cfg.image_size or min(int(max(manifest["height"].max(), manifest["width"].max())), cfg.max_size)
+    if int(ndims[0]) == 3:
+        spatial: tuple[int, ...] = (min(int(manifest["depth"].max()), size), size, size)
+    else:
+        spatial = (size, size)
+    modality = manifest["modality"] if "modality" in manifest else pd.Series(dtype=str)
+    if (modality == "CT").all() and len(modality):
+        lower = cfg.window_level - cfg.window_width / 2
+        upper = cfg.window_level + cfg.window_width / 2
+    elif (manifest["dtype"] == "uint8").all():
+        lower, upper = 0.0, 255.0
+    else:
+        lower, upper = float(train["intensity_min"].min()), float(train["intensity_max"].max())
+        if upper <= lower:
+            upper = lower + 1.0
+    return Preprocessing(spatial_size=spatial, channels=int(channels[0]), lower=lower, upper=upper)
+
+
+def prepare_dataset(manifest_path: Path, cfg: PrepareConfig, out_dir: Path) -> PreparedDataset:
+    """Split by patient, preprocess every image once, and write the arrays per split."""
+    manifest = pd.read_parquet(manifest_path)
+    root = manifest_path.parent
+    class_names = sort_class_names(manifest["label"])
+    manifest = manifest.assign(split=split_patients(manifest, cfg))
+    missing = set(SPLITS) - set(manifest["split"])
+    if missing:
+        raise ValueError(f"{manifest_path}: no images in split(s) {sorted(missing)}; the dataset is too small")
+    spec = choose_preprocessing(manifest, manifest[manifest["split"] == "train"], cfg)
+    label_index = {name: i for i, name in enumerate(class_names)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keep = ["image_id", "patient_id", "label", "path", *[c for c in SUBGROUP_COLUMNS if c in manifest]]
+    counts: dict[str, int] = {}
+    for split in SPLITS:
+        rows = manifest[manifest["split"] == split].sort_values("image_id")
+        images = np.zeros((len(rows), *spec.input_shape), dtype=np.float32)
+        for i, rel in enumerate(rows["path"]):
+            images[i] = preprocess(np.load(root / rel, allow_pickle=False), spec)
+        labels = rows["label"].map(label_index).to_numpy(dtype=np.int64)
+        np.savez(out_dir / f"{split}.npz", images=images, labels=labels)
+        rows[keep].to_csv(out_dir / f"{split}.csv", index=False)
+        counts[split] = len(rows)
+    (out_dir / DATASET_FILE).write_text(
+        json.dumps(
+            {
+                "class_names": list(class_names),
+                "input_shape": list(spec.input_shape),
+                "preprocessing": spec.to_dict(),
+                "counts": counts,
+                "class_counts": {
+                    s: manifest[manifest["split"] == s]["label"].value_counts().to_dict() for s in SPLITS
+                },
+            },
+            indent=2,
+        )
+    )
+    return PreparedDataset(out_dir=out_dir, class_names=class_names, input_shape=spec.input_shape, counts=counts)
+
+
+def load_split(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Images, integer labels and per-image rows of one prepared split."""
+    with np.load(data_dir / f"{split}.npz", allow_pickle=False) as arrays:
+        images, labels = arrays["images"], arrays["labels"]
+    rows = pd.read_csv(data_dir / f"{split}.csv", dtype=str, keep_default_na=False)
+    return images, labels, rows
+
+
+def read_dataset_info(data_dir: Path) -> dict:
+    return json.loads((data_dir / DATASET_FILE).read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    result = prepare_dataset(args.manifest, load_params(args.params).prepare, args.out)
+    print(f"prepare: {result.counts} images, classes {list(result.class_names)}, input {result.input_shape}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The workspace: a folder with params.yaml and dvc.yaml that DVC manages (no git needed).
+
+Generated data lives under `data/` (DVC outputs), run records under `runs/`, the default
+SQLite registry and the de-identification salt under `.medgate/`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+class WorkspaceError(RuntimeError):
+    pass
+
+
+class StageError(RuntimeError):
+    """A DVC stage failed; the message names the stage and ends with its last output lines."""
+
+
+@dataclass(frozen=True)
+class StageRun:
+    stage: str
+    seconds: float
+    reused: bool
+
+
+def tool_env() -> dict[str, str]:
+    """Environment for DVC and its stage commands: this interpreter's tools first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def _dvc(workspace: Path, *args: str, echo: bool = False) -> tuple[int, list[str]]:
+    """Run `dvc ARGS` in the workspace; returns the exit code and the last output lines."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=workspace,
+        env=tool_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    tail: deque[str] = deque(maxlen=40)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        tail.append(line.rstrip())
+        if echo:
+            print(line, end="", flush=True)
+    return proc.wait(), list(tail)
+
+
+def ensure_workspace(workspace: Path) -> None:
+    """Check the workspace holds params.yaml and dvc.yaml; make it a DVC project if it is not one."""
+    for name in ("params.yaml", "dvc.yaml"):
+        if not (workspace / name).is_file():
+            raise WorkspaceError(
+                f"{workspace}: no {name}; run medgate from the project root or set MEDGATE_WORKSPACE to a workspace"
+            )
+    if not (workspace / ".dvc").is_dir():
+        for args in (("init", "--no-scm", "-q"), ("config", "core.analytics", "false")):
+            code, tail = _dvc(workspace, *args)
+            if code:
+                raise WorkspaceError(f"{workspace}: dvc {' '.join(args)} failed: {' | '.join(tail)}")
+
+
+def track_dataset(workspace: Path, rel_path: str) -> str:
+    """`dvc add` a folder and return its DVC hash: the dataset's version."""
+    code, tail = _dvc(workspace, "add", "-q", rel_path)
+    if code:
+        raise StageError(f"dvc add {rel_path} failed: {' | '.join(tail)}")
+    meta = yaml.safe_load((workspace / f"{rel_path}.dvc").read_text())
+    return str(meta["outs"][0]["md5"]).removesuffix(".dir")
+
+
+def reproduce_stage(workspace: Path, stage: str) -> StageRun:
+    """`dvc repro` one stage (its upstream stages already reproduced); reused when DVC skipped it."""
+    started = time.monotonic()
+    code, tail = _dvc(workspace, "repro", "--single-item", stage, echo=True)
+    if code:
+        raise StageError(f"stage {stage} failed (dvc repro exit {code}):\n" + "\n".join(tail[-15:]))
+    reused = any("didn't change, skipping" in line for line in tail)
+    return StageRun(stage, time.monotonic() - started, reused)
+
+
+def dvc_lock_hash(workspace: Path) -> str | None:
+    """The content hash of dvc.lock: which inputs, params and outputs this run's stages had."""
+    import hashlib
+
+    lock = workspace / "dvc.lock"
+    return hashlib.sha256(lock.read_bytes()).hexdigest()[:16] if lock.exists() else None

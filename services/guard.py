@@ -1,0 +1,154 @@
+"""ASGI middleware in front of the model service: refuses bad uploads before BentoML parses them.
+
+BentoML 1.4 reads a whole multipart body into memory and temporary files before the API code runs,
+and fetches a URL given in place of a file. This middleware answers, with a JSON `{"error": ...}`:
+- 415 when an upload route is not sent `multipart/form-data`,
+- 413 when the body is over `max_bytes` (by Content-Length, and by counting a streamed body),
+- 400 for an empty or malformed body, a missing file field, or a field that is not a file.
+It also turns BentoML 1.4.39's 4xx body `[{"error": ...}]` into `{"error": ...}` (bentoml/BentoML#4232)
+and lets `GET /metadata` reach the POST-only API route.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders, UploadFile
+from starlette.requests import Request
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class UploadGuard:
+    """Checks requests to the upload routes; `file_fields` maps each route to its file form field."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, file_fields: dict[str, str], get_routes: tuple[str, ...] = ()):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.file_fields = file_fields
+        self.get_routes = get_routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if scope["method"] == "GET" and path in self.get_routes:
+            scope = {**scope, "method": "POST"}
+        send = _unwrap_error_body(send)
+        field = self.file_fields.get(path)
+        if field is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+
+        headers = Headers(scope=scope)
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "multipart/form-data":
+            await _reject(send, 415, f"send the image as multipart/form-data with the file in field {field!r}")
+            return
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _reject(send, 413, f"request body of {declared} bytes is over the limit of {self.max_bytes}")
+            return
+
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                await _reject(send, 413, f"request body is over the limit of {self.max_bytes} bytes")
+                return
+        if not body:
+            await _reject(send, 400, f"empty request body: send the image file in form field {field!r}")
+            return
+
+        problem = await _check_form(scope, bytes(body), field)
+        if problem:
+            await _reject(send, 400, problem)
+            return
+        await self.app(scope, _replay(bytes(body)), send)
+
+
+async def _check_form(scope: Scope, body: bytes, field: str) -> str | None:
+    request = Request(scope, _replay(body))
+    try:
+        form = await request.form()
+    except Exception:  # starlette raises several types for a broken multipart body
+        return "malformed multipart/form-data body"
+    try:
+        values = form.getlist(field)
+        if not values:
+            present = sorted(set(form.keys()))
+            return f"missing form field {field!r} (got {present or 'no fields'})"
+        if not all(isinstance(v, UploadFile) for v in values):
+            return f"form field {field!r} must be a file upload, not text"
+    finally:
+        await form.close()
+    return None
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+async def _reject(send: Send, status: int, message: str) -> None:
+    payload = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _unwrap_error_body(send: Send) -> Send:
+    """Rewrites a 4xx JSON body `[{"error": ...}]` (BentoML 1.4.39) to `{"error": ...}`."""
+    start: Message | None = None
+    chunks: list[bytes] = []
+
+    async def wrapped(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+            start = message
+            return
+        if start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = b"".join(chunks)
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list) and len(parsed) == 1 and isinstance(parsed[0], dict):
+            body = json.dumps(parsed[0]).encode()
+            headers = MutableHeaders(raw=list(start.get("headers", [])))
+            headers["content-length"] = str(len(body))
+            start = {**start, "headers": headers.raw}
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped

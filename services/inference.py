@@ -1,0 +1,143 @@
+"""Pure request handling for the model service: upload checks, decoding, batching, post-processing.
+
+Nothing here imports BentoML, so each step is testable on its own. Problems with a request raise
+`InputProblem`, whose `status` is the HTTP status the service answers with (always 4xx).
+Messages name the problem and never contain pixel data or DICOM header values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.ingest import ImageDecodeError, decode_image
+from components.transforms import Preprocessing, PreprocessError, preprocess
+
+# Magic numbers of the 2D-only formats: a 3D model cannot take them, whatever their array shape.
+_FLAT_IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+_MAX_MESSAGE = 300
+
+
+class InputProblem(ValueError):
+    """A request the service refuses; `status` is the 4xx HTTP status to answer with."""
+
+    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the service needs to know about the model it serves, read from the model's metadata.
+
+    `class_names` is the label order of the network's outputs; for two classes, `class_names[1]`
+    is the positive class that `operating_threshold` applies to.
+    """
+
+    model_tag: str
+    class_names: tuple[str, ...]
+    preprocessing: Preprocessing
+    operating_threshold: float
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.preprocessing.spatial_size)
+
+
+def read_upload(path: Path, max_bytes: int, name: str = "image") -> bytes:
+    """The bytes of one uploaded file, refusing empty and oversized ones."""
+    size = path.stat().st_size
+    if size == 0:
+        raise InputProblem(f"{name}: the upload is empty")
+    if size > max_bytes:
+        raise InputProblem(
+            f"{name}: the upload is {size} bytes, over the limit of {max_bytes}",
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        )
+    return path.read_bytes()
+
+
+def decode_upload(data: bytes, card: ModelCard, name: str = "image") -> np.ndarray:
+    """Upload bytes (PNG, JPEG, DICOM or .npy) → the stored array form, checked against the model's dimensions.
+
+    DICOM is decoded to Hounsfield units and de-identified in memory by `components.ingest`; no header
+    value reaches a message or a log here.
+    """
+    if card.spatial_dims == 3:
+        for magic, kind in _FLAT_IMAGE_MAGIC.items():
+            if data.startswith(magic):
+                raise InputProblem(
+                    f"{name}: a {kind} is a 2D image; this model takes 3D volumes (D, H, W)",
+                    HTTPStatus.UNPROCESSABLE_ENTITY,
+                )
+    try:
+        image = decode_image(data)
+    except ImageDecodeError as exc:
+        raise InputProblem(f"{name}: could not decode the upload: {_clip(str(exc))}") from None
+    except (ValueError, OSError, EOFError):
+        # Other decoder errors may quote file contents (e.g. a DICOM element): answer without them.
+        raise InputProblem(f"{name}: could not decode the upload as PNG, JPEG, DICOM or .npy") from None
+    return np.asarray(image)
+
+
+def prepare_inputs(images: Sequence[np.ndarray], card: ModelCard, names: Sequence[str]) -> np.ndarray:
+    """Decoded images → the network's float32 batch (N, C, *spatial), by the training preprocessing."""
+    batch = []
+    for image, name in zip(images, names, strict=True):
+        if image.dtype.kind not in "biuf":
+            raise InputProblem(
+                f"{name}: pixel type {image.dtype} is not numeric", HTTPStatus.UNPROCESSABLE_ENTITY
+            )
+        try:
+            batch.append(preprocess(image, card.preprocessing))
+        except PreprocessError as exc:
+            raise InputProblem(f"{name}: {exc}", HTTPStatus.UNPROCESSABLE_ENTITY) from None
+    return np.stack(batch)
+
+
+def check_network_input(batch: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """A preprocessed batch as float32 (N, *input_shape), or InputProblem naming what is wrong."""
+    arr = np.asarray(batch)
+    if arr.ndim != len(input_shape) + 1 or tuple(arr.shape[1:]) != tuple(input_shape):
+        raise InputProblem(
+            f"expected a batch of shape (N, {', '.join(map(str, input_shape))}), got {tuple(arr.shape)}",
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+        )
+    if arr.dtype.kind not in "biuf":
+        raise InputProblem(f"expected numeric input, got {arr.dtype}", HTTPStatus.UNPROCESSABLE_ENTITY)
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise InputProblem("input has non-finite values (NaN or inf)", HTTPStatus.UNPROCESSABLE_ENTITY)
+    return arr
+
+
+def to_prediction(probabilities: np.ndarray, card: ModelCard) -> dict[str, Any]:
+    """One row of class probabilities → the service's answer.
+
+    `label` is the most probable class. `decision` applies the operating point chosen at evaluation:
+    for two classes it is `class_names[1]` (positive) when p(class_names[1]) >= operating_threshold,
+    else `class_names[0]`; for more classes it equals `label`.
+    """
+    probs = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    if probs.shape[0] != len(card.class_names):
+        raise ValueError(f"{probs.shape[0]} probabilities for {len(card.class_names)} classes")
+    label = card.class_names[int(np.argmax(probs))]
+    if len(card.class_names) == 2:
+        decision = card.class_names[1] if probs[1] >= card.operating_threshold else card.class_names[0]
+    else:
+        decision = label
+    return {
+        "label": label,
+        "probabilities": {name: float(p) for name, p in zip(card.class_names, probs, strict=True)},
+        "decision": decision,
+        "model_version": card.model_tag,
+    }
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."

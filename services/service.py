@@ -1,0 +1,215 @@
+"""The medgate model service: one exact model version, the training preprocessing, adaptive batching.
+
+Endpoints (POST; `/metadata` also answers GET):
+- `/predict`: multipart field `image` (PNG, JPEG, DICOM or .npy) →
+  `{"label", "probabilities": {class: p}, "decision", "model_version"}`.
+- `/predict_batch`: multipart field `images` (one or more files) → a list of the same, in upload order.
+- `/metadata`: model tag, name and version, dataset version, class names, preprocessing, gate checks.
+- `/classify`: the network on an already preprocessed float32 batch (N, C, *spatial) → probabilities
+  (N, K). It is adaptively batched; `/predict` and `/predict_batch` call it through BentoML's
+  in-process client, so concurrent requests share forward passes.
+
+Bad requests are answered 4xx with `{"error": "..."}`: 400 undecodable or missing upload, 413 over
+the upload limit, 415 not multipart, 422 an image this model cannot take (dimensions, channels, a 2D
+image to a 3D model). Messages name the problem, never a DICOM header value or a file name.
+
+The model is pinned by `services/model_ref.json`, written into the Bento by
+`components.package.build_bento`; where that file is absent (in-process tests, development) the
+environment variable MEDGATE_MODEL_TAG names it. Either way it must be an exact "name:version".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from http import HTTPStatus
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import bentoml
+import numpy as np
+import torch
+from bentoml.exceptions import BadInput, BentoMLException, UnprocessableEntity
+from bentoml.validators import DType, Shape
+
+from components.models import SPEC_FILE, WEIGHTS_FILE, file_sha256, load_model
+from components.package import MODEL_REF_FILE, ServingSettings, exact_model_tag
+from services.guard import UploadGuard
+from services.inference import (
+    InputProblem,
+    ModelCard,
+    decode_upload,
+    prepare_inputs,
+    read_upload,
+    to_prediction,
+)
+
+MODEL_TAG_ENV = "MEDGATE_MODEL_TAG"
+logger = logging.getLogger("medgate.service")
+
+
+def resolve_settings() -> ServingSettings:
+    """The pinned model and serving settings: `model_ref.json` beside this file, else MEDGATE_MODEL_TAG.
+
+    Reads only the local BentoML model store (for the input shape, in the environment case); never
+    downloads.
+    """
+    ref = Path(__file__).with_name(MODEL_REF_FILE)
+    env_tag = os.environ.get(MODEL_TAG_ENV)
+    if ref.is_file():
+        settings = ServingSettings.read(ref)
+        if env_tag and env_tag != settings.model_tag:
+            logger.warning("%s=%s ignored: this Bento is pinned to %s", MODEL_TAG_ENV, env_tag, settings.model_tag)
+        return settings
+    if not env_tag:
+        raise RuntimeError(f"no model pinned: {ref} is absent and {MODEL_TAG_ENV} is not set")
+    stored = bentoml.models.get(exact_model_tag(env_tag))
+    return ServingSettings(model_tag=env_tag, input_shape=tuple(int(s) for s in stored.info.metadata["input_shape"]))
+
+
+SETTINGS = resolve_settings()
+# Checked per request, before adaptive batching merges requests: a bad one cannot spoil a shared batch.
+NetworkBatch = Annotated[np.ndarray, Shape((-1, *SETTINGS.input_shape)), DType("float32")]
+_ERRORS = {HTTPStatus.BAD_REQUEST: BadInput, HTTPStatus.UNPROCESSABLE_ENTITY: UnprocessableEntity}
+
+
+@bentoml.service(name="medgate_classifier", workers=1, traffic={"timeout": 60})
+class Classifier:
+    """Classifies medical images with one exact model version from the BentoML model store."""
+
+    bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
+
+    def __init__(self) -> None:
+        stored = self.bento_model
+        metadata = dict(stored.info.metadata)
+        model_dir = Path(stored.path)
+        self.network, spec = _load_verified(model_dir, metadata, str(stored.tag))
+        self.card = ModelCard(
+            model_tag=str(stored.tag),
+            class_names=spec.class_names,
+            preprocessing=spec.preprocessing,
+            operating_threshold=spec.operating_threshold,
+        )
+        self.max_upload_bytes = SETTINGS.max_upload_bytes
+        self.max_batch_images = SETTINGS.max_batch_images
+        self.description = _describe(stored.tag, metadata, SETTINGS)
+        logger.info("serving model %s (sha256 %s verified)", stored.tag, metadata["sha256"][:12])
+
+    @bentoml.api(
+        batchable=True,
+        batch_dim=0,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
+    def classify(self, batch: NetworkBatch) -> np.ndarray:
+        """Class probabilities (N, K), in `class_names` order, for a batch preprocessed like training."""
+        inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        with torch.inference_mode():
+            return torch.softmax(self.network(inputs).float(), dim=1).numpy()
+
+    @bentoml.api
+    async def predict(self, image: Path) -> dict[str, Any]:
+        """Classify one image: form field `image`, a PNG, JPEG, DICOM or .npy file."""
+        (prediction,) = await self._predict_files([image], ["image"])
+        return prediction
+
+    @bentoml.api
+    async def predict_batch(self, images: list[Path]) -> list[dict[str, Any]]:
+        """Classify several images: form field `images`, repeated; answers in upload order."""
+        if not images:
+            raise BadInput("no images: send one or more files in form field 'images'")
+        if len(images) > self.max_batch_images:
+            raise BadInput(f"{len(images)} images in one request; the limit is {self.max_batch_images}")
+        return await self._predict_files(images, [f"images[{i}]" for i in range(len(images))])
+
+    @bentoml.api(route="/metadata")
+    def metadata(self) -> dict[str, Any]:
+        """The served model: tag, dataset version, class names, preprocessing, gate checks."""
+        return self.description
+
+    async def _predict_files(self, paths: list[Path], names: list[str]) -> list[dict[str, Any]]:
+        try:
+            batch = await anyio.to_thread.run_sync(self._prepare, paths, names)
+        except InputProblem as problem:
+            raise _ERRORS.get(problem.status, BentoMLException)(str(problem), error_code=problem.status) from None
+        step = SETTINGS.max_batch_size
+        # `to_async` is BentoML's client to this service: in a server it goes through the batcher.
+        classify = self.to_async.classify  # type: ignore[attr-defined]
+        parts = await asyncio.gather(*(classify(batch[i : i + step]) for i in range(0, len(batch), step)))
+        return [to_prediction(row, self.card) for row in np.concatenate([np.asarray(p) for p in parts])]
+
+    def _prepare(self, paths: list[Path], names: list[str]) -> np.ndarray:
+        images = [decode_upload(read_upload(p, self.max_upload_bytes, n), self.card, n) for p, n in zip(paths, names)]
+        return prepare_inputs(images, self.card, names)
+
+
+Classifier.add_asgi_middleware(
+    UploadGuard,
+    max_bytes=SETTINGS.max_upload_bytes,
+    file_fields={"/predict": "image", "/predict_batch": "images"},
+    get_routes=("/metadata",),
+)
+
+
+def _load_verified(model_dir: Path, metadata: dict[str, Any], tag: str) -> tuple[torch.nn.Module, Any]:
+    """Load the network after checking its files against the hashes recorded when it was stored.
+
+    Refuses (RuntimeError) a model without a recorded sha256, or whose model.pt or model.json changed.
+    """
+    expected = metadata.get("sha256")
+    if not isinstance(expected, str) or not expected:
+        raise RuntimeError(f"model {tag} has no sha256 in its metadata: refusing to serve it")
+    spec_expected = metadata.get("spec_sha256")
+    if spec_expected and file_sha256(model_dir / SPEC_FILE) != spec_expected:
+        raise RuntimeError(f"model {tag}: {SPEC_FILE} does not match its recorded sha256: refusing to serve it")
+    try:
+        network, spec = load_model(model_dir, expected_sha256=expected)
+    except ValueError as exc:
+        raise RuntimeError(f"model {tag}: {WEIGHTS_FILE} failed verification, refusing to serve it: {exc}") from None
+    return network, spec
+
+
+def _describe(tag: bentoml.Tag, metadata: dict[str, Any], settings: ServingSettings) -> dict[str, Any]:
+    known = {
+        "dataset_version",
+        "class_names",
+        "operating_threshold",
+        "preprocessing",
+        "input_shape",
+        "family",
+        "model",
+        "sha256",
+        "spec_sha256",
+        "gate_checks",
+    }
+    class_names = list(metadata["class_names"])
+    return json.loads(
+        json.dumps(
+            {
+                "model_tag": str(tag),
+                "model_name": tag.name,
+                "model_version": tag.version,
+                "dataset_version": metadata.get("dataset_version"),
+                "class_names": class_names,
+                "positive_class": class_names[1] if len(class_names) == 2 else None,
+                "operating_threshold": metadata.get("operating_threshold"),
+                "preprocessing": metadata.get("preprocessing"),
+                "input_shape": metadata.get("input_shape"),
+                "family": metadata.get("family"),
+                "architecture": metadata.get("model"),
+                "sha256": metadata.get("sha256"),
+                "gate_checks": metadata.get("gate_checks"),
+                "serving": {
+                    "max_batch_size": settings.max_batch_size,
+                    "max_latency_ms": settings.max_latency_ms,
+                    "max_upload_bytes": settings.max_upload_bytes,
+                    "max_batch_images": settings.max_batch_images,
+                },
+                "extra": {k: v for k, v in metadata.items() if k not in known},
+            },
+            default=str,
+        )
+    )
