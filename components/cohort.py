@@ -65,11 +65,11 @@ class _Site:
 
 SITES: tuple[_Site, ...] = (
     _Site("site-a", "St. Aldric General Hospital", "12 Wharf Lane, Eastmoor", "SIEMENS",
-          "SOMATOM Definition AS", "CTA01ALDRIC", "B30f", 10.0, 0.45, 0.0, 360.0, 0.40),
+          "SOMATOM Definition AS", "CTA01ALDRIC", "B30f", 5.0, 0.4, 0.0, 360.0, 0.40),
     _Site("site-b", "Northbridge University Medical Center", "400 Campus Road, Northbridge",
-          "GE MEDICAL SYSTEMS", "LightSpeed VCT", "NBCT02", "STANDARD", 16.0, 0.75, 8.0, 380.0, 0.35),
+          "GE MEDICAL SYSTEMS", "LightSpeed VCT", "NBCT02", "STANDARD", 8.0, 0.6, 8.0, 380.0, 0.35),
     _Site("site-c", "Harbourview Community Clinic", "3 Quay Street, Harbourview", "Philips",
-          "Brilliance 64", "HVCT-1", "B", 22.0, 0.95, -6.0, 400.0, 0.25),
+          "Brilliance 64", "HVCT-1", "B", 12.0, 0.8, -6.0, 400.0, 0.25),
 )
 
 _FIRST = ("Avery", "Blake", "Casey", "Dana", "Ellis", "Finley", "Gray", "Harper", "Indigo", "Jordan",
@@ -278,30 +278,36 @@ def _patient_images(rng: np.random.Generator, cfg: CohortConfig, site: _Site, le
     a0 = n * rng.uniform(0.38, 0.45)  # half-width of the body
     b0 = n * rng.uniform(0.27, 0.33)  # half-height
     fat = rng.uniform(0.10, 0.20)
+    fat_hu = rng.uniform(-120, -80)
+    visceral_fat = rng.uniform(0.0, 0.15)  # share of the anterior abdomen that is mesenteric fat
+    fat_field = _blur(rng.standard_normal((n, n)), 3.0 * s)
     contrast = rng.random() < 0.7  # contrast-enhanced (portal venous) phase
     liver_hu = rng.uniform(52, 66) + (35 if contrast else 0)
     kidney_hu = rng.uniform(140, 190) if contrast else rng.uniform(28, 36)
     aorta_hu = rng.uniform(150, 220) if contrast else rng.uniform(38, 48)
     tissue_hu = rng.uniform(30, 45)
+    liver_size = rng.uniform(0.85, 1.15)
+    kidney_size = rng.uniform(0.6, 1.2)
+    stomach = (rng.uniform(0.12, 0.25), rng.uniform(0.12, 0.22), rng.uniform(5, 25), rng.uniform(0.3, 0.6)) \
+        if rng.random() < 0.7 else None
 
-    # Lesion: position relative to the body, so it stays inside as slices change slightly.
+    # Lesions: per-patient type, size and density; each slice shows one or two of them.
     if lesion:
-        in_liver = rng.random() < 0.6
-        subtle = rng.random() < 0.2
-        radius = s * (rng.uniform(2.5, 3.5) if subtle else rng.uniform(4.0, 7.0))
-        sign = -1.0 if rng.random() < 0.7 else 1.0
-        delta = sign * (rng.uniform(45, 70) if subtle else rng.uniform(100, 200))
-        if in_liver:
-            lu, lv = rng.uniform(-0.55, -0.2), rng.uniform(-0.45, 0.05)
-        else:
-            lu, lv = rng.uniform(-0.3, 0.55), rng.uniform(-0.55, 0.25)
+        subtle = rng.random() < 0.12
+        radius = s * (rng.uniform(3.0, 4.0) if subtle else rng.uniform(4.5, 7.0))
+        kind = str(rng.choice(["rim", "hypo", "hyper"], p=[0.2, 0.5, 0.3]))
+        if kind == "hyper":  # hypervascular: brighter than enhanced liver, like a vessel
+            lesion_hu = liver_hu + (rng.uniform(45, 60) if subtle else rng.uniform(80, 140))
+        else:  # cystic or necrotic: water-like, never as dark as fat or gas
+            lesion_hu = max(liver_hu - (rng.uniform(35, 45) if subtle else rng.uniform(70, 110)), -10.0)
+        rim_hu = rng.uniform(60, 110) if kind == "rim" and not subtle else 0.0
 
     # Benign look-alikes, independent of the label.
     calcs = [(rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.5), rng.uniform(250, 600))
-             for _ in range(int(rng.integers(0, 3)))]
+             for _ in range(int(rng.integers(0, 2)))]
     tubes = [(rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.3), rng.uniform(0, np.pi), rng.uniform(60, 130))
              for _ in range(int(rng.integers(0, 3)))]
-    loops = [(rng.uniform(-0.1, 0.5), rng.uniform(-0.6, -0.1)) for _ in range(int(rng.integers(0, 3)))]
+    loops = [(rng.uniform(-0.1, 0.5), rng.uniform(-0.6, -0.1)) for _ in range(int(rng.integers(0, 2)))]
 
     images = []
     for k in range(cfg.images_per_patient):
@@ -311,9 +317,14 @@ def _patient_images(rng: np.random.Generator, cfg: CohortConfig, site: _Site, le
         img = np.full((n, n), -1000.0)
         body = _soft(1.0 - r, 0.6 / a)
         inner = _soft((1.0 - fat) - r, 0.6 / a)
-        img += body * (-100.0 + 1000.0)  # air -> fat
+        img += body * (fat_hu + 1000.0)  # air -> subcutaneous fat
         texture = _blur(rng.standard_normal((n, n)), 3.0 * s) * 40.0
-        img += inner * (tissue_hu + 100.0 + texture)  # fat -> soft tissue with texture
+        img += inner * (tissue_hu - fat_hu + texture)  # fat -> soft tissue with texture
+        if visceral_fat > 0:  # irregular mesenteric fat, anterior, drifting a little between slices
+            field = fat_field + 0.3 * _blur(rng.standard_normal((n, n)), 3.0 * s)
+            anterior = (yy < cy + 0.2 * b).astype(np.float64)
+            cut = np.quantile(field[inner * anterior > 0.5], 1.0 - visceral_fat) if visceral_fat else 0
+            img[:] = img + _soft(field - cut, 0.02) * inner * anterior * (fat_hu - tissue_hu)
 
         def ell(u: float, v: float, ra: float, rb: float, edge: float = 0.7) -> np.ndarray:
             d = np.sqrt(((xx - (cx + u * a)) / (ra * a)) ** 2 + ((yy - (cy + v * b)) / (rb * b)) ** 2)
@@ -322,21 +333,29 @@ def _patient_images(rng: np.random.Generator, cfg: CohortConfig, site: _Site, le
         def put(mask: np.ndarray, value: float) -> None:
             img[:] = img * (1 - mask) + value * mask
 
-        put(ell(-0.38, -0.12, 0.42 + 0.04 * k / cfg.images_per_patient, 0.55) * inner, liver_hu)
+        grow = k / max(cfg.images_per_patient - 1, 1)  # 0 at the top slice, 1 at the bottom
+        put(ell(-0.38, -0.12, liver_size * (0.44 - 0.06 * grow), liver_size * 0.55) * inner, liver_hu)
         put(ell(0.55, 0.05, 0.16, 0.28) * inner, liver_hu - 10)  # spleen
-        for side in (-1, 1):
-            put(ell(side * 0.3, 0.45, 0.11, 0.2), kidney_hu)
+        if stomach is not None:  # enhancing wall, fluid, and a gas cap with a flat air-fluid level
+            sa, sb, shu, gas = stomach
+            put(ell(0.32, -0.3, sa, sb) * inner, liver_hu + 20)
+            put(ell(0.32, -0.3, sa * 0.8, sb * 0.8) * inner, shu)
+            cap = (yy < cy + (-0.3 - gas * 0.8 * sb) * b).astype(np.float64)
+            put(ell(0.32, -0.3, sa * 0.8, sb * 0.8) * inner * cap, -900.0)
+        for side in (-1, 1):  # kidneys grow towards the lower slices
+            ks = kidney_size * (0.6 + 0.4 * grow)
+            put(ell(side * 0.3, 0.45, 0.11 * ks, 0.2 * ks), kidney_hu)
         put(ell(0.0, 0.62, 0.13, 0.17), 650.0)  # vertebral body cortex
         put(ell(0.0, 0.62, 0.095, 0.125), 230.0)  # cancellous bone
         put(ell(0.0, 0.9, 0.03, 0.09), 500.0)  # spinous process
         put(ell(-0.06, 0.33, 0.055, 0.075), aorta_hu)
         put(ell(0.1, 0.3, 0.05, 0.06), aorta_hu * 0.8)  # inferior vena cava
-        for _ in range(int(rng.integers(0, 3))):  # bowel gas moves between slices
-            u, v = rng.uniform(-0.2, 0.5), rng.uniform(-0.75, -0.2)
-            put(ell(u, v, rng.uniform(0.04, 0.1), rng.uniform(0.04, 0.08), 0.5) * inner, -900.0)
+        for _ in range(int(rng.integers(0, 2))):  # bowel gas moves between slices
+            u, v = rng.uniform(-0.1, 0.5), rng.uniform(-0.75, -0.4)
+            put(ell(u, v, rng.uniform(0.03, 0.07), rng.uniform(0.03, 0.06), 0.5) * inner, -900.0)
         for u, v, wall in [(u, v, 90.0) for u, v in loops]:  # fluid-filled bowel with enhancing wall
             put(ell(u, v, 0.1, 0.08) * inner, wall if contrast else 45.0)
-            put(ell(u, v, 0.07, 0.055) * inner, 12.0)
+            put(ell(u, v, 0.075, 0.055) * inner, 25.0)
         for u, v, theta, dhu in tubes:  # vessel running in-plane: elongated, sharp
             du, dv = (xx - (cx + u * a)), (yy - (cy + v * b))
             along = du * np.cos(theta) + dv * np.sin(theta)
@@ -346,11 +365,13 @@ def _patient_images(rng: np.random.Generator, cfg: CohortConfig, site: _Site, le
         for u, v, chu in calcs:  # punctate calcification: tiny and very dense
             put(ell(u, v, 0.6 * s / a, 0.6 * s / b, 0.4) * inner, chu)
         if lesion:
-            rk = radius * np.sqrt(max(0.45, 1.0 - (0.25 * (k - (cfg.images_per_patient - 1) / 2)) ** 2))
-            lx = cx + lu * a + rng.normal(0, 0.3) * s
-            ly = cy + lv * b + rng.normal(0, 0.3) * s
-            d = np.sqrt((xx - lx) ** 2 + (yy - ly) ** 2)
-            img += _soft(rk - d, 1.0 / 1.2) * inner * delta
+            for _ in range(1 if subtle else int(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))):
+                rk = radius * rng.uniform(0.75, 1.2)
+                lu, lv = _lesion_site(rng, rk / (0.8 * (a + b)), in_liver=rng.random() < 0.8)
+                d = np.sqrt((xx - (cx + lu * a)) ** 2 + (yy - (cy + lv * b)) ** 2)
+                put(_soft(rk - d, 0.8) * inner, lesion_hu + rng.normal(0, 5))
+                if rim_hu:  # enhancing wall of a necrotic metastasis or abscess
+                    img += np.exp(-0.5 * ((d - rk) / (0.6 * s)) ** 2) * inner * rim_hu
 
         img = _blur(img, site.blur_px * s) + site.offset_hu * body
         noise = _blur(rng.standard_normal((n, n)), site.blur_px * s)
@@ -358,6 +379,25 @@ def _patient_images(rng: np.random.Generator, cfg: CohortConfig, site: _Site, le
         img += noise * (0.4 + 0.6 * body)  # little noise in air, as after air masking in recon
         images.append(np.clip(img, -1024.0, 3071.0))
     return images
+
+
+# Centres (u, v) in body half-axes and radii of structures a lesion should not sit on.
+_AVOID = ((0.0, 0.62, 0.22), (0.3, 0.45, 0.22), (-0.3, 0.45, 0.22), (-0.06, 0.33, 0.12), (0.1, 0.3, 0.1),
+          (0.32, -0.3, 0.27))
+
+
+def _lesion_site(rng: np.random.Generator, rel_radius: float, in_liver: bool) -> tuple[float, float]:
+    """A lesion centre inside the liver or the other soft tissue, off spine, kidneys and vessels."""
+    for _ in range(100):
+        if in_liver:
+            u, v = rng.uniform(-0.6, -0.2), rng.uniform(-0.45, 0.15)
+        else:
+            u, v = rng.uniform(-0.2, 0.6), rng.uniform(-0.55, 0.2)
+        if u * u + v * v > (0.72 - rel_radius) ** 2:
+            continue
+        if all((u - au) ** 2 + (v - av) ** 2 > (ar + rel_radius) ** 2 for au, av, ar in _AVOID):
+            return float(u), float(v)
+    return -0.4, -0.1  # centre of the liver
 
 
 def _soft(x: np.ndarray, width: float) -> np.ndarray:

@@ -117,7 +117,10 @@ class PackageConfig(_Section):
     # Empty: derived from the dataset source (e.g. "pneumoniamnist", "ct-lesion" for the default).
     model_name: str = ""
     max_batch_size: int = 64
-    max_latency_ms: int = 20
+    # BentoML's adaptive batching latency budget: a request it expects to wait longer is refused (503).
+    max_latency_ms: int = 500
+    # Intra-op threads of each serving worker (0: PyTorch's default, all cores).
+    torch_threads: int = 1
 
 
 class ServeConfig(_Section):

@@ -12,6 +12,8 @@ Telemetry: every `bentoml` subprocess started here gets `BENTOML_DO_NOT_TRACK=tr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -21,14 +23,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import bentoml
 import yaml
+from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml.exceptions import NotFound
 
 from components.config import PackageConfig, ServeConfig
@@ -44,10 +46,10 @@ _QUIET_ENV = {"BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1"}
 _DROPPED_ENV = ("PYTHONPATH", "MEDGATE_MODEL_TAG")
 
 
-_SETTING_KEYS = ("max_batch_size", "max_latency_ms", "max_upload_bytes", "max_batch_images")
+_SETTING_KEYS = ("max_batch_size", "max_latency_ms", "torch_threads", "max_upload_bytes", "max_batch_images")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ServingSettings:
     """What `services/model_ref.json` holds inside a Bento: the pinned model and how to serve it."""
 
@@ -55,17 +57,29 @@ class ServingSettings:
     input_shape: tuple[int, ...]
     max_batch_size: int = PackageConfig().max_batch_size
     max_latency_ms: int = PackageConfig().max_latency_ms
+    torch_threads: int = PackageConfig().torch_threads
     max_upload_bytes: int = ServeConfig().max_upload_bytes
     max_batch_images: int = ServeConfig().max_batch_images
 
+    def __post_init__(self) -> None:
+        exact_model_tag(self.model_tag)
+        # BentoML refuses a batchable API with max_batch_size < 2; say so at packaging, not at serving.
+        if self.max_batch_size < 2 or self.max_latency_ms < 1 or self.torch_threads < 0:
+            raise ValueError(
+                f"package settings: need max_batch_size >= 2, max_latency_ms >= 1, torch_threads >= 0; got "
+                f"{self.max_batch_size}, {self.max_latency_ms}, {self.torch_threads}"
+            )
+        if self.max_upload_bytes < 1 or self.max_batch_images < 1:
+            raise ValueError("serve settings: max_upload_bytes and max_batch_images must be positive")
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "input_shape": list(self.input_shape)}
+        return {**dataclasses.asdict(self), "input_shape": list(self.input_shape)}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ServingSettings:
         known = {k: raw[k] for k in _SETTING_KEYS if k in raw}
         return cls(
-            model_tag=exact_model_tag(str(raw["model_tag"])),
+            model_tag=str(raw["model_tag"]),
             input_shape=tuple(int(s) for s in raw["input_shape"]),
             **{k: int(v) for k, v in known.items()},
         )
@@ -88,9 +102,11 @@ def save_to_model_store(
 ) -> tuple[str, str]:
     """Copy `model.pt` and `model.json` (from `components.models.save_model`) into the BentoML model store.
 
-    The stored metadata is `metadata` (e.g. `dataset_version`, `run_id`, `gate_checks`), overridden by
-    what the files themselves say: `sha256` of model.pt, `spec_sha256` of model.json and the ModelSpec
+    The stored metadata is `metadata` (e.g. `dataset_version`, `run_id`, `gate`), overridden by what
+    the files say: `sha256` of model.pt, `spec_sha256` of the stored model.json and the ModelSpec
     fields (`class_names`, `preprocessing`, `operating_threshold`, `input_shape`, `family`, `model`).
+    An `operating_threshold` in `metadata` (the operating point chosen at evaluation) replaces the one
+    in model.json, in the stored model.json too, so the service decides at the evaluated point.
 
     Args:
         model_dir: folder holding model.pt and model.json.
@@ -106,17 +122,23 @@ def save_to_model_store(
         if not required.is_file():
             raise FileNotFoundError(f"{required}: not found (written by components.models.save_model)")
     spec = ModelSpec.from_dict(json.loads(spec_file.read_text()))
+    threshold = metadata.get("operating_threshold")
+    if threshold is not None:
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"operating_threshold {threshold} is not a probability")
+        spec = dataclasses.replace(spec, operating_threshold=float(threshold))
+    spec_bytes = json.dumps(spec.to_dict(), indent=2).encode()
     sha256 = file_sha256(weights)
     stored_metadata = {
         **json.loads(json.dumps(dict(metadata))),  # a JSON-safe copy: BentoML rewrites metadata in place
         **spec.to_dict(),
         "sha256": sha256,
-        "spec_sha256": file_sha256(spec_file),
+        "spec_sha256": hashlib.sha256(spec_bytes).hexdigest(),
     }
     tag = bentoml.Tag(name, version)
     with bentoml.models.create(tag, metadata=stored_metadata) as model:
         shutil.copyfile(weights, model.path_of(WEIGHTS_FILE))
-        shutil.copyfile(spec_file, model.path_of(SPEC_FILE))
+        Path(model.path_of(SPEC_FILE)).write_bytes(spec_bytes)
         if file_sha256(Path(model.path_of(WEIGHTS_FILE))) != sha256:
             raise OSError(f"{weights}: changed while being copied into the model store")
     return str(model.tag), sha256
@@ -158,14 +180,17 @@ def build_bento(
         stored = bentoml.models.get(model_tag)
     except NotFound:
         raise ValueError(f"model {model_tag} is not in the BentoML model store") from None
-    meta = stored.info.metadata
+    meta: dict[str, Any] = dict(stored.info.metadata)
     if not meta.get("sha256") or "input_shape" not in meta:
-        raise ValueError(f"model {model_tag} has no sha256/input_shape metadata: save it with save_to_model_store")
+        raise ValueError(
+            f"model {model_tag} has no sha256/input_shape metadata: save it with save_to_model_store"
+        )
     settings = ServingSettings(
         model_tag=model_tag,
         input_shape=tuple(int(s) for s in meta["input_shape"]),
         max_batch_size=cfg.max_batch_size,
         max_latency_ms=cfg.max_latency_ms,
+        torch_threads=cfg.torch_threads,
         max_upload_bytes=serve_cfg.max_upload_bytes,
         max_batch_images=serve_cfg.max_batch_images,
     )
@@ -203,10 +228,26 @@ def build_bento(
                 sort_keys=False,
             )
         )
-        command = [sys.executable, "-m", "bentoml", "build", str(ctx), "-f", str(bentofile), "--output", "tag"]
+        command = [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "build",
+            str(ctx),
+            "-f",
+            str(bentofile),
+            "--output",
+            "tag",
+        ]
         try:
             proc = subprocess.run(
-                command, cwd=ctx, env=_child_env(), capture_output=True, text=True, timeout=timeout_s
+                command,
+                check=False,
+                cwd=ctx,
+                env=_child_env(),
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
             )
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"bentoml build did not finish within {timeout_s:.0f} s") from None
@@ -251,8 +292,8 @@ def smoke_test_bento(
     host = "127.0.0.1"
     port = find_free_port(host)
     base = f"http://{host}:{port}"
-    with tempfile.TemporaryFile("w+b") as log, _running(serve_command(bento_tag, port, host), log) as proc:
-        ready = _wait_ready(f"{base}/readyz", proc, timeout_s)
+    with tempfile.TemporaryFile("w+b") as log, serve_in_background(bento_tag, port, host, log) as proc:
+        ready = wait_until_ready(base, proc, timeout_s)
         if ready is not None:
             return check(None, False, f"{bento_tag} did not become ready: {ready}\n{_read_tail(log)}")
         max_diff = 0.0
@@ -269,7 +310,9 @@ def smoke_test_bento(
                     answer = resp.json()
                     served = [float(answer["probabilities"][name]) for name in class_names]
                     if len(served) != len(expected):
-                        problems.append(f"{path.name}: {len(served)} classes served, {len(expected)} expected")
+                        problems.append(
+                            f"{path.name}: {len(served)} classes served, {len(expected)} expected"
+                        )
                         continue
                     diff = max(abs(s - float(e)) for s, e in zip(served, expected, strict=True))
                     max_diff = max(max_diff, diff)
@@ -277,13 +320,17 @@ def smoke_test_bento(
                         problems.append(f"{path.name}: probabilities differ by {diff:.3g}")
                     expected_label = _confident_label(expected, class_names, tolerance)
                     if expected_label is not None and answer["label"] != expected_label:
-                        problems.append(f"{path.name}: label {answer['label']!r}, expected {expected_label!r}")
+                        problems.append(
+                            f"{path.name}: label {answer['label']!r}, expected {expected_label!r}"
+                        )
         except (httpx.HTTPError, OSError, ValueError, KeyError, TypeError) as exc:
             return check(None, False, f"request to {bento_tag} failed: {type(exc).__name__}: {exc}")
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         return check(max_diff, False, f"{len(problems)} of {len(golden)} golden images disagree: {shown}")
-    return check(max_diff, True, f"{len(golden)} golden images match within {tolerance} (max diff {max_diff:.3g})")
+    return check(
+        max_diff, True, f"{len(golden)} golden images match within {tolerance} (max diff {max_diff:.3g})"
+    )
 
 
 def serve_command(bento_tag: str, port: int, host: str = "127.0.0.1") -> list[str]:
@@ -293,32 +340,23 @@ def serve_command(bento_tag: str, port: int, host: str = "127.0.0.1") -> list[st
 
 def serve_bento(bento_tag: str, port: int, host: str = "127.0.0.1") -> int:
     """Serve a Bento in the foreground until interrupted; returns the server's exit status."""
-    with _running(serve_command(bento_tag, port, host), None) as proc:
+    with serve_in_background(bento_tag, port, host) as proc:
         try:
             return proc.wait()
         except KeyboardInterrupt:
             return 130
 
 
-def find_free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
-    env.update(_QUIET_ENV)
-    # `bentoml build` needs `uv` from this interpreter's environment, or it tries to download it.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
-
-
 @contextlib.contextmanager
-def _running(command: list[str], log: Any):
-    """A server subprocess in its own process group, stopped with SIGTERM (then SIGKILL) on exit."""
+def serve_in_background(
+    bento_tag: str, port: int, host: str = "127.0.0.1", log: Any = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`bentoml serve` in its own process group, stopped (SIGTERM, then SIGKILL) when the block ends.
+
+    `log`: a binary file for the server's output (default: this process's stdout/stderr).
+    """
     proc = subprocess.Popen(
-        command,
+        serve_command(bento_tag, port, host),
         env=_child_env(),
         stdin=subprocess.DEVNULL,
         stdout=log,
@@ -331,6 +369,39 @@ def _running(command: list[str], log: Any):
         _stop(proc)
 
 
+def wait_until_ready(base_url: str, proc: subprocess.Popen[Any], timeout_s: float) -> str | None:
+    """None once `{base_url}/readyz` answers 200; else why not (the server exited, or timed out)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"server exited with status {proc.returncode}"
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2.0).status_code == 200:
+                return None
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return f"not ready after {timeout_s:.0f} s"
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
+    env.update(_QUIET_ENV)
+    # The child must use the store this process uses, even if BENTOML_HOME changed after BentoML read it.
+    env["BENTOML_HOME"] = str(BentoMLContainer.bentoml_home.get())
+    # `bentoml build` needs `uv` from this interpreter's environment, or it tries to download it.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
 def _stop(proc: subprocess.Popen[Any]) -> None:
     for sig, wait_s in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError):
@@ -340,23 +411,6 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[Any], timeout_s: float) -> str | None:
-    """None once `url` answers 200; else why not (server exited, or timed out)."""
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return f"server exited with status {proc.returncode}"
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return None
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    return f"not ready after {timeout_s:.0f} s"
 
 
 def _confident_label(expected: Sequence[float], class_names: Sequence[str], tolerance: float) -> str | None:

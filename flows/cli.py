@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -149,9 +147,10 @@ def serve(
             raise typer.Exit(2)
         bento_tag, label = production.bento_tag, f"{production.name} v{production.version}"
     port = port or load_params(settings.workspace / "params.yaml").serve.port
+    from components.package import serve_bento
+
     console.print(f"serving {label} (bento {bento_tag}) on http://127.0.0.1:{port}")
-    bentoml = str(Path(sys.executable).parent / "bentoml")
-    os.execv(bentoml, [bentoml, "serve", bento_tag, "--host", "127.0.0.1", "--port", str(port)])
+    raise typer.Exit(serve_bento(bento_tag, port))
 
 
 if __name__ == "__main__":

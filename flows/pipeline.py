@@ -100,7 +100,7 @@ def package_task(settings: Settings, params: Params, name: str, metadata: dict[s
     from components.package import build_bento, save_to_model_store
 
     model_tag, sha256 = save_to_model_store(settings.workspace / "data" / "train", name, metadata)
-    bento_tag = build_bento(model_tag, params.package, labels={"model": name})
+    bento_tag = build_bento(model_tag, params.package, labels={"model": name}, serve_cfg=params.serve)
     return model_tag, bento_tag, sha256
 
 

@@ -28,7 +28,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 class UploadGuard:
     """Checks requests to the upload routes; `file_fields` maps each route to its file form field."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, file_fields: dict[str, str], get_routes: tuple[str, ...] = ()):
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, file_fields: dict[str, str], get_routes: tuple[str, ...] = ()
+    ):
         self.app = app
         self.max_bytes = max_bytes
         self.file_fields = file_fields
@@ -50,11 +52,15 @@ class UploadGuard:
         headers = Headers(scope=scope)
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "multipart/form-data":
-            await _reject(send, 415, f"send the image as multipart/form-data with the file in field {field!r}")
+            await _reject(
+                send, 415, f"send the image as multipart/form-data with the file in field {field!r}"
+            )
             return
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _reject(send, 413, f"request body of {declared} bytes is over the limit of {self.max_bytes}")
+            await _reject(
+                send, 413, f"request body of {declared} bytes is over the limit of {self.max_bytes}"
+            )
             return
 
         body = bytearray()
@@ -83,7 +89,7 @@ async def _check_form(scope: Scope, body: bytes, field: str) -> str | None:
     request = Request(scope, _replay(body))
     try:
         form = await request.form()
-    except Exception:  # starlette raises several types for a broken multipart body
+    except Exception:  # noqa: BLE001 - starlette and python-multipart raise several types for a broken body
         return "malformed multipart/form-data body"
     try:
         values = form.getlist(field)
@@ -116,7 +122,10 @@ async def _reject(send: Send, status: int, message: str) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": payload})

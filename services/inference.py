@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from components.ingest import ImageDecodeError, decode_image
-from components.transforms import Preprocessing, PreprocessError, preprocess
+
+from components.transforms import PreprocessError, Preprocessing, preprocess
 
 # Magic numbers of the 2D-only formats: a 3D model cannot take them, whatever their array shape.
 _FLAT_IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}

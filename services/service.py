@@ -4,7 +4,7 @@ Endpoints (POST; `/metadata` also answers GET):
 - `/predict`: multipart field `image` (PNG, JPEG, DICOM or .npy) →
   `{"label", "probabilities": {class: p}, "decision", "model_version"}`.
 - `/predict_batch`: multipart field `images` (one or more files) → a list of the same, in upload order.
-- `/metadata`: model tag, name and version, dataset version, class names, preprocessing, gate checks.
+- `/metadata`: model tag, name and version, dataset version, class names, preprocessing, gate decision.
 - `/classify`: the network on an already preprocessed float32 batch (N, C, *spatial) → probabilities
   (N, K). It is adaptively batched; `/predict` and `/predict_batch` call it through BentoML's
   in-process client, so concurrent requests share forward passes.
@@ -28,6 +28,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
+import aiohttp
 import anyio
 import bentoml
 import numpy as np
@@ -62,17 +63,20 @@ def resolve_settings() -> ServingSettings:
     if ref.is_file():
         settings = ServingSettings.read(ref)
         if env_tag and env_tag != settings.model_tag:
-            logger.warning("%s=%s ignored: this Bento is pinned to %s", MODEL_TAG_ENV, env_tag, settings.model_tag)
+            logger.warning(
+                "%s=%s ignored: this Bento is pinned to %s", MODEL_TAG_ENV, env_tag, settings.model_tag
+            )
         return settings
     if not env_tag:
         raise RuntimeError(f"no model pinned: {ref} is absent and {MODEL_TAG_ENV} is not set")
-    stored = bentoml.models.get(exact_model_tag(env_tag))
-    return ServingSettings(model_tag=env_tag, input_shape=tuple(int(s) for s in stored.info.metadata["input_shape"]))
+    shape: list[int] = bentoml.models.get(exact_model_tag(env_tag)).info.metadata["input_shape"]  # type: ignore[assignment]
+    return ServingSettings(model_tag=env_tag, input_shape=tuple(int(s) for s in shape))
 
 
 SETTINGS = resolve_settings()
 # Checked per request, before adaptive batching merges requests: a bad one cannot spoil a shared batch.
 NetworkBatch = Annotated[np.ndarray, Shape((-1, *SETTINGS.input_shape)), DType("float32")]
+_CONNECTION_ATTEMPTS = 3
 _ERRORS = {HTTPStatus.BAD_REQUEST: BadInput, HTTPStatus.UNPROCESSABLE_ENTITY: UnprocessableEntity}
 
 
@@ -93,6 +97,9 @@ class Classifier:
             preprocessing=spec.preprocessing,
             operating_threshold=spec.operating_threshold,
         )
+        if SETTINGS.torch_threads > 0:
+            # One intra-op thread by default: spinning OpenMP threads starve the event loop on small CPUs.
+            torch.set_num_threads(SETTINGS.torch_threads)
         self.max_upload_bytes = SETTINGS.max_upload_bytes
         self.max_batch_images = SETTINGS.max_batch_images
         self.description = _describe(stored.tag, metadata, SETTINGS)
@@ -127,26 +134,44 @@ class Classifier:
 
     @bentoml.api(route="/metadata")
     def metadata(self) -> dict[str, Any]:
-        """The served model: tag, dataset version, class names, preprocessing, gate checks."""
+        """The served model: tag, dataset version, class names, preprocessing, gate decision."""
         return self.description
 
     async def _predict_files(self, paths: list[Path], names: list[str]) -> list[dict[str, Any]]:
         try:
             batch = await anyio.to_thread.run_sync(self._prepare, paths, names)
         except InputProblem as problem:
-            raise _ERRORS.get(problem.status, BentoMLException)(str(problem), error_code=problem.status) from None
+            raise _ERRORS.get(problem.status, BentoMLException)(
+                str(problem), error_code=problem.status
+            ) from None
         step = SETTINGS.max_batch_size
-        # `to_async` is BentoML's client to this service: in a server it goes through the batcher.
-        classify = self.to_async.classify  # type: ignore[attr-defined]
-        parts = await asyncio.gather(*(classify(batch[i : i + step]) for i in range(0, len(batch), step)))
+        parts = await asyncio.gather(
+            *(self._classify(batch[i : i + step]) for i in range(0, len(batch), step))
+        )
         return [to_prediction(row, self.card) for row in np.concatenate([np.asarray(p) for p in parts])]
 
+    async def _classify(self, batch: np.ndarray) -> np.ndarray:
+        # `to_async` is BentoML's client to this service: in a server it posts to /classify in-process
+        # (through the adaptive batcher); in-process it calls the method directly.
+        classify = self.to_async.classify  # type: ignore[attr-defined]
+        for attempt in range(_CONNECTION_ATTEMPTS):
+            try:
+                return await classify(batch)
+            except aiohttp.ClientConnectionError:
+                # BentoML 1.4.39's in-process client sometimes drops a pooled connection under load.
+                if attempt == _CONNECTION_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
     def _prepare(self, paths: list[Path], names: list[str]) -> np.ndarray:
-        images = [decode_upload(read_upload(p, self.max_upload_bytes, n), self.card, n) for p, n in zip(paths, names)]
+        images = [
+            decode_upload(read_upload(p, self.max_upload_bytes, n), self.card, n)
+            for p, n in zip(paths, names)
+        ]
         return prepare_inputs(images, self.card, names)
 
 
-Classifier.add_asgi_middleware(
+Classifier.add_asgi_middleware(  # type: ignore[attr-defined]  # bentoml.service returns a Service
     UploadGuard,
     max_bytes=SETTINGS.max_upload_bytes,
     file_fields={"/predict": "image", "/predict_batch": "images"},
@@ -164,16 +189,24 @@ def _load_verified(model_dir: Path, metadata: dict[str, Any], tag: str) -> tuple
         raise RuntimeError(f"model {tag} has no sha256 in its metadata: refusing to serve it")
     spec_expected = metadata.get("spec_sha256")
     if spec_expected and file_sha256(model_dir / SPEC_FILE) != spec_expected:
-        raise RuntimeError(f"model {tag}: {SPEC_FILE} does not match its recorded sha256: refusing to serve it")
+        raise RuntimeError(
+            f"model {tag}: {SPEC_FILE} does not match its recorded sha256: refusing to serve it"
+        )
     try:
         network, spec = load_model(model_dir, expected_sha256=expected)
     except ValueError as exc:
-        raise RuntimeError(f"model {tag}: {WEIGHTS_FILE} failed verification, refusing to serve it: {exc}") from None
+        raise RuntimeError(
+            f"model {tag}: {WEIGHTS_FILE} failed verification, refusing to serve it: {exc}"
+        ) from None
     return network, spec
 
 
 def _describe(tag: bentoml.Tag, metadata: dict[str, Any], settings: ServingSettings) -> dict[str, Any]:
-    known = {
+    """The /metadata answer. `model_name`/`model_version` are the registry's when the packaging flow
+    recorded them, else the model store's; `model_tag` is always the exact store tag."""
+    shown = {
+        "model_name",
+        "model_version",
         "dataset_version",
         "class_names",
         "operating_threshold",
@@ -183,33 +216,30 @@ def _describe(tag: bentoml.Tag, metadata: dict[str, Any], settings: ServingSetti
         "model",
         "sha256",
         "spec_sha256",
+        "gate",
         "gate_checks",
     }
     class_names = list(metadata["class_names"])
-    return json.loads(
-        json.dumps(
-            {
-                "model_tag": str(tag),
-                "model_name": tag.name,
-                "model_version": tag.version,
-                "dataset_version": metadata.get("dataset_version"),
-                "class_names": class_names,
-                "positive_class": class_names[1] if len(class_names) == 2 else None,
-                "operating_threshold": metadata.get("operating_threshold"),
-                "preprocessing": metadata.get("preprocessing"),
-                "input_shape": metadata.get("input_shape"),
-                "family": metadata.get("family"),
-                "architecture": metadata.get("model"),
-                "sha256": metadata.get("sha256"),
-                "gate_checks": metadata.get("gate_checks"),
-                "serving": {
-                    "max_batch_size": settings.max_batch_size,
-                    "max_latency_ms": settings.max_latency_ms,
-                    "max_upload_bytes": settings.max_upload_bytes,
-                    "max_batch_images": settings.max_batch_images,
-                },
-                "extra": {k: v for k, v in metadata.items() if k not in known},
-            },
-            default=str,
-        )
-    )
+    description = {
+        "model_tag": str(tag),
+        "model_name": metadata.get("model_name", tag.name),
+        "model_version": metadata.get("model_version", tag.version),
+        "dataset_version": metadata.get("dataset_version"),
+        "class_names": class_names,
+        "positive_class": class_names[1] if len(class_names) == 2 else None,
+        "operating_threshold": metadata.get("operating_threshold"),
+        "preprocessing": metadata.get("preprocessing"),
+        "input_shape": metadata.get("input_shape"),
+        "family": metadata.get("family"),
+        "architecture": metadata.get("model"),
+        "sha256": metadata.get("sha256"),
+        "gate": metadata.get("gate", metadata.get("gate_checks")),
+        "serving": {
+            "max_batch_size": settings.max_batch_size,
+            "max_latency_ms": settings.max_latency_ms,
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_batch_images": settings.max_batch_images,
+        },
+        "extra": {k: v for k, v in metadata.items() if k not in shown},
+    }
+    return json.loads(json.dumps(description, default=str))

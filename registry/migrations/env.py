@@ -8,6 +8,8 @@ connection, or from the command line::
 
 from __future__ import annotations
 
+from logging.config import fileConfig
+
 from alembic import context
 from sqlalchemy.engine import Connection
 
@@ -16,6 +18,9 @@ from registry.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+
+if config.config_file_name is not None:  # the CLI with registry/alembic.ini, not upgrade_database()
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
 def _database_url() -> str:

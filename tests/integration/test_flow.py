@@ -1,0 +1,87 @@
+"""The whole flow on a tiny cohort, on real components: Prefect, DVC, GX, BentoML, SQLite."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import TINY, make_workspace, set_params
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def medgate(workspace: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args, "--workspace", str(workspace)],
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_promote_then_refuse_then_stop_at_validate(tmp_path, prefect_api, clean_env):
+    from flows.pipeline import ValidationFailed, training_flow
+    from flows.settings import get_settings
+
+    ws = make_workspace(tmp_path / "ws", TINY)
+
+    first = training_flow(workspace=str(ws))
+    assert first["status"] == "completed"
+    assert first["validation"]["success"] and Path(first["validation"]["report"]).exists()
+    assert first["gate"]["promote"], first["gate"]
+    assert any(c["kind"] == "serving" and c["verdict"] == "pass" for c in first["gate"]["checks"])
+    assert first["production"]["version"] == first["model_version"] == 1
+    assert first["bento_tag"] and first["production"]["bento_tag"] == first["bento_tag"]
+    assert json.loads(Path(first["summary_path"]).read_text())["run_id"] == first["run_id"]
+    assert (ws / "dvc.lock").exists()
+
+    listed = medgate(ws, "models", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(m["version"], m["stage"]) for m in json.loads(listed.stdout)] == [(1, "production")]
+
+    # A candidate that cannot meet a stricter change threshold: refused, production unchanged,
+    # and the unchanged data, code and params let DVC reuse prepare, train and evaluate.
+    set_params(ws, {"gate": {"default": {"changes": {"auc": {"absolute": 0.5}}}}})
+    second = training_flow(workspace=str(ws))
+    assert second["status"] == "completed"
+    assert not second["gate"]["promote"]
+    failed = [c for c in second["gate"]["checks"] if c["verdict"] == "fail"]
+    assert [(c["kind"], c["metric"]) for c in failed] == [("change", "auc")]
+    assert second["production"]["version"] == 1 and second["model_version"] == 2
+    assert second["bento_tag"] is None
+    assert set(second["stages_reused"]) == {"prepare", "train", "evaluate"}
+    stages = {m["version"]: m["stage"] for m in json.loads(medgate(ws, "models", "list", "--json").stdout)}
+    assert stages == {1: "production", 2: "rejected"}
+
+    # A broken expectation stops the run at validate, naming the expectation; nothing downstream runs.
+    set_params(ws, {"validate": {"min_rows": 100000}})
+    with pytest.raises(ValidationFailed) as failure:
+        training_flow(workspace=str(ws))
+    assert "expect_table_row_count_to_be_between" in str(failure.value)
+    runs = sorted((ws / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    last = json.loads((runs[-1] / "summary.json").read_text())
+    assert last["status"] == "failed" and "metrics" not in last and "model_version" not in last
+    assert Path(last["validation"]["report"]).exists()
+    stages = {m["version"]: m["stage"] for m in json.loads(medgate(ws, "models", "list", "--json").stdout)}
+    assert stages == {1: "production", 2: "rejected"}
+    get_settings.cache_clear()
+
+
+def test_dvc_repro_outside_the_flow_skips_unchanged(tmp_path, prefect_api, clean_env):
+    """After a flow run, a plain `dvc repro` reproduces nothing; a train param change re-runs train onwards only."""
+    from flows.pipeline import training_flow
+    from flows.workspace import tool_env
+
+    ws = make_workspace(tmp_path / "ws", {**TINY, "train": {"epochs": 2, "batch_size": 32}})
+    training_flow(workspace=str(ws))
+    out = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ws, env=tool_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "didn't change, skipping" in out.stdout and "Running stage" not in out.stdout
+
+    set_params(ws, {"train": {"learning_rate": 0.001}})
+    out = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ws, env=tool_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Running stage 'train'" in out.stdout and "Running stage 'evaluate'" in out.stdout
+    assert "Running stage 'prepare'" not in out.stdout
+    metrics = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=ws, env=tool_env(), capture_output=True, text=True)
+    assert '"auc"' in metrics.stdout

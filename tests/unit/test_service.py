@@ -1,0 +1,437 @@
+"""The model service in-process: a tiny model saved to the session's BentoML store, served by `Classifier`.
+
+The session's BENTOML_HOME is a temporary folder (tests/conftest.py). The service module reads its
+pinned tag at import, so each fixture imports it afresh with MEDGATE_MODEL_TAG set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import io
+import json
+import sys
+import types
+from http import HTTPStatus
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from components.config import ModelConfig
+from components.models import ModelSpec, build_model, load_model, save_model
+from components.transforms import Preprocessing, preprocess
+
+CLASS_NAMES = ("normal", "lesion")
+THRESHOLD = 0.3
+INGEST_PRESENT = importlib.util.find_spec("components.ingest") is not None
+
+
+def ingest_shim() -> types.ModuleType:
+    """TEMPORARY stand-in for components.ingest (PNG/JPEG/.npy only) while that module is being written."""
+    module = types.ModuleType("components.ingest")
+
+    class ImageDecodeError(ValueError):
+        pass
+
+    def decode_image(data: bytes, salt: str = "") -> np.ndarray:
+        if data.startswith(b"\x93NUMPY"):
+            try:
+                return np.load(io.BytesIO(data), allow_pickle=False)
+            except ValueError as exc:
+                raise ImageDecodeError(f"not a readable .npy array: {exc}") from None
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                return np.asarray(img)
+        except OSError:
+            raise ImageDecodeError("not a PNG, JPEG, DICOM or .npy file") from None
+
+    module.ImageDecodeError = ImageDecodeError  # type: ignore[attr-defined]
+    module.decode_image = decode_image  # type: ignore[attr-defined]
+    return module
+
+
+def save_tiny_model(out_dir: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    spec = ModelSpec(
+        model=ModelConfig(width=4),
+        input_shape=(1, 16, 16),
+        class_names=CLASS_NAMES,
+        preprocessing=Preprocessing(spatial_size=(16, 16), channels=1, lower=0.0, upper=255.0),
+    )
+    save_model(build_model(spec.model, spec.input_shape, len(CLASS_NAMES)), spec, out_dir)
+    return out_dir
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=True)
+    return buf.getvalue()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def grey_image(seed: int = 0, size: int = 20) -> np.ndarray:
+    return (np.random.default_rng(seed).random((size, size)) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def service_module(tmp_path_factory, bentoml_home):
+    """`services.service` imported with MEDGATE_MODEL_TAG naming a fresh tiny model."""
+    from components.package import save_to_model_store
+
+    model_dir = save_tiny_model(tmp_path_factory.mktemp("model"))
+    metadata = {
+        "dataset_version": "ds-123",
+        "operating_threshold": THRESHOLD,
+        "gate": {"promote": True, "checks": [{"metric": "auc", "passed": True}]},
+    }
+    tag, sha256 = save_to_model_store(model_dir, "tiny-service", metadata)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDGATE_MODEL_TAG", tag)
+        if not INGEST_PRESENT:
+            mp.setitem(sys.modules, "components.ingest", ingest_shim())
+        for name in ("services.service", "services.inference"):
+            mp.delitem(sys.modules, name, raising=False)
+        module = importlib.import_module("services.service")
+        module.test_info = {"tag": tag, "sha256": sha256, "model_dir": model_dir}
+        yield module
+        for name in ("services.service", "services.inference"):
+            sys.modules.pop(name, None)
+
+
+@pytest.fixture(scope="module")
+def svc(service_module):
+    threads = torch.get_num_threads()
+    yield service_module.Classifier()
+    torch.set_num_threads(threads)  # the service sets its own; leave other tests theirs
+
+
+def offline_probabilities(model_dir: Path, image: np.ndarray) -> np.ndarray:
+    """What evaluation computes for one stored image: the same preprocessing and network, no service."""
+    network, spec = load_model(model_dir)
+    x = torch.from_numpy(preprocess(image, spec.preprocessing)[np.newaxis])
+    with torch.inference_mode():
+        return torch.softmax(network(x), dim=1).numpy()[0]
+
+
+def predict(svc, path: Path) -> dict:
+    return asyncio.run(svc.predict(path))
+
+
+def test_save_to_model_store_records_hash_and_spec(service_module):
+    import bentoml
+
+    info = service_module.test_info
+    name, version = info["tag"].split(":")
+    assert name == "tiny-service" and version and version != "latest"
+    meta = bentoml.models.get(info["tag"]).info.metadata
+    assert meta["sha256"] == info["sha256"]
+    assert meta["class_names"] == list(CLASS_NAMES)
+    assert meta["preprocessing"]["spatial_size"] == [16, 16]
+    assert meta["dataset_version"] == "ds-123"
+    # The evaluated operating point replaces model.json's default, in the stored model.json too.
+    assert meta["operating_threshold"] == THRESHOLD
+    stored_spec = json.loads(Path(bentoml.models.get(info["tag"]).path_of("model.json")).read_text())
+    assert stored_spec["operating_threshold"] == THRESHOLD
+
+
+def test_predict_png_matches_offline_inference(svc, service_module, tmp_path):
+    image = grey_image()
+    answer = predict(svc, write(tmp_path / "a.png", png_bytes(image)))
+    assert set(answer) == {"label", "probabilities", "decision", "model_version"}
+    assert answer["model_version"] == service_module.test_info["tag"]
+    assert list(answer["probabilities"]) == list(CLASS_NAMES)
+    expected = offline_probabilities(service_module.test_info["model_dir"], image)
+    np.testing.assert_allclose(list(answer["probabilities"].values()), expected, atol=1e-6)
+    assert answer["label"] == CLASS_NAMES[int(np.argmax(expected))]
+    assert answer["decision"] == (CLASS_NAMES[1] if expected[1] >= THRESHOLD else CLASS_NAMES[0])
+
+
+def test_predict_npy_equals_png_of_same_pixels(svc, tmp_path):
+    image = grey_image(seed=1)
+    from_png = predict(svc, write(tmp_path / "b.png", png_bytes(image)))
+    from_npy = predict(svc, write(tmp_path / "b.npy", npy_bytes(image)))
+    assert from_npy == from_png
+
+
+def test_predict_jpeg(svc, tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(grey_image(seed=2)).save(buf, format="JPEG")
+    answer = predict(svc, write(tmp_path / "c.jpg", buf.getvalue()))
+    assert answer["label"] in CLASS_NAMES
+    assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def dicom_bytes(pixels: np.ndarray, patient_name: str) -> bytes:
+    """A minimal CT slice (int16 stored values, HU = stored - 1024) naming a patient in its header."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.Modality = patient_name, "MRN-55501", "CT"
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 1 if pixels.ndim == 2 else pixels.shape[2]
+    ds.PhotometricInterpretation = "MONOCHROME2" if pixels.ndim == 2 else "RGB"
+    if pixels.ndim == 3:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 16 if pixels.dtype == np.int16 else 8
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
+    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+    ds.PixelData = pixels.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.mark.skipif(
+    not INGEST_PRESENT,
+    reason="components.ingest (DICOM decoding) not there yet",
+)
+def test_dicom_is_classified_and_its_header_never_surfaces(svc, tmp_path, caplog):
+    from bentoml.exceptions import BentoMLException
+
+    caplog.set_level("DEBUG")
+    name = "Doe^Jane"
+    ct = (np.random.default_rng(4).integers(0, 2000, (20, 20))).astype(np.int16)
+    answer = predict(svc, write(tmp_path / "ct.dcm", dicom_bytes(ct, name)))
+    assert answer["label"] in CLASS_NAMES
+    rgb = np.zeros((20, 20, 3), np.uint8)
+    with pytest.raises(BentoMLException) as err:
+        predict(svc, write(tmp_path / "rgb.dcm", dicom_bytes(rgb, name)))
+    assert 400 <= err.value.error_code < 500
+    for text in (str(err.value), caplog.text):
+        assert "Doe" not in text and "MRN-55501" not in text
+
+
+def test_predict_batch_answers_in_order(svc, tmp_path):
+    paths = [write(tmp_path / f"{i}.npy", npy_bytes(grey_image(seed=i))) for i in range(3)]
+    answers = asyncio.run(svc.predict_batch(paths))
+    assert len(answers) == 3
+    for path, answer in zip(paths, answers, strict=True):
+        single = predict(svc, path)
+        assert answer["label"] == single["label"]
+        np.testing.assert_allclose(
+            list(answer["probabilities"].values()), list(single["probabilities"].values()), atol=1e-6
+        )
+
+
+def test_metadata_describes_the_pinned_model(svc, service_module):
+    meta = svc.metadata()
+    assert meta["model_tag"] == service_module.test_info["tag"]
+    assert meta["model_name"] == "tiny-service"
+    assert meta["model_version"] == service_module.test_info["tag"].split(":")[1]
+    assert meta["dataset_version"] == "ds-123"
+    assert meta["class_names"] == list(CLASS_NAMES) and meta["positive_class"] == "lesion"
+    assert meta["operating_threshold"] == THRESHOLD
+    assert meta["preprocessing"] == {"spatial_size": [16, 16], "channels": 1, "lower": 0.0, "upper": 255.0}
+    assert meta["gate"]["checks"][0]["metric"] == "auc"
+    assert meta["sha256"] == service_module.test_info["sha256"]
+    json.dumps(meta)
+
+
+# (upload bytes, acceptable statuses, a word the message must contain). Where components.ingest may
+# itself refuse an array (400) before preprocessing would (422), either answer is right.
+BAD, UNPROCESSABLE = HTTPStatus.BAD_REQUEST, HTTPStatus.UNPROCESSABLE_ENTITY
+BAD_UPLOADS = {
+    "empty file": (b"", {BAD}, "empty"),
+    "not an image": (b"%PDF-1.4 definitely not pixels", {BAD}, "decode"),
+    "truncated png": (png_bytes(grey_image())[:40], {BAD}, "decode"),
+    "pickled npy": (npy_bytes(np.array([{"a": 1}], dtype=object)), {BAD}, "decode"),
+    "rgb to grey model": (png_bytes(np.zeros((20, 20, 3), np.uint8)), {UNPROCESSABLE}, "channel"),
+    "3d volume to 2d model": (npy_bytes(np.zeros((8, 16, 16), np.float32)), {UNPROCESSABLE}, "2D"),
+    "1d array": (npy_bytes(np.zeros(16, np.float32)), {BAD, UNPROCESSABLE}, ""),
+    "nan pixels": (npy_bytes(np.full((16, 16), np.nan, np.float32)), {BAD, UNPROCESSABLE}, "finite"),
+    "text pixels": (npy_bytes(np.full((16, 16), "a")), {BAD, UNPROCESSABLE}, ""),
+}
+
+
+@pytest.mark.parametrize("data, statuses, word", BAD_UPLOADS.values(), ids=BAD_UPLOADS.keys())
+def test_bad_upload_is_a_4xx_naming_the_problem(svc, tmp_path, data, statuses, word):
+    from bentoml.exceptions import BentoMLException
+
+    with pytest.raises(BentoMLException) as err:
+        predict(svc, write(tmp_path / "upload", data))
+    assert err.value.error_code in statuses
+    assert str(err.value).startswith("image: ") and word.lower() in str(err.value).lower()
+
+
+def test_upload_over_the_limit_is_413(svc, tmp_path, monkeypatch):
+    from bentoml.exceptions import BentoMLException
+
+    monkeypatch.setattr(svc, "max_upload_bytes", 100)
+    with pytest.raises(BentoMLException) as err:
+        predict(svc, write(tmp_path / "big.npy", npy_bytes(grey_image())))
+    assert err.value.error_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    assert "limit" in str(err.value)
+
+
+def test_bad_image_in_a_batch_is_named_by_position(svc, tmp_path):
+    from bentoml.exceptions import BentoMLException
+
+    good = write(tmp_path / "good.npy", npy_bytes(grey_image()))
+    bad = write(tmp_path / "bad.npy", npy_bytes(np.zeros((20, 20, 3), np.uint8)))
+    with pytest.raises(BentoMLException) as err:
+        asyncio.run(svc.predict_batch([good, bad]))
+    assert err.value.error_code == HTTPStatus.UNPROCESSABLE_ENTITY
+    assert "images[1]" in str(err.value)
+    with pytest.raises(BentoMLException) as err:
+        asyncio.run(svc.predict_batch([]))
+    assert err.value.error_code == HTTPStatus.BAD_REQUEST
+
+
+def test_2d_image_to_a_3d_model_is_refused_before_decoding():
+    from services.inference import InputProblem, ModelCard, decode_upload
+
+    card = ModelCard("m:1", CLASS_NAMES, Preprocessing((8, 16, 16), 1, -1000.0, 1000.0), 0.5)
+    with pytest.raises(InputProblem, match="PNG is a 2D image") as err:
+        decode_upload(png_bytes(grey_image()), card)
+    assert err.value.status == HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+@pytest.mark.parametrize(
+    "probs, threshold, label, decision",
+    [
+        ([0.8, 0.2], 0.3, "normal", "normal"),
+        ([0.65, 0.35], 0.3, "normal", "lesion"),  # below 0.5 but above the operating point
+        ([0.3, 0.7], 0.9, "lesion", "normal"),
+        ([0.5, 0.5], 0.5, "normal", "lesion"),  # p >= threshold is positive
+    ],
+)
+def test_decision_applies_the_operating_threshold(probs, threshold, label, decision):
+    from services.inference import ModelCard, to_prediction
+
+    card = ModelCard("m:1", CLASS_NAMES, Preprocessing((16, 16), 1, 0.0, 255.0), threshold)
+    answer = to_prediction(np.array(probs), card)
+    assert (answer["label"], answer["decision"]) == (label, decision)
+
+
+def test_multiclass_decision_is_the_label():
+    from services.inference import ModelCard, to_prediction
+
+    card = ModelCard("m:1", ("a", "b", "c"), Preprocessing((16, 16), 1, 0.0, 255.0), 0.5)
+    assert to_prediction(np.array([0.2, 0.3, 0.5]), card)["decision"] == "c"
+
+
+@pytest.mark.parametrize("tampered", ["model.pt", "model.json"])
+def test_tampered_model_files_refuse_to_load(service_module, tmp_path, monkeypatch, tampered):
+    import bentoml
+
+    from components.package import save_to_model_store
+
+    tag, _ = save_to_model_store(save_tiny_model(tmp_path / "m", seed=1), "tiny-tampered", {})
+    stored = Path(bentoml.models.get(tag).path_of(tampered))
+    if tampered == "model.pt":
+        state = torch.load(stored, weights_only=True)
+        next(iter(state.values())).add_(1.0)
+        torch.save(state, stored)
+    else:
+        stored.write_text(stored.read_text().replace('"lesion"', '"healthy"'))
+    monkeypatch.setattr(service_module.Classifier.inner, "bento_model", bentoml.models.BentoModel(tag))
+    with pytest.raises(RuntimeError, match="refusing"):
+        service_module.Classifier()
+
+
+@pytest.mark.parametrize("tag", ["tiny-service", "tiny-service:latest", ":abc"])
+def test_only_exact_model_tags_are_accepted(tag):
+    from components.package import exact_model_tag
+
+    with pytest.raises(ValueError, match="exact version"):
+        exact_model_tag(tag)
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+class TestHTTP:
+    """The service's ASGI app in-process: what a client sees for malformed requests."""
+
+    @pytest.fixture(scope="class")
+    def client(self, service_module):
+        from starlette.testclient import TestClient
+
+        with TestClient(service_module.Classifier.to_asgi()) as client:
+            yield client
+
+    def test_predict_over_http(self, client):
+        resp = client.post("/predict", files={"image": ("a.png", png_bytes(grey_image()), "image/png")})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["label"] in CLASS_NAMES
+
+    def test_metadata_answers_get_and_post(self, client):
+        assert client.get("/metadata").json()["class_names"] == list(CLASS_NAMES)
+        assert client.post("/metadata").status_code == 200
+
+    @pytest.mark.parametrize(
+        "kwargs, status, words",
+        [
+            ({"json": {"image": "x"}}, 415, "multipart"),
+            ({"content": b"", "headers": {"content-type": "multipart/form-data; boundary=x"}}, 400, "empty"),
+            (
+                {"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=x"}},
+                400,
+                "",
+            ),
+            ({"files": {"picture": ("a.png", b"123")}}, 400, "missing form field 'image'"),
+            (
+                {"data": {"image": "http://example.com/a.png"}, "files": {"x": ("x", b"1")}},
+                400,
+                "file upload",
+            ),
+            ({"files": {"image": ("a.png", b"garbage")}}, 400, "decode"),
+            ({"files": {"image": ("v.npy", npy_bytes(np.zeros((8, 16, 16), np.float32)))}}, 422, "2D"),
+        ],
+        ids=["json", "empty", "malformed", "missing-field", "text-field", "garbage", "volume"],
+    )
+    def test_bad_request_is_a_4xx_json_error(self, client, kwargs, status, words):
+        resp = client.post("/predict", **kwargs)
+        assert resp.status_code == status
+        body = resp.json()
+        assert isinstance(body, dict) and words in body["error"]
+
+    def test_body_over_the_limit_is_413(self, client, service_module):
+        limit = service_module.SETTINGS.max_upload_bytes
+        resp = client.post("/predict", files={"image": ("a.npy", b"\x93NUMPY" + b"0" * (limit + 1))})
+        assert resp.status_code == 413 and "limit" in resp.json()["error"]
+
+    def test_batch_over_http(self, client):
+        files = [("images", (f"{i}.png", png_bytes(grey_image(seed=i)), "image/png")) for i in range(3)]
+        resp = client.post("/predict_batch", files=files)
+        assert resp.status_code == 200 and len(resp.json()) == 3
+
+
+def test_serving_settings_round_trip_and_refuse_unservable_values():
+    from components.package import ServingSettings
+
+    settings = ServingSettings("m:1", (1, 16, 16), max_batch_size=8, max_latency_ms=50)
+    assert ServingSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
+    with pytest.raises(ValueError, match="max_batch_size >= 2"):
+        ServingSettings("m:1", (1, 16, 16), max_batch_size=1)
+    with pytest.raises(ValueError, match="exact version"):
+        ServingSettings("m:latest", (1, 16, 16))
+
+
+@pytest.mark.parametrize("tag, message", [("tiny-service", "exact version"), ("absent:v1", "not in the")])
+def test_build_refuses_a_loose_or_missing_model_before_building(bentoml_home, tag, message):
+    from components.config import PackageConfig
+    from components.package import build_bento
+
+    with pytest.raises(ValueError, match=message):
+        build_bento(tag, PackageConfig(), {})
