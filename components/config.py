@@ -32,6 +32,9 @@ class IngestConfig(_Section):
     key_column: str = "path"
     # Folders of PNG/JPEG with many images per patient can encode the patient in the file name prefix.
     patient_from_filename_prefix: bool = False
+    # Class order (index 1 is the positive class of a binary task); labels outside it are reported and
+    # skipped. Empty: numeric names by value, else a "normal"-like name first, then alphabetical.
+    class_names: tuple[str, ...] = ()
 
 
 class ValidateConfig(_Section):
@@ -61,28 +64,65 @@ class ModelConfig(_Section):
     # auto: a 2D ResNet for images, a 3D ResNet for volumes.
     family: Literal["auto", "resnet", "densenet", "efficientnet", "resnet3d", "cnn_rnn"] = "auto"
     width: int = 32  # channels of the first block
+    depth: Literal[10, 18, 34] = 10  # ResNet depth (resnet, resnet3d and the cnn_rnn encoder)
     dropout: float = 0.1
     rnn_hidden: int = 64
 
 
+class AugmentConfig(_Section):
+    """Random, label-preserving changes to training images, applied to whole batches at once."""
+
+    enabled: bool = True
+    rotate_degrees: float = 15.0  # in-plane (H, W) rotation, uniform in +/- this
+    zoom: float = 0.1  # scale factor uniform in [1 - zoom, 1 + zoom]
+    translate: float = 0.05  # shift, as a fraction of the image size
+    affine_probability: float = 0.8  # share of images given a rotation/zoom/shift
+    flip_axes: tuple[int, ...] = (-1,)  # spatial axes (negative: from the last) flipped with probability 0.5
+    noise_std: float = 0.02  # Gaussian noise on [0, 1] intensities
+    noise_probability: float = 0.2
+    contrast: float = 0.1  # intensity scale uniform in [1 - contrast, 1 + contrast] about the image mean
+
+
 class TrainConfig(_Section):
     model: ModelConfig = ModelConfig()
-    epochs: int = 12
+    # 0: enough epochs for about `steps` optimizer steps, within [min_epochs, max_epochs]: small
+    # datasets get more passes, large ones fewer. A number: exactly that many epochs (at most).
+    epochs: int = 0
+    steps: int = 1000
+    min_epochs: int = 10
+    max_epochs: int = 60
     batch_size: int = 64
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
-    patience: int = 5
+    label_smoothing: float = 0.0
+    patience: int = 5  # epochs without a better validation AUC before stopping (in the second half of the schedule)
     seed: int = 0
-    num_threads: int = 2
-    class_weighting: bool = True
-    augment: bool = True
+    num_threads: int = 0  # 0: every core this process may use
+    # Class imbalance: weight the loss by inverse class frequency, or sample batches class-balanced.
+    class_balance: Literal["weighted_loss", "sampler", "none"] = "weighted_loss"
+    augment: AugmentConfig = AugmentConfig()
+    ema_decay: float = 0.0  # > 0: select and save an exponential moving average of the weights
     max_minutes: float = 30.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # bfloat16 autocast, on a GPU only
+    compile: bool = True  # torch.compile, on a GPU only
+
+
+class BaselineConfig(_Section):
+    """The classical baseline: radiomics-style features and a scikit-learn classifier."""
+
+    classifier: Literal["gradient_boosting", "logistic_regression", "random_forest"] = "gradient_boosting"
+    histogram_bins: int = 16
+    grey_levels: int = 16  # grey levels of the co-occurrence (texture) matrices
+    seed: int = 0
 
 
 class EvaluateConfig(_Section):
     bootstrap_samples: int = 500
     operating_point: Literal["youden", "sensitivity"] = "youden"
     target_sensitivity: float = 0.9
+    temperature_scaling: bool = True  # fit a temperature on validation; report calibration before/after
+    calibration_bins: int = 10
     seed: int = 0
 
 
@@ -116,11 +156,14 @@ class GateConfig(_Section):
 class PackageConfig(_Section):
     # Empty: derived from the dataset source (e.g. "pneumoniamnist", "ct-lesion" for the default).
     model_name: str = ""
+    # Most images per forward pass of the service's batcher (CPU: 64; a GPU takes a few hundred).
     max_batch_size: int = 64
-    # BentoML's adaptive batching latency budget: a request it expects to wait longer is refused (503).
+    # The batcher's latency budget: a request expected to wait longer for the network is refused (503).
     max_latency_ms: int = 500
     # Intra-op threads of each serving worker (0: PyTorch's default, all cores).
     torch_threads: int = 1
+    # Server processes, each with its own copy of the network and its own batcher.
+    api_workers: int = 1
 
 
 class ServeConfig(_Section):
@@ -130,6 +173,27 @@ class ServeConfig(_Section):
     max_batch_images: int = 256
     golden_set_size: int = 16
     probability_tolerance: float = 1e-4
+    # `medgate serve` asks the registry for the production Bento this often (0: only on SIGHUP).
+    reload_poll_s: float = 10.0
+
+
+class ModelCardText(_Section):
+    """What a model card says about use: written by people, shown verbatim on every card."""
+
+    intended_use: str = "Research use: to study medgate's gated pipeline; not for clinical decisions."
+    intended_users: str = "ML engineers and researchers operating medgate."
+    limitations: tuple[str, ...] = ()
+    out_of_scope: tuple[str, ...] = ()
+
+
+class ModelCardConfig(_Section):
+    """Intended use and limits per model name (`models.<name>`), else `default`."""
+
+    default: ModelCardText = ModelCardText()
+    models: dict[str, ModelCardText] = Field(default_factory=dict)
+
+    def text_for(self, model_name: str) -> ModelCardText:
+        return self.models.get(model_name, self.default)
 
 
 class Params(_Section):
@@ -138,10 +202,12 @@ class Params(_Section):
     validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
+    baseline: BaselineConfig = BaselineConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     gate: GateConfig = GateConfig()
     package: PackageConfig = PackageConfig()
     serve: ServeConfig = ServeConfig()
+    modelcard: ModelCardConfig = ModelCardConfig()
 
 
 def load_params(path: Path) -> Params:

@@ -3,8 +3,15 @@
 The operating threshold is chosen on the validation split (never on test). For two classes,
 `class_names[1]` is the positive class: sensitivity is its recall, specificity the other's.
 For more classes, sensitivity and specificity are macro averages one-vs-rest at the argmax.
-Writes `metrics.json` (flat numbers for `dvc metrics show`, plus `subgroups`) and
-`predictions.csv` (per test image: true label, predicted label, class probabilities).
+Writes `metrics.json` (flat numbers for `dvc metrics show`, plus `subgroups`),
+`predictions.csv` (per test image: true label, predicted label, class probabilities, exactly what
+the served model answers) and `plots/` (ROC, calibration and confusion data for `dvc plots`).
+
+Calibration: `ece` is that of the model as served. With `temperature_scaling`, a temperature is
+fitted on the validation split and `ece_scaled`/`nll_scaled` say what it would give; it changes
+neither AUC nor the predicted labels (the threshold is chosen on the same scale).
+Against the classical baseline (components.baseline, same test images): `baseline_<metric>`,
+`auc_minus_baseline` and its paired bootstrap 95% interval.
 """
 
 from __future__ import annotations
@@ -17,17 +24,18 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-import torch
+from scipy.optimize import minimize_scalar
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_curve
 
 from components.artifacts import SUBGROUP_COLUMNS, EvalReport
 from components.config import EvaluateConfig, load_params
 from components.models import load_model
 from components.prepare import load_split
-from components.train import predict_probs, score_auc
+from components.train import predict_probs, score_auc, set_threads
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
+PLOTS_DIR = "plots"
 
 
 def choose_threshold(labels: np.ndarray, positive_probs: np.ndarray, cfg: EvaluateConfig) -> float:
@@ -50,21 +58,51 @@ def predict_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
     return probs.argmax(axis=1)
 
 
-def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
-    """ECE of the top-class confidence over equal-width bins."""
+def reliability_bins(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Top-class confidence against accuracy in equal-width confidence bins (the non-empty ones)."""
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        in_bin = which == b
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
+    return [
+        {"bin": b, "confidence": float(confidence[which == b].mean()), "accuracy": float(correct[which == b].mean()), "count": int((which == b).sum())}
+        for b in range(bins)
+        if (which == b).any()
+    ]
 
 
-def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
+    """ECE of the top-class confidence over equal-width bins."""
+    total = max(len(labels), 1)
+    return float(sum(r["count"] / total * abs(r["accuracy"] - r["confidence"]) for r in reliability_bins(labels, probs, bins)))
+
+
+def negative_log_likelihood(labels: np.ndarray, probs: np.ndarray) -> float:
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()) if len(labels) else math.nan
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits / T), from probabilities: log-probabilities differ from the logits by a
+    per-image constant, which the softmax removes."""
+    scaled = np.log(np.clip(probs, 1e-12, None)) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The temperature in [0.05, 20] minimising the negative log-likelihood of `labels` (Guo et al. 2017)."""
+    if len(labels) == 0:
+        return 1.0
+    result = minimize_scalar(
+        lambda log_t: negative_log_likelihood(labels, apply_temperature(probs, math.exp(log_t))),
+        bounds=(math.log(0.05), math.log(20.0)),
+        method="bounded",
+    )
+    return float(math.exp(result.x))
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, bins: int = 10) -> dict[str, float]:
     """AUC, accuracy, sensitivity, specificity, F1, balanced accuracy and ECE; NaN where undefined."""
     n_classes = probs.shape[1]
     predicted = predict_labels(probs, threshold)
@@ -89,7 +127,7 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: flo
         "specificity": float(specificity),
         "f1": float(f1),
         "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)) if len(labels) else math.nan,
-        "ece": expected_calibration_error(labels, probs),
+        "ece": expected_calibration_error(labels, probs, bins),
     }
 
 
@@ -131,9 +169,61 @@ def subgroup_metrics(rows: pd.DataFrame, labels: np.ndarray, probs: np.ndarray, 
     return result
 
 
-def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir: Path) -> EvalReport:
-    """Metrics of the model in `model_dir` on the test split of `data_dir`."""
-    torch.set_num_threads(2)
+def paired_bootstrap_difference(
+    labels: np.ndarray, probs: np.ndarray, other_probs: np.ndarray, samples: int, seed: int
+) -> tuple[float, float]:
+    """Percentile 95% interval of AUC(probs) - AUC(other_probs), both on the same resampled images."""
+    return bootstrap_ci(
+        labels,
+        np.concatenate([probs, other_probs], axis=1),
+        lambda y, both: score_auc(y, both[:, : probs.shape[1]]) - score_auc(y, both[:, probs.shape[1] :]),
+        samples,
+        seed,
+    )
+
+
+def compare_with_baseline(
+    baseline_dir: Path, rows: pd.DataFrame, labels: np.ndarray, probs: np.ndarray, metrics: dict[str, Any], cfg: EvaluateConfig
+) -> dict[str, Any]:
+    """`baseline_<metric>` for the classical baseline, and the network's margin over it."""
+    from components.baseline import METRICS_FILE as BASELINE_METRICS, PREDICTIONS_FILE as BASELINE_PREDICTIONS
+
+    baseline = json.loads((baseline_dir / BASELINE_METRICS).read_text())
+    predictions = pd.read_csv(baseline_dir / BASELINE_PREDICTIONS, dtype={"image_id": str}).set_index("image_id")
+    if set(predictions.index) != set(rows["image_id"]):
+        raise ValueError(f"{baseline_dir / BASELINE_PREDICTIONS}: the baseline was not measured on this test split")
+    prob_columns = [c for c in predictions.columns if c.startswith("prob_")]
+    baseline_probs = predictions.loc[rows["image_id"], prob_columns].to_numpy(dtype=np.float64)
+    out: dict[str, Any] = {f"baseline_{k}": v for k, v in baseline.items() if isinstance(v, (int, float)) and k in metrics}
+    out["baseline_classifier"] = baseline.get("classifier")
+    out["auc_minus_baseline"] = metrics["auc"] - baseline["auc"]
+    out["accuracy_minus_baseline"] = metrics["accuracy"] - baseline["accuracy"]
+    lower, upper = paired_bootstrap_difference(labels, probs, baseline_probs, cfg.bootstrap_samples, cfg.seed)
+    out["auc_minus_baseline_ci_lower"], out["auc_minus_baseline_ci_upper"] = lower, upper
+    return out
+
+
+def write_plot_data(out_dir: Path, labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray, class_names: tuple[str, ...], bins: int) -> None:
+    """ROC, reliability and confusion data as JSON lists, for `dvc plots` (see dvc.yaml).
+
+    Multi-class ROC is the micro-average of the one-vs-rest curves.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if probs.shape[1] == 2:
+        fpr, tpr, thresholds = roc_curve(labels, probs[:, 1]) if len(np.unique(labels)) == 2 else ([], [], [])
+    else:
+        onehot = np.eye(probs.shape[1])[labels]
+        fpr, tpr, thresholds = roc_curve(onehot.ravel(), probs.ravel())
+    roc = [{"fpr": float(f), "tpr": float(t), "threshold": float(min(th, 1.0))} for f, t, th in zip(fpr, tpr, thresholds)]
+    (out_dir / "roc.json").write_text(json.dumps(roc))
+    (out_dir / "calibration.json").write_text(json.dumps(reliability_bins(labels, probs, bins)))
+    confusion = [{"actual": class_names[a], "predicted": class_names[p]} for a, p in zip(labels, predicted)]
+    (out_dir / "confusion.json").write_text(json.dumps(confusion))
+
+
+def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir: Path, baseline_dir: Path | None = None) -> EvalReport:
+    """Metrics of the model in `model_dir` on the test split of `data_dir`, beside the baseline's when given."""
+    set_threads(0)
     model, spec = load_model(model_dir)
     x_val, y_val, _ = load_split(data_dir, "val")
     x_test, y_test, rows = load_split(data_dir, "test")
@@ -141,15 +231,25 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
     binary = len(spec.class_names) == 2
     threshold = choose_threshold(y_val, val_probs[:, 1], cfg) if binary else 0.5
 
-    metrics: dict[str, Any] = classification_metrics(y_test, test_probs, threshold)
+    metrics: dict[str, Any] = classification_metrics(y_test, test_probs, threshold, cfg.calibration_bins)
     for name, fn in {
         "auc": score_auc,
         "accuracy": lambda y, p: float((predict_labels(p, threshold) == y).mean()),
     }.items():
         metrics[f"{name}_ci_lower"], metrics[f"{name}_ci_upper"] = bootstrap_ci(y_test, test_probs, fn, cfg.bootstrap_samples, cfg.seed)
+    metrics["nll"] = negative_log_likelihood(y_test, test_probs)
+    if cfg.temperature_scaling:
+        temperature = fit_temperature(y_val, val_probs)
+        scaled = apply_temperature(test_probs, temperature)
+        metrics["temperature"] = temperature
+        metrics["ece_scaled"] = expected_calibration_error(y_test, scaled, cfg.calibration_bins)
+        metrics["nll_scaled"] = negative_log_likelihood(y_test, scaled)
     metrics["val_auc"] = score_auc(y_val, val_probs)
     metrics["n_test"] = int(len(y_test))
     metrics["operating_threshold"] = threshold
+    metrics["operating_point"] = cfg.operating_point if binary else "argmax"
+    if baseline_dir is not None:
+        metrics.update(compare_with_baseline(baseline_dir, rows, y_test, test_probs, metrics, cfg))
     metrics["subgroups"] = subgroup_metrics(rows, y_test, test_probs, threshold)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +259,8 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
     for i, name in enumerate(spec.class_names):
         table[f"prob_{name}"] = test_probs[:, i]
     table.to_csv(out_dir / PREDICTIONS_FILE, index=False, float_format="%.8g")
-    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    write_plot_data(out_dir / PLOTS_DIR, y_test, test_probs, predicted, spec.class_names, cfg.calibration_bins)
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return EvalReport(out_dir / METRICS_FILE, flat, threshold)
 
 
@@ -168,9 +269,10 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--baseline", type=Path, default=None, help="the baseline stage's output, to compare against")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    report = evaluate_model(args.data, args.model, load_params(args.params).evaluate, args.out)
+    report = evaluate_model(args.data, args.model, load_params(args.params).evaluate, args.out, args.baseline)
     shown = ", ".join(f"{k} {report.metrics[k]:.4f}" for k in ("auc", "accuracy", "sensitivity", "specificity"))
     print(f"evaluate: {shown}")
 

@@ -42,11 +42,14 @@ def resolve_family(cfg: ModelConfig, input_shape: tuple[int, ...]) -> str:
     return family
 
 
-def _small_resnet(spatial_dims: int, in_channels: int, num_classes: int, width: int, size: int) -> ResNet:
-    """A ResNet-10-style network for small images: 3x3 stem, no max-pool below 64 px (MedMNIST style)."""
+_RESNET_LAYERS = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
+
+
+def _small_resnet(spatial_dims: int, in_channels: int, num_classes: int, width: int, size: int, depth: int = 10) -> ResNet:
+    """A ResNet (basic blocks) for small images: 3x3 stem, no max-pool up to 64 px (MedMNIST style)."""
     return ResNet(
         block="basic",
-        layers=[1, 1, 1, 1],
+        layers=_RESNET_LAYERS[depth],
         block_inplanes=[width, 2 * width, 4 * width, 8 * width],
         spatial_dims=spatial_dims,
         n_input_channels=in_channels,
@@ -63,11 +66,12 @@ class SliceRNN(nn.Module):
     Input (B, C, D, H, W): D is the slice or frame axis.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, width: int, hidden: int, size: int, dropout: float):
+    def __init__(self, in_channels: int, num_classes: int, cfg: ModelConfig, size: int):
         super().__init__()
-        self.encoder = _small_resnet(2, in_channels, 8 * width, width, size)
+        width, hidden = cfg.width, cfg.rnn_hidden
+        self.encoder = _small_resnet(2, in_channels, 8 * width, width, size, cfg.depth)
         self.rnn = nn.GRU(8 * width, hidden, batch_first=True, bidirectional=True)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * hidden, num_classes))
+        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(2 * hidden, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, d, h, w = x.shape
@@ -82,9 +86,9 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     in_channels, spatial = input_shape[0], input_shape[1:]
     size = max(spatial)
     if family == "resnet":
-        return _small_resnet(2, in_channels, num_classes, cfg.width, size)
+        return _small_resnet(2, in_channels, num_classes, cfg.width, size, cfg.depth)
     if family == "resnet3d":
-        return _small_resnet(3, in_channels, num_classes, cfg.width, size)
+        return _small_resnet(3, in_channels, num_classes, cfg.width, size, cfg.depth)
     if family == "densenet":
         return DenseNet(
             spatial_dims=2,
@@ -105,7 +109,7 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
             dropout_rate=cfg.dropout,
             image_size=size,
         )
-    return SliceRNN(in_channels, num_classes, cfg.width, cfg.rnn_hidden, size, cfg.dropout)
+    return SliceRNN(in_channels, num_classes, cfg, size)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 import yaml
@@ -36,7 +36,12 @@ from bentoml.exceptions import NotFound
 from components.config import PackageConfig, ServeConfig
 from components.models import SPEC_FILE, WEIGHTS_FILE, ModelSpec, file_sha256
 
+if TYPE_CHECKING:
+    import httpx
+
 MODEL_REF_FILE = "model_ref.json"
+# Read by the service where it starts (never stored in a Bento): when set, requests need this key.
+API_KEY_ENV = "MEDGATE_API_KEY"
 SERVICE_IMPORT = "services.service:Classifier"
 # Distributions the service imports; pinned in the Bento to the versions it was built and tested with.
 SERVICE_DISTRIBUTIONS = ("numpy", "torch", "monai", "pillow", "pydicom", "nibabel", "pydantic", "pyyaml")
@@ -46,7 +51,14 @@ _QUIET_ENV = {"BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1"}
 _DROPPED_ENV = ("PYTHONPATH", "MEDGATE_MODEL_TAG")
 
 
-_SETTING_KEYS = ("max_batch_size", "max_latency_ms", "torch_threads", "max_upload_bytes", "max_batch_images")
+_SETTING_KEYS = (
+    "max_batch_size",
+    "max_latency_ms",
+    "torch_threads",
+    "api_workers",
+    "max_upload_bytes",
+    "max_batch_images",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,16 +70,18 @@ class ServingSettings:
     max_batch_size: int = PackageConfig().max_batch_size
     max_latency_ms: int = PackageConfig().max_latency_ms
     torch_threads: int = PackageConfig().torch_threads
+    api_workers: int = PackageConfig().api_workers
     max_upload_bytes: int = ServeConfig().max_upload_bytes
     max_batch_images: int = ServeConfig().max_batch_images
 
     def __post_init__(self) -> None:
         exact_model_tag(self.model_tag)
         # BentoML refuses a batchable API with max_batch_size < 2; say so at packaging, not at serving.
-        if self.max_batch_size < 2 or self.max_latency_ms < 1 or self.torch_threads < 0:
+        if self.max_batch_size < 2 or self.max_latency_ms < 1 or self.torch_threads < 0 or self.api_workers < 1:
             raise ValueError(
-                f"package settings: need max_batch_size >= 2, max_latency_ms >= 1, torch_threads >= 0; got "
-                f"{self.max_batch_size}, {self.max_latency_ms}, {self.torch_threads}"
+                "package settings: need max_batch_size >= 2, max_latency_ms >= 1, torch_threads >= 0, "
+                f"api_workers >= 1; got {self.max_batch_size}, {self.max_latency_ms}, {self.torch_threads}, "
+                f"{self.api_workers}"
             )
         if self.max_upload_bytes < 1 or self.max_batch_images < 1:
             raise ValueError("serve settings: max_upload_bytes and max_batch_images must be positive")
@@ -98,7 +112,11 @@ def exact_model_tag(tag: str) -> str:
 
 
 def save_to_model_store(
-    model_dir: Path, name: str, metadata: Mapping[str, Any], version: str | None = None
+    model_dir: Path,
+    name: str,
+    metadata: Mapping[str, Any],
+    version: str | None = None,
+    files: Mapping[str, str] | None = None,
 ) -> tuple[str, str]:
     """Copy `model.pt` and `model.json` (from `components.models.save_model`) into the BentoML model store.
 
@@ -113,6 +131,7 @@ def save_to_model_store(
         name: model name in the store (lowercase letters, digits, `-`, `_`, `.`).
         metadata: JSON-serialisable facts to keep with the model.
         version: the version to use; BentoML generates one when None.
+        files: more text files to keep beside the weights, name -> content (e.g. the model card).
 
     Returns:
         (the exact tag "name:version", sha256 of model.pt)
@@ -139,6 +158,10 @@ def save_to_model_store(
     with bentoml.models.create(tag, metadata=stored_metadata) as model:
         shutil.copyfile(weights, model.path_of(WEIGHTS_FILE))
         Path(model.path_of(SPEC_FILE)).write_bytes(spec_bytes)
+        for file_name, text in (files or {}).items():
+            if Path(file_name).name != file_name or file_name in (WEIGHTS_FILE, SPEC_FILE):
+                raise ValueError(f"{file_name!r}: extra model files are plain names other than the model's own")
+            Path(model.path_of(file_name)).write_text(text, encoding="utf-8")
         if file_sha256(Path(model.path_of(WEIGHTS_FILE))) != sha256:
             raise OSError(f"{weights}: changed while being copied into the model store")
     return str(model.tag), sha256
@@ -191,6 +214,7 @@ def build_bento(
         max_batch_size=cfg.max_batch_size,
         max_latency_ms=cfg.max_latency_ms,
         torch_threads=cfg.torch_threads,
+        api_workers=cfg.api_workers,
         max_upload_bytes=serve_cfg.max_upload_bytes,
         max_batch_images=serve_cfg.max_batch_images,
     )
@@ -266,10 +290,37 @@ def smoke_test_bento(
 ) -> dict[str, Any]:
     """Serve the Bento on 127.0.0.1 and check it answers the golden images as offline inference did.
 
+    The server runs without an API key whatever the environment says: it is this check's own,
+    on loopback, for the check's duration. It is always stopped; a failure to start or answer is
+    reported in the check (see `check_golden`), never raised.
+    """
+    import httpx
+
+    if not golden:
+        return _parity_check(None, False, "no golden images to compare", tolerance)
+    host = "127.0.0.1"
+    port = find_free_port(host)
+    base = f"http://{host}:{port}"
+    with (
+        tempfile.TemporaryFile("w+b") as log,
+        serve_in_background(bento_tag, port, host, log, env={API_KEY_ENV: None}) as proc,
+    ):
+        ready = wait_until_ready(base, proc, timeout_s)
+        if ready is not None:
+            detail = f"{bento_tag} did not become ready: {ready}\n{_read_tail(log)}"
+            return _parity_check(None, False, detail, tolerance)
+        with httpx.Client(base_url=base, timeout=30.0) as client:
+            return check_golden(client, golden, tolerance)
+
+
+def check_golden(
+    client: httpx.Client, golden: Sequence[tuple[Path, Sequence[float]]], tolerance: float
+) -> dict[str, Any]:
+    """Send each golden image to a running service's `/predict` and compare with the offline answers.
+
     Each golden entry is a `.npy` of a stored image array and its expected class probabilities, in
-    the model's `class_names` order. The check passes when every label matches and every probability
-    is within `tolerance`. The server is always stopped; a failure to start or answer is reported in
-    the check, never raised.
+    the model's `class_names` order. The check passes when every label matches (ties within
+    tolerance excepted) and every probability is within `tolerance`.
 
     Returns:
         {"metric": "serving_parity", "value": max |p_served - p_expected| or None, "threshold": tolerance,
@@ -277,87 +328,78 @@ def smoke_test_bento(
     """
     import httpx
 
-    def check(value: float | None, passed: bool, detail: str) -> dict[str, Any]:
-        return {
-            "metric": "serving_parity",
-            "value": value,
-            "threshold": tolerance,
-            "comparison": "<=",
-            "passed": passed,
-            "detail": detail,
-        }
-
     if not golden:
-        return check(None, False, "no golden images to compare")
-    host = "127.0.0.1"
-    port = find_free_port(host)
-    base = f"http://{host}:{port}"
-    with tempfile.TemporaryFile("w+b") as log, serve_in_background(bento_tag, port, host, log) as proc:
-        ready = wait_until_ready(base, proc, timeout_s)
-        if ready is not None:
-            return check(None, False, f"{bento_tag} did not become ready: {ready}\n{_read_tail(log)}")
-        max_diff = 0.0
-        problems: list[str] = []
-        try:
-            with httpx.Client(base_url=base, timeout=30.0) as client:
-                class_names = client.post("/metadata", json={}).raise_for_status().json()["class_names"]
-                for path, expected in golden:
-                    path = Path(path)
-                    resp = client.post("/predict", files={"image": (path.name, path.read_bytes())})
-                    if resp.status_code != 200:
-                        problems.append(f"{path.name}: HTTP {resp.status_code} {resp.text[:200]}")
-                        continue
-                    answer = resp.json()
-                    served = [float(answer["probabilities"][name]) for name in class_names]
-                    if len(served) != len(expected):
-                        problems.append(
-                            f"{path.name}: {len(served)} classes served, {len(expected)} expected"
-                        )
-                        continue
-                    diff = max(abs(s - float(e)) for s, e in zip(served, expected, strict=True))
-                    max_diff = max(max_diff, diff)
-                    if diff > tolerance:
-                        problems.append(f"{path.name}: probabilities differ by {diff:.3g}")
-                    expected_label = _confident_label(expected, class_names, tolerance)
-                    if expected_label is not None and answer["label"] != expected_label:
-                        problems.append(
-                            f"{path.name}: label {answer['label']!r}, expected {expected_label!r}"
-                        )
-        except (httpx.HTTPError, OSError, ValueError, KeyError, TypeError) as exc:
-            return check(None, False, f"request to {bento_tag} failed: {type(exc).__name__}: {exc}")
+        return _parity_check(None, False, "no golden images to compare", tolerance)
+    max_diff = 0.0
+    problems: list[str] = []
+    try:
+        class_names = client.get("/metadata").raise_for_status().json()["class_names"]
+        for path, expected in golden:
+            path = Path(path)
+            resp = client.post("/predict", files={"image": (path.name, path.read_bytes())})
+            if resp.status_code != 200:
+                problems.append(f"{path.name}: HTTP {resp.status_code} {resp.text[:200]}")
+                continue
+            answer = resp.json()
+            served = [float(answer["probabilities"][name]) for name in class_names]
+            if len(served) != len(expected):
+                problems.append(f"{path.name}: {len(served)} classes served, {len(expected)} expected")
+                continue
+            diff = max(abs(s - float(e)) for s, e in zip(served, expected, strict=True))
+            max_diff = max(max_diff, diff)
+            if diff > tolerance:
+                problems.append(f"{path.name}: probabilities differ by {diff:.3g}")
+            expected_label = _confident_label(expected, class_names, tolerance)
+            if expected_label is not None and answer["label"] != expected_label:
+                problems.append(f"{path.name}: label {answer['label']!r}, expected {expected_label!r}")
+    except (httpx.HTTPError, OSError, ValueError, KeyError, TypeError) as exc:
+        return _parity_check(None, False, f"request to {client.base_url} failed: {type(exc).__name__}: {exc}", tolerance)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        return check(max_diff, False, f"{len(problems)} of {len(golden)} golden images disagree: {shown}")
-    return check(
-        max_diff, True, f"{len(golden)} golden images match within {tolerance} (max diff {max_diff:.3g})"
-    )
+        detail = f"{len(problems)} of {len(golden)} golden images disagree: {shown}"
+        return _parity_check(max_diff, False, detail, tolerance)
+    detail = f"{len(golden)} golden images match within {tolerance} (max diff {max_diff:.3g})"
+    return _parity_check(max_diff, True, detail, tolerance)
+
+
+def _parity_check(value: float | None, passed: bool, detail: str, tolerance: float) -> dict[str, Any]:
+    return {
+        "metric": "serving_parity",
+        "value": value,
+        "threshold": tolerance,
+        "comparison": "<=",
+        "passed": passed,
+        "detail": detail,
+    }
 
 
 def serve_command(bento_tag: str, port: int, host: str = "127.0.0.1") -> list[str]:
-    """The command that serves a Bento (what `medgate serve` runs), bound to `host` (loopback by default)."""
+    """The command that serves a Bento, bound to `host` (loopback by default)."""
     return [sys.executable, "-m", "bentoml", "serve", bento_tag, "--host", host, "--port", str(port)]
-
-
-def serve_bento(bento_tag: str, port: int, host: str = "127.0.0.1") -> int:
-    """Serve a Bento in the foreground until interrupted; returns the server's exit status."""
-    with serve_in_background(bento_tag, port, host) as proc:
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            return 130
 
 
 @contextlib.contextmanager
 def serve_in_background(
-    bento_tag: str, port: int, host: str = "127.0.0.1", log: Any = None
+    bento_tag: str,
+    port: int,
+    host: str = "127.0.0.1",
+    log: Any = None,
+    env: Mapping[str, str | None] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`bentoml serve` in its own process group, stopped (SIGTERM, then SIGKILL) when the block ends.
 
     `log`: a binary file for the server's output (default: this process's stdout/stderr).
+    `env`: environment changes for the server; None removes a variable.
     """
+    child_env = _child_env()
+    for key, value in (env or {}).items():
+        if value is None:
+            child_env.pop(key, None)
+        else:
+            child_env[key] = value
     proc = subprocess.Popen(
         serve_command(bento_tag, port, host),
-        env=_child_env(),
+        env=child_env,
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT if log is not None else None,
@@ -367,6 +409,33 @@ def serve_in_background(
         yield proc
     finally:
         _stop(proc)
+
+
+def containerize_command(bento_tag: str, image_tag: str, backend: str = "docker") -> list[str]:
+    """`bentoml containerize` of `bento_tag` into the image `image_tag`, as an operator would type it."""
+    return ["bentoml", "containerize", bento_tag, "--backend", backend, "--image-tag", image_tag]
+
+
+def container_engine_problem(backend: str = "docker", timeout_s: float = 15.0) -> str | None:
+    """None when the container engine answers (`<backend> info`), else why not."""
+    executable = shutil.which(backend)
+    if executable is None:
+        return f"{backend} is not installed (not on PATH)"
+    try:
+        proc = subprocess.run(
+            [executable, "info"], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return f"`{backend} info` did not answer within {timeout_s:.0f} s"
+    if proc.returncode != 0:
+        return f"`{backend} info` failed: {_tail(proc.stderr or proc.stdout, 3)}"
+    return None
+
+
+def containerize_bento(bento_tag: str, image_tag: str, backend: str = "docker") -> int:
+    """Run `containerize_command` with this process's BentoML store; its output goes to the terminal."""
+    command = [sys.executable, "-m", *containerize_command(bento_tag, image_tag, backend)]
+    return subprocess.run(command, env=_child_env(), stdin=subprocess.DEVNULL, check=False).returncode
 
 
 def wait_until_ready(base_url: str, proc: subprocess.Popen[Any], timeout_s: float) -> str | None:

@@ -17,17 +17,21 @@ import pandas as pd
 
 from components.artifacts import SPLITS, SUBGROUP_COLUMNS, PreparedDataset
 from components.config import PrepareConfig, load_params
+from components.ingest import NEGATIVE_CLASS_NAMES
 from components.transforms import Preprocessing, preprocess
 
 DATASET_FILE = "dataset.json"
 
 
 def sort_class_names(labels: pd.Series) -> tuple[str, ...]:
-    """Class names in a stable order: numerically when all are integers (MedMNIST), else alphabetically."""
+    """Class names in a stable order: numerically when all are integers (MedMNIST); otherwise a
+    conventional negative name ("normal", "benign"...) first, then alphabetically, so that for two
+    classes `class_names[1]`, the positive class, is the finding (as ingest orders them)."""
     names = {str(v) for v in labels.dropna().unique()}
     if names and all(n.lstrip("-").isdigit() for n in names):
         return tuple(sorted(names, key=int))
-    return tuple(sorted(names))
+    first = [n for n in NEGATIVE_CLASS_NAMES if n in names]
+    return (*first, *sorted(names - set(first)))
 
 
 def split_patients(manifest: pd.DataFrame, cfg: PrepareConfig) -> pd.Series:

@@ -54,7 +54,10 @@ def run_suite(manifest: pd.DataFrame, cfg: ValidateConfig) -> list[dict[str, Any
     import great_expectations as gx
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     batch = (
         context.data_sources.add_pandas("manifest")
         .add_dataframe_asset("manifest")

@@ -7,26 +7,25 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from flows.settings import configure_offline, get_settings
+from flows.cli_common import WorkspaceOpt, _fmt, console
+from flows.cli_audit import audit
+from flows.cli_deploy import deploy, serve
+from flows.cli_models import models_app
+from flows.cli_report import report
+from flows.settings import configure_offline
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="medgate: from medical images to a gated, served model.")
-models_app = typer.Typer(no_args_is_help=True, help="Model versions in the registry.")
 app.add_typer(models_app, name="models")
-console = Console()
-
-WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace folder (default: MEDGATE_WORKSPACE or the current folder).")
-
+app.command("audit")(audit)
+app.command("report")(report)
+app.command("serve")(serve)
+app.command("deploy")(deploy)
 
 @app.callback()
 def _main() -> None:
     configure_offline()
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -42,6 +41,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     if metrics := summary.get("metrics"):
         keys = ("auc", "auc_ci_lower", "auc_ci_upper", "accuracy", "sensitivity", "specificity", "f1", "ece")
         console.print("test metrics: " + ", ".join(f"{k} {_fmt(metrics.get(k))}" for k in keys if k in metrics))
+        if "baseline_auc" in metrics:
+            console.print(f"classical baseline: auc {_fmt(metrics['baseline_auc'])}, accuracy {_fmt(metrics.get('baseline_accuracy'))}; network auc - baseline {_fmt(metrics.get('auc_minus_baseline'))}")
     if gate := summary.get("gate"):
         table = Table(title=f"gate: {'[green]PROMOTE[/]' if gate['promote'] else '[red]REFUSED[/]'} ({gate['reason']})")
         for column in ("check", "metric", "value", "comparison", "threshold", "verdict"):
@@ -58,6 +59,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         console.print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in timings.items()) + (f"; reused: {', '.join(summary['stages_reused'])}" if summary.get("stages_reused") else ""))
     if summary.get("error"):
         console.print(f"[red]error:[/] {summary['error']}")
+    if summary.get("report"):
+        console.print(f"report: {summary['report']}")
     console.print(f"summary: {summary.get('summary_path')}")
 
 
@@ -85,72 +88,6 @@ def run(
         console.print(f"[red]run failed[/]: {type(exc).__name__}: {exc}")
         raise typer.Exit(1)
     print_summary(summary)
-
-
-def _sessions(workspace: Path | None):
-    from registry.db import make_session_factory, upgrade_database
-
-    url = get_settings(workspace).database_url
-    upgrade_database(url)
-    return make_session_factory(url)
-
-
-@models_app.command("list")
-def models_list(
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    name: Optional[str] = typer.Option(None, "--name", help="Only this model name."),
-    workspace: Optional[Path] = WorkspaceOpt,
-) -> None:
-    """Model versions with stage, metrics, dataset version and creation time."""
-    from registry import repository as repo
-
-    with _sessions(workspace)() as session:
-        rows = [
-            {
-                "name": mv.name,
-                "version": mv.version,
-                "stage": mv.stage,
-                "metrics": dict(mv.metrics or {}),
-                "dataset_version": mv.dataset_version,
-                "bento_tag": mv.bento_tag,
-                "created_at": mv.created_at.isoformat(),
-            }
-            for mv in repo.list_versions(session, name)
-        ]
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    table = Table(title="model versions")
-    for column in ("name", "version", "stage", "auc", "accuracy", "dataset", "bento", "created"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(r["name"], str(r["version"]), r["stage"], _fmt(r["metrics"].get("auc")), _fmt(r["metrics"].get("accuracy")),
-                      r["dataset_version"][:12], r["bento_tag"] or "-", r["created_at"][:19])
-    console.print(table)
-
-
-@app.command()
-def serve(
-    port: Optional[int] = typer.Option(None, "--port", "-p", help="Port on 127.0.0.1 (default: params serve.port)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name (default: the most recently promoted)."),
-    workspace: Optional[Path] = WorkspaceOpt,
-) -> None:
-    """Serve the production model's Bento on 127.0.0.1."""
-    from components.config import load_params
-    from registry import repository as repo
-
-    settings = get_settings(workspace)
-    with _sessions(workspace)() as session:
-        production = repo.get_champion(session, model) if model else repo.latest_production(session)
-        if production is None or not production.bento_tag:
-            console.print(f"[red]error:[/] no production model{' named ' + model if model else ''} with a Bento; run `medgate run` first")
-            raise typer.Exit(2)
-        bento_tag, label = production.bento_tag, f"{production.name} v{production.version}"
-    port = port or load_params(settings.workspace / "params.yaml").serve.port
-    from components.package import serve_bento
-
-    console.print(f"serving {label} (bento {bento_tag}) on http://127.0.0.1:{port}")
-    raise typer.Exit(serve_bento(bento_tag, port))
 
 
 if __name__ == "__main__":

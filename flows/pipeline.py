@@ -21,9 +21,11 @@ from prefect.runtime import flow_run
 
 from components.artifacts import IngestedDataset, ValidationResult, to_dict
 from components.config import Params, load_params
-from components.gate import Check, GateDecision, decide_promotion
+from components.gate import Check
+from flows.cards import PACKAGING_NOTE, render_card, write_card
+from flows.promotion import evaluate_gate, json_safe, prepared_data_version, read_champion, without_none
 from flows.settings import Settings, get_settings
-from flows.workspace import StageRun, dvc_lock_hash, ensure_workspace, reproduce_stage, track_dataset
+from flows.workspace import StageRun, dvc_lock_hash, ensure_workspace, pipeline_stages, reproduce_stage, track_dataset
 from registry import repository as repo
 from registry.db import make_session_factory, upgrade_database
 
@@ -96,10 +98,12 @@ def stage_task(settings: Settings, stage: str) -> StageRun:
 
 
 @task(name="package", retries=1, retry_delay_seconds=2)
-def package_task(settings: Settings, params: Params, name: str, metadata: dict[str, Any]) -> tuple[str, str, str]:
+def package_task(
+    settings: Settings, params: Params, name: str, metadata: dict[str, Any], card_files: dict[str, str]
+) -> tuple[str, str, str]:
     from components.package import build_bento, save_to_model_store
 
-    model_tag, sha256 = save_to_model_store(settings.workspace / "data" / "train", name, metadata)
+    model_tag, sha256 = save_to_model_store(settings.workspace / "data" / "train", name, metadata, files=card_files)
     bento_tag = build_bento(model_tag, params.package, labels={"model": name}, serve_cfg=params.serve)
     return model_tag, bento_tag, sha256
 
@@ -177,42 +181,49 @@ def training_flow(source: str = DEFAULT_SOURCE, workspace: str | None = None, tr
         if not validation.success:
             raise ValidationFailed(validation)
 
-        stages = [timed(stage, stage_task, settings, stage) for stage in ("prepare", "train", "evaluate")]
+        stages = [timed(stage, stage_task, settings, stage) for stage in pipeline_stages(ws)]
         summary["stages_reused"] = [s.stage for s in stages if s.reused]
         metrics = json.loads((ws / "data" / "evaluate" / "metrics.json").read_text())
         flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         summary["metrics"] = flat
+        summary["training"] = json.loads((ws / "data" / "train" / "training.json").read_text())
 
+        # The test data's version is the prepared splits' DVC hash: the same ingest with other split
+        # params is other test data. The gate (shared with `medgate models promote`) re-evaluates a
+        # champion that was tested on another version.
+        test_version = prepared_data_version(ws) or version
         with sessions() as session:
-            champion = repo.get_champion(session, name)
-            champion_id = champion.id if champion is not None else None
-            champion_version = champion.version if champion is not None else None
-            champion_metrics = dict(champion.metrics) if champion is not None else None
-        decision: GateDecision = decide_promotion(metrics, champion_metrics, params.gate.policy_for(name), champion_version)
+            champion = read_champion(session, name)
+        outcome = timed(
+            "gate", evaluate_gate, metrics, test_version, champion, params.gate.policy_for(name), ws, params.evaluate, run_dir / "gate"
+        )
         with sessions() as session:
             mv = repo.register_model_version(
-                session, name=name, run_id=run_id, dataset_version=version, test_data_version=version,
-                metrics=flat, artifact_sha256=_weights_sha(ws),
+                session, name=name, run_id=run_id, dataset_version=version, test_data_version=test_version,
+                metrics=json_safe(metrics), artifact_sha256=_weights_sha(ws),
             )
             session.commit()
             version_id, model_version = mv.id, mv.version
 
         bento_tag = None
-        if decision.promote:
+        if outcome.decision.promote:
             metadata = {
                 "model_name": name, "model_version": model_version, "dataset_version": version, "run_id": run_uid,
-                "operating_threshold": metrics["operating_threshold"], "gate": decision.to_dict(), "dvc_lock": dvc_lock_hash(ws),
+                "operating_threshold": metrics["operating_threshold"], "gate": without_none(outcome.to_dict()), "dvc_lock": dvc_lock_hash(ws),
             }
-            model_tag, bento_tag, _ = timed("package", package_task, settings, params, name, metadata)
+            with sessions() as session:
+                card = render_card(session, repo.get_version(session, name, model_version), params, gate=outcome.to_dict(), notes=(PACKAGING_NOTE,))
+            model_tag, bento_tag, _ = timed("package", package_task, settings, params, name, metadata, card.files())
             with sessions() as session:
                 repo.set_package(session, version_id, model_tag, bento_tag)
                 session.commit()
-            decision = decision.with_check(timed("smoke_test", smoke_task, settings, params, bento_tag))
+            outcome = outcome.with_check(timed("smoke_test", smoke_task, settings, params, bento_tag))
+        decision = outcome.decision
 
         with sessions() as session:
             repo.record_gate_decision(
-                session, model_version_id=version_id, promote=decision.promote, checks=decision.to_dict()["checks"],
-                champion_version_id=champion_id, reason=decision.reason,
+                session, model_version_id=version_id, promote=decision.promote, checks=json_safe(decision.to_dict()["checks"]),
+                champion_version_id=outcome.champion_id, reason=decision.reason,
             )
             session.commit()
             if decision.promote:
@@ -220,8 +231,9 @@ def training_flow(source: str = DEFAULT_SOURCE, workspace: str | None = None, tr
             else:
                 repo.reject_version(session, version_id, actor=ACTOR, reason=decision.reason)
             production = repo.get_champion(session, name)
+            card_files = write_card(render_card(session, repo.get_version(session, name, model_version), params, gate=outcome.to_dict()), run_dir)
             summary.update(
-                gate=decision.to_dict(), model_version=model_version, bento_tag=bento_tag,
+                gate=outcome.to_dict(), model_version=model_version, bento_tag=bento_tag, model_card=str(card_files["model_card.md"]),
                 production={"model": name, "version": production.version if production else None, "bento_tag": production.bento_tag if production else None},
                 status="completed",
             )
@@ -232,11 +244,26 @@ def training_flow(source: str = DEFAULT_SOURCE, workspace: str | None = None, tr
     finally:
         summary["timings_s"] = timings
         summary["summary_path"] = str(run_dir / "summary.json")
+        if "metrics" in summary:  # evaluate ran in this run: its evidence (and the gate, if reached) goes in the report
+            summary["report"] = _write_report(ws, run_dir, summary, logger)
         _write_summary(run_dir, summary)
         with sessions() as session:
             repo.finish_run(session, run_uid, status=summary["status"], summary=summary, error=summary.get("error"), dataset_id=dataset_id)
             session.commit()
     return summary
+
+
+def _write_report(ws: Path, run_dir: Path, summary: dict[str, Any], logger) -> str | None:
+    """The run's HTML report (components.report); a failure to draw it is logged, never fatal."""
+    from components.report import REPORT_FILE, write_report
+
+    try:
+        data = ws / "data"
+        path = write_report(run_dir / REPORT_FILE, summary, data / "evaluate", data / "train", data / "baseline", summary.get("gate"))
+    except Exception as exc:  # the run's outcome must not depend on drawing its report
+        logger.warning("run report not written: %s: %s", type(exc).__name__, exc)
+        return None
+    return str(path)
 
 
 def _weights_sha(ws: Path) -> str:

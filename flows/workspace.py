@@ -6,6 +6,7 @@ SQLite registry and the de-identification salt under `.medgate/`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -82,6 +83,11 @@ def track_dataset(workspace: Path, rel_path: str) -> str:
     return str(meta["outs"][0]["md5"]).removesuffix(".dir")
 
 
+def pipeline_stages(workspace: Path) -> list[str]:
+    """The stages of the workspace's dvc.yaml, in the order written (upstream first)."""
+    return list(yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"])
+
+
 def reproduce_stage(workspace: Path, stage: str) -> StageRun:
     """`dvc repro` one stage (its upstream stages already reproduced); reused when DVC skipped it."""
     started = time.monotonic()
@@ -94,7 +100,5 @@ def reproduce_stage(workspace: Path, stage: str) -> StageRun:
 
 def dvc_lock_hash(workspace: Path) -> str | None:
     """The content hash of dvc.lock: which inputs, params and outputs this run's stages had."""
-    import hashlib
-
     lock = workspace / "dvc.lock"
     return hashlib.sha256(lock.read_bytes()).hexdigest()[:16] if lock.exists() else None

@@ -1,4 +1,7 @@
-"""ASGI middleware in front of the model service: refuses bad uploads before BentoML parses them.
+"""ASGI middleware in front of the model service: an optional API key, and bad uploads refused early.
+
+`ApiKeyGuard` answers 401 to requests without the configured key, except on the open paths (the
+health probes).
 
 BentoML 1.4 reads a whole multipart body into memory and temporary files before the API code runs,
 and fetches a URL given in place of a file. This middleware answers, with a JSON `{"error": ...}`:
@@ -11,6 +14,7 @@ and lets `GET /metadata` reach the POST-only API route.
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -23,6 +27,35 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ApiKeyGuard:
+    """Refuses (401) requests without `Authorization: Bearer <api_key>` or `X-API-Key: <api_key>`."""
+
+    def __init__(self, app: ASGIApp, *, api_key: str, open_paths: tuple[str, ...] = ()):
+        if not api_key:
+            raise ValueError("ApiKeyGuard needs a non-empty key")
+        self.app = app
+        self.key = api_key.encode()
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths or self._authorised(scope):
+            await self.app(scope, receive, send)
+            return
+        await _reject(
+            send,
+            401,
+            "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+            [(b"www-authenticate", b'Bearer realm="medgate"')],
+        )
+
+    def _authorised(self, scope: Scope) -> bool:
+        headers = Headers(scope=scope)
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        offered = [headers.get("x-api-key", ""), token.strip() if scheme.lower() == "bearer" else ""]
+        # compare_digest on every offer: the time taken does not tell how much of a key matched.
+        return any([hmac.compare_digest(offer.encode(), self.key) for offer in offered])  # noqa: C419 - no short-circuit
 
 
 class UploadGuard:
@@ -116,7 +149,9 @@ def _replay(body: bytes) -> Receive:
     return receive
 
 
-async def _reject(send: Send, status: int, message: str) -> None:
+async def _reject(
+    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     payload = json.dumps({"error": message}).encode()
     await send(
         {
@@ -125,6 +160,7 @@ async def _reject(send: Send, status: int, message: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
+                *(headers or []),
             ],
         }
     )

@@ -7,6 +7,7 @@ Messages name the problem and never contain pixel data or DICOM header values.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -14,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from components.ingest import ImageDecodeError, decode_image
 
+from components.ingest import ImageDecodeError, decode_image
 from components.transforms import PreprocessError, Preprocessing, preprocess
 
 # Magic numbers of the 2D-only formats: a 3D model cannot take them, whatever their array shape.
 _FLAT_IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 _MAX_MESSAGE = 300
+logger = logging.getLogger("medgate.service")
 
 
 class InputProblem(ValueError):
@@ -79,8 +81,10 @@ def decode_upload(data: bytes, card: ModelCard, name: str = "image") -> np.ndarr
         image = decode_image(data)
     except ImageDecodeError as exc:
         raise InputProblem(f"{name}: could not decode the upload: {_clip(str(exc))}") from None
-    except (ValueError, OSError, EOFError):
-        # Other decoder errors may quote file contents (e.g. a DICOM element): answer without them.
+    except Exception as exc:  # noqa: BLE001 - decoders of untrusted bytes fail in many ways (pydicom, Pillow's
+        # DecompressionBombError, MemoryError on a forged size); each is the upload's fault, never a 5xx.
+        # Their messages may quote file contents (e.g. a DICOM element): log and answer without them.
+        logger.warning("%s: decoder raised %s", name, type(exc).__name__)
         raise InputProblem(f"{name}: could not decode the upload as PNG, JPEG, DICOM or .npy") from None
     return np.asarray(image)
 
@@ -98,22 +102,6 @@ def prepare_inputs(images: Sequence[np.ndarray], card: ModelCard, names: Sequenc
         except PreprocessError as exc:
             raise InputProblem(f"{name}: {exc}", HTTPStatus.UNPROCESSABLE_ENTITY) from None
     return np.stack(batch)
-
-
-def check_network_input(batch: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
-    """A preprocessed batch as float32 (N, *input_shape), or InputProblem naming what is wrong."""
-    arr = np.asarray(batch)
-    if arr.ndim != len(input_shape) + 1 or tuple(arr.shape[1:]) != tuple(input_shape):
-        raise InputProblem(
-            f"expected a batch of shape (N, {', '.join(map(str, input_shape))}), got {tuple(arr.shape)}",
-            HTTPStatus.UNPROCESSABLE_ENTITY,
-        )
-    if arr.dtype.kind not in "biuf":
-        raise InputProblem(f"expected numeric input, got {arr.dtype}", HTTPStatus.UNPROCESSABLE_ENTITY)
-    arr = arr.astype(np.float32, copy=False)
-    if not np.isfinite(arr).all():
-        raise InputProblem("input has non-finite values (NaN or inf)", HTTPStatus.UNPROCESSABLE_ENTITY)
-    return arr
 
 
 def to_prediction(probabilities: np.ndarray, card: ModelCard) -> dict[str, Any]:

@@ -1,17 +1,28 @@
 """The medgate model service: one exact model version, the training preprocessing, adaptive batching.
 
-Endpoints (POST; `/metadata` also answers GET):
-- `/predict`: multipart field `image` (PNG, JPEG, DICOM or .npy) →
+Endpoints of `Classifier`:
+- `POST /predict`: multipart field `image` (PNG, JPEG, DICOM or .npy) →
   `{"label", "probabilities": {class: p}, "decision", "model_version"}`.
-- `/predict_batch`: multipart field `images` (one or more files) → a list of the same, in upload order.
-- `/metadata`: model tag, name and version, dataset version, class names, preprocessing, gate decision.
-- `/classify`: the network on an already preprocessed float32 batch (N, C, *spatial) → probabilities
-  (N, K). It is adaptively batched; `/predict` and `/predict_batch` call it through BentoML's
-  in-process client, so concurrent requests share forward passes.
+- `POST /predict_batch`: multipart field `images` (one or more files) → a list of the same, in order.
+- `GET /metadata`: model tag, name and version, dataset version, class names, preprocessing, gate
+  decision, and `model_card`: its links, or null when the model store entry holds no card.
+- `GET /model_card` (HTML) and `GET /model_card.md` (Markdown): the card stored with the model; 404
+  without one.
+- BentoML's `/livez`, `/readyz` and `/metrics` (Prometheus).
 
-Bad requests are answered 4xx with `{"error": "..."}`: 400 undecodable or missing upload, 413 over
-the upload limit, 415 not multipart, 422 an image this model cannot take (dimensions, channels, a 2D
-image to a 3D model). Messages name the problem, never a DICOM header value or a file name.
+Uploads are decoded and preprocessed with the training code (`components.transforms.preprocess`),
+then the network runs behind `services.batching.MicroBatcher`: concurrent requests of a worker share
+forward passes, and a request that finds the network idle runs at once. (BentoML's own batcher sits
+behind an HTTP route; reaching it from `/predict` costs a JSON round trip of every image or a second
+process, measured at 11.6 and 9.2 CPU-ms per request against 6.3 for this; see benchmarks/serving.py.)
+
+Bad requests are answered 4xx with `{"error": "..."}`: 400 undecodable or missing upload, 401 without
+the API key (when one is set), 413 over the upload limit, 415 not multipart, 422 an image this model
+cannot take (dimensions, channels, a 2D image to a 3D model). Messages name the problem, never a DICOM
+header value or a file name. 503: more work queued than `max_latency_ms` allows; retry later.
+
+API key: when MEDGATE_API_KEY is set where the server starts, every route but `/livez` and `/readyz`
+needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 
 The model is pinned by `services/model_ref.json`, written into the Bento by
 `components.package.build_bento`; where that file is absent (in-process tests, development) the
@@ -26,19 +37,21 @@ import logging
 import os
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import aiohttp
 import anyio
 import bentoml
 import numpy as np
 import torch
-from bentoml.exceptions import BadInput, BentoMLException, UnprocessableEntity
-from bentoml.validators import DType, Shape
+from bentoml.exceptions import BadInput, BentoMLException, NotFound, ServiceUnavailable, UnprocessableEntity
+from starlette.responses import Response
 
-from components.models import SPEC_FILE, WEIGHTS_FILE, file_sha256, load_model
-from components.package import MODEL_REF_FILE, ServingSettings, exact_model_tag
-from services.guard import UploadGuard
+from components.modelcard import HTML_FILE as CARD_HTML
+from components.modelcard import MARKDOWN_FILE as CARD_MARKDOWN
+from components.models import SPEC_FILE, WEIGHTS_FILE, ModelSpec, file_sha256, load_model
+from components.package import API_KEY_ENV, MODEL_REF_FILE, ServingSettings, exact_model_tag
+from services.batching import MicroBatcher, Overloaded
+from services.guard import ApiKeyGuard, UploadGuard
 from services.inference import (
     InputProblem,
     ModelCard,
@@ -49,6 +62,9 @@ from services.inference import (
 )
 
 MODEL_TAG_ENV = "MEDGATE_MODEL_TAG"
+MIN_API_KEY_LENGTH = 16
+OPEN_PATHS = ("/livez", "/readyz")
+CARD_ROUTES = {"/model_card": (CARD_HTML, "text/html"), "/model_card.md": (CARD_MARKDOWN, "text/markdown")}
 logger = logging.getLogger("medgate.service")
 
 
@@ -73,14 +89,22 @@ def resolve_settings() -> ServingSettings:
     return ServingSettings(model_tag=env_tag, input_shape=tuple(int(s) for s in shape))
 
 
+def read_api_key() -> str:
+    """MEDGATE_API_KEY where the server starts ("" when unset); a short key is refused (RuntimeError)."""
+    key = os.environ.get(API_KEY_ENV, "")
+    if key and len(key) < MIN_API_KEY_LENGTH:
+        raise RuntimeError(
+            f"{API_KEY_ENV} is set but shorter than {MIN_API_KEY_LENGTH} characters: use a long random key"
+        )
+    return key
+
+
 SETTINGS = resolve_settings()
-# Checked per request, before adaptive batching merges requests: a bad one cannot spoil a shared batch.
-NetworkBatch = Annotated[np.ndarray, Shape((-1, *SETTINGS.input_shape)), DType("float32")]
-_CONNECTION_ATTEMPTS = 3
+API_KEY = read_api_key()
 _ERRORS = {HTTPStatus.BAD_REQUEST: BadInput, HTTPStatus.UNPROCESSABLE_ENTITY: UnprocessableEntity}
 
 
-@bentoml.service(name="medgate_classifier", workers=1, traffic={"timeout": 60})
+@bentoml.service(name="medgate_classifier", workers=SETTINGS.api_workers, traffic={"timeout": 60})
 class Classifier:
     """Classifies medical images with one exact model version from the BentoML model store."""
 
@@ -91,31 +115,25 @@ class Classifier:
         metadata = dict(stored.info.metadata)
         model_dir = Path(stored.path)
         self.network, spec = _load_verified(model_dir, metadata, str(stored.tag))
+        if SETTINGS.torch_threads > 0:
+            # One intra-op thread by default: spinning OpenMP threads starve the event loop on small CPUs.
+            torch.set_num_threads(SETTINGS.torch_threads)
+        self.batcher = MicroBatcher(self._forward, SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
         self.card = ModelCard(
             model_tag=str(stored.tag),
             class_names=spec.class_names,
             preprocessing=spec.preprocessing,
             operating_threshold=spec.operating_threshold,
         )
-        if SETTINGS.torch_threads > 0:
-            # One intra-op thread by default: spinning OpenMP threads starve the event loop on small CPUs.
-            torch.set_num_threads(SETTINGS.torch_threads)
         self.max_upload_bytes = SETTINGS.max_upload_bytes
         self.max_batch_images = SETTINGS.max_batch_images
-        self.description = _describe(stored.tag, metadata, SETTINGS)
+        self.model_cards = {
+            route: (path.read_bytes(), media_type)
+            for route, (name, media_type) in CARD_ROUTES.items()
+            if (path := model_dir / name).is_file()
+        }
+        self.description = _describe(stored.tag, metadata, SETTINGS, set(self.model_cards))
         logger.info("serving model %s (sha256 %s verified)", stored.tag, metadata["sha256"][:12])
-
-    @bentoml.api(
-        batchable=True,
-        batch_dim=0,
-        max_batch_size=SETTINGS.max_batch_size,
-        max_latency_ms=SETTINGS.max_latency_ms,
-    )
-    def classify(self, batch: NetworkBatch) -> np.ndarray:
-        """Class probabilities (N, K), in `class_names` order, for a batch preprocessed like training."""
-        inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        with torch.inference_mode():
-            return torch.softmax(self.network(inputs).float(), dim=1).numpy()
 
     @bentoml.api
     async def predict(self, image: Path) -> dict[str, Any]:
@@ -134,8 +152,25 @@ class Classifier:
 
     @bentoml.api(route="/metadata")
     def metadata(self) -> dict[str, Any]:
-        """The served model: tag, dataset version, class names, preprocessing, gate decision."""
+        """The served model: tag, dataset version, class names, preprocessing, gate decision, card links."""
         return self.description
+
+    @bentoml.api(route="/model_card")
+    def model_card(self) -> str:
+        """The model card stored with the model, as a self-contained HTML page."""
+        return self._card("/model_card")  # type: ignore[return-value]  # BentoML sends a Response as it is
+
+    @bentoml.api(route="/model_card.md")
+    def model_card_markdown(self) -> str:
+        """The model card stored with the model, as Markdown."""
+        return self._card("/model_card.md")  # type: ignore[return-value]
+
+    def _card(self, route: str) -> Response:
+        if route not in self.model_cards:
+            name = CARD_ROUTES[route][0]
+            raise NotFound(f"model {self.card.model_tag} has no {name} in its model store entry")
+        body, media_type = self.model_cards[route]
+        return Response(body, media_type=media_type)
 
     async def _predict_files(self, paths: list[Path], names: list[str]) -> list[dict[str, Any]]:
         try:
@@ -145,23 +180,11 @@ class Classifier:
                 str(problem), error_code=problem.status
             ) from None
         step = SETTINGS.max_batch_size
-        parts = await asyncio.gather(
-            *(self._classify(batch[i : i + step]) for i in range(0, len(batch), step))
-        )
-        return [to_prediction(row, self.card) for row in np.concatenate([np.asarray(p) for p in parts])]
-
-    async def _classify(self, batch: np.ndarray) -> np.ndarray:
-        # `to_async` is BentoML's client to this service: in a server it posts to /classify in-process
-        # (through the adaptive batcher); in-process it calls the method directly.
-        classify = self.to_async.classify  # type: ignore[attr-defined]
-        for attempt in range(_CONNECTION_ATTEMPTS):
-            try:
-                return await classify(batch)
-            except aiohttp.ClientConnectionError:
-                # BentoML 1.4.39's in-process client sometimes drops a pooled connection under load.
-                if attempt == _CONNECTION_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            parts = await asyncio.gather(*(self.batcher(batch[i : i + step]) for i in range(0, len(batch), step)))
+        except Overloaded as exc:
+            raise ServiceUnavailable(str(exc)) from None
+        return [to_prediction(row, self.card) for row in np.concatenate(parts)]
 
     def _prepare(self, paths: list[Path], names: list[str]) -> np.ndarray:
         images = [
@@ -170,16 +193,24 @@ class Classifier:
         ]
         return prepare_inputs(images, self.card, names)
 
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, K), in `class_names` order, of a batch preprocessed like training."""
+        with torch.inference_mode():
+            return torch.softmax(self.network(torch.from_numpy(batch)).float(), dim=1).numpy()
 
+
+if API_KEY:
+    # Added first, so outermost: a request without the key is refused before its body is read.
+    Classifier.add_asgi_middleware(ApiKeyGuard, api_key=API_KEY, open_paths=OPEN_PATHS)  # type: ignore[attr-defined]
 Classifier.add_asgi_middleware(  # type: ignore[attr-defined]  # bentoml.service returns a Service
     UploadGuard,
     max_bytes=SETTINGS.max_upload_bytes,
     file_fields={"/predict": "image", "/predict_batch": "images"},
-    get_routes=("/metadata",),
+    get_routes=("/metadata", *CARD_ROUTES),
 )
 
 
-def _load_verified(model_dir: Path, metadata: dict[str, Any], tag: str) -> tuple[torch.nn.Module, Any]:
+def _load_verified(model_dir: Path, metadata: dict[str, Any], tag: str) -> tuple[torch.nn.Module, ModelSpec]:
     """Load the network after checking its files against the hashes recorded when it was stored.
 
     Refuses (RuntimeError) a model without a recorded sha256, or whose model.pt or model.json changed.
@@ -201,7 +232,9 @@ def _load_verified(model_dir: Path, metadata: dict[str, Any], tag: str) -> tuple
     return network, spec
 
 
-def _describe(tag: bentoml.Tag, metadata: dict[str, Any], settings: ServingSettings) -> dict[str, Any]:
+def _describe(
+    tag: bentoml.Tag, metadata: dict[str, Any], settings: ServingSettings, card_routes: set[str]
+) -> dict[str, Any]:
     """The /metadata answer. `model_name`/`model_version` are the registry's when the packaging flow
     recorded them, else the model store's; `model_tag` is always the exact store tag."""
     shown = {
@@ -220,6 +253,7 @@ def _describe(tag: bentoml.Tag, metadata: dict[str, Any], settings: ServingSetti
         "gate_checks",
     }
     class_names = list(metadata["class_names"])
+    card_links = {"html": "/model_card", "markdown": "/model_card.md"}
     description = {
         "model_tag": str(tag),
         "model_name": metadata.get("model_name", tag.name),
@@ -234,11 +268,14 @@ def _describe(tag: bentoml.Tag, metadata: dict[str, Any], settings: ServingSetti
         "architecture": metadata.get("model"),
         "sha256": metadata.get("sha256"),
         "gate": metadata.get("gate", metadata.get("gate_checks")),
+        "model_card": {kind: route for kind, route in card_links.items() if route in card_routes} or None,
         "serving": {
             "max_batch_size": settings.max_batch_size,
             "max_latency_ms": settings.max_latency_ms,
             "max_upload_bytes": settings.max_upload_bytes,
             "max_batch_images": settings.max_batch_images,
+            "api_workers": settings.api_workers,
+            "api_key_required": bool(API_KEY),
         },
         "extra": {k: v for k, v in metadata.items() if k not in shown},
     }

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from tests.conftest import PROJECT
+from tests.integration.bento_fixtures import packaged, served  # noqa: F401 - session fixtures of the HTTP tests
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +55,11 @@ TINY = {
     "train": {"epochs": 4, "batch_size": 32},
     "evaluate": {"bootstrap_samples": 50},
     "serve": {"golden_set_size": 4},
-    "gate": {"default": {"values": {"auc": {"lower": 0.6}}, "changes": {"auc": {"direction": "higher", "absolute": -0.5}}}},
+    # Permissive on purpose: model quality is asserted by the unit tests and `make run`'s own gate.
+    "gate": {"default": {
+        "values": {"auc": {"lower": 0.0}, "sensitivity": {"lower": 0.0}, "specificity": {"lower": 0.0}},
+        "changes": {"auc": {"direction": "higher", "absolute": -1.0}},
+    }},
 }
 
 

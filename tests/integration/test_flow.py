@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.integration.conftest import TINY, make_workspace, set_params
 
@@ -38,6 +39,14 @@ def test_promote_then_refuse_then_stop_at_validate(tmp_path, prefect_api, clean_
     listed = medgate(ws, "models", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert [(m["version"], m["stage"]) for m in json.loads(listed.stdout)] == [(1, "production")]
+    # The model card: under the run, and in the BentoML model store entry the Bento pins.
+    import bentoml
+
+    card = Path(first["model_card"])
+    assert card.with_suffix(".html").exists()
+    assert all(text in card.read_text() for text in ("Stage: **production**", first["bento_tag"], first["run_id"], "| data quality (Great Expectations) | passed |"))
+    model_tag = json.loads(medgate(ws, "models", "show", "1", "--json").stdout)["lineage"]["model_tag"]
+    assert "## Gate decision" in Path(bentoml.models.get(model_tag).path_of("model_card.md")).read_text()
 
     # A candidate that cannot meet a stricter change threshold: refused, production unchanged,
     # and the unchanged data, code and params let DVC reuse prepare, train and evaluate.
@@ -49,7 +58,9 @@ def test_promote_then_refuse_then_stop_at_validate(tmp_path, prefect_api, clean_
     assert [(c["kind"], c["metric"]) for c in failed] == [("change", "auc")]
     assert second["production"]["version"] == 1 and second["model_version"] == 2
     assert second["bento_tag"] is None
-    assert set(second["stages_reused"]) == {"prepare", "train", "evaluate"}
+    assert not second["gate"]["champion_reevaluated"]  # same test data: the champion's recorded metrics are compared
+    assert "REFUSED" in Path(second["model_card"]).read_text()
+    assert set(second["stages_reused"]) == set(yaml.safe_load((ws / "dvc.yaml").read_text())["stages"])
     stages = {m["version"]: m["stage"] for m in json.loads(medgate(ws, "models", "list", "--json").stdout)}
     assert stages == {1: "production", 2: "rejected"}
 

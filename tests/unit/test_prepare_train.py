@@ -1,14 +1,20 @@
-"""prepare splits by patient; a short training run learns a synthetic task better than chance."""
+"""prepare splits by patient; training learns a synthetic task, resumes after an interruption
+exactly where it stopped, and the baseline, evaluation and report run on its outputs."""
 
 import json
 
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 
-from components.config import EvaluateConfig, ModelConfig, PrepareConfig, TrainConfig
+from components.config import BaselineConfig, EvaluateConfig, ModelConfig, PrepareConfig, TrainConfig
 from components.evaluate import evaluate_model
-from components.prepare import prepare_dataset, split_patients
-from components.train import train_model
+from components.prepare import prepare_dataset, sort_class_names, split_patients
+from components.train import CHECKPOINT_FILE, HISTORY_FILE, TRAINING_FILE, class_weights, plan_epochs, train_model
+
+# Small and single-threaded: the mechanics are under test here, not the model's quality.
+TINY = TrainConfig(model=ModelConfig(width=4), epochs=4, batch_size=16, learning_rate=3e-3, patience=10, num_threads=1)
 
 
 def make_manifest(root, patients=40, per_patient=3, size=16, seed=0):
@@ -37,6 +43,14 @@ def make_manifest(root, patients=40, per_patient=3, size=16, seed=0):
     return root / "manifest.parquet"
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prepared")
+    manifest = make_manifest(root / "ingest", patients=48, per_patient=2)
+    prepare_dataset(manifest, PrepareConfig(val_fraction=0.25, test_fraction=0.25), root / "prepare")
+    return root / "prepare"
+
+
 def test_split_keeps_patients_whole(tmp_path):
     manifest = pd.read_parquet(make_manifest(tmp_path))
     splits = split_patients(manifest, PrepareConfig())
@@ -51,22 +65,118 @@ def test_fixed_splits_are_kept(tmp_path):
     assert (split_patients(manifest, PrepareConfig()) == manifest["split"]).all()
 
 
-def test_prepare_train_evaluate_beats_chance(tmp_path):
-    manifest = make_manifest(tmp_path / "ingest", patients=60)
-    prepared = prepare_dataset(manifest, PrepareConfig(val_fraction=0.2, test_fraction=0.25), tmp_path / "prepare")
-    assert prepared.class_names == ("neg", "pos")
-    assert prepared.input_shape == (1, 16, 16)
-    info = json.loads((tmp_path / "prepare" / "dataset.json").read_text())
+def test_class_order_puts_the_finding_second():
+    assert sort_class_names(pd.Series(["lesion", "normal", "lesion"])) == ("normal", "lesion")
+    assert sort_class_names(pd.Series(["10", "2", "1"])) == ("1", "2", "10")
+    assert sort_class_names(pd.Series(["dog", "cat"])) == ("cat", "dog")
+
+
+def test_epochs_follow_the_dataset_size():
+    auto = TrainConfig(epochs=0, steps=1000, min_epochs=10, max_epochs=60)
+    assert plan_epochs(auto, steps_per_epoch=9) == 60  # small set: capped
+    assert plan_epochs(auto, steps_per_epoch=40) == 25  # 1000 steps
+    assert plan_epochs(auto, steps_per_epoch=500) == 10  # large set: at least min_epochs
+    assert plan_epochs(TrainConfig(epochs=7), steps_per_epoch=9) == 7
+
+
+def test_class_weights_balance_the_loss():
+    weights = class_weights(np.array([0, 0, 0, 1]), 2)
+    assert weights == pytest.approx([2 / 3, 2.0])  # each class contributes equally: 3 * 2/3 == 1 * 2
+
+
+def test_prepare_train_evaluate_beats_chance(prepared, tmp_path):
+    info = json.loads((prepared / "dataset.json").read_text())
+    assert info["class_names"] == ["neg", "pos"] and info["input_shape"] == [1, 16, 16]
     assert info["preprocessing"]["lower"] == 0.0 and info["preprocessing"]["upper"] == 255.0
 
-    cfg = TrainConfig(model=ModelConfig(width=8), epochs=6, batch_size=16, learning_rate=3e-3, patience=6)
-    trained = train_model(tmp_path / "prepare", cfg, tmp_path / "train")
-    history = json.loads((tmp_path / "train" / "history.json").read_text())
-    assert len(history) >= 1 and (tmp_path / "train" / "checkpoint.pt").exists()
+    trained = train_model(prepared, TINY.model_copy(update={"epochs": 8, "model": ModelConfig(width=8)}), tmp_path / "train")
+    history = json.loads((tmp_path / "train" / HISTORY_FILE).read_text())
+    assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
+    assert {"train_loss", "val_loss", "val_auc", "learning_rate", "images_per_second"} <= set(history[0])
     assert trained.best_val_auc > 0.7
 
-    report = evaluate_model(tmp_path / "prepare", tmp_path / "train", EvaluateConfig(bootstrap_samples=50), tmp_path / "evaluate")
+    from components.baseline import train_baseline
+
+    baseline = train_baseline(prepared, BaselineConfig(classifier="logistic_regression"), EvaluateConfig(), tmp_path / "baseline")
+    assert baseline["auc"] > 0.7  # the bright square moves the intensity histogram: easy for the baseline too
+
+    report = evaluate_model(prepared, tmp_path / "train", EvaluateConfig(bootstrap_samples=50), tmp_path / "evaluate", tmp_path / "baseline")
     assert report.metrics["auc"] > 0.7  # held-out patients, better than chance (0.5)
+    assert report.metrics["baseline_auc"] == pytest.approx(baseline["auc"])
+    assert report.metrics["auc_minus_baseline"] == pytest.approx(report.metrics["auc"] - baseline["auc"])
+    assert report.metrics["auc_minus_baseline_ci_lower"] <= report.metrics["auc_minus_baseline"] <= report.metrics["auc_minus_baseline_ci_upper"]
     predictions = pd.read_csv(tmp_path / "evaluate" / "predictions.csv")
-    assert len(predictions) == prepared.counts["test"]
+    assert len(predictions) == info["counts"]["test"]
     assert {"prob_neg", "prob_pos"} <= set(predictions.columns)
+    roc = json.loads((tmp_path / "evaluate" / "plots" / "roc.json").read_text())
+    assert roc[0]["fpr"] == 0.0 and roc[-1]["tpr"] == 1.0
+
+    from components.report import write_report
+
+    gate = {"promote": False, "reason": "refused: auc >= 0.99", "checks": [
+        {"kind": "value", "metric": "auc", "value": report.metrics["auc"], "threshold": 0.99, "comparison": ">=", "verdict": "fail", "detail": ""}]}
+    page = write_report(tmp_path / "report.html", {"run_id": "r1", "model_name": "squares"}, tmp_path / "evaluate", tmp_path / "train", tmp_path / "baseline", gate).read_text()
+    assert page.count("<svg") == 4  # ROC, confusion, calibration, training curves
+    assert "REFUSED" in page and "auc &gt;= 0.99" in page and "site" in page
+    assert "<script" not in page and "src=" not in page  # self-contained: nothing to fetch
+
+
+class Killed(Exception):
+    """Stands in for a kill between two epochs."""
+
+
+def _stop_after(epoch):
+    def on_epoch(record):
+        if record["epoch"] == epoch:
+            raise Killed
+
+    return on_epoch
+
+
+def _weights(folder):
+    return torch.load(folder / "model.pt", weights_only=True)
+
+
+def test_resume_continues_from_the_checkpoint_and_matches_an_uninterrupted_run(prepared, tmp_path):
+    train_model(prepared, TINY, tmp_path / "full", tmp_path / "full-state")
+
+    with pytest.raises(Killed):
+        train_model(prepared, TINY, tmp_path / "train", tmp_path / "state", on_epoch=_stop_after(2))
+    checkpoint = torch.load(tmp_path / "state" / CHECKPOINT_FILE, weights_only=True)
+    assert checkpoint["epoch"] == 2 and not checkpoint["finished"]
+    steps_per_epoch = checkpoint["scheduler"]["last_epoch"] // 2
+    assert checkpoint["optimizer"]["state"][0]["step"] == 2 * steps_per_epoch
+    assert not (tmp_path / "train" / "model.pt").exists()
+
+    epochs_run = []
+    train_model(prepared, TINY, tmp_path / "train", tmp_path / "state", on_epoch=lambda r: epochs_run.append(r["epoch"]))
+    assert epochs_run == [3, 4]  # continued after epoch 2, not started over
+    assert json.loads((tmp_path / "train" / TRAINING_FILE).read_text())["resumed_after_epoch"] == 2
+    final = torch.load(tmp_path / "state" / CHECKPOINT_FILE, weights_only=True)
+    assert final["optimizer"]["state"][0]["step"] == 4 * steps_per_epoch and final["finished"]
+    # Weights, optimizer moments, schedule and random generators all came back: bit-identical results.
+    full, resumed = _weights(tmp_path / "full"), _weights(tmp_path / "train")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    losses = [[h["train_loss"], h["val_auc"]] for h in json.loads((tmp_path / "train" / HISTORY_FILE).read_text())]
+    assert losses == [[h["train_loss"], h["val_auc"]] for h in json.loads((tmp_path / "full" / HISTORY_FILE).read_text())]
+
+
+def test_finished_checkpoint_rewrites_outputs_without_training(prepared, tmp_path):
+    train_model(prepared, TINY, tmp_path / "train", tmp_path / "state")
+    before = _weights(tmp_path / "train")
+    for path in (tmp_path / "train").iterdir():  # what `dvc repro` does to a stage's outputs
+        path.unlink()
+    epochs_run = []
+    train_model(prepared, TINY, tmp_path / "train", tmp_path / "state", on_epoch=lambda r: epochs_run.append(r["epoch"]))
+    assert epochs_run == []
+    after = _weights(tmp_path / "train")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_checkpoint_of_other_inputs_is_not_resumed(prepared, tmp_path):
+    with pytest.raises(Killed):
+        train_model(prepared, TINY, tmp_path / "train", tmp_path / "state", on_epoch=_stop_after(2))
+    epochs_run = []
+    other = TINY.model_copy(update={"learning_rate": 1e-3})
+    train_model(prepared, other, tmp_path / "train", tmp_path / "state", on_epoch=lambda r: epochs_run.append(r["epoch"]))
+    assert epochs_run == [1, 2, 3, 4]

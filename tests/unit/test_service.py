@@ -1,57 +1,37 @@
 """The model service in-process: a tiny model saved to the session's BentoML store, served by `Classifier`.
 
 The session's BENTOML_HOME is a temporary folder (tests/conftest.py). The service module reads its
-pinned tag at import, so each fixture imports it afresh with MEDGATE_MODEL_TAG set.
+pinned tag and API key at import, so each fixture imports it afresh with its environment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-import importlib.util
-import io
 import json
+import struct
 import sys
-import types
+import threading
+import time
+import zlib
 from http import HTTPStatus
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from components.config import ModelConfig
+from components.modelcard import HTML_FILE, MARKDOWN_FILE
 from components.models import ModelSpec, build_model, load_model, save_model
 from components.transforms import Preprocessing, preprocess
+from tests.images import dicom_bytes, grey_image, jpeg_bytes, npy_bytes, png_bytes
 
 CLASS_NAMES = ("normal", "lesion")
 THRESHOLD = 0.3
-INGEST_PRESENT = importlib.util.find_spec("components.ingest") is not None
-
-
-def ingest_shim() -> types.ModuleType:
-    """TEMPORARY stand-in for components.ingest (PNG/JPEG/.npy only) while that module is being written."""
-    module = types.ModuleType("components.ingest")
-
-    class ImageDecodeError(ValueError):
-        pass
-
-    def decode_image(data: bytes, salt: str = "") -> np.ndarray:
-        if data.startswith(b"\x93NUMPY"):
-            try:
-                return np.load(io.BytesIO(data), allow_pickle=False)
-            except ValueError as exc:
-                raise ImageDecodeError(f"not a readable .npy array: {exc}") from None
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                return np.asarray(img)
-        except OSError:
-            raise ImageDecodeError("not a PNG, JPEG, DICOM or .npy file") from None
-
-    module.ImageDecodeError = ImageDecodeError  # type: ignore[attr-defined]
-    module.decode_image = decode_image  # type: ignore[attr-defined]
-    return module
+API_KEY = "unit-test-key-0123456789"
+CARD = {HTML_FILE: "<html><body>tiny card</body></html>", MARKDOWN_FILE: "# tiny card\n"}
+SERVICE_MODULES = ("services.service", "services.inference", "services.batching", "services.guard")
 
 
 def save_tiny_model(out_dir: Path, seed: int = 0) -> Path:
@@ -66,30 +46,26 @@ def save_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=True)
-    return buf.getvalue()
-
-
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
 
 
-def grey_image(seed: int = 0, size: int = 20) -> np.ndarray:
-    return (np.random.default_rng(seed).random((size, size)) * 255).astype(np.uint8)
+def import_service(mp: pytest.MonkeyPatch, tag: str, api_key: str | None = None):
+    """`services.service` imported afresh, pinned to `tag`, with MEDGATE_API_KEY set or unset."""
+    mp.setenv("MEDGATE_MODEL_TAG", tag)
+    if api_key is None:
+        mp.delenv("MEDGATE_API_KEY", raising=False)
+    else:
+        mp.setenv("MEDGATE_API_KEY", api_key)
+    for name in SERVICE_MODULES:
+        mp.delitem(sys.modules, name, raising=False)
+    return importlib.import_module("services.service")
 
 
 @pytest.fixture(scope="module")
-def service_module(tmp_path_factory, bentoml_home):
-    """`services.service` imported with MEDGATE_MODEL_TAG naming a fresh tiny model."""
+def stored_model(tmp_path_factory, bentoml_home):
+    """A tiny model with a model card in the store: {"tag", "sha256", "model_dir"}."""
     from components.package import save_to_model_store
 
     model_dir = save_tiny_model(tmp_path_factory.mktemp("model"))
@@ -98,25 +74,33 @@ def service_module(tmp_path_factory, bentoml_home):
         "operating_threshold": THRESHOLD,
         "gate": {"promote": True, "checks": [{"metric": "auc", "passed": True}]},
     }
-    tag, sha256 = save_to_model_store(model_dir, "tiny-service", metadata)
+    tag, sha256 = save_to_model_store(model_dir, "tiny-service", metadata, files=CARD)
+    return {"tag": tag, "sha256": sha256, "model_dir": model_dir}
+
+
+@pytest.fixture(scope="module")
+def service_module(stored_model):
+    """`services.service` pinned by MEDGATE_MODEL_TAG to the tiny model, no API key."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDGATE_MODEL_TAG", tag)
-        if not INGEST_PRESENT:
-            mp.setitem(sys.modules, "components.ingest", ingest_shim())
-        for name in ("services.service", "services.inference"):
-            mp.delitem(sys.modules, name, raising=False)
-        module = importlib.import_module("services.service")
-        module.test_info = {"tag": tag, "sha256": sha256, "model_dir": model_dir}
+        module = import_service(mp, stored_model["tag"])
+        module.test_info = stored_model
         yield module
-        for name in ("services.service", "services.inference"):
+        for name in SERVICE_MODULES:
             sys.modules.pop(name, None)
+
+
+def make_classifier(module):
+    """A `Classifier` instance; the thread count it sets for a server is undone for the tests after it."""
+    threads = torch.get_num_threads()
+    try:
+        return module.Classifier()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def svc(service_module):
-    threads = torch.get_num_threads()
-    yield service_module.Classifier()
-    torch.set_num_threads(threads)  # the service sets its own; leave other tests theirs
+    return make_classifier(service_module)
 
 
 def offline_probabilities(model_dir: Path, image: np.ndarray) -> np.ndarray:
@@ -168,45 +152,11 @@ def test_predict_npy_equals_png_of_same_pixels(svc, tmp_path):
 
 
 def test_predict_jpeg(svc, tmp_path):
-    buf = io.BytesIO()
-    Image.fromarray(grey_image(seed=2)).save(buf, format="JPEG")
-    answer = predict(svc, write(tmp_path / "c.jpg", buf.getvalue()))
+    answer = predict(svc, write(tmp_path / "c.jpg", jpeg_bytes(grey_image(seed=2))))
     assert answer["label"] in CLASS_NAMES
     assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def dicom_bytes(pixels: np.ndarray, patient_name: str) -> bytes:
-    """A minimal CT slice (int16 stored values, HU = stored - 1024) naming a patient in its header."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.Modality = patient_name, "MRN-55501", "CT"
-    ds.Rows, ds.Columns = pixels.shape[:2]
-    ds.SamplesPerPixel = 1 if pixels.ndim == 2 else pixels.shape[2]
-    ds.PhotometricInterpretation = "MONOCHROME2" if pixels.ndim == 2 else "RGB"
-    if pixels.ndim == 3:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated = ds.BitsStored = 16 if pixels.dtype == np.int16 else 8
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
-    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-    ds.PixelData = pixels.tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
-@pytest.mark.skipif(
-    not INGEST_PRESENT,
-    reason="components.ingest (DICOM decoding) not there yet",
-)
 def test_dicom_is_classified_and_its_header_never_surfaces(svc, tmp_path, caplog):
     from bentoml.exceptions import BentoMLException
 
@@ -246,7 +196,40 @@ def test_metadata_describes_the_pinned_model(svc, service_module):
     assert meta["preprocessing"] == {"spatial_size": [16, 16], "channels": 1, "lower": 0.0, "upper": 255.0}
     assert meta["gate"]["checks"][0]["metric"] == "auc"
     assert meta["sha256"] == service_module.test_info["sha256"]
+    assert meta["model_card"] == {"html": "/model_card", "markdown": "/model_card.md"}
+    assert meta["serving"]["api_key_required"] is False
     json.dumps(meta)
+
+
+def test_model_card_is_served_from_the_model_store_entry(svc):
+    html, markdown = svc.model_card(), svc.model_card_markdown()
+    assert html.media_type == "text/html" and html.body.decode() == CARD[HTML_FILE]
+    assert markdown.media_type == "text/markdown" and markdown.body.decode() == CARD[MARKDOWN_FILE]
+
+
+def test_a_model_without_a_card_says_so(service_module, tmp_path, monkeypatch):
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    from components.package import save_to_model_store
+
+    tag, _ = save_to_model_store(save_tiny_model(tmp_path / "m", seed=2), "tiny-no-card", {})
+    monkeypatch.setattr(service_module.Classifier.inner, "bento_model", bentoml.models.BentoModel(tag))
+    svc = make_classifier(service_module)
+    assert svc.metadata()["model_card"] is None
+    with pytest.raises(NotFound, match="no model_card.html") as err:
+        svc.model_card()
+    assert err.value.error_code == HTTPStatus.NOT_FOUND
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height 8-bit grey pixels and holds none (a decompression bomb's header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 # (upload bytes, acceptable statuses, a word the message must contain). Where components.ingest may
@@ -256,7 +239,8 @@ BAD_UPLOADS = {
     "empty file": (b"", {BAD}, "empty"),
     "not an image": (b"%PDF-1.4 definitely not pixels", {BAD}, "decode"),
     "truncated png": (png_bytes(grey_image())[:40], {BAD}, "decode"),
-    "pickled npy": (npy_bytes(np.array([{"a": 1}], dtype=object)), {BAD}, "decode"),
+    "pickled npy": (npy_bytes(np.array([{"a": 1}], dtype=object), allow_pickle=True), {BAD}, "decode"),
+    "decompression bomb": (png_header_only(30_000, 30_000), {BAD}, "decode"),
     "rgb to grey model": (png_bytes(np.zeros((20, 20, 3), np.uint8)), {UNPROCESSABLE}, "channel"),
     "3d volume to 2d model": (npy_bytes(np.zeros((8, 16, 16), np.float32)), {UNPROCESSABLE}, "2D"),
     "1d array": (npy_bytes(np.zeros(16, np.float32)), {BAD, UNPROCESSABLE}, ""),
@@ -348,7 +332,103 @@ def test_tampered_model_files_refuse_to_load(service_module, tmp_path, monkeypat
         stored.write_text(stored.read_text().replace('"lesion"', '"healthy"'))
     monkeypatch.setattr(service_module.Classifier.inner, "bento_model", bentoml.models.BentoModel(tag))
     with pytest.raises(RuntimeError, match="refusing"):
-        service_module.Classifier()
+        make_classifier(service_module)
+
+
+def test_concurrent_requests_share_forward_passes(svc, tmp_path):
+    """Requests that arrive while the network is busy run together in the next forward pass."""
+    paths = [write(tmp_path / f"{i}.npy", npy_bytes(grey_image(seed=i))) for i in range(12)]
+    singles = [predict(svc, p) for p in paths]
+    svc.batcher.batch_sizes.clear()
+
+    async def together():
+        return await asyncio.gather(*(svc.predict(p) for p in paths))
+
+    answers = asyncio.run(together())
+    assert max(svc.batcher.batch_sizes) > 1 and sum(svc.batcher.batch_sizes) == len(paths)
+    for single, answer in zip(singles, answers, strict=True):
+        assert answer["label"] == single["label"]
+        np.testing.assert_allclose(
+            list(answer["probabilities"].values()), list(single["probabilities"].values()), atol=1e-5
+        )
+
+
+class SlowDouble:
+    """A stand-in network: doubles its input, holding the first call until released."""
+
+    def __init__(self, first_call_s: float = 5.0, fail_on: float | None = None):
+        self.calls: list[list[float]] = []
+        self.release = threading.Event()
+        self.first_call_s = first_call_s
+        self.fail_on = fail_on
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(batch[:, 0].tolist())
+        if len(self.calls) == 1:
+            self.release.wait(self.first_call_s)
+        if self.fail_on in batch[:, 0]:
+            raise ValueError("bad batch")
+        return batch * 2
+
+
+def test_batcher_runs_an_idle_request_at_once_and_queued_ones_together():
+    from services.batching import MicroBatcher
+
+    fn = SlowDouble()
+
+    async def main():
+        batcher = MicroBatcher(fn, max_batch_size=4, max_latency_ms=10_000)
+        first = asyncio.create_task(batcher(np.array([[1.0]])))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.create_task(batcher(np.array([[float(i)]]))) for i in range(2, 8)]
+        await asyncio.sleep(0.05)
+        fn.release.set()
+        return await asyncio.gather(first, *queued)
+
+    answers = asyncio.run(main())
+    assert fn.calls == [[1.0], [2.0, 3.0, 4.0, 5.0], [6.0, 7.0]]
+    assert [float(a[0, 0]) for a in answers] == [2.0 * i for i in range(1, 8)]
+
+
+def test_batcher_fails_only_the_callers_of_a_failing_batch():
+    from services.batching import MicroBatcher
+
+    fn = SlowDouble(fail_on=3.0)
+
+    async def main():
+        batcher = MicroBatcher(fn, max_batch_size=2, max_latency_ms=10_000)
+        tasks = [asyncio.create_task(batcher(np.array([[1.0]])))]
+        await asyncio.sleep(0.05)
+        tasks += [asyncio.create_task(batcher(np.array([[x]]))) for x in (2.0, 3.0, 4.0)]
+        await asyncio.sleep(0.05)
+        fn.release.set()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    first, second, third, fourth = asyncio.run(main())
+    assert fn.calls == [[1.0], [2.0, 3.0], [4.0]]
+    assert isinstance(second, ValueError) and isinstance(third, ValueError)
+    assert float(first[0, 0]) == 2.0 and float(fourth[0, 0]) == 8.0
+
+
+def test_batcher_refuses_work_beyond_its_latency_budget():
+    from services.batching import MicroBatcher, Overloaded
+
+    def slow(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.05)
+        return batch
+
+    async def main():
+        batcher = MicroBatcher(slow, max_batch_size=1, max_latency_ms=60)
+        await batcher(np.zeros((1, 1)))  # learns that a call takes about 50 ms
+        running = asyncio.create_task(batcher(np.zeros((1, 1))))
+        await asyncio.sleep(0.01)
+        queued = asyncio.create_task(batcher(np.zeros((1, 1))))  # waits one call: within budget
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded, match="budget"):
+            await batcher(np.zeros((1, 1)))  # two calls ahead: about 100 ms > 60 ms
+        await asyncio.gather(running, queued)
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("tag", ["tiny-service", "tiny-service:latest", ":abc"])
@@ -359,15 +439,21 @@ def test_only_exact_model_tags_are_accepted(tag):
         exact_model_tag(tag)
 
 
+@pytest.fixture(scope="module")
+def asgi_app(service_module):
+    # One app per process: a second one of the same service would register its Prometheus metrics again.
+    return service_module.Classifier.to_asgi()
+
+
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 class TestHTTP:
     """The service's ASGI app in-process: what a client sees for malformed requests."""
 
     @pytest.fixture(scope="class")
-    def client(self, service_module):
+    def client(self, asgi_app):
         from starlette.testclient import TestClient
 
-        with TestClient(service_module.Classifier.to_asgi()) as client:
+        with TestClient(asgi_app) as client:
             yield client
 
     def test_predict_over_http(self, client):
@@ -415,6 +501,64 @@ class TestHTTP:
         files = [("images", (f"{i}.png", png_bytes(grey_image(seed=i)), "image/png")) for i in range(3)]
         resp = client.post("/predict_batch", files=files)
         assert resp.status_code == 200 and len(resp.json()) == 3
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+class TestApiKey:
+    """MEDGATE_API_KEY set where the service starts: everything but the probes needs the key."""
+
+    @pytest.fixture(scope="class")
+    def client(self, service_module, asgi_app):
+        """The service's app behind the guard as the service adds it when MEDGATE_API_KEY is set."""
+        from starlette.testclient import TestClient
+
+        from services.guard import ApiKeyGuard
+
+        guarded = ApiKeyGuard(asgi_app, api_key=API_KEY, open_paths=service_module.OPEN_PATHS)
+        with TestClient(guarded) as client:
+            yield client
+
+    def test_the_key_set_at_start_adds_the_guard_outermost(self, stored_model):
+        with pytest.MonkeyPatch.context() as mp:
+            module = import_service(mp, stored_model["tag"], api_key=API_KEY)
+            first_cls, first_options = module.Classifier.middlewares[0]
+            assert first_cls.__name__ == "ApiKeyGuard"
+            assert first_options == {"api_key": API_KEY, "open_paths": ("/livez", "/readyz")}
+            assert make_classifier(module).metadata()["serving"]["api_key_required"] is True
+        for name in SERVICE_MODULES:
+            sys.modules.pop(name, None)
+
+    @pytest.mark.parametrize(
+        "headers, status",
+        [
+            ({}, 401),
+            ({"Authorization": "Bearer wrong-key-0123456789"}, 401),
+            ({"Authorization": API_KEY}, 401),
+            ({"X-API-Key": API_KEY[:-1]}, 401),
+            ({"Authorization": f"Bearer {API_KEY}"}, 200),
+            ({"authorization": f"bearer {API_KEY}"}, 200),
+            ({"X-API-Key": API_KEY}, 200),
+        ],
+        ids=["none", "wrong", "no-scheme", "prefix", "bearer", "lowercase", "x-api-key"],
+    )
+    def test_requests_need_the_key(self, client, headers, status):
+        files = {"image": ("a.png", png_bytes(grey_image()), "image/png")}
+        resp = client.post("/predict", files=files, headers=headers)
+        assert resp.status_code == status, resp.text
+        assert client.get("/metadata", headers=headers).status_code == status
+        assert client.get("/model_card", headers=headers).status_code == status
+        if status == 401:
+            assert "API key" in resp.json()["error"] and resp.headers["www-authenticate"].startswith("Bearer")
+
+    def test_probes_stay_open(self, client):
+        assert client.get("/livez").status_code == 200 and client.get("/readyz").status_code == 200
+        assert client.get("/metrics").status_code == 401
+
+    def test_a_short_key_is_refused_at_start(self, stored_model):
+        with pytest.MonkeyPatch.context() as mp, pytest.raises(RuntimeError, match="shorter than 16"):
+            import_service(mp, stored_model["tag"], api_key="short")
+        for name in SERVICE_MODULES:
+            sys.modules.pop(name, None)
 
 
 def test_serving_settings_round_trip_and_refuse_unservable_values():

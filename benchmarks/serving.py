@@ -1,0 +1,409 @@
+"""Serving benchmark: the production model called in-process against its Bento served on 127.0.0.1.
+
+    python benchmarks/serving.py [--workspace DIR] [--bento TAG] [--concurrency 1,8,32,64]
+                                 [--requests 400] [--seconds 15] [--via-supervisor] [--json PATH]
+
+In one run it measures
+- the raw model: the network of the Bento's pinned model, loaded from the BentoML store, called
+  in-process on preprocessed input with the Bento's own intra-op thread setting; latency at batch 1
+  and throughput at every power-of-two batch size up to the Bento's `max_batch_size`;
+- the service: `/predict` with a `.npy` upload over HTTP, p50/p95/p99 latency, requests per second
+  and errors (anything but 200) at each concurrency level, bounded by `--requests` and `--seconds`;
+- with `--via-supervisor`, the same levels again through `medgate serve`'s reloading proxy.
+
+The Bento is `--bento`, else the workspace registry's latest production Bento, else a stand-in built
+for the run: the production architecture (params.yaml `train.model`) on the default cohort's image
+size, with untrained weights (latency does not depend on weight values), in a temporary BentoML home.
+
+Targets (printed as ratios, never asserted): at concurrency 32 the service serves >= 60% of the raw
+model's best batched throughput; at concurrency 1 its p50 is <= the raw batch-1 latency + 5 ms;
+no errors. The load generator shares the machine with the server: the figures include its CPU use,
+and the load average before and after is printed because the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flows.settings import configure_offline, get_settings
+
+C1_SLACK_MS = 5.0
+THROUGHPUT_SHARE = 0.60
+TARGET_CONCURRENCY = 32
+
+
+@dataclass
+class RawResult:
+    threads: int
+    batch1_p50_ms: float
+    batch1_per_s: float
+    per_batch: dict[int, float]  # batch size -> images per second
+
+    @property
+    def best(self) -> tuple[int, float]:
+        size = max(self.per_batch, key=self.per_batch.__getitem__)
+        return size, self.per_batch[size]
+
+
+@dataclass
+class LevelResult:
+    route: str
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    error_samples: list[str] = field(default_factory=list)
+
+    @property
+    def per_s(self) -> float:
+        return (self.requests - self.errors) / self.seconds if self.seconds else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    configure_offline()
+    load_before = os.getloadavg()
+    with contextlib.ExitStack() as stack:
+        bento_tag, origin = _choose_bento(args, stack)
+        import bentoml
+
+        from components.package import MODEL_REF_FILE, ServingSettings
+
+        bento = bentoml.bentos.get(bento_tag)
+        settings = ServingSettings.read(Path(bento.path_of(f"src/services/{MODEL_REF_FILE}")))
+        model_dir = Path(bentoml.models.get(settings.model_tag).path)
+        image = _stored_image(model_dir)
+        print(f"bento {bento_tag} ({origin}); model {settings.model_tag}; input {settings.input_shape}")
+        print(f"machine: {os.cpu_count()} CPUs, load average {_fmt_load(load_before)} before the run")
+
+        raw = measure_raw(model_dir, image, settings.torch_threads, settings.max_batch_size, args.raw_seconds)
+        payload = _npy_bytes(image)
+        routes = [("bento", lambda: _serve_direct(bento_tag, stack))]
+        if args.via_supervisor:
+            routes.append(("supervisor", lambda: _serve_supervised(bento_tag, stack)))
+        levels: list[LevelResult] = []
+        for route, start in routes:
+            base_url, ready_s = start()
+            print(f"{route}: ready in {ready_s:.1f} s at {base_url}")
+            levels += asyncio.run(
+                measure_service(base_url, route, payload, args.concurrency, args.requests, args.seconds)
+            )
+    load_after = os.getloadavg()
+    report = _report(raw, levels, load_before, load_after)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def measure_raw(model_dir: Path, image: np.ndarray, threads: int, max_batch: int, budget_s: float) -> RawResult:
+    """The pinned network in-process: batch-1 latency and images/s per batch size (forward + softmax)."""
+    import torch
+
+    from components.models import load_model
+    from components.transforms import preprocess
+
+    previous = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        network, spec = load_model(model_dir)
+        one = torch.from_numpy(preprocess(image, spec.preprocessing)[np.newaxis])
+        sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch]
+        per_size_s = budget_s / (len(sizes) + 1)
+
+        def forward(x: torch.Tensor) -> None:
+            with torch.inference_mode():
+                torch.softmax(network(x).float(), dim=1)
+
+        for _ in range(3):
+            forward(one)
+        batch1 = _timed_calls(lambda: forward(one), per_size_s * 2, min_calls=20)
+        per_batch = {}
+        for size in sizes:
+            x = one.repeat(size, *[1] * (one.ndim - 1))
+            forward(x)
+            times = _timed_calls(lambda x=x: forward(x), per_size_s, min_calls=3)
+            per_batch[size] = size / statistics.mean(times)
+        return RawResult(
+            threads=torch.get_num_threads(),
+            batch1_p50_ms=statistics.median(batch1) * 1000,
+            batch1_per_s=1 / statistics.mean(batch1),
+            per_batch=per_batch,
+        )
+    finally:
+        torch.set_num_threads(previous)
+
+
+async def measure_service(
+    base_url: str, route: str, payload: bytes, levels: list[int], max_requests: int, max_seconds: float
+) -> list[LevelResult]:
+    """`/predict` at each concurrency level: `max_requests` (or `max_seconds`) after a short warm-up."""
+    import aiohttp
+
+    boundary = "medgate-benchmark-boundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="image.npy"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    if key := os.environ.get("MEDGATE_API_KEY"):
+        headers["Authorization"] = f"Bearer {key}"
+    results = []
+    for concurrency in levels:
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(base_url, connector=connector, timeout=timeout) as session:
+            await _load(session, body, headers, concurrency, concurrency * 2, 30.0)  # warm-up, not counted
+            results.append(
+                await _load(session, body, headers, concurrency, max_requests, max_seconds, route=route)
+            )
+        r = results[-1]
+        print(
+            f"  {route} c={concurrency}: {r.requests} requests, {r.per_s:.0f}/s, "
+            f"p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, errors {r.errors}",
+            flush=True,
+        )
+    return results
+
+
+async def _load(
+    session: Any,
+    body: bytes,
+    headers: dict[str, str],
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    route: str = "",
+) -> LevelResult:
+    latencies: list[float] = []
+    errors: list[str] = []
+    issued = 0
+    started = time.perf_counter()
+    deadline = started + max_seconds
+
+    async def client() -> None:
+        nonlocal issued
+        while issued < max_requests and time.perf_counter() < deadline:
+            issued += 1
+            sent = time.perf_counter()
+            try:
+                async with session.post("/predict", data=body, headers=headers) as resp:
+                    text = await resp.read()
+                    if resp.status != 200:
+                        errors.append(f"HTTP {resp.status}: {text[:120]!r}")
+            except Exception as exc:  # noqa: BLE001 - every failure is counted, whatever its type
+                errors.append(f"{type(exc).__name__}: {exc}")
+            latencies.append(time.perf_counter() - sent)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    ms = sorted(x * 1000 for x in latencies) or [float("nan")]
+    return LevelResult(
+        route=route,
+        concurrency=concurrency,
+        requests=len(latencies),
+        errors=len(errors),
+        seconds=elapsed,
+        p50_ms=_percentile(ms, 50),
+        p95_ms=_percentile(ms, 95),
+        p99_ms=_percentile(ms, 99),
+        error_samples=sorted(set(errors))[:5],
+    )
+
+
+def _report(
+    raw: RawResult, levels: list[LevelResult], load_before: tuple[float, ...], load_after: tuple[float, ...]
+) -> dict[str, Any]:
+    best_size, best_per_s = raw.best
+    print(f"\nraw model in-process ({raw.threads} intra-op thread(s)):")
+    print(f"  batch 1: p50 {raw.batch1_p50_ms:.2f} ms, {raw.batch1_per_s:.0f} images/s")
+    print("  " + ", ".join(f"batch {b}: {v:.0f}/s" for b, v in raw.per_batch.items()))
+    print(f"  best: batch {best_size}, {best_per_s:.0f} images/s")
+    print("\nservice /predict (one .npy image per request):")
+    print(f"  {'route':<11}{'conc':>5}{'requests':>10}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for r in levels:
+        print(
+            f"  {r.route:<11}{r.concurrency:>5}{r.requests:>10}{r.per_s:>8.0f}"
+            f"{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}{r.p99_ms:>9.1f}{r.errors:>8}"
+        )
+        for sample in r.error_samples:
+            print(f"      {sample}")
+    print(f"\nload average {_fmt_load(load_before)} before, {_fmt_load(load_after)} after")
+    targets = []
+    for route in dict.fromkeys(r.route for r in levels):
+        by_c = {r.concurrency: r for r in levels if r.route == route}
+        if TARGET_CONCURRENCY in by_c:
+            share = by_c[TARGET_CONCURRENCY].per_s / best_per_s
+            targets.append(
+                (route, f"throughput at c={TARGET_CONCURRENCY} / raw best", share, THROUGHPUT_SHARE, share >= THROUGHPUT_SHARE)
+            )
+        if 1 in by_c:
+            excess = by_c[1].p50_ms - raw.batch1_p50_ms
+            targets.append((route, "p50 at c=1 - raw batch-1 p50 (ms)", excess, C1_SLACK_MS, excess <= C1_SLACK_MS))
+        errors = sum(r.errors for r in by_c.values())
+        targets.append((route, "errors", errors, 0, errors == 0))
+    print("\ntargets:")
+    for route, name, value, goal, met in targets:
+        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+        print(f"  {route:<11}{name:<44}{shown:>8}  target {'>=' if 'throughput' in name else '<='} {goal}: {'met' if met else 'MISSED'}")
+    return {
+        "raw": {**asdict(raw), "best_batch": best_size, "best_per_s": best_per_s},
+        "service": [{**asdict(r), "per_s": r.per_s} for r in levels],
+        "targets": [dict(zip(("route", "target", "value", "goal", "met"), t)) for t in targets],
+        "load_average": {"before": load_before, "after": load_after},
+        "cpus": os.cpu_count(),
+    }
+
+
+def _choose_bento(args: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[str, str]:
+    """`--bento`, else the registry's production Bento, else a stand-in built in a temporary BentoML home."""
+    tag = args.bento or _production_bento(args.workspace)
+    if tag:
+        import bentoml
+        from bentoml.exceptions import NotFound
+
+        try:
+            bentoml.bentos.get(tag)
+        except NotFound:
+            raise SystemExit(f"Bento {tag} is not in the BentoML store at {_bentoml_home()}: set BENTOML_HOME") from None
+        return tag, "as given" if args.bento else "the registry's production Bento"
+    # Before BentoML first opens a store, so that the stand-in never lands in the user's store.
+    home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medgate-bench-")))
+    os.environ["BENTOML_HOME"] = str(home / "bentoml")
+    return _build_stand_in(home, args.workspace), "stand-in: production architecture, untrained weights"
+
+
+def _production_bento(workspace: Path | None) -> str | None:
+    from flows.cli_common import sessions_for
+    from registry import repository as repo
+
+    url = get_settings(workspace).database_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return None
+    with sessions_for(workspace)() as session:
+        production = repo.latest_production(session)
+        return production.bento_tag if production is not None else None
+
+
+def _build_stand_in(home: Path, workspace: Path | None) -> str:
+    """A Bento of the production architecture on the default cohort's image size."""
+    from components.config import load_params
+    from components.models import ModelSpec, build_model, save_model
+    from components.package import build_bento, save_to_model_store
+    from components.transforms import Preprocessing
+
+    params = load_params(get_settings(workspace).workspace / "params.yaml")
+    size = min(params.cohort.image_size, params.prepare.max_size)
+    half = params.prepare.window_width / 2
+    spec = ModelSpec(
+        model=params.train.model,
+        input_shape=(1, size, size),
+        class_names=("normal", "lesion"),
+        preprocessing=Preprocessing(
+            (size, size), 1, params.prepare.window_level - half, params.prepare.window_level + half
+        ),
+    )
+    save_model(build_model(spec.model, spec.input_shape, len(spec.class_names)), spec, home / "model")
+    model_tag, _ = save_to_model_store(home / "model", "benchmark-stand-in", {"dataset_version": "none"})
+    print(f"no production Bento recorded: building a stand-in from {model_tag} in {home}")
+    return build_bento(model_tag, params.package, {"purpose": "benchmark"}, serve_cfg=params.serve)
+
+
+def _serve_direct(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float]:
+    from components.package import find_free_port, serve_in_background, wait_until_ready
+
+    port = find_free_port()
+    log = stack.enter_context(tempfile.TemporaryFile("w+b"))  # noqa: SIM115 - the ExitStack closes it
+    started = time.perf_counter()
+    proc = stack.enter_context(serve_in_background(bento_tag, port, log=log))
+    base = f"http://127.0.0.1:{port}"
+    problem = wait_until_ready(base, proc, timeout_s=180)
+    if problem:
+        log.seek(0)
+        raise SystemExit(f"{bento_tag}: {problem}\n{log.read().decode(errors='replace')[-3000:]}")
+    return base, time.perf_counter() - started
+
+
+def _serve_supervised(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float]:
+    from components.package import find_free_port
+    from services.supervisor import run_in_thread
+
+    port = find_free_port()
+    started = time.perf_counter()
+    stack.enter_context(run_in_thread(lambda: bento_tag, port))
+    return f"http://127.0.0.1:{port}", time.perf_counter() - started
+
+
+def _stored_image(model_dir: Path) -> np.ndarray:
+    """An image as the data stores it: the model's spatial size, intensities spread over its window."""
+    from components.models import ModelSpec
+
+    spec = ModelSpec.from_dict(json.loads((model_dir / "model.json").read_text()))
+    pre = spec.preprocessing
+    shape = (*pre.spatial_size, pre.channels) if pre.channels > 1 else pre.spatial_size
+    return np.random.default_rng(0).uniform(pre.lower, pre.upper, shape).astype(np.float32)
+
+
+def _timed_calls(fn: Any, budget_s: float, min_calls: int) -> list[float]:
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < min_calls or time.perf_counter() < deadline:
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    return float(np.percentile(sorted_values, q))
+
+
+def _fmt_load(load: tuple[float, ...]) -> str:
+    return "/".join(f"{x:.1f}" for x in load)
+
+
+def _bentoml_home() -> str:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return str(BentoMLContainer.bentoml_home.get())
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workspace", type=Path, default=None, help="medgate workspace (default: MEDGATE_WORKSPACE or .)")
+    parser.add_argument("--bento", help="Bento tag to serve (default: the production Bento, else a stand-in)")
+    parser.add_argument(
+        "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 64], help="levels, e.g. 1,8,32,64"
+    )
+    parser.add_argument("--requests", type=int, default=400, help="requests per level (after a warm-up of 2 per client)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="time limit per level")
+    parser.add_argument("--raw-seconds", type=float, default=8.0, help="time for the in-process measurements")
+    parser.add_argument("--via-supervisor", action="store_true", help="also measure through medgate serve's proxy")
+    parser.add_argument("--json", help="write the figures to this file")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,528 @@
+"""Ingest of each source kind, de-identification, bad inputs, and the shared decoder."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from PIL import Image
+
+from components.artifacts import MANIFEST_COLUMNS
+from components.cohort import generate_cohort
+from components.config import CohortConfig, IngestConfig
+from components.deid import deid_dicom, pseudonym
+from components.ingest import (
+    EXTRA_COLUMNS,
+    ImageDecodeError,
+    age_band,
+    content_hash,
+    decode_image,
+    dicom_to_array,
+    ingest_source,
+    read_manifest,
+)
+
+SALT = "unit-test-salt"
+COHORT = CohortConfig(patients=8, images_per_patient=2, image_size=32, seed=11)
+DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_cohort(tmp_path_factory.mktemp("cohort"), COHORT)
+
+
+@pytest.fixture(scope="module")
+def ingested(cohort: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("ingested")
+    return ingest_source(cohort, out, IngestConfig(), SALT), out
+
+
+def _identifiers(cohort: Path) -> list[str]:
+    ids = json.loads((cohort / "identifiers.json").read_text())
+    return [v for values in ids.values() for v in values if v]
+
+
+def _png(arr: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def _write_labels(folder: Path, rows: list[dict[str, str]]) -> None:
+    with open(folder / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# ---- DICOM folder -----------------------------------------------------------------------------
+
+
+def test_dicom_manifest_columns_dtypes_and_files(ingested) -> None:
+    result, out = ingested
+    assert result.kind == "dicom"
+    assert result.num_images == COHORT.patients * COHORT.images_per_patient
+    assert result.num_patients == COHORT.patients
+    assert result.class_names == ("normal", "lesion")
+    assert result.problems == ()
+    assert json.loads((out / "problems.json").read_text()) == []
+    df = pd.read_parquet(result.manifest)
+    assert list(df.columns) == [*MANIFEST_COLUMNS, *EXTRA_COLUMNS]
+    for column, dtype in MANIFEST_COLUMNS.items():
+        assert str(df[column].dtype) == dtype, column
+    assert (df["ndim"] == 2).all() and (df["depth"] == 1).all() and (df["channels"] == 1).all()
+    assert (df["height"] == COHORT.image_size).all() and (df["dtype"] == "float32").all()
+    assert df["split"].isna().all()
+    assert df["image_id"].is_unique
+    for row in df.itertuples():
+        arr = np.load(out / row.path)
+        assert row.path.split("/")[1] == row.content_hash[:2]
+        assert content_hash(arr) == row.content_hash
+        assert arr.dtype == np.float32 and arr.shape == (COHORT.image_size, COHORT.image_size)
+        assert row.intensity_min == pytest.approx(float(arr.min()))
+    assert set(df["modality"]) == {"CT"} and set(df["photometric"]) == {"MONOCHROME2"}
+    assert df["site"].str.fullmatch(r"site-[0-9a-f]{8}").all()
+    assert set(df["sex"]) <= {"M", "F"}
+    assert df["age_band"].str.fullmatch(r"\d0-\d9|90\+").all()
+    assert set(df["scanner"]) <= {"SIEMENS", "GE MEDICAL SYSTEMS", "Philips"}
+
+
+def test_dicom_pseudonyms_are_patient_level_and_salted(cohort: Path, ingested, tmp_path: Path) -> None:
+    result, _ = ingested
+    df = read_manifest(result.manifest)
+    assert df["patient_id"].str.fullmatch(r"[0-9a-f]{16}").all()
+    assert (df.groupby("patient_id")["label"].nunique() == 1).all()
+    with open(cohort / "labels.csv", newline="") as f:
+        first = next(csv.DictReader(f))
+    header = pydicom.dcmread(cohort / first["path"], stop_before_pixels=True)
+    assert pseudonym(header.PatientID, SALT) in set(df["patient_id"])
+    assert pseudonym(header.SOPInstanceUID, SALT) in set(df["image_id"])
+
+    same = read_manifest(ingest_source(cohort, tmp_path / "same", IngestConfig(), SALT).manifest)
+    assert list(same["patient_id"]) == list(df["patient_id"])
+    assert list(same["image_id"]) == list(df["image_id"])
+    other = read_manifest(ingest_source(cohort, tmp_path / "other", IngestConfig(), "another-salt").manifest)
+    assert not set(other["patient_id"]) & set(df["patient_id"])
+    assert not set(other["site"]) & set(df["site"])
+    assert list(other["content_hash"]) == list(df["content_hash"])  # pixels do not depend on the salt
+
+
+def test_no_identifier_reaches_any_output(cohort: Path, ingested) -> None:
+    result, out = ingested
+    identifiers = _identifiers(cohort)
+    assert len(identifiers) > 20
+    table_text = read_manifest(result.manifest).to_csv()
+    blobs = {"manifest.csv": table_text.encode()}
+    for p in out.rglob("*"):
+        if p.is_file():
+            blobs[p.relative_to(out).as_posix()] = p.read_bytes()
+            blobs[f"name:{p.name}"] = p.name.encode()
+    leaks = [(name, v) for name, blob in blobs.items() for v in identifiers if v.encode() in blob]
+    assert leaks == []
+
+
+def test_hounsfield_units_are_plausible(ingested) -> None:
+    result, out = ingested
+    df = read_manifest(result.manifest)
+    assert df["intensity_min"].between(-1100, -900).all()  # air
+    assert (df["intensity_max"] > 150).all()  # bone
+    arr = np.load(out / df["path"].iloc[0])
+    assert abs(float(np.median(arr[:3, :3])) + 1000) < 60
+    assert np.isfinite(arr).all()
+
+
+def test_deid_dicom_removes_every_identifier(cohort: Path) -> None:
+    identifiers = _identifiers(cohort)
+    studies = set()
+    with open(cohort / "labels.csv", newline="") as f:
+        paths = [r["path"] for r in csv.DictReader(f)][: COHORT.images_per_patient]
+    for rel in paths:
+        ds = pydicom.dcmread(cohort / rel)
+        before = str(ds)
+        clean = deid_dicom(ds, SALT)
+        text = str(clean)
+        assert [v for v in identifiers if v in text] == []
+        assert str(ds) == before  # the input is not modified
+        assert clean.PatientIdentityRemoved == "YES"
+        assert clean.PatientID == pseudonym(ds.PatientID, SALT)
+        assert not any(elem.tag.is_private for elem in clean.iterall())
+        assert clean.file_meta.MediaStorageSOPInstanceUID == clean.SOPInstanceUID
+        assert clean.SOPClassUID == ds.SOPClassUID
+        assert (clean.PatientSex, clean.PatientAge, clean.Manufacturer) == (ds.PatientSex, ds.PatientAge,
+                                                                            ds.Manufacturer)
+        np.testing.assert_array_equal(clean.pixel_array, ds.pixel_array)
+        studies.add(clean.StudyInstanceUID)
+        buf = io.BytesIO()
+        clean.save_as(buf, enforce_file_format=True)  # still a writable DICOM file
+    assert len(studies) == 1  # references stay consistent within a patient
+
+
+def test_deid_caps_ages_over_89(cohort: Path) -> None:
+    ds = pydicom.dcmread(next(cohort.rglob("*.dcm")))
+    ds.PatientAge = "097Y"
+    assert deid_dicom(ds, SALT).PatientAge == "090Y"
+
+
+def test_labels_csv_patient_id_and_split_columns(cohort: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(cohort, src)
+    with open(src / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, r in enumerate(rows):
+        r["patient_id"] = "P-ALL"
+        r["split"] = ("train", "val", "test")[i % 3]
+    _write_labels(src, rows)
+    df = read_manifest(ingest_source(src, tmp_path / "out", IngestConfig(), SALT).manifest)
+    assert set(df["patient_id"]) == {pseudonym("P-ALL", SALT)}
+    assert df["split"].value_counts().to_dict() == {"train": 6, "val": 5, "test": 5}
+
+
+def test_key_column_matches_dicom_header(cohort: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(cohort, src)
+    with open(src / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    keyed = [{"SOPInstanceUID": pydicom.dcmread(src / r["path"], stop_before_pixels=True).SOPInstanceUID,
+              "label": r["label"]} for r in rows]
+    keyed.append({"SOPInstanceUID": "1.2.3.4.5.6.7", "label": "lesion"})
+    _write_labels(src, keyed)
+    cfg = IngestConfig(key_column="SOPInstanceUID")
+    result = ingest_source(src, tmp_path / "out", cfg, SALT)
+    assert result.num_images == len(rows)
+    assert result.problems == ({"file": f"labels.csv:{len(rows) + 2}",
+                                "reason": "no file has this row's SOPInstanceUID"},)
+
+
+# ---- bad inputs ----------------------------------------------------------------------------------
+
+
+def test_each_bad_input_is_reported_with_file_and_reason(cohort: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    good = min(cohort.rglob("*.dcm"))
+    raw = good.read_bytes()
+    ds = pydicom.dcmread(good)
+    (src / "good.dcm").write_bytes(raw)
+    (src / "copy.dcm").write_bytes(raw)  # duplicate: kept
+    (src / "truncated.dcm").write_bytes(raw[: len(raw) // 2])
+    (src / "header_only.dcm").write_bytes(raw[:300])
+    (src / "empty.dcm").write_bytes(b"")
+    (src / "text.png").write_text("this is not an image")
+    broken = _png(np.zeros((16, 16), np.uint8))
+    (src / "cut.png").write_bytes(broken[: len(broken) // 2])
+    (src / "nan.npy").write_bytes(_npy(np.full((8, 8), np.nan, np.float32)))
+    (src / "flat.npy").write_bytes(_npy(np.zeros((8, 8), np.float32)))  # constant: kept
+    burned = copy.deepcopy(ds)
+    burned.BurnedInAnnotation = "YES"
+    burned.save_as(src / "burned.dcm", enforce_file_format=True)
+    multi = copy.deepcopy(ds)
+    multi.NumberOfFrames = 2
+    multi.PixelData = ds.PixelData * 2
+    multi.save_as(src / "multi.dcm", enforce_file_format=True)
+    (src / "unlisted.dcm").write_bytes(raw)
+    (src / "notes.txt").write_text("ignored: not an image suffix")
+    listed = ["good.dcm", "copy.dcm", "truncated.dcm", "header_only.dcm", "empty.dcm", "text.png", "cut.png",
+              "nan.npy", "flat.npy", "burned.dcm", "multi.dcm", "missing.dcm", "../escape.dcm"]
+    rows = [{"path": p, "label": "lesion"} for p in listed]
+    rows.append({"path": "good.dcm", "label": "normal"})
+    _write_labels(src, rows)
+
+    result = ingest_source(src, tmp_path / "out", IngestConfig(), SALT)
+    reasons = {p["file"]: p["reason"] for p in result.problems}
+    assert json.loads((tmp_path / "out" / "problems.json").read_text()) == list(result.problems)
+    expected = {
+        "truncated.dcm": "pixel data",
+        "header_only.dcm": "DICOM",
+        "empty.dcm": "empty file",
+        "text.png": "unrecognised content",
+        "cut.png": "corrupt or truncated PNG",
+        "nan.npy": "NaN",
+        "burned.dcm": "BurnedInAnnotation",
+        "multi.dcm": "multi-frame",
+        "missing.dcm": "file is missing",
+        "labels.csv:14": "leaves the source folder",
+        "unlisted.dcm": "no row in labels.csv",
+        "good.dcm": "more than once",
+    }
+    for file, words in expected.items():
+        assert file in reasons, file
+        assert words in reasons[file], (file, reasons[file])
+    assert len(result.problems) == len(expected)
+    df = read_manifest(result.manifest)
+    assert result.num_images == 3  # good, its duplicate, and the constant image
+    assert df["content_hash"].nunique() == 2
+    assert sorted(df["dtype"]) == ["float32"] * 3
+    assert "notes.txt" not in reasons
+    assert not any("PatientID" in r or ds.PatientID in r for r in reasons.values())
+
+
+def test_nothing_usable_raises_naming_the_source(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.dcm").write_bytes(b"garbage")
+    _write_labels(src, [{"path": "a.dcm", "label": "x"}])
+    with pytest.raises(ValueError, match=re.escape(str(src))):
+        ingest_source(src, tmp_path / "out", IngestConfig(), SALT)
+    assert json.loads((tmp_path / "out" / "problems.json").read_text())[0]["file"] == "a.dcm"
+
+
+@pytest.mark.parametrize("make", ["empty_dir", "text_file", "missing", "dicom_without_labels"])
+def test_unsupported_source_lists_supported_kinds(tmp_path: Path, make: str) -> None:
+    src = tmp_path / "src"
+    if make == "empty_dir":
+        src.mkdir()
+    elif make == "text_file":
+        src = tmp_path / "notes.txt"
+        src.write_text("hello")
+    elif make == "dicom_without_labels":
+        (src / "p").mkdir(parents=True)
+        (src / "p" / "1.dcm").write_bytes(b"x")
+    with pytest.raises(ValueError) as err:
+        ingest_source(src, tmp_path / "out", IngestConfig(), SALT)
+    message = str(err.value)
+    assert str(src) in message and "labels.csv" in message and ".npz" in message and "PNG" in message
+
+
+def test_missing_label_column_and_bad_arguments(cohort: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "labels.csv").write_text("path,diagnosis\na.dcm,x\n")
+    with pytest.raises(ValueError, match="label"):
+        ingest_source(src, tmp_path / "out", IngestConfig(), SALT)
+    with pytest.raises(ValueError, match="salt"):
+        ingest_source(cohort, tmp_path / "out", IngestConfig(), "")
+    with pytest.raises(ValueError, match="inside the source"):
+        ingest_source(cohort, cohort / "derived", IngestConfig(), SALT)
+    with pytest.raises(ValueError, match="medmnist"):
+        ingest_source("medmnist:pneumoniamnist", tmp_path / "out", IngestConfig(), SALT)
+
+
+def test_class_names_config_orders_and_filters(cohort: Path, tmp_path: Path) -> None:
+    result = ingest_source(cohort, tmp_path / "out", IngestConfig(class_names=("lesion", "normal")), SALT)
+    assert result.class_names == ("lesion", "normal")
+    only = ingest_source(cohort, tmp_path / "out2", IngestConfig(class_names=("normal",)), SALT)
+    assert set(read_manifest(only.manifest)["label"]) == {"normal"}
+    assert all("class_names" in p["reason"] for p in only.problems) and only.problems
+
+
+# ---- PNG/JPEG folders ----------------------------------------------------------------------------
+
+
+def _image_folder(root: Path, split_layout: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test") if split_layout else ("",):
+        for cls in ("cat_a", "cat_b"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            (d / "p1_0.png").write_bytes(_png(rng.integers(0, 255, (20, 24), dtype=np.uint8)))
+            (d / "p1_1.png").write_bytes(_png(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)))
+            (d / "p2_0.jpg").write_bytes(_png(rng.integers(0, 255, (16, 16), dtype=np.uint8), "JPEG"))
+    return root
+
+
+def test_png_folder(tmp_path: Path) -> None:
+    src = _image_folder(tmp_path / "src")
+    (src / "cat_a" / "fake.png").write_text("not an image")
+    (src / "loose.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))
+    result = ingest_source(src, tmp_path / "out", IngestConfig(), SALT)
+    assert result.kind == "png" and result.class_names == ("cat_a", "cat_b")
+    assert result.num_images == 6 and result.num_patients == 6
+    assert {p["file"] for p in result.problems} == {"cat_a/fake.png", "loose.png"}
+    df = read_manifest(result.manifest)
+    assert list(df.columns) == list(MANIFEST_COLUMNS)
+    shapes = {(r.height, r.width, r.channels) for r in df.itertuples()}
+    assert shapes == {(20, 24, 1), (20, 24, 3), (16, 16, 1)}
+    for row in df.itertuples():
+        arr = np.load(tmp_path / "out" / row.path)
+        assert arr.dtype == np.uint8
+        assert arr.shape == ((row.height, row.width, 3) if row.channels == 3 else (row.height, row.width))
+    assert df["split"].isna().all()
+
+    by_prefix = ingest_source(src, tmp_path / "out2", IngestConfig(patient_from_filename_prefix=True), SALT)
+    assert by_prefix.num_patients == 2
+    patients = set(read_manifest(by_prefix.manifest)["patient_id"])
+    assert patients == {pseudonym("p1", SALT), pseudonym("p2", SALT)}
+
+
+def test_png_folder_with_split_layout(tmp_path: Path) -> None:
+    src = _image_folder(tmp_path / "src", split_layout=True)
+    df = read_manifest(ingest_source(src, tmp_path / "out", IngestConfig(), SALT).manifest)
+    assert df["split"].value_counts().to_dict() == {"train": 6, "test": 6}
+    assert set(df["label"]) == {"cat_a", "cat_b"}
+
+
+# ---- npz --------------------------------------------------------------------------------------
+
+
+def _npz(path: Path, shape: tuple[int, ...], counts=(5, 2, 3)) -> Path:
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for split, n in zip(("train", "val", "test"), counts, strict=True):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 1), dtype=np.uint8)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ((28, 28), (2, 28, 28, 1, 1)),
+    ((28, 28, 3), (2, 28, 28, 1, 3)),
+    ((28, 28, 28), (3, 28, 28, 28, 1)),
+])
+def test_npz_2d_rgb_3d(tmp_path: Path, shape, expected) -> None:
+    src = _npz(tmp_path / "tiny.npz", shape)
+    result = ingest_source(src, tmp_path / "out", IngestConfig(), SALT)
+    assert result.kind == "npz" and result.num_images == 10 and result.num_patients == 10
+    df = read_manifest(result.manifest)
+    assert list(df.columns) == list(MANIFEST_COLUMNS)
+    assert df["split"].value_counts().to_dict() == {"train": 5, "test": 3, "val": 2}
+    assert set(df["label"]) <= {"0", "1"}
+    row = df.iloc[0]
+    assert tuple(row[["ndim", "height", "width", "depth", "channels"]]) == expected
+    stored = np.load(tmp_path / "out" / row["path"])
+    with np.load(src) as z:
+        np.testing.assert_array_equal(stored, z["train_images"][0])
+        assert row["label"] == str(int(z["train_labels"][0, 0]))
+    assert row["image_id"] == "train-000000"
+
+
+def test_npz_problems(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "odd.npz", train_images=rng.integers(0, 255, (4, 8, 8), dtype=np.uint8),
+             train_labels=np.zeros((3, 1), np.uint8),
+             val_images=np.zeros((2, 8, 8), np.uint8), val_labels=np.zeros((2, 3), np.uint8),
+             test_images=np.zeros((2, 8, 8), np.uint8), test_labels=np.array([[0], [1]], np.uint8))
+    result = ingest_source(tmp_path / "odd.npz", tmp_path / "out", IngestConfig(), SALT)
+    assert result.num_images == 2
+    reasons = {p["file"]: p["reason"] for p in result.problems}
+    assert "4 images but 3 labels" in reasons["odd.npz:train"]
+    assert "multi-label" in reasons["odd.npz:val"]
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="bad.npz"):
+        ingest_source(tmp_path / "bad.npz", tmp_path / "out2", IngestConfig(), SALT)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("name, total, shape", [
+    ("pneumoniamnist", 5856, (28, 28)),
+    ("adrenalmnist3d", 1584, (28, 28, 28)),
+])
+def test_real_medmnist(tmp_path: Path, name: str, total: int, shape: tuple[int, ...]) -> None:
+    path = DATA_DIR / f"{name}.npz"
+    if not path.is_file():
+        pytest.skip(f"{path} absent: the real MedMNIST files live in ../shared/data")
+    result = ingest_source(path, tmp_path, IngestConfig(), SALT)
+    assert result.num_images == total and result.problems == () and result.class_names == ("0", "1")
+    df = read_manifest(result.manifest)
+    with np.load(path) as z:
+        expected = {s: len(z[f"{s}_labels"]) for s in ("train", "val", "test")}
+    assert df["split"].value_counts().to_dict() == expected
+    assert np.load(tmp_path / df["path"].iloc[0]).shape == shape
+
+
+# ---- decode_image -------------------------------------------------------------------------------
+
+
+def test_decode_image_formats(cohort: Path, ingested) -> None:
+    grey = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
+    np.testing.assert_array_equal(decode_image(_png(grey)), grey)
+    rgb = np.dstack([grey, grey[::-1], grey.T.reshape(12, 10)])
+    np.testing.assert_array_equal(decode_image(_png(rgb)), rgb)
+    jpeg = decode_image(_png(grey, "JPEG"))
+    assert jpeg.shape == grey.shape and jpeg.dtype == np.uint8
+    sixteen = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    np.testing.assert_array_equal(decode_image(_png(sixteen)), sixteen)
+    volume = np.zeros((4, 5, 6), np.float64)
+    decoded = decode_image(_npy(volume))
+    assert decoded.shape == (4, 5, 6) and decoded.dtype == np.float32
+
+    result, out = ingested
+    df = read_manifest(result.manifest)
+    with open(cohort / "labels.csv", newline="") as f:
+        first = next(csv.DictReader(f))["path"]
+    arr = decode_image((cohort / first).read_bytes(), SALT)
+    assert arr.dtype == np.float32
+    np.testing.assert_array_equal(arr, np.load(out / df["path"].iloc[0]))  # serving == training
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"", "empty"),
+    (b"GIF89a not supported", "unrecognised"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "PNG"),
+    (b"\xff\xd8\xff\xe0 truncated", "JPEG"),
+    (b"\x93NUMPY garbage", ".npy"),
+    (b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00", "DICOM"),
+])
+def test_decode_image_refuses_garbage(data: bytes, words: str) -> None:
+    with pytest.raises(ImageDecodeError, match=re.escape(words)):
+        decode_image(data)
+
+
+def test_decode_image_refuses_nan_and_object_arrays() -> None:
+    with pytest.raises(ImageDecodeError, match="NaN"):
+        decode_image(_npy(np.array([[1.0, np.inf], [0.0, 1.0]])))
+    with pytest.raises(ImageDecodeError):
+        decode_image(_npy(np.zeros((2, 2, 2, 2))))
+
+
+def test_monochrome1_is_inverted(cohort: Path) -> None:
+    ds = pydicom.dcmread(next(cohort.rglob("*.dcm")))
+    normal = dicom_to_array(ds)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    inverted = dicom_to_array(ds)
+    lo, hi = -32768 - 1024, 32767 - 1024  # stored int16 range after the -1024 intercept
+    np.testing.assert_allclose(inverted, (lo + hi) - normal)
+    assert np.corrcoef(inverted.ravel(), normal.ravel())[0, 1] < -0.99
+
+
+@pytest.mark.parametrize("value, band", [
+    ("045Y", "40-49"), ("009Y", "0-9"), ("006M", "0-9"), ("090Y", "90+"), ("101Y", "90+"),
+    ("", None), ("abc", None), (None, None),
+])
+def test_age_band(value, band) -> None:
+    assert age_band(value) == band
+
+
+def test_colour_and_compressed_dicom(cohort: Path) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, UltrasoundImageStorage
+
+    rgb = np.random.default_rng(0).integers(0, 255, (6, 5, 3), dtype=np.uint8)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PlanarConfiguration = 6, 5, 3, 0
+    ds.PhotometricInterpretation = "RGB"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = rgb.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    np.testing.assert_array_equal(decode_image(buf.getvalue()), rgb)
+
+    ct = pydicom.dcmread(next(cohort.rglob("*.dcm")))
+    ct.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ct.PixelData = encapsulate([b"\xff\xd8 not really jpeg \xff\xd9"])
+    ct["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ct.save_as(buf, enforce_file_format=True)
+    with pytest.raises(ImageDecodeError, match="transfer syntax JPEG Lossless"):
+        decode_image(buf.getvalue())
