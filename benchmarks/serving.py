@@ -51,6 +51,7 @@ class RawResult:
     batch1_p50_ms: float
     batch1_per_s: float
     per_batch: dict[int, float]  # batch size -> images per second
+    cpu_ms_per_image: dict[int, float]  # batch size -> CPU time of this process per image
 
     @property
     def best(self) -> tuple[int, float]:
@@ -68,6 +69,7 @@ class LevelResult:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    server_cpu_ms: float | None  # CPU time of the Bento's processes per request (proxy not included)
     error_samples: list[str] = field(default_factory=list)
 
     @property
@@ -99,10 +101,18 @@ def main(argv: list[str] | None = None) -> int:
             routes.append(("supervisor", lambda: _serve_supervised(bento_tag, stack)))
         levels: list[LevelResult] = []
         for route, start in routes:
-            base_url, ready_s = start()
+            base_url, ready_s, server_pid = start()
             print(f"{route}: ready in {ready_s:.1f} s at {base_url}")
             levels += asyncio.run(
-                measure_service(base_url, route, payload, args.concurrency, args.requests, args.seconds)
+                measure_service(
+                    base_url,
+                    route,
+                    payload,
+                    args.concurrency,
+                    args.requests,
+                    args.seconds,
+                    cpu_probe=lambda pid=server_pid: _tree_cpu_s(pid),
+                )
             )
     load_after = os.getloadavg()
     report = _report(raw, levels, load_before, load_after)
@@ -134,26 +144,38 @@ def measure_raw(model_dir: Path, image: np.ndarray, threads: int, max_batch: int
         for _ in range(3):
             forward(one)
         batch1 = _timed_calls(lambda: forward(one), per_size_s * 2, min_calls=20)
-        per_batch = {}
+        per_batch, cpu_ms = {}, {}
         for size in sizes:
             x = one.repeat(size, *[1] * (one.ndim - 1))
             forward(x)
+            cpu_before = time.process_time()
             times = _timed_calls(lambda x=x: forward(x), per_size_s, min_calls=3)
+            cpu_ms[size] = (time.process_time() - cpu_before) * 1000 / (size * len(times))
             per_batch[size] = size / statistics.mean(times)
         return RawResult(
             threads=torch.get_num_threads(),
             batch1_p50_ms=statistics.median(batch1) * 1000,
             batch1_per_s=1 / statistics.mean(batch1),
             per_batch=per_batch,
+            cpu_ms_per_image=cpu_ms,
         )
     finally:
         torch.set_num_threads(previous)
 
 
 async def measure_service(
-    base_url: str, route: str, payload: bytes, levels: list[int], max_requests: int, max_seconds: float
+    base_url: str,
+    route: str,
+    payload: bytes,
+    levels: list[int],
+    max_requests: int,
+    max_seconds: float,
+    cpu_probe: Any = None,
 ) -> list[LevelResult]:
-    """`/predict` at each concurrency level: `max_requests` (or `max_seconds`) after a short warm-up."""
+    """`/predict` at each concurrency level: `max_requests` (or `max_seconds`) after a short warm-up.
+
+    `cpu_probe()`: CPU seconds used so far by the server, to report its CPU time per request.
+    """
     import aiohttp
 
     boundary = "medgate-benchmark-boundary"
@@ -170,10 +192,11 @@ async def measure_service(
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(base_url, connector=connector, timeout=timeout) as session:
             await _load(session, body, headers, concurrency, concurrency * 2, 30.0)  # warm-up, not counted
-            results.append(
-                await _load(session, body, headers, concurrency, max_requests, max_seconds, route=route)
-            )
-        r = results[-1]
+            cpu_before = cpu_probe() if cpu_probe else None
+            r = await _load(session, body, headers, concurrency, max_requests, max_seconds, route=route)
+            if cpu_before is not None and r.requests:
+                r.server_cpu_ms = (cpu_probe() - cpu_before) * 1000 / r.requests
+            results.append(r)
         print(
             f"  {route} c={concurrency}: {r.requests} requests, {r.per_s:.0f}/s, "
             f"p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, errors {r.errors}",
@@ -223,6 +246,7 @@ async def _load(
         p50_ms=_percentile(ms, 50),
         p95_ms=_percentile(ms, 95),
         p99_ms=_percentile(ms, 99),
+        server_cpu_ms=None,
         error_samples=sorted(set(errors))[:5],
     )
 
@@ -235,12 +259,17 @@ def _report(
     print(f"  batch 1: p50 {raw.batch1_p50_ms:.2f} ms, {raw.batch1_per_s:.0f} images/s")
     print("  " + ", ".join(f"batch {b}: {v:.0f}/s" for b, v in raw.per_batch.items()))
     print(f"  best: batch {best_size}, {best_per_s:.0f} images/s")
+    print("  CPU ms per image: " + ", ".join(f"batch {b}: {v:.2f}" for b, v in raw.cpu_ms_per_image.items()))
     print("\nservice /predict (one .npy image per request):")
-    print(f"  {'route':<11}{'conc':>5}{'requests':>10}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(
+        f"  {'route':<11}{'conc':>5}{'requests':>10}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+        f"{'errors':>8}{'server CPU ms/req':>19}"
+    )
     for r in levels:
+        cpu = f"{r.server_cpu_ms:.2f}" if r.server_cpu_ms is not None else "-"
         print(
             f"  {r.route:<11}{r.concurrency:>5}{r.requests:>10}{r.per_s:>8.0f}"
-            f"{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}{r.p99_ms:>9.1f}{r.errors:>8}"
+            f"{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}{r.p99_ms:>9.1f}{r.errors:>8}{cpu:>19}"
         )
         for sample in r.error_samples:
             print(f"      {sample}")
@@ -286,7 +315,8 @@ def _choose_bento(args: argparse.Namespace, stack: contextlib.ExitStack) -> tupl
     # Before BentoML first opens a store, so that the stand-in never lands in the user's store.
     home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medgate-bench-")))
     os.environ["BENTOML_HOME"] = str(home / "bentoml")
-    return _build_stand_in(home, args.workspace), "stand-in: production architecture, untrained weights"
+    package = {k: v for k, v in (("api_workers", args.api_workers), ("max_batch_size", args.max_batch_size)) if v}
+    return _build_stand_in(home, args.workspace, package), "stand-in: production architecture, untrained weights"
 
 
 def _production_bento(workspace: Path | None) -> str | None:
@@ -301,8 +331,9 @@ def _production_bento(workspace: Path | None) -> str | None:
         return production.bento_tag if production is not None else None
 
 
-def _build_stand_in(home: Path, workspace: Path | None) -> str:
-    """A Bento of the production architecture on the default cohort's image size."""
+def _build_stand_in(home: Path, workspace: Path | None, package: dict[str, int]) -> str:
+    """A Bento of the production architecture on the default cohort's image size; `package` overrides
+    params.yaml's package section (to try serving settings)."""
     from components.config import load_params
     from components.models import ModelSpec, build_model, save_model
     from components.package import build_bento, save_to_model_store
@@ -322,10 +353,12 @@ def _build_stand_in(home: Path, workspace: Path | None) -> str:
     save_model(build_model(spec.model, spec.input_shape, len(spec.class_names)), spec, home / "model")
     model_tag, _ = save_to_model_store(home / "model", "benchmark-stand-in", {"dataset_version": "none"})
     print(f"no production Bento recorded: building a stand-in from {model_tag} in {home}")
-    return build_bento(model_tag, params.package, {"purpose": "benchmark"}, serve_cfg=params.serve)
+    package_cfg = params.package.model_copy(update=package)
+    print(f"package settings: {package_cfg.model_dump()}")
+    return build_bento(model_tag, package_cfg, {"purpose": "benchmark"}, serve_cfg=params.serve)
 
 
-def _serve_direct(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float]:
+def _serve_direct(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float, int]:
     from components.package import find_free_port, serve_in_background, wait_until_ready
 
     port = find_free_port()
@@ -337,17 +370,19 @@ def _serve_direct(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, flo
     if problem:
         log.seek(0)
         raise SystemExit(f"{bento_tag}: {problem}\n{log.read().decode(errors='replace')[-3000:]}")
-    return base, time.perf_counter() - started
+    return base, time.perf_counter() - started, proc.pid
 
 
-def _serve_supervised(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float]:
+def _serve_supervised(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float, int]:
     from components.package import find_free_port
     from services.supervisor import run_in_thread
 
     port = find_free_port()
+    log = stack.enter_context(tempfile.TemporaryFile("w+b"))  # noqa: SIM115 - the ExitStack closes it
     started = time.perf_counter()
-    stack.enter_context(run_in_thread(lambda: bento_tag, port))
-    return f"http://127.0.0.1:{port}", time.perf_counter() - started
+    handle = stack.enter_context(run_in_thread(lambda: bento_tag, port, backend_log=log, poll_s=0))
+    assert handle.backend is not None
+    return f"http://127.0.0.1:{port}", time.perf_counter() - started, handle.backend.proc.pid
 
 
 def _stored_image(model_dir: Path) -> np.ndarray:
@@ -368,6 +403,25 @@ def _timed_calls(fn: Any, budget_s: float, min_calls: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - started)
     return times
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` and everything below it (Linux /proc)."""
+    stats: dict[int, tuple[int, float]] = {}
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = path.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(path.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    tree, todo = {pid}, [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (ppid, _) in stats.items():
+            if ppid == parent and child not in tree:
+                tree.add(child)
+                todo.append(child)
+    return sum(stats[p][1] for p in tree if p in stats)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -401,6 +455,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=15.0, help="time limit per level")
     parser.add_argument("--raw-seconds", type=float, default=8.0, help="time for the in-process measurements")
     parser.add_argument("--via-supervisor", action="store_true", help="also measure through medgate serve's proxy")
+    parser.add_argument("--api-workers", type=int, help="stand-in only: override package.api_workers")
+    parser.add_argument("--max-batch-size", type=int, help="stand-in only: override package.max_batch_size")
     parser.add_argument("--json", help="write the figures to this file")
     return parser.parse_args(argv)
 

@@ -196,6 +196,27 @@ class ModelCardConfig(_Section):
         return self.models.get(model_name, self.default)
 
 
+class RetrainConfig(_Section):
+    """Retraining that runs unattended: `medgate schedule` and `medgate watch` (flows/retrain.py)."""
+
+    cron: str = ""  # the schedule `medgate schedule` registers when --cron is not given
+    watch_interval_s: float = 300.0  # how often a watch hashes the source's content
+    lock_wait_s: float = 3600.0  # how long an unattended run waits for a busy workspace before it is refused
+
+
+class OrchestrationConfig(_Section):
+    """Where the flow's work runs (README "Scaling"). Only train_processes can change a result."""
+
+    # sequential: one DVC stage at a time. threads / dask: the independent stages of a wave (train and
+    # baseline) at once, in threads or on Dask workers; sweep trials fan out the same way.
+    task_runner: Literal["sequential", "threads", "dask"] = "sequential"
+    dask_address: str = ""  # a running Dask scheduler (tcp://host:8786); empty: a local cluster
+    dask_workers: int = 2  # worker processes of that local cluster
+    # > 1: train under torchrun with DistributedDataParallel, this many processes on this node
+    # (gloo on CPU, NCCL on GPU). The weights differ slightly from one process's, so it is a train dependency.
+    train_processes: int = 1
+
+
 class Params(_Section):
     cohort: CohortConfig = CohortConfig()
     ingest: IngestConfig = IngestConfig()
@@ -208,6 +229,8 @@ class Params(_Section):
     package: PackageConfig = PackageConfig()
     serve: ServeConfig = ServeConfig()
     modelcard: ModelCardConfig = ModelCardConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
 
 def load_params(path: Path) -> Params:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -186,7 +187,8 @@ def compare_with_baseline(
     baseline_dir: Path, rows: pd.DataFrame, labels: np.ndarray, probs: np.ndarray, metrics: dict[str, Any], cfg: EvaluateConfig
 ) -> dict[str, Any]:
     """`baseline_<metric>` for the classical baseline, and the network's margin over it."""
-    from components.baseline import METRICS_FILE as BASELINE_METRICS, PREDICTIONS_FILE as BASELINE_PREDICTIONS
+    from components.baseline import METRICS_FILE as BASELINE_METRICS
+    from components.baseline import PREDICTIONS_FILE as BASELINE_PREDICTIONS
 
     baseline = json.loads((baseline_dir / BASELINE_METRICS).read_text())
     predictions = pd.read_csv(baseline_dir / BASELINE_PREDICTIONS, dtype={"image_id": str}).set_index("image_id")
@@ -245,7 +247,7 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
         metrics["ece_scaled"] = expected_calibration_error(y_test, scaled, cfg.calibration_bins)
         metrics["nll_scaled"] = negative_log_likelihood(y_test, scaled)
     metrics["val_auc"] = score_auc(y_val, val_probs)
-    metrics["n_test"] = int(len(y_test))
+    metrics["n_test"] = len(y_test)
     metrics["operating_threshold"] = threshold
     metrics["operating_point"] = cfg.operating_point if binary else "argmax"
     if baseline_dir is not None:

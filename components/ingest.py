@@ -1,30 +1,43 @@
-"""Ingest: turn a source into a de-identified manifest plus pixel files.
+"""Ingest: turn a source into a de-identified manifest plus sharded pixel files.
 
-Sources (`ingest_source` detects the kind):
+Sources (`ingest_source` detects the kind; docs/manifest.md is the data contract):
 
-* ``dicom``: a folder holding ``labels.csv`` and the images it lists, usually DICOM (PNG, JPEG and
-  ``.npy`` files listed there are decoded too). Columns: the key column (``cfg.key_column``,
-  ``path`` by default: the file relative to the folder; or a DICOM keyword such as
-  ``SOPInstanceUID`` matched against each file's header), ``label``, and optionally ``patient_id``
-  and ``split`` (train/val/test).
+* ``dicom``: a folder holding ``labels.csv`` and the images it lists (nested folders, mixed
+  series), usually DICOM; PNG, JPEG, NIfTI and ``.npy`` files listed there are decoded too.
+  Columns: the key column (``cfg.key_column``, ``path`` by default: the file relative to the
+  folder; or a DICOM keyword such as ``SOPInstanceUID`` matched against each file's header),
+  ``label``, and optionally ``patient_id`` and ``split`` (train/val/test).
+* ``nifti``: the same layout where the listed files are NIfTI-1/2 volumes (``.nii``, ``.nii.gz``).
 * ``png``: a folder of PNG/JPEG images in class-named subfolders (``<class>/.../<file>``), or
   ``<split>/<class>/...`` when every top-level folder is train, val or test.
-* ``npz``: a MedMNIST ``.npz`` (``{train,val,test}_{images,labels}``).
+* ``npz``: a MedMNIST ``.npz`` (``{train,val,test}_{images,labels}``); ``medmnist:<name>`` is
+  first turned into ``<data root>/<name>.npz`` by `resolve_medmnist`.
 
 Output under ``out_dir``: ``manifest.parquet`` (`MANIFEST_COLUMNS`, then whichever of
-``site, sex, age_band, scanner, modality, photometric`` the source has), ``images/<2 hex>/<content
-hash>.npy`` (pixels only; 2D grey (H, W), 2D colour (H, W, C), 3D (D, H, W)), and
-``problems.json`` (every skipped input as ``{"file", "reason"}``).
+`EXTRA_COLUMNS` the source has), ``images/<NNNNN>.npz`` shards (uncompressed zip archives whose
+members are ``<content hash>.npy``; a row's ``path`` is ``images/<NNNNN>.npz/<hash>.npy``, read it
+with `ImageStore`), ``sources.csv`` (``image_id``, the source file it came from) and
+``problems.json`` (every skipped input as ``{"file", "reason"}``). Shards keep a dataset of
+100,000 images at a few hundred files, which DVC hashes, caches and pushes far faster than one
+file per image (benchmarks/intake.py measures both).
 
 De-identification: nothing from a DICOM header reaches the outputs except derived, non-identifying
 values: ``patient_id`` = HMAC pseudonym of PatientID (or of labels.csv ``patient_id``), ``site`` =
 pseudonym of InstitutionName, ``scanner`` = Manufacturer, ``sex``, ``age_band`` (decade),
-``modality``, ``photometric``. ``image_id`` is a pseudonym of SOPInstanceUID (or of the relative
-path). Source paths appear only in problems.json (the operator's own file names).
+``modality``, ``photometric`` and the pixel spacing. ``image_id`` is a pseudonym of SOPInstanceUID
+(or of the relative path). Source paths appear only in problems.json and sources.csv (the
+operator's own file names, so that a report can name the file to fix).
 
 DICOM pixels become float32 in modality units (Hounsfield units for CT) via the modality LUT
-(RescaleSlope/Intercept); MONOCHROME1 is inverted so that higher always means brighter. The same
-`decode_image` serves uploads in the model server, so training and serving decode identically.
+(RescaleSlope/Intercept, or the Pixel Value Transformation of enhanced multi-frame objects);
+MONOCHROME1 is inverted so that higher always means brighter. Multi-frame CT, MR, PT and NM
+objects are volumes (D, H, W); other multi-frame objects (cine loops) are refused. NIfTI volumes
+are reoriented to RAS and stored (D, H, W) = (inferior→superior, anterior→posterior, right→left).
+The same `decode_image` serves uploads in the model server, so training and serving decode
+identically.
+
+Throughput: inputs are decoded in chunks of ``cfg.shard_size`` (one shard each) by ``cfg.workers``
+processes; memory holds a few chunks' worth of small records, never the dataset's pixels.
 """
 
 from __future__ import annotations
@@ -36,17 +49,25 @@ import io
 import json
 import logging
 import math
+import multiprocessing
+import os
 import re
 import shutil
+import tempfile
+import urllib.request
 import warnings
 import zipfile
-from collections.abc import Callable, Generator, Iterator
+import zlib
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pydicom
 from PIL import Image, ImageOps
 from pydicom.datadict import tag_for_keyword
@@ -58,33 +79,55 @@ from components.config import IngestConfig
 from components.deid import deid_dicom, pseudonym
 
 __all__ = [
-    "EXTRA_COLUMNS", "ImageDecodeError", "age_band", "content_hash", "decode_image", "deid_dicom",
-    "dicom_to_array", "ingest_source", "read_manifest",
+    "EXTRA_COLUMNS", "ImageDecodeError", "ImageStore", "age_band", "content_hash", "decode_image",
+    "deid_dicom", "dicom_to_array", "ingest_source", "read_manifest", "resolve_medmnist",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Optional manifest columns, in this order, after MANIFEST_COLUMNS.
-EXTRA_COLUMNS: tuple[str, ...] = ("site", "sex", "age_band", "scanner", "modality", "photometric")
+# Optional manifest columns and their dtypes, in this order, after MANIFEST_COLUMNS.
+EXTRA_COLUMNS: dict[str, str] = {
+    "site": "string", "sex": "string", "age_band": "string", "scanner": "string", "modality": "string",
+    "photometric": "string",
+    "spacing_d": "float64", "spacing_h": "float64", "spacing_w": "float64",  # mm between slices, rows, columns
+}
 SUPPORTED_SOURCES = (
     ("a folder with labels.csv (columns path or the configured key column, label; optional "
-     "patient_id, split) and the DICOM files it lists"),
+     "patient_id, split) and the DICOM or NIfTI (.nii, .nii.gz) files it lists"),
     "a folder of PNG/JPEG images in class-named subfolders (optionally under train/val/test)",
-    "a MedMNIST .npz file (train/val/test _images and _labels)",
+    "a MedMNIST .npz file (train/val/test _images and _labels), or medmnist:<name>",
 )
+MEDMNIST_PREFIX = "medmnist:"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".ima", ""})
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Names that conventionally mean "no finding": listed first so that index 1 is the finding.
 NEGATIVE_CLASS_NAMES = ("normal", "negative", "healthy", "benign", "no_finding", "no finding", "control")
+# Multi-frame objects of these modalities are stacks of slices (volumes); elsewhere frames are time.
+VOLUME_MODALITIES = frozenset({"CT", "MR", "PT", "NM"})
+MAX_GZIP_BYTES = 2 << 30  # a .nii.gz expanding beyond this is refused (decompression bomb)
+SOURCES_FILE = "sources.csv"
+PROBLEMS_FILE = "problems.json"
+MANIFEST_FILE = "manifest.parquet"
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
 _NPY = b"\x93NUMPY"
+_GZIP = b"\x1f\x8b"
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$")
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same pixels give the same shard bytes
 
 
 class ImageDecodeError(ValueError):
     """An input's bytes are not an image this platform can use; the message says why."""
+
+
+class Decoded(NamedTuple):
+    """A decoded input: pixels in the stored layout, the DICOM header if any, spacing (d, h, w) in mm."""
+
+    array: np.ndarray
+    dicom: Dataset | None
+    spacing: tuple[float | None, float | None, float | None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +135,7 @@ class ImageDecodeError(ValueError):
 
 
 def decode_image(data: bytes, salt: str = "") -> np.ndarray:
-    """Decode an uploaded file's bytes (PNG, JPEG, DICOM or .npy) into the array ingest would store.
+    """Decode an uploaded file's bytes (PNG, JPEG, DICOM, NIfTI or .npy) into the array ingest would store.
 
     Args:
         data: the whole file.
@@ -104,23 +147,25 @@ def decode_image(data: bytes, salt: str = "") -> np.ndarray:
         modality units (Hounsfield units for CT); PNG/JPEG keep their integer dtype.
 
     Raises:
-        ImageDecodeError: empty body, unknown format, corrupt file, multi-frame or burned-in DICOM,
-            NaN/infinite values, or an unusable shape.
+        ImageDecodeError: empty body, unknown format, corrupt file, cine or burned-in DICOM, 4D
+            NIfTI, NaN/infinite values, or an unusable shape.
     """
     del salt
-    return _decode_bytes(data)[0]
+    return _decode_bytes(data).array
 
 
 def dicom_to_array(ds: Dataset) -> np.ndarray:
-    """Pixels of a single-frame DICOM dataset in modality units.
+    """Pixels of a DICOM dataset in modality units.
 
     Monochrome images become float32 after the modality LUT (HU for CT); MONOCHROME1 is inverted
     within the stored value range so that higher means brighter, as in MONOCHROME2. Colour images
-    (RGB, YBR) come back as (H, W, 3) uint8 RGB.
+    (RGB, YBR) come back as (H, W, 3) uint8 RGB. Multi-frame CT/MR/PT/NM objects come back as a
+    volume (frames, H, W), each frame through its own rescale when the object is enhanced.
 
     Raises:
         ImageDecodeError: no pixel data, BurnedInAnnotation YES (the pixels themselves may carry
-            identifiers), multi-frame (not supported yet), or pixel data that cannot be decoded.
+            identifiers), multi-frame colour or cine objects, a palette-colour image, or pixel data
+            that cannot be decoded.
     """
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageDecodeError("DICOM has no pixel data (truncated file or not an image object)")
@@ -130,15 +175,21 @@ def dicom_to_array(ds: Dataset) -> np.ndarray:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
     except (TypeError, ValueError):
         frames = 1
-    if frames > 1:
-        raise ImageDecodeError(f"multi-frame DICOM ({frames} frames) is not supported yet")
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if frames > 1 and (samples > 1 or modality not in VOLUME_MODALITIES):
+        raise ImageDecodeError(
+            f"multi-frame {modality or 'DICOM'} object ({frames} frames) is a cine or time series, not a "
+            f"volume; only multi-frame {', '.join(sorted(VOLUME_MODALITIES))} is read (as a 3D volume)")
+    if photometric == "PALETTE COLOR":
+        raise ImageDecodeError("PALETTE COLOR DICOM is not supported: its pixel values are palette indices")
     try:
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad pixel data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         where = f" (transfer syntax {syntax.name})" if syntax is not None else ""
         raise ImageDecodeError(f"cannot decode DICOM pixel data{where}: {_short(exc)}") from None
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if samples > 1:
         if arr.ndim != 3 or arr.shape[-1] != samples:
             raise ImageDecodeError(f"unexpected colour DICOM pixel shape {arr.shape}")
@@ -146,15 +197,25 @@ def dicom_to_array(ds: Dataset) -> np.ndarray:
         if rgb.dtype != np.uint8:
             rgb = np.clip(rgb, 0, 255).astype(np.uint8)
         return np.ascontiguousarray(rgb)
-    if arr.ndim != 2:
-        raise ImageDecodeError(f"unexpected DICOM pixel shape {arr.shape}")
-    out = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
-    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+    if arr.ndim != (3 if frames > 1 else 2):
+        raise ImageDecodeError(f"unexpected DICOM pixel shape {arr.shape} for {frames} frame(s)")
+    rescale = _frame_rescale(ds, frames)
+
+    def to_units(values: np.ndarray, per_frame: bool) -> np.ndarray:
+        if rescale is None:
+            return np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
+        slope, intercept = (rescale[:, 0], rescale[:, 1]) if per_frame else rescale[0]
+        if per_frame:
+            slope, intercept = slope[:, None, None], intercept[:, None, None]
+        return values * slope + intercept
+
+    out = to_units(arr, frames > 1).astype(np.float32)
+    if photometric == "MONOCHROME1":
         if np.issubdtype(arr.dtype, np.integer):
             bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8) or arr.dtype.itemsize * 8)
             signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
             lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-            ends = np.asarray(apply_modality_lut(np.array([lo, hi]), ds), dtype=np.float64)
+            ends = to_units(np.array([lo, hi]), False)
             top = float(ends.min() + ends.max())
         else:
             top = float(np.nanmin(out) + np.nanmax(out))
@@ -162,15 +223,71 @@ def dicom_to_array(ds: Dataset) -> np.ndarray:
     return out
 
 
-def _decode_bytes(data: bytes) -> tuple[np.ndarray, Dataset | None]:
+def _frame_rescale(ds: Dataset, frames: int) -> np.ndarray | None:
+    """Per-frame (slope, intercept) rows from enhanced functional groups; None when the top level
+    (RescaleSlope/Intercept or a Modality LUT Sequence) or nothing applies."""
+    if any(k in ds for k in ("RescaleSlope", "RescaleIntercept", "ModalityLUTSequence")):
+        return None
+
+    def pick(item: Dataset | None) -> tuple[float, float] | None:
+        seq = item.get("PixelValueTransformationSequence") if item is not None else None
+        if not seq:
+            return None
+        return float(seq[0].get("RescaleSlope", 1) or 1), float(seq[0].get("RescaleIntercept", 0) or 0)
+
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per = ds.get("PerFrameFunctionalGroupsSequence") or []
+    common = pick(shared[0]) if shared else None
+    own = [pick(per[i]) if i < len(per) else None for i in range(frames)]
+    if common is None and not any(own):
+        return None
+    return np.array([o or common or (1.0, 0.0) for o in own], dtype=np.float64)
+
+
+def _dicom_spacing(ds: Dataset, volume: bool) -> tuple[float | None, float | None, float | None]:
+    """(between slices, between rows, between columns) in mm from the header or its functional groups."""
+    def number(value: Any) -> float | None:
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            return None
+        return x if math.isfinite(x) and x > 0 else None
+
+    measures = None
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared and shared[0].get("PixelMeasuresSequence"):
+        measures = shared[0].PixelMeasuresSequence[0]
+    pixel = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or (
+        measures.get("PixelSpacing") if measures is not None else None)
+    h = w = None
+    if pixel is not None and len(pixel) == 2:
+        h, w = number(pixel[0]), number(pixel[1])
+    d = None
+    if volume:
+        for holder in (ds, measures):
+            if holder is not None:
+                d = number(holder.get("SpacingBetweenSlices")) or number(holder.get("SliceThickness"))
+                if d is not None:
+                    break
+    return d, h, w
+
+
+def _decode_bytes(data: bytes) -> Decoded:
     """Sniff the format from the content (never the suffix) and decode; DICOM also gives its header."""
     if not data:
         raise ImageDecodeError("empty file")
     ds: Dataset | None = None
+    spacing: tuple[float | None, float | None, float | None] = (None, None, None)
+    if data.startswith(_GZIP):
+        data = _gunzip(data)
+        if not _nifti_version(data):
+            raise ImageDecodeError("gzip content is not a NIfTI volume (only .nii.gz is read compressed)")
     if data.startswith((_PNG, _JPEG)):
         arr = _decode_pil(data)
     elif data.startswith(_NPY):
         arr = _decode_npy(data)
+    elif version := _nifti_version(data):
+        arr, spacing = _decode_nifti(data, version)
     elif data[128:132] == b"DICM" or data[:2] in (b"\x02\x00", b"\x08\x00"):
         try:
             with warnings.catch_warnings():  # pydicom warnings can quote header values
@@ -181,9 +298,60 @@ def _decode_bytes(data: bytes) -> tuple[np.ndarray, Dataset | None]:
             raise
         except Exception as exc:  # noqa: BLE001 - a damaged file can fail anywhere in the parser
             raise ImageDecodeError(f"corrupt or truncated DICOM: {_short(exc)}") from None
+        spacing = _dicom_spacing(ds, volume=arr.ndim == 3 and not _is_colour(arr))
     else:
-        raise ImageDecodeError("unrecognised content: expected PNG, JPEG, DICOM (Part 10) or .npy")
-    return _check_array(arr), ds
+        raise ImageDecodeError("unrecognised content: expected PNG, JPEG, DICOM (Part 10), NIfTI or .npy")
+    return Decoded(_check_array(arr), ds, spacing)
+
+
+def _gunzip(data: bytes) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, MAX_GZIP_BYTES)
+    except zlib.error as exc:
+        raise ImageDecodeError(f"corrupt or truncated gzip: {_short(exc)}") from None
+    if inflater.unconsumed_tail:
+        raise ImageDecodeError(f"gzip content expands beyond {MAX_GZIP_BYTES >> 20} MiB")
+    if not inflater.eof:
+        raise ImageDecodeError("corrupt or truncated gzip: unexpected end of data")
+    return out
+
+
+def _nifti_version(data: bytes) -> int:
+    """1 or 2 for a single-file NIfTI header (either byte order), else 0."""
+    if len(data) >= 348 and data[344:348] == b"n+1\x00" and data[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c"):
+        return 1
+    if len(data) >= 540 and data[4:8] == b"n+2\x00" and data[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c"):
+        return 2
+    if len(data) >= 348 and data[344:348] == b"ni1\x00":
+        raise ImageDecodeError("NIfTI header/image pair (.hdr/.img) is not supported: convert it to one .nii file")
+    return 0
+
+
+def _decode_nifti(data: bytes, version: int) -> tuple[np.ndarray, tuple[float | None, float | None, float | None]]:
+    import nibabel as nib
+
+    kind = nib.Nifti1Image if version == 1 else nib.Nifti2Image
+    try:
+        img = nib.as_closest_canonical(kind.from_bytes(data))
+        arr = np.asanyarray(img.dataobj)
+        zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for damaged files
+        raise ImageDecodeError(f"corrupt or truncated NIfTI: {_short(exc)}") from None
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim > 3:
+        raise ImageDecodeError(f"NIfTI of shape {arr.shape}: 4D volumes (time series or several channels) "
+                               "are not supported")
+    if arr.ndim == 2:
+        arr = arr[..., np.newaxis]
+    zooms += [1.0] * (3 - len(zooms))
+    # RAS (x: right→left, y: posterior→anterior, z: inferior→superior) → (D, H, W) with rows from anterior.
+    volume = np.ascontiguousarray(np.flip(np.transpose(arr, (2, 1, 0)), axis=1))
+    spacing = tuple(z if math.isfinite(z) and z > 0 else None for z in (zooms[2], zooms[1], zooms[0]))
+    if volume.shape[0] == 1:
+        return volume[0], (None, spacing[1], spacing[2])
+    return volume, (spacing[0], spacing[1], spacing[2])
 
 
 def _decode_pil(data: bytes) -> np.ndarray:
@@ -276,88 +444,270 @@ def age_band(patient_age: str | None) -> str | None:
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
-    """Read a manifest written by ingest with the contract's dtypes (extra columns as strings)."""
+    """Read a manifest written by ingest with the contract's dtypes (unknown extra columns as strings)."""
     df = pd.read_parquet(path)
-    dtypes = {c: MANIFEST_COLUMNS.get(c, "string") for c in df.columns}
+    dtypes = {c: MANIFEST_COLUMNS.get(c) or EXTRA_COLUMNS.get(c, "string") for c in df.columns}
     return df.astype(dtypes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stored pixels: uncompressed .npz shards, one member per distinct image.
+
+
+class _ShardWriter:
+    """Writes one shard, ``images/<index>.npz``, member by member (one image in memory at a time)."""
+
+    def __init__(self, out_dir: Path, index: int):
+        self.rel = f"images/{index:05d}.npz"
+        self.path = out_dir / self.rel
+        self._zip: zipfile.ZipFile | None = None
+        self._members: set[str] = set()
+
+    def add(self, arr: np.ndarray) -> dict[str, Any]:
+        """Store `arr` (identical pixels share a member) and return its manifest pixel columns."""
+        digest = content_hash(arr)
+        member = f"{digest}.npy"
+        if member not in self._members:
+            if self._zip is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._zip = zipfile.ZipFile(self.path.with_suffix(".tmp"), "w", zipfile.ZIP_STORED, allowZip64=True)
+            with self._zip.open(zipfile.ZipInfo(member, date_time=_ZIP_TIME), "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, arr, allow_pickle=False)
+            self._members.add(member)
+        return _pixel_columns(arr, digest, f"{self.rel}/{member}")
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self.path.with_suffix(".tmp").replace(self.path)
+            self._zip = None
+
+    def __enter__(self) -> _ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pixel_columns(arr: np.ndarray, digest: str, rel: str) -> dict[str, Any]:
+    colour = _is_colour(arr)
+    spatial = arr.shape[:2] if colour else arr.shape
+    ndim = len(spatial)
+    return {
+        "path": rel,
+        "ndim": ndim,
+        "height": int(spatial[-2]),
+        "width": int(spatial[-1]),
+        "depth": int(spatial[0]) if ndim == 3 else 1,
+        "channels": int(arr.shape[-1]) if colour else 1,
+        "dtype": str(arr.dtype),
+        "intensity_min": float(arr.min()),
+        "intensity_max": float(arr.max()),
+        "intensity_mean": float(arr.mean(dtype=np.float64)),
+        "intensity_std": float(arr.std(dtype=np.float64)),
+        "content_hash": digest,
+    }
+
+
+class ImageStore:
+    """Reads the images a manifest points to; ``path`` is a shard member or a plain ``.npy`` file.
+
+    Keeps up to `max_open` shards open, so reading rows grouped by shard costs one open per shard.
+    Use as a context manager, or call `close`.
+    """
+
+    def __init__(self, root: Path, max_open: int = 16):
+        self.root = Path(root)
+        self.max_open = max_open
+        self._open: dict[str, zipfile.ZipFile] = {}
+
+    def _member(self, rel: str) -> tuple[zipfile.ZipFile, str] | None:
+        shard, sep, member = rel.partition(".npz/")
+        if not sep:
+            return None
+        key = shard + ".npz"
+        zf = self._open.pop(key, None) or zipfile.ZipFile(self.root / key)
+        self._open[key] = zf  # most recently used last
+        while len(self._open) > self.max_open:
+            self._open.pop(next(iter(self._open))).close()
+        return zf, member
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The image as the bytes of a ``.npy`` file (what the model server accepts as an upload)."""
+        found = self._member(rel)
+        return (self.root / rel).read_bytes() if found is None else found[0].read(found[1])
+
+    def load(self, rel: str) -> np.ndarray:
+        found = self._member(rel)
+        if found is None:
+            return np.load(self.root / rel, allow_pickle=False)
+        with found[0].open(found[1]) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+
+    def close(self) -> None:
+        for zf in self._open.values():
+            zf.close()
+        self._open.clear()
+
+    def __enter__(self) -> ImageStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# medmnist:<name>
+
+
+def resolve_medmnist(source: str, data_root: Path | None, cfg: IngestConfig) -> Path:
+    """The local ``.npz`` of ``medmnist:<name>``: ``<data_root>/<name>.npz``, downloaded there first
+    when absent, ``cfg.medmnist_url`` is set and the network answers within ``cfg.download_timeout_s``.
+
+    Raises:
+        ValueError: a malformed name, or the file is absent and could not be downloaded; the message
+            says where to put the file.
+    """
+    name = source.removeprefix(MEDMNIST_PREFIX).strip().lower()
+    if not re.fullmatch(r"[a-z0-9_]+", name):
+        raise ValueError(f"{source}: expected medmnist:<name>, e.g. medmnist:pneumoniamnist or medmnist:adrenalmnist3d")
+    if data_root is None:
+        raise ValueError(f"{source}: no data root; set MEDGATE_DATA_ROOT to the folder holding {name}.npz")
+    path = Path(data_root) / f"{name}.npz"
+    if path.is_file():
+        return path
+    why = "downloads are off (ingest.medmnist_url is empty)"
+    if cfg.medmnist_url:
+        url = cfg.medmnist_url.format(name=name)
+        try:
+            _download(url, path, cfg.download_timeout_s)
+            return path
+        except Exception as exc:  # noqa: BLE001 - offline, refused, timed out, unwritable: all say the same
+            why = f"downloading {url} failed ({type(exc).__name__}: {_short(exc)})"
+    raise ValueError(
+        f"{source}: {path} does not exist and {why}. Put the MedMNIST file {name}.npz in {path.parent} "
+        f"(or set MEDGATE_DATA_ROOT to the folder that holds it), then run again.")
+
+
+def _download(url: str, path: Path, timeout_s: float) -> None:
+    """Fetch `url` to `path` atomically, bounded by `timeout_s` per network operation."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310
+            shutil.copyfileobj(resp, out, 1 << 20)
+        with zipfile.ZipFile(tmp) as zf:  # a captive portal's HTML page is not a dataset
+            if not any(n.endswith("_images.npy") for n in zf.namelist()):
+                raise ValueError("the downloaded file has no *_images arrays")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # Ingest.
 
+_SCHEMA = pa.schema([(c, {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64()}[t])
+                     for c, t in {**MANIFEST_COLUMNS, **EXTRA_COLUMNS}.items()])
+_BATCH_ROWS = 4096
+
 
 @dataclass
 class _Sink:
-    """Writes pixel files and collects manifest rows and problems, one image at a time."""
+    """Collects manifest rows (in compact Arrow batches), sources and problems, one image at a time."""
 
     out_dir: Path
     salt: str
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    sources: Any  # csv writer of sources.csv
+    allowed_labels: frozenset[str] | None = None
     problems: list[dict[str, str]] = field(default_factory=list)
     image_ids: set[str] = field(default_factory=set)
-    allowed_labels: frozenset[str] | None = None
+    batches: list[pa.Table] = field(default_factory=list)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    shards: int = 0
 
     def problem(self, file: str, reason: str) -> None:
         self.problems.append({"file": file, "reason": reason})
 
-    def add(self, file: str, arr: np.ndarray, *, label: str, split: str | None, patient_id: str,
-            image_id: str, extra: dict[str, str | None] | None = None) -> None:
+    def reserve_shards(self, n: int) -> int:
+        first = self.shards
+        self.shards += n
+        return first
+
+    def label_allowed(self, file: str, label: str) -> bool:
         if self.allowed_labels is not None and label not in self.allowed_labels:
             self.problem(file, f"label {label!r} is not one of ingest.class_names")
-            return
-        digest = content_hash(arr)
-        rel = f"images/{digest[:2]}/{digest}.npy"
-        target = self.out_dir / rel
-        if not target.exists():  # identical pixels share one file; both rows stay in the manifest
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-            tmp.replace(target)
+            return False
+        return True
+
+    def add(self, file: str, pixels: dict[str, Any], *, label: str, split: str | None, patient_id: str,
+            image_id: str, extra: dict[str, Any] | None = None) -> None:
         while image_id in self.image_ids:  # e.g. the same SOP instance copied twice
             image_id = pseudonym(image_id + "/dup", self.salt)
         self.image_ids.add(image_id)
-        colour = _is_colour(arr)
-        spatial = arr.shape[:2] if colour else arr.shape
-        ndim = len(spatial)
-        row: dict[str, Any] = {
-            "image_id": image_id,
-            "patient_id": patient_id,
-            "label": label,
-            "split": split,
-            "path": rel,
-            "ndim": ndim,
-            "height": int(spatial[-2]),
-            "width": int(spatial[-1]),
-            "depth": int(spatial[0]) if ndim == 3 else 1,
-            "channels": int(arr.shape[-1]) if colour else 1,
-            "dtype": str(arr.dtype),
-            "intensity_min": float(arr.min()),
-            "intensity_max": float(arr.max()),
-            "intensity_mean": float(arr.mean(dtype=np.float64)),
-            "intensity_std": float(arr.std(dtype=np.float64)),
-            "content_hash": digest,
-        }
-        row.update(extra or {})
-        self.rows.append(row)
+        self.pending.append({"image_id": image_id, "patient_id": patient_id, "label": label, "split": split,
+                             **pixels, **(extra or {})})
+        self.sources.writerow([image_id, file])
+        if len(self.pending) >= _BATCH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.batches.append(pa.Table.from_pylist(self.pending, schema=_SCHEMA))
+            self.pending = []
+
+    def frame(self) -> pd.DataFrame:
+        self.flush()
+        df = pa.concat_tables(self.batches).to_pandas() if self.batches else pd.DataFrame(columns=list(_SCHEMA.names))
+        extras = [c for c in EXTRA_COLUMNS if df[c].notna().any()]
+        df = df[[*MANIFEST_COLUMNS, *extras]]
+        return df.astype({**MANIFEST_COLUMNS, **{c: EXTRA_COLUMNS[c] for c in extras}})
+
+
+class _Progress:
+    """A rich progress bar (counts only, never file names), or nothing."""
+
+    def __init__(self, bar: Any = None, task: Any = None):
+        self._bar, self._task = bar, task
+
+    def total(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, total=n)
+
+    def step(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, n)
+
+
+@contextlib.contextmanager
+def _progress(show: bool, description: str) -> Iterator[_Progress]:
+    if not show:
+        yield _Progress()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn()) as bar:
+        yield _Progress(bar, bar.add_task(description, total=None))
 
 
 def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: str,
                   show_progress: bool = False) -> IngestedDataset:
     """Ingest a source into ``out_dir`` (see the module docstring for kinds and outputs).
 
-    Streams: one image is in memory at a time (npz members are read in chunks). Bad inputs (corrupt,
-    truncated or empty files, non-images, missing files or label rows, NaN pixels, multi-frame or
-    burned-in DICOM) are skipped and listed in problems.json; constant images and duplicates are kept
-    for validate to flag. Nothing identifying is logged.
+    Streams: pixels go to shard files as they are decoded, by ``cfg.workers`` processes; memory
+    holds compact manifest rows, not images. Bad inputs (corrupt, truncated or empty files,
+    non-images, missing files or label rows, labels outside ``cfg.class_names``, NaN pixels, cine or
+    burned-in DICOM, 4D NIfTI) are skipped and listed in problems.json; constant images,
+    duplicates and split leaks are kept for validate to flag. Nothing identifying is logged.
 
     Args:
-        source: a folder or a ``.npz`` path.
-        out_dir: where manifest.parquet, images/ and problems.json go; must not be inside the source.
-            A previous ingest's outputs there are replaced.
+        source: a folder or a ``.npz`` path (resolve ``medmnist:<name>`` with `resolve_medmnist`).
+        out_dir: where manifest.parquet, images/, sources.csv and problems.json go; must not be
+            inside the source. A previous ingest's outputs there are replaced.
         cfg: the ingest section of params.yaml.
         salt: secret key of the pseudonyms (same salt, same pseudonyms).
-        show_progress: draw a rich progress bar (counts only, no file names).
+        show_progress: draw a progress bar (counts only, no file names).
 
     Returns:
         The IngestedDataset record.
@@ -366,8 +716,8 @@ def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: st
         ValueError: unsupported or missing source (the message lists what is supported), an empty
             salt, a labels.csv without the needed columns, or nothing usable left after skipping.
     """
-    if isinstance(source, str) and source.startswith("medmnist:"):
-        raise ValueError(f"{source}: resolve medmnist:<name> to its .npz path before ingest; "
+    if isinstance(source, str) and source.startswith(MEDMNIST_PREFIX):
+        raise ValueError(f"{source}: resolve medmnist:<name> to its .npz path (resolve_medmnist) before ingest; "
                          f"supported: {'; '.join(SUPPORTED_SOURCES)}")
     src = Path(source)
     if not salt:
@@ -379,25 +729,27 @@ def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: st
     _check_out_dir(src, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out_dir / "images", ignore_errors=True)  # a previous ingest's outputs, never another's
-    (out_dir / "manifest.parquet").unlink(missing_ok=True)
-    (out_dir / "images").mkdir()
+    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
 
-    sink = _Sink(out_dir, salt, allowed_labels=frozenset(cfg.class_names) if cfg.class_names else None)
-    with _progress(show_progress, f"ingest {kind}") as advance:
-        if kind == "dicom":
-            _ingest_labelled_folder(src, cfg, sink, advance)
+    with open(out_dir / SOURCES_FILE, "w", newline="") as sources_file, \
+            _progress(show_progress, f"ingest {kind}") as progress:
+        writer = csv.writer(sources_file, lineterminator="\n")
+        writer.writerow(["image_id", "source"])
+        sink = _Sink(out_dir, salt, writer,
+                     allowed_labels=frozenset(cfg.class_names) if cfg.class_names else None)
+        if kind in ("dicom", "nifti"):
+            _ingest_labelled_folder(src, cfg, sink, progress)
         elif kind == "png":
-            _ingest_class_folders(src, cfg, sink, advance)
+            _ingest_class_folders(src, cfg, sink, progress)
         else:
-            _ingest_npz(src, sink, advance)
+            _ingest_npz(src, cfg, sink, progress)
 
-    (out_dir / "problems.json").write_text(json.dumps(sink.problems, indent=1) + "\n")
-    if not sink.rows:
+    (out_dir / PROBLEMS_FILE).write_text(json.dumps(sink.problems, indent=1) + "\n")
+    manifest = sink.frame()
+    if manifest.empty:
         first = f"; first: {sink.problems[0]['file']}: {sink.problems[0]['reason']}" if sink.problems else ""
         raise ValueError(f"{src}: no usable images ({len(sink.problems)} problems{first})")
-
-    manifest = _manifest_frame(sink.rows)
-    manifest_path = out_dir / "manifest.parquet"
+    manifest_path = out_dir / MANIFEST_FILE
     manifest.to_parquet(manifest_path, index=False)
     labels = set(manifest["label"].astype(str))
     class_names = tuple(cfg.class_names) if cfg.class_names else _order_classes(labels)
@@ -420,7 +772,8 @@ def _detect_kind(src: Path) -> str:
         return "npz"
     if src.is_dir():
         if (src / "labels.csv").is_file():
-            return "dicom"
+            files = [p for p in _walk_files(src) if p != "labels.csv" and _maybe_image(p)]
+            return "nifti" if files and all(p.lower().endswith(NIFTI_SUFFIXES) for p in files) else "dicom"
         for sub in src.iterdir():
             if sub.is_dir() and not sub.name.startswith(".") and any(
                     p.suffix.lower() in IMAGE_SUFFIXES for p in sub.rglob("*") if p.is_file()):
@@ -436,30 +789,6 @@ def _check_out_dir(src: Path, out_dir: Path) -> None:
         raise ValueError(f"{src}: source lies inside {out_dir / 'images'}, which ingest replaces")
 
 
-@contextlib.contextmanager
-def _progress(show: bool, description: str) -> Iterator[Callable[[int | None], None]]:
-    """Yields advance(total=None): a call with total sets the bar's length, one without steps it."""
-    if not show:
-        def ignore(total: int | None = None) -> None:
-            return None
-
-        yield ignore
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn()) as bar:
-        task = bar.add_task(description, total=None)
-
-        def advance(total: int | None = None) -> None:
-            if total is not None:
-                bar.reset(task, total=total)
-            else:
-                bar.advance(task)
-
-        yield advance
-
-
 def _walk_files(root: Path) -> list[str]:
     """Relative posix paths of the non-hidden files under root, sorted."""
     found = []
@@ -470,7 +799,87 @@ def _walk_files(root: Path) -> list[str]:
     return sorted(found)
 
 
-def _ingest_labelled_folder(src: Path, cfg: IngestConfig, sink: _Sink, advance: Callable[..., None]) -> None:
+# ---------------------------------------------------------------------------------------------
+# Decoding files in worker processes, one shard per chunk.
+
+
+@dataclass(frozen=True)
+class _Result:
+    """What a worker learned from one file; identifiers leave it only as pseudonyms."""
+
+    file: str
+    pixels: dict[str, Any] | None = None  # manifest pixel columns; None when the file was skipped
+    header: dict[str, Any] = field(default_factory=dict)  # derived header columns (site, sex, spacing...)
+    patient: str = ""  # pseudonym of the header's PatientID (or StudyInstanceUID)
+    instance: str = ""  # pseudonym of the header's SOPInstanceUID
+    problem: str = ""
+
+
+def _decode_chunk(src: str, files: Sequence[str], out_dir: str, shard: int, salt: str,
+                  on_file: Callable[[], None] | None = None) -> list[_Result]:
+    """Decode `files` (relative to `src`) into shard `shard` of `out_dir`; runs in a worker process."""
+    results = []
+    with _ShardWriter(Path(out_dir), shard) as writer:
+        for rel in files:
+            try:
+                decoded = _decode_bytes((Path(src) / rel).read_bytes())
+            except (ImageDecodeError, OSError) as exc:
+                results.append(_Result(rel, problem=_short(exc)))
+            else:
+                ds = decoded.dicom
+                header = _header_columns(ds, salt) if ds is not None else {}
+                header.update({k: v for k, v in zip(("spacing_d", "spacing_h", "spacing_w"), decoded.spacing,
+                                                    strict=True) if v is not None})
+                patient = _patient_key(ds) if ds is not None else ""
+                sop = str(ds.get("SOPInstanceUID", "") or "") if ds is not None else ""
+                results.append(_Result(rel, writer.add(decoded.array), header,
+                                       pseudonym(patient, salt) if patient else "", pseudonym(sop, salt) if sop else ""))
+            if on_file is not None:
+                on_file()
+    return results
+
+
+def _worker_count(cfg: IngestConfig) -> int:
+    return cfg.workers or len(os.sched_getaffinity(0))
+
+
+def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, progress: _Progress) -> Iterator[_Result]:
+    """Results for `files`, in order. Two or more chunks and workers: a process pool (spawned, since
+    the caller may run threads), with at most two chunks per worker in flight."""
+    size = max(1, cfg.shard_size)
+    chunks = [files[i:i + size] for i in range(0, len(files), size)]
+    first = sink.reserve_shards(len(chunks))
+    workers = min(_worker_count(cfg), len(chunks))
+    if workers <= 1:
+        for k, chunk in enumerate(chunks):
+            yield from _decode_chunk(str(src), chunk, str(sink.out_dir), first + k, sink.salt, progress.step)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        queue: deque[tuple[int, Future[list[_Result]]]] = deque()
+        upcoming = iter(enumerate(chunks))
+
+        def submit() -> None:
+            nxt = next(upcoming, None)
+            if nxt is not None:
+                k, chunk = nxt
+                queue.append((len(chunk), pool.submit(_decode_chunk, str(src), chunk, str(sink.out_dir),
+                                                      first + k, sink.salt)))
+
+        for _ in range(2 * workers):
+            submit()
+        while queue:
+            n, future = queue.popleft()
+            results = future.result()
+            submit()
+            progress.step(n)
+            yield from results
+
+
+# ---------------------------------------------------------------------------------------------
+# Source kinds.
+
+
+def _ingest_labelled_folder(src: Path, cfg: IngestConfig, sink: _Sink, progress: _Progress) -> None:
     labels_path = src / "labels.csv"
     with open(labels_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -491,7 +900,7 @@ def _ingest_labelled_folder(src: Path, cfg: IngestConfig, sink: _Sink, advance: 
     else:
         if tag_for_keyword(key) is None:
             raise ValueError(f"{labels_path}: key column {key!r} is neither 'path' nor a DICOM keyword")
-        advance(len(files))
+        progress.total(len(files))
         for rel in files:  # header pass: which file carries which key value
             try:
                 with warnings.catch_warnings():
@@ -503,12 +912,11 @@ def _ingest_labelled_folder(src: Path, cfg: IngestConfig, sink: _Sink, advance: 
                 value = ""
             if value and value not in by_key:
                 by_key[value] = rel
-            advance()
+            progress.step()
 
-    advance(len(rows))
+    accepted: list[tuple[str, str, str | None, str]] = []  # (file, label, split, labels.csv patient_id)
     used: set[str] = set()
     for line, row in rows:
-        advance()
         ref = row.get(key, "")
         where = f"labels.csv:{line}"
         if key == "path":
@@ -539,24 +947,27 @@ def _ingest_labelled_folder(src: Path, cfg: IngestConfig, sink: _Sink, advance: 
         if split is not None and split not in SPLITS:
             sink.problem(rel, f"split {split!r} is not one of {', '.join(SPLITS)}")
             continue
-        try:
-            arr, ds = _decode_bytes((src / rel).read_bytes())
-        except (ImageDecodeError, OSError) as exc:
-            sink.problem(rel, _short(exc))
+        if sink.label_allowed(rel, label):
+            accepted.append((rel, label, split, row.get("patient_id", "")))
+
+    progress.total(len(accepted))
+    results = _decode_files(src, [a[0] for a in accepted], cfg, sink, progress)
+    for (rel, label, split, patient_csv), result in zip(accepted, results, strict=True):
+        if result.pixels is None:
+            sink.problem(rel, result.problem)
             continue
-        extra = _header_columns(ds, sink.salt) if ds is not None else {}
-        patient_src = row.get("patient_id") or (_patient_key(ds) if ds is not None else "") or rel
-        sop = str(ds.get("SOPInstanceUID", "") or "") if ds is not None else ""
-        sink.add(rel, arr, label=label, split=split, patient_id=pseudonym(patient_src, sink.salt),
-                 image_id=pseudonym(sop or rel, sink.salt), extra=extra)
+        patient = pseudonym(patient_csv, sink.salt) if patient_csv else result.patient or pseudonym(rel, sink.salt)
+        sink.add(rel, result.pixels, label=label, split=split, patient_id=patient,
+                 image_id=result.instance or pseudonym(rel, sink.salt), extra=result.header)
     for rel in files:
         if rel not in used:
             sink.problem(rel, unreadable.get(rel, "no row in labels.csv"))
 
 
 def _maybe_image(rel: str) -> bool:
-    suffix = PurePosixPath(rel).suffix.lower()
-    return suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES or suffix == ".npy"
+    lower = rel.lower()
+    suffix = PurePosixPath(lower).suffix
+    return suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES or suffix == ".npy" or lower.endswith(NIFTI_SUFFIXES)
 
 
 def _normalise_rel(value: str) -> str | None:
@@ -577,7 +988,7 @@ def _patient_key(ds: Dataset) -> str:
     return ""
 
 
-def _header_columns(ds: Dataset, salt: str) -> dict[str, str | None]:
+def _header_columns(ds: Dataset, salt: str) -> dict[str, Any]:
     """The derived, non-identifying values a header may contribute (None where absent)."""
     def text(keyword: str) -> str:
         return str(ds.get(keyword, "") or "").strip()
@@ -604,39 +1015,42 @@ def _age_from_dates(birth: str, study: str) -> str | None:
     return age_band(f"{years:03d}Y") if 0 <= years < 200 else None
 
 
-def _ingest_class_folders(src: Path, cfg: IngestConfig, sink: _Sink, advance: Callable[..., None]) -> None:
+def _ingest_class_folders(src: Path, cfg: IngestConfig, sink: _Sink, progress: _Progress) -> None:
     top = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
     split_layout = bool(top) and all(name in SPLITS for name in top)
-    files = [p for p in _walk_files(src) if PurePosixPath(p).suffix.lower() in IMAGE_SUFFIXES]
-    advance(len(files))
-    for rel in files:
-        advance()
+    accepted: list[tuple[str, str, str | None]] = []
+    for rel in _walk_files(src):
+        if PurePosixPath(rel).suffix.lower() not in IMAGE_SUFFIXES:
+            continue
         parts = PurePosixPath(rel).parts
         split = parts[0] if split_layout else None
         class_parts = parts[1:] if split_layout else parts
         if len(class_parts) < 2:
             sink.problem(rel, "image is not inside a class folder")
-            continue
-        try:
-            arr, _ = _decode_bytes((src / rel).read_bytes())
-        except (ImageDecodeError, OSError) as exc:
-            sink.problem(rel, _short(exc))
+        elif sink.label_allowed(rel, class_parts[0]):
+            accepted.append((rel, class_parts[0], split))
+    progress.total(len(accepted))
+    results = _decode_files(src, [a[0] for a in accepted], cfg, sink, progress)
+    for (rel, label, split), result in zip(accepted, results, strict=True):
+        if result.pixels is None:
+            sink.problem(rel, result.problem)
             continue
         name = PurePosixPath(rel).stem
         patient_src = name.split("_", 1)[0] if cfg.patient_from_filename_prefix else rel
-        sink.add(rel, arr, label=class_parts[0], split=split, patient_id=pseudonym(patient_src, sink.salt),
+        sink.add(rel, result.pixels, label=label, split=split, patient_id=pseudonym(patient_src, sink.salt),
                  image_id=pseudonym(rel, sink.salt))
 
 
-def _ingest_npz(src: Path, sink: _Sink, advance: Callable[..., None], chunk: int = 256) -> None:
+def _ingest_npz(src: Path, cfg: IngestConfig, sink: _Sink, progress: _Progress) -> None:
     """MedMNIST npz. MedMNIST publishes no patient ids, so every image is its own patient
     (pseudonym of ``<split>/<index>``): patient-level leakage inside its official splits cannot be
-    checked, and the given split is kept in the ``split`` column."""
+    checked (duplicate pixels across splits can, by validate), and the given split is kept."""
     try:
         zf = zipfile.ZipFile(src)
     except (zipfile.BadZipFile, OSError) as exc:
         raise ValueError(f"{src}: not a readable .npz file ({_short(exc)}); "
                          f"supported: {'; '.join(SUPPORTED_SOURCES)}") from None
+    chunk = max(1, cfg.shard_size)
     with zf:
         members = set(zf.namelist())
         present = [s for s in SPLITS if f"{s}_images.npy" in members]
@@ -670,23 +1084,26 @@ def _ingest_npz(src: Path, sink: _Sink, advance: Callable[..., None], chunk: int
                 images.close()
                 sink.problem(where, f"{total} images but {len(labels)} labels; split skipped")
                 continue
-            advance(total)
+            progress.total(total)
             index = 0
             try:
                 for block in images:
                     assert isinstance(block, np.ndarray)
-                    for img in block:
-                        advance()
-                        item = f"{split}_images[{index}]"
-                        try:
-                            arr = _check_array(img)
-                        except ImageDecodeError as exc:
-                            sink.problem(f"{src.name}:{item}", str(exc))
-                        else:
-                            key = f"{split}/{index}"
-                            sink.add(f"{src.name}:{item}", arr, label=str(int(labels[index])), split=split,
-                                     patient_id=pseudonym(key, sink.salt), image_id=f"{split}-{index:06d}")
-                        index += 1
+                    with _ShardWriter(sink.out_dir, sink.reserve_shards(1)) as writer:
+                        for img in block:
+                            progress.step()
+                            item = f"{src.name}:{split}_images[{index}]"
+                            label = str(int(labels[index]))
+                            try:
+                                arr = _check_array(img)
+                            except ImageDecodeError as exc:
+                                sink.problem(item, str(exc))
+                            else:
+                                if sink.label_allowed(item, label):
+                                    sink.add(item, writer.add(arr), label=label, split=split,
+                                             patient_id=pseudonym(f"{split}/{index}", sink.salt),
+                                             image_id=f"{split}-{index:06d}")
+                            index += 1
             except Exception as exc:  # noqa: BLE001 - zip, zlib and numpy errors alike
                 sink.problem(where, f"{split}_images truncated or corrupt after {index} images "
                                     f"({_short(exc)})")
@@ -694,7 +1111,7 @@ def _ingest_npz(src: Path, sink: _Sink, advance: Callable[..., None], chunk: int
 
 def _iter_npy_member(zf: zipfile.ZipFile, member: str, chunk: int) -> Generator[int | np.ndarray, None, None]:
     """First the number of images, then blocks of up to `chunk` images, read without loading all."""
-    fp = zf.open(member)
+    fp: IO[bytes] = zf.open(member)
     with fp:
         version = np.lib.format.read_magic(fp)
         if version == (1, 0):
@@ -719,13 +1136,6 @@ def _iter_npy_member(zf: zipfile.ZipFile, member: str, chunk: int) -> Generator[
             if len(buf) != n * per:
                 raise ValueError("unexpected end of data")
             yield np.frombuffer(buf, dtype=dtype).reshape((n, *shape[1:]))
-
-
-def _manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    df = pd.DataFrame.from_records(rows)
-    extras = [c for c in EXTRA_COLUMNS if c in df.columns and df[c].notna().any()]
-    df = df.reindex(columns=[*MANIFEST_COLUMNS, *extras])
-    return df.astype({**MANIFEST_COLUMNS, **{c: "string" for c in extras}})
 
 
 def _order_classes(labels: set[str]) -> tuple[str, ...]:

@@ -34,7 +34,6 @@ from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml.exceptions import NotFound
 
 from components.config import PackageConfig, ServeConfig
-from components.models import SPEC_FILE, WEIGHTS_FILE, ModelSpec, file_sha256
 
 if TYPE_CHECKING:
     import httpx
@@ -136,6 +135,9 @@ def save_to_model_store(
     Returns:
         (the exact tag "name:version", sha256 of model.pt)
     """
+    # Imported here: the service imports this module for ServingSettings, and must start without MONAI.
+    from components.models import SPEC_FILE, WEIGHTS_FILE, ModelSpec, file_sha256
+
     weights, spec_file = Path(model_dir) / WEIGHTS_FILE, Path(model_dir) / SPEC_FILE
     for required in (weights, spec_file):
         if not required.is_file():

@@ -46,8 +46,8 @@ def split_patients(manifest: pd.DataFrame, cfg: PrepareConfig) -> pd.Series:
     for _, patients in sorted(patient_label.groupby(patient_label), key=lambda kv: str(kv[0])):
         ids = np.array(sorted(patients.index))
         rng.shuffle(ids)
-        n_test = int(round(len(ids) * cfg.test_fraction))
-        n_val = int(round(len(ids) * cfg.val_fraction))
+        n_test = round(len(ids) * cfg.test_fraction)
+        n_val = round(len(ids) * cfg.val_fraction)
         for i, pid in enumerate(ids):
             assignment[pid] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     return manifest["patient_id"].map(assignment)

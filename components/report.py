@@ -148,8 +148,8 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
     header = ["metric (test split)", "network", "95% interval"] + (["baseline", "network - baseline"] if has_baseline else [])
     point = metrics.get("operating_point", "youden")
     notes = [
-        f"{metrics.get('n_test', '?')} test images; operating threshold {_fmt(metrics.get('operating_threshold'))} "
-        f"on p(positive), chosen on the validation split ({html.escape(str(point))}).",
+        (f"{metrics.get('n_test', '?')} test images; operating threshold {_fmt(metrics.get('operating_threshold'))} "
+        f"on p(positive), chosen on the validation split ({html.escape(str(point))})."),
         "Intervals: percentile bootstrap over test images.",
     ]
     if has_baseline:

@@ -136,7 +136,7 @@ def plan_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return int(min(cfg.max_epochs, max(cfg.min_epochs, math.ceil(cfg.steps / max(steps_per_epoch, 1)))))
 
 
-def _batches(labels: np.ndarray, cfg: TrainConfig, weights: np.ndarray, generator: torch.Generator) -> list[torch.Tensor]:
+def epoch_batches(labels: np.ndarray, cfg: TrainConfig, weights: np.ndarray, generator: torch.Generator) -> list[torch.Tensor]:
     """One epoch's batches of indices: shuffled, or class-balanced sampling with replacement."""
     n = len(labels)
     if cfg.class_balance == "sampler":
@@ -184,7 +184,7 @@ def train_model(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     augment_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    steps_per_epoch = len(_batches(y_train, cfg, weights, torch.Generator().manual_seed(0)))
+    steps_per_epoch = len(epoch_batches(y_train, cfg, weights, torch.Generator().manual_seed(0)))
     epochs = plan_epochs(cfg, steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.learning_rate, total_steps=max(1, steps_per_epoch * epochs))
     augment = BatchAugmentation(cfg.augment, len(input_shape) - 1, augment_gen)
@@ -235,7 +235,7 @@ def train_model(
             model.train()
             epoch_start = time.monotonic()
             total, seen, data_seconds = 0.0, 0, 0.0
-            for idx in _batches(y_train, cfg, weights, shuffle_gen):
+            for idx in epoch_batches(y_train, cfg, weights, shuffle_gen):
                 t0 = time.monotonic()
                 images = augment(torch.from_numpy(x_train[idx.numpy()]).to(device, non_blocking=True))
                 labels = torch.from_numpy(y_train[idx.numpy()]).to(device, non_blocking=True)

@@ -14,6 +14,7 @@ from flows.cli_audit import audit
 from flows.cli_deploy import deploy, serve
 from flows.cli_models import models_app
 from flows.cli_report import report
+from flows.cli_retrain import WaitOpt, launch, resolve_source, retrain, schedule, server, sweep, watch
 from flows.settings import configure_offline
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="medgate: from medical images to a gated, served model.")
@@ -22,6 +23,11 @@ app.command("audit")(audit)
 app.command("report")(report)
 app.command("serve")(serve)
 app.command("deploy")(deploy)
+app.command("retrain")(retrain)
+app.command("schedule")(schedule)
+app.command("watch")(watch)
+app.command("server")(server)
+app.command("sweep")(sweep)
 
 @app.callback()
 def _main() -> None:
@@ -68,26 +74,10 @@ def print_summary(summary: dict[str, Any]) -> None:
 def run(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="DICOM folder with labels.csv, PNG/JPEG class folders, or a MedMNIST .npz; default: the embedded cohort."),
     workspace: Optional[Path] = WorkspaceOpt,
+    wait: float = WaitOpt,
 ) -> None:
     """Run the training flow: ingest, validate, prepare, train, evaluate, gate, package, promote."""
-    from flows.pipeline import DEFAULT_SOURCE, ValidationFailed, training_flow
-
-    source = DEFAULT_SOURCE
-    if dataset:
-        path = Path(dataset).expanduser()
-        if not path.exists():
-            console.print(f"[red]error:[/] dataset {dataset}: no such file or folder")
-            raise typer.Exit(2)
-        source = str(path.resolve())
-    try:
-        summary = training_flow(source=source, workspace=str(workspace) if workspace else None)
-    except ValidationFailed as exc:
-        console.print(f"[red]validation failed[/]: {exc}")
-        raise typer.Exit(3)
-    except Exception as exc:  # the flow already recorded the failure; say what and where
-        console.print(f"[red]run failed[/]: {type(exc).__name__}: {exc}")
-        raise typer.Exit(1)
-    print_summary(summary)
+    launch(resolve_source(dataset), workspace, "manual", wait)
 
 
 if __name__ == "__main__":

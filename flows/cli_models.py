@@ -79,15 +79,21 @@ def resolve_version(session, ref: str):
     number = number.removeprefix("v")
     if not number.isdigit():
         raise fail(f"{ref!r} is not a model version: write NAME:N, or N when one model name exists")
-    if not name:
-        names = sorted({mv.name for mv in repo.list_versions(session)})
-        if len(names) != 1:
-            raise fail("the registry holds no model versions" if not names else f"several model names ({', '.join(names)}): write NAME:{number}")
-        name = names[0]
+    name = name or only_model_name(session, f"write NAME:{number}")
     mv = repo.get_version(session, name, int(number))
     if mv is None:
         raise fail(f"{name} has no version {number}")
     return mv
+
+
+def only_model_name(session, hint: str) -> str:
+    """The one model name in the registry; exit 2 with `hint` when there are several, or none."""
+    from registry import repository as repo
+
+    names = sorted({mv.name for mv in repo.list_versions(session)})
+    if len(names) != 1:
+        raise fail("the registry holds no model versions" if not names else f"several model names ({', '.join(names)}): {hint}")
+    return names[0]
 
 
 def _params(workspace: Optional[Path]):
@@ -238,13 +244,8 @@ def models_rollback(
         if to is not None:
             target = resolve_version(session, to if ":" in to or model is None else f"{model}:{to}")
             name, number = target.name, target.version
-        elif model:
-            name = model
         else:
-            names = sorted({mv.name for mv in repo.list_versions(session)})
-            if len(names) != 1:
-                raise fail("the registry holds no model versions" if not names else f"several model names ({', '.join(names)}): give --model")
-            name = names[0]
+            name = model or only_model_name(session, "give --model")
         previous = repo.get_champion(session, name)
         try:
             restored = repo.rollback(session, name, actor=current_actor(actor), reason=reason, to_version=number)

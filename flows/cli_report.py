@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -37,8 +36,8 @@ def find_report(runs_dir: Path, run: str | None) -> Path:
 
 
 def report(
-    run: Optional[str] = typer.Argument(None, help="Run id or a unique prefix (default: the latest run with a report)."),
-    workspace: Optional[Path] = WorkspaceOpt,
+    run: str | None = typer.Argument(None, help="Run id or a unique prefix (default: the latest run with a report)."),
+    workspace: Path | None = WorkspaceOpt,
 ) -> None:
     """Print the path of a run's HTML report (ROC, confusion, calibration, curves, subgroups, baseline, gate)."""
     try:

@@ -17,6 +17,8 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.futures import wait
+from prefect.tasks import exponential_backoff
 from prefect.runtime import flow_run
 
 from components.artifacts import IngestedDataset, ValidationResult, to_dict
@@ -24,8 +26,13 @@ from components.config import Params, load_params
 from components.gate import Check
 from flows.cards import PACKAGING_NOTE, render_card, write_card
 from flows.promotion import evaluate_gate, json_safe, prepared_data_version, read_champion, without_none
+from flows.caching import cached_ingest, ingest_key, remember_ingest, unchanged_production
+from flows.lock import WorkspaceLock, close_interrupted_run, workspace_lock
+from flows.notify import label_flow_run, publish_run
 from flows.settings import Settings, get_settings
-from flows.workspace import StageRun, dvc_lock_hash, ensure_workspace, pipeline_stages, reproduce_stage, track_dataset
+from flows.workspace import (
+    StageRun, dvc_lock_hash, ensure_workspace, pipeline_stages, reproduce_stage, stage_waves, stages_up_to_date, track_dataset,
+)
 from registry import repository as repo
 from registry.db import make_session_factory, upgrade_database
 
@@ -62,25 +69,28 @@ def git_commit(path: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def source_path(source: str, workspace: Path) -> Path:
+    """Where `source`'s files are: the embedded cohort's folder in the workspace, or the path given."""
+    return workspace / "data" / "source" / "default-cohort" if source == DEFAULT_SOURCE else Path(source)
+
+
 @task(name="ingest")
 def ingest_task(source: str, settings: Settings, params: Params) -> IngestedDataset:
     from components.cohort import generate_cohort
     from components.ingest import ingest_source
 
     ws = settings.workspace
-    if source == DEFAULT_SOURCE:
-        cohort_dir = ws / "data" / "source" / "default-cohort"
-        if not (cohort_dir / "labels.csv").exists():
-            generate_cohort(cohort_dir, params.cohort)
-        path: str | Path = cohort_dir
-    else:
-        path = source
+    path = source_path(source, ws)
+    if source == DEFAULT_SOURCE and not (path / "labels.csv").exists():
+        generate_cohort(path, params.cohort)
     out_dir = ws / "data" / "ingest"
     shutil.rmtree(out_dir, ignore_errors=True)
     return ingest_source(path, out_dir, params.ingest, salt=settings.deid_salt, show_progress=True)
 
 
-@task(name="version-dataset", retries=2, retry_delay_seconds=2)
+# I/O tasks retry with exponential back-off (2, 4 s ...); stages that train or evaluate never do:
+# a failure there is a fact about the data or the code, and the run must fail on it.
+@task(name="version-dataset", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
 def version_task(settings: Settings) -> str:
     return track_dataset(settings.workspace, "data/ingest")
 
@@ -92,12 +102,12 @@ def validate_task(dataset: IngestedDataset, params: Params, out_dir: Path) -> Va
     return validate_manifest(dataset.manifest, params.validate_, out_dir, list(dataset.problems))
 
 
-@task(name="dvc-stage")
+@task(name="dvc-stage", task_run_name="{stage}")
 def stage_task(settings: Settings, stage: str) -> StageRun:
     return reproduce_stage(settings.workspace, stage)
 
 
-@task(name="package", retries=1, retry_delay_seconds=2)
+@task(name="package", retries=1, retry_delay_seconds=exponential_backoff(backoff_factor=2))
 def package_task(
     settings: Settings, params: Params, name: str, metadata: dict[str, Any], card_files: dict[str, str]
 ) -> tuple[str, str, str]:
@@ -136,17 +146,37 @@ def _write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     return path
 
 
-@flow(name="training-flow", flow_run_name="train-{source}")
-def training_flow(source: str = DEFAULT_SOURCE, workspace: str | None = None, trigger: str = "manual") -> dict[str, Any]:
-    """Take `source` through every stage; returns the run summary (also written to summary.json)."""
-    logger = get_run_logger()
+def _flow_run_name() -> str:
+    """`<trigger>-<dataset>`, e.g. `retrain-pneumoniamnist.npz`: what started the run, on what."""
+    p = flow_run.parameters
+    return f"{p.get('trigger', 'manual')}-{Path(str(p.get('source') or DEFAULT_SOURCE)).name}"
+
+
+@flow(name="training-flow", flow_run_name=_flow_run_name)
+def training_flow(
+    source: str = DEFAULT_SOURCE, workspace: str | None = None, trigger: str = "manual", lock_wait_s: float = 0.0
+) -> dict[str, Any]:
+    """Take `source` through every stage; returns the run summary (also written to summary.json).
+
+    One run at a time per workspace (flows.lock): another waits up to `lock_wait_s` seconds,
+    then is refused with WorkspaceBusy before it records anything.
+    """
     settings = get_settings(Path(workspace) if workspace else None)
+    ensure_workspace(settings.workspace)
+    with workspace_lock(settings.state_dir, f"{trigger} run of {source}", wait_s=lock_wait_s) as lock:
+        return _run_training(source, settings, trigger, lock)
+
+
+def _run_training(source: str, settings: Settings, trigger: str, lock: WorkspaceLock) -> dict[str, Any]:
+    logger = get_run_logger()
     ws = settings.workspace
-    ensure_workspace(ws)
     params = load_params(ws / "params.yaml")
     name = model_name_for(source, params)
+    label_flow_run(name, source, trigger)
     upgrade_database(settings.database_url)
     sessions = make_session_factory(settings.database_url)
+    with sessions() as session:
+        interrupted = close_interrupted_run(session, lock.previous)
     with sessions() as session:
         run = repo.start_run(
             session, dataset_id=None, params=params.model_dump(mode="json", by_alias=True),
@@ -154,9 +184,12 @@ def training_flow(source: str = DEFAULT_SOURCE, workspace: str | None = None, tr
         )
         session.commit()
         run_id, run_uid = run.id, run.run_uid
+    lock.record_run(run_uid)
     run_dir = settings.runs_dir / run_uid
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"run_id": run_uid, "model_name": name, "trigger": trigger, "status": "running"}
+    if interrupted:
+        summary["closed_interrupted_run"] = interrupted
     dataset_id = None
 
     def timed(stage: str, fn, *args):
@@ -166,8 +199,7 @@ def training_flow(source: str = DEFAULT_SOURCE, workspace: str | None = None, tr
         return out
 
     try:
-        dataset = timed("ingest", ingest_task, source, settings, params)
-        version = timed("version", version_task, settings)
+        dataset, version, ingest_reused = _ingest(source, settings, params, timed)
         summary["dataset"] = {"source": source, "version": version, "kind": dataset.kind, "images": dataset.num_images, "patients": dataset.num_patients, "skipped_inputs": len(dataset.problems)}
         validation = timed("validate", validate_task, dataset, params, run_dir / "validate")
         summary["validation"] = {"success": validation.success, "report": str(validation.report_html), "failed_expectations": list(validation.failed_expectations)}
@@ -181,8 +213,8 @@ def training_flow(source: str = DEFAULT_SOURCE, workspace: str | None = None, tr
         if not validation.success:
             raise ValidationFailed(validation)
 
-        stages = [timed(stage, stage_task, settings, stage) for stage in pipeline_stages(ws)]
-        summary["stages_reused"] = [s.stage for s in stages if s.reused]
+        stages = _reproduce(settings, params, timed, timings)
+        summary["stages_reused"] = ["ingest"] * ingest_reused + [s.stage for s in stages if s.reused]
         metrics = json.loads((ws / "data" / "evaluate" / "metrics.json").read_text())
         flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         summary["metrics"] = flat
@@ -194,6 +226,11 @@ def training_flow(source: str = DEFAULT_SOURCE, workspace: str | None = None, tr
         test_version = prepared_data_version(ws) or version
         with sessions() as session:
             champion = read_champion(session, name)
+            same = unchanged_production(session, name, _weights_sha(ws), version, test_version, params.gate)
+            if same is not None:  # this very model is production under this policy: nothing to register or build
+                summary.update(reused_production(session, same, params, run_dir), status="completed")
+                logger.info("unchanged: %s v%s in production is this model; nothing registered, gated or packaged", name, same.version)
+                return summary
         outcome = timed(
             "gate", evaluate_gate, metrics, test_version, champion, params.gate.policy_for(name), ws, params.evaluate, run_dir / "gate"
         )
@@ -250,7 +287,57 @@ def training_flow(source: str = DEFAULT_SOURCE, workspace: str | None = None, tr
         with sessions() as session:
             repo.finish_run(session, run_uid, status=summary["status"], summary=summary, error=summary.get("error"), dataset_id=dataset_id)
             session.commit()
+        publish_run(summary, settings)
     return summary
+
+
+def reused_production(session, same, params: Params, run_dir: Path) -> dict[str, Any]:
+    """The summary fields of a run whose model is already production (see flows.caching)."""
+    decision = repo.latest_gate_decision(session, same.id)
+    card_files = write_card(render_card(session, same, params), run_dir)
+    return {
+        "reused_production": same.version, "model_version": same.version, "bento_tag": same.bento_tag,
+        "model_card": str(card_files["model_card.md"]),
+        "production": {"model": same.name, "version": same.version, "bento_tag": same.bento_tag},
+        "gate": {"promote": True, "reason": f"unchanged: production v{same.version} is this model", "checks": decision.checks if decision else []},
+    }
+
+
+def _ingest(source: str, settings: Settings, params: Params, timed) -> tuple[IngestedDataset, str, bool]:
+    """Ingest and version the source, or reuse the last ingest when nothing it depends on changed
+    (flows.caching) and `dvc add` finds data/ingest at that ingest's version. Returns (dataset, version, reused)."""
+    path = source_path(source, settings.workspace)
+    key = ingest_key(path, params.ingest, settings.deid_salt) if path.exists() else None
+    cached = cached_ingest(settings.state_dir, key) if key else None
+    if cached is not None:
+        if (version := timed("version", version_task, settings)) == cached[1]:
+            return cached[0], version, True
+        get_run_logger().info("data/ingest changed since it was ingested: ingesting again")
+    dataset = timed("ingest", ingest_task, source, settings, params)
+    version = timed("version", version_task, settings)
+    remember_ingest(settings.state_dir, ingest_key(path, params.ingest, settings.deid_salt), dataset, version)
+    return dataset, version, False
+
+
+def _reproduce(settings: Settings, params: Params, timed, timings: dict[str, float]) -> list[StageRun]:
+    """Reproduce dvc.yaml's stages, upstream first. None run when `dvc status` finds all up to date.
+
+    With `orchestration.task_runner` threads or dask, the stages of one wave (independent of each
+    other, e.g. train and baseline) run at once on the flow's task runner; otherwise one by one.
+    """
+    ws = settings.workspace
+    if timed("dvc_status", stages_up_to_date, ws):
+        return [StageRun(stage, 0.0, True) for stage in pipeline_stages(ws)]
+    if params.orchestration.task_runner == "sequential":
+        return [timed(stage, stage_task, settings, stage) for stage in pipeline_stages(ws)]
+    runs: list[StageRun] = []
+    for wave in stage_waves(ws):
+        futures = [stage_task.submit(settings, stage) for stage in wave]
+        wait(futures)  # all of a wave finish (or fail) before the flow goes on or stops
+        for future in futures:
+            runs.append(future.result())
+            timings[runs[-1].stage] = round(runs[-1].seconds, 2)
+    return runs
 
 
 def _write_report(ws: Path, run_dir: Path, summary: dict[str, Any], logger) -> str | None:

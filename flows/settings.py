@@ -41,6 +41,16 @@ class Settings:
         return os.environ.get("MEDGATE_DEID_SALT") or _workspace_salt(self.state_dir)
 
     @property
+    def webhook_url(self) -> str | None:
+        """MEDGATE_WEBHOOK_URL: where every finished run POSTs its summary (flows/notify.py)."""
+        return os.environ.get("MEDGATE_WEBHOOK_URL") or None
+
+    @property
+    def notify_block(self) -> str | None:
+        """MEDGATE_NOTIFY_BLOCK: a saved Prefect notification block, "<type-slug>/<name>"."""
+        return os.environ.get("MEDGATE_NOTIFY_BLOCK") or None
+
+    @property
     def state_dir(self) -> Path:
         return self.workspace / ".medgate"
 

@@ -88,10 +88,44 @@ def pipeline_stages(workspace: Path) -> list[str]:
     return list(yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"])
 
 
+def stage_waves(workspace: Path) -> list[list[str]]:
+    """dvc.yaml's stages in waves: each stage after every stage whose outputs it depends on, and the
+    stages of one wave independent of each other (prepare; train, baseline; evaluate)."""
+    stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
+
+    def paths(entries: list) -> list[str]:
+        return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries or []]
+
+    def inside(dep: str, out: str) -> bool:
+        return dep == out or dep.startswith(out.rstrip("/") + "/") or out.startswith(dep.rstrip("/") + "/")
+
+    outs = {name: paths(spec.get("outs", [])) + paths(spec.get("metrics", [])) for name, spec in stages.items()}
+    upstream = {
+        name: {other for other in stages if other != name and any(inside(d, o) for d in paths(spec.get("deps", [])) for o in outs[other])}
+        for name, spec in stages.items()
+    }
+    waves: list[list[str]] = []
+    done: set[str] = set()
+    while len(done) < len(stages):
+        wave = [name for name in stages if name not in done and upstream[name] <= done]
+        if not wave:
+            raise WorkspaceError(f"{workspace / 'dvc.yaml'}: stages depend on each other in a cycle")
+        waves.append(wave)
+        done.update(wave)
+    return waves
+
+
+def stages_up_to_date(workspace: Path) -> bool:
+    """Whether `dvc status` finds every stage and tracked dataset unchanged (then nothing needs reproducing)."""
+    code, tail = _dvc(workspace, "status", "--json")
+    return code == 0 and "".join(tail).strip() == "{}"
+
+
 def reproduce_stage(workspace: Path, stage: str) -> StageRun:
     """`dvc repro` one stage (its upstream stages already reproduced); reused when DVC skipped it."""
     started = time.monotonic()
-    code, tail = _dvc(workspace, "repro", "--single-item", stage, echo=True)
+    # --wait-for-lock: stages of one wave run at once and each takes DVC's repo lock briefly.
+    code, tail = _dvc(workspace, "--wait-for-lock", "repro", "--single-item", stage, echo=True)
     if code:
         raise StageError(f"stage {stage} failed (dvc repro exit {code}):\n" + "\n".join(tail[-15:]))
     reused = any("didn't change, skipping" in line for line in tail)

@@ -1,6 +1,8 @@
 """Pure request handling for the model service: upload checks, decoding, batching, post-processing.
 
-Nothing here imports BentoML, so each step is testable on its own. Problems with a request raise
+Nothing here imports BentoML, so each step is testable on its own. The training code (and with it
+MONAI and PyTorch) is imported at first use: `bentoml serve` imports this module in its supervising
+process too, which then starts seconds sooner. Problems with a request raise
 `InputProblem`, whose `status` is the HTTP status the service answers with (always 4xx).
 Messages name the problem and never contain pixel data or DICOM header values.
 """
@@ -12,12 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from components.ingest import ImageDecodeError, decode_image
-from components.transforms import PreprocessError, Preprocessing, preprocess
+if TYPE_CHECKING:
+    from components.transforms import Preprocessing
 
 # Magic numbers of the 2D-only formats: a 3D model cannot take them, whatever their array shape.
 _FLAT_IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
@@ -77,6 +79,8 @@ def decode_upload(data: bytes, card: ModelCard, name: str = "image") -> np.ndarr
                     f"{name}: a {kind} is a 2D image; this model takes 3D volumes (D, H, W)",
                     HTTPStatus.UNPROCESSABLE_ENTITY,
                 )
+    from components.ingest import ImageDecodeError, decode_image
+
     try:
         image = decode_image(data)
     except ImageDecodeError as exc:
@@ -91,6 +95,8 @@ def decode_upload(data: bytes, card: ModelCard, name: str = "image") -> np.ndarr
 
 def prepare_inputs(images: Sequence[np.ndarray], card: ModelCard, names: Sequence[str]) -> np.ndarray:
     """Decoded images → the network's float32 batch (N, C, *spatial), by the training preprocessing."""
+    from components.transforms import PreprocessError, preprocess
+
     batch = []
     for image, name in zip(images, names, strict=True):
         if image.dtype.kind not in "biuf":

@@ -37,18 +37,17 @@ import logging
 import os
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import bentoml
 import numpy as np
-import torch
 from bentoml.exceptions import BadInput, BentoMLException, NotFound, ServiceUnavailable, UnprocessableEntity
+from bentoml.validators import ContentType
 from starlette.responses import Response
 
 from components.modelcard import HTML_FILE as CARD_HTML
 from components.modelcard import MARKDOWN_FILE as CARD_MARKDOWN
-from components.models import SPEC_FILE, WEIGHTS_FILE, ModelSpec, file_sha256, load_model
 from components.package import API_KEY_ENV, MODEL_REF_FILE, ServingSettings, exact_model_tag
 from services.batching import MicroBatcher, Overloaded
 from services.guard import ApiKeyGuard, UploadGuard
@@ -60,6 +59,11 @@ from services.inference import (
     read_upload,
     to_prediction,
 )
+
+if TYPE_CHECKING:
+    import torch
+
+    from components.models import ModelSpec
 
 MODEL_TAG_ENV = "MEDGATE_MODEL_TAG"
 MIN_API_KEY_LENGTH = 16
@@ -102,6 +106,9 @@ def read_api_key() -> str:
 SETTINGS = resolve_settings()
 API_KEY = read_api_key()
 _ERRORS = {HTTPStatus.BAD_REQUEST: BadInput, HTTPStatus.UNPROCESSABLE_ENTITY: UnprocessableEntity}
+# Declared, so that BentoML does not derive the media type from a JSON schema it builds for every answer.
+Json = Annotated[dict[str, Any], ContentType("application/json")]
+JsonList = Annotated[list[dict[str, Any]], ContentType("application/json")]
 
 
 @bentoml.service(name="medgate_classifier", workers=SETTINGS.api_workers, traffic={"timeout": 60})
@@ -111,6 +118,9 @@ class Classifier:
     bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
 
     def __init__(self) -> None:
+        # Here, not at import: `bentoml serve` imports this module in its supervising process as well.
+        import torch
+
         stored = self.bento_model
         metadata = dict(stored.info.metadata)
         model_dir = Path(stored.path)
@@ -119,6 +129,10 @@ class Classifier:
             # One intra-op thread by default: spinning OpenMP threads starve the event loop on small CPUs.
             torch.set_num_threads(SETTINGS.torch_threads)
         self.batcher = MicroBatcher(self._forward, SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
+        # Warm up before /readyz answers, not in the first request: the decoders' imports, one forward pass.
+        import components.ingest  # noqa: F401
+
+        self._forward(np.zeros((1, *SETTINGS.input_shape), np.float32))
         self.card = ModelCard(
             model_tag=str(stored.tag),
             class_names=spec.class_names,
@@ -136,13 +150,13 @@ class Classifier:
         logger.info("serving model %s (sha256 %s verified)", stored.tag, metadata["sha256"][:12])
 
     @bentoml.api
-    async def predict(self, image: Path) -> dict[str, Any]:
+    async def predict(self, image: Path) -> Json:
         """Classify one image: form field `image`, a PNG, JPEG, DICOM or .npy file."""
         (prediction,) = await self._predict_files([image], ["image"])
         return prediction
 
     @bentoml.api
-    async def predict_batch(self, images: list[Path]) -> list[dict[str, Any]]:
+    async def predict_batch(self, images: list[Path]) -> JsonList:
         """Classify several images: form field `images`, repeated; answers in upload order."""
         if not images:
             raise BadInput("no images: send one or more files in form field 'images'")
@@ -151,7 +165,7 @@ class Classifier:
         return await self._predict_files(images, [f"images[{i}]" for i in range(len(images))])
 
     @bentoml.api(route="/metadata")
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> Json:
         """The served model: tag, dataset version, class names, preprocessing, gate decision, card links."""
         return self.description
 
@@ -195,6 +209,8 @@ class Classifier:
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N, K), in `class_names` order, of a batch preprocessed like training."""
+        import torch
+
         with torch.inference_mode():
             return torch.softmax(self.network(torch.from_numpy(batch)).float(), dim=1).numpy()
 
@@ -215,6 +231,8 @@ def _load_verified(model_dir: Path, metadata: dict[str, Any], tag: str) -> tuple
 
     Refuses (RuntimeError) a model without a recorded sha256, or whose model.pt or model.json changed.
     """
+    from components.models import SPEC_FILE, WEIGHTS_FILE, file_sha256, load_model
+
     expected = metadata.get("sha256")
     if not isinstance(expected, str) or not expected:
         raise RuntimeError(f"model {tag} has no sha256 in its metadata: refusing to serve it")

@@ -8,10 +8,15 @@ import pytest
 
 from components.config import EvaluateConfig
 from components.evaluate import (
+    apply_temperature,
     bootstrap_ci,
     choose_threshold,
     classification_metrics,
     expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    paired_bootstrap_difference,
+    reliability_bins,
     subgroup_metrics,
 )
 from components.train import score_auc
@@ -89,3 +94,60 @@ def test_bootstrap_interval_contains_point_estimate():
     lo, hi = bootstrap_ci(labels, probs, score_auc, samples=200, seed=0)
     assert lo < score_auc(labels, probs) < hi
     assert 0.0 < hi - lo < 0.3
+
+
+def test_reliability_bins_by_hand():
+    labels = np.array([1, 1, 0, 0])
+    probs = binary([0.95, 0.85, 0.9, 0.3])  # top-class confidences 0.95, 0.85, 0.9 (wrong), 0.7 (right)
+    bins = reliability_bins(labels, probs, bins=10)
+    assert [(b["bin"], b["count"]) for b in bins] == [(6, 1), (8, 2), (9, 1)]
+    assert bins[1]["confidence"] == pytest.approx(0.875) and bins[1]["accuracy"] == pytest.approx(0.5)
+
+
+def test_temperature_by_hand_and_fitted_on_overconfident_predictions():
+    # T = 2 takes square roots before renormalising: sqrt(0.8) / (sqrt(0.8) + sqrt(0.2)) = 2/3
+    assert apply_temperature(np.array([[0.2, 0.8]]), 2.0)[0, 1] == pytest.approx(2 / 3)
+    assert np.allclose(apply_temperature(binary([0.3, 0.9]), 1.0), binary([0.3, 0.9]))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    honest = np.where(labels == 1, 0.7, 0.3)
+    overconfident = apply_temperature(binary(np.where(rng.random(400) < 0.7, honest, 1 - honest)), 0.25)
+    temperature = fit_temperature(labels, overconfident)
+    assert temperature > 2  # the cure for over-confidence is a temperature above 1
+    assert negative_log_likelihood(labels, apply_temperature(overconfident, temperature)) < negative_log_likelihood(labels, overconfident)
+
+
+def test_paired_bootstrap_of_identical_models_is_zero():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 100)
+    probs = binary(rng.random(100))
+    assert paired_bootstrap_difference(labels, probs, probs, samples=50, seed=0) == (0.0, 0.0)
+    better = binary(np.clip(labels * 0.5 + rng.random(100) * 0.5, 0, 1))
+    lower, upper = paired_bootstrap_difference(labels, better, probs, samples=200, seed=0)
+    assert 0 < lower < upper
+
+
+def test_glcm_texture_by_hand():
+    from components.baseline import glcm_features
+
+    q = np.array([[[0, 0, 1], [1, 1, 0]]])
+    # Distance 1, four directions, symmetric: pairs (0,0) 4, (0,1) 7, (1,0) 7, (1,1) 4 of 22.
+    contrast, dissimilarity, homogeneity, energy, entropy, correlation = glcm_features(q, levels=2, distances=(1,))[0]
+    p = np.array([4, 7, 7, 4]) / 22
+    assert contrast == pytest.approx(14 / 22) and dissimilarity == pytest.approx(14 / 22)
+    assert homogeneity == pytest.approx(8 / 22 + 14 / 22 / 2)
+    assert energy == pytest.approx((p**2).sum())
+    assert entropy == pytest.approx(-(p * np.log2(p)).sum())
+    assert correlation == pytest.approx(-3 / 11)  # means 0.5, sds 0.5, covariance (8 - 14) / 22 / 4
+
+
+def test_baseline_features_of_2d_and_3d_images():
+    from components.baseline import extract_features
+    from components.config import BaselineConfig
+
+    rng = np.random.default_rng(0)
+    flat = extract_features(rng.random((3, 1, 12, 12)).astype(np.float32), BaselineConfig())
+    volume = extract_features(rng.random((2, 1, 4, 12, 12)).astype(np.float32), BaselineConfig())
+    assert flat.shape[1] == volume.shape[1] and np.isfinite(flat).all() and np.isfinite(volume).all()
+    constant = extract_features(np.zeros((1, 1, 8, 8), np.float32), BaselineConfig())
+    assert np.isfinite(constant).all()  # a blank image has no variance, yet defined features

@@ -6,7 +6,7 @@ import torch
 
 from components.config import ModelConfig
 from components.models import ModelSpec, build_model, file_sha256, load_model, resolve_family, save_model
-from components.transforms import Preprocessing, PreprocessError, preprocess
+from components.transforms import PreprocessError, Preprocessing, preprocess
 
 
 @pytest.mark.parametrize(
@@ -59,3 +59,45 @@ def test_preprocess_scales_resizes_and_checks_shape():
         preprocess(np.zeros((4, 16, 16, 2)), spec)
     with pytest.raises(PreprocessError, match="non-finite"):
         preprocess(np.full((16, 16), np.nan), spec)
+
+
+@pytest.mark.parametrize("depth", [10, 18])
+def test_resnet_depths_and_3d_volumes(depth):
+    cfg = ModelConfig(family="auto", width=4, depth=depth)
+    model = build_model(cfg, (1, 8, 16, 16), num_classes=2).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 8, 16, 16)).shape == (2, 2)
+    deeper = sum(p.numel() for p in build_model(cfg.model_copy(update={"depth": 34}), (1, 16, 16), 2).parameters())
+    assert deeper > sum(p.numel() for p in build_model(cfg, (1, 16, 16), 2).parameters())
+
+
+def _augment(images, **changes):
+    from components.config import AugmentConfig
+    from components.transforms import BatchAugmentation
+
+    cfg = AugmentConfig(**changes)
+    return BatchAugmentation(cfg, images.ndim - 2, torch.Generator().manual_seed(0))(images)
+
+
+def test_augmentation_keeps_shape_and_repeats_with_the_seed():
+    for shape in [(16, 1, 20, 20), (4, 1, 6, 12, 12)]:
+        x = torch.rand(shape)
+        out = _augment(x)
+        assert out.shape == x.shape and torch.isfinite(out).all()
+        assert torch.equal(out, _augment(x)) and not torch.equal(out, x)
+    assert torch.equal(_augment(x, enabled=False), x)
+
+
+def test_identity_affine_resamples_exactly():
+    x = torch.rand(8, 1, 12, 12)
+    out = _augment(x, rotate_degrees=0, zoom=0, translate=0, affine_probability=1.0, flip_axes=(), noise_std=0, contrast=0)
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+def test_flips_mirror_some_images_and_leave_the_others():
+    x = torch.rand(32, 1, 8, 8)
+    out = _augment(x, affine_probability=0, noise_std=0, contrast=0, flip_axes=(-1,))
+    mirrored = [torch.equal(o, i.flip(-1)) for o, i in zip(out, x)]
+    kept = [torch.equal(o, i) for o, i in zip(out, x)]
+    assert all(m or k for m, k in zip(mirrored, kept))
+    assert 0 < sum(mirrored) < len(x)

@@ -11,7 +11,15 @@ import torch
 from components.config import BaselineConfig, EvaluateConfig, ModelConfig, PrepareConfig, TrainConfig
 from components.evaluate import evaluate_model
 from components.prepare import prepare_dataset, sort_class_names, split_patients
-from components.train import CHECKPOINT_FILE, HISTORY_FILE, TRAINING_FILE, class_weights, plan_epochs, train_model
+from components.train import (
+    CHECKPOINT_FILE,
+    HISTORY_FILE,
+    TRAINING_FILE,
+    class_weights,
+    epoch_batches,
+    plan_epochs,
+    train_model,
+)
 
 # Small and single-threaded: the mechanics are under test here, not the model's quality.
 TINY = TrainConfig(model=ModelConfig(width=4), epochs=4, batch_size=16, learning_rate=3e-3, patience=10, num_threads=1)
@@ -82,6 +90,16 @@ def test_epochs_follow_the_dataset_size():
 def test_class_weights_balance_the_loss():
     weights = class_weights(np.array([0, 0, 0, 1]), 2)
     assert weights == pytest.approx([2 / 3, 2.0])  # each class contributes equally: 3 * 2/3 == 1 * 2
+
+
+def test_sampler_balances_the_classes_seen():
+    labels = np.array([0] * 90 + [1] * 10)
+    cfg = TrainConfig(class_balance="sampler", batch_size=25)
+    batches = epoch_batches(labels, cfg, class_weights(labels, 2), torch.Generator().manual_seed(0))
+    seen = labels[torch.cat(batches).numpy()]
+    assert len(seen) == 100 and 0.35 < seen.mean() < 0.65  # about half positives, from 10% in the data
+    shuffled = epoch_batches(labels, TrainConfig(batch_size=25), class_weights(labels, 2), torch.Generator().manual_seed(0))
+    assert sorted(torch.cat(shuffled).tolist()) == list(range(100))  # otherwise: every image once
 
 
 def test_prepare_train_evaluate_beats_chance(prepared, tmp_path):

@@ -1,0 +1,201 @@
+"""MedMNIST v2 through the real pipeline, beside the paper's figures (a benchmark, not a test).
+
+For each dataset and seed, `training_flow` runs on ../shared/data/<name>.npz in a workspace of
+the dataset's own: ingest, validate, prepare, train, baseline and evaluate through `dvc repro`,
+then the gate with no thresholds (so nothing is packaged: only the model is measured here). The
+seeds change `train.seed` only, so DVC reuses ingest-to-prepare and the baseline between them.
+
+Printed: per dataset the mean and spread (sample standard deviation) over seeds of test AUC and
+accuracy, the classical baseline's AUC, training wall time (the train loop, and the whole train
+stage with process start and validation), images/s, the paper's rows (MedMNIST v2, Table 3, read
+from ../shared/data/README.md) and the issue's target. Then the throughput of medgate's training
+step against a bare PyTorch loop on the same network, data and batch size (benchmarks/throughput.py).
+
+    python benchmarks/medmnist.py [--datasets breastmnist pneumoniamnist adrenalmnist3d] [--seeds 3]
+        [--workdir DIR] [--set train.max_epochs=40 ...] [--no-throughput]
+
+The CPU of this machine is shared with other work: the load average is printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT.parent / "shared" / "data"
+sys.path.insert(0, str(PROJECT))
+
+# The issue's targets on this 2-core CPU.
+TARGETS: dict[str, dict[str, float]] = {
+    "pneumoniamnist": {"auc": 0.96, "accuracy": 0.88, "train_seconds": 600.0},
+    "breastmnist": {"auc": 0.91},
+    "adrenalmnist3d": {"auc": 0.85},
+}
+PAPER_COLUMNS = {"breastmnist": "BreastMNIST", "pneumoniamnist": "PneumoniaMNIST", "adrenalmnist3d": "AdrenalMNIST3D"}
+NO_GATE = {"gate": {"default": {"values": {}, "changes": {}, "subgroup_floors": {}}, "models": {}}}
+
+
+def paper_results(readme: Path) -> dict[str, list[tuple[str, float, float]]]:
+    """(method, AUC, ACC) per dataset column of the README's 'Published reference results' table."""
+    lines = readme.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("## Published reference results"))
+    table = [line for line in lines[start:] if line.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    out: dict[str, list[tuple[str, float, float]]] = {name: [] for name in header[1:]}
+    for row in table[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        for name, cell in zip(header[1:], cells[1:]):
+            if "/" in cell:
+                auc, acc = (float(v) for v in cell.split("/"))
+                out[name].append((cells[0], auc, acc))
+    return out
+
+
+def merge(target: dict, values: dict) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge(target[key], value)
+        else:
+            target[key] = value
+
+
+def make_workspace(root: Path, overrides: dict[str, Any]) -> Path:
+    """A workspace with the project's dvc.yaml and params.yaml (plus `overrides`); code linked in."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT / "dvc.yaml", root / "dvc.yaml")
+    if not (root / "components").exists():
+        (root / "components").symlink_to(PROJECT / "components")
+    set_params(root, overrides, base=PROJECT / "params.yaml")
+    return root
+
+
+def set_params(ws: Path, overrides: dict[str, Any], base: Path | None = None) -> None:
+    params = yaml.safe_load((base or ws / "params.yaml").read_text())
+    merge(params, overrides)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """`section.key=value` strings as a nested override dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        path, _, value = item.partition("=")
+        node = out
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def run_dataset(name: str, seeds: list[int], workdir: Path, overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    from flows.pipeline import training_flow
+
+    ws = make_workspace(workdir / name, {**overrides, **NO_GATE})
+    runs = []
+    for seed in seeds:
+        set_params(ws, {"train": {"seed": seed}})
+        started = time.monotonic()
+        summary = training_flow(source=str(SHARED_DATA / f"{name}.npz"), workspace=str(ws), trigger="benchmark")
+        m, t = summary["metrics"], summary["training"]
+        runs.append({
+            "seed": seed, "auc": m["auc"], "accuracy": m["accuracy"], "auc_ci": [m["auc_ci_lower"], m["auc_ci_upper"]],
+            "baseline_auc": m.get("baseline_auc"), "baseline_accuracy": m.get("baseline_accuracy"),
+            "train_seconds": t["train_seconds"], "train_stage_seconds": summary["timings_s"]["train"],
+            "images_per_second": t["images_per_second"], "data_fraction": t["data_fraction"],
+            "epochs": f"{t['best_epoch']}/{t['epochs_run']}/{t['epochs_planned']}", "family": t["family"],
+            "flow_seconds": time.monotonic() - started, "report": summary.get("report"),
+        })
+        print(f"  {name} seed {seed}: test AUC {m['auc']:.4f}, ACC {m['accuracy']:.4f}, baseline AUC {m.get('baseline_auc', float('nan')):.4f}, "
+              f"training {t['train_seconds']:.0f} s ({t['images_per_second']:.0f} img/s), epochs best/run/planned {runs[-1]['epochs']}", flush=True)
+    return runs
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def verdicts(name: str, runs: list[dict[str, Any]]) -> list[str]:
+    """Each target of the dataset: met, or missed by how much."""
+    out = []
+    for metric, target in TARGETS.get(name, {}).items():
+        value = statistics.mean(r[metric] for r in runs)
+        ok = value <= target if metric == "train_seconds" else value >= target
+        gap = "" if ok else f" (missed by {abs(value - target):.3f})"
+        out.append(f"{metric} {'<=' if metric == 'train_seconds' else '>='} {target:g}: {'met' if ok else 'MISSED'} at {value:.3f}{gap}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist", "adrenalmnist3d"], choices=list(PAPER_COLUMNS))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the workspaces here (default: a temporary folder)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="params.yaml overrides")
+    parser.add_argument("--no-throughput", action="store_true", help="skip the medgate-vs-bare-loop comparison")
+    args = parser.parse_args()
+    # As in the dvc.yaml stages; only takes effect before torch loads the OpenMP runtime (imports below).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    missing = [d for d in args.datasets if not (SHARED_DATA / f"{d}.npz").exists()]
+    if missing:
+        sys.exit(f"{SHARED_DATA}: missing {', '.join(m + '.npz' for m in missing)}")
+
+    from flows.settings import configure_offline
+
+    configure_offline()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="medgate-bench-"))
+    os.environ.setdefault("BENTOML_HOME", str(workdir / "bentoml"))
+    os.environ.setdefault("MEDGATE_DEID_SALT", "benchmark")
+    overrides = parse_sets(args.set)
+    paper = paper_results(SHARED_DATA / "README.md")
+    load_start = os.getloadavg()[0]
+    results: dict[str, Any] = {}
+    for name in args.datasets:
+        print(f"{name}: {args.seeds} seed(s) through training_flow in {workdir / name}", flush=True)
+        results[name] = {"runs": run_dataset(name, list(range(args.seeds)), workdir, overrides)}
+        if not args.no_throughput:
+            from benchmarks.throughput import compare_with_bare_loop
+            from components.config import load_params
+
+            ws = workdir / name
+            results[name]["throughput"] = compare_with_bare_loop(ws / "data" / "prepare", load_params(ws / "params.yaml").train, epochs=1, repeats=2)
+    load_end = os.getloadavg()[0]
+
+    print(f"\nMedMNIST v2 test split, medgate (mean ± sd over seeds) beside the paper (Table 3); load average {load_start:.1f} -> {load_end:.1f} on {os.cpu_count()} shared cores")
+    header = f"{'dataset':16s} {'seeds':>5s} {'AUC':>15s} {'ACC':>15s} {'baseline AUC':>13s} {'train s':>8s} {'stage s':>8s} {'img/s':>7s}  network"
+    print(header)
+    print("-" * len(header))
+    for name, result in results.items():
+        runs = result["runs"]
+        print(f"{name:16s} {len(runs):5d} {_mean_sd([r['auc'] for r in runs]):>15s} {_mean_sd([r['accuracy'] for r in runs]):>15s} "
+              f"{_mean_sd([r['baseline_auc'] for r in runs]):>13s} {statistics.mean(r['train_seconds'] for r in runs):8.0f} "
+              f"{statistics.mean(r['train_stage_seconds'] for r in runs):8.0f} {statistics.mean(r['images_per_second'] for r in runs):7.0f}  {runs[0]['family']}")
+        for method, auc, acc in paper.get(PAPER_COLUMNS[name], []):
+            print(f"{'':16s} {'paper':>5s} {auc:15.3f} {acc:15.3f}  {method}")
+        for line in verdicts(name, runs):
+            print(f"{'':22s}target {line}")
+    if not args.no_throughput:
+        print("\nTraining step throughput, medgate vs a bare PyTorch loop (same network, data, batch size; median of 2):")
+        for name, result in results.items():
+            t = result["throughput"]
+            print(f"{name:16s} bare {t['bare_images_per_second']:7.0f} img/s, medgate step {t['medgate_images_per_second']:7.0f} img/s: "
+                  f"ratio {t['ratio']:.2f} (whole epochs with validation and checkpoint: {t['epoch_ratio']:.2f}), {t['threads']} threads, batch {t['batch_size']}")
+    (workdir / "results.json").write_text(json.dumps({"load_average": [load_start, load_end], "results": results}, indent=2))
+    print(f"\nresults: {workdir / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Training throughput on this machine, as ratios measured in one run (not a test).
+
+1. medgate's training step (`components.train.train_model`: batched augmentation, weighted loss,
+   one-cycle schedule, validation and a checkpoint every epoch) against a bare PyTorch loop on
+   the same network, data and batch size (no augmentation, no validation, no checkpoint).
+2. The data path: MONAI's per-image random transforms through a DataLoader (0 and 2 workers)
+   against `BatchAugmentation` on the batch tensor, images/s of augmentation alone, beside the
+   images/s of the network's training step.
+3. OpenMP waiting: the bare loop in fresh processes with OMP_WAIT_POLICY active or passive, 1 or 2
+   threads. The policy is read when the OpenMP runtime loads, hence the separate processes.
+
+The CPU of a shared machine is noisy: every figure is the median of `--repeats` interleaved runs.
+
+    python benchmarks/throughput.py [--data data/prepare] [--epochs 2] [--repeats 3]
+
+Without --data it uses the training split of ../shared/data/pneumoniamnist.npz (28x28).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from components.config import TrainConfig
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT.parent / "shared" / "data"
+
+
+def bare_loop(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, input_shape: tuple[int, ...], epochs: int) -> float:
+    """Images/s of a plain PyTorch training loop: shuffled batches, cross-entropy, AdamW."""
+    import torch
+    from torch import nn
+
+    from components.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg.model, input_shape, int(labels.max()) + 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    x, y = torch.from_numpy(images), torch.from_numpy(labels)
+    model.train()
+    seen, started = 0, time.monotonic()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y)).split(cfg.batch_size):
+            if len(idx) < 2:
+                continue
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            optimizer.step()
+            seen += len(idx)
+    return seen / (time.monotonic() - started)
+
+
+def medgate_step(data_dir: Path, cfg: TrainConfig, epochs: int) -> dict[str, float]:
+    """Images/s of `train_model`: of its batch loop, and of whole epochs (validation and checkpoint included)."""
+    from components.train import TRAINING_FILE, train_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fixed = cfg.model_copy(update={"epochs": epochs, "patience": epochs + 1})
+        train_model(data_dir, fixed, Path(tmp) / "train", Path(tmp) / "state")
+        history = json.loads((Path(tmp) / "train" / "history.json").read_text())
+        training = json.loads((Path(tmp) / "train" / TRAINING_FILE).read_text())
+    images = sum(h["images_per_second"] * h["train_seconds"] for h in history)
+    return {"step": training["images_per_second"], "epoch": images / sum(h["seconds"] for h in history)}
+
+
+def compare_with_bare_loop(data_dir: Path, cfg: TrainConfig, epochs: int = 2, repeats: int = 3) -> dict[str, float]:
+    """Median images/s of medgate's training step and of a bare loop, interleaved, and their ratio."""
+    from components.prepare import load_split, read_dataset_info
+    from components.train import set_threads
+
+    info = read_dataset_info(data_dir)
+    images, labels, _ = load_split(data_dir, "train")
+    threads = set_threads(cfg.num_threads)
+    medgate, medgate_epoch, bare = [], [], []
+    for _ in range(repeats):
+        result = medgate_step(data_dir, cfg, epochs)
+        medgate.append(result["step"])
+        medgate_epoch.append(result["epoch"])
+        set_threads(cfg.num_threads)
+        bare.append(bare_loop(images, labels, cfg, tuple(info["input_shape"]), epochs))
+    m, e, b = statistics.median(medgate), statistics.median(medgate_epoch), statistics.median(bare)
+    return {"medgate_images_per_second": m, "medgate_epoch_images_per_second": e, "bare_images_per_second": b,
+            "ratio": m / b, "epoch_ratio": e / b, "threads": threads, "batch_size": cfg.batch_size}
+
+
+def _monai_per_image(cfg: TrainConfig, spatial_dims: int):
+    """The same kinds of random change as BatchAugmentation, as MONAI array transforms on one image."""
+    from monai.transforms import Compose, RandAdjustContrast, RandAffine, RandFlip, RandGaussianNoise
+
+    a = cfg.augment
+    return Compose([
+        RandAffine(prob=a.affine_probability, rotate_range=(np.radians(a.rotate_degrees),) if spatial_dims == 2 else (np.radians(a.rotate_degrees), 0, 0),
+                   scale_range=a.zoom, translate_range=a.translate, padding_mode="border"),
+        *[RandFlip(prob=0.5, spatial_axis=axis % spatial_dims) for axis in a.flip_axes],
+        RandAdjustContrast(prob=1.0, gamma=(1 - a.contrast, 1 + a.contrast)),
+        RandGaussianNoise(prob=a.noise_probability, std=a.noise_std),
+    ])
+
+
+def augmentation_paths(images: np.ndarray, cfg: TrainConfig, max_images: int = 2048) -> dict[str, float]:
+    """Images/s of augmentation alone: MONAI per image in a DataLoader (0 and 2 workers) and batched."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from components.transforms import BatchAugmentation
+
+    images = images[:max_images]
+    spatial_dims = images.ndim - 2
+    per_image = _monai_per_image(cfg, spatial_dims)
+
+    class Augmented(Dataset):
+        def __len__(self) -> int:
+            return len(images)
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            return torch.as_tensor(per_image(torch.from_numpy(images[i])))
+
+    out: dict[str, float] = {}
+    for workers in (0, 2):
+        loader = DataLoader(Augmented(), batch_size=cfg.batch_size, num_workers=workers)
+        started = time.monotonic()
+        for _ in loader:
+            pass
+        out[f"monai_per_image_{workers}_workers"] = len(images) / (time.monotonic() - started)
+    batched = BatchAugmentation(cfg.augment, spatial_dims, torch.Generator().manual_seed(0))
+    x = torch.from_numpy(images)
+    started = time.monotonic()
+    for idx in torch.arange(len(x)).split(cfg.batch_size):
+        batched(x[idx])
+    out["batched"] = len(images) / (time.monotonic() - started)
+    return out
+
+
+def openmp_policies(data: Path, epochs: int) -> dict[str, float]:
+    """The bare loop's images/s per OMP_WAIT_POLICY and thread count, each in a fresh process."""
+    out = {}
+    for policy in ("ACTIVE", "PASSIVE"):
+        for threads in (1, 2):
+            env = {**os.environ, "OMP_WAIT_POLICY": policy}
+            cmd = [sys.executable, __file__, "--bare-only", "--threads", str(threads), "--epochs", str(epochs), "--data", str(data)]
+            result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=PROJECT, check=True)
+            out[f"{policy.lower()}_{threads}_threads"] = float(result.stdout.strip().splitlines()[-1])
+    return out
+
+
+def _prepared_from_npz(npz: Path, out_dir: Path) -> Path:
+    """A prepared-dataset folder (the layout components.prepare writes) from a MedMNIST file."""
+    import pandas as pd
+
+    with np.load(npz) as raw:
+        for split in ("train", "val", "test"):
+            x = raw[f"{split}_images"].astype(np.float32)[:, None] / 255.0
+            y = raw[f"{split}_labels"][:, 0].astype(np.int64)
+            np.savez(out_dir / f"{split}.npz", images=x, labels=y)
+            ids = [f"{split}-{i}" for i in range(len(y))]
+            pd.DataFrame({"image_id": ids, "patient_id": ids, "label": y.astype(str), "path": ""}).to_csv(out_dir / f"{split}.csv", index=False)
+    shape = list(x.shape[1:])
+    classes = [str(c) for c in range(int(y.max()) + 1)]
+    preprocessing = {"spatial_size": shape[1:], "channels": shape[0], "lower": 0.0, "upper": 255.0}
+    (out_dir / "dataset.json").write_text(json.dumps({"class_names": classes, "input_shape": shape, "preprocessing": preprocessing}))
+    return out_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="", help="a prepared dataset folder (default: PneumoniaMNIST's train split)")
+    parser.add_argument("--params", type=Path, default=PROJECT / "params.yaml")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    # As in the dvc.yaml stages; only takes effect before torch loads the OpenMP runtime, below.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from components.config import load_params
+    from components.prepare import load_split, read_dataset_info
+    from components.train import set_threads
+
+    cfg = load_params(args.params).train
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(args.data) if args.data else _prepared_from_npz(SHARED_DATA / "pneumoniamnist.npz", Path(tmp))
+        if args.bare_only:
+            set_threads(args.threads)
+            images, labels, _ = load_split(data_dir, "train")
+            subset = slice(0, 1024)  # enough batches for a steady rate; the active policy can be very slow
+            print(bare_loop(images[subset], labels[subset], cfg, tuple(read_dataset_info(data_dir)["input_shape"]), args.epochs))
+            return
+        images, _, _ = load_split(data_dir, "train")
+        print(f"data: {data_dir} ({len(images)} training images of shape {images.shape[1:]}), batch {cfg.batch_size}, {args.epochs} epochs x {args.repeats} repeats")
+        print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (the CPU is shared: compare ratios, not absolutes)")
+        step = compare_with_bare_loop(data_dir, cfg, args.epochs, args.repeats)
+        print(f"\n1. training step, images/s ({step['threads']} threads):")
+        print(f"   bare PyTorch loop          {step['bare_images_per_second']:8.0f}")
+        print(f"   medgate train step         {step['medgate_images_per_second']:8.0f}   ratio {step['ratio']:.2f}")
+        print(f"   medgate whole epochs       {step['medgate_epoch_images_per_second']:8.0f}   ratio {step['epoch_ratio']:.2f} (with validation and checkpoint)")
+        aug = augmentation_paths(images, cfg)
+        print("\n2. augmentation alone, images/s:")
+        for name, value in aug.items():
+            print(f"   {name:28s} {value:8.0f}   {value / step['bare_images_per_second']:.1f}x the network's training step")
+        print("\n3. OpenMP wait policy, bare loop images/s (fresh processes):")
+        for name, value in openmp_policies(data_dir, args.epochs).items():
+            print(f"   {name:28s} {value:8.0f}")
+        print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

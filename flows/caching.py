@@ -1,0 +1,127 @@
+"""Skipping work that has not changed, beyond what `dvc repro` already skips.
+
+DVC keys prepare, train, baseline and evaluate on the hashes of their inputs and params. Around
+them the flow skips, by content:
+
+- ingest, when the source's content (`source_fingerprint`: every file's sha256, never a
+  timestamp), the ingest params, the de-identification salt and the ingest code are those of the
+  last ingest and `dvc add` finds `data/ingest` at the version recorded for it;
+- registering, gating, packaging and smoke-testing, when the model that evaluate just scored is
+  the production model of that name (same weights, same dataset and test data versions, same
+  gate policy): the run reports the production version as reused instead of registering a
+  duplicate and building a second Bento of the same weights (`unchanged_production`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from components.artifacts import IngestedDataset, to_dict
+from components.config import GateConfig, IngestConfig
+from registry import repository as repo
+from registry.models import ModelVersion
+
+INGEST_CACHE = "ingest_cache.json"
+# Source modules whose code decides what ingest writes.
+_INGEST_CODE = ("ingest.py", "deid.py", "artifacts.py")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The content hash of a source and how many files it covers."""
+
+    digest: str
+    files: int
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def source_fingerprint(path: Path) -> Fingerprint:
+    """sha256 over (relative path, content sha256) of every file under `path` (or of the file).
+
+    Renaming, adding, changing or removing a file changes it; touching one does not.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+    """
+    path = Path(path)
+    if path.is_file():
+        return Fingerprint(hashlib.sha256(f"{path.name}\0{_file_sha256(path)}".encode()).hexdigest(), 1)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: source not found")
+    digest, count = hashlib.sha256(), 0
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            file = Path(root) / name
+            digest.update(f"{file.relative_to(path).as_posix()}\0{_file_sha256(file)}\n".encode())
+            count += 1
+    return Fingerprint(digest.hexdigest(), count)
+
+
+def ingest_key(source_dir: Path, cfg: IngestConfig, salt: str) -> str:
+    """What an ingest's outputs depend on: source content, ingest params, salt and ingest code."""
+    code = Path(__file__).resolve().parents[1] / "components"
+    digest = hashlib.sha256(source_fingerprint(source_dir).digest.encode())
+    digest.update(cfg.model_dump_json().encode())
+    digest.update(hashlib.sha256(salt.encode()).digest())
+    for module in _INGEST_CODE:
+        digest.update((code / module).read_bytes())
+    return digest.hexdigest()
+
+
+def cached_ingest(state_dir: Path, key: str) -> tuple[IngestedDataset, str] | None:
+    """The dataset and DVC version of the last ingest when it had this key and its manifest exists."""
+    try:
+        record = json.loads((state_dir / INGEST_CACHE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if record.get("key") != key:
+        return None
+    fields: dict[str, Any] = record["dataset"]
+    dataset = IngestedDataset(
+        **{**fields, "manifest": Path(fields["manifest"]), "class_names": tuple(fields["class_names"]),
+           "problems": tuple(fields["problems"])}
+    )
+    return (dataset, record["version"]) if dataset.manifest.exists() else None
+
+
+def remember_ingest(state_dir: Path, key: str, dataset: IngestedDataset, version: str) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = state_dir / f"{INGEST_CACHE}.tmp"
+    tmp.write_text(json.dumps({"key": key, "version": version, "dataset": to_dict(dataset)}, default=list))
+    os.replace(tmp, state_dir / INGEST_CACHE)
+
+
+def unchanged_production(
+    session: Session, name: str, weights_sha256: str, dataset_version: str, test_data_version: str, gate: GateConfig
+) -> ModelVersion | None:
+    """The production version of `name` when it is this very model under the same gate policy.
+
+    Same weights (sha256 of model.pt), trained on the same dataset version, tested on the same
+    test data, and gated by the policy the run that made it had: gating it again could only
+    repeat that decision, and packaging it again would build a second Bento of the same weights.
+    """
+    production = repo.get_champion(session, name)
+    if production is None or production.bento_tag is None:
+        return None
+    if (production.artifact_sha256, production.dataset_version, production.test_data_version) != (
+        weights_sha256, dataset_version, test_data_version
+    ):
+        return None
+    run_gate = GateConfig.model_validate((production.run.params or {}).get("gate", {}))
+    return production if run_gate.policy_for(name) == gate.policy_for(name) else None

@@ -1,0 +1,225 @@
+"""`medgate retrain | schedule | watch | server | sweep`: retraining an operator can leave running."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from flows.cli_common import WorkspaceOpt, console, sessions_for
+from flows.settings import get_settings
+
+EXIT_BUSY = 4
+WaitOpt = typer.Option(0.0, "--wait", help="Seconds to wait for another run on this workspace to finish (default: refuse at once).")
+
+
+def resolve_source(dataset: str | None) -> str:
+    """The flow's `source` for a --dataset value: the embedded cohort, or an existing path, resolved."""
+    from flows.pipeline import DEFAULT_SOURCE
+
+    if not dataset:
+        return DEFAULT_SOURCE
+    path = Path(dataset).expanduser()
+    if not path.exists():
+        console.print(f"[red]error:[/] dataset {dataset}: no such file or folder")
+        raise typer.Exit(2)
+    return str(path.resolve())
+
+
+def launch(source: str, workspace: Path | None, trigger: str, wait_s: float) -> dict[str, Any]:
+    """Run the training flow and print its summary; exit 3 on failed validation, 4 on a busy workspace, 1 on other failures."""
+    from flows.cli import print_summary
+    from flows.lock import WorkspaceBusy
+    from flows.pipeline import ValidationFailed
+    from flows.retrain import run_training
+
+    try:
+        summary = run_training(source, str(workspace) if workspace else None, trigger, wait_s)
+    except ValidationFailed as exc:
+        console.print(f"[red]validation failed[/]: {exc}")
+        raise typer.Exit(3)
+    except WorkspaceBusy as exc:
+        console.print(f"[red]refused[/]: {exc}")
+        raise typer.Exit(EXIT_BUSY)
+    except Exception as exc:  # the flow already recorded the failure; say what and where
+        console.print(f"[red]run failed[/]: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1)
+    print_summary(summary)
+    return summary
+
+
+def last_source(workspace: Path | None) -> str | None:
+    """The source of the workspace's most recent run that recorded a dataset."""
+    from sqlalchemy import select
+
+    from registry.models import Dataset, Run
+
+    with sessions_for(workspace)() as session:
+        stmt = select(Dataset.source).join(Run, Run.dataset_id == Dataset.id).order_by(Run.id.desc()).limit(1)
+        return session.scalar(stmt)
+
+
+def retrain(
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Source to retrain on (default: the source of the last run, else the embedded cohort)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    wait: float = WaitOpt,
+) -> None:
+    """A retraining run on the newest content of the data (same flow as `medgate run`, trigger `retrain`).
+
+    Unchanged data, code and params train nothing: DVC reuses every stage, and a model identical to
+    production is reported as reused, not registered again.
+    """
+    source = resolve_source(dataset or last_source(workspace))
+    launch(source, workspace, "retrain", wait)
+
+
+def schedule(
+    cron: Optional[str] = typer.Option(None, "--cron", help='Cron expression, e.g. "0 3 * * *" (default: retrain.cron in params.yaml).'),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Source each scheduled run retrains on (default: the embedded cohort)."),
+    list_: bool = typer.Option(False, "--list", help="Show medgate's schedules on the Prefect server and their next runs."),
+    as_json: bool = typer.Option(False, "--json", help="With --list: JSON."),
+    workspace: Optional[Path] = WorkspaceOpt,
+) -> None:
+    """Register a Prefect deployment that retrains on a cron schedule, and serve it (runs until Ctrl-C).
+
+    Needs a Prefect server (`medgate server`, then PREFECT_API_URL=http://127.0.0.1:4200/api).
+    """
+    from components.config import load_params
+    from flows.retrain import NoPrefectServer, list_schedules, retrain_deployment, serve_deployments
+
+    try:
+        if list_:
+            _print_schedules(list_schedules(), as_json)
+            return
+        ws = get_settings(workspace).workspace
+        expr = cron or load_params(ws / "params.yaml").retrain.cron
+        if not expr:
+            console.print("[red]error:[/] give --cron EXPR (or set retrain.cron in params.yaml)")
+            raise typer.Exit(2)
+        _check_cron(expr)
+        serve_deployments(retrain_deployment(ws, resolve_source(dataset), expr))
+    except NoPrefectServer as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2)
+
+
+def _check_cron(expr: str) -> None:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=expr)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] --cron {expr!r} is not a valid cron expression: {exc}")
+        raise typer.Exit(2)
+
+
+def _print_schedules(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        console.print("no medgate schedules on this Prefect server (medgate schedule --cron EXPR, medgate watch SOURCE --serve)")
+        return
+    table = Table(title="medgate schedules")
+    for column in ("deployment", "schedule", "served", "source", "next runs"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            r["deployment"], "; ".join(r["schedules"]) or "-", "yes" if r["served"] else "no",
+            str(r["parameters"].get("source", "-")), "\n".join(r["next_runs"]) or "-",
+        )
+    console.print(table)
+
+
+def watch(
+    source: str = typer.Argument(..., help="Folder or file to watch (DICOM folder with labels.csv, PNG class folders, .npz)."),
+    interval: Optional[float] = typer.Option(None, "--interval", help="Seconds between looks (default: retrain.watch_interval_s)."),
+    once: bool = typer.Option(False, "--once", help="Look once, retrain if changed, and exit."),
+    serve: bool = typer.Option(False, "--serve", help="Register a Prefect deployment that looks on that interval, and serve it."),
+    workspace: Optional[Path] = WorkspaceOpt,
+) -> None:
+    """Retrain whenever SOURCE's content changes (new, changed or removed files, by content hash)."""
+    from components.config import load_params
+    from flows.retrain import NoPrefectServer, serve_deployments, watch_deployment, watch_flow
+
+    path = Path(resolve_source(source))
+    ws = get_settings(workspace).workspace
+    every = interval if interval is not None else load_params(ws / "params.yaml").retrain.watch_interval_s
+    if serve:
+        try:
+            serve_deployments(watch_deployment(ws, str(path), every))
+        except NoPrefectServer as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2)
+        return
+    console.print(f"watching {path} every {every:.0f} s (content hash); Ctrl-C to stop")
+    while True:
+        try:
+            outcome = watch_flow(str(path), str(ws))
+            if outcome["changed"]:
+                from flows.cli import print_summary
+
+                print_summary(outcome["run"])
+        except Exception as exc:  # one failed run must not end the watch; it is recorded and retried
+            console.print(f"[red]run failed[/]: {type(exc).__name__}: {exc}")
+            if once:
+                raise typer.Exit(1)
+        if once:
+            return
+        time.sleep(every)
+
+
+def server(
+    port: int = typer.Option(4200, "--port"),
+    database_url: Optional[str] = typer.Option(
+        None, "--database-url", envvar="MEDGATE_PREFECT_DATABASE_URL",
+        help="The server's database, e.g. postgresql+asyncpg://user:pw@host:5432/prefect (default: SQLite in PREFECT_HOME).",
+    ),
+) -> None:
+    """Start a Prefect server on 127.0.0.1 (the UI and the API that schedules need); Ctrl-C stops it."""
+    env = dict(os.environ)
+    if database_url:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    url = f"http://127.0.0.1:{port}"
+    console.print(f"Prefect server on {url} (UI), database {'PostgreSQL' if database_url and database_url.startswith('postgresql') else 'SQLite'}")
+    console.print(f"point runs at it:  export PREFECT_API_URL={url}/api")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env)
+    try:
+        raise typer.Exit(proc.wait())
+    except KeyboardInterrupt:
+        proc.terminate()
+        raise typer.Exit(proc.wait(timeout=30))
+
+
+def sweep(
+    grid: list[str] = typer.Option(..., "--grid", "-g", help="A train param and its values, e.g. -g learning_rate=0.001,0.003 -g model.width=16,32."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Source (default: the embedded cohort)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    wait: float = WaitOpt,
+) -> None:
+    """A grid of training trials fanned out over the task runner; the best (validation AUC) goes through the gate."""
+    from flows.sweep import parse_grid, sweep_flow
+
+    try:
+        axes = parse_grid(grid)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2)
+    ws = get_settings(workspace).workspace
+    result = sweep_flow(resolve_source(dataset), str(ws), axes, wait)
+    table = Table(title=f"sweep: {len(result['trials'])} trials, best {result['best']['overrides']}")
+    for column in ("trial", "overrides", "validation AUC", "best epoch"):
+        table.add_column(column)
+    for t in result["trials"]:
+        table.add_row(str(t["trial"]), json.dumps(t["overrides"]), f"{t['val_auc']:.4f}", str(t["best_epoch"]))
+    console.print(table)
+    from flows.cli import print_summary
+
+    print_summary(result["run"])
