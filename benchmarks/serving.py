@@ -1,14 +1,18 @@
 """Serving benchmark: the production model called in-process against its Bento served on 127.0.0.1.
 
     python benchmarks/serving.py [--workspace DIR] [--bento TAG] [--concurrency 1,8,32,64]
-                                 [--requests 400] [--seconds 15] [--via-supervisor] [--json PATH]
+                                 [--requests 400] [--seconds 15] [--batch-images 16]
+                                 [--via-supervisor] [--api-workers N] [--json PATH]
 
 In one run it measures
 - the raw model: the network of the Bento's pinned model, loaded from the BentoML store, called
   in-process on preprocessed input with the Bento's own intra-op thread setting; latency at batch 1
   and throughput at every power-of-two batch size up to the Bento's `max_batch_size`;
 - the service: `/predict` with a `.npy` upload over HTTP, p50/p95/p99 latency, requests per second
-  and errors (anything but 200) at each concurrency level, bounded by `--requests` and `--seconds`;
+  and errors (anything but 200) at each concurrency level, bounded by `--requests` and `--seconds`,
+  and the CPU time the server's processes spent per request (which the machine's other load
+  disturbs less than the wall-clock figures);
+- `/predict_batch` with `--batch-images` images per request at concurrency 8, in images per second;
 - with `--via-supervisor`, the same levels again through `medgate serve`'s reloading proxy.
 
 The Bento is `--bento`, else the workspace registry's latest production Bento, else a stand-in built
@@ -32,6 +36,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,7 @@ from flows.settings import configure_offline, get_settings
 C1_SLACK_MS = 5.0
 THROUGHPUT_SHARE = 0.60
 TARGET_CONCURRENCY = 32
+BATCH_CONCURRENCY = 8  # of the /predict_batch measurement
 
 
 @dataclass
@@ -69,7 +75,8 @@ class LevelResult:
     p50_ms: float
     p95_ms: float
     p99_ms: float
-    server_cpu_ms: float | None  # CPU time of the Bento's processes per request (proxy not included)
+    server_cpu_ms: float | None  # CPU time per request of the Bento's processes (and the proxy's thread)
+    images: int = 1  # per request: 1 for /predict, more for /predict_batch
     error_samples: list[str] = field(default_factory=list)
 
     @property
@@ -101,19 +108,26 @@ def main(argv: list[str] | None = None) -> int:
             routes.append(("supervisor", lambda: _serve_supervised(bento_tag, stack)))
         levels: list[LevelResult] = []
         for route, start in routes:
-            base_url, ready_s, server_pid = start()
+            base_url, ready_s, cpu_probe = start()
             print(f"{route}: ready in {ready_s:.1f} s at {base_url}")
             levels += asyncio.run(
                 measure_service(
-                    base_url,
-                    route,
-                    payload,
-                    args.concurrency,
-                    args.requests,
-                    args.seconds,
-                    cpu_probe=lambda pid=server_pid: _tree_cpu_s(pid),
+                    base_url, route, payload, args.concurrency, args.requests, args.seconds, cpu_probe=cpu_probe
                 )
             )
+            if args.batch_images > 1 and route == "bento":
+                levels += asyncio.run(
+                    measure_service(
+                        base_url,
+                        route,
+                        payload,
+                        [BATCH_CONCURRENCY],
+                        max(4 * BATCH_CONCURRENCY, args.requests // args.batch_images),
+                        args.seconds,
+                        cpu_probe=cpu_probe,
+                        images=args.batch_images,
+                    )
+                )
     load_after = os.getloadavg()
     report = _report(raw, levels, load_before, load_after)
     if args.json:
@@ -170,19 +184,23 @@ async def measure_service(
     levels: list[int],
     max_requests: int,
     max_seconds: float,
-    cpu_probe: Any = None,
+    cpu_probe: Callable[[], float] | None = None,
+    images: int = 1,
 ) -> list[LevelResult]:
-    """`/predict` at each concurrency level: `max_requests` (or `max_seconds`) after a short warm-up.
+    """`/predict` (or `/predict_batch` with `images` per request) at each concurrency level:
+    `max_requests` (or `max_seconds`) after a short warm-up.
 
     `cpu_probe()`: CPU seconds used so far by the server, to report its CPU time per request.
     """
     import aiohttp
 
     boundary = "medgate-benchmark-boundary"
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="image.npy"\r\n'
+    path, field_name = ("/predict", "image") if images == 1 else ("/predict_batch", "images")
+    part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; filename="image.npy"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+    ).encode() + payload + b"\r\n"
+    body = part * images + f"--{boundary}--\r\n".encode()
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     if key := os.environ.get("MEDGATE_API_KEY"):
         headers["Authorization"] = f"Bearer {key}"
@@ -191,14 +209,15 @@ async def measure_service(
         connector = aiohttp.TCPConnector(limit=concurrency)
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(base_url, connector=connector, timeout=timeout) as session:
-            await _load(session, body, headers, concurrency, concurrency * 2, 30.0)  # warm-up, not counted
+            await _load(session, path, body, headers, concurrency, concurrency * 2, 30.0)  # warm-up, not counted
             cpu_before = cpu_probe() if cpu_probe else None
-            r = await _load(session, body, headers, concurrency, max_requests, max_seconds, route=route)
-            if cpu_before is not None and r.requests:
+            r = await _load(session, path, body, headers, concurrency, max_requests, max_seconds, route=route)
+            r.images = images
+            if cpu_before is not None and cpu_probe is not None and r.requests:
                 r.server_cpu_ms = (cpu_probe() - cpu_before) * 1000 / r.requests
             results.append(r)
         print(
-            f"  {route} c={concurrency}: {r.requests} requests, {r.per_s:.0f}/s, "
+            f"  {route} {path} c={concurrency}: {r.requests} requests, {r.per_s:.0f}/s, "
             f"p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, errors {r.errors}",
             flush=True,
         )
@@ -207,6 +226,7 @@ async def measure_service(
 
 async def _load(
     session: Any,
+    path: str,
     body: bytes,
     headers: dict[str, str],
     concurrency: int,
@@ -226,7 +246,7 @@ async def _load(
             issued += 1
             sent = time.perf_counter()
             try:
-                async with session.post("/predict", data=body, headers=headers) as resp:
+                async with session.post(path, data=body, headers=headers) as resp:
                     text = await resp.read()
                     if resp.status != 200:
                         errors.append(f"HTTP {resp.status}: {text[:120]!r}")
@@ -260,15 +280,15 @@ def _report(
     print("  " + ", ".join(f"batch {b}: {v:.0f}/s" for b, v in raw.per_batch.items()))
     print(f"  best: batch {best_size}, {best_per_s:.0f} images/s")
     print("  CPU ms per image: " + ", ".join(f"batch {b}: {v:.2f}" for b, v in raw.cpu_ms_per_image.items()))
-    print("\nservice /predict (one .npy image per request):")
+    print("\nservice: /predict with one .npy image per request (img/req 1), /predict_batch with more:")
     print(
-        f"  {'route':<11}{'conc':>5}{'requests':>10}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-        f"{'errors':>8}{'server CPU ms/req':>19}"
+        f"  {'route':<11}{'img/req':>8}{'conc':>5}{'requests':>10}{'req/s':>8}{'images/s':>9}{'p50 ms':>9}"
+        f"{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}{'server CPU ms/req':>19}"
     )
     for r in levels:
         cpu = f"{r.server_cpu_ms:.2f}" if r.server_cpu_ms is not None else "-"
         print(
-            f"  {r.route:<11}{r.concurrency:>5}{r.requests:>10}{r.per_s:>8.0f}"
+            f"  {r.route:<11}{r.images:>8}{r.concurrency:>5}{r.requests:>10}{r.per_s:>8.0f}{r.per_s * r.images:>9.0f}"
             f"{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}{r.p99_ms:>9.1f}{r.errors:>8}{cpu:>19}"
         )
         for sample in r.error_samples:
@@ -276,25 +296,29 @@ def _report(
     print(f"\nload average {_fmt_load(load_before)} before, {_fmt_load(load_after)} after")
     targets = []
     for route in dict.fromkeys(r.route for r in levels):
-        by_c = {r.concurrency: r for r in levels if r.route == route}
+        by_c = {r.concurrency: r for r in levels if r.route == route and r.images == 1}
         if TARGET_CONCURRENCY in by_c:
             share = by_c[TARGET_CONCURRENCY].per_s / best_per_s
-            targets.append(
-                (route, f"throughput at c={TARGET_CONCURRENCY} / raw best", share, THROUGHPUT_SHARE, share >= THROUGHPUT_SHARE)
-            )
+            name = f"throughput at c={TARGET_CONCURRENCY} / raw best"
+            targets.append((route, name, share, ">=", THROUGHPUT_SHARE, share >= THROUGHPUT_SHARE))
         if 1 in by_c:
             excess = by_c[1].p50_ms - raw.batch1_p50_ms
-            targets.append((route, "p50 at c=1 - raw batch-1 p50 (ms)", excess, C1_SLACK_MS, excess <= C1_SLACK_MS))
-        errors = sum(r.errors for r in by_c.values())
-        targets.append((route, "errors", errors, 0, errors == 0))
+            targets.append((route, "p50 at c=1 - raw batch-1 p50 (ms)", excess, "<=", C1_SLACK_MS, excess <= C1_SLACK_MS))
+        errors = sum(r.errors for r in levels if r.route == route)
+        targets.append((route, "errors", errors, "<=", 0, errors == 0))
+    for r in levels:
+        if r.images > 1:
+            share = r.per_s * r.images / best_per_s
+            name = f"images/s of /predict_batch x{r.images} / raw best"
+            targets.append((r.route, name, share, ">=", THROUGHPUT_SHARE, share >= THROUGHPUT_SHARE))
     print("\ntargets:")
-    for route, name, value, goal, met in targets:
+    for route, name, value, comparison, goal, met in targets:
         shown = f"{value:.2f}" if isinstance(value, float) else str(value)
-        print(f"  {route:<11}{name:<44}{shown:>8}  target {'>=' if 'throughput' in name else '<='} {goal}: {'met' if met else 'MISSED'}")
+        print(f"  {route:<11}{name:<48}{shown:>8}  target {comparison} {goal}: {'met' if met else 'MISSED'}")
     return {
         "raw": {**asdict(raw), "best_batch": best_size, "best_per_s": best_per_s},
         "service": [{**asdict(r), "per_s": r.per_s} for r in levels],
-        "targets": [dict(zip(("route", "target", "value", "goal", "met"), t)) for t in targets],
+        "targets": [dict(zip(("route", "target", "value", "comparison", "goal", "met"), t)) for t in targets],
         "load_average": {"before": load_before, "after": load_after},
         "cpus": os.cpu_count(),
     }
@@ -358,7 +382,7 @@ def _build_stand_in(home: Path, workspace: Path | None, package: dict[str, int])
     return build_bento(model_tag, package_cfg, {"purpose": "benchmark"}, serve_cfg=params.serve)
 
 
-def _serve_direct(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float, int]:
+def _serve_direct(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float, Callable[[], float]]:
     from components.package import find_free_port, serve_in_background, wait_until_ready
 
     port = find_free_port()
@@ -370,10 +394,10 @@ def _serve_direct(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, flo
     if problem:
         log.seek(0)
         raise SystemExit(f"{bento_tag}: {problem}\n{log.read().decode(errors='replace')[-3000:]}")
-    return base, time.perf_counter() - started, proc.pid
+    return base, time.perf_counter() - started, lambda: _tree_cpu_s(proc.pid)
 
 
-def _serve_supervised(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float, int]:
+def _serve_supervised(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float, Callable[[], float]]:
     from components.package import find_free_port
     from services.supervisor import run_in_thread
 
@@ -382,7 +406,12 @@ def _serve_supervised(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str,
     started = time.perf_counter()
     handle = stack.enter_context(run_in_thread(lambda: bento_tag, port, backend_log=log, poll_s=0))
     assert handle.backend is not None
-    return f"http://127.0.0.1:{port}", time.perf_counter() - started, handle.backend.proc.pid
+    backend_pid = handle.backend.proc.pid
+
+    def cpu_s() -> float:  # the Bento's processes and the proxy's thread
+        return _tree_cpu_s(backend_pid) + _stat_cpu_s(Path(f"/proc/self/task/{handle.thread_id}/stat"))
+
+    return f"http://127.0.0.1:{port}", time.perf_counter() - started, cpu_s
 
 
 def _stored_image(model_dir: Path) -> np.ndarray:
@@ -405,15 +434,24 @@ def _timed_calls(fn: Any, budget_s: float, min_calls: int) -> list[float]:
     return times
 
 
+def _read_stat(stat: Path) -> tuple[int, float]:
+    """(parent pid, user + system CPU seconds) from a /proc stat file."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stat_cpu_s(stat: Path) -> float:
+    return _read_stat(stat)[1]
+
+
 def _tree_cpu_s(pid: int) -> float:
     """User + system CPU seconds of process `pid` and everything below it (Linux /proc)."""
     stats: dict[int, tuple[int, float]] = {}
     for path in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = path.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            stats[int(path.parent.name)] = _read_stat(path)
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
             continue
-        stats[int(path.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
     tree, todo = {pid}, [pid]
     while todo:
         parent = todo.pop()
@@ -455,6 +493,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=15.0, help="time limit per level")
     parser.add_argument("--raw-seconds", type=float, default=8.0, help="time for the in-process measurements")
     parser.add_argument("--via-supervisor", action="store_true", help="also measure through medgate serve's proxy")
+    parser.add_argument(
+        "--batch-images", type=int, default=16, help="also /predict_batch with this many images per request (0: no)"
+    )
     parser.add_argument("--api-workers", type=int, help="stand-in only: override package.api_workers")
     parser.add_argument("--max-batch-size", type=int, help="stand-in only: override package.max_batch_size")
     parser.add_argument("--json", help="write the figures to this file")

@@ -45,7 +45,7 @@ class IngestedDataset:
 
     manifest: Path
     source: str
-    kind: str  # dicom | png | npz
+    kind: str  # dicom | nifti | png | npz
     num_images: int
     num_patients: int
     class_names: tuple[str, ...]
@@ -59,8 +59,9 @@ class ValidationResult:
     success: bool
     report_html: Path
     report_json: Path
-    failed_expectations: tuple[str, ...]
+    failed_expectations: tuple[str, ...]  # the blocking checks that failed ("check: expectation")
     statistics: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # the warning checks that failed
 
 
 @dataclass(frozen=True)

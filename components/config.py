@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Section(BaseModel):
@@ -35,17 +35,69 @@ class IngestConfig(_Section):
     # Class order (index 1 is the positive class of a binary task); labels outside it are reported and
     # skipped. Empty: numeric names by value, else a "normal"-like name first, then alphabetical.
     class_names: tuple[str, ...] = ()
+    # Decoding processes (0: every core this process may use; 1: decode in this process).
+    workers: int = 0
+    # Images per shard file (images/<NNNNN>.npz), which is also one unit of a decoding process's work.
+    shard_size: int = 256
+    # Where medmnist:<name> is fetched from when <data root>/<name>.npz is absent ({name} is replaced);
+    # empty: never download. The timeout bounds each network operation, so offline runs fail fast.
+    medmnist_url: str = "https://zenodo.org/records/10519652/files/{name}.npz?download=1"
+    download_timeout_s: float = 10.0
+
+
+Severity = Literal["blocking", "warning"]
+
+# Every check of components/validate.py, and whether its failure stops the run (blocking) or is only
+# reported (warning). params.yaml's validate.severity overrides single entries.
+DEFAULT_SEVERITY: dict[str, Severity] = {
+    "schema": "blocking", "not_null": "blocking", "unique_image_ids": "blocking", "row_count": "blocking",
+    "label_set": "blocking", "class_balance": "blocking", "splits": "blocking",
+    "patient_leakage": "blocking", "duplicates_across_splits": "blocking", "duplicate_images": "warning",
+    "image_kind": "blocking", "image_size": "blocking", "dtype": "blocking", "spacing": "warning",
+    "intensity_range": "blocking", "constant_images": "blocking", "modality": "blocking",
+    "photometric": "blocking",
+}
 
 
 class ValidateConfig(_Section):
     min_rows: int = 10
     max_rows: int = 2_000_000
-    # Intensity range the stored pixels must lie in (HU for CT, 0-255 for 8-bit images).
-    intensity_min: float = -2048.0
-    intensity_max: float = 65535.0
-    min_size: int = 8
+    min_size: int = 8  # height, width (and depth of volumes) in pixels
     max_size: int = 4096
+    # Class balance: each class's share of all images must lie in [min, max].
     min_class_fraction: float = 0.01
+    max_class_fraction: float = 0.99
+    dtypes: tuple[str, ...] = ("uint8", "uint16", "int16", "int32", "float32")
+    # Stored intensity range per modality (the manifest's `modality`; `default` for the rest and for
+    # sources without one): Hounsfield units for CT, 0-255 for 8-bit images.
+    intensity: dict[str, Bound] = Field(default_factory=lambda: {
+        "CT": Bound(lower=-3100.0, upper=4100.0), "default": Bound(lower=-2048.0, upper=65535.0)})
+    spacing_mm: Bound = Field(default_factory=lambda: Bound(lower=0.01, upper=20.0))
+    modalities: tuple[str, ...] = ("CT", "MR", "CR", "DX", "MG", "US", "PT", "NM", "XA", "RF", "OT", "SC")
+    photometric: tuple[str, ...] = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
+    severity: dict[str, Severity] = Field(default_factory=lambda: dict(DEFAULT_SEVERITY))
+    # The report: thumbnails and histogram samples per class, files listed per failed check.
+    thumbnails_per_class: int = 8
+    histogram_images_per_class: int = 64
+    max_listed_files: int = 50
+
+    @field_validator("severity")
+    @classmethod
+    def _known_checks(cls, value: dict[str, Severity]) -> dict[str, Severity]:
+        unknown = sorted(set(value) - set(DEFAULT_SEVERITY))
+        if unknown:
+            raise ValueError(f"unknown check(s) {unknown}; known: {sorted(DEFAULT_SEVERITY)}")
+        return {**DEFAULT_SEVERITY, **value}
+
+
+class DriftConfig(_Section):
+    """Differences from the data the production model trained on are always reported; a bound set
+    here makes exceeding it a blocking failure of validation."""
+
+    max_class_share_change: float | None = None  # largest absolute change of one class's share of images
+    max_intensity_ks: float | None = None  # Kolmogorov-Smirnov distance of the per-image mean intensities
+    max_size_change: float | None = None  # largest relative change of the median height, width or depth
+    max_site_share_change: float | None = None  # largest absolute change of one site's share of images
 
 
 class PrepareConfig(_Section):
@@ -63,7 +115,7 @@ class PrepareConfig(_Section):
 class ModelConfig(_Section):
     # auto: a 2D ResNet for images, a 3D ResNet for volumes.
     family: Literal["auto", "resnet", "densenet", "efficientnet", "resnet3d", "cnn_rnn"] = "auto"
-    width: int = 32  # channels of the first block
+    width: int = 16  # channels of the first block
     depth: Literal[10, 18, 34] = 10  # ResNet depth (resnet, resnet3d and the cnn_rnn encoder)
     dropout: float = 0.1
     rnn_hidden: int = 64
@@ -95,7 +147,8 @@ class TrainConfig(_Section):
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
-    patience: int = 5  # epochs without a better validation AUC before stopping (in the second half of the schedule)
+    patience: int = 10  # epochs without a better validation AUC before stopping...
+    early_stopping_after: float = 0.5  # ...once this share of the planned epochs has run
     seed: int = 0
     num_threads: int = 0  # 0: every core this process may use
     # Class imbalance: weight the loss by inverse class frequency, or sample batches class-balanced.
@@ -221,6 +274,7 @@ class Params(_Section):
     cohort: CohortConfig = CohortConfig()
     ingest: IngestConfig = IngestConfig()
     validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
+    drift: DriftConfig = DriftConfig()
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
     baseline: BaselineConfig = BaselineConfig()

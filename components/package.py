@@ -1,4 +1,5 @@
-"""Package a trained model: BentoML model store entry, a Bento pinned to it, and a smoke test of the Bento.
+"""Package a trained model: BentoML model store entry, a Bento pinned to it, a smoke test of the Bento,
+and the commands that serve it (`bentoml serve`) or build its container image (`bentoml containerize`).
 
 The Bento carries the service (`services/`) and the training code it imports (`components/`:
 `transforms.preprocess`, `models.load_model`, `ingest.decode_image`) as files, plus

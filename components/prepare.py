@@ -17,7 +17,7 @@ import pandas as pd
 
 from components.artifacts import SPLITS, SUBGROUP_COLUMNS, PreparedDataset
 from components.config import PrepareConfig, load_params
-from components.ingest import NEGATIVE_CLASS_NAMES
+from components.ingest import NEGATIVE_CLASS_NAMES, ImageStore
 from components.transforms import Preprocessing, preprocess
 
 DATASET_FILE = "dataset.json"
@@ -101,8 +101,9 @@ def prepare_dataset(manifest_path: Path, cfg: PrepareConfig, out_dir: Path) -> P
     for split in SPLITS:
         rows = manifest[manifest["split"] == split].sort_values("image_id")
         images = np.zeros((len(rows), *spec.input_shape), dtype=np.float32)
-        for i, rel in enumerate(rows["path"]):
-            images[i] = preprocess(np.load(root / rel, allow_pickle=False), spec)
+        with ImageStore(root) as store:  # rows point into the ingest's image shards
+            for i, rel in enumerate(rows["path"]):
+                images[i] = preprocess(store.load(rel), spec)
         labels = rows["label"].map(label_index).to_numpy(dtype=np.int64)
         np.savez(out_dir / f"{split}.npz", images=images, labels=labels)
         rows[keep].to_csv(out_dir / f"{split}.csv", index=False)

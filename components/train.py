@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ from torch import nn
 
 from components import models, transforms
 from components.artifacts import TrainedModel
+from components.distributed import SINGLE, Replica, global_loss, join_process_group, leave_process_group, under_torchrun
 from components.config import TrainConfig, load_params
 from components.models import ModelSpec, build_model, file_sha256, resolve_family, save_model
 from components.prepare import DATASET_FILE, load_split, read_dataset_info
@@ -155,6 +157,7 @@ def train_model(
     out_dir: Path,
     state_dir: Path | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    replica: Replica = SINGLE,
 ) -> TrainedModel:
     """Train on `data_dir` (written by prepare) and save the best-validation-AUC model in `out_dir`.
 
@@ -164,6 +167,7 @@ def train_model(
         out_dir: receives model.pt, model.json, history.json and training.json.
         state_dir: where the resumable checkpoint lives (default `out_dir`).
         on_epoch: called with each epoch's history record after its checkpoint is written.
+        replica: this process's place under torchrun (components.distributed); rank 0 writes the files.
     """
     started_wall = time.monotonic()
     threads = set_threads(cfg.num_threads)
@@ -181,6 +185,7 @@ def train_model(
     weights = class_weights(y_train, len(class_names))
     loss_weights = torch.tensor(weights if cfg.class_balance == "weighted_loss" else np.ones(len(class_names)), dtype=torch.float32)
     criterion = nn.CrossEntropyLoss(weight=loss_weights.to(device), label_smoothing=cfg.label_smoothing)
+    criterion_sum = nn.CrossEntropyLoss(weight=loss_weights.to(device), label_smoothing=cfg.label_smoothing, reduction="sum")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     augment_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -190,7 +195,7 @@ def train_model(
     augment = BatchAugmentation(cfg.augment, len(input_shape) - 1, augment_gen)
     ema = _Ema(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     on_gpu = device.type == "cuda"
-    net: nn.Module = torch.compile(model) if on_gpu and cfg.compile else model  # type: ignore[assignment]
+    net: nn.Module = torch.compile(replica.wrap(model, device)) if on_gpu and cfg.compile else replica.wrap(model, device)  # type: ignore[assignment]
     eval_model = build_model(cfg.model, input_shape, len(class_names)).to(device) if ema else model
 
     history: list[dict[str, float]] = []
@@ -239,10 +244,16 @@ def train_model(
                 t0 = time.monotonic()
                 images = augment(torch.from_numpy(x_train[idx.numpy()]).to(device, non_blocking=True))
                 labels = torch.from_numpy(y_train[idx.numpy()]).to(device, non_blocking=True)
+                if replica.distributed and len(idx) < 2 * replica.world_size:
+                    continue  # a slice of one image cannot train BatchNorm
+                if replica.distributed:  # every replica drew the same global batch; each trains on its slice
+                    global_weight = criterion_sum.weight[labels].sum()
+                    images, labels = replica.shard(images), replica.shard(labels)
                 data_seconds += time.monotonic() - t0
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu and cfg.amp):
-                    loss = criterion(net(images), labels)
+                    logits = net(images)
+                    loss = global_loss(criterion_sum, logits, labels, global_weight, replica) if replica.distributed else criterion(logits, labels)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
@@ -268,13 +279,14 @@ def train_model(
                 stale = 0
             else:
                 stale += 1
-            # Not in the first half: there the one-cycle learning rate is high and validation AUC noisy.
-            if stale >= cfg.patience and 2 * epoch >= epochs:
+            # Not early in the schedule: there the one-cycle learning rate is high and validation AUC noisy.
+            if stale >= cfg.patience and epoch >= cfg.early_stopping_after * epochs:
                 stopped = "early stopping"
             elif time.monotonic() > deadline:
                 stopped = "time limit"
-            finished = epoch == epochs or stopped != "epochs"
-            write_checkpoint(epoch)
+            finished = replica.agree(epoch == epochs or stopped != "epochs")
+            if replica.is_main:
+                write_checkpoint(epoch)
             progress.update(task, completed=epoch, status=f"loss {record['train_loss']:.3f} val_auc {val_auc:.3f}")
             progress.console.print(
                 f"epoch {epoch}/{epochs}: loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, val AUC {val_auc:.4f}, "
@@ -289,6 +301,8 @@ def train_model(
     if best["epoch"] == 0:  # validation AUC never defined (one class in val): keep the last epoch
         best = {**best, "epoch": len(history), "weights": _copy_state(eval_model)}
     model.load_state_dict(best["weights"])
+    if not replica.is_main:
+        return TrainedModel(out_dir / models.WEIGHTS_FILE, resolve_family(cfg.model, input_shape), best["epoch"], best["auc"])
     spec = ModelSpec(cfg.model, input_shape, class_names, Preprocessing.from_dict(info["preprocessing"]))
     save_model(model, spec, out_dir)
     (out_dir / HISTORY_FILE).write_text(json.dumps(history, indent=2))
@@ -308,6 +322,7 @@ def train_model(
         "data_fraction": sum(h["data_seconds"] for h in history) / max(train_seconds, 1e-9),
         "device": device.type,
         "threads": threads,
+        "processes": replica.world_size,
         "this_call_seconds": time.monotonic() - started_wall,
     }
     (out_dir / TRAINING_FILE).write_text(json.dumps(summary, indent=2))
@@ -321,8 +336,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--state", type=Path, default=None, help="folder of the resumable checkpoint (default: --out)")
     args = parser.parse_args()
-    result = train_model(args.data, load_params(args.params).train, args.out, args.state)
-    print(f"train: {result.family}, best epoch {result.best_epoch}, validation AUC {result.best_val_auc:.4f}")
+    params = load_params(args.params)
+    processes = params.orchestration.train_processes
+    if processes > 1 and not torch.distributed.is_torchelastic_launched():
+        raise SystemExit(under_torchrun(processes, "components.train", sys.argv[1:]))
+    replica = join_process_group(resolve_device(params.train).type)
+    try:
+        result = train_model(args.data, params.train, args.out, args.state, replica=replica)
+    finally:
+        leave_process_group()
+    if replica.is_main:
+        print(f"train: {result.family}, best epoch {result.best_epoch}, validation AUC {result.best_val_auc:.4f}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from flows.cli_common import WorkspaceOpt, _fmt, console
+from flows.cli_data import data_app
 from flows.cli_audit import audit
 from flows.cli_deploy import deploy, serve
 from flows.cli_models import models_app
@@ -19,6 +20,7 @@ from flows.settings import configure_offline
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="medgate: from medical images to a gated, served model.")
 app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
 app.command("audit")(audit)
 app.command("report")(report)
 app.command("serve")(serve)
@@ -47,6 +49,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     if metrics := summary.get("metrics"):
         keys = ("auc", "auc_ci_lower", "auc_ci_upper", "accuracy", "sensitivity", "specificity", "f1", "ece")
         console.print("test metrics: " + ", ".join(f"{k} {_fmt(metrics.get(k))}" for k in keys if k in metrics))
+        if training := summary.get("training"):
+            resumed = f", resumed after epoch {training['resumed_after_epoch']}" if training.get("resumed_after_epoch") else ""
+            console.print(f"training: {training['family']}, epoch {training['best_epoch']} of {training['epochs_run']} kept ({training['stopped']}{resumed}), "
+                          f"{training['train_seconds']:.0f} s, {training['images_per_second']:.0f} images/s on {training['device']}")
         if "baseline_auc" in metrics:
             console.print(f"classical baseline: auc {_fmt(metrics['baseline_auc'])}, accuracy {_fmt(metrics.get('baseline_accuracy'))}; network auc - baseline {_fmt(metrics.get('auc_minus_baseline'))}")
     if gate := summary.get("gate"):
@@ -72,7 +78,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 @app.command()
 def run(
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="DICOM folder with labels.csv, PNG/JPEG class folders, or a MedMNIST .npz; default: the embedded cohort."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="DICOM or NIfTI folder with labels.csv, PNG/JPEG class folders, a MedMNIST .npz or medmnist:<name>; default: the embedded cohort."),
     workspace: Optional[Path] = WorkspaceOpt,
     wait: float = WaitOpt,
 ) -> None:

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,6 +28,8 @@ def resolve_source(dataset: str | None) -> str:
 
     if not dataset:
         return DEFAULT_SOURCE
+    if dataset.startswith("medmnist:"):  # resolved in the data root by the flow (flows.datasets.source_path)
+        return dataset
     path = Path(dataset).expanduser()
     if not path.exists():
         console.print(f"[red]error:[/] dataset {dataset}: no such file or folder")
@@ -33,15 +37,14 @@ def resolve_source(dataset: str | None) -> str:
     return str(path.resolve())
 
 
-def launch(source: str, workspace: Path | None, trigger: str, wait_s: float) -> dict[str, Any]:
-    """Run the training flow and print its summary; exit 3 on failed validation, 4 on a busy workspace, 1 on other failures."""
-    from flows.cli import print_summary
+@contextmanager
+def flow_errors() -> Iterator[None]:
+    """Exit 3 on failed validation, 4 on a busy workspace, 1 on any other failure, saying which."""
     from flows.lock import WorkspaceBusy
     from flows.pipeline import ValidationFailed
-    from flows.retrain import run_training
 
     try:
-        summary = run_training(source, str(workspace) if workspace else None, trigger, wait_s)
+        yield
     except ValidationFailed as exc:
         console.print(f"[red]validation failed[/]: {exc}")
         raise typer.Exit(3)
@@ -51,6 +54,15 @@ def launch(source: str, workspace: Path | None, trigger: str, wait_s: float) -> 
     except Exception as exc:  # the flow already recorded the failure; say what and where
         console.print(f"[red]run failed[/]: {type(exc).__name__}: {exc}")
         raise typer.Exit(1)
+
+
+def launch(source: str, workspace: Path | None, trigger: str, wait_s: float) -> dict[str, Any]:
+    """Run the training flow and print its summary (exit codes: `flow_errors`)."""
+    from flows.cli import print_summary
+    from flows.retrain import run_training
+
+    with flow_errors():
+        summary = run_training(source, str(workspace) if workspace else None, trigger, wait_s)
     print_summary(summary)
     return summary
 
@@ -133,7 +145,8 @@ def _print_schedules(rows: list[dict[str, Any]], as_json: bool) -> None:
     for r in rows:
         table.add_row(
             r["deployment"], "; ".join(r["schedules"]) or "-", "yes" if r["served"] else "no",
-            str(r["parameters"].get("source", "-")), "\n".join(r["next_runs"]) or "-",
+            str(r["parameters"].get("source", "-")),
+            "\n".join(r["next_runs"]) + (" (computed)" if r["next_runs"] and r["next_runs_from"] == "computed" else "") or "-",
         )
     console.print(table)
 
@@ -205,6 +218,7 @@ def sweep(
     wait: float = WaitOpt,
 ) -> None:
     """A grid of training trials fanned out over the task runner; the best (validation AUC) goes through the gate."""
+    from flows.distributed import configured
     from flows.sweep import parse_grid, sweep_flow
 
     try:
@@ -213,7 +227,8 @@ def sweep(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2)
     ws = get_settings(workspace).workspace
-    result = sweep_flow(resolve_source(dataset), str(ws), axes, wait)
+    with flow_errors():
+        result = configured(sweep_flow, ws)(resolve_source(dataset), str(ws), axes, wait)
     table = Table(title=f"sweep: {len(result['trials'])} trials, best {result['best']['overrides']}")
     for column in ("trial", "overrides", "validation AUC", "best epoch"):
         table.add_column(column)

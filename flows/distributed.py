@@ -33,5 +33,4 @@ def task_runner_for(cfg: OrchestrationConfig) -> Any:
 
 def configured(flow: Flow, workspace: Path) -> Flow:
     """`flow` with the task runner the workspace's params.yaml configures."""
-    cfg = load_params(workspace / "params.yaml").orchestration
-    return flow.with_options(task_runner=task_runner_for(cfg)) if cfg.task_runner != "sequential" else flow
+    return flow.with_options(task_runner=task_runner_for(load_params(workspace / "params.yaml").orchestration))

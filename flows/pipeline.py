@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,15 +31,28 @@ from flows.caching import cached_ingest, ingest_key, remember_ingest, unchanged_
 from flows.lock import WorkspaceLock, close_interrupted_run, workspace_lock
 from flows.notify import label_flow_run, publish_run
 from flows.settings import Settings, get_settings
+from flows.datasets import DEFAULT_SOURCE, drift_against, identifiers_for, production_baseline, scan_run, source_path
 from flows.workspace import (
-    StageRun, dvc_lock_hash, ensure_workspace, pipeline_stages, reproduce_stage, stage_waves, stages_up_to_date, track_dataset,
+    StageRun, configure_remote, default_remote, dvc_lock_hash, ensure_workspace, pipeline_stages, push_outputs, reproduce_stage, stage_waves,
+    stages_up_to_date, track_dataset,
 )
 from registry import repository as repo
 from registry.db import make_session_factory, upgrade_database
 
-DEFAULT_SOURCE = "embedded"
 DEFAULT_MODEL_NAME = "ct-lesion"
 ACTOR = "medgate-flow"
+
+
+RUN_LOG = "flow.log"
+
+
+class PhiFound(RuntimeError):
+    """A run's artifacts hold an original patient identifier; the model was refused (privacy check)."""
+
+    def __init__(self, scan: dict[str, Any]):
+        self.scan = scan
+        files = sorted({f["file"] for f in scan["findings"]})
+        super().__init__(f"patient identifiers found in {len(files)} artifact(s): {', '.join(files[:10])} (kinds only listed in summary.json)")
 
 
 class ValidationFailed(RuntimeError):
@@ -56,7 +70,7 @@ def model_name_for(source: str, params: Params) -> str:
         return params.package.model_name
     if source == DEFAULT_SOURCE:
         return DEFAULT_MODEL_NAME
-    stem = Path(source.rstrip("/")).name.split(".")[0]
+    stem = Path(source.removeprefix("medmnist:").rstrip("/")).name.split(".")[0]
     return re.sub(r"[^a-z0-9-]+", "-", stem.lower()).strip("-") or "model"
 
 
@@ -69,18 +83,13 @@ def git_commit(path: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def source_path(source: str, workspace: Path) -> Path:
-    """Where `source`'s files are: the embedded cohort's folder in the workspace, or the path given."""
-    return workspace / "data" / "source" / "default-cohort" if source == DEFAULT_SOURCE else Path(source)
-
-
 @task(name="ingest")
 def ingest_task(source: str, settings: Settings, params: Params) -> IngestedDataset:
     from components.cohort import generate_cohort
     from components.ingest import ingest_source
 
     ws = settings.workspace
-    path = source_path(source, ws)
+    path = source_path(source, settings, params)
     if source == DEFAULT_SOURCE and not (path / "labels.csv").exists():
         generate_cohort(path, params.cohort)
     out_dir = ws / "data" / "ingest"
@@ -95,11 +104,34 @@ def version_task(settings: Settings) -> str:
     return track_dataset(settings.workspace, "data/ingest")
 
 
+@task(name="push-data", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2))
+def push_task(settings: Settings) -> None:
+    push_outputs(settings.workspace)
+
+
 @task(name="validate")
-def validate_task(dataset: IngestedDataset, params: Params, out_dir: Path) -> ValidationResult:
+def validate_task(dataset: IngestedDataset, params: Params, out_dir: Path, drift: Any = None, drift_note: str = "") -> ValidationResult:
     from components.validate import validate_manifest
 
-    return validate_manifest(dataset.manifest, params.validate_, out_dir, list(dataset.problems))
+    return validate_manifest(
+        dataset.manifest, params.validate_, out_dir, list(dataset.problems), class_names=params.ingest.class_names,
+        drift=drift, drift_note=drift_note, window=(params.prepare.window_level, params.prepare.window_width),
+    )
+
+
+@task(name="drift")
+def drift_task(settings: Settings, params: Params, name: str, baseline: tuple[int, str] | None, manifest: Path) -> tuple[Any, str]:
+    return drift_against(settings, params, name, baseline, manifest)
+
+
+@task(name="phi-scan")
+def phi_task(settings: Settings, identifiers: Path, run_dir: Path, model_tag: str | None, bento_tag: str | None) -> tuple[Check, dict[str, Any]]:
+    """Every artifact of the run scanned for the source's original identifiers (components.phi); a finding fails the check."""
+    scan = scan_run(settings, identifiers, run_dir, model_tag, bento_tag)
+    where = "; ".join(f"{f.file} ({f.kind}{', ' + f.where if f.where else ''})" for f in scan.findings[:10])
+    detail = f"{scan.files} files, {scan.bytes} bytes scanned for {scan.identifiers} identifier spellings" + (f"; found in {where}" if where else "")
+    check = Check("privacy", "phi_findings", float(len(scan.findings)), 0.0, "<=", "pass" if scan.clean else "fail", detail)
+    return check, scan.to_dict()
 
 
 @task(name="dvc-stage", task_run_name="{stage}")
@@ -113,6 +145,7 @@ def package_task(
 ) -> tuple[str, str, str]:
     from components.package import build_bento, save_to_model_store
 
+    get_run_logger().info("packaging %s v%s: model store, then bento build", name, metadata.get("model_version"))
     model_tag, sha256 = save_to_model_store(settings.workspace / "data" / "train", name, metadata, files=card_files)
     bento_tag = build_bento(model_tag, params.package, labels={"model": name}, serve_cfg=params.serve)
     return model_tag, bento_tag, sha256
@@ -120,14 +153,20 @@ def package_task(
 
 @task(name="smoke-test")
 def smoke_task(settings: Settings, params: Params, bento_tag: str) -> Check:
+    from components.ingest import ImageStore
     from components.package import smoke_test_bento
 
     ws = settings.workspace
     predictions = pd.read_csv(ws / "data" / "evaluate" / "predictions.csv", dtype={"image_id": str})
     golden_rows = predictions.head(params.serve.golden_set_size)
     prob_columns = [c for c in predictions.columns if c.startswith("prob_")]
-    golden = [(ws / "data" / "ingest" / row["path"], [float(row[c]) for c in prob_columns]) for _, row in golden_rows.iterrows()]
-    result = smoke_test_bento(bento_tag, golden, params.serve.probability_tolerance)
+    # The golden images leave their shards as the .npy uploads a client would send.
+    with tempfile.TemporaryDirectory() as tmp, ImageStore(ws / "data" / "ingest") as store:
+        golden = []
+        for i, (_, row) in enumerate(golden_rows.iterrows()):
+            (path := Path(tmp) / f"golden-{i}.npy").write_bytes(store.read_bytes(row["path"]))
+            golden.append((path, [float(row[c]) for c in prob_columns]))
+        result = smoke_test_bento(bento_tag, golden, params.serve.probability_tolerance)
     return Check(
         kind="serving",
         metric=result["metric"],
@@ -137,6 +176,26 @@ def smoke_task(settings: Settings, params: Params, bento_tag: str) -> Check:
         verdict="pass" if result["passed"] else "fail",
         detail=result.get("detail", ""),
     )
+
+
+def _attach_run_log(path: Path):
+    """Copy the run's log records (flow, tasks, components) to `path`; returns the function that stops it."""
+    import logging
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(where)s: %(message)s"))
+    handler.addFilter(lambda r: setattr(r, "where", getattr(r, "task_run_name", None) or getattr(r, "flow_run_name", "")) or True)
+    loggers = [logging.getLogger(n) for n in ("prefect.flow_runs", "prefect.task_runs", "components", "flows")]
+    for logger in loggers:
+        logger.addHandler(handler)
+
+    def detach() -> None:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()
+
+    return detach
 
 
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
@@ -171,6 +230,7 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
     logger = get_run_logger()
     ws = settings.workspace
     params = load_params(ws / "params.yaml")
+    configure_remote(ws, settings.dvc_remote, settings.dvc_remote_endpoint)
     name = model_name_for(source, params)
     label_flow_run(name, source, trigger)
     upgrade_database(settings.database_url)
@@ -186,6 +246,7 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
         run_id, run_uid = run.id, run.run_uid
     lock.record_run(run_uid)
     run_dir = settings.runs_dir / run_uid
+    detach_log = _attach_run_log(run_dir / RUN_LOG)
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"run_id": run_uid, "model_name": name, "trigger": trigger, "status": "running"}
     if interrupted:
@@ -199,10 +260,16 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
         return out
 
     try:
-        dataset, version, ingest_reused = _ingest(source, settings, params, timed)
+        dataset, version, ingest_reused = ingest_and_version(source, settings, params, timed)
         summary["dataset"] = {"source": source, "version": version, "kind": dataset.kind, "images": dataset.num_images, "patients": dataset.num_patients, "skipped_inputs": len(dataset.problems)}
-        validation = timed("validate", validate_task, dataset, params, run_dir / "validate")
-        summary["validation"] = {"success": validation.success, "report": str(validation.report_html), "failed_expectations": list(validation.failed_expectations)}
+        with sessions() as session:
+            baseline = production_baseline(session, name)
+        drift, drift_note = timed("drift", drift_task, settings, params, name, baseline, dataset.manifest)
+        validation = timed("validate", validate_task, dataset, params, run_dir / "validate", drift, drift_note)
+        summary["validation"] = {
+            "success": validation.success, "report": str(validation.report_html), "failed_expectations": list(validation.failed_expectations),
+            "warnings": list(validation.warnings), "drift": drift.to_dict()["checks"] if drift is not None else drift_note,
+        }
         with sessions() as session:
             dataset_id = repo.record_dataset(
                 session, source=source, version=version, kind=dataset.kind, num_images=dataset.num_images,
@@ -212,9 +279,18 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
             session.commit()
         if not validation.success:
             raise ValidationFailed(validation)
+        # Identifiers the source is known to hold (the embedded cohort's): none may reach the dataset
+        # or its report before anything trains on them, nor any artifact before promotion (below).
+        if (identifiers := identifiers_for(source, settings, params)) is not None:
+            _, summary["phi_scan"] = timed("phi_scan", phi_task, settings, identifiers, run_dir, None, None)
+            if not summary["phi_scan"]["clean"]:
+                raise PhiFound(summary["phi_scan"])
 
         stages = _reproduce(settings, params, timed, timings)
         summary["stages_reused"] = ["ingest"] * ingest_reused + [s.stage for s in stages if s.reused]
+        if remote := default_remote(ws):
+            summary["data_remote"] = remote
+            timed("push", push_task, settings)
         metrics = json.loads((ws / "data" / "evaluate" / "metrics.json").read_text())
         flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         summary["metrics"] = flat
@@ -242,7 +318,7 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
             session.commit()
             version_id, model_version = mv.id, mv.version
 
-        bento_tag = None
+        model_tag = bento_tag = None
         if outcome.decision.promote:
             metadata = {
                 "model_name": name, "model_version": model_version, "dataset_version": version, "run_id": run_uid,
@@ -255,6 +331,9 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
                 repo.set_package(session, version_id, model_tag, bento_tag)
                 session.commit()
             outcome = outcome.with_check(timed("smoke_test", smoke_task, settings, params, bento_tag))
+        if identifiers is not None:
+            phi_check, summary["phi_scan"] = timed("phi_scan_final", phi_task, settings, identifiers, run_dir, model_tag, bento_tag)
+            outcome = outcome.with_check(phi_check)
         decision = outcome.decision
 
         with sessions() as session:
@@ -275,6 +354,8 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
                 status="completed",
             )
         logger.info("gate: %s", decision.reason)
+        if not summary.get("phi_scan", {}).get("clean", True):
+            raise PhiFound(summary["phi_scan"])
     except Exception as exc:
         summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -288,6 +369,7 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
             repo.finish_run(session, run_uid, status=summary["status"], summary=summary, error=summary.get("error"), dataset_id=dataset_id)
             session.commit()
         publish_run(summary, settings)
+        detach_log()
     return summary
 
 
@@ -303,10 +385,10 @@ def reused_production(session, same, params: Params, run_dir: Path) -> dict[str,
     }
 
 
-def _ingest(source: str, settings: Settings, params: Params, timed) -> tuple[IngestedDataset, str, bool]:
+def ingest_and_version(source: str, settings: Settings, params: Params, timed) -> tuple[IngestedDataset, str, bool]:
     """Ingest and version the source, or reuse the last ingest when nothing it depends on changed
     (flows.caching) and `dvc add` finds data/ingest at that ingest's version. Returns (dataset, version, reused)."""
-    path = source_path(source, settings.workspace)
+    path = source_path(source, settings, params)
     key = ingest_key(path, params.ingest, settings.deid_salt) if path.exists() else None
     cached = cached_ingest(settings.state_dir, key) if key else None
     if cached is not None:

@@ -203,6 +203,7 @@ def list_schedules(next_runs: int = 3) -> list[dict[str, Any]]:
                 sort=FlowRunSort.EXPECTED_START_TIME_ASC,
                 limit=next_runs,
             )
+            next_times = [r.expected_start_time.isoformat() for r in scheduled if r.expected_start_time]
             rows.append({
                 "deployment": f"{flows.get(deployment.flow_id, '?')}/{deployment.name}",
                 "schedules": [_describe_schedule(s.schedule) + ("" if s.active else " (paused)") for s in deployment.schedules],
@@ -210,9 +211,27 @@ def list_schedules(next_runs: int = 3) -> list[dict[str, Any]]:
                 "served": str(getattr(deployment.status, "value", deployment.status) or "").lower() == "ready",
                 "last_polled": deployment.last_polled.isoformat() if deployment.last_polled else None,
                 "parameters": deployment.parameters,
-                "next_runs": [r.expected_start_time.isoformat() for r in scheduled if r.expected_start_time],
+                "next_runs": next_times or _upcoming(deployment.schedules, next_runs),
+                # "computed": the server has created no scheduled runs (yet); the times follow from the schedules.
+                "next_runs_from": "server" if next_times else "computed",
             })
     return rows
+
+
+def _upcoming(schedules: list[Any], n: int) -> list[str]:
+    """The next `n` times of the active schedules, computed as the server's scheduler would."""
+    import asyncio
+
+    from prefect.server.schemas import schedules as server_schedules
+
+    kinds = {"cron": server_schedules.CronSchedule, "interval": server_schedules.IntervalSchedule, "rrule": server_schedules.RRuleSchedule}
+    times = []
+    for entry in schedules:
+        data = entry.schedule.model_dump(exclude_none=True)
+        kind = next((k for k in kinds if k in data), None)
+        if entry.active and kind:
+            times += asyncio.run(kinds[kind](**data).get_dates(n=n))
+    return [t.isoformat() for t in sorted(times)[:n]]
 
 
 def _describe_schedule(schedule: Any) -> str:

@@ -51,6 +51,29 @@ class Settings:
         return os.environ.get("MEDGATE_NOTIFY_BLOCK") or None
 
     @property
+    def data_root(self) -> Path:
+        """MEDGATE_DATA_ROOT: where `medmnist:<name>` finds <name>.npz. Default: ../shared/data beside
+        the workspace or the code, when present, else the workspace's data/medmnist."""
+        if value := os.environ.get("MEDGATE_DATA_ROOT"):
+            return Path(value).expanduser().resolve()
+        for base in (self.workspace, Path(__file__).resolve().parents[1]):
+            if (candidate := base.parent / "shared" / "data").is_dir():
+                return candidate
+        return self.workspace / "data" / "medmnist"
+
+    @property
+    def dvc_remote(self) -> str | None:
+        """MEDGATE_DVC_REMOTE: the DVC remote datasets and outputs are pushed to (a folder, or an
+        S3-compatible URL such as s3://bucket/medgate); unset: the project's default remote, else the
+        workspace's local .medgate/dvc-remote (flows.workspace.configure_remote)."""
+        return os.environ.get("MEDGATE_DVC_REMOTE") or None
+
+    @property
+    def dvc_remote_endpoint(self) -> str | None:
+        """MEDGATE_DVC_REMOTE_ENDPOINT: endpoint URL of S3-compatible storage (MinIO, Ceph)."""
+        return os.environ.get("MEDGATE_DVC_REMOTE_ENDPOINT") or None
+
+    @property
     def state_dir(self) -> Path:
         return self.workspace / ".medgate"
 

@@ -6,7 +6,9 @@ SQLite registry and the de-identification salt under `.medgate/`.
 
 from __future__ import annotations
 
+import configparser
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -81,6 +83,78 @@ def track_dataset(workspace: Path, rel_path: str) -> str:
         raise StageError(f"dvc add {rel_path} failed: {' | '.join(tail)}")
     meta = yaml.safe_load((workspace / f"{rel_path}.dvc").read_text())
     return str(meta["outs"][0]["md5"]).removesuffix(".dir")
+
+
+def default_remote(workspace: Path) -> str | None:
+    """The name of the workspace's default DVC remote (`dvc remote add -d NAME URL`), if any.
+
+    Read from .dvc/config and config.local (the latter wins), as DVC does, without starting DVC.
+    """
+    name = None
+    for config in (workspace / ".dvc" / "config", workspace / ".dvc" / "config.local"):
+        parser = configparser.ConfigParser()
+        parser.read(config)
+        name = parser.get("core", "remote", fallback=name)
+    return name or None
+
+
+LOCAL_REMOTE = "medgate"
+DVC_CACHE_FILES = Path(".dvc/cache/files/md5")  # DVC 3: <2 hex>/<30 hex>, a folder's listing as <...>.dir
+
+
+def configure_remote(workspace: Path, url: str | None = None, endpoint: str | None = None) -> str:
+    """Make `url` the workspace's default DVC remote, named ``medgate``, in .dvc/config.local.
+
+    Without `url`, a default remote the project already names (in .dvc/config) is kept, else the
+    local folder .medgate/dvc-remote becomes the default. `endpoint` is the endpoint URL of
+    S3-compatible storage (MinIO, Ceph...). Returns the default remote's name; runs no DVC command
+    when the configuration is already so.
+    """
+    current = default_remote(workspace)
+    if url is None:
+        if current not in (None, LOCAL_REMOTE):
+            return current
+        url = str(workspace / ".medgate" / "dvc-remote")
+    parser = configparser.ConfigParser()
+    parser.read(workspace / ".dvc" / "config.local")
+    section = f'remote "{LOCAL_REMOTE}"'
+    if current == LOCAL_REMOTE and parser.get(section, "url", fallback=None) == url \
+            and parser.get(section, "endpointurl", fallback=None) == endpoint:
+        return LOCAL_REMOTE
+    if "://" not in url:
+        Path(url).mkdir(parents=True, exist_ok=True)
+    commands = [("remote", "add", "--local", "--force", "--default", LOCAL_REMOTE, url)]
+    if endpoint:
+        commands.append(("remote", "modify", "--local", LOCAL_REMOTE, "endpointurl", endpoint))
+    for args in commands:
+        code, tail = _dvc(workspace, *args)
+        if code:
+            raise WorkspaceError(f"{workspace}: dvc {' '.join(args[:2])} {url} failed: {' | '.join(tail)}")
+    return LOCAL_REMOTE
+
+
+def tracked_file(workspace: Path, tracked: str, version: str, relpath: str) -> Path | None:
+    """File `relpath` of version `version` of the `dvc add`-ed folder `tracked`: in the workspace
+    when the folder is at that version, else in the DVC cache; None when neither holds it."""
+    meta = workspace / f"{tracked}.dvc"
+    if meta.is_file() and str(yaml.safe_load(meta.read_text())["outs"][0]["md5"]).removesuffix(".dir") == version:
+        if (path := workspace / tracked / relpath).is_file():
+            return path
+    cache = workspace / DVC_CACHE_FILES
+    listing = cache / version[:2] / f"{version[2:]}.dir"
+    if not listing.is_file():
+        return None
+    for entry in json.loads(listing.read_text()):
+        if entry["relpath"] == relpath and (path := cache / entry["md5"][:2] / entry["md5"][2:]).is_file():
+            return path
+    return None
+
+
+def push_outputs(workspace: Path) -> None:
+    """`dvc push`: the dataset and every stage output to the default remote (e.g. S3)."""
+    code, tail = _dvc(workspace, "push", "-q")
+    if code:
+        raise StageError(f"dvc push failed (exit {code}): {' | '.join(tail[-10:])}")
 
 
 def pipeline_stages(workspace: Path) -> list[str]:

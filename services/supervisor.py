@@ -112,8 +112,8 @@ class Supervisor:
             auto_decompress=False,
             connector=aiohttp.TCPConnector(limit=0),
         )
-        # The service enforces its own upload limit; the proxy streams bodies and sets none.
-        app = web.Application(client_max_size=0)
+        # Bodies are streamed to the Bento, which enforces the upload limit.
+        app = web.Application()
         app.router.add_route("*", "/{path:.*}", self._proxy)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -148,14 +148,18 @@ class Supervisor:
         return True
 
     async def close(self) -> None:
-        """Stop accepting, let requests in flight finish (at most `drain_s`), stop the backends."""
+        """Stop accepting, let requests in flight finish (at most `drain_s`), stop the backends.
+
+        A reload under way is let finish first, so that the Bento it starts is stopped too.
+        """
         if self._poller is not None:
             self._poller.cancel()
         if self._runner is not None:
             await self._runner.cleanup()  # closes the listening socket, then waits for open requests
-        if self.current is not None:
-            await self._retire(self.current)
-            self.current = None
+        async with self._reload_lock:
+            if self.current is not None:
+                await self._retire(self.current)
+                self.current = None
         if self._session is not None:
             await self._session.close()
 
@@ -254,7 +258,7 @@ def run_supervisor(resolve: Callable[[], str], host: str, port: int, **options: 
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
         try:
             await supervisor.start()
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:  # the Bento did not start, or the port is taken
             logger.error("%s", exc)
             await supervisor.close()
             return 1
@@ -273,7 +277,7 @@ def run_in_thread(resolve: Callable[[], str], port: int, host: str = "127.0.0.1"
     thread = threading.Thread(target=loop.run_forever, name="medgate-serve", daemon=True)
     thread.start()
     supervisor = asyncio.run_coroutine_threadsafe(_create(resolve, host, port, options), loop).result()
-    handle = SupervisorHandle(supervisor, loop)
+    handle = SupervisorHandle(supervisor, loop, thread.native_id or 0)
     try:
         asyncio.run_coroutine_threadsafe(supervisor.start(), loop).result()
         yield handle
@@ -290,6 +294,7 @@ class SupervisorHandle:
 
     supervisor: Supervisor
     loop: asyncio.AbstractEventLoop
+    thread_id: int  # the native id of the thread running the proxy (for CPU accounting)
 
     def reload(self, force: bool = False) -> bool:
         return asyncio.run_coroutine_threadsafe(self.supervisor.reload(force), self.loop).result()

@@ -47,6 +47,13 @@ def test_promote_then_refuse_then_stop_at_validate(tmp_path, prefect_api, clean_
     assert all(text in card.read_text() for text in ("Stage: **production**", first["bento_tag"], first["run_id"], "| data quality (Great Expectations) | passed |"))
     model_tag = json.loads(medgate(ws, "models", "show", "1", "--json").stdout)["lineage"]["model_tag"]
     assert "## Gate decision" in Path(bentoml.models.get(model_tag).path_of("model_card.md")).read_text()
+    # PHI: the flow's own scans passed, and none of the cohort's fake identifiers is in any artifact now
+    # (dataset, stage outputs, reports, log, summary.json, registry, model store entry, Bento).
+    from flows.datasets import scan_run
+
+    assert first["phi_scan"]["clean"] and {c["kind"]: c["verdict"] for c in first["gate"]["checks"]}["privacy"] == "pass"
+    scan = scan_run(get_settings(ws), ws / "data/source/default-cohort/identifiers.json", Path(first["summary_path"]).parent, model_tag, first["bento_tag"])
+    assert scan.clean and scan.files > 50, scan.findings
 
     # A candidate that cannot meet a stricter change threshold: refused, production unchanged,
     # and the unchanged data, code and params let DVC reuse prepare, train and evaluate.

@@ -23,12 +23,14 @@ from components.deid import deid_dicom, pseudonym
 from components.ingest import (
     EXTRA_COLUMNS,
     ImageDecodeError,
+    ImageStore,
     age_band,
     content_hash,
     decode_image,
     dicom_to_array,
     ingest_source,
     read_manifest,
+    resolve_medmnist,
 )
 
 SALT = "unit-test-salt"
@@ -83,16 +85,18 @@ def test_dicom_manifest_columns_dtypes_and_files(ingested) -> None:
     assert result.problems == ()
     assert json.loads((out / "problems.json").read_text()) == []
     df = pd.read_parquet(result.manifest)
-    assert list(df.columns) == [*MANIFEST_COLUMNS, *EXTRA_COLUMNS]
-    for column, dtype in MANIFEST_COLUMNS.items():
-        assert str(df[column].dtype) == dtype, column
+    assert list(df.columns) == [*MANIFEST_COLUMNS, *[c for c in EXTRA_COLUMNS if c != "spacing_d"]]  # 2D: no slice spacing
+    for column, dtype in {**MANIFEST_COLUMNS, **EXTRA_COLUMNS}.items():
+        if column in df:
+            assert str(df[column].dtype) == dtype, column
     assert (df["ndim"] == 2).all() and (df["depth"] == 1).all() and (df["channels"] == 1).all()
     assert (df["height"] == COHORT.image_size).all() and (df["dtype"] == "float32").all()
     assert df["split"].isna().all()
     assert df["image_id"].is_unique
+    store = ImageStore(out)
     for row in df.itertuples():
-        arr = np.load(out / row.path)
-        assert row.path.split("/")[1] == row.content_hash[:2]
+        arr = store.load(row.path)
+        assert re.fullmatch(rf"images/\d{{5}}\.npz/{row.content_hash}\.npy", row.path)
         assert content_hash(arr) == row.content_hash
         assert arr.dtype == np.float32 and arr.shape == (COHORT.image_size, COHORT.image_size)
         assert row.intensity_min == pytest.approx(float(arr.min()))
@@ -101,6 +105,8 @@ def test_dicom_manifest_columns_dtypes_and_files(ingested) -> None:
     assert set(df["sex"]) <= {"M", "F"}
     assert df["age_band"].str.fullmatch(r"\d0-\d9|90\+").all()
     assert set(df["scanner"]) <= {"SIEMENS", "GE MEDICAL SYSTEMS", "Philips"}
+    assert (df["spacing_h"] == df["spacing_w"]).all()
+    assert df["spacing_h"].between(360 / COHORT.image_size, 400 / COHORT.image_size).all()  # the sites' FOV
 
 
 def test_dicom_pseudonyms_are_patient_level_and_salted(cohort: Path, ingested, tmp_path: Path) -> None:
@@ -142,7 +148,7 @@ def test_hounsfield_units_are_plausible(ingested) -> None:
     df = read_manifest(result.manifest)
     assert df["intensity_min"].between(-1100, -900).all()  # air
     assert (df["intensity_max"] > 150).all()  # bone
-    arr = np.load(out / df["path"].iloc[0])
+    arr = ImageStore(out).load(df["path"].iloc[0])
     assert abs(float(np.median(arr[:3, :3])) + 1000) < 60
     assert np.isfinite(arr).all()
 
@@ -231,7 +237,8 @@ def test_each_bad_input_is_reported_with_file_and_reason(cohort: Path, tmp_path:
     burned = copy.deepcopy(ds)
     burned.BurnedInAnnotation = "YES"
     burned.save_as(src / "burned.dcm", enforce_file_format=True)
-    multi = copy.deepcopy(ds)
+    multi = copy.deepcopy(ds)  # a cine loop: frames are time, not slices
+    multi.Modality = "XA"
     multi.NumberOfFrames = 2
     multi.PixelData = ds.PixelData * 2
     multi.save_as(src / "multi.dcm", enforce_file_format=True)
@@ -349,7 +356,7 @@ def test_png_folder(tmp_path: Path) -> None:
     shapes = {(r.height, r.width, r.channels) for r in df.itertuples()}
     assert shapes == {(20, 24, 1), (20, 24, 3), (16, 16, 1)}
     for row in df.itertuples():
-        arr = np.load(tmp_path / "out" / row.path)
+        arr = ImageStore(tmp_path / "out").load(row.path)
         assert arr.dtype == np.uint8
         assert arr.shape == ((row.height, row.width, 3) if row.channels == 3 else (row.height, row.width))
     assert df["split"].isna().all()
@@ -395,7 +402,7 @@ def test_npz_2d_rgb_3d(tmp_path: Path, shape, expected) -> None:
     assert set(df["label"]) <= {"0", "1"}
     row = df.iloc[0]
     assert tuple(row[["ndim", "height", "width", "depth", "channels"]]) == expected
-    stored = np.load(tmp_path / "out" / row["path"])
+    stored = ImageStore(tmp_path / "out").load(row["path"])
     with np.load(src) as z:
         np.testing.assert_array_equal(stored, z["train_images"][0])
         assert row["label"] == str(int(z["train_labels"][0, 0]))
@@ -433,7 +440,7 @@ def test_real_medmnist(tmp_path: Path, name: str, total: int, shape: tuple[int, 
     with np.load(path) as z:
         expected = {s: len(z[f"{s}_labels"]) for s in ("train", "val", "test")}
     assert df["split"].value_counts().to_dict() == expected
-    assert np.load(tmp_path / df["path"].iloc[0]).shape == shape
+    assert ImageStore(tmp_path).load(df["path"].iloc[0]).shape == shape
 
 
 # ---- decode_image -------------------------------------------------------------------------------
@@ -458,7 +465,7 @@ def test_decode_image_formats(cohort: Path, ingested) -> None:
         first = next(csv.DictReader(f))["path"]
     arr = decode_image((cohort / first).read_bytes(), SALT)
     assert arr.dtype == np.float32
-    np.testing.assert_array_equal(arr, np.load(out / df["path"].iloc[0]))  # serving == training
+    np.testing.assert_array_equal(arr, ImageStore(out).load(df["path"].iloc[0]))  # serving == training
 
 
 @pytest.mark.parametrize("data, words", [
@@ -526,3 +533,144 @@ def test_colour_and_compressed_dicom(cohort: Path) -> None:
     ct.save_as(buf, enforce_file_format=True)
     with pytest.raises(ImageDecodeError, match="transfer syntax JPEG Lossless"):
         decode_image(buf.getvalue())
+
+
+# ---- NIfTI, multi-frame, workers, medmnist:<name> --------------------------------------------------
+
+
+def _nifti(path: Path, data: np.ndarray, zooms=(0.8, 0.9, 2.5), slope: float | None = None) -> None:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(data, np.diag([*zooms, 1.0]))
+    if slope is not None:
+        img.header.set_slope_inter(slope, -1024.0)
+    nib.save(img, path)
+
+
+def test_nifti_folder_volumes_spacing_and_orientation(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    xyz = rng.integers(0, 2000, (6, 5, 4), dtype=np.int16)  # (x, y, z) in RAS
+    _nifti(src / "a.nii.gz", xyz, slope=1.0)
+    _nifti(src / "b.nii", rng.integers(0, 100, (6, 5, 4), dtype=np.int16))
+    _nifti(src / "flat.nii", rng.integers(0, 100, (6, 5, 1), dtype=np.int16))  # one slice: a 2D image
+    _nifti(src / "series.nii", np.zeros((6, 5, 4, 3), np.int16))  # 4D: refused
+    (src / "cut.nii.gz").write_bytes((src / "a.nii.gz").read_bytes()[:40])
+    _write_labels(src, [{"path": p, "label": lab} for p, lab in
+                        [("a.nii.gz", "tumour"), ("b.nii", "normal"), ("flat.nii", "normal"),
+                         ("series.nii", "normal"), ("cut.nii.gz", "tumour")]])
+    result = ingest_source(src, tmp_path / "out", IngestConfig(), SALT)
+    assert result.kind == "nifti" and result.class_names == ("normal", "tumour")
+    reasons = {p["file"]: p["reason"] for p in result.problems}
+    assert set(reasons) == {"series.nii", "cut.nii.gz"}
+    assert "4D" in reasons["series.nii"] and "gzip" in reasons["cut.nii.gz"]
+    df = read_manifest(result.manifest).set_index(pd.read_csv(tmp_path / "out" / "sources.csv")["source"].to_numpy())
+    a = df.loc["a.nii.gz"]
+    assert tuple(a[["ndim", "depth", "height", "width"]]) == (3, 4, 5, 6)
+    assert tuple(a[["spacing_d", "spacing_h", "spacing_w"]]) == pytest.approx((2.5, 0.9, 0.8))
+    stored = ImageStore(tmp_path / "out").load(a["path"])
+    expected = np.flip(np.transpose(xyz.astype(np.float32) - 1024.0, (2, 1, 0)), axis=1)  # slope 1, intercept -1024
+    np.testing.assert_array_equal(stored, expected)
+    assert df.loc["flat.nii", "ndim"] == 2 and pd.isna(df.loc["flat.nii", "spacing_d"])
+    assert df.loc["b.nii", "dtype"] == "int16"
+    assert decode_image((src / "a.nii.gz").read_bytes()).shape == (4, 5, 6)  # the server reads NIfTI too
+    assert nib.load(src / "a.nii.gz").shape == (6, 5, 4)  # raw data untouched
+
+
+def test_multiframe_ct_is_a_volume_with_per_frame_rescale(cohort: Path) -> None:
+    from pydicom.dataset import Dataset
+
+    ds = pydicom.dcmread(min(cohort.rglob("*.dcm")))
+    one = dicom_to_array(ds)
+    stack = copy.deepcopy(ds)
+    stack.NumberOfFrames = 3
+    stack.PixelData = ds.PixelData * 3
+    stack.SpacingBetweenSlices = "2.0"
+    volume = decode_image(_dicom_bytes(stack))
+    assert volume.shape == (3, *one.shape)
+    np.testing.assert_array_equal(volume[2], one)
+    # Enhanced objects carry the rescale in functional groups, here one per frame.
+    del stack.RescaleSlope, stack.RescaleIntercept
+    groups = []
+    for slope in (1.0, 2.0, 1.0):
+        item, pvt = Dataset(), Dataset()
+        pvt.RescaleSlope, pvt.RescaleIntercept = slope, -1024
+        item.PixelValueTransformationSequence = [pvt]
+        groups.append(item)
+    stack.PerFrameFunctionalGroupsSequence = groups
+    enhanced = dicom_to_array(stack)
+    np.testing.assert_allclose(enhanced[0], one)
+    np.testing.assert_allclose(enhanced[1], (one + 1024) * 2 - 1024)
+
+
+def _dicom_bytes(ds: pydicom.Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_worker_processes_give_the_same_dataset(cohort: Path, tmp_path: Path) -> None:
+    """Decoding in two spawned processes, several shards: byte-identical manifest and shards."""
+    inline = ingest_source(cohort, tmp_path / "a", IngestConfig(workers=1, shard_size=5), SALT)
+    pooled = ingest_source(cohort, tmp_path / "b", IngestConfig(workers=2, shard_size=5), SALT)
+    shards = sorted(p.name for p in (tmp_path / "a" / "images").iterdir())
+    assert len(shards) == -(-inline.num_images // 5)
+    assert shards == sorted(p.name for p in (tmp_path / "b" / "images").iterdir())
+    for name in shards:
+        assert (tmp_path / "a" / "images" / name).read_bytes() == (tmp_path / "b" / "images" / name).read_bytes()
+    pd.testing.assert_frame_equal(read_manifest(inline.manifest), read_manifest(pooled.manifest))
+    assert (tmp_path / "a" / "sources.csv").read_text() == (tmp_path / "b" / "sources.csv").read_text()
+
+
+def test_image_store_reads_plain_npy_files_too(tmp_path: Path) -> None:
+    arr = np.arange(12, dtype=np.int16).reshape(3, 4)
+    (tmp_path / "images").mkdir()
+    np.save(tmp_path / "images" / "x.npy", arr)
+    with ImageStore(tmp_path) as store:
+        np.testing.assert_array_equal(store.load("images/x.npy"), arr)
+        assert np.load(io.BytesIO(store.read_bytes("images/x.npy"))).shape == (3, 4)
+
+
+def test_medmnist_name_from_data_root_or_a_clear_message(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    path = _npz(root / "tinymnist.npz", (8, 8))
+    assert resolve_medmnist("medmnist:tinymnist", root, IngestConfig()) == path
+    offline = IngestConfig(medmnist_url="")
+    with pytest.raises(ValueError) as err:
+        resolve_medmnist("medmnist:pneumoniamnist", root, offline)
+    assert str(root / "pneumoniamnist.npz") in str(err.value) and "MEDGATE_DATA_ROOT" in str(err.value)
+    with pytest.raises(ValueError, match="medmnist:<name>"):
+        resolve_medmnist("medmnist:../etc/passwd", root, offline)
+    # A download that cannot connect fails fast, with the same advice.
+    refused = IngestConfig(medmnist_url="http://127.0.0.1:9/{name}.npz", download_timeout_s=2)
+    with pytest.raises(ValueError, match="downloading http://127.0.0.1:9/other.npz failed"):
+        resolve_medmnist("medmnist:other", root, refused)
+    assert not list(root.glob("*.part")) and not (root / "other.npz").exists()
+
+
+def test_medmnist_download_over_http(tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    _npz(served / "tinymnist.npz", (8, 8))
+    (served / "portal.npz").write_text("<html>log in to the hotel wifi</html>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = IngestConfig(medmnist_url=f"http://127.0.0.1:{server.server_address[1]}/{{name}}.npz")
+        got = resolve_medmnist("medmnist:tinymnist", tmp_path / "root", cfg)
+        assert got.read_bytes() == (served / "tinymnist.npz").read_bytes()
+        with pytest.raises(ValueError, match="portal"):
+            resolve_medmnist("medmnist:portal", tmp_path / "root", cfg)
+        assert not (tmp_path / "root" / "portal.npz").exists()
+    finally:
+        server.shutdown()
+        server.server_close()

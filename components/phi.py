@@ -1,0 +1,217 @@
+"""phi: prove that a run stored no patient identifiers, by scanning its artifacts for known ones.
+
+The embedded default cohort writes the fake identifiers it put in its DICOM headers to
+``identifiers.json`` (components.cohort); `scan_artifacts` looks for every one of them in every
+file of a run's artifacts, case-insensitively, in what a reader of each file would see:
+
+* zip containers (image shards, torch checkpoints) member by member, gzip decompressed;
+* Parquet as its decoded column values (its pages are compressed, so raw bytes could hide a value);
+* SQLite databases as every table's rows (long values span pages) and as raw bytes (free pages);
+* ``.npy`` arrays of strings as text (numpy stores them as UTF-32);
+* anything else as raw bytes; and every file's path, since a file name can carry a name too.
+
+Names are also sought in their other spellings (``LAST^FIRST`` as ``LAST FIRST`` and
+``FIRST LAST``), dates also as ``YYYY-MM-DD``; an identifier made of digits only must stand alone
+(not inside a longer number), so that a probability printed with many decimals is no finding.
+Findings name the file and the identifier's kind (``patient_names``...), never its value, so the
+scan's own output leaks nothing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import re
+import sqlite3
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+MIN_LENGTH = 4  # shorter identifiers would match by chance
+_MAX_DEPTH = 2  # containers inside containers
+
+
+@dataclass(frozen=True)
+class PhiFinding:
+    """An identifier of kind `kind` found in `file` (at `where`: a member, table or column)."""
+
+    file: str
+    kind: str
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class PhiScan:
+    files: int
+    bytes: int
+    identifiers: int
+    findings: tuple[PhiFinding, ...]
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"clean": self.clean, "files": self.files, "bytes": self.bytes, "identifiers": self.identifiers,
+                "findings": [asdict(f) for f in self.findings]}
+
+
+def load_identifiers(path: Path) -> dict[str, list[str]]:
+    """``identifiers.json``: identifier kind -> the values of that kind."""
+    raw = json.loads(Path(path).read_text())
+    return {str(kind): [str(v) for v in values if str(v).strip()] for kind, values in raw.items()}
+
+
+def _variants(value: str) -> set[str]:
+    out = {value.strip()}
+    if "^" in value:  # DICOM person name: family^given^middle^prefix^suffix
+        parts = [p for p in value.split("^") if p]
+        out |= {" ".join(parts), " ".join(parts[1:2] + parts[:1])}
+    if re.fullmatch(r"\d{8}", value):
+        out.add(f"{value[:4]}-{value[4:6]}-{value[6:]}")
+    return {v for v in out if len(v) >= MIN_LENGTH}
+
+
+class _Needles:
+    """Every identifier spelling, lower-cased, with its kind."""
+
+    def __init__(self, identifiers: Mapping[str, Sequence[str]]):
+        self.items = sorted({(v.lower().encode(), kind) for kind, values in identifiers.items()
+                             for value in values for v in _variants(value)})
+
+    def kinds_in(self, blob: bytes) -> set[str]:
+        low = blob.lower()
+        return {kind for needle, kind in self.items if _occurs(low, needle)}
+
+
+def _occurs(blob: bytes, needle: bytes) -> bool:
+    start = blob.find(needle)
+    if not needle.isdigit():
+        return start >= 0
+    while start >= 0:  # digits only: not part of a longer number
+        before = blob[start - 1:start]
+        after = blob[start + len(needle):start + len(needle) + 1]
+        if not (before.isdigit() or before == b".") and not after.isdigit():
+            return True
+        start = blob.find(needle, start + 1)
+    return False
+
+
+def _views(name: str, data: bytes, depth: int = 0) -> Iterator[tuple[str, bytes]]:
+    """(where, bytes) a reader of this content would see."""
+    yield "", data
+    if depth >= _MAX_DEPTH:
+        return
+    if data.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                for member in zf.namelist():
+                    for where, blob in _views(member, zf.read(member), depth + 1):
+                        yield f"{member}{'/' + where if where else ''}", blob
+                    yield member, member.encode()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            pass
+    elif data.startswith(b"\x1f\x8b"):
+        try:
+            yield from _views(name, gzip.decompress(data), depth + 1)
+        except (OSError, EOFError):
+            pass
+    elif data.startswith(b"PAR1") and data.endswith(b"PAR1"):
+        yield from _parquet_values(data)
+    elif data.startswith(b"\x93NUMPY"):
+        yield from _npy_text(data)
+
+
+def _npy_text(data: bytes) -> Iterator[tuple[str, bytes]]:
+    """A .npy of strings holds them as UTF-32: decoded, they are text like any other."""
+    import numpy as np
+
+    try:
+        stream = io.BytesIO(data)
+        version = np.lib.format.read_magic(stream)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        _, _, dtype = read_header(stream)
+        if dtype.kind not in "US":  # numbers (pixels) hold no text
+            return
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return
+    yield "strings", "\n".join(map(str, arr.ravel().tolist())).encode("utf-8", "replace")
+
+
+def _parquet_values(data: bytes) -> Iterator[tuple[str, bytes]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - an unreadable file is still scanned as bytes
+        return
+    for column in table.column_names:
+        values = table.column(column).to_pylist()
+        yield f"column {column}", "\n".join(map(str, values)).encode("utf-8", "replace")
+
+
+def _sqlite_rows(path: Path) -> Iterator[tuple[str, bytes]]:
+    try:
+        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as db:
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            for table in tables:
+                rows = db.execute(f'SELECT * FROM "{table}"').fetchall()  # noqa: S608 - names from the schema
+                yield f"table {table}", "\n".join(map(repr, rows)).encode("utf-8", "replace")
+    except sqlite3.Error:
+        return
+
+
+def _files(paths: Iterable[Path]) -> Iterator[Path]:
+    for path in paths:
+        path = Path(path)
+        if path.is_file():
+            yield path
+        elif path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def scan_artifacts(paths: Iterable[Path], identifiers: Mapping[str, Sequence[str]], *,
+                   allowed_files: Iterable[Path] = (), texts: Mapping[str, str] | None = None,
+                   relative_to: Path | None = None) -> PhiScan:
+    """Look for every identifier in every file under `paths` (folders are walked) and in `texts`.
+
+    Args:
+        paths: files and folders to scan; missing ones are skipped.
+        identifiers: kind -> values, as in ``identifiers.json``.
+        allowed_files: files whose exact content may hold identifiers (the cohort generator's own
+            source defines the fake site names): a scanned file with the same sha256 is skipped.
+        texts: named in-memory artifacts (e.g. a registry dump from a database server).
+        relative_to: findings name files relative to this folder where they lie inside it.
+
+    Returns:
+        The scan: files and bytes read, and one finding per (file, where, kind).
+    """
+    needles = _Needles(identifiers)
+    allowed = {hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in allowed_files if Path(p).is_file()}
+    findings: set[PhiFinding] = set()
+    files = total = 0
+    for path in _files(paths):
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() in allowed:
+            continue
+        files += 1
+        total += len(data)
+        shown = path.relative_to(relative_to).as_posix() if relative_to and path.is_relative_to(relative_to) else str(path)
+        views = [("file name", shown.encode()), *_views(path.name, data)]
+        if data.startswith(b"SQLite format 3\x00"):
+            wal = path.with_name(path.name + "-wal")
+            views += list(_sqlite_rows(path)) + ([("write-ahead log", wal.read_bytes())] if wal.is_file() else [])
+        for where, blob in views:
+            findings |= {PhiFinding(shown, kind, where) for kind in needles.kinds_in(blob)}
+    for name, text in (texts or {}).items():
+        blob = text.encode("utf-8", "replace")
+        files += 1
+        total += len(blob)
+        findings |= {PhiFinding(name, kind) for kind in needles.kinds_in(blob)}
+    ordered = tuple(sorted(findings, key=lambda f: (f.file, f.where, f.kind)))
+    return PhiScan(files=files, bytes=total, identifiers=len(needles.items), findings=ordered)

@@ -1,0 +1,159 @@
+"""`medgate data`: intake and validation on their own, data-quality reports, dataset versions."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from flows.cli_common import WorkspaceOpt, console, sessions_for
+from flows.settings import get_settings
+
+data_app = typer.Typer(no_args_is_help=True, help="Data intake and quality: validate a source, find a report, list dataset versions.")
+EXIT_BLOCKED = 3  # as `medgate run` when validation fails
+LISTED = 10  # offending files printed per failed check; the report lists them all
+
+
+@data_app.command("validate")
+def validate(
+    source: str = typer.Argument(..., help="DICOM or NIfTI folder with labels.csv, PNG/JPEG class folders, a MedMNIST .npz, or medmnist:<name>."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    keep: bool = typer.Option(False, "--keep", help="Keep the ingested manifest and images beside the report."),
+) -> None:
+    """Ingest SOURCE and validate it, nothing else: no dataset version, no training.
+
+    Prints the verdict, every failed check with its offending files, every input skipped at intake
+    and the report's path. Exit 0 when no blocking check failed (warnings allowed), 3 when one did,
+    2 when the source cannot be read at all.
+    """
+    from components.config import load_params
+    from components.ingest import ingest_source
+    from components.validate import validate_manifest
+    from flows.datasets import drift_against, production_baseline, source_path
+    from flows.pipeline import model_name_for
+
+    settings = get_settings(workspace)
+    params = load_params(settings.workspace / "params.yaml")
+    run_id = f"data-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    run_dir = settings.runs_dir / run_id
+    try:
+        path = source_path(source, settings, params)
+        if not path.exists():
+            raise ValueError(f"{source}: no such file or folder")
+        with tempfile.TemporaryDirectory(prefix="medgate-intake-") as scratch:
+            out = run_dir / "ingest" if keep else Path(scratch) / "ingest"
+            dataset = ingest_source(path, out, params.ingest, salt=settings.deid_salt, show_progress=True)
+            name = model_name_for(source, params)
+            with sessions_for(workspace)() as session:
+                baseline = production_baseline(session, name)
+            drift, note = drift_against(settings, params, name, baseline, dataset.manifest)
+            result = validate_manifest(
+                dataset.manifest, params.validate_, run_dir / "validate", list(dataset.problems),
+                class_names=params.ingest.class_names, drift=drift, drift_note=note,
+                window=(params.prepare.window_level, params.prepare.window_width),
+            )
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    report = json.loads(result.report_json.read_text())
+    summary = {
+        "run_id": run_id, "kind": "data-validate", "source": source, "status": "completed" if result.success else "failed",
+        "dataset": {"kind": dataset.kind, "images": dataset.num_images, "patients": dataset.num_patients,
+                    "skipped_inputs": len(dataset.problems), "manifest": str(dataset.manifest) if keep else None},
+        "validation": {"success": result.success, "verdict": report["verdict"], "report": str(result.report_html),
+                       "failed_expectations": list(result.failed_expectations), "warnings": list(result.warnings)},
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    _print_validation(report, dataset.kind, dataset.num_images, result.report_html)
+    if not result.success:
+        raise typer.Exit(EXIT_BLOCKED)
+
+
+def _print_validation(report: dict[str, Any], kind: str, images: int, html_path: Path) -> None:
+    colour = {"failed": "red", "passed with warnings": "yellow"}.get(report["verdict"], "green")
+    console.print(f"data quality: [{colour}]{report['verdict'].upper()}[/] ({kind}, {images} images)")
+    for o in report["expectations"]:
+        if o["success"] or o["severity"] == "report":
+            continue
+        tag = "[red]BLOCKING[/]" if o["severity"] == "blocking" else "[yellow]warning[/]"
+        console.print(f"{tag} {o['check']}: {o['expectation']} - observed {o['observed']}", highlight=False, soft_wrap=True)
+        for file in o["offending"][:LISTED]:
+            console.print(f"    {file}", highlight=False, markup=False, soft_wrap=True)
+        if len(o["offending"]) > LISTED:
+            console.print(f"    ... and {len(o['offending']) - LISTED} more in the report")
+    skipped = report["skipped_inputs"]
+    if skipped:
+        console.print(f"skipped at intake ({len(skipped)}):")
+        for p in skipped:
+            console.print(f"    {p['file']}: {p['reason']}", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"report: {html_path}", highlight=False, soft_wrap=True)
+
+
+def find_quality_report(runs_dir: Path, run: str | None) -> Path:
+    """The data-quality report of run `run` (its id or a unique prefix), or of the latest run that has one.
+
+    Raises:
+        LookupError: no such run, an ambiguous prefix, or a run that stopped before validation.
+    """
+    summaries = sorted(runs_dir.glob("*/summary.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if run is not None:
+        exact = [p for p in summaries if p.parent.name == run]
+        summaries = exact or [p for p in summaries if p.parent.name.startswith(run)]
+        if not summaries:
+            raise LookupError(f"no run {run!r} in {runs_dir}")
+        if len(summaries) > 1:
+            raise LookupError(f"run id prefix {run!r} matches {len(summaries)} runs; give more characters")
+    for path in summaries:
+        report = (json.loads(path.read_text()).get("validation") or {}).get("report")
+        if report and Path(report).is_file():
+            return Path(report)
+        if run is not None:
+            raise LookupError(f"run {path.parent.name} has no data-quality report (it stopped before validation)")
+    raise LookupError(f"no run with a data-quality report in {runs_dir}; run `medgate data validate SOURCE` or `medgate run`")
+
+
+@data_app.command("report")
+def report(
+    run: Optional[str] = typer.Argument(None, help="Run id or a unique prefix (default: the latest run with a data-quality report)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+) -> None:
+    """Print the path of a run's data-quality report (the HTML page; report.json lies beside it)."""
+    try:
+        path = find_quality_report(get_settings(workspace).runs_dir, run)
+    except LookupError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    print(path)
+
+
+@data_app.command("list")
+def list_versions(
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Dataset versions in the registry: DVC hash, counts, validation verdict and report."""
+    from registry import repository as repo
+
+    with sessions_for(workspace)() as session:
+        rows = [{
+            "id": d.id, "source": d.source, "version": d.version, "kind": d.kind, "images": d.num_images,
+            "patients": d.num_patients, "classes": d.counts, "validation": "passed" if d.validation_success else "failed",
+            "report": d.report_path, "created_at": d.created_at.isoformat(),
+        } for d in repo.list_datasets(session)]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"dataset versions ({len(rows)})")
+    for column in ("id", "source", "version", "kind", "images", "patients", "validation", "created", "report"):
+        table.add_column(column)
+    for r in rows:
+        colour = "green" if r["validation"] == "passed" else "red"
+        table.add_row(str(r["id"]), r["source"], r["version"][:12], r["kind"], str(r["images"]), str(r["patients"] or "-"),
+                      f"[{colour}]{r['validation']}[/]", r["created_at"][:19], r["report"] or "-")
+    console.print(table)

@@ -1,0 +1,289 @@
+"""Unattended retraining on real components: watch, caching, notifications, the lock, failures, schedules."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from sqlalchemy import select
+
+from registry.models import Run
+
+from tests.conftest import PROJECT
+from tests.integration.conftest import TINY, make_workspace, set_params
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture
+def webhook():
+    """A webhook receiver on 127.0.0.1: the JSON bodies POSTed to it, in order."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", received
+    server.shutdown()
+
+
+def _registry(ws: Path):
+    from flows.cli_common import sessions_for
+
+    return sessions_for(ws)
+
+
+def _versions(ws: Path) -> dict[int, str]:
+    from registry import repository as repo
+
+    with _registry(ws)() as session:
+        return {v.version: v.stage for v in repo.list_versions(session)}
+
+
+def _cohort_source(root: Path) -> Path:
+    from components.cohort import generate_cohort
+    from components.config import CohortConfig
+
+    generate_cohort(root, CohortConfig(**TINY["cohort"]))
+    return root
+
+
+def test_watch_notify_reuse_and_a_failing_stage(tmp_path, prefect_api, clean_env, webhook, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.lock import WorkspaceBusy, workspace_lock
+    from flows.pipeline import training_flow
+    from flows.retrain import read_seen, watch_flow
+    from flows.settings import get_settings
+    from registry import repository as repo
+
+    url, received = webhook
+    monkeypatch.setenv("MEDGATE_WEBHOOK_URL", url)
+    ws = make_workspace(tmp_path / "ws", TINY)
+    source = _cohort_source(tmp_path / "incoming")
+    remote = tmp_path / "dvc-remote"
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(remote)], cwd=ws, check=True, capture_output=True)
+
+    # First look at a new source: a retraining run (trigger data-change) that promotes v1.
+    first = watch_flow(str(source), str(ws))
+    run = first["run"]
+    assert first["changed"] and run["status"] == "completed" and run["trigger"] == "data-change"
+    assert run["gate"]["promote"] and run["model_version"] == 1 and run["stages_reused"] == []
+    assert read_seen(ws / ".medgate")[str(source)]["digest"] == first["fingerprint"]["digest"]
+    assert run["data_remote"] == "store" and any(remote.rglob("*.dir")), "dvc push sent the outputs to the remote"
+
+    # The webhook got the summary: verdict, metrics, links to the three reports.
+    assert [b["run_id"] for b in received] == [run["run_id"]]
+    body = received[0]
+    assert body["gate"]["promote"] is True and body["metrics"]["auc"] == run["metrics"]["auc"]
+    assert set(body["links"]) == {"data-quality report", "run report", "model card"}
+    assert all(Path(httpx.URL(u).path).exists() for u in body["links"].values())
+
+    # Prefect: the run is named and tagged after trigger, dataset and model; artifacts link the reports.
+    with _registry(ws)() as session:
+        flow_run_id = repo.get_run(session, run["run_id"]).prefect_flow_run_id
+    assert run["model_name"] == "incoming"  # named after the source
+    keys = ["incoming-run-summary", "incoming-data-quality-report", "incoming-run-report", "incoming-model-card"]
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        assert flow_run.name == "data-change-incoming"
+        assert {"model:incoming", "dataset:incoming", "trigger:data-change"} <= set(flow_run.tags)
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+        assert {a.key for a in artifacts if a.flow_run_id == flow_run.id} == set(keys)
+        summary_md = next(a for a in artifacts if a.key == "incoming-run-summary").data
+        assert "gate: **PROMOTED**" in summary_md and "(file://" in summary_md
+
+    # Unchanged content: the watch starts nothing; touching every file changes nothing either.
+    assert watch_flow(str(source), str(ws)) ["run"] is None
+    for f in source.rglob("*"):
+        os.utime(f)
+    assert watch_flow(str(source), str(ws))["changed"] is False
+
+    # A re-run on unchanged data, code and params trains and builds nothing, and registers no duplicate.
+    import bentoml
+
+    bentos = len(bentoml.list())
+    again = training_flow(source=str(source), workspace=str(ws), trigger="retrain")
+    assert again["status"] == "completed" and again["reused_production"] == 1 and again["model_version"] == 1
+    assert set(again["stages_reused"]) == {"ingest", "prepare", "train", "baseline", "evaluate"}
+    assert not {"ingest", "prepare", "train", "package", "smoke_test"} & set(again["timings_s"])
+    assert _versions(ws) == {1: "production"} and len(bentoml.list()) == bentos
+    assert len(received) == 2 and received[1]["reused_production"] == 1
+
+    # One train param changed: ingest, prepare and baseline are reused; train and evaluate run.
+    set_params(ws, {"train": {"learning_rate": 0.001}})
+    tuned = training_flow(source=str(source), workspace=str(ws), trigger="retrain")
+    assert set(tuned["stages_reused"]) == {"ingest", "prepare", "baseline"}
+    assert tuned["model_version"] == 2 and "train" in tuned["timings_s"]
+
+    # New content while another run holds the workspace: the watch sees the change, its run is
+    # refused with the holder named, and the new fingerprint stays unremembered for the next look.
+    (source / "labels.csv").write_text((source / "labels.csv").read_text() + "\n")
+    with workspace_lock(ws / ".medgate", "an operator's run"):
+        with pytest.raises(WorkspaceBusy, match="an operator's run"):
+            watch_flow(str(source), str(ws), lock_wait_s=0)
+    assert read_seen(ws / ".medgate")[str(source)]["digest"] == first["fingerprint"]["digest"]
+    with _registry(ws)() as session:
+        assert len(session.scalars(select(Run)).all()) == 3, "a refused run records nothing"
+
+    # A failing stage fails the flow, naming the stage and the cause; production stays as it was.
+    production = {v: s for v, s in _versions(ws).items() if s == "production"}
+    dvc_yaml = yaml.safe_load((ws / "dvc.yaml").read_text())
+    dvc_yaml["stages"]["train"]["cmd"] = "python -c \"raise SystemExit('simulated: CUDA out of memory')\""
+    (ws / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    with pytest.raises(Exception, match="stage train failed"):
+        training_flow(source=str(source), workspace=str(ws), trigger="retrain")
+    with _registry(ws)() as session:
+        failed = session.scalars(select(Run).order_by(Run.id.desc())).first()
+        assert failed.status == "failed" and "stage train failed" in failed.error and "CUDA out of memory" in failed.error
+        assert json.loads(Path(failed.summary["summary_path"]).read_text())["status"] == "failed"
+    assert {v: s for v, s in _versions(ws).items() if s == "production"} == production
+    assert received[-1]["status"] == "failed" and "stage train failed" in received[-1]["error"]
+    get_settings.cache_clear()
+
+
+def _free_port() -> int:
+    from components.package import find_free_port
+
+    return find_free_port()
+
+
+def test_server_schedule_and_list(tmp_path, clean_env):
+    """`medgate server` on 127.0.0.1; `medgate schedule --cron` registers and serves; `--list` shows next runs."""
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    ws = make_workspace(tmp_path / "ws", TINY)
+    medgate = [sys.executable, "-m", "flows.cli"]
+
+    no_server = subprocess.run([*medgate, "schedule", "--list"], env={**env, "PREFECT_API_URL": ""}, capture_output=True, text=True, timeout=120)
+    assert no_server.returncode == 2 and "medgate server" in no_server.stdout and "PREFECT_API_URL" in no_server.stdout
+
+    server = subprocess.Popen([*medgate, "server", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    served = None
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}/api/health", server)
+        bad = subprocess.run([*medgate, "schedule", "--cron", "every tuesday", "-w", str(ws)], env=env, capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and "not a valid cron expression" in bad.stdout
+        served = subprocess.Popen([*medgate, "schedule", "--cron", "0 3 * * *", "-w", str(ws)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        rows = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            listed = subprocess.run([*medgate, "schedule", "--list", "--json"], env=env, capture_output=True, text=True, timeout=120)
+            assert listed.returncode == 0, listed.stdout + listed.stderr
+            rows = json.loads(listed.stdout)
+            if rows and rows[0]["served"] and rows[0]["next_runs"]:
+                break
+            time.sleep(2)
+        assert len(rows) == 1, rows
+        row = rows[0]
+        assert row["deployment"] == "retrain-flow/ws-retrain" and row["schedules"] == ["cron 0 3 * * * (UTC)"]
+        assert row["served"] and row["parameters"]["trigger"] == "schedule" and row["parameters"]["workspace"] == str(ws)
+        assert len(row["next_runs"]) == 3 and all(t[11:16] == "03:00" for t in row["next_runs"]), row["next_runs"]
+        # "server" once its scheduler has created the runs; Prefect 3.8.8's scheduler fails under
+        # SQLAlchemy 2.1 (bulk insert through a hybrid property), and then --list computes them.
+        assert row["next_runs_from"] in ("server", "computed")
+        table = subprocess.run([*medgate, "schedule", "--list"], env={**env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=120)
+        assert "retrain-flow/ws-retrain" in table.stdout and "cron 0 3 * * *" in table.stdout
+    finally:
+        for proc in (served, server):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"prefect server exited {proc.returncode}: {proc.stdout.read()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"no healthy Prefect server at {url} within {timeout_s} s")
+
+
+def _medgate_run(ws: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-u", "-m", "flows.cli", "run", "--workspace", str(ws)], cwd=PROJECT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+
+
+def _kill_when(proc: subprocess.Popen, marker: str, timeout_s: float = 600) -> list[str]:
+    """SIGKILL `proc` (and its stage subprocesses) as soon as a line containing `marker` appears."""
+    lines = []
+    deadline = time.monotonic() + timeout_s
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            return lines
+        assert time.monotonic() < deadline, "".join(lines[-30:])
+    raise AssertionError(f"{marker!r} never appeared; exit {proc.wait()}:\n" + "".join(lines[-40:]))
+
+
+@pytest.mark.slow
+def test_killed_during_training_then_packaging_resumes_and_stays_consistent(tmp_path, prefect_api, clean_env):
+    from flows.pipeline import training_flow
+    from flows.settings import get_settings
+    from registry import repository as repo
+
+    ws = make_workspace(tmp_path / "ws", {**TINY, "train": {"epochs": 6, "batch_size": 16}})
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)  # its own ephemeral API, as an operator's `medgate run` has
+
+    # Killed in training, after its second epoch was checkpointed.
+    _kill_when(_medgate_run(ws, env), "epoch 2/6")
+    with _registry(ws)() as session:
+        [killed] = session.scalars(select(Run)).all()
+        assert killed.status == "running" and _versions(ws) == {}
+    resumed = training_flow(workspace=str(ws))
+    assert resumed["closed_interrupted_run"] == killed.run_uid
+    assert resumed["stages_reused"] == ["prepare"] or set(resumed["stages_reused"]) <= {"ingest", "prepare"}
+    assert resumed["training"]["resumed_after_epoch"] >= 2, resumed["training"]
+    assert _versions(ws) == {1: "production"}
+    with _registry(ws)() as session:
+        assert repo.get_run(session, killed.run_uid).status == "failed"
+        assert "interrupted" in repo.get_run(session, killed.run_uid).error
+
+    # Killed while packaging v2 (a changed gate policy makes the same model a new candidate).
+    set_params(ws, {"gate": {"default": {"values": {"auc": {"lower": 0.01}}}}})
+    lines = _kill_when(_medgate_run(ws, env), "packaging ct-lesion v2")
+    assert not any("Task run 'smoke-test" in line for line in lines)
+    assert _versions(ws) == {1: "production", 2: "candidate"}, "production untouched while v2 was packaged"
+    final = training_flow(workspace=str(ws))
+    assert final["status"] == "completed" and final["closed_interrupted_run"]
+    assert set(final["stages_reused"]) >= {"prepare", "train", "baseline", "evaluate"}, "nothing retrained"
+    assert _versions(ws) == {1: "archived", 2: "rejected", 3: "production"}
+    with _registry(ws)() as session:
+        assert [r.status for r in session.scalars(select(Run).order_by(Run.id))] == ["failed", "completed", "failed", "completed"]
+        audit = [e for e in repo.audit_trail(session) if e.action == "reject"]
+        assert "interrupted" in audit[-1].reason
+    get_settings.cache_clear()

@@ -1,0 +1,75 @@
+"""The PHI scanner finds planted identifiers wherever a reader would see them, and only there."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import sqlite3
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.phi import load_identifiers, scan_artifacts
+
+IDS = {
+    "patient_names": ["ABERNATHY^AVERY"],
+    "patient_ids": ["MRN1234567"],
+    "birth_dates": ["19650312"],
+    "institution_names": ["St. Aldric General Hospital"],
+}
+
+
+def _kinds(scan) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for f in scan.findings:
+        found.setdefault(f.file, set()).add(f.kind)
+    return found
+
+
+def test_planted_identifiers_are_found_in_every_container(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    root.mkdir()
+    # Parquet pages are compressed: the value is invisible in the raw bytes, visible to a reader.
+    pd.DataFrame({"note": ["x" * 50 + "Avery Abernathy" + "y" * 50] * 200}).to_parquet(
+        root / "m.parquet", compression="gzip", write_statistics=False)
+    assert b"Avery Abernathy" not in (root / "m.parquet").read_bytes()
+    buf = io.BytesIO()
+    np.save(buf, np.array(["MRN1234567"]))
+    with zipfile.ZipFile(root / "shard.npz", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.npy", buf.getvalue())
+    (root / "log.txt.gz").write_bytes(gzip.compress(b"born 1965-03-12"))
+    with sqlite3.connect(root / "registry.db") as db:  # a value longer than a page spans overflow pages
+        db.execute("CREATE TABLE runs (summary TEXT)")
+        db.execute("INSERT INTO runs VALUES (?)", ("z" * 4090 + "st. aldric general hospital" + "z" * 9000,))
+    (root / "ABERNATHY AVERY.png").write_bytes(b"\x89PNG")
+    (root / "clean.json").write_text(json.dumps({"auc": 0.1965031234, "p": [0.19650312], "id": "19650312345"}))
+
+    scan = scan_artifacts([root, tmp_path / "absent"], IDS, relative_to=tmp_path)
+    assert not scan.clean and scan.files == 6
+    assert _kinds(scan) == {
+        "run/m.parquet": {"patient_names"},
+        "run/shard.npz": {"patient_ids"},
+        "run/log.txt.gz": {"birth_dates"},
+        "run/registry.db": {"institution_names"},
+        "run/ABERNATHY AVERY.png": {"patient_names"},
+    }
+    where = {(f.file, f.where) for f in scan.findings}
+    assert ("run/m.parquet", "column note") in where and ("run/registry.db", "table runs") in where
+    # The scan's own output never carries a value, only kinds and places.
+    dumped = json.dumps(scan.to_dict())
+    assert not any(v.lower() in dumped.lower() for values in IDS.values() for v in values)
+    assert "MRN1234567" not in dumped
+
+
+def test_clean_artifacts_and_allowed_files(tmp_path: Path) -> None:
+    (tmp_path / "generator.py").write_text('SITE = "St. Aldric General Hospital"\n')
+    (tmp_path / "manifest.csv").write_text("patient_id,label\n1a2b3c4d5e6f7a8b,normal\n")
+    (tmp_path / "ids.json").write_text(json.dumps(IDS))
+    scan = scan_artifacts([tmp_path / "generator.py", tmp_path / "manifest.csv"], load_identifiers(tmp_path / "ids.json"),
+                          allowed_files=[tmp_path / "generator.py"], texts={"registry dump": "('run', 'ok')"})
+    assert scan.clean and scan.files == 2  # the allowed generator is skipped, the text dump counted
+    leaked = scan_artifacts([tmp_path], IDS, texts={"registry dump": "('Avery Abernathy',)"})
+    assert {f.file for f in leaked.findings} >= {"registry dump", str(tmp_path / "generator.py")}

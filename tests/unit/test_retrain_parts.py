@@ -1,0 +1,122 @@
+"""Pieces of unattended retraining without a flow run: content fingerprints, the workspace lock, stage waves, notices."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.caching import source_fingerprint
+from flows.lock import LOCK_FILE, WorkspaceBusy, read_holder, workspace_lock
+from flows.notify import notice, render_markdown
+from flows.workspace import stage_waves
+from tests.conftest import PROJECT
+
+
+def test_fingerprint_follows_content_not_timestamps(tmp_path):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "1.png").write_bytes(b"one")
+    (src / "labels.csv").write_text("path,label\n")
+    first = source_fingerprint(src)
+    assert first.files == 2
+
+    later = time.time() + 3600
+    for f in (src / "a" / "1.png", src / "labels.csv"):
+        os.utime(f, (later, later))
+    assert source_fingerprint(src) == first, "a touched file is not a change"
+
+    (src / "a" / "1.png").write_bytes(b"ONE")
+    changed = source_fingerprint(src)
+    assert changed != first
+    (src / "a" / "1.png").write_bytes(b"one")
+    assert source_fingerprint(src) == first, "same bytes again: same fingerprint"
+
+    (src / "a" / "2.png").write_bytes(b"two")
+    added = source_fingerprint(src)
+    assert added.files == 3 and added != first
+    (src / "a" / "2.png").unlink()
+    (src / "a" / "1.png").rename(src / "a" / "3.png")
+    assert source_fingerprint(src) != first, "a renamed file is a change"
+    (src / "a" / "3.png").unlink()
+    assert source_fingerprint(src).files == 1
+
+    npz = tmp_path / "d.npz"
+    npz.write_bytes(b"x" * 10)
+    assert source_fingerprint(npz).files == 1
+    with pytest.raises(FileNotFoundError, match="missing"):
+        source_fingerprint(tmp_path / "missing")
+
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from flows.lock import workspace_lock
+    with workspace_lock(Path(sys.argv[1]), "test holder") as lock:
+        lock.record_run("run-that-never-ends")
+        print("held", flush=True)
+        time.sleep(float(sys.argv[2]))
+""")
+
+
+def _hold(state_dir: Path, seconds: float) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(state_dir), str(seconds)], cwd=PROJECT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_lock_refuses_names_the_holder_waits_and_survives_a_kill(tmp_path):
+    state = tmp_path / ".medgate"
+    holder = _hold(state, 3)
+    with pytest.raises(WorkspaceBusy) as refused:
+        with workspace_lock(state, "second run"):
+            pass
+    message = str(refused.value)
+    assert "workspace busy" in message and f"pid {holder.pid}" in message and "test holder" in message and "--wait" in message
+
+    started = time.monotonic()
+    with workspace_lock(state, "patient run", wait_s=30, poll_s=0.1) as lock:
+        assert time.monotonic() - started > 0.5  # it waited for the holder to finish
+        assert lock.previous is None, "a clean release leaves no holder record"
+        assert read_holder(state / LOCK_FILE)["purpose"] == "patient run"
+    assert holder.wait(timeout=10) == 0
+    assert read_holder(state / LOCK_FILE) is None
+
+    killed = _hold(state, 60)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=10)
+    with workspace_lock(state, "after the kill") as lock:  # the kernel released the dead holder's lock
+        assert lock.previous["run_uid"] == "run-that-never-ends" and lock.previous["pid"] == killed.pid
+
+
+def test_stage_waves_follow_dvc_yaml(tmp_path):
+    assert stage_waves(PROJECT) == [["prepare"], ["train", "baseline"], ["evaluate"]]
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  a: {cmd: x, deps: [b/out], outs: [a]}\n  b: {cmd: y, deps: [a/file], outs: [b]}\n"
+    )
+    with pytest.raises(Exception, match="cycle"):
+        stage_waves(tmp_path)
+
+
+def test_notice_carries_verdict_metrics_and_existing_report_links(tmp_path):
+    report = tmp_path / "report.html"
+    report.write_text("<html/>")
+    summary = {
+        "run_id": "r1", "status": "completed", "trigger": "schedule", "model_name": "ct-lesion", "model_version": 3,
+        "metrics": {"auc": 0.91, "sensitivity": 0.8}, "report": str(report), "model_card": str(tmp_path / "absent.md"),
+        "validation": {"report": str(report)},
+        "gate": {"promote": False, "reason": "1 check failed", "checks": [
+            {"kind": "change", "metric": "auc", "verdict": "fail", "value": -0.03, "threshold": -0.02, "comparison": ">="},
+            {"kind": "value", "metric": "auc", "verdict": "pass", "value": 0.91, "threshold": 0.85, "comparison": ">="},
+        ]},
+    }
+    body = notice(summary)
+    assert body["gate"] == {"promote": False, "reason": "1 check failed", "failed_checks": ["change auc"]}
+    assert body["metrics"]["auc"] == 0.91 and body["trigger"] == "schedule"
+    assert body["links"] == {"data-quality report": report.as_uri(), "run report": report.as_uri()}  # the absent card is left out
+    markdown = render_markdown(summary)
+    assert "gate: **refused** (1 check failed)" in markdown and f"[run report]({report.as_uri()})" in markdown
