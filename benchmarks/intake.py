@@ -124,9 +124,9 @@ def dvc_times(data: Path, scratch: Path) -> dict[str, float]:
 
 def explode_shards(ingest_dir: Path, out: Path) -> int:
     """The same images one .npy file per image (`images/<2 hex>/<hash>.npy`), with the manifest."""
-    from components.ingest import ImageStore
-
     import pandas as pd
+
+    from components.ingest import ImageStore
 
     manifest = pd.read_parquet(ingest_dir / "manifest.parquet")
     out.mkdir(parents=True)

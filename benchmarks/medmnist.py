@@ -11,7 +11,7 @@ stage with process start and validation), images/s, the paper's rows (MedMNIST v
 from ../shared/data/README.md) and the issue's target. Then the throughput of medgate's training
 step against a bare PyTorch loop on the same network, data and batch size (benchmarks/throughput.py).
 
-    python benchmarks/medmnist.py [--datasets breastmnist pneumoniamnist adrenalmnist3d] [--seeds 3]
+    python benchmarks/medmnist.py [--datasets breastmnist pneumoniamnist adrenalmnist3d] [--seeds 3 [NAME=N ...]]
         [--workdir DIR] [--set train.max_epochs=40 ...] [--no-throughput]
 
 The CPU of this machine is shared with other work: the load average is printed with the figures.
@@ -122,6 +122,13 @@ def run_dataset(name: str, seeds: list[int], workdir: Path, overrides: dict[str,
     return runs
 
 
+def seeds_per_dataset(items: list[str], datasets: list[str]) -> dict[str, int]:
+    """`["3", "pneumoniamnist=1"]` -> 3 seeds for every dataset but PneumoniaMNIST's 1."""
+    default = next((int(i) for i in items if "=" not in i), 3)
+    named = dict(i.split("=", 1) for i in items if "=" in i)
+    return {d: int(named.get(d, default)) for d in datasets}
+
+
 def _mean_sd(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
@@ -142,7 +149,7 @@ def verdicts(name: str, runs: list[dict[str, Any]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist", "adrenalmnist3d"], choices=list(PAPER_COLUMNS))
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", nargs="+", default=["3"], metavar="N|NAME=N", help="seeds per dataset: a number, and/or per dataset, e.g. 3 pneumoniamnist=1")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the workspaces here (default: a temporary folder)")
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="params.yaml overrides")
     parser.add_argument("--no-throughput", action="store_true", help="skip the medgate-vs-bare-loop comparison")
@@ -163,9 +170,10 @@ def main() -> None:
     paper = paper_results(SHARED_DATA / "README.md")
     load_start = os.getloadavg()[0]
     results: dict[str, Any] = {}
+    seeds = seeds_per_dataset(args.seeds, args.datasets)
     for name in args.datasets:
-        print(f"{name}: {args.seeds} seed(s) through training_flow in {workdir / name}", flush=True)
-        results[name] = {"runs": run_dataset(name, list(range(args.seeds)), workdir, overrides)}
+        print(f"{name}: {seeds[name]} seed(s) through training_flow in {workdir / name}", flush=True)
+        results[name] = {"runs": run_dataset(name, list(range(seeds[name])), workdir, overrides)}
         if not args.no_throughput:
             from benchmarks.throughput import compare_with_bare_loop
             from components.config import load_params

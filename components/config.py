@@ -52,7 +52,7 @@ Severity = Literal["blocking", "warning"]
 DEFAULT_SEVERITY: dict[str, Severity] = {
     "schema": "blocking", "not_null": "blocking", "unique_image_ids": "blocking", "row_count": "blocking",
     "label_set": "blocking", "class_balance": "blocking", "splits": "blocking",
-    "patient_leakage": "blocking", "duplicates_across_splits": "blocking", "duplicate_images": "warning",
+    "patient_leakage": "blocking", "duplicates_across_splits": "warning", "duplicate_images": "warning",
     "image_kind": "blocking", "image_size": "blocking", "dtype": "blocking", "spacing": "warning",
     "intensity_range": "blocking", "constant_images": "blocking", "modality": "blocking",
     "photometric": "blocking",

@@ -108,7 +108,7 @@ def compare_manifests(baseline: pd.DataFrame, current: pd.DataFrame, cfg: DriftC
     checks.append(DriftCheck("intensity_ks", round(ks, 4), cfg.max_intensity_ks,
                              f"pooled mean moved by {shift:+.2f} baseline standard deviations"))
 
-    sizes = []
+    sizes: list[dict[str, Any]] = []
     for column in ("height", "width", "depth"):
         b, c = float(baseline[column].median()), float(current[column].median())
         sizes.append({"dimension": column, "baseline_median": b, "current_median": c,

@@ -63,11 +63,9 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Self
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 import pydicom
 from PIL import Image, ImageOps
 from pydicom.datadict import tag_for_keyword
@@ -77,6 +75,10 @@ from pydicom.pixels import apply_modality_lut
 from components.artifacts import MANIFEST_COLUMNS, SPLITS, IngestedDataset
 from components.config import IngestConfig
 from components.deid import deid_dicom, pseudonym
+
+if TYPE_CHECKING:  # pandas and pyarrow load lazily: decoding processes start without them
+    import pandas as pd
+    import pyarrow as pa
 
 __all__ = [
     "EXTRA_COLUMNS", "ImageDecodeError", "ImageStore", "age_band", "content_hash", "decode_image",
@@ -105,7 +107,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NEGATIVE_CLASS_NAMES = ("normal", "negative", "healthy", "benign", "no_finding", "no finding", "control")
 # Multi-frame objects of these modalities are stacks of slices (volumes); elsewhere frames are time.
 VOLUME_MODALITIES = frozenset({"CT", "MR", "PT", "NM"})
-MAX_GZIP_BYTES = 2 << 30  # a .nii.gz expanding beyond this is refused (decompression bomb)
+MAX_GZIP_BYTES = 1 << 30  # a .nii.gz expanding beyond this is refused (decompression bomb)
 SOURCES_FILE = "sources.csv"
 PROBLEMS_FILE = "problems.json"
 MANIFEST_FILE = "manifest.parquet"
@@ -427,7 +429,7 @@ def content_hash(arr: np.ndarray) -> str:
     """sha256 over ``"<shape>|<dtype.str>|"`` and the C-order pixel bytes (shape like ``64x64``)."""
     arr = np.ascontiguousarray(arr)
     h = hashlib.sha256(f"{'x'.join(map(str, arr.shape))}|{arr.dtype.str}|".encode())
-    h.update(memoryview(arr).cast("B"))
+    h.update(arr.data.cast("B"))
     return h.hexdigest()
 
 
@@ -445,6 +447,8 @@ def age_band(patient_age: str | None) -> str | None:
 
 def read_manifest(path: Path) -> pd.DataFrame:
     """Read a manifest written by ingest with the contract's dtypes (unknown extra columns as strings)."""
+    import pandas as pd
+
     df = pd.read_parquet(path)
     dtypes = {c: MANIFEST_COLUMNS.get(c) or EXTRA_COLUMNS.get(c, "string") for c in df.columns}
     return df.astype(dtypes)
@@ -482,7 +486,7 @@ class _ShardWriter:
             self.path.with_suffix(".tmp").replace(self.path)
             self._zip = None
 
-    def __enter__(self) -> _ShardWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -549,7 +553,7 @@ class ImageStore:
             zf.close()
         self._open.clear()
 
-    def __enter__(self) -> ImageStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -594,7 +598,7 @@ def _download(url: str, path: Path, timeout_s: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as resp:
             shutil.copyfileobj(resp, out, 1 << 20)
         with zipfile.ZipFile(tmp) as zf:  # a captive portal's HTML page is not a dataset
             if not any(n.endswith("_images.npy") for n in zf.namelist()):
@@ -607,9 +611,14 @@ def _download(url: str, path: Path, timeout_s: float) -> None:
 # ---------------------------------------------------------------------------------------------
 # Ingest.
 
-_SCHEMA = pa.schema([(c, {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64()}[t])
-                     for c, t in {**MANIFEST_COLUMNS, **EXTRA_COLUMNS}.items()])
-_BATCH_ROWS = 4096
+_BATCH_ROWS = 1024  # rows held as dicts before they are packed into an Arrow batch
+
+
+def _schema() -> pa.Schema:
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64()}
+    return pa.schema([(c, types[t]) for c, t in {**MANIFEST_COLUMNS, **EXTRA_COLUMNS}.items()])
 
 
 @dataclass
@@ -653,12 +662,17 @@ class _Sink:
 
     def flush(self) -> None:
         if self.pending:
-            self.batches.append(pa.Table.from_pylist(self.pending, schema=_SCHEMA))
+            import pyarrow as pa
+
+            self.batches.append(pa.Table.from_pylist(self.pending, schema=_schema()))
             self.pending = []
 
     def frame(self) -> pd.DataFrame:
         self.flush()
-        df = pa.concat_tables(self.batches).to_pandas() if self.batches else pd.DataFrame(columns=list(_SCHEMA.names))
+        import pandas as pd
+        import pyarrow as pa
+
+        df = pa.concat_tables(self.batches).to_pandas() if self.batches else pd.DataFrame(columns=list(_schema().names))
         extras = [c for c in EXTRA_COLUMNS if df[c].notna().any()]
         df = df[[*MANIFEST_COLUMNS, *extras]]
         return df.astype({**MANIFEST_COLUMNS, **{c: EXTRA_COLUMNS[c] for c in extras}})
@@ -839,6 +853,11 @@ def _decode_chunk(src: str, files: Sequence[str], out_dir: str, shard: int, salt
     return results
 
 
+# Starting a process costs about a second (a fresh interpreter imports numpy, pydicom, Pillow): fewer
+# chunks than this decode faster in this process (benchmarks/intake.py measures both).
+_POOL_MIN_CHUNKS = 4
+
+
 def _worker_count(cfg: IngestConfig) -> int:
     return cfg.workers or len(os.sched_getaffinity(0))
 
@@ -850,7 +869,7 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
     first = sink.reserve_shards(len(chunks))
     workers = min(_worker_count(cfg), len(chunks))
-    if workers <= 1:
+    if workers <= 1 or len(chunks) < _POOL_MIN_CHUNKS:
         for k, chunk in enumerate(chunks):
             yield from _decode_chunk(str(src), chunk, str(sink.out_dir), first + k, sink.salt, progress.step)
         return

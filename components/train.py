@@ -36,8 +36,15 @@ from torch import nn
 
 from components import models, transforms
 from components.artifacts import TrainedModel
-from components.distributed import SINGLE, Replica, global_loss, join_process_group, leave_process_group, under_torchrun
 from components.config import TrainConfig, load_params
+from components.distributed import (
+    SINGLE,
+    Replica,
+    global_loss,
+    join_process_group,
+    leave_process_group,
+    under_torchrun,
+)
 from components.models import ModelSpec, build_model, file_sha256, resolve_family, save_model
 from components.prepare import DATASET_FILE, load_split, read_dataset_info
 from components.transforms import BatchAugmentation, Preprocessing

@@ -361,9 +361,9 @@ def _pictures(manifest: pd.DataFrame, root: Path, cfg: ValidateConfig, window: t
     lo, hi = np.percentile(everything, [0.5, 99.5]) if everything.size > 1 else (0.0, 1.0)
     fig = Figure(figsize=(6.4, 3.2))
     ax = fig.subplots()
-    for label, values in pixels.items():
-        if values.size:
-            ax.hist(values, bins=60, range=(float(lo), float(max(hi, lo + 1e-6))), histtype="step", density=True, label=label)
+    for label, sample in pixels.items():
+        if sample.size:
+            ax.hist(sample, bins=60, range=(float(lo), float(max(hi, lo + 1e-6))), histtype="step", density=True, label=label)
     ax.set_xlabel("stored intensity" + (" (HU)" if ct else ""))
     ax.set_ylabel("density")
     ax.legend(fontsize=8)

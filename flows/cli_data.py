@@ -7,7 +7,7 @@ import secrets
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -23,7 +23,7 @@ LISTED = 10  # offending files printed per failed check; the report lists them a
 @data_app.command("validate")
 def validate(
     source: str = typer.Argument(..., help="DICOM or NIfTI folder with labels.csv, PNG/JPEG class folders, a MedMNIST .npz, or medmnist:<name>."),
-    workspace: Optional[Path] = WorkspaceOpt,
+    workspace: Path | None = WorkspaceOpt,
     keep: bool = typer.Option(False, "--keep", help="Keep the ingested manifest and images beside the report."),
 ) -> None:
     """Ingest SOURCE and validate it, nothing else: no dataset version, no training.
@@ -120,8 +120,8 @@ def find_quality_report(runs_dir: Path, run: str | None) -> Path:
 
 @data_app.command("report")
 def report(
-    run: Optional[str] = typer.Argument(None, help="Run id or a unique prefix (default: the latest run with a data-quality report)."),
-    workspace: Optional[Path] = WorkspaceOpt,
+    run: str | None = typer.Argument(None, help="Run id or a unique prefix (default: the latest run with a data-quality report)."),
+    workspace: Path | None = WorkspaceOpt,
 ) -> None:
     """Print the path of a run's data-quality report (the HTML page; report.json lies beside it)."""
     try:
@@ -134,7 +134,7 @@ def report(
 
 @data_app.command("list")
 def list_versions(
-    workspace: Optional[Path] = WorkspaceOpt,
+    workspace: Path | None = WorkspaceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Dataset versions in the registry: DVC hash, counts, validation verdict and report."""

@@ -137,9 +137,9 @@ def tracked_file(workspace: Path, tracked: str, version: str, relpath: str) -> P
     """File `relpath` of version `version` of the `dvc add`-ed folder `tracked`: in the workspace
     when the folder is at that version, else in the DVC cache; None when neither holds it."""
     meta = workspace / f"{tracked}.dvc"
-    if meta.is_file() and str(yaml.safe_load(meta.read_text())["outs"][0]["md5"]).removesuffix(".dir") == version:
-        if (path := workspace / tracked / relpath).is_file():
-            return path
+    current = str(yaml.safe_load(meta.read_text())["outs"][0]["md5"]).removesuffix(".dir") if meta.is_file() else None
+    if current == version and (path := workspace / tracked / relpath).is_file():
+        return path
     cache = workspace / DVC_CACHE_FILES
     listing = cache / version[:2] / f"{version[2:]}.dir"
     if not listing.is_file():

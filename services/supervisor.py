@@ -174,7 +174,8 @@ class Supervisor:
             if request.content_length is not None:
                 headers["Content-Length"] = str(request.content_length)
             if request.remote:
-                headers["X-Forwarded-For"] = request.remote
+                forwarded = request.headers.get("X-Forwarded-For")
+                headers["X-Forwarded-For"] = f"{forwarded}, {request.remote}" if forwarded else request.remote
             assert self._session is not None
             async with self._session.request(
                 request.method,

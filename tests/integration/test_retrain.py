@@ -261,9 +261,9 @@ def test_killed_during_training_then_packaging_resumes_and_stays_consistent(tmp_
 
     # Killed in training, after its second epoch was checkpointed.
     _kill_when(_medgate_run(ws, env), "epoch 2/6")
-    with _registry(ws)() as session:
+    with _registry(ws)() as session:  # every SQLite transaction here writes-locks: one session at a time
         [killed] = session.scalars(select(Run)).all()
-        assert killed.status == "running" and _versions(ws) == {}
+    assert killed.status == "running" and _versions(ws) == {}
     resumed = training_flow(workspace=str(ws))
     assert resumed["closed_interrupted_run"] == killed.run_uid
     assert resumed["stages_reused"] == ["prepare"] or set(resumed["stages_reused"]) <= {"ingest", "prepare"}

@@ -614,10 +614,10 @@ def _dicom_bytes(ds: pydicom.Dataset) -> bytes:
 
 def test_worker_processes_give_the_same_dataset(cohort: Path, tmp_path: Path) -> None:
     """Decoding in two spawned processes, several shards: byte-identical manifest and shards."""
-    inline = ingest_source(cohort, tmp_path / "a", IngestConfig(workers=1, shard_size=5), SALT)
-    pooled = ingest_source(cohort, tmp_path / "b", IngestConfig(workers=2, shard_size=5), SALT)
+    inline = ingest_source(cohort, tmp_path / "a", IngestConfig(workers=1, shard_size=4), SALT)
+    pooled = ingest_source(cohort, tmp_path / "b", IngestConfig(workers=2, shard_size=4), SALT)
     shards = sorted(p.name for p in (tmp_path / "a" / "images").iterdir())
-    assert len(shards) == -(-inline.num_images // 5)
+    assert len(shards) == -(-inline.num_images // 4) >= 4  # enough chunks for the pool
     assert shards == sorted(p.name for p in (tmp_path / "b" / "images").iterdir())
     for name in shards:
         assert (tmp_path / "a" / "images" / name).read_bytes() == (tmp_path / "b" / "images" / name).read_bytes()
