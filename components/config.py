@@ -212,7 +212,7 @@ class PackageConfig(_Section):
     # Most images per forward pass of the service's batcher (CPU: 64; a GPU takes a few hundred).
     max_batch_size: int = 64
     # The batcher's latency budget: a request expected to wait longer for the network is refused (503).
-    max_latency_ms: int = 500
+    max_latency_ms: int = 2000
     # Intra-op threads of each serving worker (0: PyTorch's default, all cores).
     torch_threads: int = 1
     # Server processes, each with its own copy of the network and its own batcher.

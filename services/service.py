@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import anyio
 import bentoml
 import numpy as np
-from bentoml.exceptions import BadInput, BentoMLException, NotFound, ServiceUnavailable, UnprocessableEntity
+from bentoml.exceptions import BadInput, BentoMLException, NotFound, UnprocessableEntity
 from bentoml.validators import ContentType
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from components.modelcard import HTML_FILE as CARD_HTML
 from components.modelcard import MARKDOWN_FILE as CARD_MARKDOWN
@@ -152,7 +152,10 @@ class Classifier:
     @bentoml.api
     async def predict(self, image: Path) -> Json:
         """Classify one image: form field `image`, a PNG, JPEG, DICOM or .npy file."""
-        (prediction,) = await self._predict_files([image], ["image"])
+        try:
+            (prediction,) = await self._predict_files([image], ["image"])
+        except Overloaded as exc:
+            return _busy(exc)  # type: ignore[return-value]  # BentoML sends a Response as it is
         return prediction
 
     @bentoml.api
@@ -162,7 +165,10 @@ class Classifier:
             raise BadInput("no images: send one or more files in form field 'images'")
         if len(images) > self.max_batch_images:
             raise BadInput(f"{len(images)} images in one request; the limit is {self.max_batch_images}")
-        return await self._predict_files(images, [f"images[{i}]" for i in range(len(images))])
+        try:
+            return await self._predict_files(images, [f"images[{i}]" for i in range(len(images))])
+        except Overloaded as exc:
+            return _busy(exc)  # type: ignore[return-value]
 
     @bentoml.api(route="/metadata")
     def metadata(self) -> Json:
@@ -194,10 +200,7 @@ class Classifier:
                 str(problem), error_code=problem.status
             ) from None
         step = SETTINGS.max_batch_size
-        try:
-            parts = await asyncio.gather(*(self.batcher(batch[i : i + step]) for i in range(0, len(batch), step)))
-        except Overloaded as exc:
-            raise ServiceUnavailable(str(exc)) from None
+        parts = await asyncio.gather(*(self.batcher(batch[i : i + step]) for i in range(0, len(batch), step)))
         return [to_prediction(row, self.card) for row in np.concatenate(parts)]
 
     def _prepare(self, paths: list[Path], names: list[str]) -> np.ndarray:
@@ -224,6 +227,11 @@ Classifier.add_asgi_middleware(  # type: ignore[attr-defined]  # bentoml.service
     file_fields={"/predict": "image", "/predict_batch": "images"},
     get_routes=("/metadata", *CARD_ROUTES),
 )
+
+
+def _busy(exc: Overloaded) -> JSONResponse:
+    # Answered here: BentoML replaces the message of any 5xx it raises with a generic one.
+    return JSONResponse({"error": str(exc)}, status_code=HTTPStatus.SERVICE_UNAVAILABLE, headers={"Retry-After": "1"})
 
 
 def _load_verified(model_dir: Path, metadata: dict[str, Any], tag: str) -> tuple[torch.nn.Module, ModelSpec]:

