@@ -142,7 +142,7 @@ class TrainConfig(_Section):
     epochs: int = 0
     steps: int = 1000
     min_epochs: int = 10
-    max_epochs: int = 60
+    max_epochs: int = 30
     batch_size: int = 64
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4

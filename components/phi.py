@@ -6,7 +6,10 @@ file of a run's artifacts, case-insensitively, in what a reader of each file wou
 
 * zip containers (image shards, torch checkpoints) member by member, gzip decompressed;
 * Parquet as its decoded column values (its pages are compressed, so raw bytes could hide a value);
-* SQLite databases as every table's rows (long values span pages) and as raw bytes (free pages);
+* SQLite databases as every table's rows (long values span pages) and as the raw pages (free pages
+  keep deleted values), both read through SQLite: a database this process has open must never be
+  opened as a plain file, since closing that file would drop SQLite's locks on it (pass it as
+  `databases`);
 * ``.npy`` arrays of strings as text (numpy stores them as UTF-32);
 * anything else as raw bytes; and every file's path, since a file name can carry a name too.
 
@@ -19,6 +22,7 @@ scan's own output leaks nothing.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -155,15 +159,22 @@ def _parquet_values(data: bytes) -> Iterator[tuple[str, bytes]]:
         yield f"column {column}", "\n".join(map(str, values)).encode("utf-8", "replace")
 
 
-def _sqlite_rows(path: Path) -> Iterator[tuple[str, bytes]]:
+def _sqlite_views(path: Path) -> list[tuple[str, bytes]]:
+    """A consistent in-memory copy of a database (SQLite's backup API, committed WAL content
+    included): its raw pages and every table's rows."""
+    views: list[tuple[str, bytes]] = []
     try:
-        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as db:
-            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        with contextlib.closing(sqlite3.connect(":memory:")) as copy:
+            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as source:
+                source.backup(copy)
+            views.append(("pages", copy.serialize()))
+            tables = [r[0] for r in copy.execute("SELECT name FROM sqlite_master WHERE type='table'")]
             for table in tables:
-                rows = db.execute(f'SELECT * FROM "{table}"').fetchall()  # table names come from the schema
-                yield f"table {table}", "\n".join(map(repr, rows)).encode("utf-8", "replace")
-    except sqlite3.Error:
-        return
+                rows = copy.execute(f'SELECT * FROM "{table}"').fetchall()  # table names come from the schema
+                views.append((f"table {table}", "\n".join(map(repr, rows)).encode("utf-8", "replace")))
+    except sqlite3.Error as exc:
+        views.append(("unreadable database", str(exc).encode()))
+    return views
 
 
 def _files(paths: Iterable[Path]) -> Iterator[Path]:
@@ -176,12 +187,14 @@ def _files(paths: Iterable[Path]) -> Iterator[Path]:
 
 
 def scan_artifacts(paths: Iterable[Path], identifiers: Mapping[str, Sequence[str]], *,
-                   allowed_files: Iterable[Path] = (), texts: Mapping[str, str] | None = None,
-                   relative_to: Path | None = None) -> PhiScan:
+                   databases: Iterable[Path] = (), allowed_files: Iterable[Path] = (),
+                   texts: Mapping[str, str] | None = None, relative_to: Path | None = None) -> PhiScan:
     """Look for every identifier in every file under `paths` (folders are walked) and in `texts`.
 
     Args:
         paths: files and folders to scan; missing ones are skipped.
+        databases: SQLite files, read only through SQLite (see the module docstring); their
+            -wal and -shm files are skipped where a walk meets them.
         identifiers: kind -> values, as in ``identifiers.json``.
         allowed_files: files whose exact content may hold identifiers (the cohort generator's own
             source defines the fake site names): a scanned file with the same sha256 is skipped.
@@ -193,25 +206,37 @@ def scan_artifacts(paths: Iterable[Path], identifiers: Mapping[str, Sequence[str
     """
     needles = _Needles(identifiers)
     allowed = {hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in allowed_files if Path(p).is_file()}
+    live = [Path(p) for p in databases if Path(p).is_file()]
+    skip = {q.resolve() for db in live for q in (db, *(db.with_name(db.name + x) for x in ("-wal", "-shm", "-journal")))}
     findings: set[PhiFinding] = set()
     files = total = 0
+
+    def shown(path: Path) -> str:
+        return path.relative_to(relative_to).as_posix() if relative_to and path.is_relative_to(relative_to) else str(path)
+
+    def record(name: str, views: Iterable[tuple[str, bytes]]) -> None:
+        for where, blob in views:
+            findings.update(PhiFinding(name, kind, where) for kind in needles.kinds_in(blob))
+
     for path in _files(paths):
+        if path.resolve() in skip:
+            continue
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() in allowed:
             continue
         files += 1
         total += len(data)
-        shown = path.relative_to(relative_to).as_posix() if relative_to and path.is_relative_to(relative_to) else str(path)
-        views = [("file name", shown.encode()), *_views(path.name, data)]
-        if data.startswith(b"SQLite format 3\x00"):
-            wal = path.with_name(path.name + "-wal")
-            views += list(_sqlite_rows(path)) + ([("write-ahead log", wal.read_bytes())] if wal.is_file() else [])
-        for where, blob in views:
-            findings |= {PhiFinding(shown, kind, where) for kind in needles.kinds_in(blob)}
+        sqlite_views = _sqlite_views(path) if data.startswith(b"SQLite format 3\x00") else []
+        record(shown(path), [("file name", shown(path).encode()), *_views(path.name, data), *sqlite_views])
+    for db in live:
+        views = _sqlite_views(db)
+        files += 1
+        total += sum(len(blob) for where, blob in views if where == "pages")
+        record(shown(db), [("file name", shown(db).encode()), *views])
     for name, text in (texts or {}).items():
         blob = text.encode("utf-8", "replace")
         files += 1
         total += len(blob)
-        findings |= {PhiFinding(name, kind) for kind in needles.kinds_in(blob)}
+        record(name, [("", blob)])
     ordered = tuple(sorted(findings, key=lambda f: (f.file, f.where, f.kind)))
     return PhiScan(files=files, bytes=total, identifiers=len(needles.items), findings=ordered)

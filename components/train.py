@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -102,7 +103,7 @@ def input_key(data_dir: Path, cfg: TrainConfig) -> str:
     for name in (DATASET_FILE, "train.npz", "val.npz"):
         digest.update(file_sha256(data_dir / name).encode())
     for module in (models, transforms):
-        digest.update(Path(module.__file__).read_bytes())
+        digest.update(Path(inspect.getfile(module)).read_bytes())
     digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()
 
@@ -276,7 +277,7 @@ def train_model(
             val_auc = score_auc(y_val, val_probs)
             record = {
                 "epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss, "val_auc": val_auc,
-                "learning_rate": scheduler.get_last_lr()[0], "seconds": time.monotonic() - epoch_start,
+                "learning_rate": float(scheduler.get_last_lr()[0]), "seconds": time.monotonic() - epoch_start,
                 "train_seconds": train_seconds, "data_seconds": data_seconds, "images_per_second": seen / max(train_seconds, 1e-9),
             }
             history.append(record)

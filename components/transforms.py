@@ -116,15 +116,15 @@ class BatchAugmentation:
         return (torch.rand(n, generator=self.generator) * 2 - 1) * half_range
 
     def _chosen(self, n: int, probability: float) -> torch.Tensor:
-        return torch.rand(n, generator=self.generator) < probability
+        """Indices of the images (of `n`) that get a change of this `probability`."""
+        return (torch.rand(n, generator=self.generator) < probability).nonzero().squeeze(1)
 
     def affine_matrices(self, n: int) -> torch.Tensor:
-        """(n, d+1, d+1) matrices in normalised coordinates; the identity for images not chosen."""
+        """(n, d+1, d+1) random rotation/zoom/shift matrices in normalised coordinates."""
         cfg, d = self.cfg, self.spatial_dims
-        chosen = self._chosen(n, cfg.affine_probability).float()
-        angle = self._uniform(n, math.radians(cfg.rotate_degrees)) * chosen
-        scale = 1 + self._uniform(n, cfg.zoom) * chosen
-        shift = torch.stack([self._uniform(n, 2 * cfg.translate) * chosen for _ in range(d)], dim=1)
+        angle = self._uniform(n, math.radians(cfg.rotate_degrees))
+        scale = 1 + self._uniform(n, cfg.zoom)
+        shift = torch.stack([self._uniform(n, 2 * cfg.translate) for _ in range(d)], dim=1)
         theta = torch.eye(d + 1).repeat(n, 1, 1)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         h, w = d - 2, d - 1  # the in-plane axes, last two spatial dimensions
@@ -138,19 +138,21 @@ class BatchAugmentation:
         cfg, n = self.cfg, images.shape[0]
         if not cfg.enabled or n == 0:
             return images
-        device = images.device
-        if cfg.affine_probability > 0:
-            images = self.resample(images, self.affine_matrices(n).to(device))
+        # Only the chosen images are resampled, flipped or given noise: on 28^3 volumes that
+        # halves the cost of augmenting against transforming every image and masking.
+        images, device = images.clone(), images.device
+        chosen = self._chosen(n, cfg.affine_probability).to(device)
+        if len(chosen):
+            images[chosen] = self.resample(images[chosen], self.affine_matrices(len(chosen)).to(device))
         for axis in cfg.flip_axes:
-            dim = 2 + (axis % self.spatial_dims)
-            flip = self._chosen(n, 0.5).to(device).view(-1, *[1] * (images.ndim - 1))
-            images = torch.where(flip, images.flip(dim), images)
+            chosen = self._chosen(n, 0.5).to(device)
+            images[chosen] = images[chosen].flip(2 + axis % self.spatial_dims)
         if cfg.contrast > 0:
             factor = (1 + self._uniform(n, cfg.contrast)).to(device).view(-1, *[1] * (images.ndim - 1))
             mean = images.mean(dim=tuple(range(1, images.ndim)), keepdim=True)
             images = (images - mean) * factor + mean
-        if cfg.noise_std > 0 and cfg.noise_probability > 0:
-            noisy = self._chosen(n, cfg.noise_probability).float().view(-1, *[1] * (images.ndim - 1))
-            noise = torch.randn(images.shape, generator=self.generator) * cfg.noise_std * noisy
-            images = images + noise.to(device)
+        chosen = self._chosen(n, cfg.noise_probability if cfg.noise_std > 0 else 0.0).to(device)
+        if len(chosen):
+            noise = torch.randn((len(chosen), *images.shape[1:]), generator=self.generator) * cfg.noise_std
+            images[chosen] += noise.to(device)
         return images

@@ -88,9 +88,10 @@ def scan_run(settings: Settings, identifiers: Path, run_dir: Path, model_tag: st
     ws = settings.workspace
     paths = [ws / rel for rel in RUN_ARTIFACTS] + [run_dir]
     texts: dict[str, str] = {}
+    databases: list[Path] = []
     url = make_url(settings.database_url)
     if url.drivername.startswith("sqlite") and url.database:
-        paths.append(Path(url.database))
+        databases.append(Path(url.database))  # open in this process: read through SQLite only
     else:
         texts[f"registry ({url.drivername})"] = registry_dump(settings.database_url)
     if model_tag or bento_tag:
@@ -100,7 +101,8 @@ def scan_run(settings: Settings, identifiers: Path, run_dir: Path, model_tag: st
         paths += [Path(bentoml.get(bento_tag).path)] if bento_tag else []
     # The generator's source defines the fake sites and physicians; a Bento carries a copy of it.
     allowed = [Path(components.cohort.__file__)]
-    return scan_artifacts(paths, load_identifiers(identifiers), allowed_files=allowed, texts=texts, relative_to=ws)
+    return scan_artifacts(paths, load_identifiers(identifiers), databases=databases, allowed_files=allowed, texts=texts,
+                          relative_to=ws)
 
 
 def registry_dump(url: str) -> str:

@@ -370,6 +370,7 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
             session.commit()
         publish_run(summary, settings)
         detach_log()
+        sessions.kw["bind"].dispose()  # no pooled connections outlive the run (several runs share a process)
     return summary
 
 

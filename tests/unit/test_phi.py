@@ -47,13 +47,20 @@ def test_planted_identifiers_are_found_in_every_container(tmp_path: Path) -> Non
     (root / "ABERNATHY AVERY.png").write_bytes(b"\x89PNG")
     (root / "clean.json").write_text(json.dumps({"auc": 0.1965031234, "p": [0.19650312], "id": "19650312345"}))
 
-    scan = scan_artifacts([root, tmp_path / "absent"], IDS, relative_to=tmp_path)
-    assert not scan.clean and scan.files == 6
+    with sqlite3.connect(tmp_path / "live.db") as live:  # open here: read only through SQLite
+        live.execute("PRAGMA journal_mode=WAL")
+        live.execute("CREATE TABLE t (v TEXT)")
+        live.execute("INSERT INTO t VALUES ('ref MRN1234567')")
+        live.commit()
+        scan = scan_artifacts([root, tmp_path / "absent"], IDS, databases=[tmp_path / "live.db"], relative_to=tmp_path)
+        live.execute("INSERT INTO t VALUES ('still writable')")  # its locks survived the scan
+    assert not scan.clean and scan.files == 7
     assert _kinds(scan) == {
         "run/m.parquet": {"patient_names"},
         "run/shard.npz": {"patient_ids"},
         "run/log.txt.gz": {"birth_dates"},
         "run/registry.db": {"institution_names"},
+        "live.db": {"patient_ids"},
         "run/ABERNATHY AVERY.png": {"patient_names"},
     }
     where = {(f.file, f.where) for f in scan.findings}

@@ -81,7 +81,7 @@ def test_class_order_puts_the_finding_second():
 
 def test_epochs_follow_the_dataset_size():
     auto = TrainConfig(epochs=0, steps=1000, min_epochs=10, max_epochs=60)
-    assert plan_epochs(auto, steps_per_epoch=9) == 60  # small set: capped
+    assert plan_epochs(auto, steps_per_epoch=9) == 60  # small set: capped at max_epochs
     assert plan_epochs(auto, steps_per_epoch=40) == 25  # 1000 steps
     assert plan_epochs(auto, steps_per_epoch=500) == 10  # large set: at least min_epochs
     assert plan_epochs(TrainConfig(epochs=7), steps_per_epoch=9) == 7
