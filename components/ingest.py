@@ -18,7 +18,7 @@ Output under ``out_dir``: ``manifest.parquet`` (`MANIFEST_COLUMNS`, then whichev
 members are ``<content hash>.npy``; a row's ``path`` is ``images/<NNNNN>.npz/<hash>.npy``, read it
 with `ImageStore`), ``sources.csv`` (``image_id``, the source file it came from) and
 ``problems.json`` (every skipped input as ``{"file", "reason"}``). Shards keep a dataset of
-100,000 images at a few hundred files, which DVC hashes, caches and pushes far faster than one
+100,000 images at a few hundred files, which DVC hashes, caches and pushes faster than one
 file per image (benchmarks/intake.py measures both).
 
 De-identification: nothing from a DICOM header reaches the outputs except derived, non-identifying
@@ -668,14 +668,16 @@ class _Sink:
             self.pending = []
 
     def frame(self) -> pd.DataFrame:
+        """The manifest, its strings left in Arrow buffers (a Python object per value would make
+        memory grow by kilobytes per image)."""
         self.flush()
         import pandas as pd
         import pyarrow as pa
 
-        df = pa.concat_tables(self.batches).to_pandas() if self.batches else pd.DataFrame(columns=list(_schema().names))
-        extras = [c for c in EXTRA_COLUMNS if df[c].notna().any()]
-        df = df[[*MANIFEST_COLUMNS, *extras]]
-        return df.astype({**MANIFEST_COLUMNS, **{c: EXTRA_COLUMNS[c] for c in extras}})
+        table = pa.concat_tables(self.batches) if self.batches else _schema().empty_table()
+        extras = [c for c in EXTRA_COLUMNS if table.column(c).null_count < len(table)]
+        table = table.select([*MANIFEST_COLUMNS, *extras])
+        return table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
 
 
 class _Progress:
@@ -684,9 +686,11 @@ class _Progress:
     def __init__(self, bar: Any = None, task: Any = None):
         self._bar, self._task = bar, task
 
-    def total(self, n: int) -> None:
+    def grow(self, n: int) -> None:
+        """n more steps to come (work is discovered in phases: headers, files, npz splits)."""
         if self._bar is not None:
-            self._bar.update(self._task, total=n)
+            task = next(t for t in self._bar.tasks if t.id == self._task)
+            self._bar.update(self._task, total=(task.total or 0) + n)
 
     def step(self, n: int = 1) -> None:
         if self._bar is not None:
@@ -919,7 +923,7 @@ def _ingest_labelled_folder(src: Path, cfg: IngestConfig, sink: _Sink, progress:
     else:
         if tag_for_keyword(key) is None:
             raise ValueError(f"{labels_path}: key column {key!r} is neither 'path' nor a DICOM keyword")
-        progress.total(len(files))
+        progress.grow(len(files))
         for rel in files:  # header pass: which file carries which key value
             try:
                 with warnings.catch_warnings():
@@ -969,7 +973,7 @@ def _ingest_labelled_folder(src: Path, cfg: IngestConfig, sink: _Sink, progress:
         if sink.label_allowed(rel, label):
             accepted.append((rel, label, split, row.get("patient_id", "")))
 
-    progress.total(len(accepted))
+    progress.grow(len(accepted))
     results = _decode_files(src, [a[0] for a in accepted], cfg, sink, progress)
     for (rel, label, split, patient_csv), result in zip(accepted, results, strict=True):
         if result.pixels is None:
@@ -1048,7 +1052,7 @@ def _ingest_class_folders(src: Path, cfg: IngestConfig, sink: _Sink, progress: _
             sink.problem(rel, "image is not inside a class folder")
         elif sink.label_allowed(rel, class_parts[0]):
             accepted.append((rel, class_parts[0], split))
-    progress.total(len(accepted))
+    progress.grow(len(accepted))
     results = _decode_files(src, [a[0] for a in accepted], cfg, sink, progress)
     for (rel, label, split), result in zip(accepted, results, strict=True):
         if result.pixels is None:
@@ -1103,7 +1107,7 @@ def _ingest_npz(src: Path, cfg: IngestConfig, sink: _Sink, progress: _Progress) 
                 images.close()
                 sink.problem(where, f"{total} images but {len(labels)} labels; split skipped")
                 continue
-            progress.total(total)
+            progress.grow(total)
             index = 0
             try:
                 for block in images:

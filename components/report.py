@@ -170,7 +170,8 @@ def _gate_section(gate: dict[str, Any] | None) -> str:
         for c in gate.get("checks", [])
     ]
     table = _table(["check", "metric", "value", "comparison", "threshold", "verdict", "detail"], rows) if rows else ""
-    return f"<h2>Gate</h2><p>{html.escape(gate.get('reason', ''))}</p>{table}"
+    note = f"<p class=muted>{html.escape(gate['champion_note'])}</p>" if gate.get("champion_note") else ""
+    return f"<h2>Gate</h2><p>{html.escape(gate.get('reason', ''))}</p>{note}{table}"
 
 
 def _subgroup_section(subgroups: dict[str, Any]) -> str:

@@ -119,6 +119,28 @@ def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> None:
+    """Recompute BatchNorm statistics as exact averages over the (unaugmented) training images.
+
+    On small datasets the weights move fast between the few steps of an epoch, so the running
+    averages lag behind them and eval-mode outputs collapse to one class ("precise BN" fixes it).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+    model.train()
+    for i in range(0, len(images), batch_size):
+        model(torch.from_numpy(images[i : i + batch_size]).to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
 class _Ema:
     """Exponential moving average of the weights (and BatchNorm statistics), with a warm-up so
     that the first steps, far from the final weights, fade out quickly."""
@@ -272,6 +294,7 @@ def train_model(
             train_seconds = time.monotonic() - epoch_start
             if ema is not None:
                 eval_model.load_state_dict(ema.state)
+            recalibrate_batchnorm(eval_model, x_train, device)
             val_probs = predict_probs(eval_model, x_val, device=device)
             val_loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-7)), torch.from_numpy(y_val)))
             val_auc = score_auc(y_val, val_probs)
