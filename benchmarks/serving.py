@@ -2,18 +2,27 @@
 
     python benchmarks/serving.py [--workspace DIR] [--bento TAG] [--concurrency 1,8,32,64]
                                  [--requests 400] [--seconds 15] [--batch-images 16]
-                                 [--via-supervisor] [--api-workers N] [--json PATH]
+                                 [--via-supervisor] [--api-workers N] [--model-width W]
+                                 [--model-depth D] [--image-size S] [--no-floor] [--json PATH]
 
 In one run it measures
 - the raw model: the network of the Bento's pinned model, loaded from the BentoML store, called
-  in-process on preprocessed input with the Bento's own intra-op thread setting; latency at batch 1
-  and throughput at every power-of-two batch size up to the Bento's `max_batch_size`;
+  in-process on preprocessed input with a server worker's intra-op threads: latency at batch 1, and
+  throughput at every power-of-two batch size up to the Bento's `max_batch_size` with as many
+  concurrent callers as the Bento has workers (the CPU the service has);
 - the service: `/predict` with a `.npy` upload over HTTP, p50/p95/p99 latency, requests per second
   and errors (anything but 200) at each concurrency level, bounded by `--requests` and `--seconds`,
   and the CPU time the server's processes spent per request (which the machine's other load
   disturbs less than the wall-clock figures);
 - `/predict_batch` with `--batch-images` images per request at concurrency 8, in images per second;
-- with `--via-supervisor`, the same levels again through `medgate serve`'s reloading proxy.
+- with `--via-supervisor`, the same levels again through `medgate serve`'s reloading proxy;
+- the framework floor: `benchmarks/floor_service.py`, a BentoML service with the same upload signature
+  and worker count that does no work, at concurrency 1 and 32: the most any BentoML service can serve
+  here, whatever its model (`--no-floor` skips it);
+- the load generator's own CPU time per request, since it shares the machine with the server.
+
+`--model-width`, `--model-depth` and `--image-size` change the stand-in's network, to see the service
+with a model whose compute outweighs HTTP's (the default cohort's network takes ~0.5 CPU-ms per image).
 
 The Bento is `--bento`, else the workspace registry's latest production Bento, else a stand-in built
 for the run: the production architecture (params.yaml `train.model`) on the default cohort's image
@@ -37,6 +46,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +63,8 @@ BATCH_CONCURRENCY = 8  # of the /predict_batch measurement
 
 @dataclass
 class RawResult:
-    threads: int
+    threads: int  # intra-op threads of each caller
+    callers: int  # concurrent callers of the batched measurements (the service's workers)
     batch1_p50_ms: float
     batch1_per_s: float
     per_batch: dict[int, float]  # batch size -> images per second
@@ -76,6 +87,7 @@ class LevelResult:
     p95_ms: float
     p99_ms: float
     server_cpu_ms: float | None  # CPU time per request of the Bento's processes (and the proxy's thread)
+    client_cpu_ms: float | None = None  # CPU time per request of the load generator (this process)
     images: int = 1  # per request: 1 for /predict, more for /predict_batch
     error_samples: list[str] = field(default_factory=list)
 
@@ -101,18 +113,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bento {bento_tag} ({origin}); model {settings.model_tag}; input {settings.input_shape}")
         print(f"machine: {os.cpu_count()} CPUs, load average {_fmt_load(load_before)} before the run")
 
-        raw = measure_raw(model_dir, image, settings.torch_threads, settings.max_batch_size, args.raw_seconds)
+        workers = settings.api_workers or len(os.sched_getaffinity(0))
+        raw = measure_raw(model_dir, image, settings.torch_threads, workers, settings.max_batch_size, args.raw_seconds)
         payload = _npy_bytes(image)
         routes = [("bento", lambda: _serve_direct(bento_tag, stack))]
         if args.via_supervisor:
             routes.append(("supervisor", lambda: _serve_supervised(bento_tag, stack)))
+        if args.floor:
+            routes.append(("floor", lambda: _serve_floor(workers, stack)))
         levels: list[LevelResult] = []
         for route, start in routes:
             base_url, ready_s, cpu_probe = start()
             print(f"{route}: ready in {ready_s:.1f} s at {base_url}")
             levels += asyncio.run(
                 measure_service(
-                    base_url, route, payload, args.concurrency, args.requests, args.seconds, cpu_probe=cpu_probe
+                    base_url,
+                    route,
+                    payload,
+                    [1, TARGET_CONCURRENCY] if route == "floor" else args.concurrency,
+                    args.requests,
+                    args.seconds,
+                    cpu_probe=cpu_probe,
                 )
             )
             if args.batch_images > 1 and route == "bento":
@@ -135,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure_raw(model_dir: Path, image: np.ndarray, threads: int, max_batch: int, budget_s: float) -> RawResult:
-    """The pinned network in-process: batch-1 latency and images/s per batch size (forward + softmax)."""
+def measure_raw(
+    model_dir: Path, image: np.ndarray, threads: int, workers: int, max_batch: int, budget_s: float
+) -> RawResult:
+    """The pinned network in-process (forward + softmax), with each caller on `threads` intra-op threads
+    (0: PyTorch's default) as in one server worker: batch-1 latency of one caller, and images/s per batch
+    size of `workers` callers at once (Python threads; PyTorch releases the GIL), the CPU the service has."""
     import torch
 
     from components.models import load_model
@@ -144,7 +169,7 @@ def measure_raw(model_dir: Path, image: np.ndarray, threads: int, max_batch: int
 
     previous = torch.get_num_threads()
     if threads > 0:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # process-wide: applies to every calling thread
     try:
         network, spec = load_model(model_dir)
         one = torch.from_numpy(preprocess(image, spec.preprocessing)[np.newaxis])
@@ -159,15 +184,18 @@ def measure_raw(model_dir: Path, image: np.ndarray, threads: int, max_batch: int
             forward(one)
         batch1 = _timed_calls(lambda: forward(one), per_size_s * 2, min_calls=20)
         per_batch, cpu_ms = {}, {}
-        for size in sizes:
-            x = one.repeat(size, *[1] * (one.ndim - 1))
-            forward(x)
-            cpu_before = time.process_time()
-            times = _timed_calls(lambda x=x: forward(x), per_size_s, min_calls=3)
-            cpu_ms[size] = (time.process_time() - cpu_before) * 1000 / (size * len(times))
-            per_batch[size] = size / statistics.mean(times)
+        with ThreadPoolExecutor(workers) as pool:
+            for size in sizes:
+                x = one.repeat(size, *[1] * (one.ndim - 1))
+                forward(x)
+                cpu_before, started = time.process_time(), time.perf_counter()
+                calls = sum(pool.map(lambda _, x=x: len(_timed_calls(lambda: forward(x), per_size_s, 3)), range(workers)))
+                elapsed = time.perf_counter() - started
+                cpu_ms[size] = (time.process_time() - cpu_before) * 1000 / (size * calls)
+                per_batch[size] = size * calls / elapsed
         return RawResult(
             threads=torch.get_num_threads(),
+            callers=workers,
             batch1_p50_ms=statistics.median(batch1) * 1000,
             batch1_per_s=1 / statistics.mean(batch1),
             per_batch=per_batch,
@@ -211,10 +239,14 @@ async def measure_service(
         async with aiohttp.ClientSession(base_url, connector=connector, timeout=timeout) as session:
             await _load(session, path, body, headers, concurrency, concurrency * 2, 30.0)  # warm-up, not counted
             cpu_before = cpu_probe() if cpu_probe else None
+            client_before = time.process_time()
             r = await _load(session, path, body, headers, concurrency, max_requests, max_seconds, route=route)
+            client_s = time.process_time() - client_before
             r.images = images
             if cpu_before is not None and cpu_probe is not None and r.requests:
                 r.server_cpu_ms = (cpu_probe() - cpu_before) * 1000 / r.requests
+            if r.requests and route != "supervisor":  # the supervisor's proxy thread runs in this process
+                r.client_cpu_ms = client_s * 1000 / r.requests
             results.append(r)
         print(
             f"  {route} {path} c={concurrency}: {r.requests} requests, {r.per_s:.0f}/s, "
@@ -275,7 +307,7 @@ def _report(
     raw: RawResult, levels: list[LevelResult], load_before: tuple[float, ...], load_after: tuple[float, ...]
 ) -> dict[str, Any]:
     best_size, best_per_s = raw.best
-    print(f"\nraw model in-process ({raw.threads} intra-op thread(s)):")
+    print(f"\nraw model in-process ({raw.threads} intra-op thread(s) per caller; {raw.callers} caller(s) at once when batched):")
     print(f"  batch 1: p50 {raw.batch1_p50_ms:.2f} ms, {raw.batch1_per_s:.0f} images/s")
     print("  " + ", ".join(f"batch {b}: {v:.0f}/s" for b, v in raw.per_batch.items()))
     print(f"  best: batch {best_size}, {best_per_s:.0f} images/s")
@@ -283,19 +315,26 @@ def _report(
     print("\nservice: /predict with one .npy image per request (img/req 1), /predict_batch with more:")
     print(
         f"  {'route':<11}{'img/req':>8}{'conc':>5}{'requests':>10}{'req/s':>8}{'images/s':>9}{'p50 ms':>9}"
-        f"{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}{'server CPU ms/req':>19}"
+        f"{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}{'server CPU ms/req':>19}{'client CPU ms/req':>19}"
     )
     for r in levels:
-        cpu = f"{r.server_cpu_ms:.2f}" if r.server_cpu_ms is not None else "-"
+        cpu, client = (f"{v:.2f}" if v is not None else "-" for v in (r.server_cpu_ms, r.client_cpu_ms))
         print(
             f"  {r.route:<11}{r.images:>8}{r.concurrency:>5}{r.requests:>10}{r.per_s:>8.0f}{r.per_s * r.images:>9.0f}"
-            f"{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}{r.p99_ms:>9.1f}{r.errors:>8}{cpu:>19}"
+            f"{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}{r.p99_ms:>9.1f}{r.errors:>8}{cpu:>19}{client:>19}"
         )
         for sample in r.error_samples:
             print(f"      {sample}")
     print(f"\nload average {_fmt_load(load_before)} before, {_fmt_load(load_after)} after")
     targets = []
-    for route in dict.fromkeys(r.route for r in levels):
+    floor = {r.concurrency: r for r in levels if r.route == "floor"}
+    if TARGET_CONCURRENCY in floor:
+        print(
+            f"\nframework floor (a BentoML service of the same signature doing no work): at c={TARGET_CONCURRENCY} "
+            f"{floor[TARGET_CONCURRENCY].per_s:.0f} req/s = {floor[TARGET_CONCURRENCY].per_s / best_per_s:.2f} of the raw "
+            "model's best: no BentoML service of this model can serve more on this machine"
+        )
+    for route in dict.fromkeys(r.route for r in levels if r.route != "floor"):
         by_c = {r.concurrency: r for r in levels if r.route == route and r.images == 1}
         if TARGET_CONCURRENCY in by_c:
             share = by_c[TARGET_CONCURRENCY].per_s / best_per_s
@@ -307,7 +346,7 @@ def _report(
         errors = sum(r.errors for r in levels if r.route == route)
         targets.append((route, "errors", errors, "<=", 0, errors == 0))
     for r in levels:
-        if r.images > 1:
+        if r.images > 1 and r.route != "floor":
             share = r.per_s * r.images / best_per_s
             name = f"images/s of /predict_batch x{r.images} / raw best"
             targets.append((r.route, name, share, ">=", THROUGHPUT_SHARE, share >= THROUGHPUT_SHARE))
@@ -339,8 +378,10 @@ def _choose_bento(args: argparse.Namespace, stack: contextlib.ExitStack) -> tupl
     # Before BentoML first opens a store, so that the stand-in never lands in the user's store.
     home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medgate-bench-")))
     os.environ["BENTOML_HOME"] = str(home / "bentoml")
-    package = {k: v for k, v in (("api_workers", args.api_workers), ("max_batch_size", args.max_batch_size)) if v}
-    return _build_stand_in(home, args.workspace, package), "stand-in: production architecture, untrained weights"
+    package = {k: v for k, v in (("api_workers", args.api_workers), ("max_batch_size", args.max_batch_size)) if v is not None}
+    model = {k: v for k, v in (("width", args.model_width), ("depth", args.model_depth)) if v is not None}
+    origin = "stand-in: " + (f"production architecture with {model}" if model else "production architecture")
+    return _build_stand_in(home, args.workspace, package, model, args.image_size), origin + ", untrained weights"
 
 
 def _production_bento(workspace: Path | None) -> str | None:
@@ -355,19 +396,22 @@ def _production_bento(workspace: Path | None) -> str | None:
         return production.bento_tag if production is not None else None
 
 
-def _build_stand_in(home: Path, workspace: Path | None, package: dict[str, int]) -> str:
+def _build_stand_in(
+    home: Path, workspace: Path | None, package: dict[str, int], model: dict[str, int], image_size: int | None
+) -> str:
     """A Bento of the production architecture on the default cohort's image size; `package` overrides
-    params.yaml's package section (to try serving settings)."""
+    params.yaml's package section (to try serving settings), `model` its train.model section and
+    `image_size` the input size (to measure a model whose compute outweighs HTTP's)."""
     from components.config import load_params
     from components.models import ModelSpec, build_model, save_model
     from components.package import build_bento, save_to_model_store
     from components.transforms import Preprocessing
 
     params = load_params(get_settings(workspace).workspace / "params.yaml")
-    size = min(params.cohort.image_size, params.prepare.max_size)
+    size = image_size or min(params.cohort.image_size, params.prepare.max_size)
     half = params.prepare.window_width / 2
     spec = ModelSpec(
-        model=params.train.model,
+        model=params.train.model.model_copy(update=model),
         input_shape=(1, size, size),
         class_names=("normal", "lesion"),
         preprocessing=Preprocessing(
@@ -394,6 +438,23 @@ def _serve_direct(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, flo
     if problem:
         log.seek(0)
         raise SystemExit(f"{bento_tag}: {problem}\n{log.read().decode(errors='replace')[-3000:]}")
+    return base, time.perf_counter() - started, lambda: _tree_cpu_s(proc.pid)
+
+
+def _serve_floor(workers: int, stack: contextlib.ExitStack) -> tuple[str, float, Callable[[], float]]:
+    """benchmarks/floor_service.py served like the Bento, with as many workers."""
+    from components.package import find_free_port, serve_in_background, wait_until_ready
+
+    port = find_free_port()
+    log = stack.enter_context(tempfile.TemporaryFile("w+b"))  # noqa: SIM115 - the ExitStack closes it
+    started = time.perf_counter()
+    env = {"MEDGATE_FLOOR_WORKERS": str(workers)}
+    proc = stack.enter_context(serve_in_background("floor_service:Floor", port, log=log, env=env, cwd=Path(__file__).parent))
+    base = f"http://127.0.0.1:{port}"
+    problem = wait_until_ready(base, proc, timeout_s=120)
+    if problem:
+        log.seek(0)
+        raise SystemExit(f"floor service: {problem}\n{log.read().decode(errors='replace')[-3000:]}")
     return base, time.perf_counter() - started, lambda: _tree_cpu_s(proc.pid)
 
 
@@ -497,6 +558,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--batch-images", type=int, default=16, help="also /predict_batch with this many images per request (0: no)"
     )
     parser.add_argument("--api-workers", type=int, help="stand-in only: override package.api_workers")
+    parser.add_argument("--model-width", type=int, help="stand-in only: override train.model.width")
+    parser.add_argument("--model-depth", type=int, choices=(10, 18, 34), help="stand-in only: override train.model.depth")
+    parser.add_argument("--image-size", type=int, help="stand-in only: input height and width")
+    parser.add_argument(
+        "--no-floor", dest="floor", action="store_false", help="skip the framework floor (benchmarks/floor_service.py)"
+    )
     parser.add_argument("--max-batch-size", type=int, help="stand-in only: override package.max_batch_size")
     parser.add_argument("--json", help="write the figures to this file")
     return parser.parse_args(argv)

@@ -77,10 +77,10 @@ class ServingSettings:
     def __post_init__(self) -> None:
         exact_model_tag(self.model_tag)
         # BentoML refuses a batchable API with max_batch_size < 2; say so at packaging, not at serving.
-        if self.max_batch_size < 2 or self.max_latency_ms < 1 or self.torch_threads < 0 or self.api_workers < 1:
+        if self.max_batch_size < 2 or self.max_latency_ms < 1 or self.torch_threads < 0 or self.api_workers < 0:
             raise ValueError(
                 "package settings: need max_batch_size >= 2, max_latency_ms >= 1, torch_threads >= 0, "
-                f"api_workers >= 1; got {self.max_batch_size}, {self.max_latency_ms}, {self.torch_threads}, "
+                f"api_workers >= 0; got {self.max_batch_size}, {self.max_latency_ms}, {self.torch_threads}, "
                 f"{self.api_workers}"
             )
         if self.max_upload_bytes < 1 or self.max_batch_images < 1:
@@ -388,9 +388,11 @@ def serve_in_background(
     host: str = "127.0.0.1",
     log: Any = None,
     env: Mapping[str, str | None] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`bentoml serve` in its own process group, stopped (SIGTERM, then SIGKILL) when the block ends.
 
+    `bento_tag` may also be a service import path ("module:Class") found from `cwd`.
     `log`: a binary file for the server's output (default: this process's stdout/stderr).
     `env`: environment changes for the server; None removes a variable.
     """
@@ -407,6 +409,7 @@ def serve_in_background(
         stdout=log,
         stderr=subprocess.STDOUT if log is not None else None,
         start_new_session=True,
+        cwd=cwd,
     )
     try:
         yield proc

@@ -103,15 +103,21 @@ def read_api_key() -> str:
     return key
 
 
+def worker_count(settings: ServingSettings) -> int:
+    """`api_workers`, where 0 means one per CPU this server may use (its affinity, not the host's count)."""
+    return settings.api_workers or len(os.sched_getaffinity(0))
+
+
 SETTINGS = resolve_settings()
 API_KEY = read_api_key()
+WORKERS = worker_count(SETTINGS)
 _ERRORS = {HTTPStatus.BAD_REQUEST: BadInput, HTTPStatus.UNPROCESSABLE_ENTITY: UnprocessableEntity}
 # Declared, so that BentoML does not derive the media type from a JSON schema it builds for every answer.
 Json = Annotated[dict[str, Any], ContentType("application/json")]
 JsonList = Annotated[list[dict[str, Any]], ContentType("application/json")]
 
 
-@bentoml.service(name="medgate_classifier", workers=SETTINGS.api_workers, traffic={"timeout": 60})
+@bentoml.service(name="medgate_classifier", workers=WORKERS, traffic={"timeout": 60})
 class Classifier:
     """Classifies medical images with one exact model version from the BentoML model store."""
 
@@ -300,7 +306,7 @@ def _describe(
             "max_latency_ms": settings.max_latency_ms,
             "max_upload_bytes": settings.max_upload_bytes,
             "max_batch_images": settings.max_batch_images,
-            "api_workers": settings.api_workers,
+            "api_workers": worker_count(settings),
             "api_key_required": bool(API_KEY),
         },
         "extra": {k: v for k, v in metadata.items() if k not in shown},

@@ -61,6 +61,23 @@ def test_preprocess_scales_resizes_and_checks_shape():
         preprocess(np.full((16, 16), np.nan), spec)
 
 
+@pytest.mark.parametrize(
+    ("shape", "spatial_size", "channels"),
+    [((64, 64), (64, 64), 1), ((100, 90), (64, 64), 1), ((40, 50, 3), (32, 32), 3), ((20, 30, 30), (16, 28, 28), 1)],
+)
+def test_preprocess_equals_the_monai_window_and_resize(shape, spatial_size, channels):
+    # The numpy window (and skipping an identity resize) must give MONAI's ScaleIntensityRange + Resize exactly.
+    from monai.transforms import Compose, Resize, ScaleIntensityRange
+
+    spec = Preprocessing(spatial_size, channels, lower=-160.0, upper=240.0)
+    image = np.random.default_rng(1).uniform(-400, 500, shape).astype(np.float32)
+    arr = np.moveaxis(image, -1, 0) if channels == 3 else image[np.newaxis]
+    reference = Compose(
+        [ScaleIntensityRange(a_min=-160.0, a_max=240.0, b_min=0.0, b_max=1.0, clip=True), Resize(spatial_size, mode="area")]
+    )(arr)
+    np.testing.assert_array_equal(preprocess(image, spec), np.asarray(reference))
+
+
 @pytest.mark.parametrize("depth", [10, 18])
 def test_resnet_depths_and_3d_volumes(depth):
     cfg = ModelConfig(family="auto", width=4, depth=depth)
