@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,8 @@ import yaml
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
 sys.path.insert(0, str(PROJECT))
+
+from flows.workspace import create_workspace, update_params  # noqa: E402 - after the path is set
 
 # The issue's targets on this 2-core CPU.
 TARGETS: dict[str, dict[str, float]] = {
@@ -62,30 +63,6 @@ def paper_results(readme: Path) -> dict[str, list[tuple[str, float, float]]]:
     return out
 
 
-def merge(target: dict, values: dict) -> None:
-    for key, value in values.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            merge(target[key], value)
-        else:
-            target[key] = value
-
-
-def make_workspace(root: Path, overrides: dict[str, Any]) -> Path:
-    """A workspace with the project's dvc.yaml and params.yaml (plus `overrides`); code linked in."""
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(PROJECT / "dvc.yaml", root / "dvc.yaml")
-    if not (root / "components").exists():
-        (root / "components").symlink_to(PROJECT / "components")
-    set_params(root, overrides, base=PROJECT / "params.yaml")
-    return root
-
-
-def set_params(ws: Path, overrides: dict[str, Any], base: Path | None = None) -> None:
-    params = yaml.safe_load((base or ws / "params.yaml").read_text())
-    merge(params, overrides)
-    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def parse_sets(items: list[str]) -> dict[str, Any]:
     """`section.key=value` strings as a nested override dict (values parsed as YAML)."""
     out: dict[str, Any] = {}
@@ -102,10 +79,10 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 def run_dataset(name: str, seeds: list[int], workdir: Path, overrides: dict[str, Any]) -> list[dict[str, Any]]:
     from flows.pipeline import training_flow
 
-    ws = make_workspace(workdir / name, {**overrides, **NO_GATE})
+    ws = create_workspace(workdir / name, {**overrides, **NO_GATE})
     runs = []
     for seed in seeds:
-        set_params(ws, {"train": {"seed": seed}})
+        update_params(ws, {"train": {"seed": seed}})
         started = time.monotonic()
         summary = training_flow(source=str(SHARED_DATA / f"{name}.npz"), workspace=str(ws), trigger="benchmark")
         m, t = summary["metrics"], summary["training"]

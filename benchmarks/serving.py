@@ -426,36 +426,28 @@ def _build_stand_in(
     return build_bento(model_tag, package_cfg, {"purpose": "benchmark"}, serve_cfg=params.serve)
 
 
-def _serve_direct(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float, Callable[[], float]]:
+def _serve_direct(
+    target: str, stack: contextlib.ExitStack, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[str, float, Callable[[], float]]:
+    """`bentoml serve target` on a free port: its URL, seconds to ready, and a probe of its CPU seconds."""
     from components.package import find_free_port, serve_in_background, wait_until_ready
 
     port = find_free_port()
     log = stack.enter_context(tempfile.TemporaryFile("w+b"))  # noqa: SIM115 - the ExitStack closes it
     started = time.perf_counter()
-    proc = stack.enter_context(serve_in_background(bento_tag, port, log=log))
+    proc = stack.enter_context(serve_in_background(target, port, log=log, env=env, cwd=cwd))
     base = f"http://127.0.0.1:{port}"
     problem = wait_until_ready(base, proc, timeout_s=180)
     if problem:
         log.seek(0)
-        raise SystemExit(f"{bento_tag}: {problem}\n{log.read().decode(errors='replace')[-3000:]}")
+        raise SystemExit(f"{target}: {problem}\n{log.read().decode(errors='replace')[-3000:]}")
     return base, time.perf_counter() - started, lambda: _tree_cpu_s(proc.pid)
 
 
 def _serve_floor(workers: int, stack: contextlib.ExitStack) -> tuple[str, float, Callable[[], float]]:
     """benchmarks/floor_service.py served like the Bento, with as many workers."""
-    from components.package import find_free_port, serve_in_background, wait_until_ready
-
-    port = find_free_port()
-    log = stack.enter_context(tempfile.TemporaryFile("w+b"))  # noqa: SIM115 - the ExitStack closes it
-    started = time.perf_counter()
-    env = {"MEDGATE_FLOOR_WORKERS": str(workers)}
-    proc = stack.enter_context(serve_in_background("floor_service:Floor", port, log=log, env=env, cwd=Path(__file__).parent))
-    base = f"http://127.0.0.1:{port}"
-    problem = wait_until_ready(base, proc, timeout_s=120)
-    if problem:
-        log.seek(0)
-        raise SystemExit(f"floor service: {problem}\n{log.read().decode(errors='replace')[-3000:]}")
-    return base, time.perf_counter() - started, lambda: _tree_cpu_s(proc.pid)
+    env = {"MEDGATE_FLOOR_WORKERS": str(workers)}  # floor_service.WORKERS_ENV
+    return _serve_direct("floor_service:Floor", stack, env=env, cwd=Path(__file__).parent)
 
 
 def _serve_supervised(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float, Callable[[], float]]:

@@ -59,7 +59,7 @@ import warnings
 import zipfile
 import zlib
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -111,6 +111,7 @@ MAX_GZIP_BYTES = 1 << 30  # a .nii.gz expanding beyond this is refused (decompre
 SOURCES_FILE = "sources.csv"
 PROBLEMS_FILE = "problems.json"
 MANIFEST_FILE = "manifest.parquet"
+CLASS_NAMES_ATTR = "class_names"  # key of the class order in the manifest's metadata (DataFrame.attrs)
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
@@ -767,10 +768,11 @@ def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: st
     if manifest.empty:
         first = f"; first: {sink.problems[0]['file']}: {sink.problems[0]['reason']}" if sink.problems else ""
         raise ValueError(f"{src}: no usable images ({len(sink.problems)} problems{first})")
+    class_names = tuple(cfg.class_names) if cfg.class_names else order_class_names(manifest["label"].astype(str))
+    # The class order travels with the manifest (parquet metadata): prepare indexes labels by it.
+    manifest.attrs[CLASS_NAMES_ATTR] = list(class_names)
     manifest_path = out_dir / MANIFEST_FILE
     manifest.to_parquet(manifest_path, index=False)
-    labels = set(manifest["label"].astype(str))
-    class_names = tuple(cfg.class_names) if cfg.class_names else _order_classes(labels)
     result = IngestedDataset(
         manifest=manifest_path,
         source=str(source),
@@ -1161,8 +1163,11 @@ def _iter_npy_member(zf: zipfile.ZipFile, member: str, chunk: int) -> Generator[
             yield np.frombuffer(buf, dtype=dtype).reshape((n, *shape[1:]))
 
 
-def _order_classes(labels: set[str]) -> tuple[str, ...]:
-    """Numeric names by value; otherwise a conventional negative name first, then alphabetical."""
+def order_class_names(labels: Iterable[str]) -> tuple[str, ...]:
+    """The distinct labels in a stable order: numerically when all are integers (MedMNIST); otherwise a
+    conventional negative name ("normal", "benign"...) first, then alphabetically, so that for two
+    classes `class_names[1]`, the positive class, is the finding."""
+    labels = set(labels)
     if all(re.fullmatch(r"-?\d+", x) for x in labels):
         return tuple(sorted(labels, key=int))
     first = [x for x in NEGATIVE_CLASS_NAMES if x in labels]

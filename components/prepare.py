@@ -17,21 +17,10 @@ import pandas as pd
 
 from components.artifacts import SPLITS, SUBGROUP_COLUMNS, PreparedDataset
 from components.config import PrepareConfig, load_params
-from components.ingest import NEGATIVE_CLASS_NAMES, ImageStore
+from components.ingest import CLASS_NAMES_ATTR, ImageStore, order_class_names
 from components.transforms import Preprocessing, preprocess
 
 DATASET_FILE = "dataset.json"
-
-
-def sort_class_names(labels: pd.Series) -> tuple[str, ...]:
-    """Class names in a stable order: numerically when all are integers (MedMNIST); otherwise a
-    conventional negative name ("normal", "benign"...) first, then alphabetically, so that for two
-    classes `class_names[1]`, the positive class, is the finding (as ingest orders them)."""
-    names = {str(v) for v in labels.dropna().unique()}
-    if names and all(n.lstrip("-").isdigit() for n in names):
-        return tuple(sorted(names, key=int))
-    first = [n for n in NEGATIVE_CLASS_NAMES if n in names]
-    return (*first, *sorted(names - set(first)))
 
 
 def split_patients(manifest: pd.DataFrame, cfg: PrepareConfig) -> pd.Series:
@@ -88,7 +77,7 @@ def prepare_dataset(manifest_path: Path, cfg: PrepareConfig, out_dir: Path) -> P
     """Split by patient, preprocess every image once, and write the arrays per split."""
     manifest = pd.read_parquet(manifest_path)
     root = manifest_path.parent
-    class_names = sort_class_names(manifest["label"])
+    class_names = tuple(manifest.attrs.get(CLASS_NAMES_ATTR) or order_class_names(manifest["label"].dropna().astype(str)))
     manifest = manifest.assign(split=split_patients(manifest, cfg))
     missing = set(SPLITS) - set(manifest["split"])
     if missing:

@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from flows.cli_common import WorkspaceOpt, console, sessions_for
+from flows.cli_common import WorkspaceOpt, console, find_run_file, sessions_for
 from flows.settings import get_settings
 
 data_app = typer.Typer(no_args_is_help=True, help="Data intake and quality: validate a source, find a report, list dataset versions.")
@@ -101,21 +101,14 @@ def find_quality_report(runs_dir: Path, run: str | None) -> Path:
     Raises:
         LookupError: no such run, an ambiguous prefix, or a run that stopped before validation.
     """
-    summaries = sorted(runs_dir.glob("*/summary.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    if run is not None:
-        exact = [p for p in summaries if p.parent.name == run]
-        summaries = exact or [p for p in summaries if p.parent.name.startswith(run)]
-        if not summaries:
-            raise LookupError(f"no run {run!r} in {runs_dir}")
-        if len(summaries) > 1:
-            raise LookupError(f"run id prefix {run!r} matches {len(summaries)} runs; give more characters")
-    for path in summaries:
-        report = (json.loads(path.read_text()).get("validation") or {}).get("report")
-        if report and Path(report).is_file():
-            return Path(report)
-        if run is not None:
-            raise LookupError(f"run {path.parent.name} has no data-quality report (it stopped before validation)")
-    raise LookupError(f"no run with a data-quality report in {runs_dir}; run `medgate data validate SOURCE` or `medgate run`")
+    return find_run_file(
+        runs_dir,
+        run,
+        "data-quality report",
+        lambda summary: (summary.get("validation") or {}).get("report"),
+        lambda summary: "it stopped before validation",
+        "run `medgate data validate SOURCE` or `medgate run`",
+    )
 
 
 @data_app.command("report")

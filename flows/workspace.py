@@ -12,12 +12,18 @@ import json
 import os
 import subprocess
 import sys
+import shutil
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+# The project folder: its dvc.yaml, .dvc config, params.yaml and components/ seed new workspaces.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class WorkspaceError(RuntimeError):
@@ -74,6 +80,36 @@ def ensure_workspace(workspace: Path) -> None:
             code, tail = _dvc(workspace, *args)
             if code:
                 raise WorkspaceError(f"{workspace}: dvc {' '.join(args)} failed: {' | '.join(tail)}")
+
+
+def create_workspace(root: Path, overrides: Mapping[str, Any] | None = None) -> Path:
+    """A workspace at `root` (created if needed): the project's dvc.yaml and DVC config, its params.yaml
+    with `overrides` merged in (nested: {"train": {"epochs": 3}}), and `components` linked so that
+    dvc.yaml's code dependencies resolve as in the project. Existing data and runs are kept."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT_ROOT / "dvc.yaml", root / "dvc.yaml")
+    if not (root / ".dvc").exists():
+        ignore = shutil.ignore_patterns("cache", "tmp", "config.local")
+        shutil.copytree(PROJECT_ROOT / ".dvc", root / ".dvc", ignore=ignore)
+    if not (root / "components").exists():
+        (root / "components").symlink_to(PROJECT_ROOT / "components")
+    update_params(root, overrides or {}, base=PROJECT_ROOT / "params.yaml")
+    return root
+
+
+def update_params(workspace: Path, overrides: Mapping[str, Any], base: Path | None = None) -> None:
+    """Merge `overrides` (nested sections) into the workspace's params.yaml, or into `base`'s and write it there."""
+    params = yaml.safe_load((base or workspace / "params.yaml").read_text())
+    _merge(params, overrides)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _merge(target: dict, values: Mapping[str, Any]) -> None:
+    for key, value in values.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
 
 
 def track_dataset(workspace: Path, rel_path: str) -> str:

@@ -20,14 +20,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
 
-from components.config import ModelConfig, PackageConfig, ServeConfig
+from components.config import PackageConfig, ServeConfig
 from components.modelcard import HTML_FILE, MARKDOWN_FILE
-from components.models import ModelSpec, build_model, save_model
 from components.package import API_KEY_ENV, build_bento, find_free_port, save_to_model_store
-from components.transforms import Preprocessing
 from tests.conftest import PROJECT
+from tests.tiny_model import save_tiny_model
 
 CLASS_NAMES = ("benign", "malignant")
 MODEL_NAME = "tiny-http"
@@ -44,14 +42,7 @@ def stored_image(seed: int) -> np.ndarray:
 
 def package_tiny_model(root: Path, seed: int, *, with_card: bool) -> dict[str, str]:
     """A tiny untrained model in the store and a Bento pinned to it: {"model_tag", "bento_tag", "sha256"}."""
-    torch.manual_seed(seed)
-    spec = ModelSpec(
-        model=ModelConfig(width=4),
-        input_shape=(1, 16, 16),
-        class_names=CLASS_NAMES,
-        preprocessing=Preprocessing(spatial_size=(16, 16), channels=1, lower=0.0, upper=255.0),
-    )
-    save_model(build_model(spec.model, spec.input_shape, 2), spec, root)
+    save_tiny_model(root, CLASS_NAMES, seed)
     files = {HTML_FILE: CARD_HTML, MARKDOWN_FILE: CARD_MARKDOWN} if with_card else None
     model_tag, sha256 = save_to_model_store(
         root, MODEL_NAME, {"dataset_version": "ds-http", "operating_threshold": 0.4}, files=files

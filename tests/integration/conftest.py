@@ -1,11 +1,9 @@
 import os
-import shutil
-from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import PROJECT
+from flows.workspace import create_workspace as make_workspace  # noqa: F401 - used by the tests here
+from flows.workspace import update_params as set_params  # noqa: F401
 from tests.integration.bento_fixtures import packaged, served  # noqa: F401 - session fixtures of the HTTP tests
 
 
@@ -16,37 +14,6 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
-
-
-def make_workspace(root: Path, overrides: dict) -> Path:
-    """A temporary copy of the project's workspace files with `overrides` merged into params.yaml.
-
-    `components` is linked in so dvc.yaml's code dependencies resolve as in the project.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(PROJECT / "dvc.yaml", root / "dvc.yaml")
-    shutil.copytree(PROJECT / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp", "config.local"))
-    (root / "components").symlink_to(PROJECT / "components")
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    for section, values in overrides.items():
-        merge(params.setdefault(section, {}), values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return root
-
-
-def merge(target: dict, values: dict) -> None:
-    for key, value in values.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            merge(target[key], value)
-        else:
-            target[key] = value
-
-
-def set_params(workspace: Path, overrides: dict) -> None:
-    params = yaml.safe_load((workspace / "params.yaml").read_text())
-    for section, values in overrides.items():
-        merge(params.setdefault(section, {}), values)
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 # A small cohort and a short training: the flow's mechanics, not the model's quality, are under test.

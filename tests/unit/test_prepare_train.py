@@ -10,7 +10,8 @@ import torch
 
 from components.config import BaselineConfig, EvaluateConfig, ModelConfig, PrepareConfig, TrainConfig
 from components.evaluate import evaluate_model
-from components.prepare import prepare_dataset, sort_class_names, split_patients
+from components.ingest import CLASS_NAMES_ATTR, order_class_names
+from components.prepare import prepare_dataset, split_patients
 from components.train import (
     CHECKPOINT_FILE,
     HISTORY_FILE,
@@ -74,9 +75,23 @@ def test_fixed_splits_are_kept(tmp_path):
 
 
 def test_class_order_puts_the_finding_second():
-    assert sort_class_names(pd.Series(["lesion", "normal", "lesion"])) == ("normal", "lesion")
-    assert sort_class_names(pd.Series(["10", "2", "1"])) == ("1", "2", "10")
-    assert sort_class_names(pd.Series(["dog", "cat"])) == ("cat", "dog")
+    assert order_class_names(["lesion", "normal", "lesion"]) == ("normal", "lesion")
+    assert order_class_names(["10", "2", "1"]) == ("1", "2", "10")
+    assert order_class_names(["dog", "cat"]) == ("cat", "dog")
+
+
+def test_prepare_follows_the_class_order_ingest_stored(tmp_path):
+    # ingest.class_names (here: "pos" first) must decide label indices, not prepare's default order.
+    path = make_manifest(tmp_path / "ingest", patients=20, per_patient=1)
+    manifest = pd.read_parquet(path)
+    manifest.attrs[CLASS_NAMES_ATTR] = ["pos", "neg"]
+    manifest.to_parquet(path)
+    result = prepare_dataset(path, PrepareConfig(), tmp_path / "prepare")
+    assert result.class_names == ("pos", "neg")
+    with np.load(tmp_path / "prepare" / "train.npz") as arrays:
+        rows = pd.read_csv(tmp_path / "prepare" / "train.csv", dtype=str)
+        expected = (rows["label"] == "neg").astype(int).to_numpy()
+        np.testing.assert_array_equal(arrays["labels"], expected)
 
 
 def test_epochs_follow_the_dataset_size():

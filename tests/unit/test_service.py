@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import ModelConfig
 from components.modelcard import HTML_FILE, MARKDOWN_FILE
-from components.models import ModelSpec, build_model, load_model, save_model
+from components.models import load_model
 from components.transforms import Preprocessing, preprocess
+from tests import tiny_model
 from tests.images import dicom_bytes, grey_image, jpeg_bytes, npy_bytes, png_bytes
 
 CLASS_NAMES = ("normal", "lesion")
@@ -35,15 +35,7 @@ SERVICE_MODULES = ("services.service", "services.inference", "services.batching"
 
 
 def save_tiny_model(out_dir: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    spec = ModelSpec(
-        model=ModelConfig(width=4),
-        input_shape=(1, 16, 16),
-        class_names=CLASS_NAMES,
-        preprocessing=Preprocessing(spatial_size=(16, 16), channels=1, lower=0.0, upper=255.0),
-    )
-    save_model(build_model(spec.model, spec.input_shape, len(CLASS_NAMES)), spec, out_dir)
-    return out_dir
+    return tiny_model.save_tiny_model(out_dir, CLASS_NAMES, seed)
 
 
 def write(path: Path, data: bytes) -> Path:
