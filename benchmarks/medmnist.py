@@ -65,15 +65,9 @@ def paper_results(readme: Path) -> dict[str, list[tuple[str, float, float]]]:
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
     """`section.key=value` strings as a nested override dict (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        path, _, value = item.partition("=")
-        node = out
-        *parents, leaf = path.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
+    from flows.sweep import apply_overrides
+
+    return apply_overrides({}, {path: yaml.safe_load(value) for path, _, value in (i.partition("=") for i in items)})
 
 
 def run_dataset(name: str, seeds: list[int], workdir: Path, overrides: dict[str, Any]) -> list[dict[str, Any]]:
