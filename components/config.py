@@ -91,13 +91,16 @@ class ValidateConfig(_Section):
 
 
 class DriftConfig(_Section):
-    """Differences from the data the production model trained on are always reported; a bound set
-    here makes exceeding it a blocking failure of validation."""
+    """Differences from the data the production model trained on are always reported. A run whose
+    drift exceeds a bound set here is marked in the registry; the bound then either fails validation
+    (the default) or, with `require_retraining`, lets the run train on the new data and makes the
+    gate refuse any model of that name trained on data older than the drifted dataset (docs/gate.md)."""
 
     max_class_share_change: float | None = None  # largest absolute change of one class's share of images
     max_intensity_ks: float | None = None  # Kolmogorov-Smirnov distance of the per-image mean intensities
     max_size_change: float | None = None  # largest relative change of the median height, width or depth
     max_site_share_change: float | None = None  # largest absolute change of one site's share of images
+    require_retraining: bool = False
 
 
 class PrepareConfig(_Section):
@@ -155,6 +158,9 @@ class TrainConfig(_Section):
     class_balance: Literal["weighted_loss", "sampler", "none"] = "weighted_loss"
     augment: AugmentConfig = AugmentConfig()
     ema_decay: float = 0.0  # > 0: select and save an exponential moving average of the weights
+    # Training images over which BatchNorm statistics are recomputed after each epoch (0: all); a few
+    # thousand estimate them well, and the pass costs a forward over them every epoch.
+    bn_recalibration_images: int = 2048
     max_minutes: float = 30.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # bfloat16 autocast, on a GPU only
@@ -209,14 +215,19 @@ class GateConfig(_Section):
 class PackageConfig(_Section):
     # Empty: derived from the dataset source (e.g. "pneumoniamnist", "ct-lesion" for the default).
     model_name: str = ""
-    # Most images per forward pass of the service's batcher (CPU: 64; a GPU takes a few hundred).
+    # Where the service runs the network: auto = the GPU when the serving host has one.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Most images per forward pass of the service's batcher, on a CPU and on a GPU.
     max_batch_size: int = 64
+    gpu_max_batch_size: int = 256
     # The batcher's latency budget: a request expected to wait longer for the network is refused (503).
     max_latency_ms: int = 2000
     # Intra-op threads of each serving worker (0: PyTorch's default, all cores).
     torch_threads: int = 1
-    # Server processes, each with its own copy of the network and its own batcher.
-    api_workers: int = 1
+    # Server processes, each with its own copy of the network and its own batcher; 0: one per CPU the
+    # server may use where it runs (one event loop per process is the service's limit on a CPU).
+    # On a GPU host set 1: one process keeps the GPU busy with large batches.
+    api_workers: int = 0
 
 
 class ServeConfig(_Section):

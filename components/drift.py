@@ -6,8 +6,9 @@ intensities, plus the shift of the pooled mean), image size (relative change of 
 width and depth) and per-site counts (each site's share, where both manifests have a ``site``
 column; site pseudonyms are stable for one de-identification salt).
 
-Every difference is reported; a bound set in params.yaml's ``drift`` section makes exceeding it
-blocking (validate then fails the dataset).
+Every difference is reported. A statistic over a bound set in params.yaml's ``drift`` section is
+``exceeded``: validate then fails the dataset, unless ``drift.require_retraining`` is set, in which
+case it is a warning and the flow marks the run instead (the gate then requires retraining).
 """
 
 from __future__ import annotations
@@ -42,16 +43,25 @@ class DriftReport:
     baseline: str  # which dataset the baseline is (model and dataset version)
     checks: tuple[DriftCheck, ...]
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # False with drift.require_retraining: an exceeded bound marks the run instead of failing validation.
+    blocks_validation: bool = True
+
+    @property
+    def exceeded(self) -> tuple[DriftCheck, ...]:
+        """The statistics over their bound."""
+        return tuple(c for c in self.checks if c.exceeded)
 
     @property
     def blocking(self) -> tuple[DriftCheck, ...]:
-        return tuple(c for c in self.checks if c.exceeded)
+        """The statistics over their bound that fail validation."""
+        return self.exceeded if self.blocks_validation else ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "baseline": self.baseline,
             "checks": [{**asdict(c), "exceeded": c.exceeded} for c in self.checks],
             "tables": self.tables,
+            "blocks_validation": self.blocks_validation,
         }
 
 
@@ -124,4 +134,4 @@ def compare_manifests(baseline: pd.DataFrame, current: pd.DataFrame, cfg: DriftC
                                  f"{len(tables['sites'])} site(s) in either dataset"))
     else:
         checks.append(DriftCheck("site_share", None, cfg.max_site_share_change, "no site column in one of the datasets"))
-    return DriftReport(baseline_name, tuple(checks), tables)
+    return DriftReport(baseline_name, tuple(checks), tables, blocks_validation=not cfg.require_retraining)

@@ -11,6 +11,9 @@ The arithmetic (docs/gate.md has a worked example):
 - Subgroup floors: every computable subgroup's metric `>= floor`; subgroups where the metric is
   not computable are listed as skipped.
 - A configured metric that was not computed (missing or NaN) fails.
+- Retraining after drift (params.yaml ``drift.require_retraining``): once a dataset's drift
+  exceeded its bound, a model trained on data recorded before that dataset fails the
+  ``drift``/``retrained_since_drift`` check.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ Verdict = Literal["pass", "fail", "skipped"]
 
 @dataclass(frozen=True)
 class Check:
-    kind: str  # value | change | subgroup | serving
+    kind: str  # value | change | subgroup | drift | serving | privacy
     metric: str
     value: float | None
     threshold: float | None
@@ -62,6 +65,34 @@ class GateDecision:
         }
 
 
+@dataclass(frozen=True)
+class RetrainingRequirement:
+    """Drift exceeded its bound on `drifted_version`; a model must be trained on it or on later data.
+
+    Dataset versions are content hashes: their order is the order in which the registry first
+    recorded them (`*_seq`). `trained_seq` is None when the model's dataset was never recorded.
+    """
+
+    drifted_version: str
+    drifted_seq: int
+    trained_version: str
+    trained_seq: int | None
+    drift: str  # what exceeded which bound, e.g. "class_share 0.35 > 0.2"
+
+
+def retraining_check(req: RetrainingRequirement) -> Check:
+    """`drift retrained_since_drift`: 1 when the model was trained on the drifted dataset or a later one."""
+    drifted = f"drifted dataset {req.drifted_version[:12]} (#{req.drifted_seq}: {req.drift})"
+    if req.trained_seq is None:
+        return Check("drift", "retrained_since_drift", None, 1.0, ">=", "fail",
+                     f"training dataset {req.trained_version[:12]} is not in the registry; retraining on the {drifted} is required")
+    ok = req.trained_seq >= req.drifted_seq
+    detail = f"trained on dataset {req.trained_version[:12]} (#{req.trained_seq}), recorded {'at or after' if ok else 'before'} the {drifted}"
+    if not ok:
+        detail += "; retrain on it or newer data (drift.require_retraining)"
+    return Check("drift", "retrained_since_drift", float(ok), 1.0, ">=", "pass" if ok else "fail", detail)
+
+
 def _number(metrics: Mapping[str, Any] | None, name: str) -> float | None:
     value = (metrics or {}).get(name)
     if value is None or not isinstance(value, (int, float)) or math.isnan(float(value)):
@@ -81,6 +112,7 @@ def decide_promotion(
     champion_metrics: Mapping[str, Any] | None,
     policy: GatePolicy,
     champion_version: int | None = None,
+    retraining: RetrainingRequirement | None = None,
 ) -> GateDecision:
     """Every check of `policy` on the candidate's `metrics` (with `subgroups` as written by evaluate).
 
@@ -89,6 +121,7 @@ def decide_promotion(
         champion_metrics: the production model's metrics on the same test data, or None.
         policy: value bounds, change thresholds and subgroup floors.
         champion_version: recorded in the decision for traceability.
+        retraining: where drift requires retraining, the drifted dataset and the candidate's own.
     """
     if not (policy.values or policy.changes or policy.subgroup_floors):
         return GateDecision(False, (), "no thresholds configured: nothing is promoted", champion_version)
@@ -112,6 +145,9 @@ def decide_promotion(
                     checks.append(Check("subgroup", name, None, floor, ">=", "skipped", values.get("reason", "not computable")))
                 else:
                     checks.append(_bound("subgroup", name, _number(values, metric), floor, ">="))
+
+    if retraining is not None:
+        checks.append(retraining_check(retraining))
 
     failed = [c for c in checks if c.verdict == "fail"]
     decided = [c for c in checks if c.verdict != "skipped"]

@@ -185,3 +185,14 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def resolve_device(setting: str, name: str) -> torch.device:
+    """The device a `name` setting of "auto", "cpu" or "cuda" asks for; `auto`: the GPU when there is one.
+
+    Raises:
+        RuntimeError: "cuda" where no CUDA device is visible.
+    """
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{name} is cuda but no CUDA device is available")
+    return torch.device("cuda" if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()) else "cpu")

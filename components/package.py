@@ -53,6 +53,7 @@ _DROPPED_ENV = ("PYTHONPATH", "MEDGATE_MODEL_TAG")
 
 _SETTING_KEYS = (
     "max_batch_size",
+    "gpu_max_batch_size",
     "max_latency_ms",
     "torch_threads",
     "api_workers",
@@ -68,18 +69,21 @@ class ServingSettings:
     model_tag: str
     input_shape: tuple[int, ...]
     max_batch_size: int = PackageConfig().max_batch_size
+    gpu_max_batch_size: int = PackageConfig().gpu_max_batch_size
     max_latency_ms: int = PackageConfig().max_latency_ms
     torch_threads: int = PackageConfig().torch_threads
     api_workers: int = PackageConfig().api_workers
     max_upload_bytes: int = ServeConfig().max_upload_bytes
     max_batch_images: int = ServeConfig().max_batch_images
+    device: str = PackageConfig().device
 
     def __post_init__(self) -> None:
         exact_model_tag(self.model_tag)
-        # BentoML refuses a batchable API with max_batch_size < 2; say so at packaging, not at serving.
-        if self.max_batch_size < 2 or self.max_latency_ms < 1 or self.torch_threads < 0 or self.api_workers < 0:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"package settings: device must be auto, cpu or cuda; got {self.device!r}")
+        if min(self.max_batch_size, self.gpu_max_batch_size) < 2 or self.max_latency_ms < 1 or self.torch_threads < 0 or self.api_workers < 0:
             raise ValueError(
-                "package settings: need max_batch_size >= 2, max_latency_ms >= 1, torch_threads >= 0, "
+                "package settings: need max_batch_size and gpu_max_batch_size >= 2, max_latency_ms >= 1, torch_threads >= 0, "
                 f"api_workers >= 0; got {self.max_batch_size}, {self.max_latency_ms}, {self.torch_threads}, "
                 f"{self.api_workers}"
             )
@@ -96,6 +100,7 @@ class ServingSettings:
             model_tag=str(raw["model_tag"]),
             input_shape=tuple(int(s) for s in raw["input_shape"]),
             **{k: int(v) for k, v in known.items()},
+            **({"device": str(raw["device"])} if "device" in raw else {}),
         )
 
     @classmethod
@@ -215,6 +220,8 @@ def build_bento(
         model_tag=model_tag,
         input_shape=tuple(int(s) for s in meta["input_shape"]),
         max_batch_size=cfg.max_batch_size,
+        gpu_max_batch_size=cfg.gpu_max_batch_size,
+        device=cfg.device,
         max_latency_ms=cfg.max_latency_ms,
         torch_threads=cfg.torch_threads,
         api_workers=cfg.api_workers,

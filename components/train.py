@@ -77,13 +77,6 @@ def predict_probs(model: nn.Module, images: np.ndarray, batch_size: int = 256, d
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
-def resolve_device(cfg: TrainConfig) -> torch.device:
-    """`auto`: the GPU when there is one, else the CPU."""
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is cuda but no CUDA device is available")
-    return torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
-
-
 def set_threads(num_threads: int) -> int:
     """Intra-op threads: `num_threads`, or with 0 every core this process may use. Returns the count."""
     count = num_threads or len(os.sched_getaffinity(0))
@@ -117,6 +110,14 @@ def _save_atomically(obj: Any, path: Path) -> None:
 
 def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def bn_calibration_images(images: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """The training images `recalibrate_batchnorm` averages over: all, or a fixed seeded sample of `limit`."""
+    if limit <= 0 or len(images) <= limit:
+        return images
+    chosen = np.sort(np.random.default_rng(seed).choice(len(images), size=limit, replace=False))
+    return images[chosen]
 
 
 @torch.no_grad()
@@ -201,12 +202,13 @@ def train_model(
     """
     started_wall = time.monotonic()
     threads = set_threads(cfg.num_threads)
-    device = resolve_device(cfg)
+    device = models.resolve_device(cfg.device, "train.device")
     state_dir = state_dir or out_dir
     info = read_dataset_info(data_dir)
     class_names = tuple(info["class_names"])
     input_shape = tuple(info["input_shape"])
     x_train, y_train, _ = load_split(data_dir, "train")
+    x_bn = bn_calibration_images(x_train, cfg.bn_recalibration_images, cfg.seed)
     x_val, y_val, _ = load_split(data_dir, "val")
     key = input_key(data_dir, cfg)
 
@@ -294,7 +296,7 @@ def train_model(
             train_seconds = time.monotonic() - epoch_start
             if ema is not None:
                 eval_model.load_state_dict(ema.state)
-            recalibrate_batchnorm(eval_model, x_train, device)
+            recalibrate_batchnorm(eval_model, x_bn, device)
             val_probs = predict_probs(eval_model, x_val, device=device)
             val_loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-7)), torch.from_numpy(y_val)))
             val_auc = score_auc(y_val, val_probs)
@@ -371,7 +373,7 @@ def main() -> None:
     processes = params.orchestration.train_processes
     if processes > 1 and not torch.distributed.is_torchelastic_launched():
         raise SystemExit(under_torchrun(processes, "components.train", sys.argv[1:]))
-    replica = join_process_group(resolve_device(params.train).type)
+    replica = join_process_group(models.resolve_device(params.train.device, "train.device").type)
     try:
         result = train_model(args.data, params.train, args.out, args.state, replica=replica)
     finally:

@@ -6,7 +6,7 @@ image's pixels, the intensity bounds of each row's modality) and one over the cl
 count and share). Every expectation belongs to a named check (`CHECKS`); params.yaml's
 ``validate.severity`` says which checks block the run and which are warnings. Drift against the
 production model's training data (components.drift) joins the verdict: a drift statistic over
-its configured bound blocks too.
+its configured bound blocks too (a warning with ``drift.require_retraining``).
 
 Writes under ``out_dir``: ``report.html``, one self-contained page that renders offline (inline
 CSS, SVG charts, PNG thumbnails as data URIs; GX's own Data Docs load their styles from the
@@ -211,7 +211,7 @@ def _outcome(r: dict[str, Any], index: str, sources: Mapping[str, str]) -> dict[
 def _drift_outcomes(drift: DriftReport) -> list[dict[str, Any]]:
     return [{
         "check": f"drift_{c.name}",
-        "severity": "blocking" if c.bound is not None else "report",
+        "severity": "report" if c.bound is None else "blocking" if drift.blocks_validation else "warning",
         "success": not c.exceeded,
         "expectation": f"drift {c.name} <= {c.bound}" if c.bound is not None else f"drift {c.name} (no bound: reported only)",
         "observed": c.value,

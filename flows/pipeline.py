@@ -26,7 +26,7 @@ from components.artifacts import IngestedDataset, ValidationResult, to_dict
 from components.config import Params, load_params
 from components.gate import Check
 from flows.cards import PACKAGING_NOTE, render_card, write_card
-from flows.promotion import evaluate_gate, json_safe, prepared_data_version, read_champion, without_none
+from flows.promotion import evaluate_gate, json_safe, mark_drift, prepared_data_version, read_champion, read_retraining, without_none
 from flows.caching import cached_ingest, ingest_key, remember_ingest, unchanged_production
 from flows.lock import WorkspaceLock, close_interrupted_run, workspace_lock
 from flows.notify import label_flow_run, publish_run
@@ -276,6 +276,11 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
                 num_patients=dataset.num_patients, counts=validation.statistics.get("class_counts", {}),
                 class_names=list(dataset.class_names), validation_success=validation.success, report_path=str(validation.report_html),
             ).id
+            if drift is not None and baseline is not None:
+                summary["drift"] = mark_drift(
+                    session, name=name, baseline_version=baseline[0], run_id=run_id, run_uid=run_uid, dataset_id=dataset_id,
+                    dataset_version=version, drift=drift, cfg=params.drift, actor=ACTOR,
+                )
             session.commit()
         if not validation.success:
             raise ValidationFailed(validation)
@@ -302,13 +307,15 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
         test_version = prepared_data_version(ws) or version
         with sessions() as session:
             champion = read_champion(session, name)
+            retraining = read_retraining(session, name, params.drift, version)
             same = unchanged_production(session, name, _weights_sha(ws), version, test_version, params.gate)
             if same is not None:  # this very model is production under this policy: nothing to register or build
                 summary.update(reused_production(session, same, params, run_dir), status="completed")
                 logger.info("unchanged: %s v%s in production is this model; nothing registered, gated or packaged", name, same.version)
                 return summary
         outcome = timed(
-            "gate", evaluate_gate, metrics, test_version, champion, params.gate.policy_for(name), ws, params.evaluate, run_dir / "gate"
+            "gate", evaluate_gate, metrics, test_version, champion, params.gate.policy_for(name), ws, params.evaluate, run_dir / "gate",
+            retraining,
         )
         with sessions() as session:
             mv = repo.register_model_version(

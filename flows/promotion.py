@@ -6,6 +6,10 @@ test data: when the champion was tested on another version, it is first re-evalu
 candidate's prepared test split (model from the BentoML store, metrics by
 `components.evaluate.evaluate_model`), and the decision says so. When that is impossible, the
 change checks fail with the reason. `promote_manually` is what `medgate models promote` runs.
+
+Drift: `mark_drift` records a run whose dataset drifted beyond a bound; with
+`drift.require_retraining`, `read_retraining` turns the latest such record into the gate's
+`drift retrained_since_drift` check on every promotion of that model name.
 """
 
 from __future__ import annotations
@@ -15,16 +19,19 @@ import math
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 from sqlalchemy.orm import Session
 
-from components.config import EvaluateConfig, GatePolicy, Params
-from components.gate import Check, GateDecision, decide_promotion
+from components.config import DriftConfig, EvaluateConfig, GatePolicy, Params
+from components.gate import Check, GateDecision, RetrainingRequirement, decide_promotion
 from registry import repository as repo
 from registry.errors import InvalidTransition, NotFoundError
 from registry.models import ModelVersion, Stage
+
+if TYPE_CHECKING:
+    from components.drift import DriftReport
 
 PREPARED_DIR = "data/prepare"
 # DVC 3 keeps a folder's listing at <cache>/files/md5/<2 hex>/<30 hex>.dir, its files beside it.
@@ -89,6 +96,7 @@ def evaluate_gate(
     workspace: Path,
     evaluate_cfg: EvaluateConfig,
     scratch_dir: Path,
+    retraining: RetrainingRequirement | None = None,
 ) -> GateOutcome:
     """The gate on a candidate: `decide_promotion` against the champion, on the same test data.
 
@@ -100,32 +108,78 @@ def evaluate_gate(
         workspace: where that prepared data lives (data/prepare, or the DVC cache).
         evaluate_cfg: how to evaluate the champion when it must be re-evaluated.
         scratch_dir: where a re-evaluation writes its metrics and predictions.
+        retraining: what drift requires of the candidate (`read_retraining`), or None.
     """
     if champion is None:
-        return GateOutcome(decide_promotion(metrics, None, policy), None)
+        return GateOutcome(decide_promotion(metrics, None, policy, retraining=retraining), None)
     # Without change thresholds the champion's metrics are not used: nothing to re-evaluate.
     if champion.test_data_version == test_data_version or not policy.changes:
-        return GateOutcome(decide_promotion(metrics, champion.metrics, policy, champion.version), champion)
+        return GateOutcome(decide_promotion(metrics, champion.metrics, policy, champion.version, retraining), champion)
     label = f"champion v{champion.version}"
     try:
         data_dir = locate_prepared_data(workspace, test_data_version, scratch_dir / "test-data")
         champion_metrics = reevaluate_champion(champion, data_dir, evaluate_cfg, scratch_dir / f"champion-v{champion.version}")
     except ComparisonUnavailable as exc:
         note = f"{label} could not be evaluated on the candidate's test data {test_data_version[:12]}: {exc}"
-        decision = decide_promotion(metrics, {}, policy, champion.version)
+        decision = decide_promotion(metrics, {}, policy, champion.version, retraining)
         checks = tuple(replace(c, detail=note) if c.kind == "change" else c for c in decision.checks)
         return GateOutcome(replace(decision, checks=checks, reason=f"{note}; {decision.reason}"), champion, False, note)
     note = (
         f"{label} was tested on data {champion.test_data_version[:12]}; it was re-evaluated on the "
         f"candidate's test data {test_data_version[:12]} before the change checks"
     )
-    decision = decide_promotion(metrics, champion_metrics, policy, champion.version)
+    decision = decide_promotion(metrics, champion_metrics, policy, champion.version, retraining)
     checks = tuple(
         replace(c, detail=f"{c.detail}; champion re-evaluated on this test data".lstrip("; ")) if c.kind == "change" else c
         for c in decision.checks
     )
     reason = f"{label} re-evaluated on the candidate's test data; {decision.reason}"
     return GateOutcome(replace(decision, checks=checks, reason=reason), champion, True, note)
+
+
+def describe_drift(checks: list[dict[str, Any]]) -> str:
+    """`class_share 0.35 > 0.2, ...`: the exceeded drift statistics of a report or a drift event."""
+    return ", ".join(f"{c['name']} {c['value']:g} > {c['bound']:g}" for c in checks)
+
+
+def mark_drift(
+    session: Session, *, name: str, baseline_version: int, run_id: int, run_uid: str, dataset_id: int,
+    dataset_version: str, drift: DriftReport, cfg: DriftConfig, actor: str,
+) -> dict[str, Any]:
+    """The summary's `drift` field of a run; a dataset that drifted beyond a bound from the training
+    data of production `name` v`baseline_version` is also recorded (drift event and a `drift` audit
+    row on that version, by `actor`). Flushes only."""
+    exceeded = [{"name": c.name, "value": c.value, "bound": c.bound, "detail": c.detail} for c in drift.exceeded]
+    required = bool(exceeded) and cfg.require_retraining
+    marked = {"against": drift.baseline, "exceeded": exceeded, "retraining_required": required}
+    if not exceeded:
+        return marked
+    baseline = repo.get_version(session, name, baseline_version)
+    if baseline is None:
+        raise NotFoundError(f"{name} has no version {baseline_version}")
+    follows = (
+        "retraining required: no model of this name trained on older data is promoted (drift.require_retraining)"
+        if required else "validation fails on it (drift.require_retraining is off)"
+    )
+    repo.record_drift(
+        session, run_id=run_id, dataset_id=dataset_id, baseline_version_id=baseline.id, checks=exceeded, actor=actor,
+        reason=f"run {run_uid}: dataset {dataset_version[:12]} drifted beyond its bound from this model's training data "
+               f"({describe_drift(exceeded)}); {follows}",
+    )
+    return marked
+
+
+def read_retraining(session: Session, name: str, cfg: DriftConfig, trained_version: str) -> RetrainingRequirement | None:
+    """What drift requires of a model of `name` trained on dataset `trained_version`: the latest drift
+    event of `name` when `drift.require_retraining` is set, else None (no check)."""
+    event = repo.latest_drift(session, name) if cfg.require_retraining else None
+    if event is None:
+        return None
+    drifted = event.dataset.version
+    return RetrainingRequirement(
+        drifted, repo.dataset_seq(session, drifted) or event.dataset_id, trained_version,
+        repo.dataset_seq(session, trained_version), describe_drift(event.checks),
+    )
 
 
 def reevaluate_champion(champion: ChampionFacts, data_dir: Path, cfg: EvaluateConfig, out_dir: Path) -> dict[str, Any]:
@@ -298,11 +352,12 @@ def promote_manually(
         previous = repo.latest_gate_decision(session, mv.id)
         serving = [c for c in (previous.checks if previous is not None else []) if c.get("kind") == "serving"]
         champion = read_champion(session, name)
+        retraining = read_retraining(session, name, params.drift, mv.dataset_version)
         bento_tag = mv.bento_tag
 
     with tempfile.TemporaryDirectory(prefix="medgate-gate-") as scratch:
         outcome = evaluate_gate(
-            metrics, test_data, champion, params.gate.policy_for(name), workspace, evaluate_cfg, Path(scratch)
+            metrics, test_data, champion, params.gate.policy_for(name), workspace, evaluate_cfg, Path(scratch), retraining
         )
     carried = "from the last recorded decision"
     for check in serving[-1:]:

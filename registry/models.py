@@ -5,8 +5,8 @@ these classes must stay in step with them (a test compares the two). Invariants
 that matter for patient safety are enforced by the database, not only here:
 
 - at most one ``production`` version per model name (partial unique index);
-- no row of any registry table is ever deleted, and ``audit_log`` rows are never
-  updated (triggers, created by the migration);
+- no row of any registry table is ever deleted, and ``audit_log`` and
+  ``drift_events`` rows are never updated (triggers, created by the migrations);
 - stages, run statuses and actors are checked by CHECK constraints.
 
 No table holds patient data: ``Dataset.source`` is a path or a dataset name, and
@@ -233,6 +233,30 @@ class GateDecision(Base):
 
     def __repr__(self) -> str:
         return f"GateDecision(id={self.id!r}, model_version_id={self.model_version_id!r}, promote={self.promote!r})"
+
+
+class DriftEvent(Base):
+    """A run whose dataset drifted beyond a configured bound from the production model's training data.
+
+    ``checks`` lists the exceeded statistics (name, value, bound, detail): aggregates, never
+    identifiers. Append-only, like ``audit_log``. With ``drift.require_retraining`` the gate reads
+    the latest event of a model name (docs/gate.md).
+    """
+
+    __tablename__ = "drift_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    baseline_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    checks: Mapped[list[dict[str, Any]]] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    dataset: Mapped[Dataset] = relationship()
+
+    def __repr__(self) -> str:
+        return f"DriftEvent(id={self.id!r}, model_name={self.model_name!r}, dataset_id={self.dataset_id!r})"
 
 
 class AuditEntry(Base):

@@ -4,7 +4,7 @@ Every function takes a :class:`~sqlalchemy.orm.Session` first.
 
 Transactions:
     - ``record_dataset``, ``start_run``, ``finish_run``, ``register_model_version``,
-      ``set_package`` and ``record_gate_decision`` only *flush*; the caller owns
+      ``set_package``, ``record_gate_decision`` and ``record_drift`` only *flush*; the caller owns
       the transaction and commits (``with session.begin(): ...`` or
       ``session.commit()``).
     - ``promote_version``, ``reject_version`` and ``rollback`` *commit* the
@@ -36,6 +36,7 @@ from registry.errors import InvalidTransition, NotFoundError, PromotionConflict
 from registry.models import (
     AuditEntry,
     Dataset,
+    DriftEvent,
     GateDecision,
     ModelVersion,
     Run,
@@ -241,6 +242,58 @@ def record_dataset(
 def list_datasets(session: Session) -> list[Dataset]:
     """All recorded dataset versions, oldest first."""
     return list(session.scalars(select(Dataset).order_by(Dataset.id)))
+
+
+def dataset_seq(session: Session, version: str) -> int | None:
+    """Where dataset ``version`` (a content hash) stands in the registry's order: the id of its
+    first record under any source, or ``None`` if it was never recorded."""
+    return session.scalar(select(func.min(Dataset.id)).where(Dataset.version == version))
+
+
+def record_drift(
+    session: Session,
+    *,
+    run_id: int,
+    dataset_id: int,
+    baseline_version_id: int,
+    checks: Sequence[Mapping[str, Any]],
+    reason: str,
+    actor: str = DEFAULT_ACTOR,
+) -> DriftEvent:
+    """Record that a run's dataset drifted beyond a bound from the training data of the production
+    version ``baseline_version_id`` (the event takes its model name), with a ``drift`` audit row on
+    that version. Flushes only.
+
+    Args:
+        checks: the exceeded statistics (name, value, bound, detail): aggregates, no identifiers.
+        reason: the audit row's text (what drifted, and what follows from it).
+
+    Raises:
+        NotFoundError: unknown run, dataset or version.
+    """
+    baseline = _version_by_id(session, baseline_version_id)
+    if session.get(Run, run_id) is None:
+        raise NotFoundError(f"no run with id {run_id}")
+    if session.get(Dataset, dataset_id) is None:
+        raise NotFoundError(f"no dataset with id {dataset_id}")
+    event = DriftEvent(
+        model_name=baseline.name,
+        run_id=run_id,
+        dataset_id=dataset_id,
+        baseline_version_id=baseline.id,
+        checks=[dict(check) for check in checks],
+        created_at=utcnow(),
+    )
+    session.add(event)
+    _audit(session, actor=actor, action="drift", version=baseline, from_stage=None, to_stage=None, reason=reason)
+    session.flush()
+    return event
+
+
+def latest_drift(session: Session, model_name: str) -> DriftEvent | None:
+    """The most recent drift event of ``model_name``, or ``None``."""
+    stmt = select(DriftEvent).where(DriftEvent.model_name == model_name).order_by(DriftEvent.id.desc()).limit(1)
+    return session.scalars(stmt).first()
 
 
 def start_run(

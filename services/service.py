@@ -103,6 +103,11 @@ def read_api_key() -> str:
     return key
 
 
+def batch_limit(settings: ServingSettings, device_type: str) -> int:
+    """Most images per forward pass: `gpu_max_batch_size` on a GPU, `max_batch_size` on a CPU."""
+    return settings.gpu_max_batch_size if device_type == "cuda" else settings.max_batch_size
+
+
 def worker_count(settings: ServingSettings) -> int:
     """`api_workers`, where 0 means one per CPU this server may use (its affinity, not the host's count)."""
     return settings.api_workers or len(os.sched_getaffinity(0))
@@ -127,14 +132,19 @@ class Classifier:
         # Here, not at import: `bentoml serve` imports this module in its supervising process as well.
         import torch
 
+        from components.models import resolve_device
+
         stored = self.bento_model
         metadata = dict(stored.info.metadata)
         model_dir = Path(stored.path)
-        self.network, spec = _load_verified(model_dir, metadata, str(stored.tag))
+        network, spec = _load_verified(model_dir, metadata, str(stored.tag))
+        self.device = resolve_device(SETTINGS.device, "package.device")
+        self.network = network.to(self.device)
         if SETTINGS.torch_threads > 0:
             # One intra-op thread by default: spinning OpenMP threads starve the event loop on small CPUs.
             torch.set_num_threads(SETTINGS.torch_threads)
-        self.batcher = MicroBatcher(self._forward, SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
+        self.max_batch_size = batch_limit(SETTINGS, self.device.type)
+        self.batcher = MicroBatcher(self._forward, self.max_batch_size, SETTINGS.max_latency_ms)
         # Warm up before /readyz answers, not in the first request: the decoders' imports, one forward pass.
         import components.ingest  # noqa: F401
 
@@ -152,8 +162,8 @@ class Classifier:
             for route, (name, media_type) in CARD_ROUTES.items()
             if (path := model_dir / name).is_file()
         }
-        self.description = _describe(stored.tag, metadata, SETTINGS, set(self.model_cards))
-        logger.info("serving model %s (sha256 %s verified)", stored.tag, metadata["sha256"][:12])
+        self.description = _describe(stored.tag, metadata, SETTINGS, set(self.model_cards), self.device.type)
+        logger.info("serving model %s (sha256 %s verified) on %s", stored.tag, metadata["sha256"][:12], self.device)
 
     @bentoml.api
     async def predict(self, image: Path) -> Json:
@@ -205,7 +215,7 @@ class Classifier:
             raise _ERRORS.get(problem.status, BentoMLException)(
                 str(problem), error_code=problem.status
             ) from None
-        step = SETTINGS.max_batch_size
+        step = self.max_batch_size
         parts = await asyncio.gather(*(self.batcher(batch[i : i + step]) for i in range(0, len(batch), step)))
         return [to_prediction(row, self.card) for row in np.concatenate(parts)]
 
@@ -221,7 +231,8 @@ class Classifier:
         import torch
 
         with torch.inference_mode():
-            return torch.softmax(self.network(torch.from_numpy(batch)).float(), dim=1).numpy()
+            logits = self.network(torch.from_numpy(batch).to(self.device, non_blocking=True))
+            return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
 
 if API_KEY:
@@ -265,7 +276,7 @@ def _load_verified(model_dir: Path, metadata: dict[str, Any], tag: str) -> tuple
 
 
 def _describe(
-    tag: bentoml.Tag, metadata: dict[str, Any], settings: ServingSettings, card_routes: set[str]
+    tag: bentoml.Tag, metadata: dict[str, Any], settings: ServingSettings, card_routes: set[str], device_type: str
 ) -> dict[str, Any]:
     """The /metadata answer. `model_name`/`model_version` are the registry's when the packaging flow
     recorded them, else the model store's; `model_tag` is always the exact store tag."""
@@ -302,7 +313,8 @@ def _describe(
         "gate": metadata.get("gate", metadata.get("gate_checks")),
         "model_card": {kind: route for kind, route in card_links.items() if route in card_routes} or None,
         "serving": {
-            "max_batch_size": settings.max_batch_size,
+            "device": device_type,
+            "max_batch_size": batch_limit(settings, device_type),
             "max_latency_ms": settings.max_latency_ms,
             "max_upload_bytes": settings.max_upload_bytes,
             "max_batch_images": settings.max_batch_images,

@@ -160,6 +160,64 @@ def test_watch_notify_reuse_and_a_failing_stage(tmp_path, prefect_api, clean_env
     get_settings.cache_clear()
 
 
+def test_drift_marks_the_run_and_requires_retraining_before_promotion(tmp_path, prefect_api, clean_env):
+    """drift.require_retraining: drifted data trains and is promoted; the stale model returns only by override."""
+    from components.cohort import generate_cohort
+    from components.config import CohortConfig, load_params
+    from flows.pipeline import ValidationFailed, training_flow
+    from flows.promotion import promote_manually
+    from flows.settings import get_settings
+    from registry import repository as repo
+
+    ws = make_workspace(tmp_path / "ws", {**TINY, "drift": {"max_class_share_change": 0.2, "require_retraining": True}})
+    source = _cohort_source(tmp_path / "incoming")
+    first = training_flow(source=str(source), workspace=str(ws), trigger="retrain")
+    assert first["model_version"] == 1 and "drift" not in first, "no production model to compare with yet"
+
+    # New data whose lesion share moved from 0.50 to 0.75: beyond the bound, a warning, and the run trains on it.
+    generate_cohort(source, CohortConfig(**{**TINY["cohort"], "positive_fraction": 0.75}))
+    drifted = training_flow(source=str(source), workspace=str(ws), trigger="retrain")
+    assert drifted["status"] == "completed" and drifted["validation"]["success"]
+    assert any(w.startswith("drift_class_share") for w in drifted["validation"]["warnings"]), drifted["validation"]
+    assert drifted["drift"]["retraining_required"] and [c["name"] for c in drifted["drift"]["exceeded"]] == ["class_share"]
+    assert drifted["drift"]["exceeded"][0]["value"] == pytest.approx(0.25)
+    [check] = [c for c in drifted["gate"]["checks"] if c["kind"] == "drift"]
+    assert (check["metric"], check["verdict"], check["value"]) == ("retrained_since_drift", "pass", 1.0)
+    assert drifted["model_version"] == 2 and _versions(ws) == {1: "archived", 2: "production"}
+    with _registry(ws)() as session:
+        event = repo.latest_drift(session, "incoming")
+        run = repo.get_run(session, drifted["run_id"])
+        assert event.dataset.version == drifted["dataset"]["version"] and event.run_id == run.id
+        assert run.summary["drift"] == drifted["drift"]
+        [audit] = [e for e in repo.audit_trail(session, "incoming") if e.action == "drift"]
+        assert audit.model_version_id == repo.get_version(session, "incoming", 1).id
+        assert "class_share 0.25 > 0.2" in audit.reason and "retraining required" in audit.reason
+
+    # The stale v1 is refused by the named check, and comes back only through the audited override.
+    params, sessions = load_params(ws / "params.yaml"), _registry(ws)
+    refused = promote_manually(sessions, ws, params, "incoming", 1, reason="back to v1", actor="tester")
+    assert not refused.promoted and [c.metric for c in refused.failed_checks] == ["retrained_since_drift"]
+    assert _versions(ws) == {1: "archived", 2: "production"}
+    forced = promote_manually(sessions, ws, params, "incoming", 1, reason="back to v1", actor="tester", override=True)
+    assert forced.overridden and "OVERRIDE" in forced.audit_reason and "drift retrained_since_drift 0.0000" in forced.audit_reason
+    # v2, trained on the drifted data, passes the check on its way back.
+    again = promote_manually(sessions, ws, params, "incoming", 2, reason="retrained on the new data", actor="tester")
+    assert again.promoted and not again.overridden and _versions(ws) == {1: "archived", 2: "production"}
+
+    # The default (require_retraining off): drift beyond the bound fails validation, and the run is marked too.
+    set_params(ws, {"drift": {"require_retraining": False}})
+    generate_cohort(source, CohortConfig(**{**TINY["cohort"], "seed": 8}))  # lesion share back to 0.50, other patients
+    with pytest.raises(ValidationFailed, match="drift_class_share"):
+        training_flow(source=str(source), workspace=str(ws), trigger="retrain")
+    assert _versions(ws) == {1: "archived", 2: "production"}
+    with _registry(ws)() as session:
+        latest = repo.latest_drift(session, "incoming")
+        assert latest.id != event.id and latest.baseline_version_id == repo.get_version(session, "incoming", 2).id
+        assert [e for e in repo.audit_trail(session, "incoming") if e.action == "drift"][-1].reason.endswith(
+            "validation fails on it (drift.require_retraining is off)")
+    get_settings.cache_clear()
+
+
 def _free_port() -> int:
     from components.package import find_free_port
 
@@ -198,8 +256,8 @@ def test_server_schedule_and_list(tmp_path, clean_env):
         assert row["deployment"] == "retrain-flow/ws-retrain" and row["schedules"] == ["cron 0 3 * * * (UTC)"]
         assert row["served"] and row["parameters"]["trigger"] == "schedule" and row["parameters"]["workspace"] == str(ws)
         assert len(row["next_runs"]) == 3 and all(t[11:16] == "03:00" for t in row["next_runs"]), row["next_runs"]
-        # "server" once its scheduler has created the runs; Prefect 3.8.8's scheduler fails under
-        # SQLAlchemy 2.1 (bulk insert through a hybrid property), and then --list computes them.
+        # "server" once its scheduler has created the runs (test_a_scheduled_run_fires_and_retrains waits
+        # for that); until then --list computes them from the schedule.
         assert row["next_runs_from"] in ("server", "computed")
         table = subprocess.run([*medgate, "schedule", "--list"], env={**env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=120)
         assert "retrain-flow/ws-retrain" in table.stdout and "cron 0 3 * * *" in table.stdout
@@ -212,6 +270,85 @@ def test_server_schedule_and_list(tmp_path, clean_env):
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+@pytest.mark.slow
+def test_a_scheduled_run_fires_and_retrains(tmp_path, clean_env):
+    """`medgate schedule --cron` against `medgate server`: the server's scheduler creates the run, the
+    served deployment starts it at its minute, and it retrains the workspace (trigger schedule)."""
+    from datetime import UTC, datetime, timedelta
+
+    from registry import repository as repo
+
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api}
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    ws = make_workspace(tmp_path / "ws", {**TINY, "cohort": {"patients": 24, "images_per_patient": 2}, "train": {"epochs": 2, "batch_size": 16}})
+    medgate = [sys.executable, "-m", "flows.cli"]
+    logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("server", "schedule")}
+    procs = {}
+    try:
+        procs["server"] = subprocess.Popen([*medgate, "server", "--port", str(port)], env=env, stdout=logs["server"],
+                                           stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_healthy(f"{api}/health", procs["server"])
+        # One firing, at a whole minute 50-110 s ahead: time enough to register and schedule the deployment first.
+        at = (datetime.now(UTC) + timedelta(seconds=110)).replace(second=0, microsecond=0)
+        procs["schedule"] = subprocess.Popen([*medgate, "schedule", "--cron", f"{at.minute} {at.hour} * * *", "-w", str(ws)],
+                                             env=env, stdout=logs["schedule"], stderr=subprocess.STDOUT, start_new_session=True)
+        runs: list[dict] = []
+        deadline = time.monotonic() + 480
+        while not (runs and runs[0]["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")):
+            logged = (tmp_path / "schedule.log").read_text()
+            assert time.monotonic() < deadline and procs["schedule"].poll() is None, f"runs {runs}:\n{logged[-3000:]}"
+            runs = _deployment_runs(api, "retrain-flow", "ws-retrain")
+            time.sleep(2)
+        listed = subprocess.run([*medgate, "schedule", "--list", "--json"], env=env, capture_output=True, text=True, timeout=120)
+        with _registry(ws)() as session:
+            scheduled = [(r.status, r.prefect_flow_run_id) for r in session.scalars(select(Run)) if r.trigger == "schedule"]
+            production = repo.get_champion(session, "ct-lesion")
+        subflows = [httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json() for _, flow_run_id in scheduled]
+    finally:
+        for proc in reversed(procs.values()):  # the runner pauses its deployment on the server as it stops
+            _stop_group(proc)
+        for log in logs.values():
+            log.close()
+    fired = runs[0]
+    assert fired["state_type"] == "COMPLETED", (tmp_path / "schedule.log").read_text()[-3000:]
+    assert fired["auto_scheduled"] and fired["name"] == "schedule-embedded" and fired["parameters"]["trigger"] == "schedule"
+    assert datetime.fromisoformat(fired["expected_start_time"]) == at
+    # The server's scheduler made the runs (the next ones are still waiting), not --list's own computation.
+    [row] = json.loads(listed.stdout)
+    assert row["next_runs_from"] == "server" and row["next_runs"][0].startswith((at + timedelta(days=1)).isoformat()[:16]), row
+    # It retrained the workspace: one registry run, recorded by the training flow it ran as a subflow.
+    assert [status for status, _ in scheduled] == ["completed"] and production.version == 1
+    [subflow] = subflows
+    assert subflow["parent_task_run_id"] and subflow["name"] == "schedule-embedded" and subflow["state_type"] == "COMPLETED"
+
+
+def _deployment_runs(api: str, flow: str, deployment: str) -> list[dict]:
+    """The flow runs of a deployment, earliest expected start first (Prefect's REST API)."""
+    found = httpx.get(f"{api}/deployments/name/{flow}/{deployment}", timeout=10)
+    if found.status_code == 404:  # not registered yet
+        return []
+    found.raise_for_status()
+    body = {"deployments": {"id": {"any_": [found.json()["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"}
+    return httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).raise_for_status().json()
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Ctrl-C to a process started in its own session and its children; SIGKILL after 30 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left (a flow run the runner started)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
@@ -235,22 +372,47 @@ def _medgate_run(ws: Path, env: dict) -> subprocess.Popen:
     )
 
 
-def _kill_when(proc: subprocess.Popen, marker: str, timeout_s: float = 600) -> list[str]:
-    """SIGKILL `proc` (and its stage subprocesses) as soon as a line containing `marker` appears."""
+def _kill_when(proc: subprocess.Popen, marker: str, during: tuple[str, ...] = (), timeout_s: float = 600) -> list[str]:
+    """SIGKILL `proc` and its children (its process group) once a line containing `marker` appears
+    and, if `during` is given, once a child process runs a command line holding those words in order
+    (e.g. ("bentoml", "build"): the Bento build subprocess)."""
+    import psutil
+
     lines = []
     deadline = time.monotonic() + timeout_s
     for line in proc.stdout:
         lines.append(line)
         if marker in line:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-            return lines
+            break
         assert time.monotonic() < deadline, "".join(lines[-30:])
-    raise AssertionError(f"{marker!r} never appeared; exit {proc.wait()}:\n" + "".join(lines[-40:]))
+    else:
+        raise AssertionError(f"{marker!r} never appeared; exit {proc.wait()}:\n" + "".join(lines[-40:]))
+    while during:
+        assert proc.poll() is None and time.monotonic() < deadline, f"no {' '.join(during)} process:\n" + "".join(lines[-30:])
+        if any(_runs(child, during) for child in psutil.Process(proc.pid).children(recursive=True)):
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    return lines
+
+
+def _runs(process, words: tuple[str, ...]) -> bool:
+    """Whether `process`'s command line holds `words` as consecutive arguments."""
+    import psutil
+
+    try:
+        args = process.cmdline()
+    except psutil.Error:  # it ended meanwhile
+        return False
+    return any(tuple(args[i:i + len(words)]) == words for i in range(len(args)))
 
 
 @pytest.mark.slow
 def test_killed_during_training_then_packaging_resumes_and_stays_consistent(tmp_path, prefect_api, clean_env):
+    import bentoml
+
+    from flows.lock import INTERRUPTED_ACTOR
     from flows.pipeline import training_flow
     from flows.settings import get_settings
     from registry import repository as repo
@@ -273,22 +435,33 @@ def test_killed_during_training_then_packaging_resumes_and_stays_consistent(tmp_
         assert repo.get_run(session, killed.run_uid).status == "failed"
         assert "interrupted" in repo.get_run(session, killed.run_uid).error
 
-    # Killed while packaging v2 (a changed gate policy makes the same model a new candidate).
+    # Killed while v2's Bento is being built (a changed gate policy makes the same model a new
+    # candidate). The flow registers v2 as a candidate (committed), then logs "packaging ... v2",
+    # saves the model to the store and runs `bentoml build` in a subprocess: the kill lands there.
     set_params(ws, {"gate": {"default": {"values": {"auc": {"lower": 0.01}}}}})
-    lines = _kill_when(_medgate_run(ws, env), "packaging ct-lesion v2")
+    bentos = {str(b.tag) for b in bentoml.list()}
+    lines = _kill_when(_medgate_run(ws, env), "packaging ct-lesion v2", during=("bentoml", "build"))
     assert not any("Task run 'smoke-test" in line for line in lines)
-    killed_versions = _versions(ws)
-    assert killed_versions[1] == "production" and set(killed_versions.values()) <= {"production", "candidate"}
-    assert list(killed_versions.values()).count("production") == 1, "production untouched while v2 was packaged"
+    assert _versions(ws) == {1: "production", 2: "candidate"}
+    with _registry(ws)() as session:
+        v2 = repo.get_version(session, "ct-lesion", 2)
+        assert v2.bento_tag is None and v2.model_tag is None, "killed before its Bento was recorded"
+        assert [(e.action, e.model_version_id) for e in repo.audit_trail(session)][-1] == ("register", v2.id)
+        killed = session.scalars(select(Run).order_by(Run.id.desc())).first()
+    assert killed.status == "running" and {str(b.tag) for b in bentoml.list()} == bentos, "no Bento of v2 was stored"
+
+    # The next run closes the killed one, rejects its unfinished candidate with an audited reason,
+    # retrains nothing, and gates, packages and promotes the same weights as v3.
     final = training_flow(workspace=str(ws))
-    assert final["status"] == "completed" and final["closed_interrupted_run"]
+    assert final["status"] == "completed" and final["closed_interrupted_run"] == killed.run_uid
     assert set(final["stages_reused"]) >= {"prepare", "train", "baseline", "evaluate"}, "nothing retrained"
-    versions = _versions(ws)
-    assert versions[1] == "archived" and versions[final["model_version"]] == "production"
-    assert all(s == "rejected" for v, s in versions.items() if v not in (1, final["model_version"])), versions
+    assert not {"prepare", "train", "baseline", "evaluate"} & set(final["timings_s"])
+    assert final["model_version"] == 3 and _versions(ws) == {1: "archived", 2: "rejected", 3: "production"}
     with _registry(ws)() as session:
         assert [r.status for r in session.scalars(select(Run).order_by(Run.id))] == ["failed", "completed", "failed", "completed"]
-        rejected = [e for e in repo.audit_trail(session) if e.action == "reject"]
-    if len(versions) == 3:  # the killed run had registered its candidate: closed as interrupted
-        assert "interrupted" in rejected[-1].reason
+        v2, v3 = repo.get_version(session, "ct-lesion", 2), repo.get_version(session, "ct-lesion", 3)
+        assert v3.artifact_sha256 == v2.artifact_sha256 and v2.bento_tag is None
+        [rejected] = [e for e in repo.audit_trail(session) if e.action == "reject"]
+        assert rejected.model_version_id == v2.id and rejected.actor == INTERRUPTED_ACTOR and rejected.reason.startswith("interrupted")
+    assert {str(b.tag) for b in bentoml.list()} == bentos | {final["bento_tag"]}
     get_settings.cache_clear()

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from components.config import Bound, ChangeThreshold, GatePolicy
-from components.gate import Check, decide_promotion
+from components.gate import Check, RetrainingRequirement, decide_promotion
 
 AUC_POLICY = GatePolicy(values={"auc": Bound(lower=0.8)}, changes={"auc": ChangeThreshold(absolute=-0.02, relative=-0.05)})
 
@@ -86,3 +86,33 @@ def test_serving_check_can_only_refuse():
     assert passed.with_check(Check("serving", "serving_parity", 0.0, 1e-4, "<=", "pass")).promote
     refused = passed.with_check(Check("serving", "serving_parity", 0.3, 1e-4, "<=", "fail"))
     assert not refused.promote and "serving_parity" in refused.reason
+
+
+def _after_drift(trained_seq):
+    """Drift exceeded its bound on dataset #2; the candidate was trained on dataset #`trained_seq`."""
+    return RetrainingRequirement("d2" * 32, 2, "tr" * 32, trained_seq, "class_share 0.35 > 0.2")
+
+
+@pytest.mark.parametrize(
+    "case, retraining, promote, value",
+    [
+        ("trained on the drifted dataset", _after_drift(2), True, 1.0),
+        ("trained on later data", _after_drift(5), True, 1.0),
+        ("stale: trained on older data", _after_drift(1), False, 0.0),
+        ("training data never recorded", _after_drift(None), False, None),
+    ],
+)
+def test_retraining_required_after_drift(case, retraining, promote, value):
+    decision = decide_promotion({"auc": 0.92}, {"auc": 0.90}, AUC_POLICY, 1, retraining)
+    assert decision.promote is promote, case
+    drift = decision.checks[-1]
+    assert (drift.kind, drift.metric, drift.value, drift.threshold) == ("drift", "retrained_since_drift", value, 1.0), case
+    assert verdicts(decision)[:-1] == [("value", "auc", "pass"), ("change", "auc", "pass"), ("change", "auc", "pass")], case
+    assert "d2d2d2d2d2d2 (#2: class_share 0.35 > 0.2)" in drift.detail, case
+    if not promote:
+        assert "retrained_since_drift >= 1.0" in decision.reason, case
+        assert ("retrain on it or newer data" if value == 0.0 else "is not in the registry") in drift.detail, case
+
+
+def test_no_drift_requirement_adds_no_check():
+    assert [c.kind for c in decide_promotion({"auc": 0.92}, {"auc": 0.90}, AUC_POLICY, 1).checks] == ["value", "change", "change"]

@@ -13,6 +13,7 @@ from components.evaluate import evaluate_model
 from components.ingest import CLASS_NAMES_ATTR, order_class_names
 from components.prepare import prepare_dataset, split_patients
 from components.train import (
+    bn_calibration_images,
     CHECKPOINT_FILE,
     HISTORY_FILE,
     TRAINING_FILE,
@@ -78,6 +79,15 @@ def test_class_order_puts_the_finding_second():
     assert order_class_names(["lesion", "normal", "lesion"]) == ("normal", "lesion")
     assert order_class_names(["10", "2", "1"]) == ("1", "2", "10")
     assert order_class_names(["dog", "cat"]) == ("cat", "dog")
+
+
+def test_batchnorm_calibration_sample_is_fixed_and_bounded():
+    images = np.arange(100, dtype=np.float32).reshape(100, 1)
+    assert bn_calibration_images(images, 0, seed=0) is images and bn_calibration_images(images, 100, 0) is images
+    sample = bn_calibration_images(images, 30, seed=1)
+    assert len(sample) == 30 and len(np.unique(sample)) == 30 and np.isin(sample, images).all()
+    np.testing.assert_array_equal(sample, bn_calibration_images(images, 30, seed=1))  # same every epoch and on resume
+    assert not np.array_equal(sample, bn_calibration_images(images, 30, seed=2))
 
 
 def test_prepare_follows_the_class_order_ingest_stored(tmp_path):

@@ -29,7 +29,7 @@ from registry import ModelVersion
 
 PG_URL = os.environ.get("MEDGATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SHA = "ab" * 32
-TABLES = ("datasets", "runs", "model_versions", "gate_decisions", "audit_log")
+TABLES = ("datasets", "runs", "model_versions", "gate_decisions", "audit_log", "drift_events")
 
 
 def _postgres_unavailable() -> str | None:
@@ -136,6 +136,19 @@ def _versions(factory: sessionmaker[Session], count: int, name: str = "pneumonia
     return ids
 
 
+def _drift(session: Session, run: reg.Run, baseline_id: int, version: str = "md5-0456") -> reg.DriftEvent:
+    """A drift event on dataset `version` (recorded here) against version id `baseline_id`."""
+    dataset = reg.record_dataset(
+        session, source="medmnist:pneumoniamnist", version=version, kind="raw", num_images=100, num_patients=None,
+        counts={}, class_names=["normal", "pneumonia"], validation_success=True, report_path=None,
+    )
+    return reg.record_drift(
+        session, run_id=run.id, dataset_id=dataset.id, baseline_version_id=baseline_id,
+        checks=[{"name": "class_share", "value": 0.35, "bound": 0.2, "detail": "largest change: class 'pneumonia'"}],
+        reason="dataset md5-0456 drifted",
+    )
+
+
 def _stages(factory: sessionmaker[Session], name: str = "pneumonia") -> dict[int, str]:
     with factory() as s:
         return {v.version: v.stage for v in reg.list_versions(s, name)}
@@ -148,7 +161,7 @@ def test_upgrade_twice_is_a_no_op_and_schema_matches_models(
     db_url: str, factory: sessionmaker[Session]
 ) -> None:
     reg.upgrade_database(db_url)
-    assert reg.current_revision(db_url) == "0001"
+    assert reg.current_revision(db_url) == "0002"
     with factory.kw["bind"].connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), reg.Base.metadata)
     assert diff == []
@@ -221,6 +234,28 @@ def test_run_lifecycle(session: Session) -> None:
     with pytest.raises(reg.NotFoundError):
         reg.finish_run(session, str(uuid.uuid4()), status="failed")
     assert reg.get_run(session, run.run_uid) is done
+
+
+def test_drift_events_are_audited_and_order_datasets(session: Session) -> None:
+    run = _run(session)
+    v1 = _register(session, run)
+    assert reg.latest_drift(session, "pneumonia") is None
+    first = _drift(session, run, v1.id)
+    later = _drift(session, run, v1.id, version="md5-0789")
+    session.commit()
+    assert reg.latest_drift(session, "pneumonia") is later and reg.latest_drift(session, "other") is None
+    assert first.dataset.version == "md5-0456" and first.checks[0]["bound"] == 0.2
+    # A version's place is its first record, under any source.
+    reg.record_dataset(
+        session, source="elsewhere", version="md5-0123", kind="raw", num_images=1, num_patients=None, counts={},
+        class_names=["a", "b"], validation_success=True, report_path=None,
+    )
+    assert reg.dataset_seq(session, "md5-0123") < reg.dataset_seq(session, "md5-0456") < reg.dataset_seq(session, "md5-0789")
+    assert reg.dataset_seq(session, "never-seen") is None
+    audit = [e for e in reg.audit_trail(session, "pneumonia") if e.action == "drift"]
+    assert [(e.model_version_id, e.from_stage, e.to_stage, e.reason) for e in audit] == [(v1.id, None, None, "dataset md5-0456 drifted")] * 2
+    with pytest.raises(reg.NotFoundError):
+        reg.record_drift(session, run_id=run.id, dataset_id=10_000, baseline_version_id=v1.id, checks=[], reason="x")
 
 
 # -- model versions ------------------------------------------------------------------------------
@@ -477,6 +512,7 @@ def test_rows_are_never_deleted_and_audit_rows_never_change(factory: sessionmake
         reg.record_gate_decision(
             s, model_version_id=v1, promote=True, checks=[], champion_version_id=None, reason="ok"
         )
+        _drift(s, s.get_one(reg.Run, s.get_one(ModelVersion, v1).run_id), v1)
         s.commit()
         reg.promote_version(s, v1, actor="ci", reason="ok")
     for table in TABLES:
@@ -484,6 +520,8 @@ def test_rows_are_never_deleted_and_audit_rows_never_change(factory: sessionmake
             s.execute(text(f"DELETE FROM {table}"))
     with factory() as s, pytest.raises(IntegrityError, match="append-only|not allowed"):
         s.execute(text("UPDATE audit_log SET actor = 'mallory'"))
+    with factory() as s, pytest.raises(IntegrityError, match="append-only|not allowed"):
+        s.execute(text("UPDATE drift_events SET model_name = 'other'"))
     with factory() as s:
         s.delete(s.get_one(ModelVersion, v1))
         with pytest.raises(IntegrityError):

@@ -190,6 +190,9 @@ def test_metadata_describes_the_pinned_model(svc, service_module):
     assert meta["sha256"] == service_module.test_info["sha256"]
     assert meta["model_card"] == {"html": "/model_card", "markdown": "/model_card.md"}
     assert meta["serving"]["api_key_required"] is False
+    on_gpu = torch.cuda.is_available()  # package.device "auto"
+    assert meta["serving"]["device"] == ("cuda" if on_gpu else "cpu")
+    assert meta["serving"]["max_batch_size"] == (256 if on_gpu else 64)
     json.dumps(meta)
 
 
@@ -571,12 +574,28 @@ class TestApiKey:
 def test_serving_settings_round_trip_and_refuse_unservable_values():
     from components.package import ServingSettings
 
-    settings = ServingSettings("m:1", (1, 16, 16), max_batch_size=8, max_latency_ms=50)
+    settings = ServingSettings("m:1", (1, 16, 16), max_batch_size=8, max_latency_ms=50, device="cpu")
     assert ServingSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
     with pytest.raises(ValueError, match="max_batch_size >= 2"):
         ServingSettings("m:1", (1, 16, 16), max_batch_size=1)
+    with pytest.raises(ValueError, match="gpu_max_batch_size >= 2"):
+        ServingSettings("m:1", (1, 16, 16), gpu_max_batch_size=0)
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):
+        ServingSettings("m:1", (1, 16, 16), device="tpu")
     with pytest.raises(ValueError, match="exact version"):
         ServingSettings("m:latest", (1, 16, 16))
+
+
+def test_device_setting_picks_the_gpu_only_where_there_is_one():
+    from components.models import resolve_device
+
+    assert resolve_device("cpu", "package.device").type == "cpu"
+    assert resolve_device("auto", "package.device").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        assert resolve_device("cuda", "package.device").type == "cuda"
+    else:
+        with pytest.raises(RuntimeError, match="package.device is cuda but no CUDA device"):
+            resolve_device("cuda", "package.device")
 
 
 @pytest.mark.parametrize("tag, message", [("tiny-service", "exact version"), ("absent:v1", "not in the")])
