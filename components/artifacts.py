@@ -6,6 +6,9 @@ point to are the data contract (see docs/manifest.md for the manifest's columns)
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,42 @@ MANIFEST_COLUMNS: dict[str, str] = {
 }
 SUBGROUP_COLUMNS: tuple[str, ...] = ("site", "sex", "age_band", "scanner")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# File names inside the stage output folders (dvc.yaml's outs): what a stage writes and its readers
+# (the report, the gate, packaging) open, kept here so that reading them imports no torch.
+WEIGHTS_FILE = "model.pt"  # train: the network's state dict (components.models.save_model)
+SPEC_FILE = "model.json"  # train: architecture, input shape, class names, preprocessing
+HISTORY_FILE = "history.json"  # train: per-epoch figures
+TRAINING_FILE = "training.json"  # train: the training run's figures
+METRICS_FILE = "metrics.json"  # evaluate and baseline
+PREDICTIONS_FILE = "predictions.csv"  # evaluate and baseline: one row per test image
+PLOTS_DIR = "plots"  # evaluate: DVC plot data
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_keyed_json(path: Path | None, key: str) -> dict[str, Any] | None:
+    """The JSON object in `path` when its "key" field is `key` (a cache or memo written for those
+    inputs); None when there is none, it is unreadable, or it was written for other inputs."""
+    try:
+        record = json.loads(Path(path).read_text()) if path is not None else None
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("key") == key else None
+
+
+def write_json_atomically(path: Path, record: dict[str, Any]) -> None:
+    """Write `record` to `path` through a temporary file: a process killed mid-write leaves the old one whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, default=list))
+    os.replace(tmp, path)
 
 
 def to_dict(record: Any) -> dict[str, Any]:
@@ -62,6 +101,7 @@ class ValidationResult:
     failed_expectations: tuple[str, ...]  # the blocking checks that failed ("check: expectation")
     statistics: dict[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # the warning checks that failed
+    suites_reused: bool = False  # the suites' outcomes came from the memo (same manifest, params and code)
 
 
 @dataclass(frozen=True)

@@ -28,15 +28,12 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_curve
 
-from components.artifacts import SUBGROUP_COLUMNS, EvalReport
+from components.artifacts import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, SUBGROUP_COLUMNS, EvalReport
 from components.config import EvaluateConfig, load_params
 from components.models import load_model
 from components.prepare import load_split
 from components.train import predict_probs, score_auc, set_threads
 
-METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.csv"
-PLOTS_DIR = "plots"
 
 
 def choose_threshold(labels: np.ndarray, positive_probs: np.ndarray, cfg: EvaluateConfig) -> float:
@@ -187,13 +184,11 @@ def compare_with_baseline(
     baseline_dir: Path, rows: pd.DataFrame, labels: np.ndarray, probs: np.ndarray, metrics: dict[str, Any], cfg: EvaluateConfig
 ) -> dict[str, Any]:
     """`baseline_<metric>` for the classical baseline, and the network's margin over it."""
-    from components.baseline import METRICS_FILE as BASELINE_METRICS
-    from components.baseline import PREDICTIONS_FILE as BASELINE_PREDICTIONS
 
-    baseline = json.loads((baseline_dir / BASELINE_METRICS).read_text())
-    predictions = pd.read_csv(baseline_dir / BASELINE_PREDICTIONS, dtype={"image_id": str}).set_index("image_id")
+    baseline = json.loads((baseline_dir / METRICS_FILE).read_text())
+    predictions = pd.read_csv(baseline_dir / PREDICTIONS_FILE, dtype={"image_id": str}).set_index("image_id")
     if set(predictions.index) != set(rows["image_id"]):
-        raise ValueError(f"{baseline_dir / BASELINE_PREDICTIONS}: the baseline was not measured on this test split")
+        raise ValueError(f"{baseline_dir / PREDICTIONS_FILE}: the baseline was not measured on this test split")
     prob_columns = [c for c in predictions.columns if c.startswith("prob_")]
     baseline_probs = predictions.loc[rows["image_id"], prob_columns].to_numpy(dtype=np.float64)
     out: dict[str, Any] = {f"baseline_{k}": v for k, v in baseline.items() if isinstance(v, (int, float)) and k in metrics}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from monai.networks.nets import DenseNet, EfficientNet, ResNet
 from torch import nn
 
+from components.artifacts import SPEC_FILE, WEIGHTS_FILE, file_sha256
 from components.config import ModelConfig
 from components.transforms import Preprocessing
 
@@ -151,8 +151,6 @@ class ModelSpec:
         )
 
 
-WEIGHTS_FILE = "model.pt"
-SPEC_FILE = "model.json"
 
 
 def save_model(model: nn.Module, spec: ModelSpec, out_dir: Path) -> Path:
@@ -177,14 +175,6 @@ def load_model(model_dir: Path, expected_sha256: str | None = None) -> tuple[nn.
     model = build_model(spec.model, spec.input_shape, len(spec.class_names))
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.eval(), spec
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_device(setting: str, name: str) -> torch.device:

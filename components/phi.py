@@ -18,6 +18,10 @@ Names are also sought in their other spellings (``LAST^FIRST`` as ``LAST FIRST``
 (not inside a longer number), so that a probability printed with many decimals is no finding.
 Findings name the file and the identifier's kind (``patient_names``...), never its value, so the
 scan's own output leaks nothing.
+
+A memo file (optional) lists the sha256 of contents found clean by this scanner for these
+identifiers; such a content is not decoded again (its path still is checked), which makes an
+unchanged re-run's scan cost a hash per file. It holds hashes only, never a finding.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from components.artifacts import read_keyed_json, write_json_atomically
 
 MIN_LENGTH = 4  # shorter identifiers would match by chance
 _MAX_DEPTH = 2  # containers inside containers
@@ -86,6 +92,13 @@ class _Needles:
     def __init__(self, identifiers: Mapping[str, Sequence[str]]):
         self.items = sorted({(v.lower().encode(), kind) for kind, values in identifiers.items()
                              for value in values for v in _variants(value)})
+
+    def digest(self) -> str:
+        """sha256 of these spellings and of this scanner's code: what a memo of clean contents holds for."""
+        digest = hashlib.sha256(Path(__file__).read_bytes())
+        for needle, kind in self.items:
+            digest.update(hashlib.sha256(needle + b"\0" + kind.encode()).digest())
+        return digest.hexdigest()
 
     def kinds_in(self, blob: bytes) -> set[str]:
         low = blob.lower()
@@ -188,7 +201,8 @@ def _files(paths: Iterable[Path]) -> Iterator[Path]:
 
 def scan_artifacts(paths: Iterable[Path], identifiers: Mapping[str, Sequence[str]], *,
                    databases: Iterable[Path] = (), allowed_files: Iterable[Path] = (),
-                   texts: Mapping[str, str] | None = None, relative_to: Path | None = None) -> PhiScan:
+                   texts: Mapping[str, str] | None = None, relative_to: Path | None = None,
+                   memo_file: Path | None = None) -> PhiScan:
     """Look for every identifier in every file under `paths` (folders are walked) and in `texts`.
 
     Args:
@@ -200,6 +214,8 @@ def scan_artifacts(paths: Iterable[Path], identifiers: Mapping[str, Sequence[str
             source defines the fake site names): a scanned file with the same sha256 is skipped.
         texts: named in-memory artifacts (e.g. a registry dump from a database server).
         relative_to: findings name files relative to this folder where they lie inside it.
+        memo_file: JSON memo of clean contents (module docstring): read when it was written for these
+            identifiers by this code, then rewritten with the clean contents of this scan.
 
     Returns:
         The scan: files and bytes read, and one finding per (file, where, kind).
@@ -210,6 +226,10 @@ def scan_artifacts(paths: Iterable[Path], identifiers: Mapping[str, Sequence[str
     skip = {q.resolve() for db in live for q in (db, *(db.with_name(db.name + x) for x in ("-wal", "-shm", "-journal")))}
     findings: set[PhiFinding] = set()
     files = total = 0
+    scanner = needles.digest()
+    memo = read_keyed_json(memo_file, scanner)
+    known_clean = set(memo["clean"]) if memo is not None else set()
+    clean: set[str] = set()
 
     def shown(path: Path) -> str:
         return path.relative_to(relative_to).as_posix() if relative_to and path.is_relative_to(relative_to) else str(path)
@@ -222,12 +242,17 @@ def scan_artifacts(paths: Iterable[Path], identifiers: Mapping[str, Sequence[str
         if path.resolve() in skip:
             continue
         data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() in allowed:
+        if (content := hashlib.sha256(data).hexdigest()) in allowed:
             continue
         files += 1
         total += len(data)
-        sqlite_views = _sqlite_views(path) if data.startswith(b"SQLite format 3\x00") else []
-        record(shown(path), [("file name", shown(path).encode()), *_views(path.name, data), *sqlite_views])
+        before = len(findings)
+        record(shown(path), [("file name", shown(path).encode())])
+        if content not in known_clean:
+            sqlite_views = _sqlite_views(path) if data.startswith(b"SQLite format 3\x00") else []
+            record(shown(path), [*_views(path.name, data), *sqlite_views])
+        if len(findings) == before:
+            clean.add(content)
     for db in live:
         views = _sqlite_views(db)
         files += 1
@@ -238,5 +263,8 @@ def scan_artifacts(paths: Iterable[Path], identifiers: Mapping[str, Sequence[str
         files += 1
         total += len(blob)
         record(name, [("", blob)])
+    if memo_file is not None:  # only this scan's clean contents: the memo stays the size of what is there now
+        write_json_atomically(memo_file, {"key": scanner, "clean": sorted(clean)})
     ordered = tuple(sorted(findings, key=lambda f: (f.file, f.where, f.kind)))
     return PhiScan(files=files, bytes=total, identifiers=len(needles.items), findings=ordered)
+

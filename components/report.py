@@ -25,6 +25,8 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
+from components.artifacts import HISTORY_FILE, METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, SPEC_FILE, TRAINING_FILE
+
 REPORT_FILE = "report.html"
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -268,14 +270,9 @@ def write_report(
     gate: dict[str, Any] | None,
 ) -> Path:
     """Write the run's report from the stage outputs and the gate decision; returns its path."""
-    from components.baseline import PREDICTIONS_FILE as BASELINE_PREDICTIONS
-    from components.evaluate import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE
-    from components.models import SPEC_FILE
-    from components.train import HISTORY_FILE, TRAINING_FILE
-
     class_names = [str(c) for c in json.loads((train_dir / SPEC_FILE).read_text())["class_names"]]
     predictions = pd.read_csv(evaluate_dir / PREDICTIONS_FILE, dtype={"image_id": str, "label": str, "predicted": str})
-    baseline_file = baseline_dir / BASELINE_PREDICTIONS if baseline_dir is not None else None
+    baseline_file = baseline_dir / PREDICTIONS_FILE if baseline_dir is not None else None
     page = build_report(
         summary=summary,
         metrics=json.loads((evaluate_dir / METRICS_FILE).read_text()),

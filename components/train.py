@@ -36,7 +36,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from components import models, transforms
-from components.artifacts import TrainedModel
+from components.artifacts import HISTORY_FILE, TRAINING_FILE, TrainedModel
 from components.config import TrainConfig, load_params
 from components.distributed import (
     SINGLE,
@@ -51,8 +51,6 @@ from components.prepare import DATASET_FILE, load_split, read_dataset_info
 from components.transforms import BatchAugmentation, Preprocessing
 
 CHECKPOINT_FILE = "checkpoint.pt"
-HISTORY_FILE = "history.json"
-TRAINING_FILE = "training.json"
 
 
 def score_auc(labels: np.ndarray, probs: np.ndarray) -> float:

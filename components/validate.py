@@ -18,6 +18,7 @@ class, drift, and the inputs ingest skipped; and ``report.json``, the same for m
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.artifacts import MANIFEST_COLUMNS, SPLITS, ValidationResult
+from components.artifacts import MANIFEST_COLUMNS, SPLITS, ValidationResult, read_keyed_json, write_json_atomically
 from components.config import ValidateConfig
 from components.drift import DriftReport
 
@@ -233,7 +234,7 @@ def _read_sources(root: Path) -> dict[str, str]:
 def validate_manifest(manifest_path: Path, cfg: ValidateConfig, out_dir: Path,
                       problems: Sequence[Mapping[str, str]] | None = None, *, class_names: Sequence[str] = (),
                       drift: DriftReport | None = None, drift_note: str = "",
-                      window: tuple[float, float] | None = None) -> ValidationResult:
+                      window: tuple[float, float] | None = None, memo_file: Path | None = None) -> ValidationResult:
     """Validate the manifest and write report.html and report.json under `out_dir`.
 
     Args:
@@ -245,6 +246,10 @@ def validate_manifest(manifest_path: Path, cfg: ValidateConfig, out_dir: Path,
         drift: drift against the production model's training data, if there is one.
         drift_note: why there is no drift report (shown in its place).
         window: (level, width) in Hounsfield units for CT thumbnails (prepare's window).
+        memo_file: where the suites' last outcomes are kept: reused when the manifest, its
+            sources, `cfg`, `class_names` and this module are those they were computed for (the
+            suites read nothing else), so an unchanged dataset skips Great Expectations. Drift and
+            the report are always made anew.
 
     Returns:
         The result: ``success`` is False when a blocking check or a bounded drift statistic failed;
@@ -253,7 +258,12 @@ def validate_manifest(manifest_path: Path, cfg: ValidateConfig, out_dir: Path,
     manifest = pd.read_parquet(manifest_path)
     root = manifest_path.parent
     sources = _read_sources(root)
-    outcomes = run_suites(manifest, cfg, class_names, sources)
+    key = _suites_key(manifest_path, cfg, class_names)
+    memo = read_keyed_json(memo_file, key)
+    reused = memo is not None
+    outcomes: list[dict[str, Any]] = memo["outcomes"] if memo is not None else run_suites(manifest, cfg, class_names, sources)
+    if memo_file is not None and not reused:
+        write_json_atomically(memo_file, {"key": key, "outcomes": outcomes})
     if drift is not None:
         outcomes += _drift_outcomes(drift)
     failed = tuple(f"{o['check']}: {o['expectation']}" for o in outcomes if not o["success"] and o["severity"] == "blocking")
@@ -273,7 +283,17 @@ def validate_manifest(manifest_path: Path, cfg: ValidateConfig, out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / REPORT_JSON).write_text(json.dumps(summary, indent=2, default=str))
     (out_dir / REPORT_HTML).write_text(render_report(summary, manifest, root, cfg, window))
-    return ValidationResult(not failed, out_dir / REPORT_HTML, out_dir / REPORT_JSON, failed, stats, warnings)
+    return ValidationResult(not failed, out_dir / REPORT_HTML, out_dir / REPORT_JSON, failed, stats, warnings, reused)
+
+
+def _suites_key(manifest_path: Path, cfg: ValidateConfig, class_names: Sequence[str]) -> str:
+    """sha256 of what `run_suites` reads: the manifest's and sources.csv's bytes, the params, this code."""
+    digest = hashlib.sha256()
+    sources = manifest_path.parent / "sources.csv"
+    for part in (manifest_path.read_bytes(), sources.read_bytes() if sources.is_file() else b"",
+                 cfg.model_dump_json().encode(), json.dumps(list(class_names)).encode(), Path(__file__).read_bytes()):
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()
 
 
 def _statistics(manifest: pd.DataFrame, problems: Sequence[Mapping[str, str]]) -> dict[str, Any]:

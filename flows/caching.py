@@ -6,6 +6,8 @@ them the flow skips, by content:
 - ingest, when the source's content (`source_fingerprint`: every file's sha256, never a
   timestamp), the ingest params, the de-identification salt and the ingest code are those of the
   last ingest and `dvc add` finds `data/ingest` at the version recorded for it;
+- `dvc push`, when the remote configuration, `data/ingest.dvc` and `dvc.lock` (which name every
+  pushed file by its hash) are those of the last push that succeeded (`push_key`);
 - registering, gating, packaging and smoke-testing, when the model that evaluate just scored is
   the production model of that name (same weights, same dataset and test data versions, same
   gate policy): the run reports the production version as reused instead of registering a
@@ -15,7 +17,6 @@ them the flow skips, by content:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +24,15 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from components.artifacts import IngestedDataset, to_dict
+from components.artifacts import IngestedDataset, file_sha256, read_keyed_json, to_dict, write_json_atomically
 from components.config import GateConfig, IngestConfig
 from registry import repository as repo
 from registry.models import ModelVersion
 
 INGEST_CACHE = "ingest_cache.json"
+PUSH_RECORD = "last_push.json"
 # Source modules whose code decides what ingest writes.
 _INGEST_CODE = ("ingest.py", "deid.py", "artifacts.py")
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,6 @@ class Fingerprint:
 
     digest: str
     files: int
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def source_fingerprint(path: Path) -> Fingerprint:
@@ -60,7 +53,7 @@ def source_fingerprint(path: Path) -> Fingerprint:
     """
     path = Path(path)
     if path.is_file():
-        return Fingerprint(hashlib.sha256(f"{path.name}\0{_file_sha256(path)}".encode()).hexdigest(), 1)
+        return Fingerprint(hashlib.sha256(f"{path.name}\0{file_sha256(path)}".encode()).hexdigest(), 1)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: source not found")
     digest, count = hashlib.sha256(), 0
@@ -68,7 +61,7 @@ def source_fingerprint(path: Path) -> Fingerprint:
         dirs.sort()
         for name in sorted(files):
             file = Path(root) / name
-            digest.update(f"{file.relative_to(path).as_posix()}\0{_file_sha256(file)}\n".encode())
+            digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(file)}\n".encode())
             count += 1
     return Fingerprint(digest.hexdigest(), count)
 
@@ -86,11 +79,7 @@ def ingest_key(source_dir: Path, cfg: IngestConfig, salt: str) -> str:
 
 def cached_ingest(state_dir: Path, key: str) -> tuple[IngestedDataset, str] | None:
     """The dataset and DVC version of the last ingest when it had this key and its manifest exists."""
-    try:
-        record = json.loads((state_dir / INGEST_CACHE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if record.get("key") != key:
+    if (record := read_keyed_json(state_dir / INGEST_CACHE, key)) is None:
         return None
     fields: dict[str, Any] = record["dataset"]
     dataset = IngestedDataset(
@@ -101,10 +90,24 @@ def cached_ingest(state_dir: Path, key: str) -> tuple[IngestedDataset, str] | No
 
 
 def remember_ingest(state_dir: Path, key: str, dataset: IngestedDataset, version: str) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / f"{INGEST_CACHE}.tmp"
-    tmp.write_text(json.dumps({"key": key, "version": version, "dataset": to_dict(dataset)}, default=list))
-    os.replace(tmp, state_dir / INGEST_CACHE)
+    write_json_atomically(state_dir / INGEST_CACHE, {"key": key, "version": version, "dataset": to_dict(dataset)})
+
+
+def push_key(workspace: Path) -> str:
+    """What a `dvc push` sends, and where: the DVC config (remotes), the dataset's .dvc file, dvc.lock."""
+    digest = hashlib.sha256()
+    for rel in (".dvc/config", ".dvc/config.local", "data/ingest.dvc", "dvc.lock"):
+        path = workspace / rel
+        digest.update(hashlib.sha256(path.read_bytes() if path.is_file() else b"").digest())
+    return digest.hexdigest()
+
+
+def pushed_already(state_dir: Path, key: str) -> bool:
+    return read_keyed_json(state_dir / PUSH_RECORD, key) is not None
+
+
+def remember_push(state_dir: Path, key: str) -> None:
+    write_json_atomically(state_dir / PUSH_RECORD, {"key": key})
 
 
 def unchanged_production(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -83,7 +82,7 @@ def run(
     wait: float = WaitOpt,
 ) -> None:
     """Run the training flow: ingest, validate, prepare, train, evaluate, gate, package, promote."""
-    launch(resolve_source(dataset), workspace, "manual", wait)
+    launch(lambda: resolve_source(dataset), workspace, "manual", wait)
 
 
 if __name__ == "__main__":

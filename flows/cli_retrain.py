@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
@@ -56,13 +56,23 @@ def flow_errors() -> Iterator[None]:
         raise typer.Exit(1)
 
 
-def launch(source: str, workspace: Path | None, trigger: str, wait_s: float) -> dict[str, Any]:
-    """Run the training flow and print its summary (exit codes: `flow_errors`)."""
+def launch(source: Callable[[], str], workspace: Path | None, trigger: str, wait_s: float) -> dict[str, Any]:
+    """Run the training flow on `source()` and print its summary (exit codes: `flow_errors`).
+
+    Prefect's API server for the run (flows.prefect_api) starts first: it boots while `source()`
+    and the imports below run.
+    """
+    from flows.prefect_api import start_prefect_api
+
+    api = start_prefect_api()
+    source_path = source()
     from flows.cli import print_summary
     from flows.retrain import run_training
 
     with flow_errors():
-        summary = run_training(source, str(workspace) if workspace else None, trigger, wait_s)
+        if api is not None:
+            api.wait_ready()
+        summary = run_training(source_path, str(workspace) if workspace else None, trigger, wait_s)
     print_summary(summary)
     return summary
 
@@ -88,8 +98,7 @@ def retrain(
     Unchanged data, code and params train nothing: DVC reuses every stage, and a model identical to
     production is reported as reused, not registered again.
     """
-    source = resolve_source(dataset or last_source(workspace))
-    launch(source, workspace, "retrain", wait)
+    launch(lambda: resolve_source(dataset or last_source(workspace)), workspace, "retrain", wait)
 
 
 def schedule(

@@ -20,6 +20,10 @@ DEFAULT_SOURCE = "embedded"
 INGEST_DIR = "data/ingest"
 IDENTIFIERS_FILE = "identifiers.json"  # written by components.cohort: the fake identifiers in its headers
 # Everything a run stores in the workspace besides runs/<id>/ (the raw source is not the run's).
+# Memos in the workspace's state folder (.medgate): contents the PHI scan found clean (components.phi),
+# and the last outcomes of the validation suites (components.validate).
+PHI_MEMO = "phi_clean.json"
+SUITES_MEMO = "validate_suites.json"
 RUN_ARTIFACTS = ("data/ingest", "data/ingest.dvc", "data/prepare", "data/train", "data/baseline", "data/evaluate", "dvc.lock")
 
 
@@ -86,7 +90,10 @@ def scan_run(settings: Settings, identifiers: Path, run_dir: Path, model_tag: st
     from components.phi import load_identifiers, scan_artifacts
 
     ws = settings.workspace
-    paths = [ws / rel for rel in RUN_ARTIFACTS] + [run_dir]
+    # The state folder's own files (caches, memos, lock); not its subfolders (the local DVC remote
+    # there holds copies of the data already scanned).
+    state = [p for p in settings.state_dir.iterdir() if p.is_file()] if settings.state_dir.is_dir() else []
+    paths = [ws / rel for rel in RUN_ARTIFACTS] + [run_dir, *state]
     texts: dict[str, str] = {}
     databases: list[Path] = []
     url = make_url(settings.database_url)
@@ -102,7 +109,7 @@ def scan_run(settings: Settings, identifiers: Path, run_dir: Path, model_tag: st
     # The generator's source defines the fake sites and physicians; a Bento carries a copy of it.
     allowed = [Path(components.cohort.__file__)]
     return scan_artifacts(paths, load_identifiers(identifiers), databases=databases, allowed_files=allowed, texts=texts,
-                          relative_to=ws)
+                          relative_to=ws, memo_file=settings.state_dir / PHI_MEMO)
 
 
 def registry_dump(url: str) -> str:

@@ -22,16 +22,18 @@ from prefect.futures import wait
 from prefect.tasks import exponential_backoff
 from prefect.runtime import flow_run
 
-from components.artifacts import IngestedDataset, ValidationResult, to_dict
+from components.artifacts import IngestedDataset, ValidationResult
 from components.config import Params, load_params
 from components.gate import Check
 from flows.cards import PACKAGING_NOTE, render_card, write_card
 from flows.promotion import evaluate_gate, json_safe, mark_drift, prepared_data_version, read_champion, read_retraining, without_none
-from flows.caching import cached_ingest, ingest_key, remember_ingest, unchanged_production
+from flows.caching import (
+    cached_ingest, ingest_key, push_key, pushed_already, remember_ingest, remember_push, unchanged_production,
+)
 from flows.lock import WorkspaceLock, close_interrupted_run, workspace_lock
 from flows.notify import label_flow_run, publish_run
 from flows.settings import Settings, get_settings
-from flows.datasets import DEFAULT_SOURCE, drift_against, identifiers_for, production_baseline, scan_run, source_path
+from flows.datasets import DEFAULT_SOURCE, SUITES_MEMO, drift_against, identifiers_for, production_baseline, scan_run, source_path
 from flows.workspace import (
     StageRun, configure_remote, default_remote, dvc_lock_hash, ensure_workspace, pipeline_stages, push_outputs, reproduce_stage, stage_waves,
     stages_up_to_date, track_dataset,
@@ -110,12 +112,16 @@ def push_task(settings: Settings) -> None:
 
 
 @task(name="validate")
-def validate_task(dataset: IngestedDataset, params: Params, out_dir: Path, drift: Any = None, drift_note: str = "") -> ValidationResult:
+def validate_task(
+    dataset: IngestedDataset, params: Params, out_dir: Path, state_dir: Path, drift: Any = None, drift_note: str = ""
+) -> ValidationResult:
+    """The validation of `dataset` (components.validate); the suites' outcomes are memoized in `state_dir`."""
     from components.validate import validate_manifest
 
     return validate_manifest(
         dataset.manifest, params.validate_, out_dir, list(dataset.problems), class_names=params.ingest.class_names,
         drift=drift, drift_note=drift_note, window=(params.prepare.window_level, params.prepare.window_width),
+        memo_file=state_dir / SUITES_MEMO,
     )
 
 
@@ -265,7 +271,7 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
         with sessions() as session:
             baseline = production_baseline(session, name)
         drift, drift_note = timed("drift", drift_task, settings, params, name, baseline, dataset.manifest)
-        validation = timed("validate", validate_task, dataset, params, run_dir / "validate", drift, drift_note)
+        validation = timed("validate", validate_task, dataset, params, run_dir / "validate", settings.state_dir, drift, drift_note)
         summary["validation"] = {
             "success": validation.success, "report": str(validation.report_html), "failed_expectations": list(validation.failed_expectations),
             "warnings": list(validation.warnings), "drift": drift.to_dict()["checks"] if drift is not None else drift_note,
@@ -292,10 +298,14 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
                 raise PhiFound(summary["phi_scan"])
 
         stages = _reproduce(settings, params, timed, timings)
-        summary["stages_reused"] = ["ingest"] * ingest_reused + [s.stage for s in stages if s.reused]
+        summary["stages_reused"] = ["ingest"] * ingest_reused + ["validate"] * validation.suites_reused + [s.stage for s in stages if s.reused]
         if remote := default_remote(ws):
             summary["data_remote"] = remote
-            timed("push", push_task, settings)
+            if pushed_already(settings.state_dir, key := push_key(ws)):
+                summary["stages_reused"].append("push")
+            else:
+                timed("push", push_task, settings)
+                remember_push(settings.state_dir, key)
         metrics = json.loads((ws / "data" / "evaluate" / "metrics.json").read_text())
         flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         summary["metrics"] = flat
@@ -444,6 +454,6 @@ def _write_report(ws: Path, run_dir: Path, summary: dict[str, Any], logger) -> s
 
 
 def _weights_sha(ws: Path) -> str:
-    from components.models import WEIGHTS_FILE, file_sha256
+    from components.artifacts import WEIGHTS_FILE, file_sha256
 
     return file_sha256(ws / "data" / "train" / WEIGHTS_FILE)

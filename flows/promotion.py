@@ -197,7 +197,7 @@ def reevaluate_champion(champion: ChampionFacts, data_dir: Path, cfg: EvaluateCo
     from bentoml.exceptions import NotFound
 
     from components.evaluate import METRICS_FILE, evaluate_model
-    from components.models import WEIGHTS_FILE, file_sha256
+    from components.artifacts import WEIGHTS_FILE, file_sha256
     from components.prepare import read_dataset_info
 
     if not champion.model_tag:

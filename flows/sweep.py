@@ -94,7 +94,7 @@ def _prepare(source: str, workspace: str, params: Params) -> None:
     """Ingest, version and validate the source, then reproduce prepare: what every trial trains on."""
     settings = get_settings(Path(workspace))
     dataset, _, _ = ingest_and_version(source, settings, params, lambda _stage, fn, *args: fn(*args))
-    validation = validate_task(dataset, params, settings.runs_dir / "sweeps" / "validate")
+    validation = validate_task(dataset, params, settings.runs_dir / "sweeps" / "validate", settings.state_dir)
     if not validation.success:
         raise ValidationFailed(validation)
     reproduce_stage(settings.workspace, "prepare")

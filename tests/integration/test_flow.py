@@ -68,7 +68,9 @@ def test_promote_then_refuse_then_stop_at_validate(tmp_path, prefect_api, clean_
     assert not second["gate"]["champion_reevaluated"]  # same test data: the champion's recorded metrics are compared
     assert "REFUSED" in Path(second["model_card"]).read_text()
     # ingest too: same source content, params, salt and code as the last ingest (flows/caching.py)
-    assert set(second["stages_reused"]) == {"ingest", *yaml.safe_load((ws / "dvc.yaml").read_text())["stages"]}
+    # validate too (its suites' outcomes, for the same manifest and params; the report is made anew),
+    # and the push of unchanged data to the workspace's DVC remote.
+    assert set(second["stages_reused"]) == {"ingest", "validate", "push", *yaml.safe_load((ws / "dvc.yaml").read_text())["stages"]}
     stages = {m["version"]: m["stage"] for m in json.loads(medgate(ws, "models", "list", "--json").stdout)}
     assert stages == {1: "production", 2: "rejected"}
 

@@ -123,16 +123,19 @@ def test_watch_notify_reuse_and_a_failing_stage(tmp_path, prefect_api, clean_env
     bentos = len(bentoml.list())
     again = training_flow(source=str(source), workspace=str(ws), trigger="retrain")
     assert again["status"] == "completed" and again["reused_production"] == 1 and again["model_version"] == 1
-    assert set(again["stages_reused"]) == {"ingest", "prepare", "train", "baseline", "evaluate"}
-    assert not {"ingest", "prepare", "train", "package", "smoke_test"} & set(again["timings_s"])
+    assert set(again["stages_reused"]) == {"ingest", "validate", "prepare", "train", "baseline", "evaluate", "push"}
+    assert not {"ingest", "prepare", "train", "push", "package", "smoke_test"} & set(again["timings_s"])
     assert _versions(ws) == {1: "production"} and len(bentoml.list()) == bentos
     assert len(received) == 2 and received[1]["reused_production"] == 1
 
     # One train param changed: ingest, prepare and baseline are reused; train and evaluate run.
     set_params(ws, {"train": {"learning_rate": 0.001}})
     tuned = training_flow(source=str(source), workspace=str(ws), trigger="retrain")
-    assert set(tuned["stages_reused"]) == {"ingest", "prepare", "baseline"}
-    assert tuned["model_version"] == 2 and "train" in tuned["timings_s"]
+    assert set(tuned["stages_reused"]) == {"ingest", "validate", "prepare", "baseline"}
+    assert tuned["model_version"] == 2 and "train" in tuned["timings_s"] and "push" in tuned["timings_s"]
+    # Validate reused its suites' outcomes, and wrote this run's own report.
+    report = Path(tuned["validation"]["report"])
+    assert report.parent.parent.name == tuned["run_id"] and report.read_bytes() == Path(again["validation"]["report"]).read_bytes()
 
     # New content while another run holds the workspace: the watch sees the change, its run is
     # refused with the holder named, and the new fingerprint stays unremembered for the next look.

@@ -80,3 +80,32 @@ def test_clean_artifacts_and_allowed_files(tmp_path: Path) -> None:
     assert scan.clean and scan.files == 2  # the allowed generator is skipped, the text dump counted
     leaked = scan_artifacts([tmp_path], IDS, texts={"registry dump": "('Avery Abernathy',)"})
     assert {f.file for f in leaked.findings} >= {"registry dump", str(tmp_path / "generator.py")}
+
+
+def test_memo_skips_clean_contents_and_never_a_finding(tmp_path: Path, monkeypatch) -> None:
+    import components.phi as phi
+
+    root, memo = tmp_path / "run", tmp_path / "state" / "phi_clean.json"
+    root.mkdir()
+    (root / "clean.txt").write_text("auc 0.91")
+    (root / "leak.txt").write_text("patient MRN1234567")
+    first = scan_artifacts([root], IDS, memo_file=memo)
+    assert _kinds(first) == {str(root / "leak.txt"): {"patient_ids"}}
+    recorded = json.loads(memo.read_text())
+    assert len(recorded["clean"]) == 1 and "MRN" not in memo.read_text(), "hashes of clean contents only"
+
+    decoded: list[bytes] = []
+    real_views = phi._views
+    monkeypatch.setattr(phi, "_views", lambda name, data, depth=0: decoded.append(data) or real_views(name, data, depth))
+    again = scan_artifacts([root], IDS, memo_file=memo)
+    assert again.findings == first.findings and again.files == 2
+    assert decoded == [b"patient MRN1234567"], "the clean content was not decoded again; the leaking one was"
+
+    # A clean content under a leaking name is still a finding: the path is always checked.
+    (root / "clean.txt").rename(root / "MRN1234567.txt")
+    renamed = scan_artifacts([root], IDS, memo_file=memo)
+    assert str(root / "MRN1234567.txt") in _kinds(renamed)
+    # Other identifiers (or another scanner) invalidate the memo: everything is decoded again.
+    decoded.clear()
+    scan_artifacts([root], {"patient_ids": ["OTHER99999"]}, memo_file=memo)
+    assert len(decoded) == 2

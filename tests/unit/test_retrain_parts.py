@@ -120,3 +120,4 @@ def test_notice_carries_verdict_metrics_and_existing_report_links(tmp_path):
     assert body["links"] == {"data-quality report": report.as_uri(), "run report": report.as_uri()}  # the absent card is left out
     markdown = render_markdown(summary)
     assert "gate: **refused** (1 check failed)" in markdown and f"[run report]({report.as_uri()})" in markdown
+

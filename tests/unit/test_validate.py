@@ -162,3 +162,28 @@ def test_ks_distance_matches_its_definition() -> None:
     expected = max(abs((a <= x).mean() - (b <= x).mean()) for x in grid)
     assert ks_distance(a, b) == pytest.approx(expected)
     assert ks_distance(a, a) == 0.0
+
+
+def test_suite_outcomes_are_memoized_for_the_same_manifest_params_and_classes(broken, cohort_ingest, tmp_path, monkeypatch) -> None:
+    """The memo replaces only Great Expectations: verdict and report are those of a fresh validation."""
+    import components.validate as validate
+
+    result, report, _ = broken  # a dataset with a failure of every check: offending files, observed values
+    manifest, problems = result.report_json.parents[1] / "ingest" / "manifest.parquet", report["skipped_inputs"]
+    cfg, memo, classes = ValidateConfig(min_rows=100, min_class_fraction=0.1), tmp_path / "state" / "suites.json", ("a", "b", "c")
+    fresh = validate_manifest(manifest, cfg, tmp_path / "one", problems, class_names=classes, memo_file=memo)
+    assert not fresh.suites_reused and memo.is_file() and not fresh.success
+
+    def no_gx(*args, **kwargs):
+        raise AssertionError("the suites ran again")
+
+    monkeypatch.setattr(validate, "run_suites", no_gx)
+    again = validate_manifest(manifest, cfg, tmp_path / "two", problems, class_names=classes, memo_file=memo)
+    assert again.suites_reused and (again.success, again.failed_expectations, again.warnings) == (fresh.success, fresh.failed_expectations, fresh.warnings)
+    assert again.report_json.read_text() == fresh.report_json.read_text()
+    assert again.report_html.read_text() == fresh.report_html.read_text()
+    # Other params, classes or another manifest are not in the memo: the suites must run.
+    for other in ({"cfg": ValidateConfig(min_rows=1)}, {"class_names": ("a", "b")}, {"manifest": cohort_ingest[0].manifest}):
+        with pytest.raises(AssertionError, match="ran again"):
+            validate_manifest(other.get("manifest", manifest), other.get("cfg", cfg), tmp_path / "three",
+                              class_names=other.get("class_names", classes), memo_file=memo)
