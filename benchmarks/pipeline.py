@@ -116,6 +116,9 @@ def measure(mode: str, scratch: Path) -> dict:
         "overhead_s": round(first_wall - own, 1), "overhead_ratio": (first_wall - own) / first_wall,
         "rerun_wall_s": round(rerun_wall, 1), "rerun_ratio": rerun_wall / first_wall, "rerun_stages_s": rerun["timings_s"],
         "rerun_reused": rerun.get("stages_reused"), "rerun_reused_production": rerun.get("reused_production"),
+        # A first run that is not promoted packages nothing: its figures are not a whole pipeline's.
+        "first_promoted": bool(first.get("gate", {}).get("promote")),
+        "first_failed_checks": [f"{c['kind']} {c['metric']}" for c in first.get("gate", {}).get("checks", []) if c["verdict"] == "fail"],
     }
 
 
@@ -149,6 +152,8 @@ def main() -> None:
             results.append(measure(mode, Path(tmp)))
             r = results[-1]
             print(f"[{mode}] first {r['first_wall_s']} s (overhead {r['overhead_ratio']:.0%}), re-run {r['rerun_wall_s']} s ({r['rerun_ratio']:.0%})", flush=True)
+            if not r["first_promoted"]:
+                print(f"[{mode}] warning: the first run was not promoted ({', '.join(r['first_failed_checks'])}): it did not package", flush=True)
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

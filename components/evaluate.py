@@ -37,16 +37,25 @@ from components.train import predict_probs, score_auc, set_threads
 
 
 def choose_threshold(labels: np.ndarray, positive_probs: np.ndarray, cfg: EvaluateConfig) -> float:
-    """Operating threshold on the positive-class probability: Youden's J, or the highest
-    threshold that reaches the target sensitivity. 0.5 when the labels hold one class only."""
+    """Operating threshold on the positive-class probability: where Youden's J is highest, or the
+    highest score that reaches the target sensitivity, on the validation split. 0.5 when the labels
+    hold one class only.
+
+    Every threshold between that score and the next lower validation score gives the same
+    validation result; the middle of that gap is taken, not its top edge (the lowest positive
+    score counted in): on a small validation split the edge misses any test positive that scores
+    just under it, and the middle leaves a margin on both sides.
+    """
     if len(np.unique(labels)) < 2:
         return 0.5
-    fpr, tpr, thresholds = roc_curve(labels, positive_probs)
+    fpr, tpr, thresholds = roc_curve(labels, positive_probs, drop_intermediate=False)  # every distinct score
     thresholds = np.clip(thresholds, 0.0, 1.0)  # roc_curve's first threshold is +inf
     if cfg.operating_point == "sensitivity":
-        reaching = np.flatnonzero(tpr >= cfg.target_sensitivity)
-        return float(thresholds[reaching[0]])
-    return float(thresholds[int(np.argmax(tpr - fpr))])
+        chosen = int(np.flatnonzero(tpr >= cfg.target_sensitivity)[0])
+    else:
+        chosen = int(np.argmax(tpr - fpr))
+    below = thresholds[chosen + 1] if chosen + 1 < len(thresholds) else thresholds[chosen]
+    return float((thresholds[chosen] + below) / 2)
 
 
 def predict_labels(probs: np.ndarray, threshold: float) -> np.ndarray:

@@ -25,15 +25,21 @@ DATASET_FILE = "dataset.json"
 
 def split_patients(manifest: pd.DataFrame, cfg: PrepareConfig) -> pd.Series:
     """Each row's split. Fixed splits in the manifest are kept; otherwise patients are assigned
-    to train/val/test, stratified by their label, so no patient spans two splits."""
+    to train/val/test, stratified by their label, so no patient spans two splits.
+
+    Patients are shuffled (seeded) from the manifest's order, which is the source's file order, not
+    from their pseudonyms: those depend on the workspace's de-identification salt, and the same
+    source with the same params must get the same split in every workspace.
+    """
     given = manifest["split"]
     if given.notna().all():
         return given.astype(str)
     rng = np.random.default_rng(cfg.seed)
     patient_label = manifest.groupby("patient_id")["label"].agg(lambda s: s.mode().iloc[0])
+    first_seen = {pid: i for i, pid in enumerate(dict.fromkeys(manifest["patient_id"]))}
     assignment: dict[str, str] = {}
     for _, patients in sorted(patient_label.groupby(patient_label), key=lambda kv: str(kv[0])):
-        ids = np.array(sorted(patients.index))
+        ids = np.array(sorted(patients.index, key=first_seen.__getitem__))
         rng.shuffle(ids)
         n_test = round(len(ids) * cfg.test_fraction)
         n_val = round(len(ids) * cfg.val_fraction)
@@ -88,7 +94,8 @@ def prepare_dataset(manifest_path: Path, cfg: PrepareConfig, out_dir: Path) -> P
     keep = ["image_id", "patient_id", "label", "path", *[c for c in SUBGROUP_COLUMNS if c in manifest]]
     counts: dict[str, int] = {}
     for split in SPLITS:
-        rows = manifest[manifest["split"] == split].sort_values("image_id")
+        # The manifest's (the source's) order, not the pseudonyms': training sees the same batches in every workspace.
+        rows = manifest[manifest["split"] == split]
         images = np.zeros((len(rows), *spec.input_shape), dtype=np.float32)
         with ImageStore(root) as store:  # rows point into the ingest's image shards
             for i, rel in enumerate(rows["path"]):

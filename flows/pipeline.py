@@ -33,10 +33,10 @@ from flows.caching import (
 from flows.lock import WorkspaceLock, close_interrupted_run, workspace_lock
 from flows.notify import label_flow_run, publish_run
 from flows.settings import Settings, get_settings
-from flows.datasets import DEFAULT_SOURCE, SUITES_MEMO, drift_against, identifiers_for, production_baseline, scan_run, source_path
+from flows.datasets import DEFAULT_SOURCE, INGEST_DIR, SUITES_MEMO, drift_against, identifiers_for, production_baseline, scan_run, source_path
 from flows.workspace import (
     StageRun, configure_remote, default_remote, dvc_lock_hash, ensure_workspace, pipeline_stages, push_outputs, reproduce_stage, stage_waves,
-    stages_up_to_date, track_dataset,
+    stages_up_to_date, track_dataset, tracked_version,
 )
 from registry import repository as repo
 from registry.db import make_session_factory, upgrade_database
@@ -103,7 +103,7 @@ def ingest_task(source: str, settings: Settings, params: Params) -> IngestedData
 # a failure there is a fact about the data or the code, and the run must fail on it.
 @task(name="version-dataset", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
 def version_task(settings: Settings) -> str:
-    return track_dataset(settings.workspace, "data/ingest")
+    return track_dataset(settings.workspace, INGEST_DIR)
 
 
 @task(name="push-data", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2))
@@ -266,7 +266,7 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
         return out
 
     try:
-        dataset, version, ingest_reused = ingest_and_version(source, settings, params, timed)
+        dataset, version, ingest_reused, up_to_date = ingest_and_version(source, settings, params, timed)
         summary["dataset"] = {"source": source, "version": version, "kind": dataset.kind, "images": dataset.num_images, "patients": dataset.num_patients, "skipped_inputs": len(dataset.problems)}
         with sessions() as session:
             baseline = production_baseline(session, name)
@@ -297,7 +297,7 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
             if not summary["phi_scan"]["clean"]:
                 raise PhiFound(summary["phi_scan"])
 
-        stages = _reproduce(settings, params, timed, timings)
+        stages = _reproduce(settings, params, timed, timings, up_to_date)
         summary["stages_reused"] = ["ingest"] * ingest_reused + ["validate"] * validation.suites_reused + [s.stage for s in stages if s.reused]
         if remote := default_remote(ws):
             summary["data_remote"] = remote
@@ -403,30 +403,39 @@ def reused_production(session, same, params: Params, run_dir: Path) -> dict[str,
     }
 
 
-def ingest_and_version(source: str, settings: Settings, params: Params, timed) -> tuple[IngestedDataset, str, bool]:
+def ingest_and_version(source: str, settings: Settings, params: Params, timed) -> tuple[IngestedDataset, str, bool, bool]:
     """Ingest and version the source, or reuse the last ingest when nothing it depends on changed
-    (flows.caching) and `dvc add` finds data/ingest at that ingest's version. Returns (dataset, version, reused)."""
+    (flows.caching) and DVC finds data/ingest at that ingest's version.
+
+    Returns (dataset, version, reused, all_up_to_date). With a reusable ingest, one `dvc status`
+    comes first: when it finds every tracked dataset and stage unchanged (all_up_to_date), data/ingest
+    is at its recorded version and no `dvc add` is needed; otherwise `dvc add` says which version it is.
+    """
+    ws = settings.workspace
     path = source_path(source, settings, params)
     key = ingest_key(path, params.ingest, settings.deid_salt) if path.exists() else None
     cached = cached_ingest(settings.state_dir, key) if key else None
     if cached is not None:
+        if tracked_version(ws, INGEST_DIR) == cached[1] and timed("dvc_status", stages_up_to_date, ws):
+            return cached[0], cached[1], True, True
         if (version := timed("version", version_task, settings)) == cached[1]:
-            return cached[0], version, True
+            return cached[0], version, True, False
         get_run_logger().info("data/ingest changed since it was ingested: ingesting again")
     dataset = timed("ingest", ingest_task, source, settings, params)
     version = timed("version", version_task, settings)
     remember_ingest(settings.state_dir, ingest_key(path, params.ingest, settings.deid_salt), dataset, version)
-    return dataset, version, False
+    return dataset, version, False, False
 
 
-def _reproduce(settings: Settings, params: Params, timed, timings: dict[str, float]) -> list[StageRun]:
-    """Reproduce dvc.yaml's stages, upstream first. None run when `dvc status` finds all up to date.
+def _reproduce(settings: Settings, params: Params, timed, timings: dict[str, float], up_to_date: bool) -> list[StageRun]:
+    """Reproduce dvc.yaml's stages, upstream first. None run when `dvc status` finds all up to date
+    (or found it already this run: `up_to_date`).
 
     With `orchestration.task_runner` threads or dask, the stages of one wave (independent of each
     other, e.g. train and baseline) run at once on the flow's task runner; otherwise one by one.
     """
     ws = settings.workspace
-    if timed("dvc_status", stages_up_to_date, ws):
+    if up_to_date or timed("dvc_status", stages_up_to_date, ws):
         return [StageRun(stage, 0.0, True) for stage in pipeline_stages(ws)]
     if params.orchestration.task_runner == "sequential":
         return [timed(stage, stage_task, settings, stage) for stage in pipeline_stages(ws)]

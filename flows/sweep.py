@@ -93,7 +93,7 @@ def trial_task(workspace: str, number: int, params: dict[str, Any], trial_dir: s
 def _prepare(source: str, workspace: str, params: Params) -> None:
     """Ingest, version and validate the source, then reproduce prepare: what every trial trains on."""
     settings = get_settings(Path(workspace))
-    dataset, _, _ = ingest_and_version(source, settings, params, lambda _stage, fn, *args: fn(*args))
+    dataset, *_ = ingest_and_version(source, settings, params, lambda _stage, fn, *args: fn(*args))
     validation = validate_task(dataset, params, settings.runs_dir / "sweeps" / "validate", settings.state_dir)
     if not validation.success:
         raise ValidationFailed(validation)

@@ -117,8 +117,15 @@ def track_dataset(workspace: Path, rel_path: str) -> str:
     code, tail = _dvc(workspace, "add", "-q", rel_path)
     if code:
         raise StageError(f"dvc add {rel_path} failed: {' | '.join(tail)}")
-    meta = yaml.safe_load((workspace / f"{rel_path}.dvc").read_text())
-    return str(meta["outs"][0]["md5"]).removesuffix(".dir")
+    return tracked_version(workspace, rel_path)
+
+
+def tracked_version(workspace: Path, rel_path: str) -> str | None:
+    """The DVC hash its `.dvc` file records for a tracked folder (the last `dvc add`), or None."""
+    dvc_file = workspace / f"{rel_path}.dvc"
+    if not dvc_file.is_file():
+        return None
+    return str(yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"]).removesuffix(".dir")
 
 
 def default_remote(workspace: Path) -> str | None:

@@ -63,14 +63,17 @@ def test_ece_by_hand():
 def test_youden_threshold_on_separable_data():
     labels = np.array([0, 0, 1, 1])
     threshold = choose_threshold(labels, np.array([0.1, 0.2, 0.8, 0.9]), EvaluateConfig())
-    assert 0.2 < threshold <= 0.8
+    assert threshold == pytest.approx(0.5), "the middle of the gap between the classes, not its edge at 0.8"
+    # Ties and an imperfect split: J is highest at 0.6 (tpr 1, fpr 1/3); the next lower score is 0.3.
+    tied = choose_threshold(np.array([0, 0, 1, 1, 0, 1]), np.array([0.1, 0.3, 0.6, 0.6, 0.7, 0.9]), EvaluateConfig())
+    assert tied == pytest.approx(0.45)
 
 
 def test_target_sensitivity_threshold():
     labels = np.array([0, 0, 1, 1, 1, 1])
     p = np.array([0.1, 0.5, 0.2, 0.6, 0.7, 0.9])
     threshold = choose_threshold(labels, p, EvaluateConfig(operating_point="sensitivity", target_sensitivity=1.0))
-    assert threshold == pytest.approx(0.2)
+    assert threshold == pytest.approx(0.15)  # 0.2 reaches it; midway to the next lower score, 0.1
 
 
 def test_subgroup_with_one_class_is_not_computable():

@@ -69,6 +69,14 @@ def test_split_keeps_patients_whole(tmp_path):
     assert set(splits) == {"train", "val", "test"}
 
 
+def test_split_follows_the_source_order_not_the_pseudonyms(tmp_path):
+    """Two workspaces (two salts) pseudonymize the same patients differently: same split all the same."""
+    manifest = pd.read_parquet(make_manifest(tmp_path))
+    renamed = manifest.assign(patient_id=manifest["patient_id"].map(lambda p: f"other-salt-{hash(p) % 10**9:09d}"))
+    assert (split_patients(manifest, PrepareConfig()) == split_patients(renamed, PrepareConfig())).all()
+    assert not (split_patients(manifest, PrepareConfig()) == split_patients(manifest, PrepareConfig(seed=99))).all()
+
+
 def test_fixed_splits_are_kept(tmp_path):
     manifest = pd.read_parquet(make_manifest(tmp_path))
     manifest["split"] = np.where(manifest.index % 3 == 0, "test", "train")
