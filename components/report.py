@@ -7,11 +7,14 @@ ROC curves (network and baseline), confusion matrix, calibration, training curve
 and the training run's figures.
 
 Reads the stage outputs (train, baseline, evaluate folders); the caller passes the run's
-summary (dataset, validation, model) and the gate decision as plain dicts.
+summary (dataset, validation, model) and the gate decision as plain dicts. The charts depend on the
+stage outputs only: with a memo file they are drawn once per set of outputs, and a run that reused
+every stage (an unchanged re-run) writes its report without starting matplotlib.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
@@ -19,13 +22,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-from matplotlib import rc_context
-from matplotlib.figure import Figure
-from sklearn.metrics import roc_curve
 
-from components.artifacts import HISTORY_FILE, METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, SPEC_FILE, TRAINING_FILE
+from components.artifacts import (
+    HISTORY_FILE, METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, SPEC_FILE, TRAINING_FILE, read_keyed_json, write_json_atomically,
+)
+
+if TYPE_CHECKING:  # matplotlib and scikit-learn are imported where a chart is drawn (about 1.2 s)
+    from matplotlib.figure import Figure
 
 REPORT_FILE = "report.html"
 _STYLE = """
@@ -50,6 +57,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def _svg(fig: Figure) -> str:
     """The figure as an inline <svg> element (fixed hash salt: the same data gives the same bytes)."""
+    from matplotlib import rc_context
+
     buffer = io.StringIO()
     with rc_context({"svg.hashsalt": "medgate", "svg.fonttype": "none"}):
         fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
@@ -69,6 +78,10 @@ def _figure(svg: str, caption: str) -> str:
 
 def roc_chart(labels: np.ndarray, probs: np.ndarray, class_names: list[str], baseline_probs: np.ndarray | None) -> str:
     """ROC of the positive class (two classes) or each class one-vs-rest, with the baseline dashed."""
+    from matplotlib.figure import Figure
+    from sklearn.metrics import roc_curve
+
+
     fig = Figure(figsize=(4.6, 4.2))
     ax = fig.add_subplot()
     positives = [1] if len(class_names) == 2 else list(range(len(class_names)))
@@ -89,6 +102,8 @@ def roc_chart(labels: np.ndarray, probs: np.ndarray, class_names: list[str], bas
 
 
 def confusion_chart(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> str:
+    from matplotlib.figure import Figure
+
     n = len(class_names)
     matrix = np.zeros((n, n), dtype=int)
     np.add.at(matrix, (labels, predicted), 1)
@@ -105,6 +120,8 @@ def confusion_chart(labels: np.ndarray, predicted: np.ndarray, class_names: list
 
 
 def calibration_chart(bins: list[dict[str, float]]) -> str:
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(4.6, 4.2))
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8, label="perfect calibration")
@@ -119,6 +136,8 @@ def calibration_chart(bins: list[dict[str, float]]) -> str:
 
 
 def training_chart(history: list[dict[str, float]], best_epoch: int | None) -> str:
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(9.4, 3.6))
     loss_ax, auc_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     epochs = [h["epoch"] for h in history]
@@ -189,7 +208,7 @@ def _subgroup_section(subgroups: dict[str, Any]) -> str:
     return "<h2>Subgroups</h2>" + _table(["column", "group", "n", *_METRICS[:5], "note"], rows)
 
 
-def _training_section(training: dict[str, Any], history: list[dict[str, float]]) -> str:
+def _training_section(training: dict[str, Any], history: list[dict[str, float]], chart_svg: str) -> str:
     if not history:
         return ""
     facts = [
@@ -199,7 +218,7 @@ def _training_section(training: dict[str, Any], history: list[dict[str, float]])
     ]
     if training.get("resumed_after_epoch"):
         facts.append(["resumed", f"after epoch {training['resumed_after_epoch']} from a checkpoint"])
-    chart = _figure(training_chart(history, training.get("best_epoch")), "Training curves; the dotted line marks the epoch kept (best validation AUC).")
+    chart = _figure(chart_svg, "Training curves; the dotted line marks the epoch kept (best validation AUC).")
     return "<h2>Training</h2>" + _table(["", ""], facts) + f"<div class=charts>{chart}</div>"
 
 
@@ -213,16 +232,13 @@ def build_report(
     baseline_predictions: pd.DataFrame | None,
     calibration_bins: list[dict[str, float]],
     gate: dict[str, Any] | None,
+    charts: dict[str, str] | None = None,
 ) -> str:
-    """The report page as a string; every input is already loaded (see write_report)."""
-    index = {name: i for i, name in enumerate(class_names)}
-    labels = predictions["label"].astype(str).map(index).to_numpy()
-    predicted = predictions["predicted"].astype(str).map(index).to_numpy()
-    prob_columns = [f"prob_{name}" for name in class_names]
-    probs = predictions[prob_columns].to_numpy(dtype=float)
-    base_probs = None
-    if baseline_predictions is not None:
-        base_probs = baseline_predictions.set_index("image_id").loc[predictions["image_id"], prob_columns].to_numpy(dtype=float)
+    """The report page as a string; every input is already loaded (see write_report). `charts`:
+    the SVGs of `draw_charts` for these inputs, drawn here when not given."""
+    if charts is None:
+        charts = draw_charts(predictions, class_names, history, training, baseline_predictions, calibration_bins)
+    has_baseline = baseline_predictions is not None
 
     title = f"medgate run {summary.get('run_id', '')}: {summary.get('model_name', '')}"
     if gate is None:
@@ -242,11 +258,11 @@ def build_report(
     calibration_note = f"ECE {_fmt(metrics.get('ece'))} as served"
     if "temperature" in metrics:
         calibration_note += f"; with temperature scaling fitted on validation (T = {_fmt(metrics['temperature'], 3)}) ECE would be {_fmt(metrics.get('ece_scaled'))}, NLL {_fmt(metrics.get('nll'))} → {_fmt(metrics.get('nll_scaled'))}"
-    charts = "".join(
+    figures = "".join(
         [
-            _figure(roc_chart(labels, probs, class_names, base_probs), f"ROC on the test split: network AUC {_fmt(metrics.get('auc'))}" + (f", baseline (dashed) {_fmt(metrics.get('baseline_auc'))}" if base_probs is not None else "") + "."),
-            _figure(confusion_chart(labels, predicted, class_names), "Confusion matrix at the operating threshold."),
-            _figure(calibration_chart(calibration_bins), f"Reliability: accuracy against confidence per bin (numbers: images). {calibration_note}."),
+            _figure(charts["roc"], f"ROC on the test split: network AUC {_fmt(metrics.get('auc'))}" + (f", baseline (dashed) {_fmt(metrics.get('baseline_auc'))}" if has_baseline else "") + "."),
+            _figure(charts["confusion"], "Confusion matrix at the operating threshold."),
+            _figure(charts["calibration"], f"Reliability: accuracy against confidence per bin (numbers: images). {calibration_note}."),
         ]
     )
     body = (
@@ -254,11 +270,38 @@ def build_report(
         + _table(["", ""], facts)
         + _metrics_section(metrics)
         + _gate_section(gate)
-        + f"<h2>Curves</h2><div class=charts>{charts}</div>"
+        + f"<h2>Curves</h2><div class=charts>{figures}</div>"
         + _subgroup_section(metrics.get("subgroups") or {})
-        + _training_section(training, history)
+        + _training_section(training, history, charts.get("training", ""))
     )
     return f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>{body}</body></html>"
+
+
+def draw_charts(
+    predictions: pd.DataFrame,
+    class_names: list[str],
+    history: list[dict[str, float]],
+    training: dict[str, Any],
+    baseline_predictions: pd.DataFrame | None,
+    calibration_bins: list[dict[str, float]],
+) -> dict[str, str]:
+    """The report's charts as inline SVG: roc, confusion, calibration and (with a history) training."""
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = predictions["label"].astype(str).map(index).to_numpy()
+    predicted = predictions["predicted"].astype(str).map(index).to_numpy()
+    prob_columns = [f"prob_{name}" for name in class_names]
+    probs = predictions[prob_columns].to_numpy(dtype=float)
+    base_probs = None
+    if baseline_predictions is not None:
+        base_probs = baseline_predictions.set_index("image_id").loc[predictions["image_id"], prob_columns].to_numpy(dtype=float)
+    charts = {
+        "roc": roc_chart(labels, probs, class_names, base_probs),
+        "confusion": confusion_chart(labels, predicted, class_names),
+        "calibration": calibration_chart(calibration_bins),
+    }
+    if history:
+        charts["training"] = training_chart(history, training.get("best_epoch"))
+    return charts
 
 
 def write_report(
@@ -268,21 +311,40 @@ def write_report(
     train_dir: Path,
     baseline_dir: Path | None,
     gate: dict[str, Any] | None,
+    memo_file: Path | None = None,
 ) -> Path:
-    """Write the run's report from the stage outputs and the gate decision; returns its path."""
+    """Write the run's report from the stage outputs and the gate decision; returns its path.
+
+    `memo_file`: where the charts of the last report are kept, with the hash of the stage output
+    files they were drawn from; reused when those files are unchanged.
+    """
+    baseline_file = baseline_dir / PREDICTIONS_FILE if baseline_dir is not None else None
+    inputs = [train_dir / SPEC_FILE, train_dir / HISTORY_FILE, train_dir / TRAINING_FILE, evaluate_dir / PREDICTIONS_FILE,
+              evaluate_dir / PLOTS_DIR / "calibration.json", *([baseline_file] if baseline_file else [])]
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for path in inputs:
+        digest.update(hashlib.sha256(path.read_bytes() if path.is_file() else b"").digest())
+    memo = read_keyed_json(memo_file, digest.hexdigest())
     class_names = [str(c) for c in json.loads((train_dir / SPEC_FILE).read_text())["class_names"]]
     predictions = pd.read_csv(evaluate_dir / PREDICTIONS_FILE, dtype={"image_id": str, "label": str, "predicted": str})
-    baseline_file = baseline_dir / PREDICTIONS_FILE if baseline_dir is not None else None
+    history = json.loads((train_dir / HISTORY_FILE).read_text()) if (train_dir / HISTORY_FILE).exists() else []
+    training = json.loads((train_dir / TRAINING_FILE).read_text()) if (train_dir / TRAINING_FILE).exists() else {}
+    baseline = pd.read_csv(baseline_file, dtype={"image_id": str}) if baseline_file and baseline_file.exists() else None
+    calibration_bins = json.loads((evaluate_dir / PLOTS_DIR / "calibration.json").read_text())
+    charts = memo["charts"] if memo is not None else draw_charts(predictions, class_names, history, training, baseline, calibration_bins)
+    if memo_file is not None and memo is None:
+        write_json_atomically(memo_file, {"key": digest.hexdigest(), "charts": charts})
     page = build_report(
         summary=summary,
         metrics=json.loads((evaluate_dir / METRICS_FILE).read_text()),
         predictions=predictions,
         class_names=class_names,
-        history=json.loads((train_dir / HISTORY_FILE).read_text()) if (train_dir / HISTORY_FILE).exists() else [],
-        training=json.loads((train_dir / TRAINING_FILE).read_text()) if (train_dir / TRAINING_FILE).exists() else {},
-        baseline_predictions=pd.read_csv(baseline_file, dtype={"image_id": str}) if baseline_file and baseline_file.exists() else None,
-        calibration_bins=json.loads((evaluate_dir / PLOTS_DIR / "calibration.json").read_text()),
+        history=history,
+        training=training,
+        baseline_predictions=baseline,
+        calibration_bins=calibration_bins,
         gate=gate,
+        charts=charts,
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(page, encoding="utf-8")

@@ -21,9 +21,11 @@ INGEST_DIR = "data/ingest"
 IDENTIFIERS_FILE = "identifiers.json"  # written by components.cohort: the fake identifiers in its headers
 # Everything a run stores in the workspace besides runs/<id>/ (the raw source is not the run's).
 # Memos in the workspace's state folder (.medgate): contents the PHI scan found clean (components.phi),
-# and the last outcomes of the validation suites (components.validate).
+# the last outcomes of the validation suites (components.validate) and the run report's last charts
+# (components.report).
 PHI_MEMO = "phi_clean.json"
 SUITES_MEMO = "validate_suites.json"
+CHARTS_MEMO = "report_charts.json"
 RUN_ARTIFACTS = ("data/ingest", "data/ingest.dvc", "data/prepare", "data/train", "data/baseline", "data/evaluate", "dvc.lock")
 
 

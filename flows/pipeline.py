@@ -33,7 +33,7 @@ from flows.caching import (
 from flows.lock import WorkspaceLock, close_interrupted_run, workspace_lock
 from flows.notify import label_flow_run, publish_run
 from flows.settings import Settings, get_settings
-from flows.datasets import DEFAULT_SOURCE, INGEST_DIR, SUITES_MEMO, drift_against, identifiers_for, production_baseline, scan_run, source_path
+from flows.datasets import CHARTS_MEMO, DEFAULT_SOURCE, INGEST_DIR, SUITES_MEMO, drift_against, identifiers_for, production_baseline, scan_run, source_path
 from flows.workspace import (
     StageRun, configure_remote, default_remote, dvc_lock_hash, ensure_workspace, pipeline_stages, push_outputs, reproduce_stage, stage_waves,
     stages_up_to_date, track_dataset, tracked_version,
@@ -380,7 +380,7 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
         summary["timings_s"] = timings
         summary["summary_path"] = str(run_dir / "summary.json")
         if "metrics" in summary:  # evaluate ran in this run: its evidence (and the gate, if reached) goes in the report
-            summary["report"] = _write_report(ws, run_dir, summary, logger)
+            summary["report"] = _write_report(ws, run_dir, summary, logger, settings.state_dir / CHARTS_MEMO)
         _write_summary(run_dir, summary)
         with sessions() as session:
             repo.finish_run(session, run_uid, status=summary["status"], summary=summary, error=summary.get("error"), dataset_id=dataset_id)
@@ -449,13 +449,13 @@ def _reproduce(settings: Settings, params: Params, timed, timings: dict[str, flo
     return runs
 
 
-def _write_report(ws: Path, run_dir: Path, summary: dict[str, Any], logger) -> str | None:
+def _write_report(ws: Path, run_dir: Path, summary: dict[str, Any], logger, charts_memo: Path) -> str | None:
     """The run's HTML report (components.report); a failure to draw it is logged, never fatal."""
     from components.report import REPORT_FILE, write_report
 
     try:
         data = ws / "data"
-        path = write_report(run_dir / REPORT_FILE, summary, data / "evaluate", data / "train", data / "baseline", summary.get("gate"))
+        path = write_report(run_dir / REPORT_FILE, summary, data / "evaluate", data / "train", data / "baseline", summary.get("gate"), charts_memo)
     except Exception as exc:  # the run's outcome must not depend on drawing its report
         logger.warning("run report not written: %s: %s", type(exc).__name__, exc)
         return None

@@ -59,3 +59,30 @@ def test_find_report_latest_by_id_and_prefix(tmp_path):
     _run(tmp_path, "aaaa-9999")
     with pytest.raises(LookupError, match="matches 2 runs"):
         find_report(tmp_path, "aaaa")
+
+
+def test_charts_are_drawn_once_per_set_of_stage_outputs(tmp_path, monkeypatch):
+    import components.report as report
+
+    train, evaluate = tmp_path / "train", tmp_path / "evaluate"
+    (evaluate / "plots").mkdir(parents=True)
+    train.mkdir()
+    (train / "model.json").write_text(json.dumps({"class_names": ["normal", "lesion"]}))
+    (train / "history.json").write_text(json.dumps([{"epoch": 1, "train_loss": 0.7, "val_loss": 0.6, "val_auc": 0.8}]))
+    (train / "training.json").write_text(json.dumps({"best_epoch": 1}))
+    (evaluate / "metrics.json").write_text(json.dumps({"auc": 1.0}))
+    (evaluate / "plots" / "calibration.json").write_text("[]")
+    predictions = pd.DataFrame({"image_id": ["1", "2", "3"], "label": ["normal", "lesion", "lesion"],
+                                "predicted": ["normal", "lesion", "normal"], "prob_normal": [0.9, 0.2, 0.6], "prob_lesion": [0.1, 0.8, 0.4]})
+    predictions.to_csv(evaluate / "predictions.csv", index=False)
+    memo = tmp_path / "state" / "charts.json"
+
+    first = report.write_report(tmp_path / "r1.html", {"run_id": "r1"}, evaluate, train, None, None, memo).read_text()
+    assert first.count("<svg") == 4 and memo.is_file()
+    monkeypatch.setattr(report, "draw_charts", lambda *a, **k: pytest.fail("charts drawn again for the same outputs"))
+    second = report.write_report(tmp_path / "r2.html", {"run_id": "r2"}, evaluate, train, None, None, memo).read_text()
+    assert second == first.replace("run r1", "run r2"), "the same page but for this run's summary"
+    # A changed stage output (another prediction) is drawn anew.
+    predictions.assign(predicted=["normal", "lesion", "lesion"]).to_csv(evaluate / "predictions.csv", index=False)
+    with pytest.raises(pytest.fail.Exception, match="drawn again"):
+        report.write_report(tmp_path / "r3.html", {"run_id": "r3"}, evaluate, train, None, None, memo)
