@@ -55,6 +55,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def content_digest(*parts: Path | bytes) -> str:
+    """sha256 over `parts`, each hashed on its own: a file's content (a missing file: empty), or bytes.
+    The key of a cache or memo of what those inputs determine."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part if isinstance(part, bytes) else (part.read_bytes() if part.is_file() else b"")
+        digest.update(hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
+
 def read_keyed_json(path: Path | None, key: str) -> dict[str, Any] | None:
     """The JSON object in `path` when its "key" field is `key` (a cache or memo written for those
     inputs); None when there is none, it is unreadable, or it was written for other inputs."""

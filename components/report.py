@@ -14,7 +14,6 @@ every stage (an unchanged re-run) writes its report without starting matplotlib.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import io
 import json
@@ -28,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from components.artifacts import (
-    HISTORY_FILE, METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, SPEC_FILE, TRAINING_FILE, read_keyed_json, write_json_atomically,
+    HISTORY_FILE, METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, SPEC_FILE, TRAINING_FILE, content_digest, read_keyed_json,
+    write_json_atomically,
 )
 
 if TYPE_CHECKING:  # matplotlib and scikit-learn are imported where a chart is drawn (about 1.2 s)
@@ -321,10 +321,8 @@ def write_report(
     baseline_file = baseline_dir / PREDICTIONS_FILE if baseline_dir is not None else None
     inputs = [train_dir / SPEC_FILE, train_dir / HISTORY_FILE, train_dir / TRAINING_FILE, evaluate_dir / PREDICTIONS_FILE,
               evaluate_dir / PLOTS_DIR / "calibration.json", *([baseline_file] if baseline_file else [])]
-    digest = hashlib.sha256(Path(__file__).read_bytes())
-    for path in inputs:
-        digest.update(hashlib.sha256(path.read_bytes() if path.is_file() else b"").digest())
-    memo = read_keyed_json(memo_file, digest.hexdigest())
+    key = content_digest(Path(__file__), *inputs)
+    memo = read_keyed_json(memo_file, key)
     class_names = [str(c) for c in json.loads((train_dir / SPEC_FILE).read_text())["class_names"]]
     predictions = pd.read_csv(evaluate_dir / PREDICTIONS_FILE, dtype={"image_id": str, "label": str, "predicted": str})
     history = json.loads((train_dir / HISTORY_FILE).read_text()) if (train_dir / HISTORY_FILE).exists() else []
@@ -333,7 +331,7 @@ def write_report(
     calibration_bins = json.loads((evaluate_dir / PLOTS_DIR / "calibration.json").read_text())
     charts = memo["charts"] if memo is not None else draw_charts(predictions, class_names, history, training, baseline, calibration_bins)
     if memo_file is not None and memo is None:
-        write_json_atomically(memo_file, {"key": digest.hexdigest(), "charts": charts})
+        write_json_atomically(memo_file, {"key": key, "charts": charts})
     page = build_report(
         summary=summary,
         metrics=json.loads((evaluate_dir / METRICS_FILE).read_text()),

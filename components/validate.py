@@ -18,7 +18,6 @@ class, drift, and the inputs ingest skipped; and ``report.json``, the same for m
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
 import json
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.artifacts import MANIFEST_COLUMNS, SPLITS, ValidationResult, read_keyed_json, write_json_atomically
+from components.artifacts import MANIFEST_COLUMNS, SPLITS, ValidationResult, content_digest, read_keyed_json, write_json_atomically
 from components.config import ValidateConfig
 from components.drift import DriftReport
 
@@ -288,12 +287,8 @@ def validate_manifest(manifest_path: Path, cfg: ValidateConfig, out_dir: Path,
 
 def _suites_key(manifest_path: Path, cfg: ValidateConfig, class_names: Sequence[str]) -> str:
     """sha256 of what `run_suites` reads: the manifest's and sources.csv's bytes, the params, this code."""
-    digest = hashlib.sha256()
-    sources = manifest_path.parent / "sources.csv"
-    for part in (manifest_path.read_bytes(), sources.read_bytes() if sources.is_file() else b"",
-                 cfg.model_dump_json().encode(), json.dumps(list(class_names)).encode(), Path(__file__).read_bytes()):
-        digest.update(hashlib.sha256(part).digest())
-    return digest.hexdigest()
+    return content_digest(manifest_path, manifest_path.parent / "sources.csv", cfg.model_dump_json().encode(),
+                          json.dumps(list(class_names)).encode(), Path(__file__))
 
 
 def _statistics(manifest: pd.DataFrame, problems: Sequence[Mapping[str, str]]) -> dict[str, Any]:

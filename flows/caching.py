@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from components.artifacts import IngestedDataset, file_sha256, read_keyed_json, to_dict, write_json_atomically
+from components.artifacts import IngestedDataset, content_digest, file_sha256, read_keyed_json, to_dict, write_json_atomically
 from components.config import GateConfig, IngestConfig
 from registry import repository as repo
 from registry.models import ModelVersion
@@ -95,11 +95,7 @@ def remember_ingest(state_dir: Path, key: str, dataset: IngestedDataset, version
 
 def push_key(workspace: Path) -> str:
     """What a `dvc push` sends, and where: the DVC config (remotes), the dataset's .dvc file, dvc.lock."""
-    digest = hashlib.sha256()
-    for rel in (".dvc/config", ".dvc/config.local", "data/ingest.dvc", "dvc.lock"):
-        path = workspace / rel
-        digest.update(hashlib.sha256(path.read_bytes() if path.is_file() else b"").digest())
-    return digest.hexdigest()
+    return content_digest(*(workspace / rel for rel in (".dvc/config", ".dvc/config.local", "data/ingest.dvc", "dvc.lock")))
 
 
 def pushed_already(state_dir: Path, key: str) -> bool:

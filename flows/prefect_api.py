@@ -51,7 +51,7 @@ class PrivateApi:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
-                raise RuntimeError(f"the Prefect API server for this run exited ({self._proc and self._proc.returncode})")
+                raise RuntimeError("the Prefect API server for this run exited before it answered (its errors are above)")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return
