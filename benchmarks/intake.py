@@ -41,7 +41,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 def make_corpus(root: Path, files: int, size: int) -> list[Path]:
     """`files` DICOM slices (ten per patient) and their labels.csv under `root`."""
-    from components.cohort import generate_cohort
+    from components.demo.cohort import generate_cohort
     from components.config import CohortConfig
 
     template_dir = generate_cohort(root / "template", CohortConfig(patients=1, images_per_patient=1, image_size=64))
@@ -79,7 +79,7 @@ def ingest_in_child(src: Path, out: Path, workers: int, limit: int | None = None
         "import json, resource, sys, time\n"
         "from pathlib import Path\n"
         "from components.config import IngestConfig\n"
-        "from components.ingest import ingest_source\n"
+        "from components.stages.ingest import ingest_source\n"
         f"src, out = Path({str(src)!r}), Path({str(out)!r})\n"
         "t = time.perf_counter()\n"
         f"r = ingest_source(src, out, IngestConfig(workers={workers}), salt='bench')\n"
@@ -126,7 +126,7 @@ def explode_shards(ingest_dir: Path, out: Path) -> int:
     """The same images one .npy file per image (`images/<2 hex>/<hash>.npy`), with the manifest."""
     import pandas as pd
 
-    from components.ingest import ImageStore
+    from components.stages.ingest import ImageStore
 
     manifest = pd.read_parquet(ingest_dir / "manifest.parquet")
     out.mkdir(parents=True)

@@ -55,7 +55,7 @@ def make_workspace(root: Path) -> Path:
 def medgate_run(ws: Path, env: dict[str, str]) -> tuple[float, dict]:
     """Wall seconds of `medgate run` in a new process, and the run's summary.json."""
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--workspace", str(ws)], cwd=PROJECT, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "cli", "run", "--workspace", str(ws)], cwd=PROJECT, env=env, capture_output=True, text=True)
     wall = time.monotonic() - started
     if proc.returncode != 0:
         raise SystemExit(f"medgate run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -64,7 +64,7 @@ def medgate_run(ws: Path, env: dict[str, str]) -> tuple[float, dict]:
 
 
 def start_server(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    from components.package import find_free_port
+    from components.stages.package import find_free_port
 
     port = find_free_port()
     proc = subprocess.Popen(

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         bento_tag, origin = _choose_bento(args, stack)
         import bentoml
 
-        from components.package import MODEL_REF_FILE, ServingSettings
+        from components.stages.package import MODEL_REF_FILE, ServingSettings
 
         bento = bentoml.bentos.get(bento_tag)
         settings = ServingSettings.read(Path(bento.path_of(f"src/services/{MODEL_REF_FILE}")))
@@ -164,8 +164,8 @@ def measure_raw(
     size of `workers` callers at once (Python threads; PyTorch releases the GIL), the CPU the service has."""
     import torch
 
-    from components.models import load_model
-    from components.transforms import preprocess
+    from components.ml.models import load_model
+    from components.ml.transforms import preprocess
 
     previous = torch.get_num_threads()
     if threads > 0:
@@ -385,7 +385,7 @@ def _choose_bento(args: argparse.Namespace, stack: contextlib.ExitStack) -> tupl
 
 
 def _production_bento(workspace: Path | None) -> str | None:
-    from flows.cli_common import sessions_for
+    from cli.common import sessions_for
     from registry import repository as repo
 
     url = get_settings(workspace).database_url
@@ -403,9 +403,9 @@ def _build_stand_in(
     params.yaml's package section (to try serving settings), `model` its train.model section and
     `image_size` the input size (to measure a model whose compute outweighs HTTP's)."""
     from components.config import load_params
-    from components.models import ModelSpec, build_model, save_model
-    from components.package import build_bento, save_to_model_store
-    from components.transforms import Preprocessing
+    from components.ml.models import ModelSpec, build_model, save_model
+    from components.stages.package import build_bento, save_to_model_store
+    from components.ml.transforms import Preprocessing
 
     params = load_params(get_settings(workspace).workspace / "params.yaml")
     size = image_size or min(params.cohort.image_size, params.prepare.max_size)
@@ -430,7 +430,7 @@ def _serve_direct(
     target: str, stack: contextlib.ExitStack, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> tuple[str, float, Callable[[], float]]:
     """`bentoml serve target` on a free port: its URL, seconds to ready, and a probe of its CPU seconds."""
-    from components.package import find_free_port, serve_in_background, wait_until_ready
+    from components.stages.package import find_free_port, serve_in_background, wait_until_ready
 
     port = find_free_port()
     log = stack.enter_context(tempfile.TemporaryFile("w+b"))  # noqa: SIM115 - the ExitStack closes it
@@ -451,7 +451,7 @@ def _serve_floor(workers: int, stack: contextlib.ExitStack) -> tuple[str, float,
 
 
 def _serve_supervised(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float, Callable[[], float]]:
-    from components.package import find_free_port
+    from components.stages.package import find_free_port
     from services.supervisor import run_in_thread
 
     port = find_free_port()
@@ -469,7 +469,7 @@ def _serve_supervised(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str,
 
 def _stored_image(model_dir: Path) -> np.ndarray:
     """An image as the data stores it: the model's spatial size, intensities spread over its window."""
-    from components.models import ModelSpec
+    from components.ml.models import ModelSpec
 
     spec = ModelSpec.from_dict(json.loads((model_dir / "model.json").read_text()))
     pre = spec.preprocessing

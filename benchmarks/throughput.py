@@ -1,6 +1,6 @@
 """Training throughput on this machine, as ratios measured in one run (not a test).
 
-1. medgate's training step (`components.train.train_model`: batched augmentation, weighted loss,
+1. medgate's training step (`components.stages.train.train_model`: batched augmentation, weighted loss,
    one-cycle schedule, validation and a checkpoint every epoch) against a bare PyTorch loop on
    the same network, data and batch size (no augmentation, no validation, no checkpoint).
 2. The data path: MONAI's per-image random transforms through a DataLoader (0 and 2 workers)
@@ -43,7 +43,7 @@ def bare_loop(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, input_sh
     import torch
     from torch import nn
 
-    from components.models import build_model
+    from components.ml.models import build_model
 
     torch.manual_seed(0)
     model = build_model(cfg.model, input_shape, int(labels.max()) + 1)
@@ -64,7 +64,7 @@ def bare_loop(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, input_sh
 
 def medgate_step(data_dir: Path, cfg: TrainConfig, epochs: int) -> dict[str, float]:
     """Images/s of `train_model`: of its batch loop, and of whole epochs (validation and checkpoint included)."""
-    from components.train import TRAINING_FILE, train_model
+    from components.stages.train import TRAINING_FILE, train_model
 
     with tempfile.TemporaryDirectory() as tmp:
         fixed = cfg.model_copy(update={"epochs": epochs, "patience": epochs + 1})
@@ -77,8 +77,8 @@ def medgate_step(data_dir: Path, cfg: TrainConfig, epochs: int) -> dict[str, flo
 
 def compare_with_bare_loop(data_dir: Path, cfg: TrainConfig, epochs: int = 2, repeats: int = 3) -> dict[str, float]:
     """Median images/s of medgate's training step and of a bare loop, interleaved, and their ratio."""
-    from components.prepare import load_split, read_dataset_info
-    from components.train import set_threads
+    from components.stages.prepare import load_split, read_dataset_info
+    from components.stages.train import set_threads
 
     info = read_dataset_info(data_dir)
     images, labels, _ = load_split(data_dir, "train")
@@ -114,7 +114,7 @@ def augmentation_paths(images: np.ndarray, cfg: TrainConfig, max_images: int = 2
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    from components.transforms import BatchAugmentation
+    from components.ml.transforms import BatchAugmentation
 
     images = images[:max_images]
     spatial_dims = images.ndim - 2
@@ -156,7 +156,7 @@ def openmp_policies(data: Path, epochs: int) -> dict[str, float]:
 
 
 def _prepared_from_npz(npz: Path, out_dir: Path) -> Path:
-    """A prepared-dataset folder (the layout components.prepare writes) from a MedMNIST file."""
+    """A prepared-dataset folder (the layout components.stages.prepare writes) from a MedMNIST file."""
     import pandas as pd
 
     with np.load(npz) as raw:
@@ -185,8 +185,8 @@ def main() -> None:
     # As in the dvc.yaml stages; only takes effect before torch loads the OpenMP runtime, below.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from components.config import load_params
-    from components.prepare import load_split, read_dataset_info
-    from components.train import set_threads
+    from components.stages.prepare import load_split, read_dataset_info
+    from components.stages.train import set_threads
 
     cfg = load_params(args.params).train
     with tempfile.TemporaryDirectory() as tmp:

@@ -47,7 +47,7 @@ class IngestConfig(_Section):
 
 Severity = Literal["blocking", "warning"]
 
-# Every check of components/validate.py, and whether its failure stops the run (blocking) or is only
+# Every check of components/stages/validate.py, and whether its failure stops the run (blocking) or is only
 # reported (warning). params.yaml's validate.severity overrides single entries.
 DEFAULT_SEVERITY: dict[str, Severity] = {
     "schema": "blocking", "not_null": "blocking", "unique_image_ids": "blocking", "row_count": "blocking",

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from components.artifacts import IngestedDataset, content_digest, file_sha256, read_keyed_json, to_dict, write_json_atomically
+from components.data.artifacts import IngestedDataset, content_digest, file_sha256, read_keyed_json, to_dict, write_json_atomically
 from components.config import GateConfig, IngestConfig
 from registry import repository as repo
 from registry.models import ModelVersion
@@ -32,7 +32,7 @@ from registry.models import ModelVersion
 INGEST_CACHE = "ingest_cache.json"
 PUSH_RECORD = "last_push.json"
 # Source modules whose code decides what ingest writes.
-_INGEST_CODE = ("ingest.py", "deid.py", "artifacts.py")
+_INGEST_CODE = ("stages/ingest.py", "privacy/deid.py", "data/artifacts.py")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Model cards from the registry: gather one version's facts and render them with `components.modelcard`.
+"""Model cards from the registry: gather one version's facts and render them with `components.documents.modelcard`.
 
 The flow writes the card at packaging (into the BentoML model store entry, so the Bento carries it)
 and again under `runs/<run_uid>/` once the gate's final decision is recorded; `medgate models show`
@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from components.config import ModelCardConfig, ModelCardText, Params
-from components.modelcard import CardFacts, RenderedCard, render_model_card
+from components.documents.modelcard import CardFacts, RenderedCard, render_model_card
 from registry import repository as repo
 from registry.models import ModelVersion
 

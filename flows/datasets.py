@@ -13,16 +13,16 @@ from flows.workspace import tracked_file
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from components.drift import DriftReport
-    from components.phi import PhiScan
+    from components.data.drift import DriftReport
+    from components.privacy.phi import PhiScan
 
 DEFAULT_SOURCE = "embedded"
 INGEST_DIR = "data/ingest"
-IDENTIFIERS_FILE = "identifiers.json"  # written by components.cohort: the fake identifiers in its headers
+IDENTIFIERS_FILE = "identifiers.json"  # written by components.demo.cohort: the fake identifiers in its headers
 # Everything a run stores in the workspace besides runs/<id>/ (the raw source is not the run's).
-# Memos in the workspace's state folder (.medgate): contents the PHI scan found clean (components.phi),
-# the last outcomes of the validation suites (components.validate) and the run report's last charts
-# (components.report).
+# Memos in the workspace's state folder (.medgate): contents the PHI scan found clean (components.privacy.phi),
+# the last outcomes of the validation suites (components.stages.validate) and the run report's last charts
+# (components.documents.report).
 PHI_MEMO = "phi_clean.json"
 SUITES_MEMO = "validate_suites.json"
 CHARTS_MEMO = "report_charts.json"
@@ -31,12 +31,12 @@ RUN_ARTIFACTS = ("data/ingest", "data/ingest.dvc", "data/prepare", "data/train",
 
 def source_path(source: str, settings: Settings, params: Params) -> Path:
     """Where `source`'s files are: the embedded cohort's folder in the workspace, the local .npz of
-    ``medmnist:<name>`` (see components.ingest.resolve_medmnist), or the path given.
+    ``medmnist:<name>`` (see components.stages.ingest.resolve_medmnist), or the path given.
 
     Raises:
         ValueError: a ``medmnist:<name>`` that is neither in the data root nor downloadable.
     """
-    from components.ingest import MEDMNIST_PREFIX, resolve_medmnist
+    from components.stages.ingest import MEDMNIST_PREFIX, resolve_medmnist
 
     if source == DEFAULT_SOURCE:
         return settings.workspace / "data" / "source" / "default-cohort"
@@ -58,7 +58,7 @@ def drift_against(settings: Settings, params: Params, name: str, baseline: tuple
     """Drift of `manifest` against the production model's training data, or (None, why not)."""
     import pandas as pd
 
-    from components.drift import compare_manifests
+    from components.data.drift import compare_manifests
 
     if baseline is None:
         return None, f"no production model named {name} yet: nothing to compare with"
@@ -88,8 +88,8 @@ def scan_run(settings: Settings, identifiers: Path, run_dir: Path, model_tag: st
     and Bento, when packaged."""
     from sqlalchemy.engine import make_url
 
-    import components.cohort
-    from components.phi import load_identifiers, scan_artifacts
+    import components.demo.cohort
+    from components.privacy.phi import load_identifiers, scan_artifacts
 
     ws = settings.workspace
     # The state folder's own files (caches, memos, lock); not its subfolders (the local DVC remote
@@ -109,7 +109,7 @@ def scan_run(settings: Settings, identifiers: Path, run_dir: Path, model_tag: st
         paths += [Path(bentoml.models.get(model_tag).path)] if model_tag else []
         paths += [Path(bentoml.get(bento_tag).path)] if bento_tag else []
     # The generator's source defines the fake sites and physicians; a Bento carries a copy of it.
-    allowed = [Path(components.cohort.__file__)]
+    allowed = [Path(components.demo.cohort.__file__)]
     return scan_artifacts(paths, load_identifiers(identifiers), databases=databases, allowed_files=allowed, texts=texts,
                           relative_to=ws, memo_file=settings.state_dir / PHI_MEMO)
 

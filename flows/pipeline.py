@@ -22,9 +22,9 @@ from prefect.futures import wait
 from prefect.tasks import exponential_backoff
 from prefect.runtime import flow_run
 
-from components.artifacts import IngestedDataset, ValidationResult
+from components.data.artifacts import IngestedDataset, ValidationResult
 from components.config import Params, load_params
-from components.gate import Check
+from components.stages.gate import Check
 from flows.cards import PACKAGING_NOTE, render_card, write_card
 from flows.promotion import evaluate_gate, json_safe, mark_drift, prepared_data_version, read_champion, read_retraining, without_none
 from flows.caching import (
@@ -87,8 +87,8 @@ def git_commit(path: Path) -> str | None:
 
 @task(name="ingest")
 def ingest_task(source: str, settings: Settings, params: Params) -> IngestedDataset:
-    from components.cohort import generate_cohort
-    from components.ingest import ingest_source
+    from components.demo.cohort import generate_cohort
+    from components.stages.ingest import ingest_source
 
     ws = settings.workspace
     path = source_path(source, settings, params)
@@ -115,8 +115,8 @@ def push_task(settings: Settings) -> None:
 def validate_task(
     dataset: IngestedDataset, params: Params, out_dir: Path, state_dir: Path, drift: Any = None, drift_note: str = ""
 ) -> ValidationResult:
-    """The validation of `dataset` (components.validate); the suites' outcomes are memoized in `state_dir`."""
-    from components.validate import validate_manifest
+    """The validation of `dataset` (components.stages.validate); the suites' outcomes are memoized in `state_dir`."""
+    from components.stages.validate import validate_manifest
 
     return validate_manifest(
         dataset.manifest, params.validate_, out_dir, list(dataset.problems), class_names=params.ingest.class_names,
@@ -132,7 +132,7 @@ def drift_task(settings: Settings, params: Params, name: str, baseline: tuple[in
 
 @task(name="phi-scan")
 def phi_task(settings: Settings, identifiers: Path, run_dir: Path, model_tag: str | None, bento_tag: str | None) -> tuple[Check, dict[str, Any]]:
-    """Every artifact of the run scanned for the source's original identifiers (components.phi); a finding fails the check."""
+    """Every artifact of the run scanned for the source's original identifiers (components.privacy.phi); a finding fails the check."""
     scan = scan_run(settings, identifiers, run_dir, model_tag, bento_tag)
     where = "; ".join(f"{f.file} ({f.kind}{', ' + f.where if f.where else ''})" for f in scan.findings[:10])
     detail = f"{scan.files} files, {scan.bytes} bytes scanned for {scan.identifiers} identifier spellings" + (f"; found in {where}" if where else "")
@@ -149,7 +149,7 @@ def stage_task(settings: Settings, stage: str) -> StageRun:
 def package_task(
     settings: Settings, params: Params, name: str, metadata: dict[str, Any], card_files: dict[str, str]
 ) -> tuple[str, str, str]:
-    from components.package import build_bento, save_to_model_store
+    from components.stages.package import build_bento, save_to_model_store
 
     get_run_logger().info("packaging %s v%s: model store, then bento build", name, metadata.get("model_version"))
     model_tag, sha256 = save_to_model_store(settings.workspace / "data" / "train", name, metadata, files=card_files)
@@ -159,8 +159,8 @@ def package_task(
 
 @task(name="smoke-test")
 def smoke_task(settings: Settings, params: Params, bento_tag: str) -> Check:
-    from components.ingest import ImageStore
-    from components.package import smoke_test_bento
+    from components.stages.ingest import ImageStore
+    from components.stages.package import smoke_test_bento
 
     ws = settings.workspace
     predictions = pd.read_csv(ws / "data" / "evaluate" / "predictions.csv", dtype={"image_id": str})
@@ -450,8 +450,8 @@ def _reproduce(settings: Settings, params: Params, timed, timings: dict[str, flo
 
 
 def _write_report(ws: Path, run_dir: Path, summary: dict[str, Any], logger, charts_memo: Path) -> str | None:
-    """The run's HTML report (components.report); a failure to draw it is logged, never fatal."""
-    from components.report import REPORT_FILE, write_report
+    """The run's HTML report (components.documents.report); a failure to draw it is logged, never fatal."""
+    from components.documents.report import REPORT_FILE, write_report
 
     try:
         data = ws / "data"
@@ -463,6 +463,6 @@ def _write_report(ws: Path, run_dir: Path, summary: dict[str, Any], logger, char
 
 
 def _weights_sha(ws: Path) -> str:
-    from components.artifacts import WEIGHTS_FILE, file_sha256
+    from components.data.artifacts import WEIGHTS_FILE, file_sha256
 
     return file_sha256(ws / "data" / "train" / WEIGHTS_FILE)

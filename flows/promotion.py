@@ -1,10 +1,10 @@
 """Promotion: the one gate step that the training flow, the CLI and a manual promotion all run.
 
 `evaluate_gate` compares a candidate's metrics with the current production model (the champion)
-through `components.gate.decide_promotion`. Change thresholds only mean something on the same
+through `components.stages.gate.decide_promotion`. Change thresholds only mean something on the same
 test data: when the champion was tested on another version, it is first re-evaluated on the
 candidate's prepared test split (model from the BentoML store, metrics by
-`components.evaluate.evaluate_model`), and the decision says so. When that is impossible, the
+`components.stages.evaluate.evaluate_model`), and the decision says so. When that is impossible, the
 change checks fail with the reason. `promote_manually` is what `medgate models promote` runs.
 
 Drift: `mark_drift` records a run whose dataset drifted beyond a bound; with
@@ -25,13 +25,13 @@ import yaml
 from sqlalchemy.orm import Session
 
 from components.config import DriftConfig, EvaluateConfig, GatePolicy, Params
-from components.gate import Check, GateDecision, RetrainingRequirement, decide_promotion
+from components.stages.gate import Check, GateDecision, RetrainingRequirement, decide_promotion
 from registry import repository as repo
 from registry.errors import InvalidTransition, NotFoundError
 from registry.models import ModelVersion, Stage
 
 if TYPE_CHECKING:
-    from components.drift import DriftReport
+    from components.data.drift import DriftReport
 
 PREPARED_DIR = "data/prepare"
 # DVC 3 keeps a folder's listing at <cache>/files/md5/<2 hex>/<30 hex>.dir, its files beside it.
@@ -196,9 +196,9 @@ def reevaluate_champion(champion: ChampionFacts, data_dir: Path, cfg: EvaluateCo
     import bentoml
     from bentoml.exceptions import NotFound
 
-    from components.evaluate import METRICS_FILE, evaluate_model
-    from components.artifacts import WEIGHTS_FILE, file_sha256
-    from components.prepare import read_dataset_info
+    from components.stages.evaluate import METRICS_FILE, evaluate_model
+    from components.data.artifacts import WEIGHTS_FILE, file_sha256
+    from components.stages.prepare import read_dataset_info
 
     if not champion.model_tag:
         raise ComparisonUnavailable("it has no model in the BentoML store (it was never packaged)")

@@ -29,7 +29,7 @@ from prefect import flow, get_run_logger, task
 from prefect.futures import wait
 
 from components.config import Params, TrainConfig, load_params
-from components.train import CHECKPOINT_FILE, TRAINING_FILE
+from components.stages.train import CHECKPOINT_FILE, TRAINING_FILE
 from flows.distributed import configured
 from flows.lock import workspace_lock
 from flows.pipeline import ValidationFailed, ingest_and_version, training_flow, validate_task
@@ -78,7 +78,7 @@ def trial_task(workspace: str, number: int, params: dict[str, Any], trial_dir: s
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = subprocess.run(
-        [sys.executable, "-m", "components.train", "--params", str(folder / "params.yaml"), "--data", "data/prepare",
+        [sys.executable, "-m", "components.stages.train", "--params", str(folder / "params.yaml"), "--data", "data/prepare",
          "--out", str(folder / "train"), "--state", str(folder / "state")],
         cwd=workspace, env={**tool_env(), "OMP_WAIT_POLICY": "PASSIVE"}, capture_output=True, text=True,
     )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from components.transforms import Preprocessing
+    from components.ml.transforms import Preprocessing
 
 # Magic numbers of the 2D-only formats: a 3D model cannot take them, whatever their array shape.
 _FLAT_IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
@@ -69,7 +69,7 @@ def read_upload(path: Path, max_bytes: int, name: str = "image") -> bytes:
 def decode_upload(data: bytes, card: ModelCard, name: str = "image") -> np.ndarray:
     """Upload bytes (PNG, JPEG, DICOM or .npy) → the stored array form, checked against the model's dimensions.
 
-    DICOM is decoded to Hounsfield units and de-identified in memory by `components.ingest`; no header
+    DICOM is decoded to Hounsfield units and de-identified in memory by `components.stages.ingest`; no header
     value reaches a message or a log here.
     """
     if card.spatial_dims == 3:
@@ -79,7 +79,7 @@ def decode_upload(data: bytes, card: ModelCard, name: str = "image") -> np.ndarr
                     f"{name}: a {kind} is a 2D image; this model takes 3D volumes (D, H, W)",
                     HTTPStatus.UNPROCESSABLE_ENTITY,
                 )
-    from components.ingest import ImageDecodeError, decode_image
+    from components.stages.ingest import ImageDecodeError, decode_image
 
     try:
         image = decode_image(data)
@@ -95,7 +95,7 @@ def decode_upload(data: bytes, card: ModelCard, name: str = "image") -> np.ndarr
 
 def prepare_inputs(images: Sequence[np.ndarray], card: ModelCard, names: Sequence[str]) -> np.ndarray:
     """Decoded images → the network's float32 batch (N, C, *spatial), by the training preprocessing."""
-    from components.transforms import PreprocessError, preprocess
+    from components.ml.transforms import PreprocessError, preprocess
 
     batch = []
     for image, name in zip(images, names, strict=True):

@@ -10,7 +10,7 @@ Endpoints of `Classifier`:
   without one.
 - BentoML's `/livez`, `/readyz` and `/metrics` (Prometheus).
 
-Uploads are decoded and preprocessed with the training code (`components.transforms.preprocess`),
+Uploads are decoded and preprocessed with the training code (`components.ml.transforms.preprocess`),
 then the network runs behind `services.batching.MicroBatcher`: concurrent requests of a worker share
 forward passes, and a request that finds the network idle runs at once. (BentoML's own batcher sits
 behind an HTTP route; reaching it from `/predict` costs a JSON round trip of every image or a second
@@ -25,7 +25,7 @@ API key: when MEDGATE_API_KEY is set where the server starts, every route but `/
 needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 
 The model is pinned by `services/model_ref.json`, written into the Bento by
-`components.package.build_bento`; where that file is absent (in-process tests, development) the
+`components.stages.package.build_bento`; where that file is absent (in-process tests, development) the
 environment variable MEDGATE_MODEL_TAG names it. Either way it must be an exact "name:version".
 """
 
@@ -46,9 +46,9 @@ from bentoml.exceptions import BadInput, BentoMLException, NotFound, Unprocessab
 from bentoml.validators import ContentType
 from starlette.responses import JSONResponse, Response
 
-from components.modelcard import HTML_FILE as CARD_HTML
-from components.modelcard import MARKDOWN_FILE as CARD_MARKDOWN
-from components.package import API_KEY_ENV, MODEL_REF_FILE, ServingSettings, exact_model_tag
+from components.documents.modelcard import HTML_FILE as CARD_HTML
+from components.documents.modelcard import MARKDOWN_FILE as CARD_MARKDOWN
+from components.stages.package import API_KEY_ENV, MODEL_REF_FILE, ServingSettings, exact_model_tag
 from services.batching import MicroBatcher, Overloaded
 from services.guard import ApiKeyGuard, UploadGuard
 from services.inference import (
@@ -63,7 +63,7 @@ from services.inference import (
 if TYPE_CHECKING:
     import torch
 
-    from components.models import ModelSpec
+    from components.ml.models import ModelSpec
 
 MODEL_TAG_ENV = "MEDGATE_MODEL_TAG"
 MIN_API_KEY_LENGTH = 16
@@ -132,7 +132,7 @@ class Classifier:
         # Here, not at import: `bentoml serve` imports this module in its supervising process as well.
         import torch
 
-        from components.models import resolve_device
+        from components.ml.models import resolve_device
 
         stored = self.bento_model
         metadata = dict(stored.info.metadata)
@@ -146,7 +146,7 @@ class Classifier:
         self.max_batch_size = batch_limit(SETTINGS, self.device.type)
         self.batcher = MicroBatcher(self._forward, self.max_batch_size, SETTINGS.max_latency_ms)
         # Warm up before /readyz answers, not in the first request: the decoders' imports, one forward pass.
-        import components.ingest  # noqa: F401
+        import components.stages.ingest  # noqa: F401
 
         self._forward(np.zeros((1, *SETTINGS.input_shape), np.float32))
         self.card = ModelCard(
@@ -256,7 +256,7 @@ def _load_verified(model_dir: Path, metadata: dict[str, Any], tag: str) -> tuple
 
     Refuses (RuntimeError) a model without a recorded sha256, or whose model.pt or model.json changed.
     """
-    from components.models import SPEC_FILE, WEIGHTS_FILE, file_sha256, load_model
+    from components.ml.models import SPEC_FILE, WEIGHTS_FILE, file_sha256, load_model
 
     expected = metadata.get("sha256")
     if not isinstance(expected, str) or not expected:

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from components.config import ModelConfig
-from components.models import ModelSpec, build_model, save_model
-from components.transforms import Preprocessing
+from components.ml.models import ModelSpec, build_model, save_model
+from components.ml.transforms import Preprocessing
 
 
 def save_tiny_model(out_dir: Path, class_names: tuple[str, ...], seed: int = 0) -> Path:

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from components.config import PackageConfig, ServeConfig
-from components.modelcard import HTML_FILE, MARKDOWN_FILE
-from components.package import API_KEY_ENV, build_bento, find_free_port, save_to_model_store
+from components.documents.modelcard import HTML_FILE, MARKDOWN_FILE
+from components.stages.package import API_KEY_ENV, build_bento, find_free_port, save_to_model_store
 from tests.conftest import PROJECT
 from tests.tiny_model import save_tiny_model
 

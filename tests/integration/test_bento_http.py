@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.package import MODEL_REF_FILE, check_golden, smoke_test_bento
+from components.stages.package import MODEL_REF_FILE, check_golden, smoke_test_bento
 from services.supervisor import BENTO_HEADER
 from tests.conftest import PROJECT
 from tests.images import npy_bytes

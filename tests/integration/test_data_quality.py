@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from components.cohort import generate_cohort
+from components.demo.cohort import generate_cohort
 from components.config import CohortConfig
 from tests.integration.conftest import TINY, make_workspace
 
@@ -101,7 +101,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def medgate(workspace: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args, "--workspace", str(workspace)],
+    return subprocess.run([sys.executable, "-m", "cli", *args, "--workspace", str(workspace)],
                           capture_output=True, text=True, timeout=300, check=False)
 
 

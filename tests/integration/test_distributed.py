@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from components.config import EvaluateConfig, PrepareConfig
-from components.evaluate import evaluate_model
-from components.prepare import prepare_dataset
+from components.stages.evaluate import evaluate_model
+from components.stages.prepare import prepare_dataset
 from flows.workspace import tool_env
 from tests.conftest import PROJECT
 from tests.integration.conftest import TINY, make_workspace
@@ -29,7 +29,7 @@ def _train(ws: Path, processes: int, out: str) -> dict:
     params["orchestration"]["train_processes"] = processes
     (ws / f"{out}.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run(
-        [sys.executable, "-m", "components.train", "--params", f"{out}.yaml", "--data", "data/prepare", "--out", out, "--state", f"{out}-state"],
+        [sys.executable, "-m", "components.stages.train", "--params", f"{out}.yaml", "--data", "data/prepare", "--out", out, "--state", f"{out}-state"],
         cwd=ws, env={**tool_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -84,5 +84,5 @@ def test_sweep_fans_trials_out_over_a_local_dask_cluster(tmp_path, prefect_api, 
 
 
 def test_sweep_cli_rejects_a_malformed_grid(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "sweep", "-g", "epochs", "-w", str(tmp_path)], cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "cli", "sweep", "-g", "epochs", "-w", str(tmp_path)], cwd=PROJECT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "expected KEY=V1,V2" in out.stdout

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(900)
 
 def medgate(workspace: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args, "--workspace", str(workspace)],
+        [sys.executable, "-m", "cli", *args, "--workspace", str(workspace)],
         capture_output=True, text=True, timeout=600,
     )
 

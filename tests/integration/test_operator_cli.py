@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.cli_common import console
+from cli.main import app
+from cli.common import console
 from registry import repository as repo
 from registry.db import make_session_factory, upgrade_database
 from tests.integration.conftest import make_workspace
@@ -237,7 +237,7 @@ def test_rollback_restores_the_previous_production_and_serve_follows_it(cli, ws)
     assert all(r["actor"] == "oncall" and r["reason"] == "incident 42: drift at site B" for r in rows)
 
     # What `medgate serve` serves, and moves to at its next registry check (served for real in the slow test below).
-    from flows.cli_deploy import production_bento
+    from cli.deploy import production_bento
 
     assert production_bento(registry(ws), NAME)[0] == "ct-lesion:bento1"
 
@@ -318,10 +318,10 @@ def dvc_ws(tmp_path_factory):
     import torch
 
     from components.config import ModelConfig
-    from components.models import ModelSpec, build_model, save_model
-    from components.package import save_to_model_store
-    from components.prepare import read_dataset_info
-    from components.transforms import Preprocessing
+    from components.ml.models import ModelSpec, build_model, save_model
+    from components.stages.package import save_to_model_store
+    from components.stages.prepare import read_dataset_info
+    from components.ml.transforms import Preprocessing
     from flows.promotion import prepared_data_version
     from flows.workspace import ensure_workspace, reproduce_stage
 
@@ -405,7 +405,7 @@ def test_the_served_bento_follows_a_rollback(cli, reeval_ws):
     import httpx
 
     from components.config import PackageConfig
-    from components.package import build_bento, find_free_port, wait_until_ready
+    from components.stages.package import build_bento, find_free_port, wait_until_ready
 
     ws, (_, data_b), tags = reeval_ws
     (old_model, old_sha), (new_model, new_sha) = tags["reeval"], tags["unloadable"]
@@ -414,7 +414,7 @@ def test_the_served_bento_follows_a_rollback(cli, reeval_ws):
         add_version(ws, 0.9, name="follow", test_data=data_b, production=True, model_tag=model_tag, bento_tag=bento, sha=sha)
     port = find_free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--model", "follow", "--port", str(port), "--poll", "1", "--workspace", str(ws)],
+        [sys.executable, "-m", "cli", "serve", "--model", "follow", "--port", str(port), "--poll", "1", "--workspace", str(ws)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:

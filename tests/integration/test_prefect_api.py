@@ -42,7 +42,7 @@ def _servers_of(prefect_home: Path) -> list[psutil.Process]:
 def test_medgate_run_records_its_flow_run_in_prefect_home_and_leaves_no_server(tmp_path):
     home = tmp_path / "prefect"
     ws = make_workspace(tmp_path / "ws", {**TINY, "cohort": {"patients": 24, "images_per_patient": 2}, "train": {"epochs": 2, "batch_size": 16}})
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--workspace", str(ws)], cwd=PROJECT, env=_env(home),
+    done = subprocess.run([sys.executable, "-m", "cli", "run", "--workspace", str(ws)], cwd=PROJECT, env=_env(home),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Error logging to API" not in done.stdout + done.stderr, "every log reached the API before it stopped"

@@ -45,7 +45,7 @@ def webhook():
 
 
 def _registry(ws: Path):
-    from flows.cli_common import sessions_for
+    from cli.common import sessions_for
 
     return sessions_for(ws)
 
@@ -58,7 +58,7 @@ def _versions(ws: Path) -> dict[int, str]:
 
 
 def _cohort_source(root: Path) -> Path:
-    from components.cohort import generate_cohort
+    from components.demo.cohort import generate_cohort
     from components.config import CohortConfig
 
     generate_cohort(root, CohortConfig(**TINY["cohort"]))
@@ -165,7 +165,7 @@ def test_watch_notify_reuse_and_a_failing_stage(tmp_path, prefect_api, clean_env
 
 def test_drift_marks_the_run_and_requires_retraining_before_promotion(tmp_path, prefect_api, clean_env):
     """drift.require_retraining: drifted data trains and is promoted; the stale model returns only by override."""
-    from components.cohort import generate_cohort
+    from components.demo.cohort import generate_cohort
     from components.config import CohortConfig, load_params
     from flows.pipeline import ValidationFailed, training_flow
     from flows.promotion import promote_manually
@@ -222,7 +222,7 @@ def test_drift_marks_the_run_and_requires_retraining_before_promotion(tmp_path, 
 
 
 def _free_port() -> int:
-    from components.package import find_free_port
+    from components.stages.package import find_free_port
 
     return find_free_port()
 
@@ -233,7 +233,7 @@ def test_server_schedule_and_list(tmp_path, clean_env):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
     env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
     ws = make_workspace(tmp_path / "ws", TINY)
-    medgate = [sys.executable, "-m", "flows.cli"]
+    medgate = [sys.executable, "-m", "cli"]
 
     no_server = subprocess.run([*medgate, "schedule", "--list"], env={**env, "PREFECT_API_URL": ""}, capture_output=True, text=True, timeout=120)
     assert no_server.returncode == 2 and "medgate server" in no_server.stdout and "PREFECT_API_URL" in no_server.stdout
@@ -288,7 +288,7 @@ def test_a_scheduled_run_fires_and_retrains(tmp_path, clean_env):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api}
     env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
     ws = make_workspace(tmp_path / "ws", {**TINY, "cohort": {"patients": 24, "images_per_patient": 2}, "train": {"epochs": 2, "batch_size": 16}})
-    medgate = [sys.executable, "-m", "flows.cli"]
+    medgate = [sys.executable, "-m", "cli"]
     logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("server", "schedule")}
     procs = {}
     try:
@@ -370,7 +370,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> N
 
 def _medgate_run(ws: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-u", "-m", "flows.cli", "run", "--workspace", str(ws)], cwd=PROJECT, env=env,
+        [sys.executable, "-u", "-m", "cli", "run", "--workspace", str(ws)], cwd=PROJECT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
 

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from components.cohort import CLASS_NAMES, PRIVATE_CREATOR, PRIVATE_GROUP, generate_cohort
+from components.demo.cohort import CLASS_NAMES, PRIVATE_CREATOR, PRIVATE_GROUP, generate_cohort
 from components.config import CohortConfig
 
 SMALL = CohortConfig(patients=9, images_per_patient=2, image_size=32, seed=3)

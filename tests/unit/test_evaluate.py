@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from components.config import EvaluateConfig
-from components.evaluate import (
+from components.stages.evaluate import (
     apply_temperature,
     bootstrap_ci,
     choose_threshold,
@@ -19,7 +19,7 @@ from components.evaluate import (
     reliability_bins,
     subgroup_metrics,
 )
-from components.train import score_auc
+from components.stages.train import score_auc
 
 
 def binary(p1):
@@ -131,7 +131,7 @@ def test_paired_bootstrap_of_identical_models_is_zero():
 
 
 def test_glcm_texture_by_hand():
-    from components.baseline import glcm_features
+    from components.stages.baseline import glcm_features
 
     q = np.array([[[0, 0, 1], [1, 1, 0]]])
     # Distance 1, four directions, symmetric: pairs (0,0) 4, (0,1) 7, (1,0) 7, (1,1) 4 of 22.
@@ -145,7 +145,7 @@ def test_glcm_texture_by_hand():
 
 
 def test_baseline_features_of_2d_and_3d_images():
-    from components.baseline import extract_features
+    from components.stages.baseline import extract_features
     from components.config import BaselineConfig
 
     rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from components.config import Bound, ChangeThreshold, GatePolicy
-from components.gate import Check, RetrainingRequirement, decide_promotion
+from components.stages.gate import Check, RetrainingRequirement, decide_promotion
 
 AUC_POLICY = GatePolicy(values={"auc": Bound(lower=0.8)}, changes={"auc": ChangeThreshold(absolute=-0.02, relative=-0.05)})
 

@@ -16,11 +16,11 @@ import pydicom
 import pytest
 from PIL import Image
 
-from components.artifacts import MANIFEST_COLUMNS
-from components.cohort import generate_cohort
+from components.data.artifacts import MANIFEST_COLUMNS
+from components.demo.cohort import generate_cohort
 from components.config import CohortConfig, IngestConfig
-from components.deid import deid_dicom, pseudonym
-from components.ingest import (
+from components.privacy.deid import deid_dicom, pseudonym
+from components.stages.ingest import (
     EXTRA_COLUMNS,
     ImageDecodeError,
     ImageStore,

@@ -6,7 +6,7 @@ from dataclasses import replace
 from html.parser import HTMLParser
 
 from components.config import ModelCardText
-from components.modelcard import HTML_FILE, MARKDOWN_FILE, CardFacts, render_model_card
+from components.documents.modelcard import HTML_FILE, MARKDOWN_FILE, CardFacts, render_model_card
 
 USE = ModelCardText(
     intended_use="Triage research on chest CT.",

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from components.config import ModelConfig
-from components.models import ModelSpec, build_model, file_sha256, load_model, resolve_family, save_model
-from components.transforms import PreprocessError, Preprocessing, preprocess
+from components.ml.models import ModelSpec, build_model, file_sha256, load_model, resolve_family, save_model
+from components.ml.transforms import PreprocessError, Preprocessing, preprocess
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_resnet_depths_and_3d_volumes(depth):
 
 def _augment(images, **changes):
     from components.config import AugmentConfig
-    from components.transforms import BatchAugmentation
+    from components.ml.transforms import BatchAugmentation
 
     cfg = AugmentConfig(**changes)
     return BatchAugmentation(cfg, images.ndim - 2, torch.Generator().manual_seed(0))(images)

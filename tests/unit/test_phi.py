@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.phi import load_identifiers, scan_artifacts
+from components.privacy.phi import load_identifiers, scan_artifacts
 
 IDS = {
     "patient_names": ["ABERNATHY^AVERY"],
@@ -83,7 +83,7 @@ def test_clean_artifacts_and_allowed_files(tmp_path: Path) -> None:
 
 
 def test_memo_skips_clean_contents_and_never_a_finding(tmp_path: Path, monkeypatch) -> None:
-    import components.phi as phi
+    import components.privacy.phi as phi
 
     root, memo = tmp_path / "run", tmp_path / "state" / "phi_clean.json"
     root.mkdir()

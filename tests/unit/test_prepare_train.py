@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from components.config import BaselineConfig, EvaluateConfig, ModelConfig, PrepareConfig, TrainConfig
-from components.evaluate import evaluate_model
-from components.ingest import CLASS_NAMES_ATTR, order_class_names
-from components.prepare import prepare_dataset, split_patients
-from components.train import (
+from components.stages.evaluate import evaluate_model
+from components.stages.ingest import CLASS_NAMES_ATTR, order_class_names
+from components.stages.prepare import prepare_dataset, split_patients
+from components.stages.train import (
     bn_calibration_images,
     CHECKPOINT_FILE,
     HISTORY_FILE,
@@ -146,7 +146,7 @@ def test_prepare_train_evaluate_beats_chance(prepared, tmp_path):
     assert {"train_loss", "val_loss", "val_auc", "learning_rate", "images_per_second"} <= set(history[0])
     assert trained.best_val_auc > 0.7
 
-    from components.baseline import train_baseline
+    from components.stages.baseline import train_baseline
 
     baseline = train_baseline(prepared, BaselineConfig(classifier="logistic_regression"), EvaluateConfig(), tmp_path / "baseline")
     assert baseline["auc"] > 0.7  # the bright square moves the intensity histogram: easy for the baseline too
@@ -162,7 +162,7 @@ def test_prepare_train_evaluate_beats_chance(prepared, tmp_path):
     roc = json.loads((tmp_path / "evaluate" / "plots" / "roc.json").read_text())
     assert roc[0]["fpr"] == 0.0 and roc[-1]["tpr"] == 1.0
 
-    from components.report import write_report
+    from components.documents.report import write_report
 
     gate = {"promote": False, "reason": "refused: auc >= 0.99", "checks": [
         {"kind": "value", "metric": "auc", "value": report.metrics["auc"], "threshold": 0.99, "comparison": ">=", "verdict": "fail", "detail": ""}]}

@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from components.report import build_report
-from flows.cli_report import find_report
+from components.documents.report import build_report
+from cli.report import find_report
 
 
 def _page(metrics, gate=None, class_names=("a", "b", "c")):
@@ -62,7 +62,7 @@ def test_find_report_latest_by_id_and_prefix(tmp_path):
 
 
 def test_charts_are_drawn_once_per_set_of_stage_outputs(tmp_path, monkeypatch):
-    import components.report as report
+    import components.documents.report as report
 
     train, evaluate = tmp_path / "train", tmp_path / "evaluate"
     (evaluate / "plots").mkdir(parents=True)

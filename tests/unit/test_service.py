@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from components.modelcard import HTML_FILE, MARKDOWN_FILE
-from components.models import load_model
-from components.transforms import Preprocessing, preprocess
+from components.documents.modelcard import HTML_FILE, MARKDOWN_FILE
+from components.ml.models import load_model
+from components.ml.transforms import Preprocessing, preprocess
 from tests import tiny_model
 from tests.images import dicom_bytes, grey_image, jpeg_bytes, npy_bytes, png_bytes
 
@@ -58,7 +58,7 @@ def import_service(mp: pytest.MonkeyPatch, tag: str, api_key: str | None = None)
 @pytest.fixture(scope="module")
 def stored_model(tmp_path_factory, bentoml_home):
     """A tiny model with a model card in the store: {"tag", "sha256", "model_dir"}."""
-    from components.package import save_to_model_store
+    from components.stages.package import save_to_model_store
 
     model_dir = save_tiny_model(tmp_path_factory.mktemp("model"))
     metadata = {
@@ -206,7 +206,7 @@ def test_a_model_without_a_card_says_so(service_module, tmp_path, monkeypatch):
     import bentoml
     from bentoml.exceptions import NotFound
 
-    from components.package import save_to_model_store
+    from components.stages.package import save_to_model_store
 
     tag, _ = save_to_model_store(save_tiny_model(tmp_path / "m", seed=2), "tiny-no-card", {})
     monkeypatch.setattr(service_module.Classifier.inner, "bento_model", bentoml.models.BentoModel(tag))
@@ -227,7 +227,7 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
-# (upload bytes, acceptable statuses, a word the message must contain). Where components.ingest may
+# (upload bytes, acceptable statuses, a word the message must contain). Where components.stages.ingest may
 # itself refuse an array (400) before preprocessing would (422), either answer is right.
 BAD, UNPROCESSABLE = HTTPStatus.BAD_REQUEST, HTTPStatus.UNPROCESSABLE_ENTITY
 BAD_UPLOADS = {
@@ -315,7 +315,7 @@ def test_multiclass_decision_is_the_label():
 def test_tampered_model_files_refuse_to_load(service_module, tmp_path, monkeypatch, tampered):
     import bentoml
 
-    from components.package import save_to_model_store
+    from components.stages.package import save_to_model_store
 
     tag, _ = save_to_model_store(save_tiny_model(tmp_path / "m", seed=1), "tiny-tampered", {})
     stored = Path(bentoml.models.get(tag).path_of(tampered))
@@ -443,7 +443,7 @@ def test_an_overloaded_service_answers_503_with_its_reason(svc, tmp_path, monkey
 
 @pytest.mark.parametrize("tag", ["tiny-service", "tiny-service:latest", ":abc"])
 def test_only_exact_model_tags_are_accepted(tag):
-    from components.package import exact_model_tag
+    from components.stages.package import exact_model_tag
 
     with pytest.raises(ValueError, match="exact version"):
         exact_model_tag(tag)
@@ -572,7 +572,7 @@ class TestApiKey:
 
 
 def test_serving_settings_round_trip_and_refuse_unservable_values():
-    from components.package import ServingSettings
+    from components.stages.package import ServingSettings
 
     settings = ServingSettings("m:1", (1, 16, 16), max_batch_size=8, max_latency_ms=50, device="cpu")
     assert ServingSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
@@ -587,7 +587,7 @@ def test_serving_settings_round_trip_and_refuse_unservable_values():
 
 
 def test_device_setting_picks_the_gpu_only_where_there_is_one():
-    from components.models import resolve_device
+    from components.ml.models import resolve_device
 
     assert resolve_device("cpu", "package.device").type == "cpu"
     assert resolve_device("auto", "package.device").type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -601,7 +601,7 @@ def test_device_setting_picks_the_gpu_only_where_there_is_one():
 @pytest.mark.parametrize("tag, message", [("tiny-service", "exact version"), ("absent:v1", "not in the")])
 def test_build_refuses_a_loose_or_missing_model_before_building(bentoml_home, tag, message):
     from components.config import PackageConfig
-    from components.package import build_bento
+    from components.stages.package import build_bento
 
     with pytest.raises(ValueError, match=message):
         build_bento(tag, PackageConfig(), {})

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.cohort import generate_cohort
+from components.demo.cohort import generate_cohort
 from components.config import CohortConfig, DriftConfig, IngestConfig, ValidateConfig
-from components.drift import compare_manifests, ks_distance
-from components.ingest import ingest_source
-from components.validate import CHECKS, validate_manifest
+from components.data.drift import compare_manifests, ks_distance
+from components.stages.ingest import ingest_source
+from components.stages.validate import CHECKS, validate_manifest
 
 SALT = "validate-salt"
 
@@ -166,7 +166,7 @@ def test_ks_distance_matches_its_definition() -> None:
 
 def test_suite_outcomes_are_memoized_for_the_same_manifest_params_and_classes(broken, cohort_ingest, tmp_path, monkeypatch) -> None:
     """The memo replaces only Great Expectations: verdict and report are those of a fresh validation."""
-    import components.validate as validate
+    import components.stages.validate as validate
 
     result, report, _ = broken  # a dataset with a failure of every check: offending files, observed values
     manifest, problems = result.report_json.parents[1] / "ingest" / "manifest.parquet", report["skipped_inputs"]

@@ -72,9 +72,9 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
-from components.artifacts import MANIFEST_COLUMNS, SPLITS, IngestedDataset
+from components.data.artifacts import MANIFEST_COLUMNS, SPLITS, IngestedDataset
 from components.config import IngestConfig
-from components.deid import deid_dicom, pseudonym
+from components.privacy.deid import deid_dicom, pseudonym
 
 if TYPE_CHECKING:  # pandas and pyarrow load lazily: decoding processes start without them
     import pandas as pd

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flows.cli_common import WorkspaceOpt, console, sessions_for
+from cli.common import WorkspaceOpt, console, sessions_for
 
 
 def audit(

@@ -1,6 +1,6 @@
-"""Data-parallel training under torchrun (DistributedDataParallel), for components.train.
+"""Data-parallel training under torchrun (DistributedDataParallel), for components.stages.train.
 
-`torchrun` starts N copies of `python -m components.train` with the rendezvous in their
+`torchrun` starts N copies of `python -m components.stages.train` with the rendezvous in their
 environment; `join_process_group` makes each a `Replica` (NCCL on a GPU, gloo on the CPU).
 Every replica draws the same global batch (same seeds) and trains on its slice of it; DDP
 averages the gradients. With the loss normalised over the global batch (`global_loss`), a step

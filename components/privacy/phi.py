@@ -1,7 +1,7 @@
 """phi: prove that a run stored no patient identifiers, by scanning its artifacts for known ones.
 
 The embedded default cohort writes the fake identifiers it put in its DICOM headers to
-``identifiers.json`` (components.cohort); `scan_artifacts` looks for every one of them in every
+``identifiers.json`` (components.demo.cohort); `scan_artifacts` looks for every one of them in every
 file of a run's artifacts, case-insensitively, in what a reader of each file would see:
 
 * zip containers (image shards, torch checkpoints) member by member, gzip decompressed;
@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from components.artifacts import read_keyed_json, write_json_atomically
+from components.data.artifacts import read_keyed_json, write_json_atomically
 
 MIN_LENGTH = 4  # shorter identifiers would match by chance
 _MAX_DEPTH = 2  # containers inside containers

@@ -123,7 +123,7 @@ def save_to_model_store(
     version: str | None = None,
     files: Mapping[str, str] | None = None,
 ) -> tuple[str, str]:
-    """Copy `model.pt` and `model.json` (from `components.models.save_model`) into the BentoML model store.
+    """Copy `model.pt` and `model.json` (from `components.ml.models.save_model`) into the BentoML model store.
 
     The stored metadata is `metadata` (e.g. `dataset_version`, `run_id`, `gate`), overridden by what
     the files say: `sha256` of model.pt, `spec_sha256` of the stored model.json and the ModelSpec
@@ -142,12 +142,12 @@ def save_to_model_store(
         (the exact tag "name:version", sha256 of model.pt)
     """
     # Imported here: the service imports this module for ServingSettings, and must start without MONAI.
-    from components.models import SPEC_FILE, WEIGHTS_FILE, ModelSpec, file_sha256
+    from components.ml.models import SPEC_FILE, WEIGHTS_FILE, ModelSpec, file_sha256
 
     weights, spec_file = Path(model_dir) / WEIGHTS_FILE, Path(model_dir) / SPEC_FILE
     for required in (weights, spec_file):
         if not required.is_file():
-            raise FileNotFoundError(f"{required}: not found (written by components.models.save_model)")
+            raise FileNotFoundError(f"{required}: not found (written by components.ml.models.save_model)")
     spec = ModelSpec.from_dict(json.loads(spec_file.read_text()))
     threshold = metadata.get("operating_threshold")
     if threshold is not None:
@@ -228,7 +228,7 @@ def build_bento(
         max_upload_bytes=serve_cfg.max_upload_bytes,
         max_batch_images=serve_cfg.max_batch_images,
     )
-    root = Path(source_root) if source_root is not None else Path(__file__).resolve().parents[1]
+    root = Path(source_root) if source_root is not None else Path(__file__).resolve().parents[2]
     bento_labels = {
         **{str(k): str(v) for k, v in labels.items()},
         "model_tag": model_tag,

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from flows.cli_common import WorkspaceOpt, console, sessions_for
+from cli.common import WorkspaceOpt, console, sessions_for
 from flows.settings import get_settings
 
 EXIT_BUSY = 4
@@ -66,7 +66,7 @@ def launch(source: Callable[[], str], workspace: Path | None, trigger: str, wait
 
     api = start_prefect_api()
     source_path = source()
-    from flows.cli import print_summary
+    from cli.common import print_summary
     from flows.retrain import run_training
 
     with flow_errors():
@@ -186,7 +186,7 @@ def watch(
         try:
             outcome = watch_flow(str(path), str(ws))
             if outcome["changed"]:
-                from flows.cli import print_summary
+                from cli.common import print_summary
 
                 print_summary(outcome["run"])
         except Exception as exc:  # one failed run must not end the watch; it is recorded and retried
@@ -244,6 +244,6 @@ def sweep(
     for t in result["trials"]:
         table.add_row(str(t["trial"]), json.dumps(t["overrides"]), f"{t['val_auc']:.4f}", str(t["best_epoch"]))
     console.print(table)
-    from flows.cli import print_summary
+    from cli.common import print_summary
 
     print_summary(result["run"])

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.artifacts import SPLITS, SUBGROUP_COLUMNS, PreparedDataset
+from components.data.artifacts import SPLITS, SUBGROUP_COLUMNS, PreparedDataset
 from components.config import PrepareConfig, load_params
-from components.ingest import CLASS_NAMES_ATTR, ImageStore, order_class_names
-from components.transforms import Preprocessing, preprocess
+from components.stages.ingest import CLASS_NAMES_ATTR, ImageStore, order_class_names
+from components.ml.transforms import Preprocessing, preprocess
 
 DATASET_FILE = "dataset.json"
 

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flows.cli_common import WorkspaceOpt, _fmt, console, sessions_for
+from cli.common import WorkspaceOpt, fmt, console, sessions_for
 from flows.settings import get_settings
 
 models_app = typer.Typer(no_args_is_help=True, help="Model versions in the registry.")
@@ -47,7 +47,7 @@ def models_list(
     for column in ("name", "version", "stage", "auc", "accuracy", "dataset", "bento", "created"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["name"], str(r["version"]), r["stage"], _fmt(r["metrics"].get("auc")), _fmt(r["metrics"].get("accuracy")),
+        table.add_row(r["name"], str(r["version"]), r["stage"], fmt(r["metrics"].get("auc")), fmt(r["metrics"].get("accuracy")),
                       r["dataset_version"][:12], r["bento_tag"] or "-", r["created_at"][:19])
     console.print(table)
 
@@ -113,7 +113,7 @@ def print_gate(gate: dict, title: str) -> None:
         table.add_column(column)
     for c in gate["checks"]:
         colour = {"pass": "green", "fail": "red"}.get(c["verdict"], "yellow")
-        table.add_row(c["kind"], escape(c["metric"]), _fmt(c["value"]), c["comparison"], _fmt(c["threshold"]),
+        table.add_row(c["kind"], escape(c["metric"]), fmt(c["value"]), c["comparison"], fmt(c["threshold"]),
                       f"[{colour}]{c['verdict']}[/]", escape(c.get("detail") or ""))
     console.print(table)
 
@@ -125,7 +125,7 @@ def models_show(
     workspace: Optional[Path] = WorkspaceOpt,
 ) -> None:
     """A version's model card: intended use, data and its quality, metrics, gate checks, lineage."""
-    from components.modelcard import MARKDOWN_FILE, render_model_card
+    from components.documents.modelcard import MARKDOWN_FILE, render_model_card
     from flows.cards import card_facts, card_text
 
     params = _params(workspace)
@@ -172,7 +172,7 @@ def models_compare(
     for key in sorted(set(ma) | set(mb)):
         va, vb = ma.get(key), mb.get(key)
         diff = vb - va if va is not None and vb is not None else None
-        table.add_row(key, _fmt(va), _fmt(vb), f"{diff:+.4f}" if diff is not None else "")
+        table.add_row(key, fmt(va), fmt(vb), f"{diff:+.4f}" if diff is not None else "")
     console.print(table)
     if la.test_data_version != lb.test_data_version:
         console.print("[yellow]note:[/] the two were tested on different test data: metric differences are not like for like "
@@ -182,7 +182,7 @@ def models_compare(
         checks.add_column(column)
     keyed = [{(c["kind"], c["metric"], c["comparison"]): c for c in row["gate"]["checks"]} for row in rows]
     for key in sorted(set(keyed[0]) | set(keyed[1])):
-        cells = [f"{c['verdict']} {_fmt(c['value'])}" if (c := side.get(key)) else "-" for side in keyed]
+        cells = [f"{c['verdict']} {fmt(c['value'])}" if (c := side.get(key)) else "-" for side in keyed]
         checks.add_row(escape(f"{key[0]} {key[1]} {key[2]}"), *cells)
     checks.add_row("decision", *("-" if g.get("promote") is None else "PROMOTE" if g["promote"] else "REFUSED"
                                  for g in (left["gate"], right["gate"])))

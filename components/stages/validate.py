@@ -5,7 +5,7 @@ columns: how many splits each patient's images fall in, how many splits or patie
 image's pixels, the intensity bounds of each row's modality) and one over the classes (each class's
 count and share). Every expectation belongs to a named check (`CHECKS`); params.yaml's
 ``validate.severity`` says which checks block the run and which are warnings. Drift against the
-production model's training data (components.drift) joins the verdict: a drift statistic over
+production model's training data (components.data.drift) joins the verdict: a drift statistic over
 its configured bound blocks too (a warning with ``drift.require_retraining``).
 
 Writes under ``out_dir``: ``report.html``, one self-contained page that renders offline (inline
@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.artifacts import MANIFEST_COLUMNS, SPLITS, ValidationResult, content_digest, read_keyed_json, write_json_atomically
+from components.data.artifacts import MANIFEST_COLUMNS, SPLITS, ValidationResult, content_digest, read_keyed_json, write_json_atomically
 from components.config import ValidateConfig
-from components.drift import DriftReport
+from components.data.drift import DriftReport
 
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
@@ -346,8 +346,8 @@ def _pictures(manifest: pd.DataFrame, root: Path, cfg: ValidateConfig, window: t
     """(histogram SVG, thumbnail grid HTML), from up to a few dozen images per class."""
     from matplotlib.figure import Figure
 
-    from components.ingest import ImageStore
-    from components.report import _svg
+    from components.stages.ingest import ImageStore
+    from components.documents.report import _svg
 
     per_class = max(cfg.histogram_images_per_class, cfg.thumbnails_per_class)
     samples = _samples(manifest, per_class)
@@ -388,7 +388,7 @@ def _pictures(manifest: pd.DataFrame, root: Path, cfg: ValidateConfig, window: t
 def render_report(summary: dict[str, Any], manifest: pd.DataFrame, root: Path, cfg: ValidateConfig,
                   window: tuple[float, float] | None = None) -> str:
     """The self-contained HTML page (see the module docstring for its sections)."""
-    from components.report import _STYLE, _table
+    from components.documents.report import _STYLE, _table
 
     e = html.escape
     verdict = summary["verdict"]
@@ -441,7 +441,7 @@ def render_report(summary: dict[str, Any], manifest: pd.DataFrame, root: Path, c
 
 
 def _drift_section(drift: dict[str, Any] | None, note: str) -> str:
-    from components.report import _table
+    from components.documents.report import _table
 
     e = html.escape
     if not drift:

@@ -11,9 +11,9 @@ import torch
 from monai.networks.nets import DenseNet, EfficientNet, ResNet
 from torch import nn
 
-from components.artifacts import SPEC_FILE, WEIGHTS_FILE, file_sha256
+from components.data.artifacts import SPEC_FILE, WEIGHTS_FILE, file_sha256
 from components.config import ModelConfig
-from components.transforms import Preprocessing
+from components.ml.transforms import Preprocessing
 
 FAMILIES_2D = ("resnet", "densenet", "efficientnet")
 FAMILIES_3D = ("resnet3d", "cnn_rnn")

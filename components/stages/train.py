@@ -1,6 +1,6 @@
 """train: fit a MONAI network on the prepared train split, selecting the epoch by validation AUC.
 
-Writes under `out_dir`: `model.pt` + `model.json` (the selected epoch, see components.models),
+Writes under `out_dir`: `model.pt` + `model.json` (the selected epoch, see components.ml.models),
 `history.json` (the training curves: one record per epoch with losses, validation AUC, learning
 rate and timings) and `training.json` (totals: epochs, best epoch, wall time, images/s, device).
 
@@ -35,10 +35,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from components import models, transforms
-from components.artifacts import HISTORY_FILE, TRAINING_FILE, TrainedModel
+from components.ml import models, transforms
+from components.data.artifacts import HISTORY_FILE, TRAINING_FILE, TrainedModel
 from components.config import TrainConfig, load_params
-from components.distributed import (
+from components.ml.distributed import (
     SINGLE,
     Replica,
     global_loss,
@@ -46,9 +46,9 @@ from components.distributed import (
     leave_process_group,
     under_torchrun,
 )
-from components.models import ModelSpec, build_model, file_sha256, resolve_family, save_model
-from components.prepare import DATASET_FILE, load_split, read_dataset_info
-from components.transforms import BatchAugmentation, Preprocessing
+from components.ml.models import ModelSpec, build_model, file_sha256, resolve_family, save_model
+from components.stages.prepare import DATASET_FILE, load_split, read_dataset_info
+from components.ml.transforms import BatchAugmentation, Preprocessing
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -196,7 +196,7 @@ def train_model(
         out_dir: receives model.pt, model.json, history.json and training.json.
         state_dir: where the resumable checkpoint lives (default `out_dir`).
         on_epoch: called with each epoch's history record after its checkpoint is written.
-        replica: this process's place under torchrun (components.distributed); rank 0 writes the files.
+        replica: this process's place under torchrun (components.ml.distributed); rank 0 writes the files.
     """
     started_wall = time.monotonic()
     threads = set_threads(cfg.num_threads)
@@ -370,7 +370,7 @@ def main() -> None:
     params = load_params(args.params)
     processes = params.orchestration.train_processes
     if processes > 1 and not torch.distributed.is_torchelastic_launched():
-        raise SystemExit(under_torchrun(processes, "components.train", sys.argv[1:]))
+        raise SystemExit(under_torchrun(processes, "components.stages.train", sys.argv[1:]))
     replica = join_process_group(models.resolve_device(params.train.device, "train.device").type)
     try:
         result = train_model(args.data, params.train, args.out, args.state, replica=replica)

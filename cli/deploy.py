@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from flows.cli_common import WorkspaceOpt, console, sessions_for
+from cli.common import WorkspaceOpt, console, sessions_for
 from flows.settings import get_settings
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -51,7 +51,7 @@ def serve(
     old one and gets new requests once ready; the old one finishes its requests, then stops.
     """
     from components.config import load_params
-    from components.package import API_KEY_ENV
+    from components.stages.package import API_KEY_ENV
     from services.supervisor import run_supervisor
 
     settings = get_settings(workspace)
@@ -88,7 +88,7 @@ def deploy(
     Without a container engine answering here, prints the exact command and the image tag it will
     produce, and exits with status 3. See the README's "Deploying" for Kubernetes.
     """
-    from components.package import container_engine_problem, containerize_bento, containerize_command
+    from components.stages.package import container_engine_problem, containerize_bento, containerize_command
 
     try:
         bento_tag, _, label = production_bento(sessions_for(workspace), model)

@@ -10,7 +10,7 @@ the served model answers) and `plots/` (ROC, calibration and confusion data for 
 Calibration: `ece` is that of the model as served. With `temperature_scaling`, a temperature is
 fitted on the validation split and `ece_scaled`/`nll_scaled` say what it would give; it changes
 neither AUC nor the predicted labels (the threshold is chosen on the same scale).
-Against the classical baseline (components.baseline, same test images): `baseline_<metric>`,
+Against the classical baseline (components.stages.baseline, same test images): `baseline_<metric>`,
 `auc_minus_baseline` and its paired bootstrap 95% interval.
 """
 
@@ -28,11 +28,11 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_curve
 
-from components.artifacts import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, SUBGROUP_COLUMNS, EvalReport
+from components.data.artifacts import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, SUBGROUP_COLUMNS, EvalReport
 from components.config import EvaluateConfig, load_params
-from components.models import load_model
-from components.prepare import load_split
-from components.train import predict_probs, score_auc, set_threads
+from components.ml.models import load_model
+from components.stages.prepare import load_split
+from components.stages.train import predict_probs, score_auc, set_threads
 
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from components.artifacts import (
+from components.data.artifacts import (
     HISTORY_FILE, METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, SPEC_FILE, TRAINING_FILE, content_digest, read_keyed_json,
     write_json_atomically,
 )

@@ -48,7 +48,7 @@ class CardFacts:
         use: intended use and limits (params.yaml `modelcard`).
         dataset: `source`, `version`, `kind`, `num_images`, `num_patients`, `class_names`,
             `validation_success`, `report_path` (missing keys are shown as unknown).
-        metrics: the test metrics as `components.evaluate` writes them (flat numbers,
+        metrics: the test metrics as `components.stages.evaluate` writes them (flat numbers,
             `<metric>_ci_lower/upper`, `operating_threshold`, `n_test`, `subgroups`).
         gate: `GateDecision.to_dict()` (plus `champion_reevaluated`/`champion_note` when known),
             or None when no decision was recorded.

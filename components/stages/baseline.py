@@ -35,10 +35,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from components.artifacts import METRICS_FILE, PREDICTIONS_FILE
+from components.data.artifacts import METRICS_FILE, PREDICTIONS_FILE
 from components.config import BaselineConfig, EvaluateConfig, load_params
-from components.evaluate import choose_threshold, classification_metrics, predict_labels
-from components.prepare import load_split, read_dataset_info
+from components.stages.evaluate import choose_threshold, classification_metrics, predict_labels
+from components.stages.prepare import load_split, read_dataset_info
 
 _CHUNK = 256  # images per co-occurrence batch: bounds memory for volumes
 

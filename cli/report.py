@@ -1,4 +1,4 @@
-"""`medgate report [RUN]`: the path of a run's HTML report (written by the flow, see components.report)."""
+"""`medgate report [RUN]`: the path of a run's HTML report (written by the flow, see components.documents.report)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from flows.cli_common import WorkspaceOpt, console, find_run_file
+from cli.common import WorkspaceOpt, console, find_run_file
 from flows.settings import get_settings
 
 

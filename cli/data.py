@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from flows.cli_common import WorkspaceOpt, console, find_run_file, sessions_for
+from cli.common import WorkspaceOpt, console, find_run_file, sessions_for
 from flows.settings import get_settings
 
 data_app = typer.Typer(no_args_is_help=True, help="Data intake and quality: validate a source, find a report, list dataset versions.")
@@ -33,8 +33,8 @@ def validate(
     2 when the source cannot be read at all.
     """
     from components.config import load_params
-    from components.ingest import ingest_source
-    from components.validate import validate_manifest
+    from components.stages.ingest import ingest_source
+    from components.stages.validate import validate_manifest
     from flows.datasets import drift_against, production_baseline, source_path
     from flows.pipeline import model_name_for
 

@@ -1,0 +1,98 @@
+"""Pieces every `medgate` command module shares: the console, the workspace option, registry sessions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flows.settings import get_settings
+
+console = Console()
+WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace folder (default: MEDGATE_WORKSPACE or the current folder).")
+
+
+def fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
+
+
+def sessions_for(workspace: Path | None):
+    """A session factory on the workspace's registry, migrated to the current schema."""
+    from registry.db import make_session_factory, upgrade_database
+
+    url = get_settings(workspace).database_url
+    upgrade_database(url)
+    return make_session_factory(url)
+
+
+def find_run_file(
+    runs_dir: Path, run: str | None, what: str, path_of: Callable[[dict], Any], why_missing: Callable[[dict], str], hint: str
+) -> Path:
+    """The file `path_of(summary)` names for run `run` (its id or a unique prefix), or for the latest run
+    that has one; `what` names it in messages.
+
+    Raises:
+        LookupError: no such run, an ambiguous prefix, or a run without the file (`why_missing(summary)`).
+    """
+    summaries = sorted(runs_dir.glob("*/summary.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if run is not None:
+        summaries = [p for p in summaries if p.parent.name == run] or [
+            p for p in summaries if p.parent.name.startswith(run)
+        ]
+        if not summaries:
+            raise LookupError(f"no run {run!r} in {runs_dir}")
+        if len(summaries) > 1:
+            raise LookupError(f"run id prefix {run!r} matches {len(summaries)} runs; give more characters")
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        found = path_of(summary)
+        if found and Path(found).is_file():
+            return Path(found)
+        if run is not None:
+            raise LookupError(f"run {path.parent.name} has no {what} ({why_missing(summary)})")
+    raise LookupError(f"no run with a {what} in {runs_dir}; {hint}")
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The short end-of-run report: data quality, metrics, gate checks, model, production."""
+    validation = summary.get("validation", {})
+    verdict = "[green]passed[/]" if validation.get("success") else "[red]FAILED[/]"
+    console.print(f"\n[bold]medgate run {summary['run_id']}[/] ({summary.get('status')})")
+    if "dataset" in summary:
+        d = summary["dataset"]
+        console.print(f"dataset: {d['source']} ({d['kind']}), version {d['version']}, {d['images']} images of {d['patients']} patients")
+    if validation:
+        console.print(f"data quality: {verdict}; report {validation.get('report')}")
+    if metrics := summary.get("metrics"):
+        keys = ("auc", "auc_ci_lower", "auc_ci_upper", "accuracy", "sensitivity", "specificity", "f1", "ece")
+        console.print("test metrics: " + ", ".join(f"{k} {fmt(metrics.get(k))}" for k in keys if k in metrics))
+        if training := summary.get("training"):
+            resumed = f", resumed after epoch {training['resumed_after_epoch']}" if training.get("resumed_after_epoch") else ""
+            console.print(f"training: {training['family']}, epoch {training['best_epoch']} of {training['epochs_run']} kept ({training['stopped']}{resumed}), "
+                          f"{training['train_seconds']:.0f} s, {training['images_per_second']:.0f} images/s on {training['device']}")
+        if "baseline_auc" in metrics:
+            console.print(f"classical baseline: auc {fmt(metrics['baseline_auc'])}, accuracy {fmt(metrics.get('baseline_accuracy'))}; network auc - baseline {fmt(metrics.get('auc_minus_baseline'))}")
+    if gate := summary.get("gate"):
+        table = Table(title=f"gate: {'[green]PROMOTE[/]' if gate['promote'] else '[red]REFUSED[/]'} ({gate['reason']})")
+        for column in ("check", "metric", "value", "comparison", "threshold", "verdict"):
+            table.add_column(column)
+        for c in gate["checks"]:
+            colour = {"pass": "green", "fail": "red"}.get(c["verdict"], "yellow")
+            table.add_row(c["kind"], c["metric"], fmt(c["value"]), c["comparison"], fmt(c["threshold"]), f"[{colour}]{c['verdict']}[/]")
+        console.print(table)
+    if "model_version" in summary:
+        console.print(f"model: {summary['model_name']} v{summary['model_version']}, bento {summary.get('bento_tag') or '-'}")
+        prod = summary.get("production") or {}
+        console.print(f"production: {prod.get('model')} v{fmt(prod.get('version'))} (bento {prod.get('bento_tag') or '-'})")
+    if timings := summary.get("timings_s"):
+        console.print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in timings.items()) + (f"; reused: {', '.join(summary['stages_reused'])}" if summary.get("stages_reused") else ""))
+    if summary.get("error"):
+        console.print(f"[red]error:[/] {summary['error']}")
+    if summary.get("report"):
+        console.print(f"report: {summary['report']}")
+    console.print(f"summary: {summary.get('summary_path')}")
