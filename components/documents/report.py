@@ -14,14 +14,9 @@ every stage (an unchanged re-run) writes its report without starting matplotlib.
 
 from __future__ import annotations
 
-import html
-import io
 import json
-import math
 from pathlib import Path
 from typing import Any
-
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,50 +25,11 @@ from components.data.artifacts import (
     HISTORY_FILE, METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, SPEC_FILE, TRAINING_FILE, content_digest, read_keyed_json,
     write_json_atomically,
 )
-
-if TYPE_CHECKING:  # matplotlib and scikit-learn are imported where a chart is drawn (about 1.2 s)
-    from matplotlib.figure import Figure
+from components.documents import html as page_html
+from components.documents.html import STYLE, escape, figure, fmt, svg, table
 
 REPORT_FILE = "report.html"
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
-h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
-table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
-th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.pass{color:#17692b;font-weight:600}
-.fail{color:#b00020;font-weight:600}.skipped,.muted{color:#777}.verdict{font-size:1.3rem;padding:.5rem 1rem;display:inline-block;border-radius:4px}
-.promote{background:#e3f4e6;color:#17692b}.refuse{background:#fbe4e7;color:#b00020}.charts{display:flex;flex-wrap:wrap;gap:1rem}
-.charts figure{margin:0}figcaption{font-size:.85rem;color:#555;max-width:480px}
-"""
 _METRICS = ("auc", "accuracy", "sensitivity", "specificity", "f1", "balanced_accuracy", "ece")
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return html.escape(str(value))
-
-
-def _svg(fig: Figure) -> str:
-    """The figure as an inline <svg> element (fixed hash salt: the same data gives the same bytes)."""
-    from matplotlib import rc_context
-
-    buffer = io.StringIO()
-    with rc_context({"svg.hashsalt": "medgate", "svg.fonttype": "none"}):
-        fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
-    text = buffer.getvalue()
-    return text[text.index("<svg") :]
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _figure(svg: str, caption: str) -> str:
-    return f"<figure>{svg}<figcaption>{caption}</figcaption></figure>"
 
 
 def roc_chart(labels: np.ndarray, probs: np.ndarray, class_names: list[str], baseline_probs: np.ndarray | None) -> str:
@@ -98,7 +54,7 @@ def roc_chart(labels: np.ndarray, probs: np.ndarray, class_names: list[str], bas
     ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8)
     ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
-    return _svg(fig)
+    return svg(fig)
 
 
 def confusion_chart(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> str:
@@ -116,7 +72,7 @@ def confusion_chart(labels: np.ndarray, predicted: np.ndarray, class_names: list
     ax.set_xticks(range(n), class_names, rotation=30 if n > 3 else 0)
     ax.set_yticks(range(n), class_names)
     ax.set(xlabel="predicted", ylabel="actual")
-    return _svg(fig)
+    return svg(fig)
 
 
 def calibration_chart(bins: list[dict[str, float]]) -> str:
@@ -132,7 +88,7 @@ def calibration_chart(bins: list[dict[str, float]]) -> str:
             ax.annotate(str(b["count"]), (b["confidence"], b["accuracy"]), fontsize=7, textcoords="offset points", xytext=(3, -10))
     ax.set(xlabel="confidence of the predicted class", ylabel="observed accuracy", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="upper left", fontsize=8)
-    return _svg(fig)
+    return svg(fig)
 
 
 def training_chart(history: list[dict[str, float]], best_epoch: int | None) -> str:
@@ -151,7 +107,7 @@ def training_chart(history: list[dict[str, float]], best_epoch: int | None) -> s
         ax.legend(fontsize=8)
     loss_ax.set_ylabel("cross-entropy")
     auc_ax.set_ylabel("AUC")
-    return _svg(fig)
+    return svg(fig)
 
 
 def _metrics_section(metrics: dict[str, Any]) -> str:
@@ -159,40 +115,40 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
     rows = []
     for name in _METRICS:
         lower, upper = metrics.get(f"{name}_ci_lower"), metrics.get(f"{name}_ci_upper")
-        ci = f"{_fmt(lower)} - {_fmt(upper)}" if lower is not None else ""
-        row = [name, _fmt(metrics.get(name)), ci]
+        ci = f"{fmt(lower)} - {fmt(upper)}" if lower is not None else ""
+        row = [name, fmt(metrics.get(name)), ci]
         if has_baseline:
             base = metrics.get(f"baseline_{name}")
             diff = metrics[name] - base if isinstance(base, (int, float)) and isinstance(metrics.get(name), (int, float)) else None
-            row += [_fmt(base), _fmt(diff)]
+            row += [fmt(base), fmt(diff)]
         rows.append(row)
     header = ["metric (test split)", "network", "95% interval"] + (["baseline", "network - baseline"] if has_baseline else [])
     point = metrics.get("operating_point", "youden")
     notes = [
-        (f"{metrics.get('n_test', '?')} test images; operating threshold {_fmt(metrics.get('operating_threshold'))} "
-        f"on p(positive), chosen on the validation split ({html.escape(str(point))})."),
+        (f"{metrics.get('n_test', '?')} test images; operating threshold {fmt(metrics.get('operating_threshold'))} "
+        f"on p(positive), chosen on the validation split ({escape(point)})."),
         "Intervals: percentile bootstrap over test images.",
     ]
     if has_baseline:
         notes.append(
-            f"Baseline: {html.escape(str(metrics.get('baseline_classifier')))} on radiomics-style features; "
-            f"AUC difference 95% interval (paired bootstrap) {_fmt(metrics.get('auc_minus_baseline_ci_lower'))} - "
-            f"{_fmt(metrics.get('auc_minus_baseline_ci_upper'))}."
+            f"Baseline: {escape(metrics.get('baseline_classifier'))} on radiomics-style features; "
+            f"AUC difference 95% interval (paired bootstrap) {fmt(metrics.get('auc_minus_baseline_ci_lower'))} - "
+            f"{fmt(metrics.get('auc_minus_baseline_ci_upper'))}."
         )
-    return "<h2>Test metrics</h2>" + _table(header, rows) + "".join(f"<p class=muted>{n}</p>" for n in notes)
+    return "<h2>Test metrics</h2>" + table(header, rows) + "".join(f"<p class=muted>{n}</p>" for n in notes)
 
 
 def _gate_section(gate: dict[str, Any] | None) -> str:
     if gate is None:
         return "<h2>Gate</h2><p class=muted>The gate did not run for this run.</p>"
     rows = [
-        [html.escape(c["kind"]), html.escape(c["metric"]), _fmt(c.get("value")), html.escape(c["comparison"]), _fmt(c.get("threshold")),
-         f"<span class={html.escape(c['verdict'])}>{html.escape(c['verdict'])}</span>", html.escape(c.get("detail", ""))]
+        [escape(c["kind"]), escape(c["metric"]), fmt(c.get("value")), escape(c["comparison"]), fmt(c.get("threshold")),
+         f"<span class={escape(c['verdict'])}>{escape(c['verdict'])}</span>", escape(c.get("detail", ""))]
         for c in gate.get("checks", [])
     ]
-    table = _table(["check", "metric", "value", "comparison", "threshold", "verdict", "detail"], rows) if rows else ""
-    note = f"<p class=muted>{html.escape(gate['champion_note'])}</p>" if gate.get("champion_note") else ""
-    return f"<h2>Gate</h2><p>{html.escape(gate.get('reason', ''))}</p>{note}{table}"
+    checks = table(["check", "metric", "value", "comparison", "threshold", "verdict", "detail"], rows) if rows else ""
+    note = f"<p class=muted>{escape(gate['champion_note'])}</p>" if gate.get("champion_note") else ""
+    return f"<h2>Gate</h2><p>{escape(gate.get('reason', ''))}</p>{note}{checks}"
 
 
 def _subgroup_section(subgroups: dict[str, Any]) -> str:
@@ -202,24 +158,24 @@ def _subgroup_section(subgroups: dict[str, Any]) -> str:
     for column, groups in subgroups.items():
         for group, values in groups.items():
             if values.get("computable"):
-                rows.append([html.escape(column), html.escape(str(group)), str(values["n"]), *[_fmt(values.get(m)) for m in _METRICS[:5]], ""])
+                rows.append([escape(column), escape(group), str(values["n"]), *[fmt(values.get(m)) for m in _METRICS[:5]], ""])
             else:
-                rows.append([html.escape(column), html.escape(str(group)), str(values["n"]), *["-"] * 5, f"<span class=muted>not computable: {html.escape(values.get('reason', ''))}</span>"])
-    return "<h2>Subgroups</h2>" + _table(["column", "group", "n", *_METRICS[:5], "note"], rows)
+                rows.append([escape(column), escape(group), str(values["n"]), *["-"] * 5, f"<span class=muted>not computable: {escape(values.get('reason', ''))}</span>"])
+    return "<h2>Subgroups</h2>" + table(["column", "group", "n", *_METRICS[:5], "note"], rows)
 
 
 def _training_section(training: dict[str, Any], history: list[dict[str, float]], chart_svg: str) -> str:
     if not history:
         return ""
     facts = [
-        ["network", f"{html.escape(str(training.get('family')))} ({training.get('parameters', 0):,} parameters)"],
-        ["epochs", f"{training.get('epochs_run')} run, epoch {training.get('best_epoch')} selected (validation AUC {_fmt(training.get('best_val_auc'))}); stopped by {html.escape(str(training.get('stopped')))}"],
-        ["training time", f"{_fmt(training.get('train_seconds'), 1)} s on {html.escape(str(training.get('device')))} ({training.get('threads')} threads), {_fmt(training.get('images_per_second'), 0)} images/s, {_fmt(100 * training.get('data_fraction', 0), 1)}% of it preparing batches"],
+        ["network", f"{escape(training.get('family'))} ({training.get('parameters', 0):,} parameters)"],
+        ["epochs", f"{training.get('epochs_run')} run, epoch {training.get('best_epoch')} selected (validation AUC {fmt(training.get('best_val_auc'))}); stopped by {escape(training.get('stopped'))}"],
+        ["training time", f"{fmt(training.get('train_seconds'), 1)} s on {escape(training.get('device'))} ({training.get('threads')} threads), {fmt(training.get('images_per_second'), 0)} images/s, {fmt(100 * training.get('data_fraction', 0), 1)}% of it preparing batches"],
     ]
     if training.get("resumed_after_epoch"):
         facts.append(["resumed", f"after epoch {training['resumed_after_epoch']} from a checkpoint"])
-    chart = _figure(chart_svg, "Training curves; the dotted line marks the epoch kept (best validation AUC).")
-    return "<h2>Training</h2>" + _table(["", ""], facts) + f"<div class=charts>{chart}</div>"
+    chart = figure(chart_svg, "Training curves; the dotted line marks the epoch kept (best validation AUC).")
+    return "<h2>Training</h2>" + table(["", ""], facts) + f"<div class=charts>{chart}</div>"
 
 
 def build_report(
@@ -250,31 +206,31 @@ def build_report(
     dataset = summary.get("dataset", {})
     validation = summary.get("validation", {})
     facts = [
-        ["dataset", f"{html.escape(str(dataset.get('source', '-')))} (version {html.escape(str(dataset.get('version', '-')))}), {dataset.get('images', '-')} images of {dataset.get('patients', '-')} patients"],
-        ["data quality", f"{'passed' if validation.get('success') else 'failed'}; report {html.escape(str(validation.get('report', '-')))}"],
-        ["model", f"{html.escape(str(summary.get('model_name', '-')))} version {summary.get('model_version', '-')}, bento {html.escape(str(summary.get('bento_tag') or '-'))}"],
-        ["classes", ", ".join(html.escape(c) for c in class_names) + (f" (positive: {html.escape(class_names[1])})" if len(class_names) == 2 else "")],
+        ["dataset", f"{escape(dataset.get('source', '-'))} (version {escape(dataset.get('version', '-'))}), {dataset.get('images', '-')} images of {dataset.get('patients', '-')} patients"],
+        ["data quality", f"{'passed' if validation.get('success') else 'failed'}; report {escape(validation.get('report', '-'))}"],
+        ["model", f"{escape(summary.get('model_name', '-'))} version {summary.get('model_version', '-')}, bento {escape(summary.get('bento_tag') or '-')}"],
+        ["classes", ", ".join(escape(c) for c in class_names) + (f" (positive: {escape(class_names[1])})" if len(class_names) == 2 else "")],
     ]
-    calibration_note = f"ECE {_fmt(metrics.get('ece'))} as served"
+    calibration_note = f"ECE {fmt(metrics.get('ece'))} as served"
     if "temperature" in metrics:
-        calibration_note += f"; with temperature scaling fitted on validation (T = {_fmt(metrics['temperature'], 3)}) ECE would be {_fmt(metrics.get('ece_scaled'))}, NLL {_fmt(metrics.get('nll'))} → {_fmt(metrics.get('nll_scaled'))}"
+        calibration_note += f"; with temperature scaling fitted on validation (T = {fmt(metrics['temperature'], 3)}) ECE would be {fmt(metrics.get('ece_scaled'))}, NLL {fmt(metrics.get('nll'))} → {fmt(metrics.get('nll_scaled'))}"
     figures = "".join(
         [
-            _figure(charts["roc"], f"ROC on the test split: network AUC {_fmt(metrics.get('auc'))}" + (f", baseline (dashed) {_fmt(metrics.get('baseline_auc'))}" if has_baseline else "") + "."),
-            _figure(charts["confusion"], "Confusion matrix at the operating threshold."),
-            _figure(charts["calibration"], f"Reliability: accuracy against confidence per bin (numbers: images). {calibration_note}."),
+            figure(charts["roc"], f"ROC on the test split: network AUC {fmt(metrics.get('auc'))}" + (f", baseline (dashed) {fmt(metrics.get('baseline_auc'))}" if has_baseline else "") + "."),
+            figure(charts["confusion"], "Confusion matrix at the operating threshold."),
+            figure(charts["calibration"], f"Reliability: accuracy against confidence per bin (numbers: images). {calibration_note}."),
         ]
     )
     body = (
-        f"<h1>{html.escape(title)}</h1>{verdict}"
-        + _table(["", ""], facts)
+        f"<h1>{escape(title)}</h1>{verdict}"
+        + table(["", ""], facts)
         + _metrics_section(metrics)
         + _gate_section(gate)
         + f"<h2>Curves</h2><div class=charts>{figures}</div>"
         + _subgroup_section(metrics.get("subgroups") or {})
         + _training_section(training, history, charts.get("training", ""))
     )
-    return f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>{body}</body></html>"
+    return f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{escape(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>"
 
 
 def draw_charts(
@@ -321,7 +277,7 @@ def write_report(
     baseline_file = baseline_dir / PREDICTIONS_FILE if baseline_dir is not None else None
     inputs = [train_dir / SPEC_FILE, train_dir / HISTORY_FILE, train_dir / TRAINING_FILE, evaluate_dir / PREDICTIONS_FILE,
               evaluate_dir / PLOTS_DIR / "calibration.json", *([baseline_file] if baseline_file else [])]
-    key = content_digest(Path(__file__), *inputs)
+    key = content_digest(Path(__file__), Path(page_html.__file__), *inputs)  # the charts' code and their data
     memo = read_keyed_json(memo_file, key)
     class_names = [str(c) for c in json.loads((train_dir / SPEC_FILE).read_text())["class_names"]]
     predictions = pd.read_csv(evaluate_dir / PREDICTIONS_FILE, dtype={"image_id": str, "label": str, "predicted": str})

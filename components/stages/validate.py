@@ -8,18 +8,13 @@ count and share). Every expectation belongs to a named check (`CHECKS`); params.
 production model's training data (components.data.drift) joins the verdict: a drift statistic over
 its configured bound blocks too (a warning with ``drift.require_retraining``).
 
-Writes under ``out_dir``: ``report.html``, one self-contained page that renders offline (inline
-CSS, SVG charts, PNG thumbnails as data URIs; GX's own Data Docs load their styles from the
-network): the verdict first, each check with its observed value and offending files (source file
-names from ingest's sources.csv), class balance per split, intensity histograms and thumbnails per
-class, drift, and the inputs ingest skipped; and ``report.json``, the same for machines.
+Writes under ``out_dir``: ``report.html``, one self-contained page (components.documents.quality)
+that names each check's offending files by their source file names (ingest's sources.csv), and
+``report.json``, the same for machines.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -32,6 +27,7 @@ import pandas as pd
 from components.data.artifacts import MANIFEST_COLUMNS, SPLITS, ValidationResult, content_digest, read_keyed_json, write_json_atomically
 from components.config import ValidateConfig
 from components.data.drift import DriftReport
+from components.documents.quality import render_report
 
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
@@ -254,6 +250,8 @@ def validate_manifest(manifest_path: Path, cfg: ValidateConfig, out_dir: Path,
         The result: ``success`` is False when a blocking check or a bounded drift statistic failed;
         ``failed_expectations`` names them, ``warnings`` the failed warning checks.
     """
+    from components.stages.ingest import ImageStore
+
     manifest = pd.read_parquet(manifest_path)
     root = manifest_path.parent
     sources = _read_sources(root)
@@ -281,7 +279,8 @@ def validate_manifest(manifest_path: Path, cfg: ValidateConfig, out_dir: Path,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / REPORT_JSON).write_text(json.dumps(summary, indent=2, default=str))
-    (out_dir / REPORT_HTML).write_text(render_report(summary, manifest, root, cfg, window))
+    with ImageStore(root) as store:
+        (out_dir / REPORT_HTML).write_text(render_report(summary, manifest, store.load, cfg, CHECKS, window))
     return ValidationResult(not failed, out_dir / REPORT_HTML, out_dir / REPORT_JSON, failed, stats, warnings, reused)
 
 
@@ -301,165 +300,3 @@ def _statistics(manifest: pd.DataFrame, problems: Sequence[Mapping[str, str]]) -
         "class_counts_by_split": {s: {str(lab): int(n) for lab, n in g.droplevel(0).items()} for s, g in by_split.groupby(level=0)},
         "skipped_inputs": len(problems),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# The report.
-
-
-def _samples(manifest: pd.DataFrame, per_class: int) -> dict[str, pd.DataFrame]:
-    """Up to `per_class` rows per class, spread evenly over the class in image-id order (deterministic)."""
-    out = {}
-    for label, rows in manifest.sort_values("image_id").groupby(manifest["label"].astype(str)):
-        pick = np.unique(np.linspace(0, len(rows) - 1, num=min(per_class, len(rows))).round().astype(int))
-        out[str(label)] = rows.iloc[pick]
-    return out
-
-
-def _display(arr: np.ndarray, lower: float | None, upper: float | None) -> np.ndarray:
-    """A stored image as 8-bit grey or RGB for a thumbnail: volumes by their middle slice, CT through
-    the window, anything else stretched from its own range."""
-    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
-        arr = arr[arr.shape[0] // 2]
-    if arr.ndim == 3:
-        return np.ascontiguousarray(arr[..., :3]).astype(np.uint8)
-    values = arr.astype(np.float32)
-    lo, hi = (lower, upper) if lower is not None and upper is not None else (float(values.min()), float(values.max()))
-    scaled = (np.clip(values, lo, hi) - lo) / max(hi - lo, 1e-6)
-    return (scaled * 255).round().astype(np.uint8)
-
-
-def _thumbnail(arr: np.ndarray, size: int = 96) -> str:
-    from PIL import Image
-
-    img = Image.fromarray(arr)
-    img.thumbnail((size, size), Image.Resampling.BILINEAR)
-    if min(img.size) < size // 2:  # tiny images (28 px MedMNIST) are enlarged, not blurred
-        scale = max(1, size // max(img.size))
-        img = img.resize((img.size[0] * scale, img.size[1] * scale), Image.Resampling.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
-    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-
-
-def _pictures(manifest: pd.DataFrame, root: Path, cfg: ValidateConfig, window: tuple[float, float] | None) -> tuple[str, str]:
-    """(histogram SVG, thumbnail grid HTML), from up to a few dozen images per class."""
-    from matplotlib.figure import Figure
-
-    from components.stages.ingest import ImageStore
-    from components.documents.report import _svg
-
-    per_class = max(cfg.histogram_images_per_class, cfg.thumbnails_per_class)
-    samples = _samples(manifest, per_class)
-    ct = "modality" in manifest and bool((manifest["modality"] == "CT").all())
-    lower = upper = None
-    if ct and window is not None:
-        lower, upper = window[0] - window[1] / 2, window[0] + window[1] / 2
-    pixels: dict[str, np.ndarray] = {}
-    grid = []
-    with ImageStore(root) as store:
-        for label, rows in samples.items():
-            values, thumbs = [], []
-            for i, rel in enumerate(rows["path"]):
-                try:
-                    arr = store.load(rel)
-                except (OSError, ValueError, KeyError) as exc:  # a report must show what it can
-                    thumbs.append(f"<span class=muted>{html.escape(type(exc).__name__)}</span>")
-                    continue
-                if i < cfg.histogram_images_per_class:
-                    values.append(arr.astype(np.float32).ravel()[:: max(1, arr.size // 4096)])
-                if len(thumbs) < cfg.thumbnails_per_class:
-                    thumbs.append(_thumbnail(_display(arr, lower, upper)))
-            pixels[label] = np.concatenate(values) if values else np.zeros(0, np.float32)
-            grid.append(f"<h3>{html.escape(label)}</h3><div class=thumbs>{''.join(thumbs)}</div>")
-    everything = np.concatenate([v for v in pixels.values() if v.size]) if any(v.size for v in pixels.values()) else np.zeros(1)
-    lo, hi = np.percentile(everything, [0.5, 99.5]) if everything.size > 1 else (0.0, 1.0)
-    fig = Figure(figsize=(6.4, 3.2))
-    ax = fig.subplots()
-    for label, sample in pixels.items():
-        if sample.size:
-            ax.hist(sample, bins=60, range=(float(lo), float(max(hi, lo + 1e-6))), histtype="step", density=True, label=label)
-    ax.set_xlabel("stored intensity" + (" (HU)" if ct else ""))
-    ax.set_ylabel("density")
-    ax.legend(fontsize=8)
-    return _svg(fig), "".join(grid)
-
-
-def render_report(summary: dict[str, Any], manifest: pd.DataFrame, root: Path, cfg: ValidateConfig,
-                  window: tuple[float, float] | None = None) -> str:
-    """The self-contained HTML page (see the module docstring for its sections)."""
-    from components.documents.report import _STYLE, _table
-
-    e = html.escape
-    verdict = summary["verdict"]
-    stats = summary["statistics"]
-    badge = {"failed": "refuse", "passed with warnings": "warn"}.get(verdict, "promote")
-    counts = [f"{stats['rows']} images of {stats['patients']} patients",
-              f"{len(stats['class_counts'])} classes",
-              f"{stats['skipped_inputs']} input(s) skipped at intake"]
-    headline = "".join(f"<li>{e(x)}</li>" for x in summary["failed_expectations"]) or "<li>none</li>"
-    warn_list = "".join(f"<li>{e(x)}</li>" for x in summary["warnings"]) or "<li>none</li>"
-
-    rows = []
-    rank = {"blocking": 0, "warning": 1}  # failures first, blocking before warnings; then the passes
-    for o in sorted(summary["expectations"], key=lambda o: (o["success"], rank.get(o["severity"], 2))):
-        verdict_cell = "pass" if o["success"] else "FAIL" if o["severity"] == "blocking" else "warn" if o["severity"] == "warning" else "note"
-        css = "pass" if o["success"] else "fail" if o["severity"] == "blocking" else "muted"
-        files = o["offending"][: cfg.max_listed_files]
-        more = len(o["offending"]) - len(files)
-        listed = "<br>".join(e(f) for f in files) + (f"<br><i>... and {more} more (report.json lists all)</i>" if more > 0 else "")
-        note = e(o.get("detail") or o.get("error") or "")
-        rows.append([f"<span class={css}>{verdict_cell}</span>", e(o["check"]), e(o["severity"]),
-                     e(CHECKS.get(o["check"], o["check"].replace("_", " "))) + f"<br><code>{e(o['expectation'])}</code>",
-                     e(_short(o["observed"])), listed + (f"<br>{note}" if note else "")])
-    checks = _table(["verdict", "check", "severity", "what", "observed", "offending files / detail"], rows)
-
-    by_split = stats["class_counts_by_split"]
-    labels = sorted(stats["class_counts"])
-    balance = _table(["split", *map(e, labels), "total"], [
-        [e(s), *[str(by_split[s].get(lab, 0)) for lab in labels], str(sum(by_split[s].values()))]
-        for s in sorted(by_split, key=lambda s: (SPLITS + ("unsplit",)).index(s) if s in SPLITS + ("unsplit",) else 9)
-    ])
-    histogram, thumbnails = _pictures(manifest, root, cfg, window)
-    skipped = _table(["file", "reason"], [[e(p.get("file", "")), e(p.get("reason", ""))] for p in summary["skipped_inputs"]]) \
-        if summary["skipped_inputs"] else "<p>none</p>"
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>medgate data quality: {e(verdict)}</title>
-<style>{_STYLE}td{{text-align:left;vertical-align:top}}.warn{{background:#fff4d6;color:#7a5300}}
-.thumbs{{display:flex;flex-wrap:wrap;gap:4px}}.thumbs img{{image-rendering:pixelated;border:1px solid #ccc}}</style></head><body>
-<h1>Data quality</h1><div class="verdict {badge}">{e(verdict.upper())}</div>
-<ul>{''.join(f'<li>{e(c)}</li>' for c in counts)}</ul>
-<h2>Blocking failures</h2><ul>{headline}</ul>
-<h2>Warnings</h2><ul>{warn_list}</ul>
-<h2>Checks</h2>{checks}
-<h2>Class balance per split</h2>{balance}
-<h2>Intensity histograms per class</h2><figure>{histogram}<figcaption>Stored intensities of up to
-{cfg.histogram_images_per_class} images per class.</figcaption></figure>
-<h2>Thumbnails per class</h2>{thumbnails}
-{_drift_section(summary.get("drift"), summary.get("drift_note", ""))}
-<h2>Inputs skipped at intake</h2>{skipped}
-</body></html>"""
-
-
-def _drift_section(drift: dict[str, Any] | None, note: str) -> str:
-    from components.documents.report import _table
-
-    e = html.escape
-    if not drift:
-        return f"<h2>Drift</h2><p class=muted>Not computed: {e(note or 'no baseline given')}.</p>"
-    parts = [f"<h2>Drift against {e(drift['baseline'])}</h2>"]
-    parts.append(_table(["statistic", "value", "bound", "verdict", "detail"], [
-        [e(c["name"]), e(_short(c["value"])), e(_short(c["bound"])),
-         "<span class=fail>EXCEEDED</span>" if c["exceeded"] else "reported" if c["bound"] is None else "<span class=pass>within</span>",
-         e(c["detail"])] for c in drift["checks"]]))
-    for name, rows in drift["tables"].items():
-        if rows:
-            header = list(rows[0])
-            parts.append(f"<h3>{e(name)}</h3>" + _table([e(h) for h in header], [[e(_short(r[h])) for h in header] for r in rows]))
-    return "".join(parts)
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = str(value) if value is not None else "-"
-    return text if len(text) <= 160 else text[:157] + "..."
