@@ -64,7 +64,7 @@ def medgate_run(ws: Path, env: dict[str, str]) -> tuple[float, dict]:
 
 
 def start_server(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    from components.stages.package import find_free_port
+    from services.processes import find_free_port
 
     port = find_free_port()
     proc = subprocess.Popen(

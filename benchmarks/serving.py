@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         bento_tag, origin = _choose_bento(args, stack)
         import bentoml
 
-        from components.stages.package import MODEL_REF_FILE, ServingSettings
+        from components.data.artifacts import MODEL_REF_FILE
+        from services.settings import ServingSettings
 
         bento = bentoml.bentos.get(bento_tag)
         settings = ServingSettings.read(Path(bento.path_of(f"src/services/{MODEL_REF_FILE}")))
@@ -405,6 +406,7 @@ def _build_stand_in(
     from components.config import load_params
     from components.ml.models import ModelSpec, build_model, save_model
     from components.stages.package import build_bento, save_to_model_store
+    from services.settings import settings_for_model
     from components.ml.transforms import Preprocessing
 
     params = load_params(get_settings(workspace).workspace / "params.yaml")
@@ -423,14 +425,15 @@ def _build_stand_in(
     print(f"no production Bento recorded: building a stand-in from {model_tag} in {home}")
     package_cfg = params.package.model_copy(update=package)
     print(f"package settings: {package_cfg.model_dump()}")
-    return build_bento(model_tag, package_cfg, {"purpose": "benchmark"}, serve_cfg=params.serve)
+    settings = settings_for_model(model_tag, package_cfg, params.serve)
+    return build_bento(settings.to_dict(), {"purpose": "benchmark"}, name=package_cfg.model_name)
 
 
 def _serve_direct(
     target: str, stack: contextlib.ExitStack, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> tuple[str, float, Callable[[], float]]:
     """`bentoml serve target` on a free port: its URL, seconds to ready, and a probe of its CPU seconds."""
-    from components.stages.package import find_free_port, serve_in_background, wait_until_ready
+    from services.processes import find_free_port, serve_in_background, wait_until_ready
 
     port = find_free_port()
     log = stack.enter_context(tempfile.TemporaryFile("w+b"))  # noqa: SIM115 - the ExitStack closes it
@@ -451,7 +454,7 @@ def _serve_floor(workers: int, stack: contextlib.ExitStack) -> tuple[str, float,
 
 
 def _serve_supervised(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float, Callable[[], float]]:
-    from components.stages.package import find_free_port
+    from services.processes import find_free_port
     from services.supervisor import run_in_thread
 
     port = find_free_port()

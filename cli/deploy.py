@@ -51,7 +51,7 @@ def serve(
     old one and gets new requests once ready; the old one finishes its requests, then stops.
     """
     from components.config import load_params
-    from components.stages.package import API_KEY_ENV
+    from services.settings import API_KEY_ENV
     from services.supervisor import run_supervisor
 
     settings = get_settings(workspace)
@@ -88,7 +88,7 @@ def deploy(
     Without a container engine answering here, prints the exact command and the image tag it will
     produce, and exits with status 3. See the README's "Deploying" for Kubernetes.
     """
-    from components.stages.package import container_engine_problem, containerize_bento, containerize_command
+    from services.processes import container_engine_problem, containerize_bento, containerize_command
 
     try:
         bento_tag, _, label = production_bento(sessions_for(workspace), model)

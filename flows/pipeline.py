@@ -150,17 +150,19 @@ def package_task(
     settings: Settings, params: Params, name: str, metadata: dict[str, Any], card_files: dict[str, str]
 ) -> tuple[str, str, str]:
     from components.stages.package import build_bento, save_to_model_store
+    from services.settings import settings_for_model
 
     get_run_logger().info("packaging %s v%s: model store, then bento build", name, metadata.get("model_version"))
     model_tag, sha256 = save_to_model_store(settings.workspace / "data" / "train", name, metadata, files=card_files)
-    bento_tag = build_bento(model_tag, params.package, labels={"model": name}, serve_cfg=params.serve)
+    serving = settings_for_model(model_tag, params.package, params.serve)
+    bento_tag = build_bento(serving.to_dict(), labels={"model": name}, name=params.package.model_name)
     return model_tag, bento_tag, sha256
 
 
 @task(name="smoke-test")
 def smoke_task(settings: Settings, params: Params, bento_tag: str) -> Check:
     from components.stages.ingest import ImageStore
-    from components.stages.package import smoke_test_bento
+    from services.smoke import smoke_test_bento
 
     ws = settings.workspace
     predictions = pd.read_csv(ws / "data" / "evaluate" / "predictions.csv", dtype={"image_id": str})

@@ -29,7 +29,7 @@ class PrivateApi:
     """A Prefect API server subprocess on a free loopback port, stopped at exit."""
 
     def __init__(self) -> None:
-        from components.stages.package import find_free_port
+        from services.processes import find_free_port
 
         port = str(find_free_port())
         self.url = f"http://127.0.0.1:{port}/api"

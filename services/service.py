@@ -25,7 +25,7 @@ API key: when MEDGATE_API_KEY is set where the server starts, every route but `/
 needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 
 The model is pinned by `services/model_ref.json`, written into the Bento by
-`components.stages.package.build_bento`; where that file is absent (in-process tests, development) the
+`components.stages.package.build_bento` (see services.settings); where that file is absent (in-process tests, development) the
 environment variable MEDGATE_MODEL_TAG names it. Either way it must be an exact "name:version".
 """
 
@@ -48,7 +48,6 @@ from starlette.responses import JSONResponse, Response
 
 from components.documents.modelcard import HTML_FILE as CARD_HTML
 from components.documents.modelcard import MARKDOWN_FILE as CARD_MARKDOWN
-from components.stages.package import API_KEY_ENV, MODEL_REF_FILE, ServingSettings, exact_model_tag
 from services.batching import MicroBatcher, Overloaded
 from services.guard import ApiKeyGuard, UploadGuard
 from services.inference import (
@@ -59,6 +58,7 @@ from services.inference import (
     read_upload,
     to_prediction,
 )
+from services.settings import API_KEY_ENV, PINNED_SETTINGS_FILE, ServingSettings, stored_input_shape
 
 if TYPE_CHECKING:
     import torch
@@ -78,7 +78,7 @@ def resolve_settings() -> ServingSettings:
     Reads only the local BentoML model store (for the input shape, in the environment case); never
     downloads.
     """
-    ref = Path(__file__).with_name(MODEL_REF_FILE)
+    ref = PINNED_SETTINGS_FILE
     env_tag = os.environ.get(MODEL_TAG_ENV)
     if ref.is_file():
         settings = ServingSettings.read(ref)
@@ -89,8 +89,7 @@ def resolve_settings() -> ServingSettings:
         return settings
     if not env_tag:
         raise RuntimeError(f"no model pinned: {ref} is absent and {MODEL_TAG_ENV} is not set")
-    shape: list[int] = bentoml.models.get(exact_model_tag(env_tag)).info.metadata["input_shape"]  # type: ignore[assignment]
-    return ServingSettings(model_tag=env_tag, input_shape=tuple(int(s) for s in shape))
+    return ServingSettings(model_tag=env_tag, input_shape=stored_input_shape(env_tag))
 
 
 def read_api_key() -> str:

@@ -31,7 +31,7 @@ from typing import IO, Any
 import aiohttp
 from aiohttp import web
 
-from components.stages.package import find_free_port, serve_in_background, wait_until_ready
+from services.processes import find_free_port, serve_in_background, wait_until_ready
 
 logger = logging.getLogger("medgate.serve")
 BENTO_HEADER = "X-Medgate-Bento"

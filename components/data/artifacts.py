@@ -44,6 +44,8 @@ TRAINING_FILE = "training.json"  # train: the training run's figures
 METRICS_FILE = "metrics.json"  # evaluate and baseline
 PREDICTIONS_FILE = "predictions.csv"  # evaluate and baseline: one row per test image
 PLOTS_DIR = "plots"  # evaluate: DVC plot data
+# package: in a Bento, beside the service module, the pinned model and serving settings (services.settings)
+MODEL_REF_FILE = "model_ref.json"
 
 
 def file_sha256(path: Path) -> str:

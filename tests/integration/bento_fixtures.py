@@ -23,7 +23,9 @@ import pytest
 
 from components.config import PackageConfig, ServeConfig
 from components.documents.modelcard import HTML_FILE, MARKDOWN_FILE
-from components.stages.package import API_KEY_ENV, build_bento, find_free_port, save_to_model_store
+from components.stages.package import build_bento, save_to_model_store
+from services.processes import find_free_port
+from services.settings import API_KEY_ENV, settings_for_model
 from tests.conftest import PROJECT
 from tests.tiny_model import save_tiny_model
 
@@ -47,12 +49,9 @@ def package_tiny_model(root: Path, seed: int, *, with_card: bool) -> dict[str, s
     model_tag, sha256 = save_to_model_store(
         root, MODEL_NAME, {"dataset_version": "ds-http", "operating_threshold": 0.4}, files=files
     )
-    bento_tag = build_bento(
-        model_tag,
-        PackageConfig(model_name=f"{MODEL_NAME}-bento", max_batch_size=16, max_latency_ms=500),
-        {"dataset_version": "ds-http"},
-        serve_cfg=ServeConfig(max_upload_bytes=UPLOAD_LIMIT),
-    )
+    package = PackageConfig(model_name=f"{MODEL_NAME}-bento", max_batch_size=16, max_latency_ms=500)
+    settings = settings_for_model(model_tag, package, ServeConfig(max_upload_bytes=UPLOAD_LIMIT))
+    bento_tag = build_bento(settings.to_dict(), {"dataset_version": "ds-http"}, name=package.model_name)
     return {"model_tag": model_tag, "bento_tag": bento_tag, "sha256": sha256}
 
 

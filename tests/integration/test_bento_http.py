@@ -24,7 +24,9 @@ import numpy as np
 import pytest
 import torch
 
-from components.stages.package import MODEL_REF_FILE, check_golden, smoke_test_bento
+from components.data.artifacts import MODEL_REF_FILE
+from components.stages.package import bento_sources
+from services.smoke import check_golden, smoke_test_bento
 from services.supervisor import BENTO_HEADER
 from tests.conftest import PROJECT
 from tests.images import npy_bytes
@@ -70,8 +72,19 @@ def test_bento_pins_the_exact_model_and_leaves_the_repo_alone(packaged):
     ref = json.loads(Path(bento.path_of(f"src/services/{MODEL_REF_FILE}")).read_text())
     assert ref["model_tag"] == packaged["model_tag"] and ref["max_latency_ms"] == 500
     assert bento.info.labels["model_tag"] == packaged["model_tag"]
-    assert Path(bento.path_of("src/components/transforms.py")).is_file()
     assert not (PROJECT / "services" / MODEL_REF_FILE).exists()
+
+
+def test_bento_ships_only_the_modules_the_service_imports(packaged):
+    import bentoml
+
+    src = Path(bentoml.bentos.get(packaged["bento_tag"]).path_of("src"))
+    shipped = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
+    assert shipped == {*bento_sources(PROJECT), f"services/{MODEL_REF_FILE}", "bentofile.yaml"}
+    assert {"services/service.py", "services/settings.py", "components/ml/transforms.py", "components/ml/models.py"} <= shipped
+    # Training, the other stages, the supervisor and the flows are not the service's: they stay out.
+    assert not {"components/stages/train.py", "components/stages/package.py", "services/supervisor.py"} & shipped
+    assert not any(p.startswith(("flows/", "cli/", "registry/")) for p in shipped)
 
 
 def test_http_prediction_equals_in_process(served, in_process, tmp_path):

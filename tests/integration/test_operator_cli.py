@@ -404,13 +404,15 @@ def test_the_served_bento_follows_a_rollback(cli, reeval_ws):
     """Two real Bentos; `medgate serve` serves production and moves to the rolled-back version by itself."""
     import httpx
 
-    from components.config import PackageConfig
-    from components.stages.package import build_bento, find_free_port, wait_until_ready
+    from components.config import PackageConfig, ServeConfig
+    from components.stages.package import build_bento
+    from services.processes import find_free_port, wait_until_ready
+    from services.settings import settings_for_model
 
     ws, (_, data_b), tags = reeval_ws
     (old_model, old_sha), (new_model, new_sha) = tags["reeval"], tags["unloadable"]
     for model_tag, sha in ((old_model, old_sha), (new_model, new_sha)):
-        bento = build_bento(model_tag, PackageConfig(), labels={"model": "follow"})
+        bento = build_bento(settings_for_model(model_tag, PackageConfig(), ServeConfig()).to_dict(), labels={"model": "follow"})
         add_version(ws, 0.9, name="follow", test_data=data_b, production=True, model_tag=model_tag, bento_tag=bento, sha=sha)
     port = find_free_port()
     server = subprocess.Popen(

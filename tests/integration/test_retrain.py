@@ -222,7 +222,7 @@ def test_drift_marks_the_run_and_requires_retraining_before_promotion(tmp_path, 
 
 
 def _free_port() -> int:
-    from components.stages.package import find_free_port
+    from services.processes import find_free_port
 
     return find_free_port()
 

@@ -443,7 +443,7 @@ def test_an_overloaded_service_answers_503_with_its_reason(svc, tmp_path, monkey
 
 @pytest.mark.parametrize("tag", ["tiny-service", "tiny-service:latest", ":abc"])
 def test_only_exact_model_tags_are_accepted(tag):
-    from components.stages.package import exact_model_tag
+    from services.settings import exact_model_tag
 
     with pytest.raises(ValueError, match="exact version"):
         exact_model_tag(tag)
@@ -572,7 +572,7 @@ class TestApiKey:
 
 
 def test_serving_settings_round_trip_and_refuse_unservable_values():
-    from components.stages.package import ServingSettings
+    from services.settings import ServingSettings
 
     settings = ServingSettings("m:1", (1, 16, 16), max_batch_size=8, max_latency_ms=50, device="cpu")
     assert ServingSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
@@ -598,10 +598,15 @@ def test_device_setting_picks_the_gpu_only_where_there_is_one():
             resolve_device("cuda", "package.device")
 
 
-@pytest.mark.parametrize("tag, message", [("tiny-service", "exact version"), ("absent:v1", "not in the")])
-def test_build_refuses_a_loose_or_missing_model_before_building(bentoml_home, tag, message):
-    from components.config import PackageConfig
+@pytest.mark.parametrize("tag, message", [("tiny-service", "exact version"), ("tiny-service:latest", "exact version"),
+                                          ("absent:v1", "not in the")])
+def test_build_refuses_a_loose_or_missing_model_before_building(stored_model, tag, message):
+    """A loose tag is refused even where the store would resolve it to a version (the tiny model is there)."""
+    from components.config import PackageConfig, ServeConfig
     from components.stages.package import build_bento
+    from services.settings import settings_for_model
 
     with pytest.raises(ValueError, match=message):
-        build_bento(tag, PackageConfig(), {})
+        settings_for_model(tag, PackageConfig(), ServeConfig())
+    with pytest.raises(ValueError, match=message):
+        build_bento({"model_tag": tag, "input_shape": [1, 16, 16]}, {})

@@ -1,0 +1,120 @@
+"""The service's runtime settings: the exact model a Bento serves and how (batching, workers, limits).
+
+A Bento holds them as `model_ref.json` beside the service module (written by
+`components.stages.package.build_bento` from `settings_for_model(...).to_dict()`); `services.service`
+reads them where it starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import bentoml
+from bentoml.exceptions import NotFound
+
+from components.config import PackageConfig, ServeConfig
+from components.data.artifacts import MODEL_REF_FILE
+
+# Read by the service where it starts (never stored in a Bento): when set, requests need this key.
+API_KEY_ENV = "MEDGATE_API_KEY"
+# The integer settings beside the model tag, input shape and device.
+SETTING_KEYS = (
+    "max_batch_size",
+    "gpu_max_batch_size",
+    "max_latency_ms",
+    "torch_threads",
+    "api_workers",
+    "max_upload_bytes",
+    "max_batch_images",
+)
+PINNED_SETTINGS_FILE = Path(__file__).with_name(MODEL_REF_FILE)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingSettings:
+    """What `model_ref.json` holds inside a Bento: the pinned model and how to serve it."""
+
+    model_tag: str
+    input_shape: tuple[int, ...]
+    max_batch_size: int = PackageConfig().max_batch_size
+    gpu_max_batch_size: int = PackageConfig().gpu_max_batch_size
+    max_latency_ms: int = PackageConfig().max_latency_ms
+    torch_threads: int = PackageConfig().torch_threads
+    api_workers: int = PackageConfig().api_workers
+    max_upload_bytes: int = ServeConfig().max_upload_bytes
+    max_batch_images: int = ServeConfig().max_batch_images
+    device: str = PackageConfig().device
+
+    def __post_init__(self) -> None:
+        exact_model_tag(self.model_tag)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"package settings: device must be auto, cpu or cuda; got {self.device!r}")
+        if min(self.max_batch_size, self.gpu_max_batch_size) < 2 or self.max_latency_ms < 1 or self.torch_threads < 0 or self.api_workers < 0:
+            raise ValueError(
+                "package settings: need max_batch_size and gpu_max_batch_size >= 2, max_latency_ms >= 1, torch_threads >= 0, "
+                f"api_workers >= 0; got {self.max_batch_size}, {self.max_latency_ms}, {self.torch_threads}, "
+                f"{self.api_workers}"
+            )
+        if self.max_upload_bytes < 1 or self.max_batch_images < 1:
+            raise ValueError("serve settings: max_upload_bytes and max_batch_images must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "input_shape": list(self.input_shape)}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ServingSettings:
+        known = {k: raw[k] for k in SETTING_KEYS if k in raw}
+        return cls(
+            model_tag=str(raw["model_tag"]),
+            input_shape=tuple(int(s) for s in raw["input_shape"]),
+            **{k: int(v) for k, v in known.items()},
+            **({"device": str(raw["device"])} if "device" in raw else {}),
+        )
+
+    @classmethod
+    def read(cls, path: Path) -> ServingSettings:
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def exact_model_tag(tag: str) -> str:
+    """`tag` if it names one exact version ("name:version"); ValueError for a bare name or `:latest`."""
+    name, _, version = tag.partition(":")
+    if not name or not version or version == "latest":
+        raise ValueError(f"model tag {tag!r} is not an exact version: give 'name:version', never ':latest'")
+    return tag
+
+
+def stored_input_shape(model_tag: str) -> tuple[int, ...]:
+    """The input shape kept with the exact model `model_tag` in the local BentoML model store (never downloads).
+
+    Raises:
+        ValueError: the tag is not exact, the model is not in the store, or it has no input shape.
+    """
+    try:
+        stored = bentoml.models.get(exact_model_tag(model_tag))
+    except NotFound:
+        raise ValueError(f"model {model_tag} is not in the BentoML model store") from None
+    shape = stored.info.metadata.get("input_shape")
+    if shape is None:
+        raise ValueError(f"model {model_tag} has no input_shape metadata: save it with save_to_model_store")
+    return tuple(int(s) for s in shape)
+
+
+def settings_for_model(model_tag: str, package: PackageConfig, serve: ServeConfig) -> ServingSettings:
+    """The settings a Bento of `model_tag` serves with: its stored input shape and params' package and serve sections."""
+    return ServingSettings(
+        model_tag=model_tag,
+        input_shape=stored_input_shape(model_tag),
+        max_batch_size=package.max_batch_size,
+        gpu_max_batch_size=package.gpu_max_batch_size,
+        device=package.device,
+        max_latency_ms=package.max_latency_ms,
+        torch_threads=package.torch_threads,
+        api_workers=package.api_workers,
+        max_upload_bytes=serve.max_upload_bytes,
+        max_batch_images=serve.max_batch_images,
+    )
