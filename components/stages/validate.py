@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.data.artifacts import MANIFEST_COLUMNS, SPLITS, ValidationResult, content_digest, read_keyed_json, write_json_atomically
+from components.data.artifacts import ValidationResult, content_digest, read_keyed_json, write_json_atomically
+from components.data.manifest import MANIFEST_COLUMNS, SPLITS
 from components.config import ValidateConfig
 from components.data.drift import DriftReport
 
@@ -346,7 +347,7 @@ def _pictures(manifest: pd.DataFrame, root: Path, cfg: ValidateConfig, window: t
     """(histogram SVG, thumbnail grid HTML), from up to a few dozen images per class."""
     from matplotlib.figure import Figure
 
-    from components.stages.ingest import ImageStore
+    from components.data.shards import ImageStore
     from components.documents.report import _svg
 
     per_class = max(cfg.histogram_images_per_class, cfg.thumbnails_per_class)
