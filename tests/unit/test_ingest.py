@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from PIL import Image
 
 from components.config import CohortConfig, IngestConfig
 from components.data.manifest import EXTRA_COLUMNS, MANIFEST_COLUMNS, read_manifest
