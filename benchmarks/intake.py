@@ -126,7 +126,7 @@ def explode_shards(ingest_dir: Path, out: Path) -> int:
     """The same images one .npy file per image (`images/<2 hex>/<hash>.npy`), with the manifest."""
     import pandas as pd
 
-    from components.stages.ingest import ImageStore
+    from components.data.shards import ImageStore
 
     manifest = pd.read_parquet(ingest_dir / "manifest.parquet")
     out.mkdir(parents=True)

@@ -26,13 +26,12 @@ from sqlalchemy.orm import Session
 
 from components.data.artifacts import IngestedDataset, content_digest, file_sha256, read_keyed_json, to_dict, write_json_atomically
 from components.config import GateConfig, IngestConfig
+from components.imports import import_closure
 from registry import repository as repo
 from registry.models import ModelVersion
 
 INGEST_CACHE = "ingest_cache.json"
 PUSH_RECORD = "last_push.json"
-# Source modules whose code decides what ingest writes.
-_INGEST_CODE = ("stages/ingest.py", "privacy/deid.py", "data/artifacts.py")
 
 
 @dataclass(frozen=True)
@@ -68,12 +67,12 @@ def source_fingerprint(path: Path) -> Fingerprint:
 
 def ingest_key(source_dir: Path, cfg: IngestConfig, salt: str) -> str:
     """What an ingest's outputs depend on: source content, ingest params, salt and ingest code."""
-    code = Path(__file__).resolve().parents[1] / "components"
+    code = import_closure(Path(__file__).resolve().parents[1], ["components.stages.ingest"])
     digest = hashlib.sha256(source_fingerprint(source_dir).digest.encode())
     digest.update(cfg.model_dump_json().encode())
     digest.update(hashlib.sha256(salt.encode()).digest())
-    for module in _INGEST_CODE:
-        digest.update((code / module).read_bytes())
+    for module in sorted(code):
+        digest.update(module.read_bytes())
     return digest.hexdigest()
 
 

@@ -31,12 +31,12 @@ RUN_ARTIFACTS = ("data/ingest", "data/ingest.dvc", "data/prepare", "data/train",
 
 def source_path(source: str, settings: Settings, params: Params) -> Path:
     """Where `source`'s files are: the embedded cohort's folder in the workspace, the local .npz of
-    ``medmnist:<name>`` (see components.stages.ingest.resolve_medmnist), or the path given.
+    ``medmnist:<name>`` (see components.data.medmnist.resolve_medmnist), or the path given.
 
     Raises:
         ValueError: a ``medmnist:<name>`` that is neither in the data root nor downloadable.
     """
-    from components.stages.ingest import MEDMNIST_PREFIX, resolve_medmnist
+    from components.data.medmnist import MEDMNIST_PREFIX, resolve_medmnist
 
     if source == DEFAULT_SOURCE:
         return settings.workspace / "data" / "source" / "default-cohort"

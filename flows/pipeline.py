@@ -161,7 +161,7 @@ def package_task(
 
 @task(name="smoke-test")
 def smoke_task(settings: Settings, params: Params, bento_tag: str) -> Check:
-    from components.stages.ingest import ImageStore
+    from components.data.shards import ImageStore
     from services.smoke import smoke_test_bento
 
     ws = settings.workspace

@@ -69,7 +69,7 @@ def read_upload(path: Path, max_bytes: int, name: str = "image") -> bytes:
 def decode_upload(data: bytes, card: ModelCard, name: str = "image") -> np.ndarray:
     """Upload bytes (PNG, JPEG, DICOM or .npy) → the stored array form, checked against the model's dimensions.
 
-    DICOM is decoded to Hounsfield units and de-identified in memory by `components.stages.ingest`; no header
+    DICOM is decoded to Hounsfield units and de-identified in memory by `components.readers`; no header
     value reaches a message or a log here.
     """
     if card.spatial_dims == 3:
@@ -79,7 +79,7 @@ def decode_upload(data: bytes, card: ModelCard, name: str = "image") -> np.ndarr
                     f"{name}: a {kind} is a 2D image; this model takes 3D volumes (D, H, W)",
                     HTTPStatus.UNPROCESSABLE_ENTITY,
                 )
-    from components.stages.ingest import ImageDecodeError, decode_image
+    from components.readers import ImageDecodeError, decode_image
 
     try:
         image = decode_image(data)

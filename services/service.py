@@ -145,7 +145,7 @@ class Classifier:
         self.max_batch_size = batch_limit(SETTINGS, self.device.type)
         self.batcher = MicroBatcher(self._forward, self.max_batch_size, SETTINGS.max_latency_ms)
         # Warm up before /readyz answers, not in the first request: the decoders' imports, one forward pass.
-        import components.stages.ingest  # noqa: F401
+        import components.readers  # noqa: F401
 
         self._forward(np.zeros((1, *SETTINGS.input_shape), np.float32))
         self.card = ModelCard(

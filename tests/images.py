@@ -1,8 +1,9 @@
-"""Small test images as upload bytes: .npy, PNG, JPEG and a minimal CT DICOM slice."""
+"""Small test images as upload bytes: .npy, PNG, JPEG and a minimal CT DICOM slice; a tiny MedMNIST .npz."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -56,3 +57,14 @@ def dicom_bytes(pixels: np.ndarray, patient_name: str = "Doe^Jane") -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def medmnist_npz(path: Path, shape: tuple[int, ...], counts: tuple[int, int, int] = (5, 2, 3)) -> Path:
+    """A MedMNIST-like .npz at `path`: uint8 images of `shape` and (n, 1) labels 0/1 per split."""
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for split, n in zip(("train", "val", "test"), counts, strict=True):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 1), dtype=np.uint8)
+    np.savez_compressed(path, **arrays)
+    return path

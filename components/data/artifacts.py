@@ -1,7 +1,7 @@
 """The small frozen records that stages hand to each other: paths, hashes, counts, names.
 
 Steps never pass tensors or DataFrames to each other; they pass these, and the files they
-point to are the data contract (see docs/manifest.md for the manifest's columns).
+point to are the data contract (the manifest: `components.data.manifest`, docs/manifest.md).
 """
 
 from __future__ import annotations
@@ -13,28 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The manifest is one row per image. Required columns and their pandas dtypes; the
-# optional subgroup columns (site, sex, age, scanner, modality...) follow when a source has them.
-MANIFEST_COLUMNS: dict[str, str] = {
-    "image_id": "string",  # stable id within the dataset (no patient identifiers in it)
-    "patient_id": "string",  # pseudonym (salted hash); never the source's patient id
-    "label": "string",  # class name; class order lives in class_names
-    "split": "string",  # train / val / test when the source fixes it, else missing
-    "path": "string",  # image file, relative to the manifest's folder
-    "ndim": "int64",  # spatial dimensions: 2 or 3
-    "height": "int64",
-    "width": "int64",
-    "depth": "int64",  # 1 for 2D images
-    "channels": "int64",
-    "dtype": "string",  # dtype of the stored pixels
-    "intensity_min": "float64",
-    "intensity_max": "float64",
-    "intensity_mean": "float64",
-    "intensity_std": "float64",
-    "content_hash": "string",  # sha256 of the stored pixel array's bytes and shape
-}
-SUBGROUP_COLUMNS: tuple[str, ...] = ("site", "sex", "age_band", "scanner")
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 # File names inside the stage output folders (dvc.yaml's outs): what a stage writes and its readers
 # (the report, the gate, packaging) open, kept here so that reading them imports no torch.
 WEIGHTS_FILE = "model.pt"  # train: the network's state dict (components.ml.models.save_model)

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from components.config import ValidateConfig
-from components.data.artifacts import SPLITS
+from components.data.manifest import SPLITS
 from components.documents.html import STYLE, escape, svg, table
 
-# Loads a stored image by its manifest path (components.stages.ingest.ImageStore.load).
+# Loads a stored image by its manifest path (components.data.shards.ImageStore.load).
 ImageLoader = Callable[[str], np.ndarray]
 
 

@@ -28,7 +28,8 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_curve
 
-from components.data.artifacts import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, SUBGROUP_COLUMNS, EvalReport
+from components.data.artifacts import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, EvalReport
+from components.data.manifest import SUBGROUP_COLUMNS
 from components.config import EvaluateConfig, load_params
 from components.ml.models import load_model
 from components.stages.prepare import load_split

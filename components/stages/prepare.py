@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.data.artifacts import SPLITS, SUBGROUP_COLUMNS, PreparedDataset
+from components.data.artifacts import PreparedDataset
+from components.data.manifest import CLASS_NAMES_ATTR, SPLITS, SUBGROUP_COLUMNS, order_class_names
+from components.data.shards import ImageStore
 from components.config import PrepareConfig, load_params
-from components.stages.ingest import CLASS_NAMES_ATTR, ImageStore, order_class_names
 from components.ml.transforms import Preprocessing, preprocess
 
 DATASET_FILE = "dataset.json"

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.data.artifacts import MANIFEST_COLUMNS, SPLITS, ValidationResult, content_digest, read_keyed_json, write_json_atomically
+from components.data.artifacts import ValidationResult, content_digest, read_keyed_json, write_json_atomically
+from components.data.manifest import MANIFEST_COLUMNS, SPLITS
 from components.config import ValidateConfig
 from components.data.drift import DriftReport
 from components.documents.quality import render_report
@@ -250,7 +251,7 @@ def validate_manifest(manifest_path: Path, cfg: ValidateConfig, out_dir: Path,
         The result: ``success`` is False when a blocking check or a bounded drift statistic failed;
         ``failed_expectations`` names them, ``warnings`` the failed warning checks.
     """
-    from components.stages.ingest import ImageStore
+    from components.data.shards import ImageStore
 
     manifest = pd.read_parquet(manifest_path)
     root = manifest_path.parent

@@ -1,4 +1,4 @@
-"""Ingest of each source kind, de-identification, bad inputs, and the shared decoder."""
+"""Ingest of each source kind, de-identification and bad inputs (the readers: test_readers.py)."""
 
 from __future__ import annotations
 
@@ -14,24 +14,16 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from PIL import Image
 
-from components.data.artifacts import MANIFEST_COLUMNS
-from components.demo.cohort import generate_cohort
 from components.config import CohortConfig, IngestConfig
+from components.data.manifest import EXTRA_COLUMNS, MANIFEST_COLUMNS, read_manifest
+from components.data.shards import ImageStore
+from components.demo.cohort import generate_cohort
 from components.privacy.deid import deid_dicom, pseudonym
-from components.stages.ingest import (
-    EXTRA_COLUMNS,
-    ImageDecodeError,
-    ImageStore,
-    age_band,
-    content_hash,
-    decode_image,
-    dicom_to_array,
-    ingest_source,
-    read_manifest,
-    resolve_medmnist,
-)
+from components.readers import decode_image
+from components.readers.base import content_hash
+from components.stages.ingest import ingest_source
+from tests.images import jpeg_bytes, medmnist_npz, npy_bytes, png_bytes
 
 SALT = "unit-test-salt"
 COHORT = CohortConfig(patients=8, images_per_patient=2, image_size=32, seed=11)
@@ -52,18 +44,6 @@ def ingested(cohort: Path, tmp_path_factory: pytest.TempPathFactory):
 def _identifiers(cohort: Path) -> list[str]:
     ids = json.loads((cohort / "identifiers.json").read_text())
     return [v for values in ids.values() for v in values if v]
-
-
-def _png(arr: np.ndarray, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def _npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
 
 
 def _write_labels(folder: Path, rows: list[dict[str, str]]) -> None:
@@ -230,10 +210,10 @@ def test_each_bad_input_is_reported_with_file_and_reason(cohort: Path, tmp_path:
     (src / "header_only.dcm").write_bytes(raw[:300])
     (src / "empty.dcm").write_bytes(b"")
     (src / "text.png").write_text("this is not an image")
-    broken = _png(np.zeros((16, 16), np.uint8))
+    broken = png_bytes(np.zeros((16, 16), np.uint8))
     (src / "cut.png").write_bytes(broken[: len(broken) // 2])
-    (src / "nan.npy").write_bytes(_npy(np.full((8, 8), np.nan, np.float32)))
-    (src / "flat.npy").write_bytes(_npy(np.zeros((8, 8), np.float32)))  # constant: kept
+    (src / "nan.npy").write_bytes(npy_bytes(np.full((8, 8), np.nan, np.float32)))
+    (src / "flat.npy").write_bytes(npy_bytes(np.zeros((8, 8), np.float32)))  # constant: kept
     burned = copy.deepcopy(ds)
     burned.BurnedInAnnotation = "YES"
     burned.save_as(src / "burned.dcm", enforce_file_format=True)
@@ -337,16 +317,16 @@ def _image_folder(root: Path, split_layout: bool = False) -> Path:
         for cls in ("cat_a", "cat_b"):
             d = root / split / cls
             d.mkdir(parents=True)
-            (d / "p1_0.png").write_bytes(_png(rng.integers(0, 255, (20, 24), dtype=np.uint8)))
-            (d / "p1_1.png").write_bytes(_png(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)))
-            (d / "p2_0.jpg").write_bytes(_png(rng.integers(0, 255, (16, 16), dtype=np.uint8), "JPEG"))
+            (d / "p1_0.png").write_bytes(png_bytes(rng.integers(0, 255, (20, 24), dtype=np.uint8)))
+            (d / "p1_1.png").write_bytes(png_bytes(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)))
+            (d / "p2_0.jpg").write_bytes(jpeg_bytes(rng.integers(0, 255, (16, 16), dtype=np.uint8)))
     return root
 
 
 def test_png_folder(tmp_path: Path) -> None:
     src = _image_folder(tmp_path / "src")
     (src / "cat_a" / "fake.png").write_text("not an image")
-    (src / "loose.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))
+    (src / "loose.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))
     result = ingest_source(src, tmp_path / "out", IngestConfig(), SALT)
     assert result.kind == "png" and result.class_names == ("cat_a", "cat_b")
     assert result.num_images == 6 and result.num_patients == 6
@@ -377,23 +357,13 @@ def test_png_folder_with_split_layout(tmp_path: Path) -> None:
 # ---- npz --------------------------------------------------------------------------------------
 
 
-def _npz(path: Path, shape: tuple[int, ...], counts=(5, 2, 3)) -> Path:
-    rng = np.random.default_rng(1)
-    arrays = {}
-    for split, n in zip(("train", "val", "test"), counts, strict=True):
-        arrays[f"{split}_images"] = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
-        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 1), dtype=np.uint8)
-    np.savez_compressed(path, **arrays)
-    return path
-
-
 @pytest.mark.parametrize("shape, expected", [
     ((28, 28), (2, 28, 28, 1, 1)),
     ((28, 28, 3), (2, 28, 28, 1, 3)),
     ((28, 28, 28), (3, 28, 28, 28, 1)),
 ])
 def test_npz_2d_rgb_3d(tmp_path: Path, shape, expected) -> None:
-    src = _npz(tmp_path / "tiny.npz", shape)
+    src = medmnist_npz(tmp_path / "tiny.npz", shape)
     result = ingest_source(src, tmp_path / "out", IngestConfig(), SALT)
     assert result.kind == "npz" and result.num_images == 10 and result.num_patients == 10
     df = read_manifest(result.manifest)
@@ -443,22 +413,10 @@ def test_real_medmnist(tmp_path: Path, name: str, total: int, shape: tuple[int, 
     assert ImageStore(tmp_path).load(df["path"].iloc[0]).shape == shape
 
 
-# ---- decode_image -------------------------------------------------------------------------------
+# ---- serving decodes as ingest stored -------------------------------------------------------------
 
 
-def test_decode_image_formats(cohort: Path, ingested) -> None:
-    grey = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
-    np.testing.assert_array_equal(decode_image(_png(grey)), grey)
-    rgb = np.dstack([grey, grey[::-1], grey.T.reshape(12, 10)])
-    np.testing.assert_array_equal(decode_image(_png(rgb)), rgb)
-    jpeg = decode_image(_png(grey, "JPEG"))
-    assert jpeg.shape == grey.shape and jpeg.dtype == np.uint8
-    sixteen = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
-    np.testing.assert_array_equal(decode_image(_png(sixteen)), sixteen)
-    volume = np.zeros((4, 5, 6), np.float64)
-    decoded = decode_image(_npy(volume))
-    assert decoded.shape == (4, 5, 6) and decoded.dtype == np.float32
-
+def test_decode_image_gives_the_ingested_array(cohort: Path, ingested) -> None:
     result, out = ingested
     df = read_manifest(result.manifest)
     with open(cohort / "labels.csv", newline="") as f:
@@ -468,74 +426,7 @@ def test_decode_image_formats(cohort: Path, ingested) -> None:
     np.testing.assert_array_equal(arr, ImageStore(out).load(df["path"].iloc[0]))  # serving == training
 
 
-@pytest.mark.parametrize("data, words", [
-    (b"", "empty"),
-    (b"GIF89a not supported", "unrecognised"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "PNG"),
-    (b"\xff\xd8\xff\xe0 truncated", "JPEG"),
-    (b"\x93NUMPY garbage", ".npy"),
-    (b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00", "DICOM"),
-])
-def test_decode_image_refuses_garbage(data: bytes, words: str) -> None:
-    with pytest.raises(ImageDecodeError, match=re.escape(words)):
-        decode_image(data)
-
-
-def test_decode_image_refuses_nan_and_object_arrays() -> None:
-    with pytest.raises(ImageDecodeError, match="NaN"):
-        decode_image(_npy(np.array([[1.0, np.inf], [0.0, 1.0]])))
-    with pytest.raises(ImageDecodeError):
-        decode_image(_npy(np.zeros((2, 2, 2, 2))))
-
-
-def test_monochrome1_is_inverted(cohort: Path) -> None:
-    ds = pydicom.dcmread(next(cohort.rglob("*.dcm")))
-    normal = dicom_to_array(ds)
-    ds.PhotometricInterpretation = "MONOCHROME1"
-    inverted = dicom_to_array(ds)
-    lo, hi = -32768 - 1024, 32767 - 1024  # stored int16 range after the -1024 intercept
-    np.testing.assert_allclose(inverted, (lo + hi) - normal)
-    assert np.corrcoef(inverted.ravel(), normal.ravel())[0, 1] < -0.99
-
-
-@pytest.mark.parametrize("value, band", [
-    ("045Y", "40-49"), ("009Y", "0-9"), ("006M", "0-9"), ("090Y", "90+"), ("101Y", "90+"),
-    ("", None), ("abc", None), (None, None),
-])
-def test_age_band(value, band) -> None:
-    assert age_band(value) == band
-
-
-def test_colour_and_compressed_dicom(cohort: Path) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, UltrasoundImageStorage
-
-    rgb = np.random.default_rng(0).integers(0, 255, (6, 5, 3), dtype=np.uint8)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PlanarConfiguration = 6, 5, 3, 0
-    ds.PhotometricInterpretation = "RGB"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = rgb.tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    np.testing.assert_array_equal(decode_image(buf.getvalue()), rgb)
-
-    ct = pydicom.dcmread(next(cohort.rglob("*.dcm")))
-    ct.file_meta.TransferSyntaxUID = JPEGLosslessSV1
-    ct.PixelData = encapsulate([b"\xff\xd8 not really jpeg \xff\xd9"])
-    ct["PixelData"].VR = "OB"
-    buf = io.BytesIO()
-    ct.save_as(buf, enforce_file_format=True)
-    with pytest.raises(ImageDecodeError, match="transfer syntax JPEG Lossless"):
-        decode_image(buf.getvalue())
-
-
-# ---- NIfTI, multi-frame, workers, medmnist:<name> --------------------------------------------------
+# ---- NIfTI, workers --------------------------------------------------------------------------------
 
 
 def _nifti(path: Path, data: np.ndarray, zooms=(0.8, 0.9, 2.5), slope: float | None = None) -> None:
@@ -580,38 +471,6 @@ def test_nifti_folder_volumes_spacing_and_orientation(tmp_path: Path) -> None:
     assert nib.load(src / "a.nii.gz").shape == (6, 5, 4)  # raw data untouched
 
 
-def test_multiframe_ct_is_a_volume_with_per_frame_rescale(cohort: Path) -> None:
-    from pydicom.dataset import Dataset
-
-    ds = pydicom.dcmread(min(cohort.rglob("*.dcm")))
-    one = dicom_to_array(ds)
-    stack = copy.deepcopy(ds)
-    stack.NumberOfFrames = 3
-    stack.PixelData = ds.PixelData * 3
-    stack.SpacingBetweenSlices = "2.0"
-    volume = decode_image(_dicom_bytes(stack))
-    assert volume.shape == (3, *one.shape)
-    np.testing.assert_array_equal(volume[2], one)
-    # Enhanced objects carry the rescale in functional groups, here one per frame.
-    del stack.RescaleSlope, stack.RescaleIntercept
-    groups = []
-    for slope in (1.0, 2.0, 1.0):
-        item, pvt = Dataset(), Dataset()
-        pvt.RescaleSlope, pvt.RescaleIntercept = slope, -1024
-        item.PixelValueTransformationSequence = [pvt]
-        groups.append(item)
-    stack.PerFrameFunctionalGroupsSequence = groups
-    enhanced = dicom_to_array(stack)
-    np.testing.assert_allclose(enhanced[0], one)
-    np.testing.assert_allclose(enhanced[1], (one + 1024) * 2 - 1024)
-
-
-def _dicom_bytes(ds: pydicom.Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def test_worker_processes_give_the_same_dataset(cohort: Path, tmp_path: Path) -> None:
     """Decoding in two spawned processes, several shards: byte-identical manifest and shards."""
     inline = ingest_source(cohort, tmp_path / "a", IngestConfig(workers=1, shard_size=4), SALT)
@@ -623,54 +482,3 @@ def test_worker_processes_give_the_same_dataset(cohort: Path, tmp_path: Path) ->
         assert (tmp_path / "a" / "images" / name).read_bytes() == (tmp_path / "b" / "images" / name).read_bytes()
     pd.testing.assert_frame_equal(read_manifest(inline.manifest), read_manifest(pooled.manifest))
     assert (tmp_path / "a" / "sources.csv").read_text() == (tmp_path / "b" / "sources.csv").read_text()
-
-
-def test_image_store_reads_plain_npy_files_too(tmp_path: Path) -> None:
-    arr = np.arange(12, dtype=np.int16).reshape(3, 4)
-    (tmp_path / "images").mkdir()
-    np.save(tmp_path / "images" / "x.npy", arr)
-    with ImageStore(tmp_path) as store:
-        np.testing.assert_array_equal(store.load("images/x.npy"), arr)
-        assert np.load(io.BytesIO(store.read_bytes("images/x.npy"))).shape == (3, 4)
-
-
-def test_medmnist_name_from_data_root_or_a_clear_message(tmp_path: Path) -> None:
-    root = tmp_path / "data"
-    root.mkdir()
-    path = _npz(root / "tinymnist.npz", (8, 8))
-    assert resolve_medmnist("medmnist:tinymnist", root, IngestConfig()) == path
-    offline = IngestConfig(medmnist_url="")
-    with pytest.raises(ValueError) as err:
-        resolve_medmnist("medmnist:pneumoniamnist", root, offline)
-    assert str(root / "pneumoniamnist.npz") in str(err.value) and "MEDGATE_DATA_ROOT" in str(err.value)
-    with pytest.raises(ValueError, match="medmnist:<name>"):
-        resolve_medmnist("medmnist:../etc/passwd", root, offline)
-    # A download that cannot connect fails fast, with the same advice.
-    refused = IngestConfig(medmnist_url="http://127.0.0.1:9/{name}.npz", download_timeout_s=2)
-    with pytest.raises(ValueError, match="downloading http://127.0.0.1:9/other.npz failed"):
-        resolve_medmnist("medmnist:other", root, refused)
-    assert not list(root.glob("*.part")) and not (root / "other.npz").exists()
-
-
-def test_medmnist_download_over_http(tmp_path: Path) -> None:
-    import functools
-    import http.server
-    import threading
-
-    served = tmp_path / "served"
-    served.mkdir()
-    _npz(served / "tinymnist.npz", (8, 8))
-    (served / "portal.npz").write_text("<html>log in to the hotel wifi</html>")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        cfg = IngestConfig(medmnist_url=f"http://127.0.0.1:{server.server_address[1]}/{{name}}.npz")
-        got = resolve_medmnist("medmnist:tinymnist", tmp_path / "root", cfg)
-        assert got.read_bytes() == (served / "tinymnist.npz").read_bytes()
-        with pytest.raises(ValueError, match="portal"):
-            resolve_medmnist("medmnist:portal", tmp_path / "root", cfg)
-        assert not (tmp_path / "root" / "portal.npz").exists()
-    finally:
-        server.shutdown()
-        server.server_close()

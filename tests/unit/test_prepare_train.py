@@ -10,7 +10,7 @@ import torch
 
 from components.config import BaselineConfig, EvaluateConfig, ModelConfig, PrepareConfig, TrainConfig
 from components.stages.evaluate import evaluate_model
-from components.stages.ingest import CLASS_NAMES_ATTR, order_class_names
+from components.data.manifest import CLASS_NAMES_ATTR, order_class_names
 from components.stages.prepare import prepare_dataset, split_patients
 from components.stages.train import (
     bn_calibration_images,

@@ -227,7 +227,7 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
-# (upload bytes, acceptable statuses, a word the message must contain). Where components.stages.ingest may
+# (upload bytes, acceptable statuses, a word the message must contain). Where components.readers may
 # itself refuse an array (400) before preprocessing would (422), either answer is right.
 BAD, UNPROCESSABLE = HTTPStatus.BAD_REQUEST, HTTPStatus.UNPROCESSABLE_ENTITY
 BAD_UPLOADS = {

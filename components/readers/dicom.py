@@ -1,0 +1,236 @@
+"""DICOM (Part 10, or a bare dataset): pixels in modality units and de-identified header columns.
+
+Nothing from a header leaves this module except derived, non-identifying values: pseudonyms
+(`components.privacy.deid.pseudonym`) of PatientID and SOPInstanceUID, ``site`` = pseudonym of
+InstitutionName, ``scanner`` = Manufacturer, ``sex``, ``age_band`` (decade), ``modality``,
+``photometric`` and the pixel spacing.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
+
+from components.privacy.deid import pseudonym
+from components.readers.base import Decoded, ImageDecodeError, Reader, is_colour, short_reason, spacing_columns
+
+# Multi-frame objects of these modalities are stacks of slices (volumes); elsewhere frames are time.
+VOLUME_MODALITIES = frozenset({"CT", "MR", "PT", "NM"})
+_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$")
+
+
+class DicomReader(Reader):
+    """DICOM files (with or without the Part 10 preamble); the header gives spacing and subgroups."""
+
+    name = "dicom"
+    formats = "DICOM (Part 10)"
+    suffixes = (".dcm", ".dicom", ".ima", "")
+
+    def accepts(self, data: bytes) -> bool:
+        return data[128:132] == b"DICM" or data[:2] in (b"\x02\x00", b"\x08\x00")
+
+    def read(self, data: bytes, salt: str) -> Decoded:
+        try:
+            with warnings.catch_warnings():  # pydicom warnings can quote header values
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM")
+                arr = dicom_to_array(ds)
+        except ImageDecodeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged file can fail anywhere in the parser
+            raise ImageDecodeError(f"corrupt or truncated DICOM: {short_reason(exc)}") from None
+        spacing = _spacing(ds, volume=arr.ndim == 3 and not is_colour(arr))
+        return Decoded(arr, {**header_columns(ds, salt), **spacing_columns(spacing)})
+
+
+def dicom_to_array(ds: Dataset) -> np.ndarray:
+    """Pixels of a DICOM dataset in modality units.
+
+    Monochrome images become float32 after the modality LUT (HU for CT); MONOCHROME1 is inverted
+    within the stored value range so that higher means brighter, as in MONOCHROME2. Colour images
+    (RGB, YBR) come back as (H, W, 3) uint8 RGB. Multi-frame CT/MR/PT/NM objects come back as a
+    volume (frames, H, W), each frame through its own rescale when the object is enhanced.
+
+    Raises:
+        ImageDecodeError: no pixel data, BurnedInAnnotation YES (the pixels themselves may carry
+            identifiers), multi-frame colour or cine objects, a palette-colour image, or pixel data
+            that cannot be decoded.
+    """
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ImageDecodeError("DICOM has no pixel data (truncated file or not an image object)")
+    if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
+        raise ImageDecodeError("DICOM BurnedInAnnotation is YES: text in the pixels may identify the patient")
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        frames = 1
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if frames > 1 and (samples > 1 or modality not in VOLUME_MODALITIES):
+        raise ImageDecodeError(
+            f"multi-frame {modality or 'DICOM'} object ({frames} frames) is a cine or time series, not a "
+            f"volume; only multi-frame {', '.join(sorted(VOLUME_MODALITIES))} is read (as a 3D volume)")
+    if photometric == "PALETTE COLOR":
+        raise ImageDecodeError("PALETTE COLOR DICOM is not supported: its pixel values are palette indices")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad pixel data
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        where = f" (transfer syntax {syntax.name})" if syntax is not None else ""
+        raise ImageDecodeError(f"cannot decode DICOM pixel data{where}: {short_reason(exc)}") from None
+    if samples > 1:
+        if arr.ndim != 3 or arr.shape[-1] != samples:
+            raise ImageDecodeError(f"unexpected colour DICOM pixel shape {arr.shape}")
+        rgb = arr[..., :3]
+        if rgb.dtype != np.uint8:
+            rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(rgb)
+    if arr.ndim != (3 if frames > 1 else 2):
+        raise ImageDecodeError(f"unexpected DICOM pixel shape {arr.shape} for {frames} frame(s)")
+    rescale = _frame_rescale(ds, frames)
+
+    def to_units(values: np.ndarray, per_frame: bool) -> np.ndarray:
+        if rescale is None:
+            return np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
+        slope, intercept = (rescale[:, 0], rescale[:, 1]) if per_frame else rescale[0]
+        if per_frame:
+            slope, intercept = slope[:, None, None], intercept[:, None, None]
+        return values * slope + intercept
+
+    out = to_units(arr, frames > 1).astype(np.float32)
+    if photometric == "MONOCHROME1":
+        if np.issubdtype(arr.dtype, np.integer):
+            bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8) or arr.dtype.itemsize * 8)
+            signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+            lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+            ends = to_units(np.array([lo, hi]), False)
+            top = float(ends.min() + ends.max())
+        else:
+            top = float(np.nanmin(out) + np.nanmax(out))
+        out = (top - out).astype(np.float32)
+    return out
+
+
+def _frame_rescale(ds: Dataset, frames: int) -> np.ndarray | None:
+    """Per-frame (slope, intercept) rows from enhanced functional groups; None when the top level
+    (RescaleSlope/Intercept or a Modality LUT Sequence) or nothing applies."""
+    if any(k in ds for k in ("RescaleSlope", "RescaleIntercept", "ModalityLUTSequence")):
+        return None
+
+    def pick(item: Dataset | None) -> tuple[float, float] | None:
+        seq = item.get("PixelValueTransformationSequence") if item is not None else None
+        if not seq:
+            return None
+        return float(seq[0].get("RescaleSlope", 1) or 1), float(seq[0].get("RescaleIntercept", 0) or 0)
+
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per = ds.get("PerFrameFunctionalGroupsSequence") or []
+    common = pick(shared[0]) if shared else None
+    own = [pick(per[i]) if i < len(per) else None for i in range(frames)]
+    if common is None and not any(own):
+        return None
+    return np.array([o or common or (1.0, 0.0) for o in own], dtype=np.float64)
+
+
+def _spacing(ds: Dataset, volume: bool) -> tuple[float | None, float | None, float | None]:
+    """(between slices, between rows, between columns) in mm from the header or its functional groups."""
+    def number(value: Any) -> float | None:
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            return None
+        return x if math.isfinite(x) and x > 0 else None
+
+    measures = None
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared and shared[0].get("PixelMeasuresSequence"):
+        measures = shared[0].PixelMeasuresSequence[0]
+    pixel = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or (
+        measures.get("PixelSpacing") if measures is not None else None)
+    h = w = None
+    if pixel is not None and len(pixel) == 2:
+        h, w = number(pixel[0]), number(pixel[1])
+    d = None
+    if volume:
+        for holder in (ds, measures):
+            if holder is not None:
+                d = number(holder.get("SpacingBetweenSlices")) or number(holder.get("SliceThickness"))
+                if d is not None:
+                    break
+    return d, h, w
+
+
+def header_columns(ds: Dataset, salt: str) -> dict[str, Any]:
+    """The derived, non-identifying manifest values a header gives (absent ones left out).
+
+    ``patient_id``: pseudonym of PatientID (else StudyInstanceUID); ``image_id``: pseudonym of
+    SOPInstanceUID; ``site``: ``site-`` + pseudonym of InstitutionName.
+    """
+    def text(keyword: str) -> str:
+        return str(ds.get(keyword, "") or "").strip()
+
+    patient = text("PatientID") or text("StudyInstanceUID")
+    sop = str(ds.get("SOPInstanceUID", "") or "")
+    institution = text("InstitutionName")
+    sex = text("PatientSex").upper()
+    band = age_band(text("PatientAge"))
+    if band is None:
+        band = _age_from_dates(text("PatientBirthDate"), text("StudyDate"))
+    columns = {
+        "patient_id": pseudonym(patient, salt) if patient else None,
+        "image_id": pseudonym(sop, salt) if sop else None,
+        "site": f"site-{pseudonym(institution, salt, 8)}" if institution else None,
+        "sex": sex if sex in ("M", "F", "O") else None,
+        "age_band": band,
+        "scanner": text("Manufacturer") or None,
+        "modality": text("Modality") or None,
+        "photometric": text("PhotometricInterpretation") or None,
+    }
+    return {k: v for k, v in columns.items() if v is not None}
+
+
+def age_band(patient_age: str | None) -> str | None:
+    """Decade of a DICOM age string: ``045Y`` -> ``40-49``; under a year ``0-9``; 90 and over ``90+``."""
+    m = _AGE.match(str(patient_age or ""))
+    if not m:
+        return None
+    years = int(m.group(1)) if m.group(2) == "Y" else 0
+    if years >= 90:
+        return "90+"
+    lo = years // 10 * 10
+    return f"{lo}-{lo + 9}"
+
+
+def _age_from_dates(birth: str, study: str) -> str | None:
+    if not (re.fullmatch(r"\d{8}", birth) and re.fullmatch(r"\d{8}", study)):
+        return None
+    years = int(study[:4]) - int(birth[:4]) - (1 if study[4:] < birth[4:] else 0)
+    return age_band(f"{years:03d}Y") if 0 <= years < 200 else None
+
+
+def is_keyword(name: str) -> bool:
+    """Whether `name` is a DICOM attribute keyword (e.g. ``SOPInstanceUID``)."""
+    return tag_for_keyword(name) is not None
+
+
+def header_value(path: Path, keyword: str) -> str:
+    """One attribute of a DICOM file's header as text, read without the pixels.
+
+    Raises:
+        Exception: whatever pydicom raises for an unreadable file (the caller reports it).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        head = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[keyword])
+    return str(head.get(keyword, "") or "").strip()

@@ -1,0 +1,90 @@
+"""NIfTI-1/2 single-file volumes (``.nii``, ``.nii.gz``), reoriented to RAS and stored (D, H, W).
+
+(D, H, W) = (inferior→superior, anterior→posterior, right→left); voxel sizes become the spacing
+columns. nibabel loads on first use.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+
+from components.readers.base import Decoded, ImageDecodeError, Reader, short_reason, spacing_columns
+
+MAX_GZIP_BYTES = 1 << 30  # a .nii.gz expanding beyond this is refused (decompression bomb)
+_GZIP = b"\x1f\x8b"
+_PAIR = b"ni1\x00"  # magic of a .hdr/.img pair's header
+
+
+class NiftiReader(Reader):
+    """NIfTI-1/2 volumes in one file, either byte order, optionally gzip-compressed."""
+
+    name = "nifti"
+    formats = "NIfTI"
+    suffixes = (".nii", ".nii.gz")
+
+    def accepts(self, data: bytes) -> bool:
+        return data.startswith(_GZIP) or data[344:348] == _PAIR or _version(data) > 0
+
+    def read(self, data: bytes, salt: str) -> Decoded:
+        gzipped = data.startswith(_GZIP)
+        if gzipped:
+            data = _gunzip(data)
+        if data[344:348] == _PAIR:
+            raise ImageDecodeError("NIfTI header/image pair (.hdr/.img) is not supported: convert it to one .nii file")
+        version = _version(data)
+        if not version:
+            raise ImageDecodeError("gzip content is not a NIfTI volume (only .nii.gz is read compressed)" if gzipped
+                                   else "not a NIfTI-1/2 file (no n+1 or n+2 header)")
+        arr, spacing = _decode(data, version)
+        return Decoded(arr, spacing_columns(spacing))
+
+
+def _gunzip(data: bytes) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, MAX_GZIP_BYTES)
+    except zlib.error as exc:
+        raise ImageDecodeError(f"corrupt or truncated gzip: {short_reason(exc)}") from None
+    if inflater.unconsumed_tail:
+        raise ImageDecodeError(f"gzip content expands beyond {MAX_GZIP_BYTES >> 20} MiB")
+    if not inflater.eof:
+        raise ImageDecodeError("corrupt or truncated gzip: unexpected end of data")
+    return out
+
+
+def _version(data: bytes) -> int:
+    """1 or 2 for a single-file NIfTI header (either byte order), else 0."""
+    if len(data) >= 348 and data[344:348] == b"n+1\x00" and data[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c"):
+        return 1
+    if len(data) >= 540 and data[4:8] == b"n+2\x00" and data[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c"):
+        return 2
+    return 0
+
+
+def _decode(data: bytes, version: int) -> tuple[np.ndarray, tuple[float | None, float | None, float | None]]:
+    import nibabel as nib
+
+    kind = nib.Nifti1Image if version == 1 else nib.Nifti2Image
+    try:
+        img = nib.as_closest_canonical(kind.from_bytes(data))
+        arr = np.asanyarray(img.dataobj)
+        zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for damaged files
+        raise ImageDecodeError(f"corrupt or truncated NIfTI: {short_reason(exc)}") from None
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim > 3:
+        raise ImageDecodeError(f"NIfTI of shape {arr.shape}: 4D volumes (time series or several channels) "
+                               "are not supported")
+    if arr.ndim == 2:
+        arr = arr[..., np.newaxis]
+    zooms += [1.0] * (3 - len(zooms))
+    # RAS (x: right→left, y: posterior→anterior, z: inferior→superior) → (D, H, W) with rows from anterior.
+    volume = np.ascontiguousarray(np.flip(np.transpose(arr, (2, 1, 0)), axis=1))
+    spacing = tuple(z if math.isfinite(z) and z > 0 else None for z in (zooms[2], zooms[1], zooms[0]))
+    if volume.shape[0] == 1:
+        return volume[0], (None, spacing[1], spacing[2])
+    return volume, (spacing[0], spacing[1], spacing[2])
