@@ -1,13 +1,16 @@
 """`medgate` output through a pipe: paths and table rows stay whole lines (cli.common.UnwrappedConsole),
-read from a real pipe in a workspace whose path is far wider than 80 columns."""
+read from a real pipe in a workspace whose path is far wider than 80 columns; libraries' log records
+and warnings go to a log file, not the console (flows.logs)."""
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ import pytest
 import cli.common
 import registry as reg
 from cli.common import UnwrappedConsole, print_summary
+from flows.logs import library_log
 from tests.conftest import PROJECT
 
 LONG = "a-folder-name-long-enough-that-one-path-is-wider-than-a-terminal-"
@@ -125,3 +129,29 @@ def test_registry_tables_keep_their_cells_whole_in_a_pipe(ws: Path) -> None:
     datasets = medgate(ws, "data", "list")
     assert datasets.returncode == 0, datasets.stderr
     assert any(str(ws / "source") in line and str(ws / "runs") in line for line in datasets.stdout.splitlines()), datasets.stdout
+
+
+def test_library_records_and_warnings_go_to_the_log_not_the_console(tmp_path: Path) -> None:
+    console = io.StringIO()
+    shown = logging.StreamHandler(console)
+    root = logging.getLogger()
+    root.addHandler(shown)
+    showwarning = warnings.showwarning
+    try:
+        with library_log(tmp_path / "runs" / "r1" / "libraries.log") as log:
+            try:
+                raise ValueError("The RLE header specifies an invalid number of segments (99)")
+            except ValueError as exc:
+                logging.getLogger("pydicom.pixels.decoders.base").exception(exc)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                warnings.warn("non-conformant padding", UserWarning, stacklevel=1)
+            logging.getLogger("components.stages.ingest").warning("one line of our own")
+        logging.getLogger("pydicom").warning("after the block: the console again")
+    finally:
+        root.removeHandler(shown)
+    assert console.getvalue().splitlines() == ["one line of our own", "after the block: the console again"]
+    detail = log.read_text()
+    assert "Traceback" in detail and "invalid number of segments" in detail and "non-conformant padding" in detail
+    assert "our own" not in detail
+    assert warnings.showwarning is showwarning
