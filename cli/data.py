@@ -30,8 +30,8 @@ def validate(
     """Ingest SOURCE and validate it, nothing else: no dataset version, no training.
 
     Prints the verdict, every failed check with its offending files, every input skipped at intake,
-    the report's path and, when a library logged anything, the path of that log. Exit 0 when no blocking check failed (warnings allowed), 3 when one did,
-    2 when the source cannot be read at all.
+    the report's path and, when a library logged or warned, the path of that log. Exit 0 when no
+    blocking check failed (warnings allowed), 3 when one did, 2 when the source cannot be read at all.
     """
     from components.config import load_params
     from components.stages.ingest import ingest_source
@@ -102,7 +102,7 @@ def _print_validation(report: dict[str, Any], kind: str, images: int, html_path:
 
 def _print_log(log: Path) -> None:
     if log.exists():
-        console.print(f"library messages (tracebacks, warnings): {log}", highlight=False)
+        console.print(f"library messages (tracebacks, warnings): {log}", highlight=False, markup=False)
 
 
 def find_quality_report(runs_dir: Path, run: str | None) -> Path:
