@@ -3,18 +3,51 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.table import Table
 
 from flows.settings import get_settings
 
-console = Console()
+# Width of output to a pipe or a file: wider than any line medgate prints, so nothing wraps.
+UNWRAPPED_WIDTH = 100_000
+
+
+class UnwrappedConsole(Console):
+    """rich's Console, unchanged on a terminal; to a pipe or a file (CI logs, `| tee`, cron mail) it
+    never wraps, so a path stays on one line and a table keeps every cell whole."""
+
+    @Console.size.getter
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(UNWRAPPED_WIDTH, size.height)
+
+
+console = UnwrappedConsole()
 WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace folder (default: MEDGATE_WORKSPACE or the current folder).")
+
+
+@contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send what is written to stdout inside the block to stderr: this process's prints and consoles
+    and the output of the subprocesses it starts (they inherit file descriptor 1)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def fmt(value: Any) -> str:

@@ -17,6 +17,7 @@ from flows.settings import get_settings
 
 data_app = typer.Typer(no_args_is_help=True, help="Data intake and quality: validate a source, find a report, list dataset versions.")
 EXIT_BLOCKED = 3  # as `medgate run` when validation fails
+LIBRARY_LOG = "libraries.log"  # in the run's folder: what pydicom, GX and others logged or warned (flows.logs)
 LISTED = 10  # offending files printed per failed check; the report lists them all
 
 
@@ -28,25 +29,27 @@ def validate(
 ) -> None:
     """Ingest SOURCE and validate it, nothing else: no dataset version, no training.
 
-    Prints the verdict, every failed check with its offending files, every input skipped at intake
-    and the report's path. Exit 0 when no blocking check failed (warnings allowed), 3 when one did,
-    2 when the source cannot be read at all.
+    Prints the verdict, every failed check with its offending files, every input skipped at intake,
+    the report's path and, when a library logged or warned, the path of that log. Exit 0 when no
+    blocking check failed (warnings allowed), 3 when one did, 2 when the source cannot be read at all.
     """
     from components.config import load_params
     from components.stages.ingest import ingest_source
     from components.stages.validate import validate_manifest
     from flows.datasets import drift_against, production_baseline, source_path
+    from flows.logs import library_log
     from flows.pipeline import model_name_for
 
     settings = get_settings(workspace)
     params = load_params(settings.workspace / "params.yaml")
     run_id = f"data-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     run_dir = settings.runs_dir / run_id
+    log = run_dir / LIBRARY_LOG
     try:
         path = source_path(source, settings, params)
         if not path.exists():
             raise ValueError(f"{source}: no such file or folder")
-        with tempfile.TemporaryDirectory(prefix="medgate-intake-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="medgate-intake-") as scratch, library_log(log):
             out = run_dir / "ingest" if keep else Path(scratch) / "ingest"
             dataset = ingest_source(path, out, params.ingest, salt=settings.deid_salt, show_progress=True)
             name = model_name_for(source, params)
@@ -60,6 +63,7 @@ def validate(
             )
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
+        _print_log(log)
         raise typer.Exit(2) from None
     report = json.loads(result.report_json.read_text())
     summary = {
@@ -71,6 +75,7 @@ def validate(
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     _print_validation(report, dataset.kind, dataset.num_images, result.report_html)
+    _print_log(log)
     if not result.success:
         raise typer.Exit(EXIT_BLOCKED)
 
@@ -93,6 +98,11 @@ def _print_validation(report: dict[str, Any], kind: str, images: int, html_path:
         for p in skipped:
             console.print(f"    {p['file']}: {p['reason']}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"report: {html_path}", highlight=False, soft_wrap=True)
+
+
+def _print_log(log: Path) -> None:
+    if log.exists():
+        console.print(f"library messages (tracebacks, warnings): {log}", highlight=False, markup=False)
 
 
 def find_quality_report(runs_dir: Path, run: str | None) -> Path:

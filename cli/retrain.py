@@ -8,18 +8,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.table import Table
 
-from cli.common import WorkspaceOpt, console, sessions_for
+from cli.common import WorkspaceOpt, console, print_summary, sessions_for, stdout_to_stderr
 from flows.settings import get_settings
 
 EXIT_BUSY = 4
 WaitOpt = typer.Option(0.0, "--wait", help="Seconds to wait for another run on this workspace to finish (default: refuse at once).")
+JsonOpt = typer.Option(False, "--json", help="Print the run's summary as JSON, and nothing else, on stdout (progress and messages on stderr).")
 
 
 def resolve_source(dataset: str | None) -> str:
@@ -56,24 +57,28 @@ def flow_errors() -> Iterator[None]:
         raise typer.Exit(1)
 
 
-def launch(source: Callable[[], str], workspace: Path | None, trigger: str, wait_s: float) -> dict[str, Any]:
-    """Run the training flow on `source()` and print its summary (exit codes: `flow_errors`).
+def launch(source: Callable[[], str], workspace: Path | None, trigger: str, wait_s: float, as_json: bool = False) -> dict[str, Any]:
+    """Run the training flow on `source()` and print its summary (exit codes: `flow_errors`); with
+    `as_json`, the summary as JSON is all that goes to stdout.
 
     Prefect's API server for the run (flows.prefect_api) starts first: it boots while `source()`
     and the imports below run.
     """
     from flows.prefect_api import start_prefect_api
 
-    api = start_prefect_api()
-    source_path = source()
-    from cli.common import print_summary
-    from flows.retrain import run_training
+    with stdout_to_stderr() if as_json else nullcontext():
+        api = start_prefect_api()
+        source_path = source()
+        from flows.retrain import run_training
 
-    with flow_errors():
-        if api is not None:
-            api.wait_ready()
-        summary = run_training(source_path, str(workspace) if workspace else None, trigger, wait_s)
-    print_summary(summary)
+        with flow_errors():
+            if api is not None:
+                api.wait_ready()
+            summary = run_training(source_path, str(workspace) if workspace else None, trigger, wait_s)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        print_summary(summary)
     return summary
 
 
@@ -92,13 +97,14 @@ def retrain(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Source to retrain on (default: the source of the last run, else the embedded cohort)."),
     workspace: Optional[Path] = WorkspaceOpt,
     wait: float = WaitOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """A retraining run on the newest content of the data (same flow as `medgate run`, trigger `retrain`).
 
     Unchanged data, code and params train nothing: DVC reuses every stage, and a model identical to
     production is reported as reused, not registered again.
     """
-    launch(lambda: resolve_source(dataset or last_source(workspace)), workspace, "retrain", wait)
+    launch(lambda: resolve_source(dataset or last_source(workspace)), workspace, "retrain", wait, as_json)
 
 
 def schedule(
@@ -186,8 +192,6 @@ def watch(
         try:
             outcome = watch_flow(str(path), str(ws))
             if outcome["changed"]:
-                from cli.common import print_summary
-
                 print_summary(outcome["run"])
         except Exception as exc:  # one failed run must not end the watch; it is recorded and retried
             console.print(f"[red]run failed[/]: {type(exc).__name__}: {exc}")
@@ -244,6 +248,4 @@ def sweep(
     for t in result["trials"]:
         table.add_row(str(t["trial"]), json.dumps(t["overrides"]), f"{t['val_auc']:.4f}", str(t["best_epoch"]))
     console.print(table)
-    from cli.common import print_summary
-
     print_summary(result["run"])

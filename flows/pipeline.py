@@ -187,8 +187,11 @@ def smoke_task(settings: Settings, params: Params, bento_tag: str) -> Check:
 
 
 def _attach_run_log(path: Path):
-    """Copy the run's log records (flow, tasks, components) to `path`; returns the function that stops it."""
+    """Copy the run's log records (flow, tasks, components) to `path`, and move the libraries' records
+    and warnings there from the console (flows.logs); returns the function that stops it."""
     import logging
+
+    from flows.logs import library_logs_to
 
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
@@ -197,8 +200,10 @@ def _attach_run_log(path: Path):
     loggers = [logging.getLogger(n) for n in ("prefect.flow_runs", "prefect.task_runs", "components", "flows")]
     for logger in loggers:
         logger.addHandler(handler)
+    detach_libraries = library_logs_to(handler)
 
     def detach() -> None:
+        detach_libraries()
         for logger in loggers:
             logger.removeHandler(handler)
         handler.close()

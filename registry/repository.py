@@ -25,7 +25,8 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Final, Literal
 
 from sqlalchemy import exists, func, select
@@ -171,17 +172,21 @@ def _switch_production(
     session.flush()
 
 
-def _commit_or_rollback(session: Session) -> None:
+@contextmanager
+def _stage_change(session: Session, label: str) -> Iterator[None]:
+    """Commit what the block wrote, or roll all of it back and re-raise; a PostgreSQL serialization
+    failure or deadlock (another writer won the race) becomes ``PromotionConflict`` naming ``label``."""
     try:
+        yield
         session.commit()
+    except OperationalError as exc:
+        session.rollback()
+        if getattr(exc.orig, "sqlstate", None) in _CONFLICT_SQLSTATES:
+            raise PromotionConflict(f"{label}: a concurrent stage change won; retry after re-gating") from exc
+        raise
     except BaseException:
         session.rollback()
         raise
-
-
-def _raise_conflict_on_serialization(exc: OperationalError, name: str) -> None:
-    if getattr(exc.orig, "sqlstate", None) in _CONFLICT_SQLSTATES:
-        raise PromotionConflict(f"{name}: a concurrent stage change won; retry after re-gating") from exc
 
 
 # -- datasets and runs ---------------------------------------------------------------------------
@@ -533,13 +538,12 @@ def promote_version(
         sqlalchemy.exc.DBAPIError: the database refused the audit row (an empty or
             over-long actor: IntegrityError, or DataError on PostgreSQL); nothing changed.
     """
-    try:
+    with _stage_change(session, f"model version id {version_id}"):
         name = _version_by_id(session, version_id).name
         rows = _lock_name(session, name)
         target = next(v for v in rows if v.id == version_id)
         current = next((v for v in rows if v.stage == Stage.PRODUCTION), None)
         if current is not None and current.id == target.id:
-            session.commit()
             return target
         if target.stage not in (Stage.CANDIDATE, Stage.ARCHIVED):
             raise InvalidTransition(f"{name} v{target.version} is {target.stage} and cannot be promoted")
@@ -557,15 +561,7 @@ def promote_version(
         _switch_production(
             session, current=current, target=target, actor=actor, reason=reason, action="promote"
         )
-        session.commit()
         return target
-    except OperationalError as exc:
-        session.rollback()
-        _raise_conflict_on_serialization(exc, f"model version id {version_id}")
-        raise
-    except BaseException:
-        session.rollback()
-        raise
 
 
 def reject_version(session: Session, version_id: int, *, actor: str, reason: str) -> ModelVersion:
@@ -576,12 +572,12 @@ def reject_version(session: Session, version_id: int, *, actor: str, reason: str
     Raises:
         NotFoundError: unknown ``version_id``.
         InvalidTransition: the version is not a candidate.
+        PromotionConflict: a concurrent stage change of the name won (PostgreSQL).
     """
-    try:
+    with _stage_change(session, f"model version id {version_id}"):
         name = _version_by_id(session, version_id).name
         target = next(v for v in _lock_name(session, name) if v.id == version_id)
         if target.stage == Stage.REJECTED:
-            session.commit()
             return target
         if target.stage != Stage.CANDIDATE:
             raise InvalidTransition(
@@ -600,11 +596,7 @@ def reject_version(session: Session, version_id: int, *, actor: str, reason: str
             reason=reason,
         )
         session.flush()
-        session.commit()
         return target
-    except BaseException:
-        session.rollback()
-        raise
 
 
 def rollback(
@@ -626,7 +618,7 @@ def rollback(
         NotFoundError: no versions of ``name``, or no ``to_version``.
         InvalidTransition: nothing to roll back to, or ``to_version`` is not archived.
     """
-    try:
+    with _stage_change(session, name):
         rows = _lock_name(session, name)
         if not rows:
             raise NotFoundError(f"no model versions named {name!r}")
@@ -649,15 +641,7 @@ def rollback(
         _switch_production(
             session, current=current, target=target, actor=actor, reason=reason, action="rollback"
         )
-        session.commit()
         return target
-    except OperationalError as exc:
-        session.rollback()
-        _raise_conflict_on_serialization(exc, name)
-        raise
-    except BaseException:
-        session.rollback()
-        raise
 
 
 # -- queries -------------------------------------------------------------------------------------
