@@ -198,7 +198,7 @@ def reevaluate_champion(champion: ChampionFacts, data_dir: Path, cfg: EvaluateCo
 
     from components.stages.evaluate import METRICS_FILE, evaluate_model
     from components.data.artifacts import WEIGHTS_FILE, file_sha256
-    from components.stages.prepare import read_dataset_info
+    from components.data.prepared import read_dataset_info
 
     if not champion.model_tag:
         raise ComparisonUnavailable("it has no model in the BentoML store (it was never packaged)")

@@ -29,7 +29,7 @@ from prefect import flow, get_run_logger, task
 from prefect.futures import wait
 
 from components.config import Params, TrainConfig, load_params
-from components.stages.train import CHECKPOINT_FILE, TRAINING_FILE
+from components.data.artifacts import CHECKPOINT_FILE, TRAINING_FILE
 from flows.distributed import configured
 from flows.lock import workspace_lock
 from flows.pipeline import ValidationFailed, ingest_and_version, training_flow, validate_task

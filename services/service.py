@@ -132,7 +132,7 @@ class Classifier:
         # Here, not at import: `bentoml serve` imports this module in its supervising process as well.
         import torch
 
-        from components.ml.models import resolve_device
+        from components.ml.runtime import resolve_device
 
         stored = self.bento_model
         metadata = dict(stored.info.metadata)

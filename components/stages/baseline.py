@@ -3,7 +3,7 @@
 The network has to earn its place: this stage fits a scikit-learn classifier on features of the
 prepared images (the same arrays the network sees, intensities in [0, 1]) of the train split,
 chooses its operating threshold on the validation split and measures it on the test split with
-the same metric functions as evaluate. Evaluate then reports the network against it
+the same metric functions as evaluate (components.ml.metrics). Evaluate then reports the network against it
 (`baseline_auc`, `auc_minus_baseline` and its paired bootstrap interval).
 
 Features per image (channels averaged to one grey image; 2D or 3D alike):
@@ -35,10 +35,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from components.data.artifacts import METRICS_FILE, PREDICTIONS_FILE
 from components.config import BaselineConfig, EvaluateConfig, load_params
-from components.stages.evaluate import choose_threshold, classification_metrics, predict_labels
-from components.stages.prepare import load_split, read_dataset_info
+from components.data.artifacts import METRICS_FILE, PREDICTIONS_FILE
+from components.data.prepared import load_split, read_dataset_info
+from components.ml.metrics import choose_threshold, classification_metrics, predict_labels
 
 _CHUNK = 256  # images per co-occurrence batch: bounds memory for volumes
 

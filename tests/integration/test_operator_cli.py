@@ -320,7 +320,7 @@ def dvc_ws(tmp_path_factory):
     from components.config import ModelConfig
     from components.ml.models import ModelSpec, build_model, save_model
     from components.stages.package import save_to_model_store
-    from components.stages.prepare import read_dataset_info
+    from components.data.prepared import read_dataset_info
     from components.ml.transforms import Preprocessing
     from flows.promotion import prepared_data_version
     from flows.workspace import ensure_workspace, reproduce_stage

@@ -12,7 +12,7 @@ import torch
 
 from components.config import PrepareConfig
 from components.stages.prepare import prepare_dataset
-from components.stages.train import CHECKPOINT_FILE, TRAINING_FILE
+from components.data.artifacts import CHECKPOINT_FILE, TRAINING_FILE
 from flows.workspace import tool_env
 from tests.integration.conftest import make_workspace
 from tests.unit.test_prepare_train import make_manifest

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from components.config import EvaluateConfig
-from components.stages.evaluate import (
+from components.ml.metrics import (
     apply_temperature,
     bootstrap_ci,
     choose_threshold,
@@ -17,9 +17,9 @@ from components.stages.evaluate import (
     negative_log_likelihood,
     paired_bootstrap_difference,
     reliability_bins,
-    subgroup_metrics,
+    score_auc,
 )
-from components.stages.train import score_auc
+from components.stages.evaluate import subgroup_metrics
 
 
 def binary(p1):

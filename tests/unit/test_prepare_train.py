@@ -12,11 +12,9 @@ from components.config import BaselineConfig, EvaluateConfig, ModelConfig, Prepa
 from components.stages.evaluate import evaluate_model
 from components.stages.ingest import CLASS_NAMES_ATTR, order_class_names
 from components.stages.prepare import prepare_dataset, split_patients
+from components.data.artifacts import CHECKPOINT_FILE, HISTORY_FILE, TRAINING_FILE
 from components.stages.train import (
     bn_calibration_images,
-    CHECKPOINT_FILE,
-    HISTORY_FILE,
-    TRAINING_FILE,
     class_weights,
     epoch_batches,
     plan_epochs,

@@ -587,7 +587,7 @@ def test_serving_settings_round_trip_and_refuse_unservable_values():
 
 
 def test_device_setting_picks_the_gpu_only_where_there_is_one():
-    from components.ml.models import resolve_device
+    from components.ml.runtime import resolve_device
 
     assert resolve_device("cpu", "package.device").type == "cpu"
     assert resolve_device("auto", "package.device").type == ("cuda" if torch.cuda.is_available() else "cpu")
