@@ -46,6 +46,7 @@ from bentoml.exceptions import BadInput, BentoMLException, NotFound, Unprocessab
 from bentoml.validators import ContentType
 from starlette.responses import JSONResponse, Response
 
+from components.config import default_params
 from components.documents.modelcard import HTML_FILE as CARD_HTML
 from components.documents.modelcard import MARKDOWN_FILE as CARD_MARKDOWN
 from components.stages.package import API_KEY_ENV, MODEL_REF_FILE, ServingSettings, exact_model_tag
@@ -90,7 +91,8 @@ def resolve_settings() -> ServingSettings:
     if not env_tag:
         raise RuntimeError(f"no model pinned: {ref} is absent and {MODEL_TAG_ENV} is not set")
     shape: list[int] = bentoml.models.get(exact_model_tag(env_tag)).info.metadata["input_shape"]  # type: ignore[assignment]
-    return ServingSettings(model_tag=env_tag, input_shape=tuple(int(s) for s in shape))
+    params = default_params()  # outside a Bento, so beside the project: its params.yaml serves
+    return ServingSettings.configured(env_tag, tuple(int(s) for s in shape), params.package, params.serve)
 
 
 def read_api_key() -> str:

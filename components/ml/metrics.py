@@ -14,8 +14,6 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score, roc_curve
 
-from components.config import EvaluateConfig
-
 
 def score_auc(labels: np.ndarray, probs: np.ndarray) -> float:
     """AUC (one-vs-rest macro for multi-class); NaN when a class is absent."""
@@ -27,10 +25,10 @@ def score_auc(labels: np.ndarray, probs: np.ndarray) -> float:
         return float("nan")
 
 
-def choose_threshold(labels: np.ndarray, positive_probs: np.ndarray, cfg: EvaluateConfig) -> float:
-    """Operating threshold on the positive-class probability: where Youden's J is highest, or the
-    highest score that reaches the target sensitivity, on the validation split. 0.5 when the labels
-    hold one class only.
+def choose_threshold(labels: np.ndarray, positive_probs: np.ndarray, operating_point: str, target_sensitivity: float) -> float:
+    """Operating threshold on the positive-class probability: where Youden's J is highest
+    (`operating_point` "youden"), or ("sensitivity") the highest score that reaches
+    `target_sensitivity`, on the validation split. 0.5 when the labels hold one class only.
 
     Every threshold between that score and the next lower validation score gives the same
     validation result; the middle of that gap is taken, not its top edge (the lowest positive
@@ -41,8 +39,8 @@ def choose_threshold(labels: np.ndarray, positive_probs: np.ndarray, cfg: Evalua
         return 0.5
     fpr, tpr, thresholds = roc_curve(labels, positive_probs, drop_intermediate=False)  # every distinct score
     thresholds = np.clip(thresholds, 0.0, 1.0)  # roc_curve's first threshold is +inf
-    if cfg.operating_point == "sensitivity":
-        chosen = int(np.flatnonzero(tpr >= cfg.target_sensitivity)[0])
+    if operating_point == "sensitivity":
+        chosen = int(np.flatnonzero(tpr >= target_sensitivity)[0])
     else:
         chosen = int(np.argmax(tpr - fpr))
     below = thresholds[chosen + 1] if chosen + 1 < len(thresholds) else thresholds[chosen]

@@ -113,7 +113,7 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
     x_test, y_test, rows = load_split(data_dir, "test")
     val_probs, test_probs = predict_probs(model, x_val), predict_probs(model, x_test)
     binary = len(spec.class_names) == 2
-    threshold = choose_threshold(y_val, val_probs[:, 1], cfg) if binary else 0.5
+    threshold = choose_threshold(y_val, val_probs[:, 1], cfg.operating_point, cfg.target_sensitivity) if binary else 0.5
 
     metrics: dict[str, Any] = classification_metrics(y_test, test_probs, threshold, cfg.calibration_bins)
     for name, fn in {

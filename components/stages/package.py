@@ -34,7 +34,7 @@ import yaml
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml.exceptions import NotFound
 
-from components.config import PackageConfig, ServeConfig
+from components.config import PackageConfig, ServeConfig, default_params
 
 if TYPE_CHECKING:
     import httpx
@@ -68,14 +68,14 @@ class ServingSettings:
 
     model_tag: str
     input_shape: tuple[int, ...]
-    max_batch_size: int = PackageConfig().max_batch_size
-    gpu_max_batch_size: int = PackageConfig().gpu_max_batch_size
-    max_latency_ms: int = PackageConfig().max_latency_ms
-    torch_threads: int = PackageConfig().torch_threads
-    api_workers: int = PackageConfig().api_workers
-    max_upload_bytes: int = ServeConfig().max_upload_bytes
-    max_batch_images: int = ServeConfig().max_batch_images
-    device: str = PackageConfig().device
+    max_batch_size: int
+    gpu_max_batch_size: int
+    max_latency_ms: int
+    torch_threads: int
+    api_workers: int
+    max_upload_bytes: int
+    max_batch_images: int
+    device: str
 
     def __post_init__(self) -> None:
         exact_model_tag(self.model_tag)
@@ -89,6 +89,22 @@ class ServingSettings:
             )
         if self.max_upload_bytes < 1 or self.max_batch_images < 1:
             raise ValueError("serve settings: max_upload_bytes and max_batch_images must be positive")
+
+    @classmethod
+    def configured(cls, model_tag: str, input_shape: tuple[int, ...], cfg: PackageConfig, serve_cfg: ServeConfig) -> ServingSettings:
+        """The settings params.yaml's `package` and `serve` sections give a model of `input_shape`."""
+        return cls(
+            model_tag=model_tag,
+            input_shape=input_shape,
+            max_batch_size=cfg.max_batch_size,
+            gpu_max_batch_size=cfg.gpu_max_batch_size,
+            device=cfg.device,
+            max_latency_ms=cfg.max_latency_ms,
+            torch_threads=cfg.torch_threads,
+            api_workers=cfg.api_workers,
+            max_upload_bytes=serve_cfg.max_upload_bytes,
+            max_batch_images=serve_cfg.max_batch_images,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "input_shape": list(self.input_shape)}
@@ -194,7 +210,7 @@ def build_bento(
         model_tag: "name:version" of a model saved by `save_to_model_store`.
         cfg: Bento name (`model_name`, default: the model's name) and adaptive batching settings.
         labels: stored on the Bento (e.g. dataset version, git commit); values become strings.
-        serve_cfg: upload limits for the service (default `ServeConfig()`).
+        serve_cfg: upload limits for the service (default: the project's params.yaml).
         source_root: folder holding `services/` and `components/`.
         timeout_s: limit for the build command.
 
@@ -206,7 +222,7 @@ def build_bento(
         RuntimeError: the build failed (its output is in the message), or the Bento is not pinned as asked.
     """
     model_tag = exact_model_tag(model_tag)
-    serve_cfg = serve_cfg or ServeConfig()
+    serve_cfg = serve_cfg or default_params().serve
     try:
         stored = bentoml.models.get(model_tag)
     except NotFound:
@@ -216,18 +232,7 @@ def build_bento(
         raise ValueError(
             f"model {model_tag} has no sha256/input_shape metadata: save it with save_to_model_store"
         )
-    settings = ServingSettings(
-        model_tag=model_tag,
-        input_shape=tuple(int(s) for s in meta["input_shape"]),
-        max_batch_size=cfg.max_batch_size,
-        gpu_max_batch_size=cfg.gpu_max_batch_size,
-        device=cfg.device,
-        max_latency_ms=cfg.max_latency_ms,
-        torch_threads=cfg.torch_threads,
-        api_workers=cfg.api_workers,
-        max_upload_bytes=serve_cfg.max_upload_bytes,
-        max_batch_images=serve_cfg.max_batch_images,
-    )
+    settings = ServingSettings.configured(model_tag, tuple(int(s) for s in meta["input_shape"]), cfg, serve_cfg)
     root = Path(source_root) if source_root is not None else Path(__file__).resolve().parents[2]
     bento_labels = {
         **{str(k): str(v) for k, v in labels.items()},

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from components.config import PackageConfig, ServeConfig
+from components.config import default_params
 from components.documents.modelcard import HTML_FILE, MARKDOWN_FILE
 from components.stages.package import API_KEY_ENV, build_bento, find_free_port, save_to_model_store
 from tests.conftest import PROJECT
@@ -49,9 +49,9 @@ def package_tiny_model(root: Path, seed: int, *, with_card: bool) -> dict[str, s
     )
     bento_tag = build_bento(
         model_tag,
-        PackageConfig(model_name=f"{MODEL_NAME}-bento", max_batch_size=16, max_latency_ms=500),
+        default_params(package={"model_name": f"{MODEL_NAME}-bento", "max_batch_size": 16, "max_latency_ms": 500}).package,
         {"dataset_version": "ds-http"},
-        serve_cfg=ServeConfig(max_upload_bytes=UPLOAD_LIMIT),
+        serve_cfg=default_params(serve={"max_upload_bytes": UPLOAD_LIMIT}).serve,
     )
     return {"model_tag": model_tag, "bento_tag": bento_tag, "sha256": sha256}
 

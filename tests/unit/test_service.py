@@ -572,18 +572,23 @@ class TestApiKey:
 
 
 def test_serving_settings_round_trip_and_refuse_unservable_values():
+    from dataclasses import replace
+
+    from components.config import default_params
     from components.stages.package import ServingSettings
 
-    settings = ServingSettings("m:1", (1, 16, 16), max_batch_size=8, max_latency_ms=50, device="cpu")
+    params = default_params()
+    base = ServingSettings.configured("m:1", (1, 16, 16), params.package, params.serve)
+    settings = replace(base, max_batch_size=8, max_latency_ms=50, device="cpu")
     assert ServingSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
     with pytest.raises(ValueError, match="max_batch_size >= 2"):
-        ServingSettings("m:1", (1, 16, 16), max_batch_size=1)
+        replace(base, max_batch_size=1)
     with pytest.raises(ValueError, match="gpu_max_batch_size >= 2"):
-        ServingSettings("m:1", (1, 16, 16), gpu_max_batch_size=0)
+        replace(base, gpu_max_batch_size=0)
     with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):
-        ServingSettings("m:1", (1, 16, 16), device="tpu")
+        replace(base, device="tpu")
     with pytest.raises(ValueError, match="exact version"):
-        ServingSettings("m:latest", (1, 16, 16))
+        replace(base, model_tag="m:latest")
 
 
 def test_device_setting_picks_the_gpu_only_where_there_is_one():
@@ -600,8 +605,8 @@ def test_device_setting_picks_the_gpu_only_where_there_is_one():
 
 @pytest.mark.parametrize("tag, message", [("tiny-service", "exact version"), ("absent:v1", "not in the")])
 def test_build_refuses_a_loose_or_missing_model_before_building(bentoml_home, tag, message):
-    from components.config import PackageConfig
+    from components.config import default_params
     from components.stages.package import build_bento
 
     with pytest.raises(ValueError, match=message):
-        build_bento(tag, PackageConfig(), {})
+        build_bento(tag, default_params().package, {})
