@@ -45,7 +45,7 @@ from components.data.artifacts import (
     file_sha256,
 )
 from components.data.prepared import load_split, read_dataset_info
-from components.imports import import_closure
+from components.imports import import_closure, module_name
 from components.ml.distributed import (
     SINGLE,
     Replica,
@@ -72,7 +72,8 @@ def input_key(data_dir: Path, cfg: TrainConfig) -> str:
     digest = hashlib.sha256(cfg.model_dump_json().encode())
     for name in (DATASET_FILE, "train.npz", "val.npz"):
         digest.update(file_sha256(data_dir / name).encode())
-    for path in sorted(import_closure(Path(__file__).parents[2], [__name__])):
+    root = Path(__file__).parents[2]
+    for path in sorted(import_closure(root, [module_name(root, Path(__file__))])):  # __name__ is __main__ under -m
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
