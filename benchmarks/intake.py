@@ -42,9 +42,9 @@ PROJECT = Path(__file__).resolve().parents[1]
 def make_corpus(root: Path, files: int, size: int) -> list[Path]:
     """`files` DICOM slices (ten per patient) and their labels.csv under `root`."""
     from components.demo.cohort import generate_cohort
-    from components.config import CohortConfig
+    from components.config import default_params
 
-    template_dir = generate_cohort(root / "template", CohortConfig(patients=1, images_per_patient=1, image_size=64))
+    template_dir = generate_cohort(root / "template", default_params(cohort={"patients": 1, "images_per_patient": 1, "image_size": 64}).cohort)
     template = pydicom.dcmread(next(template_dir.rglob("*.dcm")))
     shutil.rmtree(template_dir)
     template.Rows = template.Columns = size
@@ -78,11 +78,11 @@ def ingest_in_child(src: Path, out: Path, workers: int, limit: int | None = None
     code = (
         "import json, resource, sys, time\n"
         "from pathlib import Path\n"
-        "from components.config import IngestConfig\n"
+        "from components.config import default_params\n"
         "from components.stages.ingest import ingest_source\n"
         f"src, out = Path({str(src)!r}), Path({str(out)!r})\n"
         "t = time.perf_counter()\n"
-        f"r = ingest_source(src, out, IngestConfig(workers={workers}), salt='bench')\n"
+        f"r = ingest_source(src, out, default_params(ingest={{'workers': {workers}}}).ingest, salt='bench')\n"
         "s = time.perf_counter() - t\n"
         "print(json.dumps({'seconds': s, 'images': r.num_images, 'problems': len(r.problems),\n"
         "                  'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"

@@ -64,7 +64,8 @@ def bare_loop(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, input_sh
 
 def medgate_step(data_dir: Path, cfg: TrainConfig, epochs: int) -> dict[str, float]:
     """Images/s of `train_model`: of its batch loop, and of whole epochs (validation and checkpoint included)."""
-    from components.stages.train import TRAINING_FILE, train_model
+    from components.data.artifacts import TRAINING_FILE
+    from components.stages.train import train_model
 
     with tempfile.TemporaryDirectory() as tmp:
         fixed = cfg.model_copy(update={"epochs": epochs, "patience": epochs + 1})
@@ -77,8 +78,8 @@ def medgate_step(data_dir: Path, cfg: TrainConfig, epochs: int) -> dict[str, flo
 
 def compare_with_bare_loop(data_dir: Path, cfg: TrainConfig, epochs: int = 2, repeats: int = 3) -> dict[str, float]:
     """Median images/s of medgate's training step and of a bare loop, interleaved, and their ratio."""
-    from components.stages.prepare import load_split, read_dataset_info
-    from components.stages.train import set_threads
+    from components.data.prepared import load_split, read_dataset_info
+    from components.ml.runtime import set_threads
 
     info = read_dataset_info(data_dir)
     images, labels, _ = load_split(data_dir, "train")
@@ -185,8 +186,8 @@ def main() -> None:
     # As in the dvc.yaml stages; only takes effect before torch loads the OpenMP runtime, below.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from components.config import load_params
-    from components.stages.prepare import load_split, read_dataset_info
-    from components.stages.train import set_threads
+    from components.data.prepared import load_split, read_dataset_info
+    from components.ml.runtime import set_threads
 
     cfg = load_params(args.params).train
     with tempfile.TemporaryDirectory() as tmp:

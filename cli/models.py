@@ -97,10 +97,10 @@ def only_model_name(session, hint: str) -> str:
 
 
 def _params(workspace: Optional[Path]):
-    from components.config import Params, load_params
+    from components.config import default_params, load_params
 
     path = get_settings(workspace).workspace / "params.yaml"
-    return load_params(path) if path.exists() else Params()
+    return load_params(path) if path.exists() else default_params()
 
 
 def _numeric(metrics: dict | None) -> dict:

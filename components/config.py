@@ -1,16 +1,24 @@
 """Typed, frozen views of `params.yaml`, one model per stage section.
 
 The CLI or flow reads `params.yaml` once (`load_params`) and passes these down; components
-never read config files or the environment themselves.
+never read config files or the environment themselves. The project's `params.yaml` is the one
+source of every value: the models here hold types and checks, no defaults (except where a field
+is optional by nature: an open side of a `Bound`, a check a `ChangeThreshold` or `GatePolicy`
+leaves out). Code and tests that run without a workspace take `default_params()`.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# The project's own params.yaml, beside the package (a workspace's components/ links here).
+PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 class _Section(BaseModel):
@@ -20,74 +28,70 @@ class _Section(BaseModel):
 class CohortConfig(_Section):
     """The embedded synthetic CT cohort (the default dataset)."""
 
-    patients: int = 60
-    images_per_patient: int = 4
-    image_size: int = 64
-    positive_fraction: float = 0.5
-    seed: int = 7
+    patients: int
+    images_per_patient: int
+    image_size: int
+    positive_fraction: float
+    seed: int
 
 
 class IngestConfig(_Section):
     # Column of labels.csv that names each image's file; another key (e.g. a SOP Instance UID) can be named.
-    key_column: str = "path"
+    key_column: str
     # Folders of PNG/JPEG with many images per patient can encode the patient in the file name prefix.
-    patient_from_filename_prefix: bool = False
+    patient_from_filename_prefix: bool
     # Class order (index 1 is the positive class of a binary task); labels outside it are reported and
     # skipped. Empty: numeric names by value, else a "normal"-like name first, then alphabetical.
-    class_names: tuple[str, ...] = ()
+    class_names: tuple[str, ...]
     # Decoding processes (0: every core this process may use; 1: decode in this process).
-    workers: int = 0
+    workers: int
     # Images per shard file (images/<NNNNN>.npz), which is also one unit of a decoding process's work.
-    shard_size: int = 256
+    shard_size: int
     # Where medmnist:<name> is fetched from when <data root>/<name>.npz is absent ({name} is replaced);
     # empty: never download. The timeout bounds each network operation, so offline runs fail fast.
-    medmnist_url: str = "https://zenodo.org/records/10519652/files/{name}.npz?download=1"
-    download_timeout_s: float = 10.0
+    medmnist_url: str
+    download_timeout_s: float
 
 
 Severity = Literal["blocking", "warning"]
 
-# Every check of components/stages/validate.py, and whether its failure stops the run (blocking) or is only
-# reported (warning). params.yaml's validate.severity overrides single entries.
-DEFAULT_SEVERITY: dict[str, Severity] = {
-    "schema": "blocking", "not_null": "blocking", "unique_image_ids": "blocking", "row_count": "blocking",
-    "label_set": "blocking", "class_balance": "blocking", "splits": "blocking",
-    "patient_leakage": "blocking", "duplicates_across_splits": "warning", "duplicate_images": "warning",
-    "image_kind": "blocking", "image_size": "blocking", "dtype": "blocking", "spacing": "warning",
-    "intensity_range": "blocking", "constant_images": "blocking", "modality": "blocking",
-    "photometric": "blocking",
-}
+# Every check of components/stages/validate.py; params.yaml's validate.severity says for each whether
+# its failure stops the run (blocking) or is only reported (warning).
+CHECK_NAMES: tuple[str, ...] = (
+    "schema", "not_null", "unique_image_ids", "row_count", "label_set", "class_balance", "splits",
+    "patient_leakage", "duplicates_across_splits", "duplicate_images", "image_kind", "image_size", "dtype",
+    "spacing", "intensity_range", "constant_images", "modality", "photometric",
+)
 
 
 class ValidateConfig(_Section):
-    min_rows: int = 10
-    max_rows: int = 2_000_000
-    min_size: int = 8  # height, width (and depth of volumes) in pixels
-    max_size: int = 4096
+    min_rows: int
+    max_rows: int
+    min_size: int  # height, width (and depth of volumes) in pixels
+    max_size: int
     # Class balance: each class's share of all images must lie in [min, max].
-    min_class_fraction: float = 0.01
-    max_class_fraction: float = 0.99
-    dtypes: tuple[str, ...] = ("uint8", "uint16", "int16", "int32", "float32")
+    min_class_fraction: float
+    max_class_fraction: float
+    dtypes: tuple[str, ...]
     # Stored intensity range per modality (the manifest's `modality`; `default` for the rest and for
     # sources without one): Hounsfield units for CT, 0-255 for 8-bit images.
-    intensity: dict[str, Bound] = Field(default_factory=lambda: {
-        "CT": Bound(lower=-3100.0, upper=4100.0), "default": Bound(lower=-2048.0, upper=65535.0)})
-    spacing_mm: Bound = Field(default_factory=lambda: Bound(lower=0.01, upper=20.0))
-    modalities: tuple[str, ...] = ("CT", "MR", "CR", "DX", "MG", "US", "PT", "NM", "XA", "RF", "OT", "SC")
-    photometric: tuple[str, ...] = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
-    severity: dict[str, Severity] = Field(default_factory=lambda: dict(DEFAULT_SEVERITY))
+    intensity: dict[str, Bound]
+    spacing_mm: Bound
+    modalities: tuple[str, ...]
+    photometric: tuple[str, ...]
+    severity: dict[str, Severity]
     # The report: thumbnails and histogram samples per class, files listed per failed check.
-    thumbnails_per_class: int = 8
-    histogram_images_per_class: int = 64
-    max_listed_files: int = 50
+    thumbnails_per_class: int
+    histogram_images_per_class: int
+    max_listed_files: int
 
     @field_validator("severity")
     @classmethod
-    def _known_checks(cls, value: dict[str, Severity]) -> dict[str, Severity]:
-        unknown = sorted(set(value) - set(DEFAULT_SEVERITY))
-        if unknown:
-            raise ValueError(f"unknown check(s) {unknown}; known: {sorted(DEFAULT_SEVERITY)}")
-        return {**DEFAULT_SEVERITY, **value}
+    def _every_check(cls, value: dict[str, Severity]) -> dict[str, Severity]:
+        unknown, missing = sorted(set(value) - set(CHECK_NAMES)), sorted(set(CHECK_NAMES) - set(value))
+        if unknown or missing:
+            raise ValueError(f"severity: unknown check(s) {unknown}, check(s) without a severity {missing}")
+        return value
 
 
 class DriftConfig(_Section):
@@ -96,96 +100,98 @@ class DriftConfig(_Section):
     (the default) or, with `require_retraining`, lets the run train on the new data and makes the
     gate refuse any model of that name trained on data older than the drifted dataset (docs/gate.md)."""
 
-    max_class_share_change: float | None = None  # largest absolute change of one class's share of images
-    max_intensity_ks: float | None = None  # Kolmogorov-Smirnov distance of the per-image mean intensities
-    max_size_change: float | None = None  # largest relative change of the median height, width or depth
-    max_site_share_change: float | None = None  # largest absolute change of one site's share of images
-    require_retraining: bool = False
+    max_class_share_change: float | None  # largest absolute change of one class's share of images
+    max_intensity_ks: float | None  # Kolmogorov-Smirnov distance of the per-image mean intensities
+    max_size_change: float | None  # largest relative change of the median height, width or depth
+    max_site_share_change: float | None  # largest absolute change of one site's share of images
+    require_retraining: bool
 
 
 class PrepareConfig(_Section):
-    val_fraction: float = 0.15
-    test_fraction: float = 0.2
-    seed: int = 13
+    val_fraction: float
+    test_fraction: float
+    seed: int
     # Spatial size fed to the network; 0 keeps the data's own size (capped by max_size).
-    image_size: int = 0
-    max_size: int = 64
+    image_size: int
+    max_size: int
     # CT window in Hounsfield units used when the data is CT; other data is scaled by its dtype's range.
-    window_level: float = 40.0
-    window_width: float = 400.0
+    window_level: float
+    window_width: float
 
 
 class ModelConfig(_Section):
     # auto: a 2D ResNet for images, a 3D ResNet for volumes.
-    family: Literal["auto", "resnet", "densenet", "efficientnet", "resnet3d", "cnn_rnn"] = "auto"
-    width: int = 16  # channels of the first block
-    depth: Literal[10, 18, 34] = 10  # ResNet depth (resnet, resnet3d and the cnn_rnn encoder)
-    dropout: float = 0.1
-    rnn_hidden: int = 64
+    family: Literal["auto", "resnet", "densenet", "efficientnet", "resnet3d", "cnn_rnn"]
+    width: int  # channels of the first block
+    depth: Literal[10, 18, 34]  # ResNet depth (resnet, resnet3d and the cnn_rnn encoder)
+    dropout: float
+    rnn_hidden: int
 
 
 class AugmentConfig(_Section):
     """Random, label-preserving changes to training images, applied to whole batches at once."""
 
-    enabled: bool = True
-    rotate_degrees: float = 15.0  # in-plane (H, W) rotation, uniform in +/- this
-    zoom: float = 0.1  # scale factor uniform in [1 - zoom, 1 + zoom]
-    translate: float = 0.05  # shift, as a fraction of the image size
-    affine_probability: float = 0.8  # share of images given a rotation/zoom/shift
-    flip_axes: tuple[int, ...] = (-1,)  # spatial axes (negative: from the last) flipped with probability 0.5
-    noise_std: float = 0.02  # Gaussian noise on [0, 1] intensities
-    noise_probability: float = 0.2
-    contrast: float = 0.1  # intensity scale uniform in [1 - contrast, 1 + contrast] about the image mean
+    enabled: bool
+    rotate_degrees: float  # in-plane (H, W) rotation, uniform in +/- this
+    zoom: float  # scale factor uniform in [1 - zoom, 1 + zoom]
+    translate: float  # shift, as a fraction of the image size
+    affine_probability: float  # share of images given a rotation/zoom/shift
+    flip_axes: tuple[int, ...]  # spatial axes (negative: from the last) flipped with probability 0.5
+    noise_std: float  # Gaussian noise on [0, 1] intensities
+    noise_probability: float
+    contrast: float  # intensity scale uniform in [1 - contrast, 1 + contrast] about the image mean
 
 
 class TrainConfig(_Section):
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig
     # 0: enough epochs for about `steps` optimizer steps, within [min_epochs, max_epochs]: small
     # datasets get more passes, large ones fewer. A number: exactly that many epochs (at most).
-    epochs: int = 0
-    steps: int = 1000
-    min_epochs: int = 10
-    max_epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.0
-    patience: int = 10  # epochs without a better validation AUC before stopping...
-    early_stopping_after: float = 0.5  # ...once this share of the planned epochs has run
-    seed: int = 0
-    num_threads: int = 0  # 0: every core this process may use
+    epochs: int
+    steps: int
+    min_epochs: int
+    max_epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    label_smoothing: float
+    patience: int  # epochs without a better validation AUC before stopping...
+    early_stopping_after: float  # ...once this share of the planned epochs has run
+    seed: int
+    num_threads: int  # 0: every core this process may use
     # Class imbalance: weight the loss by inverse class frequency, or sample batches class-balanced.
-    class_balance: Literal["weighted_loss", "sampler", "none"] = "weighted_loss"
-    augment: AugmentConfig = AugmentConfig()
-    ema_decay: float = 0.0  # > 0: select and save an exponential moving average of the weights
+    class_balance: Literal["weighted_loss", "sampler", "none"]
+    augment: AugmentConfig
+    ema_decay: float  # > 0: select and save an exponential moving average of the weights
     # Training images over which BatchNorm statistics are recomputed after each epoch (0: all); a few
     # thousand estimate them well, and the pass costs a forward over them every epoch.
-    bn_recalibration_images: int = 2048
-    max_minutes: float = 30.0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # bfloat16 autocast, on a GPU only
-    compile: bool = True  # torch.compile, on a GPU only
+    bn_recalibration_images: int
+    max_minutes: float
+    device: Literal["auto", "cpu", "cuda"]
+    amp: bool  # bfloat16 autocast, on a GPU only
+    compile: bool  # torch.compile, on a GPU only
 
 
 class BaselineConfig(_Section):
     """The classical baseline: radiomics-style features and a scikit-learn classifier."""
 
-    classifier: Literal["gradient_boosting", "logistic_regression", "random_forest"] = "gradient_boosting"
-    histogram_bins: int = 16
-    grey_levels: int = 16  # grey levels of the co-occurrence (texture) matrices
-    seed: int = 0
+    classifier: Literal["gradient_boosting", "logistic_regression", "random_forest"]
+    histogram_bins: int
+    grey_levels: int  # grey levels of the co-occurrence (texture) matrices
+    seed: int
 
 
 class EvaluateConfig(_Section):
-    bootstrap_samples: int = 500
-    operating_point: Literal["youden", "sensitivity"] = "youden"
-    target_sensitivity: float = 0.9
-    temperature_scaling: bool = True  # fit a temperature on validation; report calibration before/after
-    calibration_bins: int = 10
-    seed: int = 0
+    bootstrap_samples: int
+    operating_point: Literal["youden", "sensitivity"]
+    target_sensitivity: float
+    temperature_scaling: bool  # fit a temperature on validation; report calibration before/after
+    calibration_bins: int
+    seed: int
 
 
 class Bound(_Section):
+    """A range; a side left out (or null) is open."""
+
     lower: float | None = None
     upper: float | None = None
 
@@ -193,20 +199,23 @@ class Bound(_Section):
 class ChangeThreshold(_Section):
     """Allowed change against the production model; `direction` says which way is better."""
 
-    direction: Literal["higher", "lower"] = "higher"
+    direction: Literal["higher", "lower"]
+    # Either or both; one left out (or null) is not checked.
     absolute: float | None = None
     relative: float | None = None
 
 
 class GatePolicy(_Section):
+    """The checks of one policy; a group left out has no check (a per-model policy names only its own)."""
+
     values: dict[str, Bound] = Field(default_factory=dict)
     changes: dict[str, ChangeThreshold] = Field(default_factory=dict)
     subgroup_floors: dict[str, float] = Field(default_factory=dict)
 
 
 class GateConfig(_Section):
-    default: GatePolicy = GatePolicy()
-    models: dict[str, GatePolicy] = Field(default_factory=dict)
+    default: GatePolicy
+    models: dict[str, GatePolicy]
 
     def policy_for(self, model_name: str) -> GatePolicy:
         return self.models.get(model_name, self.default)
@@ -214,47 +223,47 @@ class GateConfig(_Section):
 
 class PackageConfig(_Section):
     # Empty: derived from the dataset source (e.g. "pneumoniamnist", "ct-lesion" for the default).
-    model_name: str = ""
+    model_name: str
     # Where the service runs the network: auto = the GPU when the serving host has one.
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"]
     # Most images per forward pass of the service's batcher, on a CPU and on a GPU.
-    max_batch_size: int = 64
-    gpu_max_batch_size: int = 256
+    max_batch_size: int
+    gpu_max_batch_size: int
     # The batcher's latency budget: a request expected to wait longer for the network is refused (503).
-    max_latency_ms: int = 2000
+    max_latency_ms: int
     # Intra-op threads of each serving worker (0: PyTorch's default, all cores).
-    torch_threads: int = 1
+    torch_threads: int
     # Server processes, each with its own copy of the network and its own batcher; 0: one per CPU the
     # server may use where it runs (one event loop per process is the service's limit on a CPU).
     # On a GPU host set 1: one process keeps the GPU busy with large batches.
-    api_workers: int = 0
+    api_workers: int
 
 
 class ServeConfig(_Section):
-    port: int = 3000
-    max_upload_bytes: int = 20_000_000
+    port: int
+    max_upload_bytes: int
     # Images accepted in one /predict_batch request (the body limit above applies as well).
-    max_batch_images: int = 256
-    golden_set_size: int = 16
-    probability_tolerance: float = 1e-4
+    max_batch_images: int
+    golden_set_size: int
+    probability_tolerance: float
     # `medgate serve` asks the registry for the production Bento this often (0: only on SIGHUP).
-    reload_poll_s: float = 10.0
+    reload_poll_s: float
 
 
 class ModelCardText(_Section):
     """What a model card says about use: written by people, shown verbatim on every card."""
 
-    intended_use: str = "Research use: to study medgate's gated pipeline; not for clinical decisions."
-    intended_users: str = "ML engineers and researchers operating medgate."
-    limitations: tuple[str, ...] = ()
-    out_of_scope: tuple[str, ...] = ()
+    intended_use: str
+    intended_users: str
+    limitations: tuple[str, ...]
+    out_of_scope: tuple[str, ...]
 
 
 class ModelCardConfig(_Section):
     """Intended use and limits per model name (`models.<name>`), else `default`."""
 
-    default: ModelCardText = ModelCardText()
-    models: dict[str, ModelCardText] = Field(default_factory=dict)
+    default: ModelCardText
+    models: dict[str, ModelCardText]
 
     def text_for(self, model_name: str) -> ModelCardText:
         return self.models.get(model_name, self.default)
@@ -263,9 +272,9 @@ class ModelCardConfig(_Section):
 class RetrainConfig(_Section):
     """Retraining that runs unattended: `medgate schedule` and `medgate watch` (flows/retrain.py)."""
 
-    cron: str = ""  # the schedule `medgate schedule` registers when --cron is not given
-    watch_interval_s: float = 300.0  # how often a watch hashes the source's content
-    lock_wait_s: float = 3600.0  # how long an unattended run waits for a busy workspace before it is refused
+    cron: str  # the schedule `medgate schedule` registers when --cron is not given
+    watch_interval_s: float  # how often a watch hashes the source's content
+    lock_wait_s: float  # how long an unattended run waits for a busy workspace before it is refused
 
 
 class OrchestrationConfig(_Section):
@@ -273,29 +282,55 @@ class OrchestrationConfig(_Section):
 
     # sequential: one DVC stage at a time. threads / dask: the independent stages of a wave (train and
     # baseline) at once, in threads or on Dask workers; sweep trials fan out the same way.
-    task_runner: Literal["sequential", "threads", "dask"] = "sequential"
-    dask_address: str = ""  # a running Dask scheduler (tcp://host:8786); empty: a local cluster
-    dask_workers: int = 2  # worker processes of that local cluster
+    task_runner: Literal["sequential", "threads", "dask"]
+    dask_address: str  # a running Dask scheduler (tcp://host:8786); empty: a local cluster
+    dask_workers: int  # worker processes of that local cluster
     # > 1: train under torchrun with DistributedDataParallel, this many processes on this node
     # (gloo on CPU, NCCL on GPU). The weights differ slightly from one process's, so it is a train dependency.
-    train_processes: int = 1
+    train_processes: int
 
 
 class Params(_Section):
-    cohort: CohortConfig = CohortConfig()
-    ingest: IngestConfig = IngestConfig()
-    validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
-    drift: DriftConfig = DriftConfig()
-    prepare: PrepareConfig = PrepareConfig()
-    train: TrainConfig = TrainConfig()
-    baseline: BaselineConfig = BaselineConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    gate: GateConfig = GateConfig()
-    package: PackageConfig = PackageConfig()
-    serve: ServeConfig = ServeConfig()
-    modelcard: ModelCardConfig = ModelCardConfig()
-    retrain: RetrainConfig = RetrainConfig()
-    orchestration: OrchestrationConfig = OrchestrationConfig()
+    cohort: CohortConfig
+    ingest: IngestConfig
+    validate_: ValidateConfig = Field(alias="validate")
+    drift: DriftConfig
+    prepare: PrepareConfig
+    train: TrainConfig
+    baseline: BaselineConfig
+    evaluate: EvaluateConfig
+    gate: GateConfig
+    package: PackageConfig
+    serve: ServeConfig
+    modelcard: ModelCardConfig
+    retrain: RetrainConfig
+    orchestration: OrchestrationConfig
+
+
+def merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `base` with `overrides` set: nested mappings merge key by key, other values replace."""
+    out = dict(base)
+    for key, value in overrides.items():
+        both = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = merged(out[key], value) if both else value
+    return out
+
+
+@functools.cache
+def _project_params() -> dict[str, Any]:
+    return yaml.safe_load(PARAMS_FILE.read_text())
+
+
+def default_params(**overrides: Any) -> Params:
+    """The project's params.yaml, with nested `overrides` by section (`prepare={"seed": 1}`,
+    `train={"model": {"width": 4}}`): the values of code and tests that run without a workspace.
+
+    Raises:
+        FileNotFoundError: the package runs without the project beside it (e.g. inside a Bento).
+    """
+    if not PARAMS_FILE.is_file():
+        raise FileNotFoundError(f"{PARAMS_FILE}: the project's params file is not beside the package")
+    return Params.model_validate(merged(_project_params(), overrides))
 
 
 def load_params(path: Path) -> Params:

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from components.data.artifacts import IngestedDataset, content_digest, file_sha256, read_keyed_json, to_dict, write_json_atomically
-from components.config import GateConfig, IngestConfig
+from components.config import GateConfig, GatePolicy, IngestConfig
 from components.imports import import_closure
 from registry import repository as repo
 from registry.models import ModelVersion
@@ -121,5 +121,6 @@ def unchanged_production(
         weights_sha256, dataset_version, test_data_version
     ):
         return None
-    run_gate = GateConfig.model_validate((production.run.params or {}).get("gate", {}))
-    return production if run_gate.policy_for(name) == gate.policy_for(name) else None
+    run_gate = (production.run.params or {}).get("gate")
+    run_policy = GateConfig.model_validate(run_gate).policy_for(name) if run_gate else GatePolicy()
+    return production if run_policy == gate.policy_for(name) else None

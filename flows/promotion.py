@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import yaml
 from sqlalchemy.orm import Session
 
-from components.config import DriftConfig, EvaluateConfig, GatePolicy, Params
+from components.config import DriftConfig, EvaluateConfig, GatePolicy, Params, merged
 from components.stages.gate import Check, GateDecision, RetrainingRequirement, decide_promotion
 from registry import repository as repo
 from registry.errors import InvalidTransition, NotFoundError
@@ -198,7 +198,7 @@ def reevaluate_champion(champion: ChampionFacts, data_dir: Path, cfg: EvaluateCo
 
     from components.stages.evaluate import METRICS_FILE, evaluate_model
     from components.data.artifacts import WEIGHTS_FILE, file_sha256
-    from components.stages.prepare import read_dataset_info
+    from components.data.prepared import read_dataset_info
 
     if not champion.model_tag:
         raise ComparisonUnavailable("it has no model in the BentoML store (it was never packaged)")
@@ -389,8 +389,9 @@ def promote_manually(
 
 
 def _evaluate_config(run_params: dict[str, Any] | None, params: Params) -> EvaluateConfig:
-    """The evaluation settings the candidate was evaluated with (its run's params), else params.yaml's."""
+    """The evaluation settings the candidate was evaluated with (its run's params; keys it predates
+    from params.yaml), else params.yaml's."""
     try:
-        return EvaluateConfig.model_validate((run_params or {})["evaluate"])
-    except (KeyError, ValueError):
+        return EvaluateConfig.model_validate(merged(params.evaluate.model_dump(), (run_params or {})["evaluate"]))
+    except (KeyError, ValueError, AttributeError):
         return params.evaluate

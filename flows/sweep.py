@@ -28,8 +28,8 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.futures import wait
 
-from components.config import Params, TrainConfig, load_params
-from components.stages.train import CHECKPOINT_FILE, TRAINING_FILE
+from components.config import Params, TrainConfig, default_params, load_params
+from components.data.artifacts import CHECKPOINT_FILE, TRAINING_FILE
 from flows.distributed import configured
 from flows.lock import workspace_lock
 from flows.pipeline import ValidationFailed, ingest_and_version, training_flow, validate_task
@@ -47,7 +47,7 @@ def parse_grid(specs: list[str]) -> dict[str, list[Any]]:
         grid[key.strip()] = [yaml.safe_load(v) for v in values.split(",")]
     for overrides in trials_of(grid):
         try:
-            TrainConfig.model_validate(apply_overrides({}, overrides))
+            TrainConfig.model_validate(apply_overrides(default_params().train.model_dump(), overrides))
         except Exception as exc:
             raise ValueError(f"--grid: {overrides} is not a valid train section: {exc}") from None
     return grid

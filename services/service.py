@@ -46,6 +46,7 @@ from bentoml.exceptions import BadInput, BentoMLException, NotFound, Unprocessab
 from bentoml.validators import ContentType
 from starlette.responses import JSONResponse, Response
 
+from components.config import default_params
 from components.documents.modelcard import HTML_FILE as CARD_HTML
 from components.documents.modelcard import MARKDOWN_FILE as CARD_MARKDOWN
 from services.batching import MicroBatcher, Overloaded
@@ -58,7 +59,7 @@ from services.inference import (
     read_upload,
     to_prediction,
 )
-from services.settings import API_KEY_ENV, PINNED_SETTINGS_FILE, ServingSettings, stored_input_shape
+from services.settings import API_KEY_ENV, PINNED_SETTINGS_FILE, ServingSettings, settings_for_model
 
 if TYPE_CHECKING:
     import torch
@@ -89,7 +90,8 @@ def resolve_settings() -> ServingSettings:
         return settings
     if not env_tag:
         raise RuntimeError(f"no model pinned: {ref} is absent and {MODEL_TAG_ENV} is not set")
-    return ServingSettings(model_tag=env_tag, input_shape=stored_input_shape(env_tag))
+    params = default_params()  # outside a Bento, so beside the project: its params.yaml serves
+    return settings_for_model(env_tag, params.package, params.serve)
 
 
 def read_api_key() -> str:
@@ -131,7 +133,7 @@ class Classifier:
         # Here, not at import: `bentoml serve` imports this module in its supervising process as well.
         import torch
 
-        from components.ml.models import resolve_device
+        from components.ml.runtime import resolve_device
 
         stored = self.bento_model
         metadata = dict(stored.info.metadata)

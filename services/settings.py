@@ -40,14 +40,14 @@ class ServingSettings:
 
     model_tag: str
     input_shape: tuple[int, ...]
-    max_batch_size: int = PackageConfig().max_batch_size
-    gpu_max_batch_size: int = PackageConfig().gpu_max_batch_size
-    max_latency_ms: int = PackageConfig().max_latency_ms
-    torch_threads: int = PackageConfig().torch_threads
-    api_workers: int = PackageConfig().api_workers
-    max_upload_bytes: int = ServeConfig().max_upload_bytes
-    max_batch_images: int = ServeConfig().max_batch_images
-    device: str = PackageConfig().device
+    max_batch_size: int
+    gpu_max_batch_size: int
+    max_latency_ms: int
+    torch_threads: int
+    api_workers: int
+    max_upload_bytes: int
+    max_batch_images: int
+    device: str
 
     def __post_init__(self) -> None:
         exact_model_tag(self.model_tag)
@@ -67,12 +67,11 @@ class ServingSettings:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ServingSettings:
-        known = {k: raw[k] for k in SETTING_KEYS if k in raw}
         return cls(
             model_tag=str(raw["model_tag"]),
             input_shape=tuple(int(s) for s in raw["input_shape"]),
-            **{k: int(v) for k, v in known.items()},
-            **({"device": str(raw["device"])} if "device" in raw else {}),
+            device=str(raw["device"]),
+            **{k: int(raw[k]) for k in SETTING_KEYS},
         )
 
     @classmethod
@@ -104,11 +103,14 @@ def stored_input_shape(model_tag: str) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
-def settings_for_model(model_tag: str, package: PackageConfig, serve: ServeConfig) -> ServingSettings:
-    """The settings a Bento of `model_tag` serves with: its stored input shape and params' package and serve sections."""
+def settings_for_model(
+    model_tag: str, package: PackageConfig, serve: ServeConfig, input_shape: tuple[int, ...] | None = None
+) -> ServingSettings:
+    """The settings a Bento of `model_tag` serves with: params' package and serve sections, and the
+    model's input shape (default: the one stored with it)."""
     return ServingSettings(
         model_tag=model_tag,
-        input_shape=stored_input_shape(model_tag),
+        input_shape=input_shape or stored_input_shape(model_tag),
         max_batch_size=package.max_batch_size,
         gpu_max_batch_size=package.gpu_max_batch_size,
         device=package.device,

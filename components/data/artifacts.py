@@ -15,10 +15,12 @@ from typing import Any
 
 # File names inside the stage output folders (dvc.yaml's outs): what a stage writes and its readers
 # (the report, the gate, packaging) open, kept here so that reading them imports no torch.
+DATASET_FILE = "dataset.json"  # prepare: class names, input shape, preprocessing, counts (components.data.prepared)
 WEIGHTS_FILE = "model.pt"  # train: the network's state dict (components.ml.models.save_model)
 SPEC_FILE = "model.json"  # train: architecture, input shape, class names, preprocessing
 HISTORY_FILE = "history.json"  # train: per-epoch figures
 TRAINING_FILE = "training.json"  # train: the training run's figures
+CHECKPOINT_FILE = "checkpoint.pt"  # train's state folder: the resumable training state
 METRICS_FILE = "metrics.json"  # evaluate and baseline
 PREDICTIONS_FILE = "predictions.csv"  # evaluate and baseline: one row per test image
 PLOTS_DIR = "plots"  # evaluate: DVC plot data

@@ -175,14 +175,3 @@ def load_model(model_dir: Path, expected_sha256: str | None = None) -> tuple[nn.
     model = build_model(spec.model, spec.input_shape, len(spec.class_names))
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.eval(), spec
-
-
-def resolve_device(setting: str, name: str) -> torch.device:
-    """The device a `name` setting of "auto", "cpu" or "cuda" asks for; `auto`: the GPU when there is one.
-
-    Raises:
-        RuntimeError: "cuda" where no CUDA device is visible.
-    """
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"{name} is cuda but no CUDA device is available")
-    return torch.device("cuda" if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()) else "cpu")

@@ -3,7 +3,7 @@
 The network has to earn its place: this stage fits a scikit-learn classifier on features of the
 prepared images (the same arrays the network sees, intensities in [0, 1]) of the train split,
 chooses its operating threshold on the validation split and measures it on the test split with
-the same metric functions as evaluate. Evaluate then reports the network against it
+the same metric functions as evaluate (components.ml.metrics). Evaluate then reports the network against it
 (`baseline_auc`, `auc_minus_baseline` and its paired bootstrap interval).
 
 Features per image (channels averaged to one grey image; 2D or 3D alike):
@@ -35,10 +35,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from components.config import BaselineConfig, load_params
 from components.data.artifacts import METRICS_FILE, PREDICTIONS_FILE
-from components.config import BaselineConfig, EvaluateConfig, load_params
-from components.stages.evaluate import choose_threshold, classification_metrics, predict_labels
-from components.stages.prepare import load_split, read_dataset_info
+from components.data.prepared import load_split, read_dataset_info
+from components.ml.metrics import choose_threshold, classification_metrics, predict_labels
 
 _CHUNK = 256  # images per co-occurrence batch: bounds memory for volumes
 
@@ -134,8 +134,13 @@ def make_classifier(cfg: BaselineConfig) -> ClassifierMixin:
     )
 
 
-def train_baseline(data_dir: Path, cfg: BaselineConfig, eval_cfg: EvaluateConfig, out_dir: Path) -> dict[str, Any]:
-    """Fit on train, choose the threshold on val, measure on test; returns the flat metrics written."""
+def train_baseline(data_dir: Path, cfg: BaselineConfig, operating_point: tuple[str, float], out_dir: Path) -> dict[str, Any]:
+    """Fit on train, choose the threshold on val, measure on test; returns the flat metrics written.
+
+    Args:
+        operating_point: evaluate's `operating_point` and `target_sensitivity`, so that the baseline's
+            threshold is chosen as the network's is.
+    """
     started = time.monotonic()
     class_names = read_dataset_info(data_dir)["class_names"]
     split = {name: load_split(data_dir, name) for name in ("train", "val", "test")}
@@ -143,7 +148,7 @@ def train_baseline(data_dir: Path, cfg: BaselineConfig, eval_cfg: EvaluateConfig
     classifier = make_classifier(cfg).fit(features["train"], split["train"][1])
     probs = {name: _all_class_probs(classifier, features[name], len(class_names)) for name in ("val", "test")}
     y_val, y_test, rows = split["val"][1], split["test"][1], split["test"][2]
-    threshold = choose_threshold(y_val, probs["val"][:, 1], eval_cfg) if len(class_names) == 2 else 0.5
+    threshold = choose_threshold(y_val, probs["val"][:, 1], *operating_point) if len(class_names) == 2 else 0.5
     metrics: dict[str, Any] = {
         **classification_metrics(y_test, probs["test"], threshold),
         "operating_threshold": threshold,
@@ -174,7 +179,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     params = load_params(args.params)
-    metrics = train_baseline(args.data, params.baseline, params.evaluate, args.out)
+    operating_point = (params.evaluate.operating_point, params.evaluate.target_sensitivity)
+    metrics = train_baseline(args.data, params.baseline, operating_point, args.out)
     shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("auc", "accuracy", "sensitivity", "specificity"))
     print(f"baseline ({params.baseline.classifier}, {metrics['n_features']} features): {shown}")
 

@@ -18,141 +18,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_curve
+from sklearn.metrics import roc_curve
 
 from components.data.artifacts import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, EvalReport
 from components.data.manifest import SUBGROUP_COLUMNS
 from components.config import EvaluateConfig, load_params
+from components.data.prepared import load_split
+from components.ml.metrics import (
+    apply_temperature,
+    bootstrap_ci,
+    choose_threshold,
+    classification_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    paired_bootstrap_difference,
+    predict_labels,
+    reliability_bins,
+    score_auc,
+)
 from components.ml.models import load_model
-from components.stages.prepare import load_split
-from components.stages.train import predict_probs, score_auc, set_threads
-
-
-
-def choose_threshold(labels: np.ndarray, positive_probs: np.ndarray, cfg: EvaluateConfig) -> float:
-    """Operating threshold on the positive-class probability: where Youden's J is highest, or the
-    highest score that reaches the target sensitivity, on the validation split. 0.5 when the labels
-    hold one class only.
-
-    Every threshold between that score and the next lower validation score gives the same
-    validation result; the middle of that gap is taken, not its top edge (the lowest positive
-    score counted in): on a small validation split the edge misses any test positive that scores
-    just under it, and the middle leaves a margin on both sides.
-    """
-    if len(np.unique(labels)) < 2:
-        return 0.5
-    fpr, tpr, thresholds = roc_curve(labels, positive_probs, drop_intermediate=False)  # every distinct score
-    thresholds = np.clip(thresholds, 0.0, 1.0)  # roc_curve's first threshold is +inf
-    if cfg.operating_point == "sensitivity":
-        chosen = int(np.flatnonzero(tpr >= cfg.target_sensitivity)[0])
-    else:
-        chosen = int(np.argmax(tpr - fpr))
-    below = thresholds[chosen + 1] if chosen + 1 < len(thresholds) else thresholds[chosen]
-    return float((thresholds[chosen] + below) / 2)
-
-
-def predict_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
-    """Binary: positive when p(class 1) >= threshold; multi-class: argmax."""
-    if probs.shape[1] == 2:
-        return (probs[:, 1] >= threshold).astype(np.int64)
-    return probs.argmax(axis=1)
-
-
-def reliability_bins(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
-    """Top-class confidence against accuracy in equal-width confidence bins (the non-empty ones)."""
-    confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    return [
-        {"bin": b, "confidence": float(confidence[which == b].mean()), "accuracy": float(correct[which == b].mean()), "count": int((which == b).sum())}
-        for b in range(bins)
-        if (which == b).any()
-    ]
-
-
-def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
-    """ECE of the top-class confidence over equal-width bins."""
-    total = max(len(labels), 1)
-    return float(sum(r["count"] / total * abs(r["accuracy"] - r["confidence"]) for r in reliability_bins(labels, probs, bins)))
-
-
-def negative_log_likelihood(labels: np.ndarray, probs: np.ndarray) -> float:
-    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()) if len(labels) else math.nan
-
-
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(logits / T), from probabilities: log-probabilities differ from the logits by a
-    per-image constant, which the softmax removes."""
-    scaled = np.log(np.clip(probs, 1e-12, None)) / temperature
-    scaled -= scaled.max(axis=1, keepdims=True)
-    exp = np.exp(scaled)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
-    """The temperature in [0.05, 20] minimising the negative log-likelihood of `labels` (Guo et al. 2017)."""
-    if len(labels) == 0:
-        return 1.0
-    result = minimize_scalar(
-        lambda log_t: negative_log_likelihood(labels, apply_temperature(probs, math.exp(log_t))),
-        bounds=(math.log(0.05), math.log(20.0)),
-        method="bounded",
-    )
-    return float(math.exp(result.x))
-
-
-def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, bins: int = 10) -> dict[str, float]:
-    """AUC, accuracy, sensitivity, specificity, F1, balanced accuracy and ECE; NaN where undefined."""
-    n_classes = probs.shape[1]
-    predicted = predict_labels(probs, threshold)
-    cm = confusion_matrix(labels, predicted, labels=range(n_classes)).astype(np.float64)
-    tp = np.diag(cm)
-    fn = cm.sum(axis=1) - tp
-    fp = cm.sum(axis=0) - tp
-    tn = cm.sum() - tp - fn - fp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = tp / (tp + fn)
-        tnr = tn / (tn + fp)
-    if n_classes == 2:
-        sensitivity, specificity = recall[1], tnr[1]
-        f1 = f1_score(labels, predicted, pos_label=1, zero_division=0)
-    else:
-        sensitivity, specificity = np.nanmean(recall), np.nanmean(tnr)
-        f1 = f1_score(labels, predicted, average="macro", zero_division=0)
-    return {
-        "auc": score_auc(labels, probs),
-        "accuracy": float((predicted == labels).mean()) if len(labels) else math.nan,
-        "sensitivity": float(sensitivity),
-        "specificity": float(specificity),
-        "f1": float(f1),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)) if len(labels) else math.nan,
-        "ece": expected_calibration_error(labels, probs, bins),
-    }
-
-
-def bootstrap_ci(
-    labels: np.ndarray, probs: np.ndarray, metric: Callable[[np.ndarray, np.ndarray], float], samples: int, seed: int
-) -> tuple[float, float]:
-    """Percentile 95% interval of `metric` over bootstrap resamples of the test images."""
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(samples):
-        idx = rng.integers(0, len(labels), len(labels))
-        value = metric(labels[idx], probs[idx])
-        if not math.isnan(value):
-            values.append(value)
-    if not values:
-        return math.nan, math.nan
-    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+from components.ml.runtime import predict_probs, set_threads
 
 
 def subgroup_metrics(rows: pd.DataFrame, labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -175,19 +66,6 @@ def subgroup_metrics(rows: pd.DataFrame, labels: np.ndarray, probs: np.ndarray, 
             groups[value] = {"n": int(mask.sum()), "computable": True, **classification_metrics(labels[mask], probs[mask], threshold)}
         result[column] = groups
     return result
-
-
-def paired_bootstrap_difference(
-    labels: np.ndarray, probs: np.ndarray, other_probs: np.ndarray, samples: int, seed: int
-) -> tuple[float, float]:
-    """Percentile 95% interval of AUC(probs) - AUC(other_probs), both on the same resampled images."""
-    return bootstrap_ci(
-        labels,
-        np.concatenate([probs, other_probs], axis=1),
-        lambda y, both: score_auc(y, both[:, : probs.shape[1]]) - score_auc(y, both[:, probs.shape[1] :]),
-        samples,
-        seed,
-    )
 
 
 def compare_with_baseline(
@@ -236,7 +114,7 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
     x_test, y_test, rows = load_split(data_dir, "test")
     val_probs, test_probs = predict_probs(model, x_val), predict_probs(model, x_test)
     binary = len(spec.class_names) == 2
-    threshold = choose_threshold(y_val, val_probs[:, 1], cfg) if binary else 0.5
+    threshold = choose_threshold(y_val, val_probs[:, 1], cfg.operating_point, cfg.target_sensitivity) if binary else 0.5
 
     metrics: dict[str, Any] = classification_metrics(y_test, test_probs, threshold, cfg.calibration_bins)
     for name, fn in {

@@ -9,7 +9,6 @@ and `dataset.json` (class names, input shape, preprocessing, counts).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,10 @@ import pandas as pd
 
 from components.data.artifacts import PreparedDataset
 from components.data.manifest import CLASS_NAMES_ATTR, SPLITS, SUBGROUP_COLUMNS, order_class_names
+from components.data.prepared import write_dataset_info, write_split
 from components.data.shards import ImageStore
 from components.config import PrepareConfig, load_params
 from components.ml.transforms import Preprocessing, preprocess
-
-DATASET_FILE = "dataset.json"
 
 
 def split_patients(manifest: pd.DataFrame, cfg: PrepareConfig) -> pd.Series:
@@ -102,36 +100,16 @@ def prepare_dataset(manifest_path: Path, cfg: PrepareConfig, out_dir: Path) -> P
             for i, rel in enumerate(rows["path"]):
                 images[i] = preprocess(store.load(rel), spec)
         labels = rows["label"].map(label_index).to_numpy(dtype=np.int64)
-        np.savez(out_dir / f"{split}.npz", images=images, labels=labels)
-        rows[keep].to_csv(out_dir / f"{split}.csv", index=False)
+        write_split(out_dir, split, images, labels, rows[keep])
         counts[split] = len(rows)
-    (out_dir / DATASET_FILE).write_text(
-        json.dumps(
-            {
-                "class_names": list(class_names),
-                "input_shape": list(spec.input_shape),
-                "preprocessing": spec.to_dict(),
-                "counts": counts,
-                "class_counts": {
-                    s: manifest[manifest["split"] == s]["label"].value_counts().to_dict() for s in SPLITS
-                },
-            },
-            indent=2,
-        )
-    )
+    write_dataset_info(out_dir, {
+        "class_names": list(class_names),
+        "input_shape": list(spec.input_shape),
+        "preprocessing": spec.to_dict(),
+        "counts": counts,
+        "class_counts": {s: manifest[manifest["split"] == s]["label"].value_counts().to_dict() for s in SPLITS},
+    })
     return PreparedDataset(out_dir=out_dir, class_names=class_names, input_shape=spec.input_shape, counts=counts)
-
-
-def load_split(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Images, integer labels and per-image rows of one prepared split."""
-    with np.load(data_dir / f"{split}.npz", allow_pickle=False) as arrays:
-        images, labels = arrays["images"], arrays["labels"]
-    rows = pd.read_csv(data_dir / f"{split}.csv", dtype=str, keep_default_na=False)
-    return images, labels, rows
-
-
-def read_dataset_info(data_dir: Path) -> dict:
-    return json.loads((data_dir / DATASET_FILE).read_text())
 
 
 def main() -> None:

@@ -19,25 +19,33 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import math
 import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from components.ml import models, transforms
-from components.data.artifacts import HISTORY_FILE, TRAINING_FILE, TrainedModel
 from components.config import TrainConfig, load_params
+from components.data.artifacts import (
+    CHECKPOINT_FILE,
+    DATASET_FILE,
+    HISTORY_FILE,
+    TRAINING_FILE,
+    WEIGHTS_FILE,
+    TrainedModel,
+    file_sha256,
+)
+from components.data.prepared import load_split, read_dataset_info
+from components.imports import import_closure, module_name
 from components.ml.distributed import (
     SINGLE,
     Replica,
@@ -46,40 +54,10 @@ from components.ml.distributed import (
     leave_process_group,
     under_torchrun,
 )
-from components.ml.models import ModelSpec, build_model, file_sha256, resolve_family, save_model
-from components.stages.prepare import DATASET_FILE, load_split, read_dataset_info
+from components.ml.metrics import score_auc
+from components.ml.models import ModelSpec, build_model, resolve_family, save_model
+from components.ml.runtime import predict_probs, resolve_device, set_threads
 from components.ml.transforms import BatchAugmentation, Preprocessing
-
-CHECKPOINT_FILE = "checkpoint.pt"
-
-
-def score_auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """AUC (one-vs-rest macro for multi-class); NaN when a class is absent."""
-    try:
-        if probs.shape[1] == 2:
-            return float(roc_auc_score(labels, probs[:, 1]))
-        return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=range(probs.shape[1])))
-    except ValueError:
-        return float("nan")
-
-
-@torch.no_grad()
-def predict_probs(model: nn.Module, images: np.ndarray, batch_size: int = 256, device: torch.device | None = None) -> np.ndarray:
-    """Softmax class probabilities for prepared images (N, C, *spatial)."""
-    model.eval()
-    device = device or next(model.parameters()).device
-    out = [
-        torch.softmax(model(torch.from_numpy(images[i : i + batch_size]).to(device)).float(), dim=1).cpu()
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
-
-
-def set_threads(num_threads: int) -> int:
-    """Intra-op threads: `num_threads`, or with 0 every core this process may use. Returns the count."""
-    count = num_threads or len(os.sched_getaffinity(0))
-    torch.set_num_threads(count)
-    return count
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -89,13 +67,14 @@ def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def input_key(data_dir: Path, cfg: TrainConfig) -> str:
-    """What a checkpoint must match to be resumed: train params, prepared data, training code."""
+    """What a checkpoint must match to be resumed: train params, prepared data, training code
+    (this module and every project module it imports)."""
     digest = hashlib.sha256(cfg.model_dump_json().encode())
     for name in (DATASET_FILE, "train.npz", "val.npz"):
         digest.update(file_sha256(data_dir / name).encode())
-    for module in (models, transforms):
-        digest.update(Path(inspect.getfile(module)).read_bytes())
-    digest.update(Path(__file__).read_bytes())
+    root = Path(__file__).parents[2]
+    for path in sorted(import_closure(root, [module_name(root, Path(__file__))])):  # __name__ is __main__ under -m
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -180,6 +159,226 @@ def epoch_batches(labels: np.ndarray, cfg: TrainConfig, weights: np.ndarray, gen
     return batches
 
 
+@dataclass(frozen=True)
+class _Data:
+    """The prepared splits training reads."""
+
+    info: dict[str, Any]
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_bn: np.ndarray  # the images BatchNorm statistics are recomputed over
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+def _load_data(data_dir: Path, cfg: TrainConfig) -> _Data:
+    info = read_dataset_info(data_dir)
+    x_train, y_train, _ = load_split(data_dir, "train")
+    x_val, y_val, _ = load_split(data_dir, "val")
+    return _Data(
+        info, tuple(info["class_names"]), tuple(info["input_shape"]), x_train, y_train,
+        bn_calibration_images(x_train, cfg.bn_recalibration_images, cfg.seed), x_val, y_val,
+    )
+
+
+@dataclass
+class _Run:
+    """The objects one training updates step by step; their state is what a checkpoint saves."""
+
+    model: nn.Module
+    net: nn.Module  # what the steps run: the model, under DDP and torch.compile where they apply
+    eval_model: nn.Module  # what is validated and selected: the model, or a copy holding the EMA weights
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    criterion: nn.CrossEntropyLoss
+    criterion_sum: nn.CrossEntropyLoss
+    augment: BatchAugmentation
+    ema: _Ema | None
+    shuffle_gen: torch.Generator
+    augment_gen: torch.Generator
+    weights: np.ndarray  # inverse class frequencies
+    epochs: int
+
+
+def _build_run(data: _Data, cfg: TrainConfig, device: torch.device, replica: Replica) -> _Run:
+    """Network, loss, optimizer, schedule and generators, seeded from `cfg.seed`."""
+    torch.manual_seed(cfg.seed)
+    num_classes = len(data.class_names)
+    model = build_model(cfg.model, data.input_shape, num_classes).to(device)
+    weights = class_weights(data.y_train, num_classes)
+    loss_weights = torch.tensor(weights if cfg.class_balance == "weighted_loss" else np.ones(num_classes), dtype=torch.float32).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    augment_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    steps_per_epoch = len(epoch_batches(data.y_train, cfg, weights, torch.Generator().manual_seed(0)))
+    epochs = plan_epochs(cfg, steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.learning_rate, total_steps=max(1, steps_per_epoch * epochs))
+    ema = _Ema(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    net = replica.wrap(model, device)
+    if device.type == "cuda" and cfg.compile:
+        net = torch.compile(net)  # type: ignore[assignment]
+    return _Run(
+        model=model,
+        net=net,
+        eval_model=build_model(cfg.model, data.input_shape, num_classes).to(device) if ema else model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        criterion=nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing),
+        criterion_sum=nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing, reduction="sum"),
+        augment=BatchAugmentation(cfg.augment, len(data.input_shape) - 1, augment_gen),
+        ema=ema,
+        shuffle_gen=shuffle_gen,
+        augment_gen=augment_gen,
+        weights=weights,
+        epochs=epochs,
+    )
+
+
+@dataclass
+class _Course:
+    """How far training got: the history, the best epoch so far and why it stopped."""
+
+    best: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    stale: int = 0  # epochs since the best one
+    finished: bool = False
+    resumed_from: int = 0
+    stopped: str = "epochs"  # epochs | early stopping | time limit
+
+
+def _resume(run: _Run, path: Path, key: str, device: torch.device) -> _Course:
+    """The course so far: from the checkpoint at `path` when it has this training's `key` (the run's
+    objects then take its state), else a fresh one."""
+    course = _Course(best={"auc": -math.inf, "loss": math.inf, "epoch": 0, "weights": _copy_state(run.model)})
+    if not path.exists():
+        return course
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("key") != key:
+        return course
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    run.shuffle_gen.set_state(saved["shuffle_rng"])
+    run.augment_gen.set_state(saved["augment_rng"])
+    torch.set_rng_state(saved["torch_rng"])
+    if run.ema is not None:
+        run.ema.state, run.ema.steps = {k: v.to(device) for k, v in saved["ema"].items()}, int(saved["ema_steps"])
+    return _Course(
+        best=saved["best"], history=saved["history"], stale=int(saved["stale"]), finished=bool(saved["finished"]),
+        resumed_from=int(saved["epoch"]), stopped=str(saved["stopped"]),
+    )
+
+
+def _save_checkpoint(run: _Run, course: _Course, key: str, epoch: int, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ema = run.ema
+    _save_atomically(
+        {
+            "key": key, "epoch": epoch, "finished": course.finished, "stopped": course.stopped, "stale": course.stale,
+            "history": course.history, "best": course.best,
+            "model": _copy_state(run.model), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "shuffle_rng": run.shuffle_gen.get_state(), "augment_rng": run.augment_gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "ema": {k: v.cpu() for k, v in ema.state.items()} if ema else {}, "ema_steps": ema.steps if ema else 0,
+        },
+        path,
+    )
+
+
+def _train_epoch(run: _Run, data: _Data, cfg: TrainConfig, device: torch.device, replica: Replica) -> tuple[float, int, float]:
+    """One pass over the training split. Returns the summed loss, the images trained on and the
+    seconds spent getting batches ready."""
+    run.model.train()
+    on_gpu = device.type == "cuda"
+    total, seen, data_seconds = 0.0, 0, 0.0
+    for idx in epoch_batches(data.y_train, cfg, run.weights, run.shuffle_gen):
+        t0 = time.monotonic()
+        images = run.augment(torch.from_numpy(data.x_train[idx.numpy()]).to(device, non_blocking=True))
+        labels = torch.from_numpy(data.y_train[idx.numpy()]).to(device, non_blocking=True)
+        if replica.distributed and len(idx) < 2 * replica.world_size:
+            continue  # a slice of one image cannot train BatchNorm
+        if replica.distributed:  # every replica drew the same global batch; each trains on its slice
+            global_weight = run.criterion_sum.weight[labels].sum()
+            images, labels = replica.shard(images), replica.shard(labels)
+        data_seconds += time.monotonic() - t0
+        run.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu and cfg.amp):
+            logits = run.net(images)
+            if replica.distributed:
+                loss = global_loss(run.criterion_sum, logits, labels, global_weight, replica)
+            else:
+                loss = run.criterion(logits, labels)
+        loss.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        if run.ema is not None:
+            run.ema.update(run.model)
+        total += loss.item() * len(labels)
+        seen += len(labels)
+    return total, seen, data_seconds
+
+
+def _validate(run: _Run, data: _Data, device: torch.device) -> tuple[float, float]:
+    """Validation loss and AUC of the weights being selected, with BatchNorm statistics recomputed first."""
+    if run.ema is not None:
+        run.eval_model.load_state_dict(run.ema.state)
+    recalibrate_batchnorm(run.eval_model, data.x_bn, device)
+    val_probs = predict_probs(run.eval_model, data.x_val, device=device)
+    val_loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-7)), torch.from_numpy(data.y_val)))
+    return val_loss, score_auc(data.y_val, val_probs)
+
+
+def _select(run: _Run, course: _Course, record: dict[str, float], cfg: TrainConfig, deadline: float, replica: Replica) -> None:
+    """Keep the epoch of `record` when it is the best so far, and decide whether training stops."""
+    val_auc, val_loss, epoch = record["val_auc"], record["val_loss"], int(record["epoch"])
+    # NaN (one class in val) never counts as better; equal AUC prefers the lower validation loss.
+    if val_auc > course.best["auc"] or (val_auc == course.best["auc"] and val_loss < course.best["loss"]):
+        course.best = {"auc": val_auc, "loss": val_loss, "epoch": epoch, "weights": _copy_state(run.eval_model)}
+        course.stale = 0
+    else:
+        course.stale += 1
+    # Not early in the schedule: there the one-cycle learning rate is high and validation AUC noisy.
+    if course.stale >= cfg.patience and epoch >= cfg.early_stopping_after * run.epochs:
+        course.stopped = "early stopping"
+    elif time.monotonic() > deadline:
+        course.stopped = "time limit"
+    course.finished = replica.agree(epoch == run.epochs or course.stopped != "epochs")
+
+
+def _epoch_record(run: _Run, epoch: int, started: float, trained: tuple[float, int, float], validated: tuple[float, float]) -> dict[str, float]:
+    total, seen, data_seconds = trained
+    train_seconds = time.monotonic() - started
+    return {
+        "epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": validated[0], "val_auc": validated[1],
+        "learning_rate": float(run.scheduler.get_last_lr()[0]), "seconds": time.monotonic() - started,
+        "train_seconds": train_seconds, "data_seconds": data_seconds, "images_per_second": seen / max(train_seconds, 1e-9),
+    }
+
+
+def _training_summary(run: _Run, course: _Course, family: str, device: torch.device, threads: int, replica: Replica) -> dict[str, Any]:
+    """training.json: totals over the epochs run (this call's and those before a resume)."""
+    history = course.history
+    train_seconds = sum(h["train_seconds"] for h in history)
+    return {
+        "family": family,
+        "parameters": sum(p.numel() for p in run.model.parameters()),
+        "epochs_planned": run.epochs,
+        "epochs_run": len(history),
+        "best_epoch": course.best["epoch"],
+        "best_val_auc": course.best["auc"],
+        "stopped": course.stopped,
+        "resumed_after_epoch": course.resumed_from,
+        "seconds": sum(h["seconds"] for h in history),
+        "train_seconds": train_seconds,
+        "images_per_second": sum(h["images_per_second"] * h["train_seconds"] for h in history) / max(train_seconds, 1e-9),
+        "data_fraction": sum(h["data_seconds"] for h in history) / max(train_seconds, 1e-9),
+        "device": device.type,
+        "threads": threads,
+        "processes": replica.world_size,
+    }
+
+
 def train_model(
     data_dir: Path,
     cfg: TrainConfig,
@@ -200,164 +399,49 @@ def train_model(
     """
     started_wall = time.monotonic()
     threads = set_threads(cfg.num_threads)
-    device = models.resolve_device(cfg.device, "train.device")
-    state_dir = state_dir or out_dir
-    info = read_dataset_info(data_dir)
-    class_names = tuple(info["class_names"])
-    input_shape = tuple(info["input_shape"])
-    x_train, y_train, _ = load_split(data_dir, "train")
-    x_bn = bn_calibration_images(x_train, cfg.bn_recalibration_images, cfg.seed)
-    x_val, y_val, _ = load_split(data_dir, "val")
+    device = resolve_device(cfg.device, "train.device")
+    checkpoint_path = (state_dir or out_dir) / CHECKPOINT_FILE
+    data = _load_data(data_dir, cfg)
     key = input_key(data_dir, cfg)
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, input_shape, len(class_names)).to(device)
-    weights = class_weights(y_train, len(class_names))
-    loss_weights = torch.tensor(weights if cfg.class_balance == "weighted_loss" else np.ones(len(class_names)), dtype=torch.float32)
-    criterion = nn.CrossEntropyLoss(weight=loss_weights.to(device), label_smoothing=cfg.label_smoothing)
-    criterion_sum = nn.CrossEntropyLoss(weight=loss_weights.to(device), label_smoothing=cfg.label_smoothing, reduction="sum")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    augment_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    steps_per_epoch = len(epoch_batches(y_train, cfg, weights, torch.Generator().manual_seed(0)))
-    epochs = plan_epochs(cfg, steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.learning_rate, total_steps=max(1, steps_per_epoch * epochs))
-    augment = BatchAugmentation(cfg.augment, len(input_shape) - 1, augment_gen)
-    ema = _Ema(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    on_gpu = device.type == "cuda"
-    net: nn.Module = torch.compile(replica.wrap(model, device)) if on_gpu and cfg.compile else replica.wrap(model, device)  # type: ignore[assignment]
-    eval_model = build_model(cfg.model, input_shape, len(class_names)).to(device) if ema else model
-
-    history: list[dict[str, float]] = []
-    best: dict[str, Any] = {"auc": -math.inf, "loss": math.inf, "epoch": 0, "weights": _copy_state(model)}
-    stale, finished, resumed_from, stopped = 0, False, 0, "epochs"
-    checkpoint_path = state_dir / CHECKPOINT_FILE
-    if checkpoint_path.exists():
-        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if saved.get("key") == key:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            shuffle_gen.set_state(saved["shuffle_rng"])
-            augment_gen.set_state(saved["augment_rng"])
-            torch.set_rng_state(saved["torch_rng"])
-            if ema is not None:
-                ema.state, ema.steps = {k: v.to(device) for k, v in saved["ema"].items()}, int(saved["ema_steps"])
-            history, best, stale, finished = saved["history"], saved["best"], int(saved["stale"]), bool(saved["finished"])
-            resumed_from, stopped = int(saved["epoch"]), str(saved["stopped"])
-
-    def write_checkpoint(epoch: int) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        _save_atomically(
-            {
-                "key": key, "epoch": epoch, "finished": finished, "stopped": stopped, "stale": stale, "history": history, "best": best,
-                "model": _copy_state(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "shuffle_rng": shuffle_gen.get_state(), "augment_rng": augment_gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "ema": {k: v.cpu() for k, v in ema.state.items()} if ema else {}, "ema_steps": ema.steps if ema else 0,
-            },
-            checkpoint_path,
-        )
+    run = _build_run(data, cfg, device, replica)
+    course = _resume(run, checkpoint_path, key, device)
 
     deadline = time.monotonic() + cfg.max_minutes * 60
     columns = [TextColumn("train"), BarColumn(), TextColumn("epoch {task.completed}/{task.total} {task.fields[status]}"), TimeElapsedColumn()]
     with Progress(*columns, transient=False) as progress:
-        task = progress.add_task("train", total=epochs, completed=len(history), status="")
-        if resumed_from and not finished:
-            progress.console.print(f"train: resuming after epoch {resumed_from} from {checkpoint_path}")
-        for epoch in range(len(history) + 1, epochs + 1):
-            if finished:
+        task = progress.add_task("train", total=run.epochs, completed=len(course.history), status="")
+        if course.resumed_from and not course.finished:
+            progress.console.print(f"train: resuming after epoch {course.resumed_from} from {checkpoint_path}")
+        for epoch in range(len(course.history) + 1, run.epochs + 1):
+            if course.finished:
                 break
-            model.train()
-            epoch_start = time.monotonic()
-            total, seen, data_seconds = 0.0, 0, 0.0
-            for idx in epoch_batches(y_train, cfg, weights, shuffle_gen):
-                t0 = time.monotonic()
-                images = augment(torch.from_numpy(x_train[idx.numpy()]).to(device, non_blocking=True))
-                labels = torch.from_numpy(y_train[idx.numpy()]).to(device, non_blocking=True)
-                if replica.distributed and len(idx) < 2 * replica.world_size:
-                    continue  # a slice of one image cannot train BatchNorm
-                if replica.distributed:  # every replica drew the same global batch; each trains on its slice
-                    global_weight = criterion_sum.weight[labels].sum()
-                    images, labels = replica.shard(images), replica.shard(labels)
-                data_seconds += time.monotonic() - t0
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu and cfg.amp):
-                    logits = net(images)
-                    loss = global_loss(criterion_sum, logits, labels, global_weight, replica) if replica.distributed else criterion(logits, labels)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                if ema is not None:
-                    ema.update(model)
-                total += loss.item() * len(labels)
-                seen += len(labels)
-            train_seconds = time.monotonic() - epoch_start
-            if ema is not None:
-                eval_model.load_state_dict(ema.state)
-            recalibrate_batchnorm(eval_model, x_bn, device)
-            val_probs = predict_probs(eval_model, x_val, device=device)
-            val_loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-7)), torch.from_numpy(y_val)))
-            val_auc = score_auc(y_val, val_probs)
-            record = {
-                "epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss, "val_auc": val_auc,
-                "learning_rate": float(scheduler.get_last_lr()[0]), "seconds": time.monotonic() - epoch_start,
-                "train_seconds": train_seconds, "data_seconds": data_seconds, "images_per_second": seen / max(train_seconds, 1e-9),
-            }
-            history.append(record)
-            # NaN (one class in val) never counts as better; equal AUC prefers the lower validation loss.
-            if val_auc > best["auc"] or (val_auc == best["auc"] and val_loss < best["loss"]):
-                best = {"auc": val_auc, "loss": val_loss, "epoch": epoch, "weights": _copy_state(eval_model)}
-                stale = 0
-            else:
-                stale += 1
-            # Not early in the schedule: there the one-cycle learning rate is high and validation AUC noisy.
-            if stale >= cfg.patience and epoch >= cfg.early_stopping_after * epochs:
-                stopped = "early stopping"
-            elif time.monotonic() > deadline:
-                stopped = "time limit"
-            finished = replica.agree(epoch == epochs or stopped != "epochs")
+            started = time.monotonic()
+            trained = _train_epoch(run, data, cfg, device, replica)
+            record = _epoch_record(run, epoch, started, trained, _validate(run, data, device))
+            course.history.append(record)
+            _select(run, course, record, cfg, deadline, replica)
             if replica.is_main:
-                write_checkpoint(epoch)
-            progress.update(task, completed=epoch, status=f"loss {record['train_loss']:.3f} val_auc {val_auc:.3f}")
+                _save_checkpoint(run, course, key, epoch, checkpoint_path)
+            progress.update(task, completed=epoch, status=f"loss {record['train_loss']:.3f} val_auc {record['val_auc']:.3f}")
             progress.console.print(
-                f"epoch {epoch}/{epochs}: loss {record['train_loss']:.4f}, val loss {val_loss:.4f}, val AUC {val_auc:.4f}, "
-                f"{record['images_per_second']:.0f} img/s ({data_seconds / max(train_seconds, 1e-9):.0%} in data)",
+                f"epoch {epoch}/{run.epochs}: loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
+                f"val AUC {record['val_auc']:.4f}, {record['images_per_second']:.0f} img/s "
+                f"({record['data_seconds'] / max(record['train_seconds'], 1e-9):.0%} in data)",
                 soft_wrap=True,
             )
             if on_epoch is not None:
                 on_epoch(record)
-            if finished:
-                break
 
-    if best["epoch"] == 0:  # validation AUC never defined (one class in val): keep the last epoch
-        best = {**best, "epoch": len(history), "weights": _copy_state(eval_model)}
-    model.load_state_dict(best["weights"])
-    if not replica.is_main:
-        return TrainedModel(out_dir / models.WEIGHTS_FILE, resolve_family(cfg.model, input_shape), best["epoch"], best["auc"])
-    spec = ModelSpec(cfg.model, input_shape, class_names, Preprocessing.from_dict(info["preprocessing"]))
-    save_model(model, spec, out_dir)
-    (out_dir / HISTORY_FILE).write_text(json.dumps(history, indent=2))
-    train_seconds = sum(h["train_seconds"] for h in history)
-    summary = {
-        "family": resolve_family(cfg.model, input_shape),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "epochs_planned": epochs,
-        "epochs_run": len(history),
-        "best_epoch": best["epoch"],
-        "best_val_auc": best["auc"],
-        "stopped": stopped,
-        "resumed_after_epoch": resumed_from,
-        "seconds": sum(h["seconds"] for h in history),
-        "train_seconds": train_seconds,
-        "images_per_second": sum(h["images_per_second"] * h["train_seconds"] for h in history) / max(train_seconds, 1e-9),
-        "data_fraction": sum(h["data_seconds"] for h in history) / max(train_seconds, 1e-9),
-        "device": device.type,
-        "threads": threads,
-        "processes": replica.world_size,
-        "this_call_seconds": time.monotonic() - started_wall,
-    }
-    (out_dir / TRAINING_FILE).write_text(json.dumps(summary, indent=2))
-    return TrainedModel(out_dir / models.WEIGHTS_FILE, summary["family"], best["epoch"], best["auc"])
+    if course.best["epoch"] == 0:  # validation AUC never defined (one class in val): keep the last epoch
+        course.best = {**course.best, "epoch": len(course.history), "weights": _copy_state(run.eval_model)}
+    run.model.load_state_dict(course.best["weights"])
+    family = resolve_family(cfg.model, data.input_shape)
+    if replica.is_main:
+        save_model(run.model, ModelSpec(cfg.model, data.input_shape, data.class_names, Preprocessing.from_dict(data.info["preprocessing"])), out_dir)
+        (out_dir / HISTORY_FILE).write_text(json.dumps(course.history, indent=2))
+        summary = _training_summary(run, course, family, device, threads, replica)
+        (out_dir / TRAINING_FILE).write_text(json.dumps({**summary, "this_call_seconds": time.monotonic() - started_wall}, indent=2))
+    return TrainedModel(out_dir / WEIGHTS_FILE, family, course.best["epoch"], course.best["auc"])
 
 
 def main() -> None:
@@ -371,7 +455,7 @@ def main() -> None:
     processes = params.orchestration.train_processes
     if processes > 1 and not torch.distributed.is_torchelastic_launched():
         raise SystemExit(under_torchrun(processes, "components.stages.train", sys.argv[1:]))
-    replica = join_process_group(models.resolve_device(params.train.device, "train.device").type)
+    replica = join_process_group(resolve_device(params.train.device, "train.device").type)
     try:
         result = train_model(args.data, params.train, args.out, args.state, replica=replica)
     finally:

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from components.config import PackageConfig, ServeConfig
+from components.config import default_params
 from components.documents.modelcard import HTML_FILE, MARKDOWN_FILE
 from components.stages.package import build_bento, save_to_model_store
 from services.processes import find_free_port
@@ -49,9 +49,12 @@ def package_tiny_model(root: Path, seed: int, *, with_card: bool) -> dict[str, s
     model_tag, sha256 = save_to_model_store(
         root, MODEL_NAME, {"dataset_version": "ds-http", "operating_threshold": 0.4}, files=files
     )
-    package = PackageConfig(model_name=f"{MODEL_NAME}-bento", max_batch_size=16, max_latency_ms=500)
-    settings = settings_for_model(model_tag, package, ServeConfig(max_upload_bytes=UPLOAD_LIMIT))
-    bento_tag = build_bento(settings.to_dict(), {"dataset_version": "ds-http"}, name=package.model_name)
+    params = default_params(
+        package={"model_name": f"{MODEL_NAME}-bento", "max_batch_size": 16, "max_latency_ms": 500},
+        serve={"max_upload_bytes": UPLOAD_LIMIT},
+    )
+    settings = settings_for_model(model_tag, params.package, params.serve)
+    bento_tag = build_bento(settings.to_dict(), {"dataset_version": "ds-http"}, name=params.package.model_name)
     return {"model_tag": model_tag, "bento_tag": bento_tag, "sha256": sha256}
 
 

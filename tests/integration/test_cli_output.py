@@ -13,7 +13,7 @@ import pytest
 from pydicom.encaps import generate_frames
 from pydicom.uid import RLELossless
 
-from components.config import CohortConfig
+from components.config import default_params
 from components.demo.cohort import generate_cohort
 from tests.conftest import PROJECT
 from tests.integration.conftest import TINY, make_workspace
@@ -29,7 +29,7 @@ def medgate(workspace: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_broken_dicoms_decoder_traceback_goes_to_the_log_and_the_console_gets_one_line(tmp_path: Path, clean_env) -> None:
-    src = generate_cohort(tmp_path / "src", CohortConfig(patients=6, images_per_patient=2, image_size=32, seed=3))
+    src = generate_cohort(tmp_path / "src", default_params(cohort={"patients": 6, "images_per_patient": 2, "image_size": 32, "seed": 3}).cohort)
     # RLE-compressed, its frame header cut short: pydicom's decoder logs the exception with its traceback.
     ds = pydicom.dcmread(src / BROKEN)
     ds.compress(RLELossless)

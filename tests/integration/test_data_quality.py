@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from components.demo.cohort import generate_cohort
-from components.config import CohortConfig
+from components.config import default_params
 from tests.integration.conftest import TINY, make_workspace
 
 pytestmark = pytest.mark.timeout(600)
@@ -50,7 +50,7 @@ FLAGGED = {
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real cohort with fixed splits, plus one file or row per kind of bad input."""
-    src = generate_cohort(tmp_path_factory.mktemp("corpus") / "src", CohortConfig(patients=12, images_per_patient=2, image_size=32, seed=3))
+    src = generate_cohort(tmp_path_factory.mktemp("corpus") / "src", default_params(cohort={"patients": 12, "images_per_patient": 2, "image_size": 32, "seed": 3}).cohort)
     with open(src / "labels.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     cases = sorted({r["path"].rsplit("/", 1)[0] for r in rows})
@@ -155,7 +155,7 @@ def test_a_patient_name_in_a_folder_name_fails_the_run(tmp_path: Path, prefect_a
     from flows.pipeline import PhiFound, training_flow
     from flows.settings import get_settings
 
-    src = generate_cohort(tmp_path / "src", CohortConfig(patients=12, images_per_patient=2, image_size=32, seed=4))
+    src = generate_cohort(tmp_path / "src", default_params(cohort={"patients": 12, "images_per_patient": 2, "image_size": 32, "seed": 4}).cohort)
     name = json.loads((src / "identifiers.json").read_text())["patient_names"][0]
     (src / "site-a" / "case-000").rename(src / "site-a" / name)
     labels = (src / "labels.csv").read_text().replace("site-a/case-000/", f"site-a/{name}/")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import EvaluateConfig, PrepareConfig
+from components.config import default_params
 from components.stages.evaluate import evaluate_model
 from components.stages.prepare import prepare_dataset
 from flows.workspace import tool_env
@@ -38,7 +38,7 @@ def _train(ws: Path, processes: int, out: str) -> dict:
 
 def test_two_gloo_processes_give_the_metrics_of_one(tmp_path):
     ws = make_workspace(tmp_path / "ws", {"train": DDP_TRAIN})
-    prepare_dataset(make_manifest(tmp_path / "ingest", patients=48, per_patient=2), PrepareConfig(val_fraction=0.25, test_fraction=0.25), ws / "data" / "prepare")
+    prepare_dataset(make_manifest(tmp_path / "ingest", patients=48, per_patient=2), default_params(prepare={"val_fraction": 0.25, "test_fraction": 0.25}).prepare, ws / "data" / "prepare")
 
     one = _train(ws, 1, "one")
     two = _train(ws, 2, "two")
@@ -48,7 +48,7 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path):
     curves = [json.loads((ws / name / "history.json").read_text()) for name in ("one", "two")]
     for a, b in zip(*curves):  # the same steps on the same global batches
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=0.15, abs=0.02), (a, b)
-    metrics = [evaluate_model(ws / "data" / "prepare", ws / name, EvaluateConfig(bootstrap_samples=20), ws / f"eval-{name}").metrics for name in ("one", "two")]
+    metrics = [evaluate_model(ws / "data" / "prepare", ws / name, default_params(evaluate={"bootstrap_samples": 20}).evaluate, ws / f"eval-{name}").metrics for name in ("one", "two")]
     for key in ("auc", "accuracy"):
         assert metrics[1][key] == pytest.approx(metrics[0][key], abs=0.05), (key, metrics)
 

@@ -317,10 +317,10 @@ def dvc_ws(tmp_path_factory):
     that predicts 0.5 for everything (AUC 0.5 on any data) in the BentoML model store."""
     import torch
 
-    from components.config import ModelConfig
+    from components.config import default_params
     from components.ml.models import ModelSpec, build_model, save_model
     from components.stages.package import save_to_model_store
-    from components.stages.prepare import read_dataset_info
+    from components.data.prepared import read_dataset_info
     from components.ml.transforms import Preprocessing
     from flows.promotion import prepared_data_version
     from flows.workspace import ensure_workspace, reproduce_stage
@@ -333,7 +333,7 @@ def dvc_ws(tmp_path_factory):
         reproduce_stage(ws, "prepare")
         versions.append(prepared_data_version(ws))
     info = read_dataset_info(ws / "data" / "prepare")
-    spec = ModelSpec(ModelConfig(width=4), tuple(info["input_shape"]), tuple(info["class_names"]),
+    spec = ModelSpec(default_params(train={"model": {"width": 4}}).train.model, tuple(info["input_shape"]), tuple(info["class_names"]),
                      Preprocessing.from_dict(info["preprocessing"]))
     model = build_model(spec.model, spec.input_shape, len(spec.class_names))
     with torch.no_grad():
@@ -378,7 +378,7 @@ def test_champion_tested_on_other_data_is_re_evaluated_on_the_candidates_test_da
 
 
 def test_a_champion_that_cannot_be_evaluated_fails_the_change_checks_with_the_reason(cli, reeval_ws, tmp_path):
-    from components.config import EvaluateConfig, GatePolicy, ChangeThreshold
+    from components.config import ChangeThreshold, GatePolicy, default_params
     from flows.promotion import ChampionFacts, evaluate_gate
 
     ws, (data_a, data_b), tags = reeval_ws
@@ -392,8 +392,8 @@ def test_a_champion_that_cannot_be_evaluated_fails_the_change_checks_with_the_re
 
     # Test data that is neither the workspace's data/prepare nor in its DVC cache: the same failure, its own reason.
     champion = ChampionFacts(1, "x", 1, {"auc": 0.9}, data_b, tags["reeval"][0], tags["reeval"][1])
-    policy = GatePolicy(changes={"auc": ChangeThreshold(absolute=-0.5, relative=-0.5)})
-    outcome = evaluate_gate({"auc": 0.99}, "0" * 32, champion, policy, ws, EvaluateConfig(bootstrap_samples=5), tmp_path)
+    policy = GatePolicy(changes={"auc": ChangeThreshold(direction="higher", absolute=-0.5, relative=-0.5)})
+    outcome = evaluate_gate({"auc": 0.99}, "0" * 32, champion, policy, ws, default_params(evaluate={"bootstrap_samples": 5}).evaluate, tmp_path)
     assert not outcome.decision.promote and not outcome.champion_reevaluated
     changes = [c for c in outcome.decision.checks if c.kind == "change"]
     assert len(changes) == 2 and all(c.verdict == "fail" and "nor in its DVC cache" in c.detail for c in changes)
@@ -404,7 +404,7 @@ def test_the_served_bento_follows_a_rollback(cli, reeval_ws):
     """Two real Bentos; `medgate serve` serves production and moves to the rolled-back version by itself."""
     import httpx
 
-    from components.config import PackageConfig, ServeConfig
+    from components.config import default_params
     from components.stages.package import build_bento
     from services.processes import find_free_port, wait_until_ready
     from services.settings import settings_for_model
@@ -412,7 +412,8 @@ def test_the_served_bento_follows_a_rollback(cli, reeval_ws):
     ws, (_, data_b), tags = reeval_ws
     (old_model, old_sha), (new_model, new_sha) = tags["reeval"], tags["unloadable"]
     for model_tag, sha in ((old_model, old_sha), (new_model, new_sha)):
-        bento = build_bento(settings_for_model(model_tag, PackageConfig(), ServeConfig()).to_dict(), labels={"model": "follow"})
+        params = default_params()
+        bento = build_bento(settings_for_model(model_tag, params.package, params.serve).to_dict(), labels={"model": "follow"})
         add_version(ws, 0.9, name="follow", test_data=data_b, production=True, model_tag=model_tag, bento_tag=bento, sha=sha)
     port = find_free_port()
     server = subprocess.Popen(

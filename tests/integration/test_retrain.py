@@ -59,9 +59,9 @@ def _versions(ws: Path) -> dict[int, str]:
 
 def _cohort_source(root: Path) -> Path:
     from components.demo.cohort import generate_cohort
-    from components.config import CohortConfig
+    from components.config import default_params
 
-    generate_cohort(root, CohortConfig(**TINY["cohort"]))
+    generate_cohort(root, default_params(cohort=TINY["cohort"]).cohort)
     return root
 
 
@@ -166,7 +166,7 @@ def test_watch_notify_reuse_and_a_failing_stage(tmp_path, prefect_api, clean_env
 def test_drift_marks_the_run_and_requires_retraining_before_promotion(tmp_path, prefect_api, clean_env):
     """drift.require_retraining: drifted data trains and is promoted; the stale model returns only by override."""
     from components.demo.cohort import generate_cohort
-    from components.config import CohortConfig, load_params
+    from components.config import default_params, load_params
     from flows.pipeline import ValidationFailed, training_flow
     from flows.promotion import promote_manually
     from flows.settings import get_settings
@@ -178,7 +178,7 @@ def test_drift_marks_the_run_and_requires_retraining_before_promotion(tmp_path, 
     assert first["model_version"] == 1 and "drift" not in first, "no production model to compare with yet"
 
     # New data whose lesion share moved from 0.50 to 0.75: beyond the bound, a warning, and the run trains on it.
-    generate_cohort(source, CohortConfig(**{**TINY["cohort"], "positive_fraction": 0.75}))
+    generate_cohort(source, default_params(cohort={**TINY["cohort"], "positive_fraction": 0.75}).cohort)
     drifted = training_flow(source=str(source), workspace=str(ws), trigger="retrain")
     assert drifted["status"] == "completed" and drifted["validation"]["success"]
     assert any(w.startswith("drift_class_share") for w in drifted["validation"]["warnings"]), drifted["validation"]
@@ -209,7 +209,7 @@ def test_drift_marks_the_run_and_requires_retraining_before_promotion(tmp_path, 
 
     # The default (require_retraining off): drift beyond the bound fails validation, and the run is marked too.
     set_params(ws, {"drift": {"require_retraining": False}})
-    generate_cohort(source, CohortConfig(**{**TINY["cohort"], "seed": 8}))  # lesion share back to 0.50, other patients
+    generate_cohort(source, default_params(cohort={**TINY["cohort"], "seed": 8}).cohort)  # lesion share back to 0.50, other patients
     with pytest.raises(ValidationFailed, match="drift_class_share"):
         training_flow(source=str(source), workspace=str(ws), trigger="retrain")
     assert _versions(ws) == {1: "archived", 2: "production"}

@@ -10,9 +10,9 @@ import time
 import pytest
 import torch
 
-from components.config import PrepareConfig
+from components.config import default_params
 from components.stages.prepare import prepare_dataset
-from components.stages.train import CHECKPOINT_FILE, TRAINING_FILE
+from components.data.artifacts import CHECKPOINT_FILE, TRAINING_FILE
 from flows.workspace import tool_env
 from tests.integration.conftest import make_workspace
 from tests.unit.test_prepare_train import make_manifest
@@ -30,7 +30,7 @@ def repro_train(ws, **kwargs):
 
 def test_killed_training_resumes_from_the_last_checkpoint(tmp_path):
     ws = make_workspace(tmp_path / "ws", {"train": {"epochs": EPOCHS, "batch_size": 16, "patience": EPOCHS, "num_threads": 1, "model": {"width": 4}}})
-    prepare_dataset(make_manifest(tmp_path / "ingest", patients=24, per_patient=2), PrepareConfig(), ws / "data" / "prepare")
+    prepare_dataset(make_manifest(tmp_path / "ingest", patients=24, per_patient=2), default_params().prepare, ws / "data" / "prepare")
     checkpoint = ws / "data" / "train_state" / CHECKPOINT_FILE
 
     first = repro_train(ws, start_new_session=True)

@@ -14,9 +14,9 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from components.demo.cohort import CLASS_NAMES, PRIVATE_CREATOR, PRIVATE_GROUP, generate_cohort
-from components.config import CohortConfig
+from components.config import default_params
 
-SMALL = CohortConfig(patients=9, images_per_patient=2, image_size=32, seed=3)
+SMALL = default_params(cohort={"patients": 9, "images_per_patient": 2, "image_size": 32, "seed": 3}).cohort
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -120,7 +120,7 @@ def test_hounsfield_units_are_plausible(cohort: Path) -> None:
 
 
 def test_sites_have_different_scanners(tmp_path: Path) -> None:
-    root = generate_cohort(tmp_path, CohortConfig(patients=12, images_per_patient=1, image_size=32))
+    root = generate_cohort(tmp_path, default_params(cohort={"patients": 12, "images_per_patient": 1, "image_size": 32}).cohort)
     vendors = {}
     for r in _rows(root):
         ds = pydicom.dcmread(root / r["path"], stop_before_pixels=True)
@@ -131,7 +131,7 @@ def test_sites_have_different_scanners(tmp_path: Path) -> None:
 
 def test_default_cohort_is_quick(tmp_path: Path) -> None:
     start = time.perf_counter()
-    generate_cohort(tmp_path, CohortConfig())
+    generate_cohort(tmp_path, default_params().cohort)
     assert time.perf_counter() - start < 15
     assert len(list(tmp_path.rglob("*.dcm"))) == 60 * 4
 
@@ -139,4 +139,4 @@ def test_default_cohort_is_quick(tmp_path: Path) -> None:
 @pytest.mark.parametrize("update", [{"patients": 0}, {"image_size": 16}, {"positive_fraction": 1.5}])
 def test_impossible_config_is_refused(tmp_path: Path, update: dict) -> None:
     with pytest.raises(ValueError):
-        generate_cohort(tmp_path, CohortConfig().model_copy(update=update))
+        generate_cohort(tmp_path, default_params().cohort.model_copy(update=update))

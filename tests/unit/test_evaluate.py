@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.config import EvaluateConfig
-from components.stages.evaluate import (
+from components.config import default_params
+from components.ml.metrics import (
     apply_temperature,
     bootstrap_ci,
     choose_threshold,
@@ -17,9 +17,9 @@ from components.stages.evaluate import (
     negative_log_likelihood,
     paired_bootstrap_difference,
     reliability_bins,
-    subgroup_metrics,
+    score_auc,
 )
-from components.stages.train import score_auc
+from components.stages.evaluate import subgroup_metrics
 
 
 def binary(p1):
@@ -62,17 +62,17 @@ def test_ece_by_hand():
 
 def test_youden_threshold_on_separable_data():
     labels = np.array([0, 0, 1, 1])
-    threshold = choose_threshold(labels, np.array([0.1, 0.2, 0.8, 0.9]), EvaluateConfig())
+    threshold = choose_threshold(labels, np.array([0.1, 0.2, 0.8, 0.9]), "youden", 0.9)
     assert threshold == pytest.approx(0.5), "the middle of the gap between the classes, not its edge at 0.8"
     # Ties and an imperfect split: J is highest at 0.6 (tpr 1, fpr 1/3); the next lower score is 0.3.
-    tied = choose_threshold(np.array([0, 0, 1, 1, 0, 1]), np.array([0.1, 0.3, 0.6, 0.6, 0.7, 0.9]), EvaluateConfig())
+    tied = choose_threshold(np.array([0, 0, 1, 1, 0, 1]), np.array([0.1, 0.3, 0.6, 0.6, 0.7, 0.9]), "youden", 0.9)
     assert tied == pytest.approx(0.45)
 
 
 def test_target_sensitivity_threshold():
     labels = np.array([0, 0, 1, 1, 1, 1])
     p = np.array([0.1, 0.5, 0.2, 0.6, 0.7, 0.9])
-    threshold = choose_threshold(labels, p, EvaluateConfig(operating_point="sensitivity", target_sensitivity=1.0))
+    threshold = choose_threshold(labels, p, "sensitivity", 1.0)
     assert threshold == pytest.approx(0.15)  # 0.2 reaches it; midway to the next lower score, 0.1
 
 
@@ -146,11 +146,10 @@ def test_glcm_texture_by_hand():
 
 def test_baseline_features_of_2d_and_3d_images():
     from components.stages.baseline import extract_features
-    from components.config import BaselineConfig
 
     rng = np.random.default_rng(0)
-    flat = extract_features(rng.random((3, 1, 12, 12)).astype(np.float32), BaselineConfig())
-    volume = extract_features(rng.random((2, 1, 4, 12, 12)).astype(np.float32), BaselineConfig())
+    flat = extract_features(rng.random((3, 1, 12, 12)).astype(np.float32), default_params().baseline)
+    volume = extract_features(rng.random((2, 1, 4, 12, 12)).astype(np.float32), default_params().baseline)
     assert flat.shape[1] == volume.shape[1] and np.isfinite(flat).all() and np.isfinite(volume).all()
-    constant = extract_features(np.zeros((1, 1, 8, 8), np.float32), BaselineConfig())
+    constant = extract_features(np.zeros((1, 1, 8, 8), np.float32), default_params().baseline)
     assert np.isfinite(constant).all()  # a blank image has no variance, yet defined features

@@ -7,7 +7,7 @@ import pytest
 from components.config import Bound, ChangeThreshold, GatePolicy
 from components.stages.gate import Check, RetrainingRequirement, decide_promotion
 
-AUC_POLICY = GatePolicy(values={"auc": Bound(lower=0.8)}, changes={"auc": ChangeThreshold(absolute=-0.02, relative=-0.05)})
+AUC_POLICY = GatePolicy(values={"auc": Bound(lower=0.8)}, changes={"auc": ChangeThreshold(direction="higher", absolute=-0.02, relative=-0.05)})
 
 
 def verdicts(decision):
@@ -21,9 +21,9 @@ def verdicts(decision):
          [("value", "auc", "pass"), ("change", "auc", "pass"), ("change", "auc", "pass")]),
         ("worse beyond tolerance", {"auc": 0.85}, {"auc": 0.90}, AUC_POLICY, False,
          [("value", "auc", "pass"), ("change", "auc", "fail"), ("change", "auc", "fail")]),
-        ("tie", {"auc": 0.90}, {"auc": 0.90}, GatePolicy(changes={"auc": ChangeThreshold(absolute=0.0)}), True,
+        ("tie", {"auc": 0.90}, {"auc": 0.90}, GatePolicy(changes={"auc": ChangeThreshold(direction="higher", absolute=0.0)}), True,
          [("change", "auc", "pass")]),
-        ("tie needs strict gain", {"auc": 0.90}, {"auc": 0.90}, GatePolicy(changes={"auc": ChangeThreshold(absolute=0.001)}), False,
+        ("tie needs strict gain", {"auc": 0.90}, {"auc": 0.90}, GatePolicy(changes={"auc": ChangeThreshold(direction="higher", absolute=0.001)}), False,
          [("change", "auc", "fail")]),
         ("no champion: values only", {"auc": 0.85}, None, AUC_POLICY, True, [("value", "auc", "pass")]),
         ("below value threshold", {"auc": 0.75}, None, AUC_POLICY, False, [("value", "auc", "fail")]),
@@ -34,7 +34,7 @@ def verdicts(decision):
         ("upper-bound metric", {"ece": 0.12}, None, GatePolicy(values={"ece": Bound(upper=0.1)}), False, [("value", "ece", "fail")]),
         ("lower-is-better change", {"ece": 0.05}, {"ece": 0.08}, GatePolicy(changes={"ece": ChangeThreshold(direction="lower", absolute=0.0)}), True,
          [("change", "ece", "pass")]),
-        ("champion lacks the metric", {"auc": 0.9}, {"accuracy": 0.9}, GatePolicy(changes={"auc": ChangeThreshold(absolute=0.0)}), False,
+        ("champion lacks the metric", {"auc": 0.9}, {"accuracy": 0.9}, GatePolicy(changes={"auc": ChangeThreshold(direction="higher", absolute=0.0)}), False,
          [("change", "auc", "fail")]),
     ],
 )
@@ -55,7 +55,7 @@ def test_no_champion_says_so():
 
 
 def test_change_arithmetic_values():
-    decision = decide_promotion({"auc": 0.88}, {"auc": 0.80}, GatePolicy(changes={"auc": ChangeThreshold(absolute=0.05, relative=0.05)}))
+    decision = decide_promotion({"auc": 0.88}, {"auc": 0.80}, GatePolicy(changes={"auc": ChangeThreshold(direction="higher", absolute=0.05, relative=0.05)}))
     absolute, relative = decision.checks
     assert absolute.value == pytest.approx(0.08) and absolute.verdict == "pass"
     assert relative.value == pytest.approx(0.1) and relative.verdict == "pass"

@@ -15,7 +15,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from components.config import CohortConfig, IngestConfig
+from components.config import default_params
 from components.data.manifest import EXTRA_COLUMNS, MANIFEST_COLUMNS, read_manifest
 from components.data.shards import ImageStore
 from components.demo.cohort import generate_cohort
@@ -26,7 +26,7 @@ from components.stages.ingest import ingest_source
 from tests.images import jpeg_bytes, medmnist_npz, npy_bytes, png_bytes
 
 SALT = "unit-test-salt"
-COHORT = CohortConfig(patients=8, images_per_patient=2, image_size=32, seed=11)
+COHORT = default_params(cohort={"patients": 8, "images_per_patient": 2, "image_size": 32, "seed": 11}).cohort
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
@@ -38,7 +38,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def ingested(cohort: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("ingested")
-    return ingest_source(cohort, out, IngestConfig(), SALT), out
+    return ingest_source(cohort, out, default_params().ingest, SALT), out
 
 
 def _identifiers(cohort: Path) -> list[str]:
@@ -100,10 +100,10 @@ def test_dicom_pseudonyms_are_patient_level_and_salted(cohort: Path, ingested, t
     assert pseudonym(header.PatientID, SALT) in set(df["patient_id"])
     assert pseudonym(header.SOPInstanceUID, SALT) in set(df["image_id"])
 
-    same = read_manifest(ingest_source(cohort, tmp_path / "same", IngestConfig(), SALT).manifest)
+    same = read_manifest(ingest_source(cohort, tmp_path / "same", default_params().ingest, SALT).manifest)
     assert list(same["patient_id"]) == list(df["patient_id"])
     assert list(same["image_id"]) == list(df["image_id"])
-    other = read_manifest(ingest_source(cohort, tmp_path / "other", IngestConfig(), "another-salt").manifest)
+    other = read_manifest(ingest_source(cohort, tmp_path / "other", default_params().ingest, "another-salt").manifest)
     assert not set(other["patient_id"]) & set(df["patient_id"])
     assert not set(other["site"]) & set(df["site"])
     assert list(other["content_hash"]) == list(df["content_hash"])  # pixels do not depend on the salt
@@ -174,7 +174,7 @@ def test_labels_csv_patient_id_and_split_columns(cohort: Path, tmp_path: Path) -
         r["patient_id"] = "P-ALL"
         r["split"] = ("train", "val", "test")[i % 3]
     _write_labels(src, rows)
-    df = read_manifest(ingest_source(src, tmp_path / "out", IngestConfig(), SALT).manifest)
+    df = read_manifest(ingest_source(src, tmp_path / "out", default_params().ingest, SALT).manifest)
     assert set(df["patient_id"]) == {pseudonym("P-ALL", SALT)}
     assert df["split"].value_counts().to_dict() == {"train": 6, "val": 5, "test": 5}
 
@@ -188,7 +188,7 @@ def test_key_column_matches_dicom_header(cohort: Path, tmp_path: Path) -> None:
               "label": r["label"]} for r in rows]
     keyed.append({"SOPInstanceUID": "1.2.3.4.5.6.7", "label": "lesion"})
     _write_labels(src, keyed)
-    cfg = IngestConfig(key_column="SOPInstanceUID")
+    cfg = default_params(ingest={"key_column": "SOPInstanceUID"}).ingest
     result = ingest_source(src, tmp_path / "out", cfg, SALT)
     assert result.num_images == len(rows)
     assert result.problems == ({"file": f"labels.csv:{len(rows) + 2}",
@@ -230,7 +230,7 @@ def test_each_bad_input_is_reported_with_file_and_reason(cohort: Path, tmp_path:
     rows.append({"path": "good.dcm", "label": "normal"})
     _write_labels(src, rows)
 
-    result = ingest_source(src, tmp_path / "out", IngestConfig(), SALT)
+    result = ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
     reasons = {p["file"]: p["reason"] for p in result.problems}
     assert json.loads((tmp_path / "out" / "problems.json").read_text()) == list(result.problems)
     expected = {
@@ -265,7 +265,7 @@ def test_nothing_usable_raises_naming_the_source(tmp_path: Path) -> None:
     (src / "a.dcm").write_bytes(b"garbage")
     _write_labels(src, [{"path": "a.dcm", "label": "x"}])
     with pytest.raises(ValueError, match=re.escape(str(src))):
-        ingest_source(src, tmp_path / "out", IngestConfig(), SALT)
+        ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
     assert json.loads((tmp_path / "out" / "problems.json").read_text())[0]["file"] == "a.dcm"
 
 
@@ -281,7 +281,7 @@ def test_unsupported_source_lists_supported_kinds(tmp_path: Path, make: str) -> 
         (src / "p").mkdir(parents=True)
         (src / "p" / "1.dcm").write_bytes(b"x")
     with pytest.raises(ValueError) as err:
-        ingest_source(src, tmp_path / "out", IngestConfig(), SALT)
+        ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
     message = str(err.value)
     assert str(src) in message and "labels.csv" in message and ".npz" in message and "PNG" in message
 
@@ -291,19 +291,19 @@ def test_missing_label_column_and_bad_arguments(cohort: Path, tmp_path: Path) ->
     src.mkdir()
     (src / "labels.csv").write_text("path,diagnosis\na.dcm,x\n")
     with pytest.raises(ValueError, match="label"):
-        ingest_source(src, tmp_path / "out", IngestConfig(), SALT)
+        ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
     with pytest.raises(ValueError, match="salt"):
-        ingest_source(cohort, tmp_path / "out", IngestConfig(), "")
+        ingest_source(cohort, tmp_path / "out", default_params().ingest, "")
     with pytest.raises(ValueError, match="inside the source"):
-        ingest_source(cohort, cohort / "derived", IngestConfig(), SALT)
+        ingest_source(cohort, cohort / "derived", default_params().ingest, SALT)
     with pytest.raises(ValueError, match="medmnist"):
-        ingest_source("medmnist:pneumoniamnist", tmp_path / "out", IngestConfig(), SALT)
+        ingest_source("medmnist:pneumoniamnist", tmp_path / "out", default_params().ingest, SALT)
 
 
 def test_class_names_config_orders_and_filters(cohort: Path, tmp_path: Path) -> None:
-    result = ingest_source(cohort, tmp_path / "out", IngestConfig(class_names=("lesion", "normal")), SALT)
+    result = ingest_source(cohort, tmp_path / "out", default_params(ingest={"class_names": ("lesion", "normal")}).ingest, SALT)
     assert result.class_names == ("lesion", "normal")
-    only = ingest_source(cohort, tmp_path / "out2", IngestConfig(class_names=("normal",)), SALT)
+    only = ingest_source(cohort, tmp_path / "out2", default_params(ingest={"class_names": ("normal",)}).ingest, SALT)
     assert set(read_manifest(only.manifest)["label"]) == {"normal"}
     assert all("class_names" in p["reason"] for p in only.problems) and only.problems
 
@@ -327,7 +327,7 @@ def test_png_folder(tmp_path: Path) -> None:
     src = _image_folder(tmp_path / "src")
     (src / "cat_a" / "fake.png").write_text("not an image")
     (src / "loose.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))
-    result = ingest_source(src, tmp_path / "out", IngestConfig(), SALT)
+    result = ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
     assert result.kind == "png" and result.class_names == ("cat_a", "cat_b")
     assert result.num_images == 6 and result.num_patients == 6
     assert {p["file"] for p in result.problems} == {"cat_a/fake.png", "loose.png"}
@@ -341,7 +341,7 @@ def test_png_folder(tmp_path: Path) -> None:
         assert arr.shape == ((row.height, row.width, 3) if row.channels == 3 else (row.height, row.width))
     assert df["split"].isna().all()
 
-    by_prefix = ingest_source(src, tmp_path / "out2", IngestConfig(patient_from_filename_prefix=True), SALT)
+    by_prefix = ingest_source(src, tmp_path / "out2", default_params(ingest={"patient_from_filename_prefix": True}).ingest, SALT)
     assert by_prefix.num_patients == 2
     patients = set(read_manifest(by_prefix.manifest)["patient_id"])
     assert patients == {pseudonym("p1", SALT), pseudonym("p2", SALT)}
@@ -349,7 +349,7 @@ def test_png_folder(tmp_path: Path) -> None:
 
 def test_png_folder_with_split_layout(tmp_path: Path) -> None:
     src = _image_folder(tmp_path / "src", split_layout=True)
-    df = read_manifest(ingest_source(src, tmp_path / "out", IngestConfig(), SALT).manifest)
+    df = read_manifest(ingest_source(src, tmp_path / "out", default_params().ingest, SALT).manifest)
     assert df["split"].value_counts().to_dict() == {"train": 6, "test": 6}
     assert set(df["label"]) == {"cat_a", "cat_b"}
 
@@ -364,7 +364,7 @@ def test_png_folder_with_split_layout(tmp_path: Path) -> None:
 ])
 def test_npz_2d_rgb_3d(tmp_path: Path, shape, expected) -> None:
     src = medmnist_npz(tmp_path / "tiny.npz", shape)
-    result = ingest_source(src, tmp_path / "out", IngestConfig(), SALT)
+    result = ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
     assert result.kind == "npz" and result.num_images == 10 and result.num_patients == 10
     df = read_manifest(result.manifest)
     assert list(df.columns) == list(MANIFEST_COLUMNS)
@@ -385,14 +385,14 @@ def test_npz_problems(tmp_path: Path) -> None:
              train_labels=np.zeros((3, 1), np.uint8),
              val_images=np.zeros((2, 8, 8), np.uint8), val_labels=np.zeros((2, 3), np.uint8),
              test_images=np.zeros((2, 8, 8), np.uint8), test_labels=np.array([[0], [1]], np.uint8))
-    result = ingest_source(tmp_path / "odd.npz", tmp_path / "out", IngestConfig(), SALT)
+    result = ingest_source(tmp_path / "odd.npz", tmp_path / "out", default_params().ingest, SALT)
     assert result.num_images == 2
     reasons = {p["file"]: p["reason"] for p in result.problems}
     assert "4 images but 3 labels" in reasons["odd.npz:train"]
     assert "multi-label" in reasons["odd.npz:val"]
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="bad.npz"):
-        ingest_source(tmp_path / "bad.npz", tmp_path / "out2", IngestConfig(), SALT)
+        ingest_source(tmp_path / "bad.npz", tmp_path / "out2", default_params().ingest, SALT)
 
 
 @pytest.mark.data
@@ -404,7 +404,7 @@ def test_real_medmnist(tmp_path: Path, name: str, total: int, shape: tuple[int, 
     path = DATA_DIR / f"{name}.npz"
     if not path.is_file():
         pytest.skip(f"{path} absent: the real MedMNIST files live in ../shared/data")
-    result = ingest_source(path, tmp_path, IngestConfig(), SALT)
+    result = ingest_source(path, tmp_path, default_params().ingest, SALT)
     assert result.num_images == total and result.problems == () and result.class_names == ("0", "1")
     df = read_manifest(result.manifest)
     with np.load(path) as z:
@@ -453,7 +453,7 @@ def test_nifti_folder_volumes_spacing_and_orientation(tmp_path: Path) -> None:
     _write_labels(src, [{"path": p, "label": lab} for p, lab in
                         [("a.nii.gz", "tumour"), ("b.nii", "normal"), ("flat.nii", "normal"),
                          ("series.nii", "normal"), ("cut.nii.gz", "tumour")]])
-    result = ingest_source(src, tmp_path / "out", IngestConfig(), SALT)
+    result = ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
     assert result.kind == "nifti" and result.class_names == ("normal", "tumour")
     reasons = {p["file"]: p["reason"] for p in result.problems}
     assert set(reasons) == {"series.nii", "cut.nii.gz"}
@@ -473,8 +473,8 @@ def test_nifti_folder_volumes_spacing_and_orientation(tmp_path: Path) -> None:
 
 def test_worker_processes_give_the_same_dataset(cohort: Path, tmp_path: Path) -> None:
     """Decoding in two spawned processes, several shards: byte-identical manifest and shards."""
-    inline = ingest_source(cohort, tmp_path / "a", IngestConfig(workers=1, shard_size=4), SALT)
-    pooled = ingest_source(cohort, tmp_path / "b", IngestConfig(workers=2, shard_size=4), SALT)
+    inline = ingest_source(cohort, tmp_path / "a", default_params(ingest={"workers": 1, "shard_size": 4}).ingest, SALT)
+    pooled = ingest_source(cohort, tmp_path / "b", default_params(ingest={"workers": 2, "shard_size": 4}).ingest, SALT)
     shards = sorted(p.name for p in (tmp_path / "a" / "images").iterdir())
     assert len(shards) == -(-inline.num_images // 4) >= 4  # enough chunks for the pool
     assert shards == sorted(p.name for p in (tmp_path / "b" / "images").iterdir())

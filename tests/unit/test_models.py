@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import ModelConfig
+from components.config import default_params
 from components.ml.models import ModelSpec, build_model, file_sha256, load_model, resolve_family, save_model
 from components.ml.transforms import PreprocessError, Preprocessing, preprocess
 
@@ -22,7 +22,7 @@ from components.ml.transforms import PreprocessError, Preprocessing, preprocess
 )
 def test_family_forward(family, input_shape):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(family=family, width=8), input_shape, num_classes=3).eval()
+    model = build_model(default_params(train={"model": {"family": family, "width": 8}}).train.model, input_shape, num_classes=3).eval()
     with torch.no_grad():
         out = model(torch.randn(2, *input_shape))
     assert out.shape == (2, 3)
@@ -30,14 +30,14 @@ def test_family_forward(family, input_shape):
 
 
 def test_auto_family_follows_dimensions():
-    assert resolve_family(ModelConfig(), (1, 28, 28)) == "resnet"
-    assert resolve_family(ModelConfig(), (1, 28, 28, 28)) == "resnet3d"
+    assert resolve_family(default_params().train.model, (1, 28, 28)) == "resnet"
+    assert resolve_family(default_params().train.model, (1, 28, 28, 28)) == "resnet3d"
     with pytest.raises(ValueError, match="needs 3D input"):
-        resolve_family(ModelConfig(family="cnn_rnn"), (1, 28, 28))
+        resolve_family(default_params(train={"model": {"family": "cnn_rnn"}}).train.model, (1, 28, 28))
 
 
 def test_save_load_round_trip_checks_sha(tmp_path):
-    spec = ModelSpec(ModelConfig(width=8), (1, 16, 16), ("neg", "pos"), Preprocessing((16, 16), 1, 0.0, 255.0))
+    spec = ModelSpec(default_params(train={"model": {"width": 8}}).train.model, (1, 16, 16), ("neg", "pos"), Preprocessing((16, 16), 1, 0.0, 255.0))
     model = build_model(spec.model, spec.input_shape, 2).eval()
     weights = save_model(model, spec, tmp_path)
     loaded, loaded_spec = load_model(tmp_path, expected_sha256=file_sha256(weights))
@@ -80,7 +80,7 @@ def test_preprocess_equals_the_monai_window_and_resize(shape, spatial_size, chan
 
 @pytest.mark.parametrize("depth", [10, 18])
 def test_resnet_depths_and_3d_volumes(depth):
-    cfg = ModelConfig(family="auto", width=4, depth=depth)
+    cfg = default_params(train={"model": {"family": "auto", "width": 4, "depth": depth}}).train.model
     model = build_model(cfg, (1, 8, 16, 16), num_classes=2).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 1, 8, 16, 16)).shape == (2, 2)
@@ -89,10 +89,9 @@ def test_resnet_depths_and_3d_volumes(depth):
 
 
 def _augment(images, **changes):
-    from components.config import AugmentConfig
     from components.ml.transforms import BatchAugmentation
 
-    cfg = AugmentConfig(**changes)
+    cfg = default_params(train={"augment": changes}).train.augment
     return BatchAugmentation(cfg, images.ndim - 2, torch.Generator().manual_seed(0))(images)
 
 

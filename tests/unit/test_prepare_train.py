@@ -8,15 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from components.config import BaselineConfig, EvaluateConfig, ModelConfig, PrepareConfig, TrainConfig
+from components.config import default_params
 from components.stages.evaluate import evaluate_model
 from components.data.manifest import CLASS_NAMES_ATTR, order_class_names
 from components.stages.prepare import prepare_dataset, split_patients
+from components.data.artifacts import CHECKPOINT_FILE, HISTORY_FILE, TRAINING_FILE
 from components.stages.train import (
     bn_calibration_images,
-    CHECKPOINT_FILE,
-    HISTORY_FILE,
-    TRAINING_FILE,
     class_weights,
     epoch_batches,
     plan_epochs,
@@ -24,7 +22,7 @@ from components.stages.train import (
 )
 
 # Small and single-threaded: the mechanics are under test here, not the model's quality.
-TINY = TrainConfig(model=ModelConfig(width=4), epochs=4, batch_size=16, learning_rate=3e-3, patience=10, num_threads=1)
+TINY = default_params(train={"model": {"width": 4}, "epochs": 4, "batch_size": 16, "learning_rate": 3e-3, "patience": 10, "num_threads": 1}).train
 
 
 def make_manifest(root, patients=40, per_patient=3, size=16, seed=0):
@@ -57,13 +55,13 @@ def make_manifest(root, patients=40, per_patient=3, size=16, seed=0):
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("prepared")
     manifest = make_manifest(root / "ingest", patients=48, per_patient=2)
-    prepare_dataset(manifest, PrepareConfig(val_fraction=0.25, test_fraction=0.25), root / "prepare")
+    prepare_dataset(manifest, default_params(prepare={"val_fraction": 0.25, "test_fraction": 0.25}).prepare, root / "prepare")
     return root / "prepare"
 
 
 def test_split_keeps_patients_whole(tmp_path):
     manifest = pd.read_parquet(make_manifest(tmp_path))
-    splits = split_patients(manifest, PrepareConfig())
+    splits = split_patients(manifest, default_params().prepare)
     per_patient = manifest.assign(split=splits).groupby("patient_id")["split"].nunique()
     assert (per_patient == 1).all()
     assert set(splits) == {"train", "val", "test"}
@@ -73,14 +71,14 @@ def test_split_follows_the_source_order_not_the_pseudonyms(tmp_path):
     """Two workspaces (two salts) pseudonymize the same patients differently: same split all the same."""
     manifest = pd.read_parquet(make_manifest(tmp_path))
     renamed = manifest.assign(patient_id=manifest["patient_id"].map(lambda p: f"other-salt-{hash(p) % 10**9:09d}"))
-    assert (split_patients(manifest, PrepareConfig()) == split_patients(renamed, PrepareConfig())).all()
-    assert not (split_patients(manifest, PrepareConfig()) == split_patients(manifest, PrepareConfig(seed=99))).all()
+    assert (split_patients(manifest, default_params().prepare) == split_patients(renamed, default_params().prepare)).all()
+    assert not (split_patients(manifest, default_params().prepare) == split_patients(manifest, default_params(prepare={"seed": 99}).prepare)).all()
 
 
 def test_fixed_splits_are_kept(tmp_path):
     manifest = pd.read_parquet(make_manifest(tmp_path))
     manifest["split"] = np.where(manifest.index % 3 == 0, "test", "train")
-    assert (split_patients(manifest, PrepareConfig()) == manifest["split"]).all()
+    assert (split_patients(manifest, default_params().prepare) == manifest["split"]).all()
 
 
 def test_class_order_puts_the_finding_second():
@@ -104,7 +102,7 @@ def test_prepare_follows_the_class_order_ingest_stored(tmp_path):
     manifest = pd.read_parquet(path)
     manifest.attrs[CLASS_NAMES_ATTR] = ["pos", "neg"]
     manifest.to_parquet(path)
-    result = prepare_dataset(path, PrepareConfig(), tmp_path / "prepare")
+    result = prepare_dataset(path, default_params().prepare, tmp_path / "prepare")
     assert result.class_names == ("pos", "neg")
     with np.load(tmp_path / "prepare" / "train.npz") as arrays:
         rows = pd.read_csv(tmp_path / "prepare" / "train.csv", dtype=str)
@@ -113,11 +111,11 @@ def test_prepare_follows_the_class_order_ingest_stored(tmp_path):
 
 
 def test_epochs_follow_the_dataset_size():
-    auto = TrainConfig(epochs=0, steps=1000, min_epochs=10, max_epochs=60)
+    auto = default_params(train={"epochs": 0, "steps": 1000, "min_epochs": 10, "max_epochs": 60}).train
     assert plan_epochs(auto, steps_per_epoch=9) == 60  # small set: capped at max_epochs
     assert plan_epochs(auto, steps_per_epoch=40) == 25  # 1000 steps
     assert plan_epochs(auto, steps_per_epoch=500) == 10  # large set: at least min_epochs
-    assert plan_epochs(TrainConfig(epochs=7), steps_per_epoch=9) == 7
+    assert plan_epochs(default_params(train={"epochs": 7}).train, steps_per_epoch=9) == 7
 
 
 def test_class_weights_balance_the_loss():
@@ -127,11 +125,11 @@ def test_class_weights_balance_the_loss():
 
 def test_sampler_balances_the_classes_seen():
     labels = np.array([0] * 90 + [1] * 10)
-    cfg = TrainConfig(class_balance="sampler", batch_size=25)
+    cfg = default_params(train={"class_balance": "sampler", "batch_size": 25}).train
     batches = epoch_batches(labels, cfg, class_weights(labels, 2), torch.Generator().manual_seed(0))
     seen = labels[torch.cat(batches).numpy()]
     assert len(seen) == 100 and 0.35 < seen.mean() < 0.65  # about half positives, from 10% in the data
-    shuffled = epoch_batches(labels, TrainConfig(batch_size=25), class_weights(labels, 2), torch.Generator().manual_seed(0))
+    shuffled = epoch_batches(labels, default_params(train={"batch_size": 25}).train, class_weights(labels, 2), torch.Generator().manual_seed(0))
     assert sorted(torch.cat(shuffled).tolist()) == list(range(100))  # otherwise: every image once
 
 
@@ -140,7 +138,7 @@ def test_prepare_train_evaluate_beats_chance(prepared, tmp_path):
     assert info["class_names"] == ["neg", "pos"] and info["input_shape"] == [1, 16, 16]
     assert info["preprocessing"]["lower"] == 0.0 and info["preprocessing"]["upper"] == 255.0
 
-    trained = train_model(prepared, TINY.model_copy(update={"epochs": 8, "model": ModelConfig(width=8)}), tmp_path / "train")
+    trained = train_model(prepared, TINY.model_copy(update={"epochs": 8, "model": default_params(train={"model": {"width": 8}}).train.model}), tmp_path / "train")
     history = json.loads((tmp_path / "train" / HISTORY_FILE).read_text())
     assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
     assert {"train_loss", "val_loss", "val_auc", "learning_rate", "images_per_second"} <= set(history[0])
@@ -148,10 +146,10 @@ def test_prepare_train_evaluate_beats_chance(prepared, tmp_path):
 
     from components.stages.baseline import train_baseline
 
-    baseline = train_baseline(prepared, BaselineConfig(classifier="logistic_regression"), EvaluateConfig(), tmp_path / "baseline")
+    baseline = train_baseline(prepared, default_params(baseline={"classifier": "logistic_regression"}).baseline, ("youden", 0.9), tmp_path / "baseline")
     assert baseline["auc"] > 0.7  # the bright square moves the intensity histogram: easy for the baseline too
 
-    report = evaluate_model(prepared, tmp_path / "train", EvaluateConfig(bootstrap_samples=50), tmp_path / "evaluate", tmp_path / "baseline")
+    report = evaluate_model(prepared, tmp_path / "train", default_params(evaluate={"bootstrap_samples": 50}).evaluate, tmp_path / "evaluate", tmp_path / "baseline")
     assert report.metrics["auc"] > 0.7  # held-out patients, better than chance (0.5)
     assert report.metrics["baseline_auc"] == pytest.approx(baseline["auc"])
     assert report.metrics["auc_minus_baseline"] == pytest.approx(report.metrics["auc"] - baseline["auc"])

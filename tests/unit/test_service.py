@@ -572,22 +572,27 @@ class TestApiKey:
 
 
 def test_serving_settings_round_trip_and_refuse_unservable_values():
-    from services.settings import ServingSettings
+    from dataclasses import replace
 
-    settings = ServingSettings("m:1", (1, 16, 16), max_batch_size=8, max_latency_ms=50, device="cpu")
+    from components.config import default_params
+    from services.settings import ServingSettings, settings_for_model
+
+    params = default_params()
+    base = settings_for_model("m:1", params.package, params.serve, input_shape=(1, 16, 16))
+    settings = replace(base, max_batch_size=8, max_latency_ms=50, device="cpu")
     assert ServingSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
     with pytest.raises(ValueError, match="max_batch_size >= 2"):
-        ServingSettings("m:1", (1, 16, 16), max_batch_size=1)
+        replace(base, max_batch_size=1)
     with pytest.raises(ValueError, match="gpu_max_batch_size >= 2"):
-        ServingSettings("m:1", (1, 16, 16), gpu_max_batch_size=0)
+        replace(base, gpu_max_batch_size=0)
     with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):
-        ServingSettings("m:1", (1, 16, 16), device="tpu")
+        replace(base, device="tpu")
     with pytest.raises(ValueError, match="exact version"):
-        ServingSettings("m:latest", (1, 16, 16))
+        replace(base, model_tag="m:latest")
 
 
 def test_device_setting_picks_the_gpu_only_where_there_is_one():
-    from components.ml.models import resolve_device
+    from components.ml.runtime import resolve_device
 
     assert resolve_device("cpu", "package.device").type == "cpu"
     assert resolve_device("auto", "package.device").type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -602,11 +607,11 @@ def test_device_setting_picks_the_gpu_only_where_there_is_one():
                                           ("absent:v1", "not in the")])
 def test_build_refuses_a_loose_or_missing_model_before_building(stored_model, tag, message):
     """A loose tag is refused even where the store would resolve it to a version (the tiny model is there)."""
-    from components.config import PackageConfig, ServeConfig
+    from components.config import default_params
     from components.stages.package import build_bento
     from services.settings import settings_for_model
 
     with pytest.raises(ValueError, match=message):
-        settings_for_model(tag, PackageConfig(), ServeConfig())
+        settings_for_model(tag, default_params().package, default_params().serve)
     with pytest.raises(ValueError, match=message):
         build_bento({"model_tag": tag, "input_shape": [1, 16, 16]}, {})

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from components.demo.cohort import generate_cohort
-from components.config import CohortConfig, DriftConfig, IngestConfig, ValidateConfig
+from components.config import default_params
 from components.data.drift import compare_manifests, ks_distance
 from components.stages.ingest import ingest_source
 from components.stages.validate import CHECKS, validate_manifest
@@ -54,8 +54,8 @@ def broken(tmp_path_factory: pytest.TempPathFactory):
         ("wide.npy", rng.integers(0, 255, (16, 16)).astype(np.int64), "a", "s6", "train"),
     ]
     src = _labelled(root / "src", rows)
-    dataset = ingest_source(src, root / "ingest", IngestConfig(), SALT)
-    cfg = ValidateConfig(min_rows=100, min_class_fraction=0.1)
+    dataset = ingest_source(src, root / "ingest", default_params().ingest, SALT)
+    cfg = default_params(validate={"min_rows": 100, "min_class_fraction": 0.1}).validate_
     result = validate_manifest(dataset.manifest, cfg, root / "report", list(dataset.problems), class_names=("a", "b", "c"))
     report = json.loads(result.report_json.read_text())
     failed = {}
@@ -112,21 +112,21 @@ def test_report_is_one_offline_page_with_the_verdict_first(broken) -> None:
 @pytest.fixture(scope="module")
 def cohort_ingest(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("cohort")
-    src = generate_cohort(root / "src", CohortConfig(patients=12, images_per_patient=2, image_size=32, seed=5))
-    return ingest_source(src, root / "ingest", IngestConfig(), SALT), root
+    src = generate_cohort(root / "src", default_params(cohort={"patients": 12, "images_per_patient": 2, "image_size": 32, "seed": 5}).cohort)
+    return ingest_source(src, root / "ingest", default_params().ingest, SALT), root
 
 
 def test_cohort_passes_and_severity_and_drift_bounds_decide(cohort_ingest) -> None:
     dataset, root = cohort_ingest
-    clean = validate_manifest(dataset.manifest, ValidateConfig(), root / "clean", class_names=("normal", "lesion"), window=(40, 400))
+    clean = validate_manifest(dataset.manifest, default_params().validate_, root / "clean", class_names=("normal", "lesion"), window=(40, 400))
     assert clean.success and clean.failed_expectations == () and clean.warnings == ()
     assert json.loads(clean.report_json.read_text())["verdict"] == "passed"
     assert "No production model" not in clean.report_html.read_text()  # no baseline note given: says so generically
 
     manifest = pd.read_parquet(dataset.manifest)
     baseline = manifest[manifest["label"] == "normal"]  # a production dataset of one class: class shares moved by 0.5
-    drift = compare_manifests(baseline, manifest, DriftConfig(max_class_share_change=0.2), "ct-lesion v1 training data")
-    relaxed = ValidateConfig(min_rows=10**6, severity={"row_count": "warning"})
+    drift = compare_manifests(baseline, manifest, default_params(drift={"max_class_share_change": 0.2}).drift, "ct-lesion v1 training data")
+    relaxed = default_params(validate={"min_rows": 10**6, "severity": {"row_count": "warning"}}).validate_
     result = validate_manifest(dataset.manifest, relaxed, root / "drifted", drift=drift)
     assert [w.split(":")[0] for w in result.warnings] == ["row_count"]
     assert [f.split(":")[0] for f in result.failed_expectations] == ["drift_class_share"]
@@ -142,16 +142,16 @@ def test_compare_manifests_statistics() -> None:
                              "depth": np.ones(n, int), "site": sites})
 
     base = frame(["a"] * 50 + ["b"] * 50, np.linspace(0, 1, 100), 64, ["x"] * 100)
-    same = compare_manifests(base, base, DriftConfig(max_class_share_change=0.0, max_intensity_ks=0.0), "base")
+    same = compare_manifests(base, base, default_params(drift={"max_class_share_change": 0.0, "max_intensity_ks": 0.0}).drift, "base")
     assert same.blocking == () and {c.name: c.value for c in same.checks} == {
         "class_share": 0.0, "intensity_ks": 0.0, "size_change": 0.0, "site_share": 0.0}
     new = frame(["a"] * 80 + ["b"] * 20, np.linspace(0.5, 1.5, 100), 128, ["x"] * 50 + ["y"] * 50)
-    moved = {c.name: c for c in compare_manifests(base, new, DriftConfig(max_size_change=0.5), "base").checks}
+    moved = {c.name: c for c in compare_manifests(base, new, default_params(drift={"max_size_change": 0.5}).drift, "base").checks}
     assert moved["class_share"].value == pytest.approx(0.3) and moved["class_share"].bound is None
     assert moved["intensity_ks"].value == pytest.approx(0.5, abs=0.02)
     assert moved["size_change"].value == pytest.approx(1.0) and moved["size_change"].exceeded
     assert moved["site_share"].value == pytest.approx(0.5)
-    no_site = compare_manifests(base.drop(columns="site"), new, DriftConfig(max_site_share_change=0.1), "base")
+    no_site = compare_manifests(base.drop(columns="site"), new, default_params(drift={"max_site_share_change": 0.1}).drift, "base")
     assert [c.value for c in no_site.checks if c.name == "site_share"] == [None] and no_site.blocking == ()
 
 
@@ -170,7 +170,7 @@ def test_suite_outcomes_are_memoized_for_the_same_manifest_params_and_classes(br
 
     result, report, _ = broken  # a dataset with a failure of every check: offending files, observed values
     manifest, problems = result.report_json.parents[1] / "ingest" / "manifest.parquet", report["skipped_inputs"]
-    cfg, memo, classes = ValidateConfig(min_rows=100, min_class_fraction=0.1), tmp_path / "state" / "suites.json", ("a", "b", "c")
+    cfg, memo, classes = default_params(validate={"min_rows": 100, "min_class_fraction": 0.1}).validate_, tmp_path / "state" / "suites.json", ("a", "b", "c")
     fresh = validate_manifest(manifest, cfg, tmp_path / "one", problems, class_names=classes, memo_file=memo)
     assert not fresh.suites_reused and memo.is_file() and not fresh.success
 
@@ -183,7 +183,7 @@ def test_suite_outcomes_are_memoized_for_the_same_manifest_params_and_classes(br
     assert again.report_json.read_text() == fresh.report_json.read_text()
     assert again.report_html.read_text() == fresh.report_html.read_text()
     # Other params, classes or another manifest are not in the memo: the suites must run.
-    for other in ({"cfg": ValidateConfig(min_rows=1)}, {"class_names": ("a", "b")}, {"manifest": cohort_ingest[0].manifest}):
+    for other in ({"cfg": default_params(validate={"min_rows": 1}).validate_}, {"class_names": ("a", "b")}, {"manifest": cohort_ingest[0].manifest}):
         with pytest.raises(AssertionError, match="ran again"):
             validate_manifest(other.get("manifest", manifest), other.get("cfg", cfg), tmp_path / "three",
                               class_names=other.get("class_names", classes), memo_file=memo)

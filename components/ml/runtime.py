@@ -1,0 +1,39 @@
+"""Where and how a network runs: the device a setting asks for, intra-op threads, batched inference."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def resolve_device(setting: str, name: str) -> torch.device:
+    """The device a `name` setting of "auto", "cpu" or "cuda" asks for; `auto`: the GPU when there is one.
+
+    Raises:
+        RuntimeError: "cuda" where no CUDA device is visible.
+    """
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{name} is cuda but no CUDA device is available")
+    return torch.device("cuda" if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def set_threads(num_threads: int) -> int:
+    """Intra-op threads: `num_threads`, or with 0 every core this process may use. Returns the count."""
+    count = num_threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(count)
+    return count
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: np.ndarray, batch_size: int = 256, device: torch.device | None = None) -> np.ndarray:
+    """Softmax class probabilities for prepared images (N, C, *spatial)."""
+    model.eval()
+    device = device or next(model.parameters()).device
+    out = [
+        torch.softmax(model(torch.from_numpy(images[i : i + batch_size]).to(device)).float(), dim=1).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
