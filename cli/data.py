@@ -35,7 +35,8 @@ def validate(
     from components.config import load_params
     from components.stages.ingest import ingest_source
     from components.stages.validate import validate_manifest
-    from flows.datasets import drift_against, production_baseline, source_path
+    from flows.datasets import source_path
+    from flows.drift import drift_against, production_baseline
     from flows.pipeline import model_name_for
 
     settings = get_settings(workspace)

@@ -10,9 +10,10 @@ import configparser
 import hashlib
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
-import shutil
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -24,6 +25,9 @@ import yaml
 
 # The project folder: its dvc.yaml, .dvc config, params.yaml and components/ seed new workspaces.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Ingest's folder: written by the flow (its source is a run argument) and `dvc add`ed, so it is no
+# dvc.yaml stage; prepare's entry there reads it. Every other stage folder comes from dvc.yaml (`stage_dir`).
+INGEST_DIR = "data/ingest"
 
 
 class WorkspaceError(RuntimeError):
@@ -179,18 +183,20 @@ def configure_remote(workspace: Path, url: str | None = None, endpoint: str | No
 def tracked_file(workspace: Path, tracked: str, version: str, relpath: str) -> Path | None:
     """File `relpath` of version `version` of the `dvc add`-ed folder `tracked`: in the workspace
     when the folder is at that version, else in the DVC cache; None when neither holds it."""
-    meta = workspace / f"{tracked}.dvc"
-    current = str(yaml.safe_load(meta.read_text())["outs"][0]["md5"]).removesuffix(".dir") if meta.is_file() else None
-    if current == version and (path := workspace / tracked / relpath).is_file():
+    if tracked_version(workspace, tracked) == version and (path := workspace / tracked / relpath).is_file():
         return path
+    path = (cached_folder(workspace, version) or {}).get(relpath)
+    return path if path is not None and path.is_file() else None
+
+
+def cached_folder(workspace: Path, version: str) -> dict[str, Path] | None:
+    """relpath -> cache file of each file of folder version `version` (a DVC hash) in the workspace's
+    DVC cache, or None when the cache has no listing of that version. A listed file may be absent."""
     cache = workspace / DVC_CACHE_FILES
     listing = cache / version[:2] / f"{version[2:]}.dir"
     if not listing.is_file():
         return None
-    for entry in json.loads(listing.read_text()):
-        if entry["relpath"] == relpath and (path := cache / entry["md5"][:2] / entry["md5"][2:]).is_file():
-            return path
-    return None
+    return {entry["relpath"]: cache / entry["md5"][:2] / entry["md5"][2:] for entry in json.loads(listing.read_text())}
 
 
 def push_outputs(workspace: Path) -> None:
@@ -203,6 +209,20 @@ def push_outputs(workspace: Path) -> None:
 def pipeline_stages(workspace: Path) -> list[str]:
     """The stages of the workspace's dvc.yaml, in the order written (upstream first)."""
     return list(yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"])
+
+
+def stage_dir(workspace: Path, stage: str, option: str = "--out") -> Path:
+    """The folder that dvc.yaml's command of `stage` is given with `option`, in `workspace`: its
+    output folder (`--out`), or another one such as train's checkpoint folder (`--state`).
+
+    Raises:
+        WorkspaceError: dvc.yaml has no such stage, or its command no such option.
+    """
+    stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
+    words = shlex.split(stages[stage]["cmd"]) if stage in stages else []
+    if option not in words[:-1]:
+        raise WorkspaceError(f"{workspace / 'dvc.yaml'}: no stage {stage!r} whose command has {option} FOLDER")
+    return workspace / words[words.index(option) + 1]
 
 
 def stage_waves(workspace: Path) -> list[list[str]]:
