@@ -104,14 +104,7 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
         outcome = _gate(settings, params, record, version)
         if outcome is not None:  # else this very model is production under this policy: nothing to register or build
             outcome, model_tag, bento_tag = _package(settings, params, record, outcome, version)
-            if identifiers is not None:
-                phi_check, scan = record.timed(phi_scan_task, settings, identifiers, record.run_dir, model_tag, bento_tag)
-                record.phi_scanned(scan)
-                outcome = outcome.with_check(phi_check)
-            record.timed(promote_task, record, outcome, bento_tag)
-            get_run_logger().info("gate: %s", outcome.decision.reason)
-            if not record.summary.get("phi_scan", {}).get("clean", True):
-                raise PhiFound(record.summary["phi_scan"])
+            _promote(settings, record, outcome, identifiers, model_tag, bento_tag)
     return record.summary
 
 
@@ -199,3 +192,18 @@ def _package(
     model_tag, bento_tag, _ = record.timed(package_task, settings, params, record.name, metadata, record.packaging_card(outcome))
     record.packaged(model_tag, bento_tag)
     return outcome.with_check(record.timed(smoke_test_task, settings, params, bento_tag)), model_tag, bento_tag
+
+
+def _promote(
+    settings: Settings, record: RunRecorder, outcome: GateOutcome, identifiers: Path | None, model_tag: str | None, bento_tag: str | None
+) -> None:
+    """phi_scan of every artifact (when the source has identifiers) -> promote (or reject) the candidate;
+    the run then fails when an identifier was found."""
+    if identifiers is not None:
+        phi_check, scan = record.timed(phi_scan_task, settings, identifiers, record.run_dir, model_tag, bento_tag)
+        record.phi_scanned(scan)
+        outcome = outcome.with_check(phi_check)
+    record.timed(promote_task, record, outcome, bento_tag)
+    get_run_logger().info("gate: %s", outcome.decision.reason)
+    if not record.summary.get("phi_scan", {}).get("clean", True):
+        raise PhiFound(record.summary["phi_scan"])

@@ -76,8 +76,8 @@ def apply_overrides(section: dict[str, Any], overrides: dict[str, Any]) -> dict[
 
 @task(name="trial", task_run_name="trial-{number}")
 def trial_task(workspace: str, number: int, params: dict[str, Any], trial_dir: str) -> dict[str, Any]:
-    """Train one trial with the train stage's command on the workspace's prepared data."""
-    folder, data = Path(trial_dir), stage_dir(Path(workspace), "train", "--data")
+    """Train one trial with the train stage's module on the workspace's prepared data."""
+    folder, data = Path(trial_dir), stage_dir(Path(workspace), "prepare")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = subprocess.run(
@@ -105,7 +105,7 @@ def _prepare(source: str, workspace: str, params: Params) -> None:
 
 def apply_best(workspace: Path, overrides: dict[str, Any], state_dir: Path) -> None:
     """Write the best trial's train params into params.yaml (comments kept) and its checkpoint into
-    the train stage's checkpoint folder (its `--state`), where the train stage resumes it."""
+    the train stage's checkpoint folder (its persistent output), where the train stage resumes it."""
     from dvc.utils.serialize import modify_yaml
 
     with modify_yaml(workspace / "params.yaml") as doc:
@@ -115,7 +115,7 @@ def apply_best(workspace: Path, overrides: dict[str, Any], state_dir: Path) -> N
             for part in parents:
                 node = node.setdefault(part, {})
             node[leaf] = value
-    target = stage_dir(workspace, "train", "--state")
+    target = stage_dir(workspace, "train", persist=True)
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(state_dir / CHECKPOINT_FILE, target / CHECKPOINT_FILE)
 

@@ -10,7 +10,6 @@ import configparser
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -211,18 +210,30 @@ def pipeline_stages(workspace: Path) -> list[str]:
     return list(yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"])
 
 
-def stage_dir(workspace: Path, stage: str, option: str = "--out") -> Path:
-    """The folder that dvc.yaml's command of `stage` is given with `option`, in `workspace`: its
-    output folder (`--out`), or another one such as train's checkpoint folder (`--state`).
+def _paths(entries: list | None, persist: bool | None = None) -> list[str]:
+    """The paths of a dvc.yaml list of deps, outs or metrics (an entry is a path or {path: options});
+    with `persist` True or False, only the outputs DVC keeps, or clears, before a run."""
+    found = []
+    for entry in entries or []:
+        path, options = next(iter(entry.items())) if isinstance(entry, dict) else (str(entry), None)
+        if persist is None or bool((options or {}).get("persist")) == persist:
+            found.append(path)
+    return found
+
+
+def stage_dir(workspace: Path, stage: str, persist: bool = False) -> Path:
+    """The folder of dvc.yaml's `stage` in `workspace`: the one its outputs (metrics included) are in,
+    a lone output folder being its own; with `persist`, the one DVC keeps between runs (train's checkpoints).
 
     Raises:
-        WorkspaceError: dvc.yaml has no such stage, or its command no such option.
+        WorkspaceError: dvc.yaml has no such stage, or no such outputs.
     """
-    stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
-    words = shlex.split(stages[stage]["cmd"]) if stage in stages else []
-    if option not in words[:-1]:
-        raise WorkspaceError(f"{workspace / 'dvc.yaml'}: no stage {stage!r} whose command has {option} FOLDER")
-    return workspace / words[words.index(option) + 1]
+    spec = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"].get(stage) or {}
+    paths = _paths(spec.get("outs"), persist) + _paths(spec.get("metrics"), persist)
+    if not paths:
+        kind = "persistent outputs" if persist else "outputs"
+        raise WorkspaceError(f"{workspace / 'dvc.yaml'}: no stage {stage!r} with {kind}")
+    return workspace / os.path.commonpath(paths)
 
 
 def stage_waves(workspace: Path) -> list[list[str]]:
@@ -230,15 +241,12 @@ def stage_waves(workspace: Path) -> list[list[str]]:
     stages of one wave independent of each other (prepare; train, baseline; evaluate)."""
     stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
 
-    def paths(entries: list) -> list[str]:
-        return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries or []]
-
     def inside(dep: str, out: str) -> bool:
         return dep == out or dep.startswith(out.rstrip("/") + "/") or out.startswith(dep.rstrip("/") + "/")
 
-    outs = {name: paths(spec.get("outs", [])) + paths(spec.get("metrics", [])) for name, spec in stages.items()}
+    outs = {name: _paths(spec.get("outs")) + _paths(spec.get("metrics")) for name, spec in stages.items()}
     upstream = {
-        name: {other for other in stages if other != name and any(inside(d, o) for d in paths(spec.get("deps", [])) for o in outs[other])}
+        name: {other for other in stages if other != name and any(inside(d, o) for d in _paths(spec.get("deps")) for o in outs[other])}
         for name, spec in stages.items()
     }
     waves: list[list[str]] = []

@@ -108,12 +108,14 @@ def test_the_flow_runs_each_dvc_yaml_stage_as_a_task_of_its_name_in_its_wave():
     assert [[stage.name for stage in wave] for wave in STAGE_WAVES] == stage_waves(PROJECT)
 
 
-def test_stage_folders_are_read_from_dvc_yaml_commands():
-    assert stage_dir(PROJECT, "evaluate") == PROJECT / "data" / "evaluate"
-    assert stage_dir(PROJECT, "train", "--state") == PROJECT / "data" / "train_state"
-    assert stage_dir(PROJECT, "train", "--data") == stage_dir(PROJECT, "prepare")
+def test_stage_folders_are_read_from_dvc_yaml_outputs():
+    folders = {stage: stage_dir(PROJECT, stage).relative_to(PROJECT).as_posix() for stage in ("prepare", "train", "baseline", "evaluate")}
+    assert folders == {"prepare": "data/prepare", "train": "data/train", "baseline": "data/baseline", "evaluate": "data/evaluate"}
+    assert stage_dir(PROJECT, "train", persist=True) == PROJECT / "data" / "train_state"
     with pytest.raises(WorkspaceError, match="no stage 'package'"):
         stage_dir(PROJECT, "package")
+    with pytest.raises(WorkspaceError, match="no stage 'prepare' with persistent outputs"):
+        stage_dir(PROJECT, "prepare", persist=True)
 
 
 def test_notice_carries_verdict_metrics_and_existing_report_links(tmp_path):
