@@ -93,7 +93,7 @@ def evaluate_gate(
         test_data_version: DVC hash of the prepared data the candidate was tested on.
         champion: the production version of the same name, or None.
         policy: the gate policy for the model name (params.yaml `gate`).
-        workspace: where that prepared data lives (data/prepare, or the DVC cache).
+        workspace: where that prepared data lives (prepare's output folder, or the DVC cache).
         evaluate_cfg: how to evaluate the champion when it must be re-evaluated.
         scratch_dir: where a re-evaluation writes its metrics and predictions.
         retraining: what drift requires of the candidate (`read_retraining`), or None.

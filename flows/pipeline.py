@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.futures import wait
 from prefect.runtime import flow_run
 
 from components.config import Params, load_params
@@ -32,12 +33,14 @@ from flows.promotion import promote_task
 from flows.recording import RunRecorder, recording, without_none
 from flows.settings import Settings, get_settings
 from flows.stages import (
-    baseline_task, evaluate_task, prepare_task, push_task, read_evaluation, reproduce, train_task, weights_sha256,
+    baseline_task, dvc_status_task, evaluate_task, prepare_task, push_task, read_evaluation, train_task, weights_sha256,
 )
-from flows.workspace import configure_remote, default_remote, dvc_lock_hash, ensure_workspace
+from flows.workspace import (
+    StageRun, WorkspaceError, configure_remote, default_remote, dvc_lock_hash, ensure_workspace, stage_waves,
+)
 
 DEFAULT_MODEL_NAME = "ct-lesion"
-# dvc.yaml's stages in waves, upstream first (flows.stages.reproduce checks them against dvc.yaml):
+# dvc.yaml's stages in waves, upstream first (`_reproduce` checks them against dvc.yaml):
 # the stages of one wave are independent of each other and run at once on a threads or dask runner.
 STAGE_WAVES = ((prepare_task,), (train_task, baseline_task), (evaluate_task,))
 
@@ -142,11 +145,35 @@ def _validate(
 
 
 def _reproduce(settings: Settings, params: Params, record: RunRecorder, up_to_date: bool) -> None:
-    """prepare -> train, baseline -> evaluate (dvc repro), then push to the DVC remote, if one is set."""
-    record.reproduced(reproduce(settings, params, record, STAGE_WAVES, up_to_date))
-    if remote := default_remote(settings.workspace):
+    """prepare -> train, baseline -> evaluate (dvc repro), then push to the DVC remote, if one is set.
+
+    No stage runs when `dvc status` finds all up to date (or found it already this run: `up_to_date`).
+    With `orchestration.task_runner` threads or dask, the stages of one wave run at once on the
+    flow's task runner; otherwise one by one.
+
+    Raises:
+        WorkspaceError: the workspace's dvc.yaml has other stages or dependencies than `STAGE_WAVES`.
+    """
+    ws = settings.workspace
+    names = [[stage.name for stage in wave] for wave in STAGE_WAVES]
+    if up_to_date or record.timed(dvc_status_task, settings):
+        runs = [StageRun(stage, 0.0, True) for wave in names for stage in wave]
+    elif names != (found := stage_waves(ws)):
+        raise WorkspaceError(f"{ws / 'dvc.yaml'}: its stages in order of dependence are {found}; the flow runs {names}")
+    elif params.orchestration.task_runner == "sequential":
+        runs = [record.timed(stage, settings) for wave in STAGE_WAVES for stage in wave]
+    else:
+        runs = []
+        for wave in STAGE_WAVES:
+            futures = [stage.submit(settings) for stage in wave]
+            wait(futures)  # all of a wave finish (or fail) before the flow goes on or stops
+            for future in futures:
+                runs.append(future.result())
+                record.add_seconds(runs[-1].stage, runs[-1].seconds)
+    record.reproduced(runs)
+    if remote := default_remote(ws):
         record.pushed_to(remote)
-        if pushed_already(settings.state_dir, key := push_key(settings.workspace)):
+        if pushed_already(settings.state_dir, key := push_key(ws)):
             record.reused("push")
         else:
             record.timed(push_task, settings)
