@@ -35,7 +35,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
 sys.path.insert(0, str(PROJECT))
 
-from flows.workspace import create_workspace, update_params  # noqa: E402 - after the path is set
+from flows.workspace import create_workspace, stage_dir, update_params  # noqa: E402 - after the path is set
 
 # The targets on this 2-core CPU.
 TARGETS: dict[str, dict[str, float]] = {
@@ -150,7 +150,7 @@ def main() -> None:
             from components.config import load_params
 
             ws = workdir / name
-            results[name]["throughput"] = compare_with_bare_loop(ws / "data" / "prepare", load_params(ws / "params.yaml").train, epochs=1, repeats=2)
+            results[name]["throughput"] = compare_with_bare_loop(stage_dir(ws, "prepare"), load_params(ws / "params.yaml").train, epochs=1, repeats=2)
     load_end = os.getloadavg()[0]
 
     print(f"\nMedMNIST v2 test split, medgate (mean ± sd over seeds) beside the paper (Table 3); load average {load_start:.1f} -> {load_end:.1f} on {os.cpu_count()} shared cores")

@@ -36,7 +36,8 @@ def validate(
     from components.config import load_params
     from components.stages.ingest import ingest_source
     from components.stages.validate import validate_manifest
-    from flows.datasets import drift_against, production_baseline, source_path
+    from flows.datasets import source_path
+    from flows.drift import drift_against, production_baseline
     from flows.logs import library_log
     from flows.pipeline import model_name_for
 

@@ -5,8 +5,8 @@ them the flow skips, by content:
 
 - ingest, when the source's content (`source_fingerprint`: every file's sha256, never a
   timestamp), the ingest params, the de-identification salt and the ingest code are those of the
-  last ingest and `dvc add` finds `data/ingest` at the version recorded for it;
-- `dvc push`, when the remote configuration, `data/ingest.dvc` and `dvc.lock` (which name every
+  last ingest and `dvc add` finds the ingest folder at the version recorded for it;
+- `dvc push`, when the remote configuration, the ingest folder's `.dvc` file and `dvc.lock` (which name every
   pushed file by its hash) are those of the last push that succeeded (`push_key`);
 - registering, gating, packaging and smoke-testing, when the model that evaluate just scored is
   the production model of that name (same weights, same dataset and test data versions, same
@@ -24,14 +24,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from components.data.artifacts import IngestedDataset, content_digest, file_sha256, read_keyed_json, to_dict, write_json_atomically
 from components.config import GateConfig, GatePolicy, IngestConfig
+from components.data.artifacts import IngestedDataset, content_digest, file_sha256, read_keyed_json, to_dict, write_json_atomically
 from components.imports import import_closure
+from flows.workspace import INGEST_DIR, PROJECT_ROOT
 from registry import repository as repo
 from registry.models import ModelVersion
 
 INGEST_CACHE = "ingest_cache.json"
 PUSH_RECORD = "last_push.json"
+INGEST_MODULE = "components.stages.ingest"  # with every module it imports, the code that decides what ingest writes
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,11 @@ def source_fingerprint(path: Path) -> Fingerprint:
 
 def ingest_key(source_dir: Path, cfg: IngestConfig, salt: str) -> str:
     """What an ingest's outputs depend on: source content, ingest params, salt and ingest code."""
-    code = import_closure(Path(__file__).resolve().parents[1], ["components.stages.ingest"])
     digest = hashlib.sha256(source_fingerprint(source_dir).digest.encode())
     digest.update(cfg.model_dump_json().encode())
     digest.update(hashlib.sha256(salt.encode()).digest())
-    for module in sorted(code):
-        digest.update(module.read_bytes())
+    for path in sorted(import_closure(PROJECT_ROOT, [INGEST_MODULE])):
+        digest.update(path.relative_to(PROJECT_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -94,7 +95,7 @@ def remember_ingest(state_dir: Path, key: str, dataset: IngestedDataset, version
 
 def push_key(workspace: Path) -> str:
     """What a `dvc push` sends, and where: the DVC config (remotes), the dataset's .dvc file, dvc.lock."""
-    return content_digest(*(workspace / rel for rel in (".dvc/config", ".dvc/config.local", "data/ingest.dvc", "dvc.lock")))
+    return content_digest(*(workspace / rel for rel in (".dvc/config", ".dvc/config.local", f"{INGEST_DIR}.dvc", "dvc.lock")))
 
 
 def pushed_already(state_dir: Path, key: str) -> bool:

@@ -1,32 +1,110 @@
-"""Dataset steps shared by the training flow and `medgate data`: where a source's files are, drift
-against the data the production model trained on, and the PHI scan of a run's artifacts."""
+"""Dataset steps of the training flow (ingest, version, validate, phi_scan), and what they share
+with `medgate data`: where a source's files are and the PHI scan of a run's artifacts."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from prefect import get_run_logger, task
+from prefect.tasks import exponential_backoff
 
 from components.config import Params
+from components.data.artifacts import IngestedDataset, ValidationResult
+from components.stages.gate import Check
+from flows.caching import cached_ingest, ingest_key, remember_ingest
 from flows.settings import Settings
-from flows.workspace import tracked_file
+from flows.stages import dvc_status_task
+from flows.workspace import INGEST_DIR, pipeline_stages, stage_dir, track_dataset, tracked_version
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
-    from components.data.drift import DriftReport
     from components.privacy.phi import PhiScan
 
 DEFAULT_SOURCE = "embedded"
-INGEST_DIR = "data/ingest"
+DEFAULT_COHORT_DIR = "data/source/default-cohort"  # where the embedded cohort is generated, in the workspace
 IDENTIFIERS_FILE = "identifiers.json"  # written by components.demo.cohort: the fake identifiers in its headers
-# Everything a run stores in the workspace besides runs/<id>/ (the raw source is not the run's).
 # Memos in the workspace's state folder (.medgate): contents the PHI scan found clean (components.privacy.phi),
 # the last outcomes of the validation suites (components.stages.validate) and the run report's last charts
 # (components.documents.report).
 PHI_MEMO = "phi_clean.json"
 SUITES_MEMO = "validate_suites.json"
 CHARTS_MEMO = "report_charts.json"
-RUN_ARTIFACTS = ("data/ingest", "data/ingest.dvc", "data/prepare", "data/train", "data/baseline", "data/evaluate", "dvc.lock")
+
+
+@task(name="ingest")
+def ingest_task(source: str, settings: Settings, params: Params) -> IngestedDataset:
+    from components.demo.cohort import generate_cohort
+    from components.stages.ingest import ingest_source
+
+    ws = settings.workspace
+    path = source_path(source, settings, params)
+    if source == DEFAULT_SOURCE and not (path / "labels.csv").exists():
+        generate_cohort(path, params.cohort)
+    out_dir = ws / INGEST_DIR
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return ingest_source(path, out_dir, params.ingest, salt=settings.deid_salt, show_progress=True)
+
+
+# An I/O task: retried with exponential back-off (2, 4 s ...), as `push` is.
+@task(name="version", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
+def version_task(settings: Settings) -> str:
+    """`dvc add` the ingest folder; its DVC hash is the dataset's version."""
+    return track_dataset(settings.workspace, INGEST_DIR)
+
+
+@task(name="validate")
+def validate_task(
+    dataset: IngestedDataset, params: Params, out_dir: Path, state_dir: Path, drift: Any = None, drift_note: str = ""
+) -> ValidationResult:
+    """The validation of `dataset` (components.stages.validate); the suites' outcomes are memoized in `state_dir`."""
+    from components.stages.validate import validate_manifest
+
+    return validate_manifest(
+        dataset.manifest, params.validate_, out_dir, list(dataset.problems), class_names=params.ingest.class_names,
+        drift=drift, drift_note=drift_note, window=(params.prepare.window_level, params.prepare.window_width),
+        memo_file=state_dir / SUITES_MEMO,
+    )
+
+
+@task(name="phi_scan")
+def phi_scan_task(
+    settings: Settings, identifiers: Path, run_dir: Path, model_tag: str | None, bento_tag: str | None
+) -> tuple[Check, dict[str, Any]]:
+    """Every artifact of the run scanned for the source's original identifiers (components.privacy.phi); a finding fails the check."""
+    scan = scan_run(settings, identifiers, run_dir, model_tag, bento_tag)
+    where = "; ".join(f"{f.file} ({f.kind}{', ' + f.where if f.where else ''})" for f in scan.findings[:10])
+    detail = f"{scan.files} files, {scan.bytes} bytes scanned for {scan.identifiers} identifier spellings" + (f"; found in {where}" if where else "")
+    check = Check("privacy", "phi_findings", float(len(scan.findings)), 0.0, "<=", "pass" if scan.clean else "fail", detail)
+    return check, scan.to_dict()
+
+
+def ingest_and_version(
+    source: str, settings: Settings, params: Params, timed: Callable[..., Any]
+) -> tuple[IngestedDataset, str, bool, bool]:
+    """Ingest and version the source, or reuse the last ingest when nothing it depends on changed
+    (flows.caching) and DVC finds the ingest folder at that ingest's version. `timed(task, *args)`
+    runs a task (flows.recording.RunRecorder.timed keeps its seconds).
+
+    Returns (dataset, version, reused, all_up_to_date). With a reusable ingest, one `dvc status`
+    comes first: when it finds every tracked dataset and stage unchanged (all_up_to_date), the ingest
+    folder is at its recorded version and no `dvc add` is needed; otherwise `dvc add` says which version it is.
+    """
+    ws = settings.workspace
+    path = source_path(source, settings, params)
+    key = ingest_key(path, params.ingest, settings.deid_salt) if path.exists() else None
+    cached = cached_ingest(settings.state_dir, key) if key else None
+    if cached is not None:
+        if tracked_version(ws, INGEST_DIR) == cached[1] and timed(dvc_status_task, settings):
+            return cached[0], cached[1], True, True
+        if (version := timed(version_task, settings)) == cached[1]:
+            return cached[0], version, True, False
+        get_run_logger().info("%s changed since it was ingested: ingesting again", INGEST_DIR)
+    dataset = timed(ingest_task, source, settings, params)
+    version = timed(version_task, settings)
+    remember_ingest(settings.state_dir, ingest_key(path, params.ingest, settings.deid_salt), dataset, version)
+    return dataset, version, False, False
 
 
 def source_path(source: str, settings: Settings, params: Params) -> Path:
@@ -39,36 +117,10 @@ def source_path(source: str, settings: Settings, params: Params) -> Path:
     from components.data.medmnist import MEDMNIST_PREFIX, resolve_medmnist
 
     if source == DEFAULT_SOURCE:
-        return settings.workspace / "data" / "source" / "default-cohort"
+        return settings.workspace / DEFAULT_COHORT_DIR
     if source.startswith(MEDMNIST_PREFIX):
         return resolve_medmnist(source, settings.data_root, params.ingest)
     return Path(source)
-
-
-def production_baseline(session: Session, name: str) -> tuple[int, str] | None:
-    """(version, dataset version) of the production model `name`, or None."""
-    from registry import repository as repo
-
-    champion = repo.get_champion(session, name)
-    return (champion.version, champion.dataset_version) if champion is not None else None
-
-
-def drift_against(settings: Settings, params: Params, name: str, baseline: tuple[int, str] | None,
-                  manifest: Path) -> tuple[DriftReport | None, str]:
-    """Drift of `manifest` against the production model's training data, or (None, why not)."""
-    import pandas as pd
-
-    from components.data.drift import compare_manifests
-
-    if baseline is None:
-        return None, f"no production model named {name} yet: nothing to compare with"
-    version, dataset_version = baseline
-    found = tracked_file(settings.workspace, INGEST_DIR, dataset_version, "manifest.parquet")
-    if found is None:
-        return None, (f"the training data of {name} v{version} (dataset {dataset_version[:12]}) is neither "
-                      f"{INGEST_DIR} nor in the workspace's DVC cache (dvc pull restores it)")
-    label = f"{name} v{version} training data (dataset {dataset_version[:12]})"
-    return compare_manifests(pd.read_parquet(found), pd.read_parquet(manifest), params.drift, label), ""
 
 
 def identifiers_for(source: str, settings: Settings, params: Params) -> Path | None:
@@ -79,6 +131,13 @@ def identifiers_for(source: str, settings: Settings, params: Params) -> Path | N
         return None
     path = folder / IDENTIFIERS_FILE
     return path if path.is_file() else None
+
+
+def run_artifacts(workspace: Path) -> list[Path]:
+    """Everything a run stores in the workspace besides runs/<id>/ (the raw source is not the run's):
+    the ingest folder and its .dvc file, every stage's output folder, dvc.lock."""
+    stages = [stage_dir(workspace, stage) for stage in pipeline_stages(workspace)]
+    return [workspace / INGEST_DIR, workspace / f"{INGEST_DIR}.dvc", *stages, workspace / "dvc.lock"]
 
 
 def scan_run(settings: Settings, identifiers: Path, run_dir: Path, model_tag: str | None = None,
@@ -95,7 +154,7 @@ def scan_run(settings: Settings, identifiers: Path, run_dir: Path, model_tag: st
     # The state folder's own files (caches, memos, lock); not its subfolders (the local DVC remote
     # there holds copies of the data already scanned).
     state = [p for p in settings.state_dir.iterdir() if p.is_file()] if settings.state_dir.is_dir() else []
-    paths = [ws / rel for rel in RUN_ARTIFACTS] + [run_dir, *state]
+    paths = run_artifacts(ws) + [run_dir, *state]
     texts: dict[str, str] = {}
     databases: list[Path] = []
     url = make_url(settings.database_url)

@@ -117,15 +117,15 @@ def create_artifacts(summary: dict[str, Any]) -> None:
         create_link_artifact(uri, link_text=title, key=_key(name, title), description=f"{title} of run {summary.get('run_id')}")
 
 
-@task(name="notify-webhook", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
-def post_webhook(url: str, body: dict[str, Any]) -> int:
+@task(name="notify_webhook", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
+def notify_webhook_task(url: str, body: dict[str, Any]) -> int:
     response = httpx.post(url, content=json.dumps(body, default=str), headers={"content-type": "application/json"}, timeout=10)
     response.raise_for_status()
     return response.status_code
 
 
-@task(name="notify-block", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
-def notify_block(block: str, body: dict[str, Any]) -> None:
+@task(name="notify_block", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
+def notify_block_task(block: str, body: dict[str, Any]) -> None:
     from prefect.blocks.core import Block
 
     gate = body.get("gate") or {}
@@ -138,9 +138,9 @@ def publish_run(summary: dict[str, Any], settings: Settings) -> None:
     logger = get_run_logger()
     steps: list[tuple[str, Any]] = [("artifacts", lambda: create_artifacts(summary))]
     if settings.webhook_url:
-        steps.append(("webhook", lambda: post_webhook(settings.webhook_url, notice(summary))))
+        steps.append(("webhook", lambda: notify_webhook_task(settings.webhook_url, notice(summary))))
     if settings.notify_block:
-        steps.append(("notification block", lambda: notify_block(settings.notify_block, notice(summary))))
+        steps.append(("notification block", lambda: notify_block_task(settings.notify_block, notice(summary))))
     for what, send in steps:
         try:
             send()

@@ -77,7 +77,7 @@ def remember_seen(state_dir: Path, source: str, fingerprint: Fingerprint, run_id
     os.replace(tmp, state_dir / WATCH_STATE)
 
 
-@task(name="fingerprint-source", task_run_name="fingerprint-{source}")
+@task(name="fingerprint", task_run_name="fingerprint-{source}")
 def fingerprint_task(source: str) -> Fingerprint:
     return source_fingerprint(Path(source))
 

@@ -6,7 +6,7 @@ then trains every combination of the grid on that prepared data, each trial in i
 flow's task runner (`orchestration.task_runner`: a local or remote Dask cluster fans them out).
 Trials are ranked by validation AUC, never test metrics, which stay for the gate. The best
 trial's params are written into `params.yaml` (comments kept, as `dvc exp apply` does) and its
-finished checkpoint into `data/train_state`, and the training flow then runs with trigger
+finished checkpoint into the train stage's checkpoint folder, and the training flow then runs with trigger
 `sweep`: DVC sees the new params, the train stage resumes that checkpoint instead of training
 again, and evaluate, the gate, packaging and promotion proceed as for any run.
 """
@@ -30,11 +30,13 @@ from prefect.futures import wait
 
 from components.config import Params, TrainConfig, default_params, load_params
 from components.data.artifacts import CHECKPOINT_FILE, TRAINING_FILE
+from flows.datasets import ingest_and_version, validate_task
 from flows.distributed import configured
 from flows.lock import workspace_lock
-from flows.pipeline import ValidationFailed, ingest_and_version, training_flow, validate_task
+from flows.pipeline import ValidationFailed, training_flow
 from flows.settings import get_settings
-from flows.workspace import reproduce_stage, tool_env
+from flows.stages import prepare_task
+from flows.workspace import stage_dir, tool_env
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[Any]]:
@@ -73,12 +75,12 @@ def apply_overrides(section: dict[str, Any], overrides: dict[str, Any]) -> dict[
 
 @task(name="trial", task_run_name="trial-{number}")
 def trial_task(workspace: str, number: int, params: dict[str, Any], trial_dir: str) -> dict[str, Any]:
-    """Train one trial with the train stage's command on the workspace's prepared data."""
-    folder = Path(trial_dir)
+    """Train one trial with the train stage's module on the workspace's prepared data."""
+    folder, data = Path(trial_dir), stage_dir(Path(workspace), "prepare")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = subprocess.run(
-        [sys.executable, "-m", "components.stages.train", "--params", str(folder / "params.yaml"), "--data", "data/prepare",
+        [sys.executable, "-m", "components.stages.train", "--params", str(folder / "params.yaml"), "--data", str(data),
          "--out", str(folder / "train"), "--state", str(folder / "state")],
         cwd=workspace, env={**tool_env(), "OMP_WAIT_POLICY": "PASSIVE"}, capture_output=True, text=True,
     )
@@ -93,15 +95,16 @@ def trial_task(workspace: str, number: int, params: dict[str, Any], trial_dir: s
 def _prepare(source: str, workspace: str, params: Params) -> None:
     """Ingest, version and validate the source, then reproduce prepare: what every trial trains on."""
     settings = get_settings(Path(workspace))
-    dataset, *_ = ingest_and_version(source, settings, params, lambda _stage, fn, *args: fn(*args))
+    dataset, *_ = ingest_and_version(source, settings, params, lambda step, *args: step(*args))
     validation = validate_task(dataset, params, settings.runs_dir / "sweeps" / "validate", settings.state_dir)
     if not validation.success:
         raise ValidationFailed(validation)
-    reproduce_stage(settings.workspace, "prepare")
+    prepare_task(settings)
 
 
 def apply_best(workspace: Path, overrides: dict[str, Any], state_dir: Path) -> None:
-    """Write the best trial's train params into params.yaml (comments kept) and its checkpoint into data/train_state."""
+    """Write the best trial's train params into params.yaml (comments kept) and its checkpoint into
+    the train stage's checkpoint folder (its persistent output), where the train stage resumes it."""
     from dvc.utils.serialize import modify_yaml
 
     with modify_yaml(workspace / "params.yaml") as doc:
@@ -111,7 +114,7 @@ def apply_best(workspace: Path, overrides: dict[str, Any], state_dir: Path) -> N
             for part in parents:
                 node = node.setdefault(part, {})
             node[leaf] = value
-    target = workspace / "data" / "train_state"
+    target = stage_dir(workspace, "train", persist=True)
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(state_dir / CHECKPOINT_FILE, target / CHECKPOINT_FILE)
 

@@ -10,9 +10,9 @@ import configparser
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
-import shutil
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -24,6 +24,9 @@ import yaml
 
 # The project folder: its dvc.yaml, .dvc config, params.yaml and components/ seed new workspaces.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Ingest's folder: written by the flow (its source is a run argument) and `dvc add`ed, so it is no
+# dvc.yaml stage; prepare's entry there reads it. Every other stage folder comes from dvc.yaml (`stage_dir`).
+INGEST_DIR = "data/ingest"
 
 
 class WorkspaceError(RuntimeError):
@@ -179,18 +182,20 @@ def configure_remote(workspace: Path, url: str | None = None, endpoint: str | No
 def tracked_file(workspace: Path, tracked: str, version: str, relpath: str) -> Path | None:
     """File `relpath` of version `version` of the `dvc add`-ed folder `tracked`: in the workspace
     when the folder is at that version, else in the DVC cache; None when neither holds it."""
-    meta = workspace / f"{tracked}.dvc"
-    current = str(yaml.safe_load(meta.read_text())["outs"][0]["md5"]).removesuffix(".dir") if meta.is_file() else None
-    if current == version and (path := workspace / tracked / relpath).is_file():
+    if tracked_version(workspace, tracked) == version and (path := workspace / tracked / relpath).is_file():
         return path
+    path = (cached_folder(workspace, version) or {}).get(relpath)
+    return path if path is not None and path.is_file() else None
+
+
+def cached_folder(workspace: Path, version: str) -> dict[str, Path] | None:
+    """relpath -> cache file of each file of folder version `version` (a DVC hash) in the workspace's
+    DVC cache, or None when the cache has no listing of that version. A listed file may be absent."""
     cache = workspace / DVC_CACHE_FILES
     listing = cache / version[:2] / f"{version[2:]}.dir"
     if not listing.is_file():
         return None
-    for entry in json.loads(listing.read_text()):
-        if entry["relpath"] == relpath and (path := cache / entry["md5"][:2] / entry["md5"][2:]).is_file():
-            return path
-    return None
+    return {entry["relpath"]: cache / entry["md5"][:2] / entry["md5"][2:] for entry in json.loads(listing.read_text())}
 
 
 def push_outputs(workspace: Path) -> None:
@@ -205,20 +210,43 @@ def pipeline_stages(workspace: Path) -> list[str]:
     return list(yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"])
 
 
+def _paths(entries: list | None, persist: bool | None = None) -> list[str]:
+    """The paths of a dvc.yaml list of deps, outs or metrics (an entry is a path or {path: options});
+    with `persist` True or False, only the outputs DVC keeps, or clears, before a run."""
+    found = []
+    for entry in entries or []:
+        path, options = next(iter(entry.items())) if isinstance(entry, dict) else (str(entry), None)
+        if persist is None or bool((options or {}).get("persist")) == persist:
+            found.append(path)
+    return found
+
+
+def stage_dir(workspace: Path, stage: str, persist: bool = False) -> Path:
+    """The folder of dvc.yaml's `stage` in `workspace`: the one its outputs (metrics included) are in,
+    a lone output folder being its own; with `persist`, the one DVC keeps between runs (train's checkpoints).
+
+    Raises:
+        WorkspaceError: dvc.yaml has no such stage, or no such outputs.
+    """
+    spec = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"].get(stage) or {}
+    paths = _paths(spec.get("outs"), persist) + _paths(spec.get("metrics"), persist)
+    if not paths:
+        kind = "persistent outputs" if persist else "outputs"
+        raise WorkspaceError(f"{workspace / 'dvc.yaml'}: no stage {stage!r} with {kind}")
+    return workspace / os.path.commonpath(paths)
+
+
 def stage_waves(workspace: Path) -> list[list[str]]:
     """dvc.yaml's stages in waves: each stage after every stage whose outputs it depends on, and the
     stages of one wave independent of each other (prepare; train, baseline; evaluate)."""
     stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
 
-    def paths(entries: list) -> list[str]:
-        return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries or []]
-
     def inside(dep: str, out: str) -> bool:
         return dep == out or dep.startswith(out.rstrip("/") + "/") or out.startswith(dep.rstrip("/") + "/")
 
-    outs = {name: paths(spec.get("outs", [])) + paths(spec.get("metrics", [])) for name, spec in stages.items()}
+    outs = {name: _paths(spec.get("outs")) + _paths(spec.get("metrics")) for name, spec in stages.items()}
     upstream = {
-        name: {other for other in stages if other != name and any(inside(d, o) for d in paths(spec.get("deps", [])) for o in outs[other])}
+        name: {other for other in stages if other != name and any(inside(d, o) for d in _paths(spec.get("deps")) for o in outs[other])}
         for name, spec in stages.items()
     }
     waves: list[list[str]] = []

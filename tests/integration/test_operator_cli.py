@@ -322,7 +322,7 @@ def dvc_ws(tmp_path_factory):
     from components.stages.package import save_to_model_store
     from components.data.prepared import read_dataset_info
     from components.ml.transforms import Preprocessing
-    from flows.promotion import prepared_data_version
+    from flows.gate import prepared_data_version
     from flows.workspace import ensure_workspace, reproduce_stage
 
     ws = make_workspace(tmp_path_factory.mktemp("dvc") / "ws", GATE)
@@ -356,7 +356,7 @@ def reeval_ws(dvc_ws, clean_env):
 
 
 def test_champion_tested_on_other_data_is_re_evaluated_on_the_candidates_test_data(cli, reeval_ws):
-    from flows.promotion import prepared_data_version
+    from flows.gate import prepared_data_version
 
     ws, (data_a, data_b), tags = reeval_ws
     assert data_a != data_b and prepared_data_version(ws) == data_b  # data A is only in the DVC cache now
@@ -379,7 +379,7 @@ def test_champion_tested_on_other_data_is_re_evaluated_on_the_candidates_test_da
 
 def test_a_champion_that_cannot_be_evaluated_fails_the_change_checks_with_the_reason(cli, reeval_ws, tmp_path):
     from components.config import ChangeThreshold, GatePolicy, default_params
-    from flows.promotion import ChampionFacts, evaluate_gate
+    from flows.gate import ChampionFacts, evaluate_gate
 
     ws, (data_a, data_b), tags = reeval_ws
     add_version(ws, 0.95, name="unloadable", test_data=data_b, production=True, model_tag="unloadable:gone", sha=tags["unloadable"][1])

@@ -444,7 +444,7 @@ def test_killed_during_training_then_packaging_resumes_and_stays_consistent(tmp_
     set_params(ws, {"gate": {"default": {"values": {"auc": {"lower": 0.01}}}}})
     bentos = {str(b.tag) for b in bentoml.list()}
     lines = _kill_when(_medgate_run(ws, env), "packaging ct-lesion v2", during=("bentoml", "build"))
-    assert not any("Task run 'smoke-test" in line for line in lines)
+    assert not any("Task run 'smoke_test" in line for line in lines)
     assert _versions(ws) == {1: "production", 2: "candidate"}
     with _registry(ws)() as session:
         v2 = repo.get_version(session, "ct-lesion", 2)

@@ -1,4 +1,4 @@
-"""Pieces of unattended retraining without a flow run: content fingerprints, the workspace lock, stage waves, notices."""
+"""Pieces of unattended retraining without a flow run: content fingerprints, the workspace lock, stage waves and folders, notices."""
 
 import os
 import signal
@@ -13,7 +13,7 @@ import pytest
 from flows.caching import source_fingerprint
 from flows.lock import LOCK_FILE, WorkspaceBusy, read_holder, workspace_lock
 from flows.notify import notice, render_markdown
-from flows.workspace import stage_waves
+from flows.workspace import WorkspaceError, stage_dir, stage_waves
 from tests.conftest import PROJECT
 
 
@@ -100,6 +100,22 @@ def test_stage_waves_follow_dvc_yaml(tmp_path):
     )
     with pytest.raises(Exception, match="cycle"):
         stage_waves(tmp_path)
+
+
+def test_the_flow_runs_each_dvc_yaml_stage_as_a_task_of_its_name_in_its_wave():
+    from flows.pipeline import STAGE_WAVES
+
+    assert [[stage.name for stage in wave] for wave in STAGE_WAVES] == stage_waves(PROJECT)
+
+
+def test_stage_folders_are_read_from_dvc_yaml_outputs():
+    folders = {stage: stage_dir(PROJECT, stage).relative_to(PROJECT).as_posix() for stage in ("prepare", "train", "baseline", "evaluate")}
+    assert folders == {"prepare": "data/prepare", "train": "data/train", "baseline": "data/baseline", "evaluate": "data/evaluate"}
+    assert stage_dir(PROJECT, "train", persist=True) == PROJECT / "data" / "train_state"
+    with pytest.raises(WorkspaceError, match="no stage 'package'"):
+        stage_dir(PROJECT, "package")
+    with pytest.raises(WorkspaceError, match="no stage 'prepare' with persistent outputs"):
+        stage_dir(PROJECT, "prepare", persist=True)
 
 
 def test_notice_carries_verdict_metrics_and_existing_report_links(tmp_path):
