@@ -32,6 +32,7 @@ environment variable MEDGATE_MODEL_TAG names it. Either way it must be an exact 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
@@ -94,6 +95,19 @@ def resolve_settings() -> ServingSettings:
     return settings_for_model(env_tag, params.package, params.serve)
 
 
+def _warm_up_decoders() -> None:
+    """Decode a tiny .npy and PNG, as uploads are decoded."""
+    from PIL import Image
+
+    from components.readers import decode_image
+
+    npy, png = io.BytesIO(), io.BytesIO()
+    np.save(npy, np.zeros((4, 4), np.uint8))
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(png, format="PNG")
+    for upload in (npy, png):
+        decode_image(upload.getvalue())
+
+
 def read_api_key() -> str:
     """MEDGATE_API_KEY where the server starts ("" when unset); a short key is refused (RuntimeError)."""
     key = os.environ.get(API_KEY_ENV, "")
@@ -146,9 +160,9 @@ class Classifier:
             torch.set_num_threads(SETTINGS.torch_threads)
         self.max_batch_size = batch_limit(SETTINGS, self.device.type)
         self.batcher = MicroBatcher(self._forward, self.max_batch_size, SETTINGS.max_latency_ms)
-        # Warm up before /readyz answers, not in the first request: the decoders' imports, one forward pass.
-        import components.readers  # noqa: F401
-
+        # Warm up before /readyz answers, not in the first requests: a decode of each in-memory-made format
+        # (their libraries initialise lazily, and the first requests arrive on several threads at once), one forward pass.
+        _warm_up_decoders()
         self._forward(np.zeros((1, *SETTINGS.input_shape), np.float32))
         self.card = ModelCard(
             model_tag=str(stored.tag),
