@@ -46,6 +46,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from components.config import CohortConfig
+from components.demo.anatomy import patient_images
 
 CLASS_NAMES: tuple[str, str] = ("normal", "lesion")  # index 1 is the finding
 RESCALE_INTERCEPT = -1024.0  # stored value = HU + 1024, so stored pixels are >= 0
@@ -113,6 +114,39 @@ def generate_cohort(out_dir: Path, cfg: CohortConfig) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     for site in SITES:  # a previous, larger cohort must not leave unlisted files behind
         shutil.rmtree(out_dir / site.folder, ignore_errors=True)
+    plan = _draw_plan(cfg)
+    ids: dict[str, list[str]] = {k: [] for k in (
+        "patient_names", "patient_ids", "birth_dates", "accession_numbers", "institution_names",
+        "institution_addresses", "referring_physicians", "device_serials", "station_names",
+        "study_dates", "uids")}
+    rows: list[tuple[str, str]] = []
+    case_per_site = [0] * len(SITES)
+    for p in range(cfg.patients):
+        site_i = int(plan.site_idx[p])
+        folder = Path(SITES[site_i].folder) / f"case-{case_per_site[site_i]:03d}"
+        case_per_site[site_i] += 1
+        rows += _write_patient(out_dir, folder, cfg, plan, p, ids)
+
+    with open(out_dir / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["path", "label"])
+        writer.writerows(rows)
+    unique = {k: sorted(set(v)) for k, v in ids.items()}
+    (out_dir / "identifiers.json").write_text(json.dumps(unique, indent=1, sort_keys=True) + "\n")
+    return out_dir
+
+
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """Per-patient draws of the cohort plan: site index, label, and indices of name, MRN, accession."""
+    site_idx: np.ndarray
+    labels: np.ndarray
+    names: np.ndarray
+    mrns: np.ndarray
+    accessions: np.ndarray
+
+
+def _draw_plan(cfg: CohortConfig) -> _Plan:
     plan = np.random.default_rng([cfg.seed, 0xC0])
     weights = np.array([s.weight for s in SITES])
     site_idx = plan.choice(len(SITES), size=cfg.patients, p=weights / weights.sum())
@@ -128,67 +162,48 @@ def generate_cohort(out_dir: Path, cfg: CohortConfig) -> Path:
     names = plan.choice(len(_FIRST) * len(_LAST), size=cfg.patients, replace=False)
     mrns = plan.choice(9_000_000, size=cfg.patients, replace=False) + 1_000_000
     accessions = plan.choice(90_000_000, size=cfg.patients, replace=False) + 10_000_000
+    return _Plan(site_idx, labels, names, mrns, accessions)
 
-    ids: dict[str, list[str]] = {k: [] for k in (
-        "patient_names", "patient_ids", "birth_dates", "accession_numbers", "institution_names",
-        "institution_addresses", "referring_physicians", "device_serials", "station_names",
-        "study_dates", "uids")}
-    rows: list[tuple[str, str]] = []
-    case_per_site = [0] * len(SITES)
-    for p in range(cfg.patients):
-        site = SITES[int(site_idx[p])]
-        rng = np.random.default_rng([cfg.seed, p])
-        first, last = _FIRST[int(names[p]) % len(_FIRST)], _LAST[int(names[p]) // len(_FIRST)]
-        person = _Person(
-            name=f"{last.upper()}^{first.upper()}",
-            display=f"{first} {last}",
-            mrn=f"MRN{int(mrns[p]):07d}",
-            accession=f"ACC{int(accessions[p]):08d}",
-            sex=str(rng.choice(["M", "F"])),
-            age=int(rng.integers(22, 88)),
-            study_date=_date(2019 + int(rng.integers(0, 5)), rng),
-            physician=_DOCTORS[int(rng.integers(len(_DOCTORS)))],
-            serial=f"SN{site.folder[-1].upper()}{4000 + int(site_idx[p]) * 1111:05d}",
-        )
-        person_birth = _date(int(person.study_date[:4]) - person.age, rng)
-        folder = Path(site.folder) / f"case-{case_per_site[int(site_idx[p])]:03d}"
-        case_per_site[int(site_idx[p])] += 1
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
 
-        study_uid = generate_uid(entropy_srcs=[str(cfg.seed), "study", str(p)])
-        series_uid = generate_uid(entropy_srcs=[str(cfg.seed), "series", str(p)])
-        frame_uid = generate_uid(entropy_srcs=[str(cfg.seed), "frame", str(p)])
-        ids["uids"] += [study_uid, series_uid, frame_uid]
-        images = _patient_images(rng, cfg, site, lesion=bool(labels[p]))
-        spacing = site.fov_mm / cfg.image_size
-        thickness = float(rng.choice([2.5, 3.0, 5.0]))
-        for k, hu in enumerate(images):
-            sop_uid = generate_uid(entropy_srcs=[str(cfg.seed), "sop", str(p), str(k)])
-            ids["uids"].append(sop_uid)
-            ds = _ct_dataset(hu, site, person, person_birth, spacing, thickness, k,
-                             study_uid, series_uid, frame_uid, sop_uid)
-            rel = (folder / f"{k}.dcm").as_posix()
-            ds.save_as(out_dir / rel, enforce_file_format=True)
-            rows.append((rel, CLASS_NAMES[int(labels[p])]))
+def _write_patient(out_dir: Path, folder: Path, cfg: CohortConfig, plan: _Plan, p: int,
+                   ids: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """Write patient `p`'s slices under `out_dir / folder`, add their identifiers to `ids`.
 
-        ids["patient_names"] += [person.name, person.display]
-        ids["patient_ids"].append(person.mrn)
-        ids["birth_dates"].append(person_birth)
-        ids["accession_numbers"].append(person.accession)
-        ids["referring_physicians"].append(person.physician)
-        ids["device_serials"].append(person.serial)
-        ids["study_dates"].append(person.study_date)
-        ids["institution_names"].append(site.institution)
-        ids["institution_addresses"].append(site.address)
-        ids["station_names"].append(site.station)
+    Returns the patient's labels.csv rows.
+    """
+    site = SITES[int(plan.site_idx[p])]
+    label = CLASS_NAMES[int(plan.labels[p])]
+    rng = np.random.default_rng([cfg.seed, p])
+    person = _draw_person(rng, plan, p)
+    (out_dir / folder).mkdir(parents=True, exist_ok=True)
 
-    with open(out_dir / "labels.csv", "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["path", "label"])
-        writer.writerows(rows)
-    unique = {k: sorted(set(v)) for k, v in ids.items()}
-    (out_dir / "identifiers.json").write_text(json.dumps(unique, indent=1, sort_keys=True) + "\n")
-    return out_dir
+    study_uid = generate_uid(entropy_srcs=[str(cfg.seed), "study", str(p)])
+    series_uid = generate_uid(entropy_srcs=[str(cfg.seed), "series", str(p)])
+    frame_uid = generate_uid(entropy_srcs=[str(cfg.seed), "frame", str(p)])
+    ids["uids"] += [study_uid, series_uid, frame_uid]
+    images = patient_images(rng, cfg, site, lesion=bool(plan.labels[p]))
+    spacing = site.fov_mm / cfg.image_size
+    thickness = float(rng.choice([2.5, 3.0, 5.0]))
+    rows = []
+    for k, hu in enumerate(images):
+        sop_uid = generate_uid(entropy_srcs=[str(cfg.seed), "sop", str(p), str(k)])
+        ids["uids"].append(sop_uid)
+        ds = _ct_dataset(hu, site, person, spacing, thickness, k, study_uid, series_uid, frame_uid, sop_uid)
+        rel = (folder / f"{k}.dcm").as_posix()
+        ds.save_as(out_dir / rel, enforce_file_format=True)
+        rows.append((rel, label))
+
+    ids["patient_names"] += [person.name, person.display]
+    ids["patient_ids"].append(person.mrn)
+    ids["birth_dates"].append(person.birth)
+    ids["accession_numbers"].append(person.accession)
+    ids["referring_physicians"].append(person.physician)
+    ids["device_serials"].append(person.serial)
+    ids["study_dates"].append(person.study_date)
+    ids["institution_names"].append(site.institution)
+    ids["institution_addresses"].append(site.address)
+    ids["station_names"].append(site.station)
+    return rows
 
 
 @dataclass(frozen=True)
@@ -200,17 +215,39 @@ class _Person:
     sex: str
     age: int
     study_date: str
+    birth: str
     physician: str
     serial: str
+
+
+def _draw_person(rng: np.random.Generator, plan: _Plan, p: int) -> _Person:
+    """Patient `p`'s fake identity; the draws from `rng` come first in the patient's stream."""
+    site_i = int(plan.site_idx[p])
+    first, last = _FIRST[int(plan.names[p]) % len(_FIRST)], _LAST[int(plan.names[p]) // len(_FIRST)]
+    sex = str(rng.choice(["M", "F"]))
+    age = int(rng.integers(22, 88))
+    study_date = _date(2019 + int(rng.integers(0, 5)), rng)
+    physician = _DOCTORS[int(rng.integers(len(_DOCTORS)))]
+    return _Person(
+        name=f"{last.upper()}^{first.upper()}",
+        display=f"{first} {last}",
+        mrn=f"MRN{int(plan.mrns[p]):07d}",
+        accession=f"ACC{int(plan.accessions[p]):08d}",
+        sex=sex,
+        age=age,
+        study_date=study_date,
+        birth=_date(int(study_date[:4]) - age, rng),
+        physician=physician,
+        serial=f"SN{SITES[site_i].folder[-1].upper()}{4000 + site_i * 1111:05d}",
+    )
 
 
 def _date(year: int, rng: np.random.Generator) -> str:
     return f"{year:04d}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}"
 
 
-def _ct_dataset(hu: np.ndarray, site: _Site, person: _Person, birth: str, spacing: float,
-                thickness: float, k: int, study_uid: str, series_uid: str, frame_uid: str,
-                sop_uid: str) -> Dataset:
+def _ct_dataset(hu: np.ndarray, site: _Site, person: _Person, spacing: float, thickness: float, k: int,
+                study_uid: str, series_uid: str, frame_uid: str, sop_uid: str) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid
@@ -238,7 +275,7 @@ def _ct_dataset(hu: np.ndarray, site: _Site, person: _Person, birth: str, spacin
     ds.ManufacturerModelName = site.model
     ds.PatientName = person.name
     ds.PatientID = person.mrn
-    ds.PatientBirthDate = birth
+    ds.PatientBirthDate = person.birth
     ds.PatientSex = person.sex
     ds.PatientAge = f"{person.age:03d}Y"
     ds.BodyPartExamined = "ABDOMEN"
@@ -281,163 +318,3 @@ def _ct_dataset(hu: np.ndarray, site: _Site, person: _Person, birth: str, spacin
     stored = np.clip(np.rint(hu - RESCALE_INTERCEPT), 0, 4095).astype("<i2")
     ds.PixelData = stored.tobytes()
     return ds
-
-
-def _patient_images(rng: np.random.Generator, cfg: CohortConfig, site: _Site,
-                    lesion: bool) -> list[np.ndarray]:
-    """Slices of one patient in HU (float64), sharing anatomy and, when present, lesion type."""
-    n = cfg.image_size
-    s = n / 64.0  # geometry below is written for 64 px and scaled
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64) + 0.5
-    cx = n / 2 + rng.uniform(-2, 2) * s
-    cy = n / 2 + rng.uniform(-1.5, 1.5) * s
-    a0 = n * rng.uniform(0.38, 0.45)  # half-width of the body
-    b0 = n * rng.uniform(0.27, 0.33)  # half-height
-    fat = rng.uniform(0.08, 0.22)
-    fat_hu = rng.uniform(-120, -80)
-    visceral_fat = rng.uniform(0.0, 0.25)  # share of the anterior abdomen that is mesenteric fat
-    fat_field = _blur(rng.standard_normal((n, n)), 3.0 * s)
-    contrast = rng.random() < 0.85  # contrast-enhanced (portal venous) phase
-    liver_hu = rng.uniform(52, 66) + (35 if contrast else 0)
-    kidney_hu = rng.uniform(140, 190) if contrast else rng.uniform(28, 36)
-    aorta_hu = rng.uniform(150, 220) if contrast else rng.uniform(38, 48)
-    tissue_hu = rng.uniform(30, 45)
-    liver_size = rng.uniform(0.85, 1.15)
-    spine_size = rng.uniform(0.85, 1.2)
-    kidney_size = rng.uniform(0.6, 1.2)
-    stomach = (rng.uniform(0.12, 0.25), rng.uniform(0.12, 0.22), rng.uniform(30, 60), rng.uniform(0.3, 0.6)) \
-        if rng.random() < 0.7 else None
-
-    # Lesions: per-patient type, size and density; each slice cuts through one to three of them.
-    if lesion:
-        subtle = rng.random() < 0.12
-        radius = s * (rng.uniform(3.0, 4.0) if subtle else rng.uniform(4.0, 7.0))
-        kind = str(rng.choice(["rim", "hypo", "hyper"], p=[0.2, 0.55, 0.25]))
-        if kind == "hyper":  # calcified or haemorrhagic: bone-like density
-            lesion_hu = rng.uniform(160, 190) if subtle else rng.uniform(200, 320)
-        else:  # fat-containing or necrotic: between fat and water
-            lesion_hu = rng.uniform(-20, 0) if subtle else rng.uniform(-90, -40)
-        rim_hu = rng.uniform(60, 110) if kind == "rim" and not subtle else 0.0
-
-    # Benign look-alikes, independent of the label.
-    calcs = [(rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.5), rng.uniform(250, 600))
-             for _ in range(int(rng.integers(0, 2)))]
-    tubes = [(rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.3), rng.uniform(0, np.pi), rng.uniform(60, 130))
-             for _ in range(int(rng.integers(0, 3)))]
-    loops = [(rng.uniform(-0.1, 0.5), rng.uniform(-0.6, -0.1)) for _ in range(int(rng.integers(0, 2)))]
-
-    images = []
-    for k in range(cfg.images_per_patient):
-        zf = 1.0 + 0.03 * (k - (cfg.images_per_patient - 1) / 2) / max(cfg.images_per_patient, 1)
-        a, b = a0 * zf, b0 * zf
-        r = np.sqrt(((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2)
-        img = np.full((n, n), -1000.0)
-        body = _soft(1.0 - r, 0.6 / a)
-        inner = _soft((1.0 - fat) - r, 0.6 / a)
-        img += body * (fat_hu + 1000.0)  # air -> subcutaneous fat
-        texture = _blur(rng.standard_normal((n, n)), 3.0 * s) * 40.0
-        img += inner * (tissue_hu - fat_hu + texture)  # fat -> soft tissue with texture
-        if visceral_fat > 0:  # irregular mesenteric fat, anterior, drifting a little between slices
-            field = fat_field + 0.3 * _blur(rng.standard_normal((n, n)), 3.0 * s)
-            anterior = (yy < cy + 0.2 * b).astype(np.float64)
-            cut = np.quantile(field[inner * anterior > 0.5], 1.0 - visceral_fat) if visceral_fat else 0
-            img[:] = img + _soft(field - cut, 0.02) * inner * anterior * (fat_hu - tissue_hu)
-
-        def ell(u: float, v: float, ra: float, rb: float, edge: float = 0.7,
-                a: float = a, b: float = b) -> np.ndarray:
-            d = np.sqrt(((xx - (cx + u * a)) / (ra * a)) ** 2 + ((yy - (cy + v * b)) / (rb * b)) ** 2)
-            return _soft(1.0 - d, edge / (min(ra * a, rb * b)))
-
-        def put(mask: np.ndarray, value: float, img: np.ndarray = img) -> None:
-            img[:] = img * (1 - mask) + value * mask
-
-        grow = k / max(cfg.images_per_patient - 1, 1)  # 0 at the top slice, 1 at the bottom
-        put(ell(-0.38, -0.12, liver_size * (0.44 - 0.06 * grow), liver_size * 0.55) * inner, liver_hu)
-        put(ell(0.55, 0.05, 0.16, 0.28) * inner, liver_hu - 10)  # spleen
-        if stomach is not None:  # enhancing wall, fluid, and a gas cap with a flat air-fluid level
-            sa, sb, shu, gas = stomach
-            put(ell(0.32, -0.3, sa, sb) * inner, liver_hu + 20)
-            put(ell(0.32, -0.3, sa * 0.8, sb * 0.8) * inner, shu)
-            cap = (yy < cy + (-0.3 - gas * 0.8 * sb) * b).astype(np.float64)
-            put(ell(0.32, -0.3, sa * 0.8, sb * 0.8) * inner * cap, -900.0)
-        for side in (-1, 1):  # kidneys grow towards the lower slices
-            ks = kidney_size * (0.6 + 0.4 * grow)
-            put(ell(side * 0.3, 0.45, 0.11 * ks, 0.2 * ks), kidney_hu)
-        put(ell(0.0, 0.62, 0.13 * spine_size, 0.17 * spine_size), 650.0)  # vertebral body cortex
-        put(ell(0.0, 0.62, 0.095 * spine_size, 0.125 * spine_size), 230.0)  # cancellous bone
-        put(ell(0.0, 0.9, 0.03, 0.09), 500.0)  # spinous process
-        put(ell(-0.06, 0.33, 0.055, 0.075), aorta_hu)
-        put(ell(0.1, 0.3, 0.05, 0.06), aorta_hu * 0.8)  # inferior vena cava
-        for _ in range(int(rng.integers(0, 2))):  # bowel gas moves between slices
-            u, v = rng.uniform(-0.1, 0.5), rng.uniform(-0.75, -0.4)
-            put(ell(u, v, rng.uniform(0.03, 0.07), rng.uniform(0.03, 0.06), 0.5) * inner, -900.0)
-        for u, v, wall in [(u, v, 90.0) for u, v in loops]:  # fluid-filled bowel with enhancing wall
-            put(ell(u, v, 0.1, 0.08) * inner, wall if contrast else 45.0)
-            put(ell(u, v, 0.075, 0.055) * inner, 40.0)
-        for u, v, theta, dhu in tubes:  # vessel running in-plane: elongated, sharp
-            du, dv = (xx - (cx + u * a)), (yy - (cy + v * b))
-            along = du * np.cos(theta) + dv * np.sin(theta)
-            across = -du * np.sin(theta) + dv * np.cos(theta)
-            d = np.sqrt((along / (3.5 * s)) ** 2 + (across / (0.9 * s)) ** 2)
-            img += _soft(1.0 - d, 0.3) * inner * (dhu if contrast else dhu * 0.3)
-        for u, v, chu in calcs:  # punctate calcification: tiny and very dense
-            put(ell(u, v, 0.6 * s / a, 0.6 * s / b, 0.4) * inner, chu)
-        if lesion:
-            for _ in range(1 if subtle else int(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))):
-                rk = radius * rng.uniform(0.75, 1.2)
-                lu, lv = _lesion_site(rng, rk / (0.8 * (a + b)), in_liver=rng.random() < 0.9)
-                d = np.sqrt((xx - (cx + lu * a)) ** 2 + (yy - (cy + lv * b)) ** 2)
-                put(_soft(rk - d, 0.8) * inner, lesion_hu + rng.normal(0, 5))
-                if rim_hu:  # enhancing wall of a necrotic metastasis or abscess
-                    img += np.exp(-0.5 * ((d - rk) / (0.6 * s)) ** 2) * inner * rim_hu
-
-        img = _blur(img, site.blur_px * s) + site.offset_hu * body
-        noise = _blur(rng.standard_normal((n, n)), site.blur_px * s)
-        noise *= site.noise_hu / max(float(noise.std()), 1e-6)
-        img += noise * (0.4 + 0.6 * body)  # little noise in air, as after air masking in recon
-        images.append(np.clip(img, -1024.0, 3071.0))
-    return images
-
-
-# Centres (u, v) in body half-axes and radii of structures a lesion should not sit on.
-_AVOID = ((0.0, 0.62, 0.22), (0.3, 0.45, 0.22), (-0.3, 0.45, 0.22), (-0.06, 0.33, 0.12), (0.1, 0.3, 0.1),
-          (0.32, -0.3, 0.27))
-
-
-def _lesion_site(rng: np.random.Generator, rel_radius: float, in_liver: bool) -> tuple[float, float]:
-    """A lesion centre inside the liver or the other soft tissue, off spine, kidneys and vessels."""
-    for _ in range(100):
-        if in_liver:
-            u, v = rng.uniform(-0.6, -0.2), rng.uniform(-0.45, 0.15)
-        else:
-            u, v = rng.uniform(-0.2, 0.6), rng.uniform(-0.55, 0.2)
-        if u * u + v * v > (0.72 - rel_radius) ** 2:
-            continue
-        if all((u - au) ** 2 + (v - av) ** 2 > (ar + rel_radius) ** 2 for au, av, ar in _AVOID):
-            return float(u), float(v)
-    return -0.4, -0.1  # centre of the liver
-
-
-def _soft(x: np.ndarray, width: float) -> np.ndarray:
-    """A smooth step from 0 (x < 0) to 1 (x > 0); `width` in the units of x."""
-    return 1.0 / (1.0 + np.exp(-np.clip(x / max(width, 1e-6), -40, 40)))
-
-
-def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur with reflected edges (numpy only, exact and deterministic)."""
-    if sigma <= 0:
-        return img
-    r = max(1, int(np.ceil(3 * sigma)))
-    t = np.arange(-r, r + 1, dtype=np.float64)
-    w = np.exp(-0.5 * (t / sigma) ** 2)
-    w /= w.sum()
-    out = img
-    for axis in (0, 1):
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (r, r)
-        p = np.pad(out, pad, mode="reflect")
-        acc = np.zeros_like(out)
-        for i, wi in enumerate(w):
-            acc += wi * (p[i:i + out.shape[0], :] if axis == 0 else p[:, i:i + out.shape[1]])
-        out = acc
-    return out
