@@ -91,6 +91,16 @@ def find_run_file(
     raise LookupError(f"no run with a {what} in {runs_dir}; {hint}")
 
 
+def print_run_file(find: Callable[[Path, str | None], Path], workspace: Path | None, run: str | None) -> None:
+    """Print the path `find(runs_dir, run)` returns; on a LookupError print the error and exit with 2."""
+    try:
+        path = find(get_settings(workspace).runs_dir, run)
+    except LookupError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    print(path)
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     """The short end-of-run report: data quality, metrics, gate checks, model, production."""
     validation = summary.get("validation", {})

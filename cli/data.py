@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from cli.common import WorkspaceOpt, console, find_run_file, sessions_for
+from cli.common import WorkspaceOpt, console, find_run_file, print_run_file, sessions_for
 from flows.settings import get_settings
 
 data_app = typer.Typer(no_args_is_help=True, help="Data intake and quality: validate a source, find a report, list dataset versions.")
@@ -128,12 +128,7 @@ def report(
     workspace: Path | None = WorkspaceOpt,
 ) -> None:
     """Print the path of a run's data-quality report (the HTML page; report.json lies beside it)."""
-    try:
-        path = find_quality_report(get_settings(workspace).runs_dir, run)
-    except LookupError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    print(path)
+    print_run_file(find_quality_report, workspace, run)
 
 
 @data_app.command("list")

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import WorkspaceOpt, console, find_run_file
-from flows.settings import get_settings
+from cli.common import WorkspaceOpt, find_run_file, print_run_file
 
 
 def find_report(runs_dir: Path, run: str | None) -> Path:
@@ -31,9 +30,4 @@ def report(
     workspace: Path | None = WorkspaceOpt,
 ) -> None:
     """Print the path of a run's HTML report (ROC, confusion, calibration, curves, subgroups, baseline, gate)."""
-    try:
-        path = find_report(get_settings(workspace).runs_dir, run)
-    except LookupError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    print(path)
+    print_run_file(find_report, workspace, run)
