@@ -9,8 +9,9 @@ leaves out). Code and tests that run without a workspace take `default_params()`
 
 from __future__ import annotations
 
+import argparse
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -342,3 +343,19 @@ def load_params(path: Path) -> Params:
         raise FileNotFoundError(f"{path}: params file not found") from None
     except Exception as exc:  # pydantic and yaml errors both deserve the file name
         raise ValueError(f"{path}: invalid params: {exc}") from exc
+
+
+def stage_arguments(description: str | None, inputs: Sequence[str],
+                    optional: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """The command line of a stage's `main()`; `main()` reads the params with `load_params(args.params)`.
+
+    `--params` (default params.yaml), then one required folder per name in `inputs` and `--out`,
+    then one folder per name in `optional` (default None; the value is its help).
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    for name in (*inputs, "out"):
+        parser.add_argument(f"--{name}", type=Path, required=True)
+    for name, help_text in (optional or {}).items():
+        parser.add_argument(f"--{name}", type=Path, default=None, help=help_text)
+    return parser.parse_args()

@@ -21,7 +21,6 @@ Writes under `out_dir`: `metrics.json` (flat test metrics and the classifier's n
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from components.config import BaselineConfig, load_params
+from components.config import BaselineConfig, load_params, stage_arguments
 from components.data.artifacts import METRICS_FILE, PREDICTIONS_FILE
 from components.data.prepared import load_split, read_dataset_info
 from components.ml.metrics import choose_threshold, classification_metrics, predict_labels
@@ -173,11 +172,7 @@ def _all_class_probs(classifier: ClassifierMixin, features: np.ndarray, num_clas
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = stage_arguments(__doc__, ["data"])
     params = load_params(args.params)
     operating_point = (params.evaluate.operating_point, params.evaluate.target_sensitivity)
     metrics = train_baseline(args.data, params.baseline, operating_point, args.out)

@@ -16,7 +16,6 @@ Against the classical baseline (components.stages.baseline, same test images): `
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from sklearn.metrics import roc_curve
 
 from components.data.artifacts import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, EvalReport
 from components.data.manifest import SUBGROUP_COLUMNS
-from components.config import EvaluateConfig, load_params
+from components.config import EvaluateConfig, load_params, stage_arguments
 from components.data.prepared import load_split
 from components.ml.metrics import (
     apply_temperature,
@@ -150,13 +149,7 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--baseline", type=Path, default=None, help="the baseline stage's output, to compare against")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = stage_arguments(__doc__, ["data", "model"], {"baseline": "the baseline stage's output, to compare against"})
     report = evaluate_model(args.data, args.model, load_params(args.params).evaluate, args.out, args.baseline)
     shown = ", ".join(f"{k} {report.metrics[k]:.4f}" for k in ("auc", "accuracy", "sensitivity", "specificity"))
     print(f"evaluate: {shown}")

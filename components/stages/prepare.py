@@ -8,7 +8,6 @@ and `dataset.json` (class names, input shape, preprocessing, counts).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from components.data.artifacts import PreparedDataset
 from components.data.manifest import CLASS_NAMES_ATTR, SPLITS, SUBGROUP_COLUMNS, order_class_names
 from components.data.prepared import write_dataset_info, write_split
 from components.data.shards import ImageStore
-from components.config import PrepareConfig, load_params
+from components.config import PrepareConfig, load_params, stage_arguments
 from components.ml.transforms import Preprocessing, preprocess
 
 
@@ -113,11 +112,7 @@ def prepare_dataset(manifest_path: Path, cfg: PrepareConfig, out_dir: Path) -> P
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--manifest", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = stage_arguments(__doc__, ["manifest"])
     result = prepare_dataset(args.manifest, load_params(args.params).prepare, args.out)
     print(f"prepare: {result.counts} images, classes {list(result.class_names)}, input {result.input_shape}")
 

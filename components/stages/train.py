@@ -17,7 +17,6 @@ Deterministic for a given seed on CPU, across a resume too; GPU kernels may diff
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -34,7 +33,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from components.config import TrainConfig, load_params
+from components.config import TrainConfig, load_params, stage_arguments
 from components.data.artifacts import (
     CHECKPOINT_FILE,
     DATASET_FILE,
@@ -445,12 +444,7 @@ def train_model(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--state", type=Path, default=None, help="folder of the resumable checkpoint (default: --out)")
-    args = parser.parse_args()
+    args = stage_arguments(__doc__, ["data"], {"state": "folder of the resumable checkpoint (default: --out)"})
     params = load_params(args.params)
     processes = params.orchestration.train_processes
     if processes > 1 and not torch.distributed.is_torchelastic_launched():
