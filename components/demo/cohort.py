@@ -219,6 +219,18 @@ class _Person:
     physician: str
     serial: str
 
+    def header(self) -> dict[str, str]:
+        """The DICOM attributes naming the patient, their referrer and the accession."""
+        return {
+            "PatientName": self.name,
+            "PatientID": self.mrn,
+            "PatientBirthDate": self.birth,
+            "PatientSex": self.sex,
+            "PatientAge": f"{self.age:03d}Y",
+            "AccessionNumber": self.accession,
+            "ReferringPhysicianName": self.physician,
+        }
+
 
 def _draw_person(rng: np.random.Generator, plan: _Plan, p: int) -> _Person:
     """Patient `p`'s fake identity; the draws from `rng` come first in the patient's stream."""
@@ -262,22 +274,16 @@ def _ct_dataset(hu: np.ndarray, site: _Site, person: _Person, spacing: float, th
     ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = person.study_date
     ds.StudyTime = ds.SeriesTime = "101500"
     ds.ContentTime = f"1015{k:02d}"
-    ds.AccessionNumber = person.accession
+    ds.update(person.header())
     ds.Modality = "CT"
     ds.Manufacturer = site.manufacturer
     ds.InstitutionName = site.institution
     ds.InstitutionAddress = site.address
-    ds.ReferringPhysicianName = person.physician
     ds.StationName = site.station
     ds.StudyDescription = "CT ABDOMEN WITH CONTRAST"
     ds.SeriesDescription = "AXIAL 5MM"
     ds.OperatorsName = "Tech^Sam"
     ds.ManufacturerModelName = site.model
-    ds.PatientName = person.name
-    ds.PatientID = person.mrn
-    ds.PatientBirthDate = person.birth
-    ds.PatientSex = person.sex
-    ds.PatientAge = f"{person.age:03d}Y"
     ds.BodyPartExamined = "ABDOMEN"
     ds.SliceThickness = f"{thickness:g}"
     ds.KVP = "120"
