@@ -1,4 +1,5 @@
-# medgate: `make run` trains and serves on the embedded default; `make test` runs the test suite.
+# medgate: `make run` trains and serves on the embedded default; `make test` runs the test suite
+# (what CI runs); `make test-fast` only its unit tier (tests/unit, about a minute).
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -25,7 +26,7 @@ setup: $(STAMP)
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip $$(grep '^uv==' requirements.lock)
-	eval "$$($(PIP_LOCATIONS_FOR_UV))" && \
+	@eval "$$($(PIP_LOCATIONS_FOR_UV))" && \
 	  $(UV) pip install --python $(BIN)/python --index-strategy unsafe-best-match -r requirements.lock
 	$(UV) pip install --python $(BIN)/python --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-* && touch $@
@@ -34,8 +35,16 @@ run: setup
 	$(BIN)/medgate run
 
 # Everything but the `slow` tier; tests needing ../shared/data or PostgreSQL skip with the reason.
+# Test files are spread over TEST_WORKERS processes, each file whole in one (its fixtures run once):
+# most of a flow run waits on one core (imports, subprocesses, the Prefect API), so two use both.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile
+
+# The unit tier: one component at a time, in this process; no servers, no flow runs.
+test-fast: setup
+	$(BIN)/python -m pytest tests/unit -m "not slow" -q
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow -q
