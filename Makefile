@@ -35,12 +35,13 @@ run: setup
 	$(BIN)/medgate run
 
 # Everything but the `slow` tier; tests needing ../shared/data or PostgreSQL skip with the reason.
-# Test files are spread over TEST_WORKERS processes, each file whole in one (its fixtures run once):
-# most of a flow run waits on one core (imports, subprocesses, the Prefect API), so two use both.
+# Tests run in TEST_WORKERS processes (pytest-xdist): most of a flow run waits on one core (imports,
+# subprocesses, the Prefect API). worksteal: each takes half of the list in order, and one that is done
+# takes over the tail of the other's; whole files per worker (loadfile) left the longest file to the end.
 TEST_WORKERS ?= 2
 
 test: setup
-	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist worksteal
 
 # The unit tier: one component at a time, in this process; no servers, no flow runs.
 test-fast: setup
