@@ -1,27 +1,51 @@
-# medgate: `make run` trains and serves on the embedded default; `make test` runs the test suite.
+# medgate: `make run` trains and serves on the embedded default; `make test` runs the test suite
+# (what CI runs); `make test-fast` only its unit tier (tests/unit, about a minute).
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup run test test-slow test-all lint clean
+UV     := $(BIN)/uv --quiet
+
+# uv reads no pip.conf: this prints `export UV_...` lines with the package locations pip is set up with
+# (its environment over its files; a UV_ variable already set wins), so that both take the same wheels.
+PIP_LOCATIONS_FOR_UV := $(BIN)/python -m pip config list | awk -F= ' \
+	BEGIN { uv["index-url"] = "UV_INDEX_URL"; uv["extra-index-url"] = "UV_EXTRA_INDEX_URL"; uv["find-links"] = "UV_FIND_LINKS" } \
+	{ dot = index($$1, "."); scope = substr($$1, 1, dot - 1); key = substr($$1, dot + 1); \
+	  rank = scope == ":env:" ? 3 : scope == "install" ? 2 : scope == "global" ? 1 : 0; \
+	  if (rank > 0 && (key in uv) && rank > seen[key]) { seen[key] = rank; value[key] = substr($$0, length($$1) + 3, length($$0) - length($$1) - 3) } } \
+	END { for (k in value) { if (k == "find-links") gsub(/[ \t]+/, ",", value[k]); printf "export %s=\"$${%s:-%s}\"\n", uv[k], uv[k], value[k] } }'
+
+.PHONY: setup run test test-fast test-slow test-all lint clean
 
 setup: $(STAMP)
 
 # Re-installs only when requirements.lock or pyproject.toml change; a second call takes seconds.
+# pip brings the locked uv, which installs the lock (seconds, where pip takes a minute or more);
+# unsafe-best-match is pip's rule: each pinned version from whichever location has it.
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install -q --upgrade pip $$(grep '^uv==' requirements.lock)
+	@eval "$$($(PIP_LOCATIONS_FOR_UV))" && \
+	  $(UV) pip install --python $(BIN)/python --index-strategy unsafe-best-match -r requirements.lock
+	$(UV) pip install --python $(BIN)/python --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
 run: setup
 	$(BIN)/medgate run
 
 # Everything but the `slow` tier; tests needing ../shared/data or PostgreSQL skip with the reason.
+# Tests run in TEST_WORKERS processes (pytest-xdist): most of a flow run waits on one core (imports,
+# subprocesses, the Prefect API). worksteal: each takes half of the list in order, and one that is done
+# takes over the tail of the other's; whole files per worker (loadfile) left the longest file to the end.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist worksteal
+
+# The unit tier: one component at a time, in this process; no servers, no flow runs.
+test-fast: setup
+	$(BIN)/python -m pytest tests/unit -m "not slow" -q
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow -q

@@ -1,4 +1,4 @@
-"""Shared test set-up: offline settings, and a BentoML store of the session's own."""
+"""Shared test set-up: offline settings, a BentoML store of the session's own, and the tiers by folder."""
 
 import os
 from pathlib import Path
@@ -11,6 +11,16 @@ PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
 
 configure_offline()
+
+TIERS = ("unit", "integration")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test's tier is its folder (tests/unit, tests/integration): `-m unit`, `-m integration` select them."""
+    for item in items:
+        tier = item.path.relative_to(PROJECT / "tests").parts[0]
+        if tier in TIERS:
+            item.add_marker(tier)
 
 
 @pytest.fixture(scope="session", autouse=True)

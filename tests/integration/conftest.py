@@ -30,9 +30,14 @@ TINY = {
 }
 
 
+def set_clean_env(mp: pytest.MonkeyPatch) -> None:
+    """The default registry and workspace, and a fixed de-identification salt."""
+    mp.delenv("MEDGATE_DATABASE_URL", raising=False)
+    mp.delenv("MEDGATE_WORKSPACE", raising=False)
+    mp.setenv("MEDGATE_DEID_SALT", "test-salt")
+
+
 @pytest.fixture
 def clean_env(monkeypatch):
-    monkeypatch.delenv("MEDGATE_DATABASE_URL", raising=False)
-    monkeypatch.delenv("MEDGATE_WORKSPACE", raising=False)
-    monkeypatch.setenv("MEDGATE_DEID_SALT", "test-salt")
+    set_clean_env(monkeypatch)
     return os.environ
