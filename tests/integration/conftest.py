@@ -1,4 +1,7 @@
 import os
+import shutil
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,3 +44,24 @@ def set_clean_env(mp: pytest.MonkeyPatch) -> None:
 def clean_env(monkeypatch):
     set_clean_env(monkeypatch)
     return os.environ
+
+
+@pytest.fixture(scope="session")
+def first_run(tmp_path_factory, prefect_api) -> dict[str, Any]:
+    """One flow run on TINY for the session: its workspace `ws` (a test may run on in it), its `summary`,
+    and `snapshot`, the workspace as the run left it (copy it with `first_run_copy`, never change it)."""
+    from flows.pipeline import training_flow
+
+    root = tmp_path_factory.mktemp("first-run")
+    with pytest.MonkeyPatch.context() as mp:
+        set_clean_env(mp)
+        ws = make_workspace(root / "ws", TINY)
+        summary = training_flow(workspace=str(ws))
+    shutil.copytree(ws, root / "snapshot", symlinks=True)
+    return {"ws": ws, "summary": summary, "snapshot": root / "snapshot"}
+
+
+@pytest.fixture
+def first_run_copy(first_run, tmp_path) -> Path:
+    """A workspace of this test's own where the first run has completed: a re-run finds everything unchanged."""
+    return Path(shutil.copytree(first_run["snapshot"], tmp_path / "ws", symlinks=True))

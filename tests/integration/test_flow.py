@@ -1,16 +1,14 @@
 """The whole flow on a tiny cohort, on real components: Prefect, DVC, GX, BentoML, SQLite."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.integration.conftest import TINY, make_workspace, set_clean_env, set_params
+from tests.integration.conftest import TINY, make_workspace, set_params
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -20,21 +18,6 @@ def medgate(workspace: Path, *args: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "cli", *args, "--workspace", str(workspace)],
         capture_output=True, text=True, timeout=600,
     )
-
-
-@pytest.fixture(scope="module")
-def first_run(tmp_path_factory, prefect_api) -> dict[str, Any]:
-    """One flow run on TINY, shared by the tests here: its workspace, its summary, and `copy`, a copy
-    of that workspace taken right after the run for a test that changes it in its own way."""
-    from flows.pipeline import training_flow
-
-    root = tmp_path_factory.mktemp("first-run")
-    with pytest.MonkeyPatch.context() as mp:
-        set_clean_env(mp)
-        ws = make_workspace(root / "ws", TINY)
-        summary = training_flow(workspace=str(ws))
-    shutil.copytree(ws, root / "copy", symlinks=True)
-    return {"ws": ws, "summary": summary, "copy": root / "copy"}
 
 
 def test_promote_then_refuse_then_stop_at_validate(first_run, clean_env):
@@ -103,11 +86,11 @@ def test_promote_then_refuse_then_stop_at_validate(first_run, clean_env):
     get_settings.cache_clear()
 
 
-def test_dvc_repro_outside_the_flow_skips_unchanged(first_run, clean_env):
+def test_dvc_repro_outside_the_flow_skips_unchanged(first_run_copy, clean_env):
     """After a flow run, a plain `dvc repro` reproduces nothing; a train param change re-runs train onwards only."""
     from flows.workspace import tool_env
 
-    ws = first_run["copy"]
+    ws = first_run_copy
     out = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ws, env=tool_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "didn't change, skipping" in out.stdout and "Running stage" not in out.stdout
