@@ -41,7 +41,7 @@ run: setup
 TEST_WORKERS ?= 2
 
 test: setup
-	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 # The unit tier: one component at a time, in this process; no servers, no flow runs.
 test-fast: setup
