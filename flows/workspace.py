@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from components.config import merged
+
 # The project folder: its dvc.yaml, .dvc config, params.yaml and components/ seed new workspaces.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Ingest's folder: written by the flow (its source is a run argument) and `dvc add`ed, so it is no
@@ -102,17 +104,8 @@ def create_workspace(root: Path, overrides: Mapping[str, Any] | None = None) -> 
 
 def update_params(workspace: Path, overrides: Mapping[str, Any], base: Path | None = None) -> None:
     """Merge `overrides` (nested sections) into the workspace's params.yaml, or into `base`'s and write it there."""
-    params = yaml.safe_load((base or workspace / "params.yaml").read_text())
-    _merge(params, overrides)
+    params = merged(yaml.safe_load((base or workspace / "params.yaml").read_text()), overrides)
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def _merge(target: dict, values: Mapping[str, Any]) -> None:
-    for key, value in values.items():
-        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
-        else:
-            target[key] = value
 
 
 def track_dataset(workspace: Path, rel_path: str) -> str:
