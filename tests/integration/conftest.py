@@ -22,8 +22,8 @@ def prefect_api():
 # A small cohort and a short training: the flow's mechanics, not the model's quality, are under test.
 TINY = {
     "cohort": {"patients": 40, "images_per_patient": 3},
-    "train": {"epochs": 4, "batch_size": 32},
-    "evaluate": {"bootstrap_samples": 50},
+    "train": {"epochs": 2, "batch_size": 32},
+    "evaluate": {"bootstrap_samples": 20},
     "serve": {"golden_set_size": 4},
     # Permissive on purpose: model quality is asserted by the unit tests and `make run`'s own gate.
     "gate": {"default": {
