@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.readers.base import Decoded, ImageDecodeError, Reader, check_array
+from components.readers.base import DecodeLimits, Decoded, ImageDecodeError, Reader, TooLarge, check_array
 from components.readers.dicom import DicomReader
 from components.readers.nifti import NiftiReader
 from components.readers.npy import NpyReader
 from components.readers.raster import RasterReader
 
-__all__ = ["READERS", "Decoded", "ImageDecodeError", "Reader", "decode", "decode_image", "reader_for_name"]
+__all__ = ["READERS", "DecodeLimits", "Decoded", "ImageDecodeError", "Reader", "TooLarge", "decode", "decode_image", "reader_for_name"]
 
 # Content is matched in this order; the first reader that accepts a file's bytes reads it.
 READERS: tuple[Reader, ...] = (RasterReader(), NpyReader(), NiftiReader(), DicomReader())
@@ -27,12 +27,13 @@ def reader_for_name(name: str) -> Reader | None:
     return next((r for r in READERS if r.claims(name)), None)
 
 
-def decode(data: bytes, salt: str) -> Decoded:
+def decode(data: bytes, salt: str, limits: DecodeLimits | None = None) -> Decoded:
     """Decode a whole file by its content (never its suffix) through the reader that accepts it.
 
     Args:
         data: the file's bytes.
         salt: secret key of the pseudonyms in the returned columns.
+        limits: the most the file may declare (`base.DecodeLimits`); None: no limit.
 
     Raises:
         ImageDecodeError: empty or unrecognised content, or what the format's reader refuses; the
@@ -44,7 +45,7 @@ def decode(data: bytes, salt: str) -> Decoded:
     if reader is None:
         formats = [r.formats for r in READERS]
         raise ImageDecodeError(f"unrecognised content: expected {', '.join(formats[:-1])} or {formats[-1]}")
-    decoded = reader.read(data, salt)
+    decoded = reader.read(data, salt, limits)
     return Decoded(check_array(decoded.array), decoded.columns)
 
 

@@ -16,6 +16,45 @@ class ImageDecodeError(ValueError):
     """An input's bytes are not an image this platform can use; the message says why."""
 
 
+class TooLarge(ImageDecodeError):
+    """A file declares more than the `DecodeLimits` allow; refused before anything is decoded."""
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """The most a reader may decode from one file.
+
+    Readers check these against the sizes a file's header declares (rows, columns, frames, samples,
+    bytes per value, duration) before decoding any pixel or sample, and raise `TooLarge` naming the
+    limit: a small file declaring a huge image is refused, never expanded to find out.
+    """
+
+    max_bytes: int  # the decoded array at its decoded dtype: every frame, slice, channel or sample
+    max_side: int  # rows or columns of one image, slice or frame
+    max_frames: int  # frames of a clip or slices of a volume
+    max_seconds: float  # duration of a clip or a recording
+
+
+def check_declared(limits: DecodeLimits | None, *, rows: int = 1, columns: int = 1, frames: int = 1,
+                   channels: int = 1, itemsize: int = 1, seconds: float | None = None) -> None:
+    """Refuse a file whose declared size exceeds `limits` (None: no limit).
+
+    Raises:
+        TooLarge: the first limit exceeded, named with the declared value.
+    """
+    if limits is None:
+        return
+    if max(rows, columns) > limits.max_side:
+        raise TooLarge(f"declared size {rows}x{columns} exceeds the limit of {limits.max_side} per side")
+    if frames > limits.max_frames:
+        raise TooLarge(f"declares {frames} frames or slices, over the limit of {limits.max_frames}")
+    if seconds is not None and seconds > limits.max_seconds:
+        raise TooLarge(f"declares {seconds:.1f} s, over the limit of {limits.max_seconds:g} s")
+    size = rows * columns * frames * channels * itemsize
+    if size > limits.max_bytes:
+        raise TooLarge(f"declares {size / 2**20:.1f} MiB decoded, over the limit of {limits.max_bytes / 2**20:.1f} MiB")
+
+
 @dataclass(frozen=True)
 class Decoded:
     """One decoded file: its pixels and the manifest columns the file itself determines.
@@ -42,10 +81,13 @@ class Reader(ABC):
         """Whether `data` starts like this format (magic bytes; never the file name)."""
 
     @abstractmethod
-    def read(self, data: bytes, salt: str) -> Decoded:
+    def read(self, data: bytes, salt: str, limits: DecodeLimits | None = None) -> Decoded:
         """Decode a whole file; `salt` keys the pseudonyms of any identifier it holds.
 
+        The declared size is checked against `limits` (`check_declared`) before decoding.
+
         Raises:
+            TooLarge: the file declares more than `limits` allow.
             ImageDecodeError: the bytes are damaged or hold what this platform refuses.
         """
 

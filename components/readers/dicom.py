@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
 from components.privacy.deid import pseudonym
-from components.readers.base import Decoded, ImageDecodeError, Reader, is_colour, short_reason, spacing_columns
+from components.readers.base import DecodeLimits, Decoded, ImageDecodeError, Reader, is_colour, short_reason, spacing_columns
 
 # Multi-frame objects of these modalities are stacks of slices (volumes); elsewhere frames are time.
 VOLUME_MODALITIES = frozenset({"CT", "MR", "PT", "NM"})
@@ -39,7 +39,7 @@ class DicomReader(Reader):
     def accepts(self, data: bytes) -> bool:
         return data[128:132] == b"DICM" or data[:2] in (b"\x02\x00", b"\x08\x00")
 
-    def read(self, data: bytes, salt: str) -> Decoded:
+    def read(self, data: bytes, salt: str, limits: DecodeLimits | None = None) -> Decoded:
         try:
             with warnings.catch_warnings():  # pydicom warnings can quote header values
                 warnings.simplefilter("ignore")

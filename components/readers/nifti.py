@@ -11,7 +11,7 @@ import zlib
 
 import numpy as np
 
-from components.readers.base import Decoded, ImageDecodeError, Reader, short_reason, spacing_columns
+from components.readers.base import DecodeLimits, Decoded, ImageDecodeError, Reader, short_reason, spacing_columns
 
 MAX_GZIP_BYTES = 1 << 30  # a .nii.gz expanding beyond this is refused (decompression bomb)
 _GZIP = b"\x1f\x8b"
@@ -28,7 +28,7 @@ class NiftiReader(Reader):
     def accepts(self, data: bytes) -> bool:
         return data.startswith(_GZIP) or data[344:348] == _PAIR or _version(data) > 0
 
-    def read(self, data: bytes, salt: str) -> Decoded:
+    def read(self, data: bytes, salt: str, limits: DecodeLimits | None = None) -> Decoded:
         gzipped = data.startswith(_GZIP)
         if gzipped:
             data = _gunzip(data)

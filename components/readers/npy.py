@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-from components.readers.base import Decoded, ImageDecodeError, Reader, short_reason
+from components.readers.base import DecodeLimits, Decoded, ImageDecodeError, Reader, short_reason
 
 NPY_MAGIC = b"\x93NUMPY"
 
@@ -21,7 +21,7 @@ class NpyReader(Reader):
     def accepts(self, data: bytes) -> bool:
         return data.startswith(NPY_MAGIC)
 
-    def read(self, data: bytes, salt: str) -> Decoded:
+    def read(self, data: bytes, salt: str, limits: DecodeLimits | None = None) -> Decoded:
         try:
             return Decoded(np.load(io.BytesIO(data), allow_pickle=False))
         except (ValueError, OSError, EOFError) as exc:

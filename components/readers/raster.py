@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from components.readers.base import Decoded, ImageDecodeError, Reader, short_reason
+from components.readers.base import DecodeLimits, Decoded, ImageDecodeError, Reader, short_reason
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -28,7 +28,7 @@ class RasterReader(Reader):
     def accepts(self, data: bytes) -> bool:
         return data.startswith((PNG_MAGIC, JPEG_MAGIC))
 
-    def read(self, data: bytes, salt: str) -> Decoded:
+    def read(self, data: bytes, salt: str, limits: DecodeLimits | None = None) -> Decoded:
         kind = "PNG" if data.startswith(PNG_MAGIC) else "JPEG" if data.startswith(JPEG_MAGIC) else "PNG or JPEG"
         try:
             with warnings.catch_warnings():
