@@ -37,7 +37,7 @@ def decode(data: bytes, salt: str, limits: DecodeLimits | None = None) -> Decode
 
     Raises:
         ImageDecodeError: empty or unrecognised content, or what the format's reader refuses; the
-            array checks (`base.check_array`) apply to every format.
+            array checks (`base.check_array`) apply to every image.
     """
     if not data:
         raise ImageDecodeError("empty file")
@@ -46,6 +46,8 @@ def decode(data: bytes, salt: str, limits: DecodeLimits | None = None) -> Decode
         formats = [r.formats for r in READERS]
         raise ImageDecodeError(f"unrecognised content: expected {', '.join(formats[:-1])} or {formats[-1]}")
     decoded = reader.read(data, salt, limits)
+    if decoded.kind != "image":
+        return decoded
     return Decoded(check_array(decoded.array), decoded.columns)
 
 

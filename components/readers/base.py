@@ -66,6 +66,9 @@ class Decoded:
 
     array: np.ndarray
     columns: dict[str, Any] = field(default_factory=dict)
+    # "image" (2D, or a 3D volume): `check_array` applies. A modality with another array layout
+    # (a clip's frames, a recording's samples) names itself and checks its arrays in its own reader.
+    kind: str = "image"
 
 
 class Reader(ABC):
