@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import cli.common
-import registry as reg
+from registry import db, repository as repo
 from cli.common import UnwrappedConsole, print_summary
 from flows.logs import library_log
 from tests.conftest import PROJECT
@@ -107,17 +107,17 @@ def test_registry_tables_keep_their_cells_whole_in_a_pipe(ws: Path) -> None:
     name, bento = "pneumonia-classifier-for-a-long-table-cell", "pneumonia_classifier_for_a_long_table_cell:abcdefabcdef0123"
     reason = "promoted by hand after reviewing the subgroup metrics of every site, a reason longer than a table cell"
     url = f"sqlite:///{ws / '.medgate' / 'registry.db'}"
-    reg.upgrade_database(url)
-    with reg.make_session_factory(url)() as session:
-        dataset = reg.record_dataset(session, source=str(ws / "source"), version="md5-0123", kind="dicom", num_images=10,
+    db.upgrade_database(url)
+    with db.make_session_factory(url)() as session:
+        dataset = repo.record_dataset(session, source=str(ws / "source"), version="md5-0123", kind="dicom", num_images=10,
                                      num_patients=5, counts={}, class_names=["normal", "lesion"], validation_success=True,
                                      report_path=str(ws / "runs" / "x" / "validate" / "report.html"))
-        run = reg.start_run(session, dataset_id=dataset.id, params={}, git_commit=None, prefect_flow_run_id=None, trigger="manual")
-        version = reg.register_model_version(session, name=name, run_id=run.id, dataset_version="md5-0123",
+        run = repo.start_run(session, dataset_id=dataset.id, params={}, git_commit=None, prefect_flow_run_id=None, trigger="manual")
+        version = repo.register_model_version(session, name=name, run_id=run.id, dataset_version="md5-0123",
                                              test_data_version="md5-test", metrics={"auc": 0.9, "accuracy": 0.8},
                                              artifact_sha256=SHA, bento_tag=bento)
         session.commit()
-        reg.promote_version(session, version.id, actor="reviewer", reason=reason)
+        repo.promote_version(session, version.id, actor="reviewer", reason=reason)
 
     listed = medgate(ws, "models", "list")
     assert listed.returncode == 0, listed.stderr

@@ -24,8 +24,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-import registry as reg
-from registry import ModelVersion
+from registry import db, errors, models, repository as repo
+from registry.models import ModelVersion
 
 PG_URL = os.environ.get("MEDGATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SHA = "ab" * 32
@@ -75,8 +75,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Any, postgres_skip_reason: 
 
 @pytest.fixture
 def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    reg.upgrade_database(db_url)
-    made = reg.make_session_factory(db_url)
+    db.upgrade_database(db_url)
+    made = db.make_session_factory(db_url)
     yield made
     bind = made.kw["bind"]
     bind.dispose()
@@ -92,8 +92,8 @@ def _dialect(factory: sessionmaker[Session]) -> str:
     return str(factory.kw["bind"].dialect.name)
 
 
-def _run(session: Session) -> reg.Run:
-    dataset = reg.record_dataset(
+def _run(session: Session) -> models.Run:
+    dataset = repo.record_dataset(
         session,
         source="medmnist:pneumoniamnist",
         version="md5-0123",
@@ -105,7 +105,7 @@ def _run(session: Session) -> reg.Run:
         validation_success=True,
         report_path="reports/validate.html",
     )
-    return reg.start_run(
+    return repo.start_run(
         session,
         dataset_id=dataset.id,
         params={"train": {"lr": 0.001, "epochs": 2}},
@@ -115,8 +115,8 @@ def _run(session: Session) -> reg.Run:
     )
 
 
-def _register(session: Session, run: reg.Run, name: str = "pneumonia", **kw: Any) -> ModelVersion:
-    return reg.register_model_version(
+def _register(session: Session, run: models.Run, name: str = "pneumonia", **kw: Any) -> ModelVersion:
+    return repo.register_model_version(
         session,
         name=name,
         run_id=run.id,
@@ -136,13 +136,13 @@ def _versions(factory: sessionmaker[Session], count: int, name: str = "pneumonia
     return ids
 
 
-def _drift(session: Session, run: reg.Run, baseline_id: int, version: str = "md5-0456") -> reg.DriftEvent:
+def _drift(session: Session, run: models.Run, baseline_id: int, version: str = "md5-0456") -> models.DriftEvent:
     """A drift event on dataset `version` (recorded here) against version id `baseline_id`."""
-    dataset = reg.record_dataset(
+    dataset = repo.record_dataset(
         session, source="medmnist:pneumoniamnist", version=version, kind="raw", num_images=100, num_patients=None,
         counts={}, class_names=["normal", "pneumonia"], validation_success=True, report_path=None,
     )
-    return reg.record_drift(
+    return repo.record_drift(
         session, run_id=run.id, dataset_id=dataset.id, baseline_version_id=baseline_id,
         checks=[{"name": "class_share", "value": 0.35, "bound": 0.2, "detail": "largest change: class 'pneumonia'"}],
         reason="dataset md5-0456 drifted",
@@ -151,7 +151,7 @@ def _drift(session: Session, run: reg.Run, baseline_id: int, version: str = "md5
 
 def _stages(factory: sessionmaker[Session], name: str = "pneumonia") -> dict[int, str]:
     with factory() as s:
-        return {v.version: v.stage for v in reg.list_versions(s, name)}
+        return {v.version: v.stage for v in repo.list_versions(s, name)}
 
 
 # -- schema and engine ---------------------------------------------------------------------------
@@ -160,10 +160,10 @@ def _stages(factory: sessionmaker[Session], name: str = "pneumonia") -> dict[int
 def test_upgrade_twice_is_a_no_op_and_schema_matches_models(
     db_url: str, factory: sessionmaker[Session]
 ) -> None:
-    reg.upgrade_database(db_url)
-    assert reg.current_revision(db_url) == "0002"
+    db.upgrade_database(db_url)
+    assert db.current_revision(db_url) == "0002"
     with factory.kw["bind"].connect() as connection:
-        diff = compare_metadata(MigrationContext.configure(connection), reg.Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(connection), models.Base.metadata)
     assert diff == []
 
 
@@ -174,16 +174,16 @@ def test_downgrade_then_upgrade_through_alembic_cli_config(
         _run(s)
         s.commit()
     factory.kw["bind"].dispose()
-    command.downgrade(reg.alembic_config(db_url), "base")
-    assert reg.current_revision(db_url) is None
-    command.upgrade(reg.alembic_config(db_url), "head")
+    command.downgrade(db.alembic_config(db_url), "base")
+    assert db.current_revision(db_url) is None
+    command.upgrade(db.alembic_config(db_url), "head")
     with factory() as s:
-        assert reg.list_datasets(s) == []
+        assert repo.list_datasets(s) == []
 
 
 def test_sqlite_engine_is_safe_for_concurrent_writers(tmp_path: Any) -> None:
     url = f"sqlite:///{tmp_path / 'a' / 'b' / 'r.db'}"
-    engine = reg.make_engine(url)
+    engine = db.make_engine(url)
     try:
         with engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -209,53 +209,53 @@ def test_record_dataset_is_idempotent_on_source_and_version(session: Session) ->
         "validation_success": False,
         "report_path": None,
     }
-    first = reg.record_dataset(session, **args)
-    second = reg.record_dataset(session, **{**args, "validation_success": True, "report_path": "r.html"})
+    first = repo.record_dataset(session, **args)
+    second = repo.record_dataset(session, **{**args, "validation_success": True, "report_path": "r.html"})
     session.commit()
     assert first.id == second.id
-    assert len(reg.list_datasets(session)) == 1
+    assert len(repo.list_datasets(session)) == 1
     assert second.validation_success is True and second.report_path == "r.html"
     assert second.created_at.tzinfo is UTC
-    other = reg.record_dataset(session, **{**args, "version": "def456"})
+    other = repo.record_dataset(session, **{**args, "version": "def456"})
     assert other.id != first.id
 
 
 def test_run_lifecycle(session: Session) -> None:
     run = _run(session)
     assert run.status == "running" and len(run.run_uid) == 36
-    assert run.params_hash == reg.hash_params({"train": {"epochs": 2, "lr": 0.001}})
+    assert run.params_hash == repo.hash_params({"train": {"epochs": 2, "lr": 0.001}})
     with pytest.raises(ValueError):
-        reg.finish_run(session, run.run_uid, status="running")
-    done = reg.finish_run(session, run.run_uid, status="completed", summary={"auc": 0.91})
+        repo.finish_run(session, run.run_uid, status="running")
+    done = repo.finish_run(session, run.run_uid, status="completed", summary={"auc": 0.91})
     session.commit()
     assert done.status == "completed" and done.finished_at is not None and done.summary == {"auc": 0.91}
-    with pytest.raises(reg.InvalidTransition):
-        reg.finish_run(session, run.run_uid, status="failed", error="late")
-    with pytest.raises(reg.NotFoundError):
-        reg.finish_run(session, str(uuid.uuid4()), status="failed")
-    assert reg.get_run(session, run.run_uid) is done
+    with pytest.raises(errors.InvalidTransition):
+        repo.finish_run(session, run.run_uid, status="failed", error="late")
+    with pytest.raises(errors.NotFoundError):
+        repo.finish_run(session, str(uuid.uuid4()), status="failed")
+    assert repo.get_run(session, run.run_uid) is done
 
 
 def test_drift_events_are_audited_and_order_datasets(session: Session) -> None:
     run = _run(session)
     v1 = _register(session, run)
-    assert reg.latest_drift(session, "pneumonia") is None
+    assert repo.latest_drift(session, "pneumonia") is None
     first = _drift(session, run, v1.id)
     later = _drift(session, run, v1.id, version="md5-0789")
     session.commit()
-    assert reg.latest_drift(session, "pneumonia") is later and reg.latest_drift(session, "other") is None
+    assert repo.latest_drift(session, "pneumonia") is later and repo.latest_drift(session, "other") is None
     assert first.dataset.version == "md5-0456" and first.checks[0]["bound"] == 0.2
     # A version's place is its first record, under any source.
-    reg.record_dataset(
+    repo.record_dataset(
         session, source="elsewhere", version="md5-0123", kind="raw", num_images=1, num_patients=None, counts={},
         class_names=["a", "b"], validation_success=True, report_path=None,
     )
-    assert reg.dataset_seq(session, "md5-0123") < reg.dataset_seq(session, "md5-0456") < reg.dataset_seq(session, "md5-0789")
-    assert reg.dataset_seq(session, "never-seen") is None
-    audit = [e for e in reg.audit_trail(session, "pneumonia") if e.action == "drift"]
+    assert repo.dataset_seq(session, "md5-0123") < repo.dataset_seq(session, "md5-0456") < repo.dataset_seq(session, "md5-0789")
+    assert repo.dataset_seq(session, "never-seen") is None
+    audit = [e for e in repo.audit_trail(session, "pneumonia") if e.action == "drift"]
     assert [(e.model_version_id, e.from_stage, e.to_stage, e.reason) for e in audit] == [(v1.id, None, None, "dataset md5-0456 drifted")] * 2
-    with pytest.raises(reg.NotFoundError):
-        reg.record_drift(session, run_id=run.id, dataset_id=10_000, baseline_version_id=v1.id, checks=[], reason="x")
+    with pytest.raises(errors.NotFoundError):
+        repo.record_drift(session, run_id=run.id, dataset_id=10_000, baseline_version_id=v1.id, checks=[], reason="x")
 
 
 # -- model versions ------------------------------------------------------------------------------
@@ -271,15 +271,15 @@ def test_register_numbers_versions_per_name_and_audits(session: Session) -> None
         ("a", 2, "candidate"),
         ("b", 1, "candidate"),
     ]
-    assert reg.get_version(session, "a", 2) is a2 and reg.get_version(session, "a", 3) is None
-    assert [e.action for e in reg.audit_trail(session, "a")] == ["register", "register"]
-    assert len(reg.audit_trail(session)) == 3
+    assert repo.get_version(session, "a", 2) is a2 and repo.get_version(session, "a", 3) is None
+    assert [e.action for e in repo.audit_trail(session, "a")] == ["register", "register"]
+    assert len(repo.audit_trail(session)) == 3
 
 
 def test_register_refuses_bad_inputs(session: Session) -> None:
     run = _run(session)
     with pytest.raises(ValueError, match="sha256"):
-        reg.register_model_version(
+        repo.register_model_version(
             session,
             name="m",
             run_id=run.id,
@@ -291,8 +291,8 @@ def test_register_refuses_bad_inputs(session: Session) -> None:
     for bad in ("model:latest", "model", "model:"):
         with pytest.raises(ValueError, match="exact BentoML tag"):
             _register(session, run, model_tag=bad)
-    with pytest.raises(reg.NotFoundError):
-        _register(session, reg.Run(id=999_999))
+    with pytest.raises(errors.NotFoundError):
+        _register(session, models.Run(id=999_999))
 
 
 def test_concurrent_registrations_get_distinct_numbers(factory: sessionmaker[Session]) -> None:
@@ -301,54 +301,54 @@ def test_concurrent_registrations_get_distinct_numbers(factory: sessionmaker[Ses
         s.commit()
     barrier = threading.Barrier(4)
     numbers: list[int] = []
-    errors: list[BaseException] = []
+    failures: list[BaseException] = []
 
     def register() -> None:
         try:
             with factory() as s:
                 barrier.wait()
-                numbers.append(_register(s, s.get_one(reg.Run, run_id), "shared").version)
+                numbers.append(_register(s, s.get_one(models.Run, run_id), "shared").version)
                 s.commit()
         except BaseException as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
+            failures.append(exc)
 
     threads = [threading.Thread(target=register) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=30)
-    assert errors == []
+    assert failures == []
     assert sorted(numbers) == [1, 2, 3, 4]
 
 
 def test_set_package_only_retags_candidates(session: Session) -> None:
     version = _register(session, _run(session))
     session.commit()
-    reg.set_package(session, version.id, "pneumonia:a1", "pneumonia_service:b1")
+    repo.set_package(session, version.id, "pneumonia:a1", "pneumonia_service:b1")
     session.commit()
     assert (version.model_tag, version.bento_tag) == ("pneumonia:a1", "pneumonia_service:b1")
     with pytest.raises(ValueError):
-        reg.set_package(session, version.id, "pneumonia:latest", "pneumonia_service:b1")
-    reg.promote_version(session, version.id, actor="ci", reason="first")
-    assert reg.set_package(session, version.id, "pneumonia:a1", "pneumonia_service:b1") is version
-    with pytest.raises(reg.InvalidTransition):
-        reg.set_package(session, version.id, "pneumonia:a2", "pneumonia_service:b2")
+        repo.set_package(session, version.id, "pneumonia:latest", "pneumonia_service:b1")
+    repo.promote_version(session, version.id, actor="ci", reason="first")
+    assert repo.set_package(session, version.id, "pneumonia:a1", "pneumonia_service:b1") is version
+    with pytest.raises(errors.InvalidTransition):
+        repo.set_package(session, version.id, "pneumonia:a2", "pneumonia_service:b2")
 
 
 def test_gate_decisions_are_stored_with_their_checks(session: Session) -> None:
     run = _run(session)
     v1, v2 = _register(session, run), _register(session, run)
     checks = [{"metric": "auc", "value": 0.91, "lower": 0.8, "passed": True}]
-    reg.record_gate_decision(
+    repo.record_gate_decision(
         session, model_version_id=v2.id, promote=False, checks=[], champion_version_id=None, reason="x"
     )
-    decision = reg.record_gate_decision(
+    decision = repo.record_gate_decision(
         session, model_version_id=v2.id, promote=True, checks=checks, champion_version_id=v1.id, reason="ok"
     )
     session.commit()
-    assert reg.latest_gate_decision(session, v2.id) is decision
+    assert repo.latest_gate_decision(session, v2.id) is decision
     assert decision.checks == checks and decision.model_version is v2
-    assert reg.latest_gate_decision(session, v1.id) is None
+    assert repo.latest_gate_decision(session, v1.id) is None
 
 
 # -- stage changes -------------------------------------------------------------------------------
@@ -359,18 +359,18 @@ def test_promote_archives_the_previous_production_with_audit_rows(session: Sessi
     v1, v2 = _register(session, run), _register(session, run)
     other = _register(session, run, "other")
     session.commit()
-    assert reg.get_champion(session, "pneumonia") is None and reg.latest_production(session) is None
-    reg.promote_version(session, v1.id, actor="ci", reason="first model")
-    reg.promote_version(session, other.id, actor="ci", reason="other model")
-    assert reg.latest_production(session) is other
-    reg.promote_version(session, v2.id, actor="alice", reason="better auc")
+    assert repo.get_champion(session, "pneumonia") is None and repo.latest_production(session) is None
+    repo.promote_version(session, v1.id, actor="ci", reason="first model")
+    repo.promote_version(session, other.id, actor="ci", reason="other model")
+    assert repo.latest_production(session) is other
+    repo.promote_version(session, v2.id, actor="alice", reason="better auc")
     assert (v1.stage, v2.stage) == ("archived", "production")
-    assert reg.get_champion(session, "pneumonia") is v2
-    assert reg.latest_production(session) is v2
+    assert repo.get_champion(session, "pneumonia") is v2
+    assert repo.latest_production(session) is v2
     assert v2.promoted_at is not None and v2.promoted_at.tzinfo is UTC
     trail = [
         (e.action, e.model_version_id, e.from_stage, e.to_stage, e.actor)
-        for e in reg.audit_trail(session, "pneumonia")
+        for e in repo.audit_trail(session, "pneumonia")
     ]
     assert trail[2:] == [
         ("promote", v1.id, "candidate", "production", "ci"),
@@ -378,14 +378,14 @@ def test_promote_archives_the_previous_production_with_audit_rows(session: Sessi
         ("promote", v2.id, "candidate", "production", "alice"),
     ]
     # Promoting the production version again changes nothing.
-    reg.promote_version(session, v2.id, actor="alice", reason="again")
-    assert len(reg.audit_trail(session, "pneumonia")) == 5
+    repo.promote_version(session, v2.id, actor="alice", reason="again")
+    assert len(repo.audit_trail(session, "pneumonia")) == 5
 
 
 def test_promote_refuses_when_production_changed_since_the_gate(session: Session) -> None:
     run = _run(session)
     v1, v2 = _register(session, run), _register(session, run)
-    reg.record_gate_decision(
+    repo.record_gate_decision(
         session,
         model_version_id=v2.id,
         promote=True,
@@ -394,57 +394,57 @@ def test_promote_refuses_when_production_changed_since_the_gate(session: Session
         reason="no champion",
     )
     session.commit()
-    reg.promote_version(session, v1.id, actor="ci", reason="manual", expected_champion_id=None)
-    with pytest.raises(reg.PromotionConflict, match="re-run the gate"):
-        reg.promote_version(session, v2.id, actor="ci", reason="gate passed")
+    repo.promote_version(session, v1.id, actor="ci", reason="manual", expected_champion_id=None)
+    with pytest.raises(errors.PromotionConflict, match="re-run the gate"):
+        repo.promote_version(session, v2.id, actor="ci", reason="gate passed")
     assert (v1.stage, v2.stage) == ("production", "candidate")
-    with pytest.raises(reg.PromotionConflict):
-        reg.promote_version(session, v2.id, actor="ci", reason="x", expected_champion_id=None)
-    reg.promote_version(session, v2.id, actor="ci", reason="re-gated", expected_champion_id=v1.id)
-    assert reg.get_champion(session, "pneumonia") is v2
+    with pytest.raises(errors.PromotionConflict):
+        repo.promote_version(session, v2.id, actor="ci", reason="x", expected_champion_id=None)
+    repo.promote_version(session, v2.id, actor="ci", reason="re-gated", expected_champion_id=v1.id)
+    assert repo.get_champion(session, "pneumonia") is v2
 
 
 def test_reject_only_candidates_and_rejected_never_promote(session: Session) -> None:
     run = _run(session)
     v1, v2 = _register(session, run), _register(session, run)
     session.commit()
-    reg.reject_version(session, v1.id, actor="ci", reason="gate refused: auc below 0.8")
+    repo.reject_version(session, v1.id, actor="ci", reason="gate refused: auc below 0.8")
     assert v1.stage == "rejected"
-    reg.reject_version(session, v1.id, actor="ci", reason="again")  # no-op
-    with pytest.raises(reg.InvalidTransition):
-        reg.promote_version(session, v1.id, actor="ci", reason="x")
-    reg.promote_version(session, v2.id, actor="ci", reason="ok")
-    with pytest.raises(reg.InvalidTransition):
-        reg.reject_version(session, v2.id, actor="ci", reason="use rollback")
-    with pytest.raises(reg.NotFoundError):
-        reg.reject_version(session, 999_999, actor="ci", reason="x")
-    assert [e.action for e in reg.audit_trail(session, "pneumonia")][2:] == ["reject", "promote"]
+    repo.reject_version(session, v1.id, actor="ci", reason="again")  # no-op
+    with pytest.raises(errors.InvalidTransition):
+        repo.promote_version(session, v1.id, actor="ci", reason="x")
+    repo.promote_version(session, v2.id, actor="ci", reason="ok")
+    with pytest.raises(errors.InvalidTransition):
+        repo.reject_version(session, v2.id, actor="ci", reason="use rollback")
+    with pytest.raises(errors.NotFoundError):
+        repo.reject_version(session, 999_999, actor="ci", reason="x")
+    assert [e.action for e in repo.audit_trail(session, "pneumonia")][2:] == ["reject", "promote"]
 
 
 def test_rollback_restores_the_previous_production(session: Session) -> None:
     run = _run(session)
     v1, v2, v3, v4 = (_register(session, run) for _ in range(4))
     session.commit()
-    with pytest.raises(reg.InvalidTransition, match="no production"):
-        reg.rollback(session, "pneumonia", actor="ops", reason="x")
-    reg.promote_version(session, v1.id, actor="ci", reason="1")
-    with pytest.raises(reg.InvalidTransition, match="no earlier"):
-        reg.rollback(session, "pneumonia", actor="ops", reason="x")
-    reg.promote_version(session, v2.id, actor="ci", reason="2")
-    reg.promote_version(session, v3.id, actor="ci", reason="3")
-    assert reg.rollback(session, "pneumonia", actor="ops", reason="v3 drifts") is v2
+    with pytest.raises(errors.InvalidTransition, match="no production"):
+        repo.rollback(session, "pneumonia", actor="ops", reason="x")
+    repo.promote_version(session, v1.id, actor="ci", reason="1")
+    with pytest.raises(errors.InvalidTransition, match="no earlier"):
+        repo.rollback(session, "pneumonia", actor="ops", reason="x")
+    repo.promote_version(session, v2.id, actor="ci", reason="2")
+    repo.promote_version(session, v3.id, actor="ci", reason="3")
+    assert repo.rollback(session, "pneumonia", actor="ops", reason="v3 drifts") is v2
     assert (v2.stage, v3.stage) == ("production", "archived")
     # The previous production is now v3 again: rolling back twice toggles.
-    assert reg.rollback(session, "pneumonia", actor="ops", reason="undo") is v3
-    assert reg.rollback(session, "pneumonia", actor="ops", reason="pin", to_version=1) is v1
+    assert repo.rollback(session, "pneumonia", actor="ops", reason="undo") is v3
+    assert repo.rollback(session, "pneumonia", actor="ops", reason="pin", to_version=1) is v1
     assert _stages_in(session) == {1: "production", 2: "archived", 3: "archived", 4: "candidate"}
-    with pytest.raises(reg.InvalidTransition, match="only archived"):
-        reg.rollback(session, "pneumonia", actor="ops", reason="x", to_version=4)
-    with pytest.raises(reg.NotFoundError):
-        reg.rollback(session, "pneumonia", actor="ops", reason="x", to_version=9)
-    with pytest.raises(reg.NotFoundError):
-        reg.rollback(session, "nobody", actor="ops", reason="x")
-    last = reg.audit_trail(session, "pneumonia")[-2:]
+    with pytest.raises(errors.InvalidTransition, match="only archived"):
+        repo.rollback(session, "pneumonia", actor="ops", reason="x", to_version=4)
+    with pytest.raises(errors.NotFoundError):
+        repo.rollback(session, "pneumonia", actor="ops", reason="x", to_version=9)
+    with pytest.raises(errors.NotFoundError):
+        repo.rollback(session, "nobody", actor="ops", reason="x")
+    last = repo.audit_trail(session, "pneumonia")[-2:]
     assert [(e.action, e.model_version_id, e.to_stage) for e in last] == [
         ("rollback", v3.id, "archived"),
         ("rollback", v1.id, "production"),
@@ -453,7 +453,7 @@ def test_rollback_restores_the_previous_production(session: Session) -> None:
 
 
 def _stages_in(session: Session, name: str = "pneumonia") -> dict[int, str]:
-    return {v.version: v.stage for v in reg.list_versions(session, name)}
+    return {v.version: v.stage for v in repo.list_versions(session, name)}
 
 
 # -- database-level invariants -------------------------------------------------------------------
@@ -476,7 +476,7 @@ def test_database_allows_one_production_per_name(factory: sessionmaker[Session])
 def test_promotion_and_its_audit_rows_commit_together(factory: sessionmaker[Session], actor: str) -> None:
     v1, v2 = _versions(factory, 2)
     with factory() as s:
-        reg.promote_version(s, v1, actor="ci", reason="first")
+        repo.promote_version(s, v1, actor="ci", reason="first")
     statements: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -485,13 +485,13 @@ def test_promotion_and_its_audit_rows_commit_together(factory: sessionmaker[Sess
 
     engine = factory.kw["bind"]
     with factory() as s:
-        audit_before = len(reg.audit_trail(s))
+        audit_before = len(repo.audit_trail(s))
         event.listen(engine, "before_cursor_execute", record)
         try:
             # The database refuses the audit insert (a CHECK constraint; PostgreSQL
             # reports the over-long varchar as DataError).
             with pytest.raises((IntegrityError, DataError)):
-                reg.promote_version(s, v2, actor=actor, reason="bad actor")
+                repo.promote_version(s, v2, actor=actor, reason="bad actor")
         finally:
             event.remove(engine, "before_cursor_execute", record)
         assert not s.in_transaction()
@@ -502,19 +502,19 @@ def test_promotion_and_its_audit_rows_commit_together(factory: sessionmaker[Sess
     )
     assert _stages(factory) == {1: "production", 2: "candidate"}
     with factory() as s:
-        assert len(reg.audit_trail(s)) == audit_before
-        assert reg.get_champion(s, "pneumonia") is not None
+        assert len(repo.audit_trail(s)) == audit_before
+        assert repo.get_champion(s, "pneumonia") is not None
 
 
 def test_rows_are_never_deleted_and_audit_rows_never_change(factory: sessionmaker[Session]) -> None:
     (v1,) = _versions(factory, 1)
     with factory() as s:
-        reg.record_gate_decision(
+        repo.record_gate_decision(
             s, model_version_id=v1, promote=True, checks=[], champion_version_id=None, reason="ok"
         )
-        _drift(s, s.get_one(reg.Run, s.get_one(ModelVersion, v1).run_id), v1)
+        _drift(s, s.get_one(models.Run, s.get_one(ModelVersion, v1).run_id), v1)
         s.commit()
-        reg.promote_version(s, v1, actor="ci", reason="ok")
+        repo.promote_version(s, v1, actor="ci", reason="ok")
     for table in TABLES:
         with factory() as s, pytest.raises(IntegrityError, match="medgate registry"):
             s.execute(text(f"DELETE FROM {table}"))
@@ -532,7 +532,7 @@ def test_rows_are_never_deleted_and_audit_rows_never_change(factory: sessionmake
                 s.execute(text(f"TRUNCATE {table} CASCADE"))
     with factory() as s:
         counts = {t: s.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES}
-        actors = s.scalars(select(reg.AuditEntry.actor)).all()
+        actors = s.scalars(select(models.AuditEntry.actor)).all()
     assert all(n >= 1 for n in counts.values()), counts
     assert "mallory" not in actors
 
@@ -569,24 +569,24 @@ def test_race_two_gated_promotions_one_wins(factory: sessionmaker[Session], roun
     v1, v2 = _versions(factory, 2, name=name)
     with factory() as s:
         for vid in (v1, v2):
-            reg.record_gate_decision(
+            repo.record_gate_decision(
                 s, model_version_id=vid, promote=True, checks=[], champion_version_id=None, reason="ok"
             )
         s.commit()
     results = _race(
         factory,
-        [partial(reg.promote_version, version_id=vid, actor="ci", reason="race") for vid in (v1, v2)],
+        [partial(repo.promote_version, version_id=vid, actor="ci", reason="race") for vid in (v1, v2)],
     )
     winners = [r for r in results if isinstance(r, ModelVersion)]
     losers = [r for r in results if isinstance(r, BaseException)]
     assert len(winners) == 1 and len(losers) == 1, results
-    assert isinstance(losers[0], reg.PromotionConflict), repr(losers[0])
+    assert isinstance(losers[0], errors.PromotionConflict), repr(losers[0])
     stages = _stages(factory, name)
     assert sorted(stages.values()) == ["candidate", "production"]
     with factory() as s:
-        champion = reg.get_champion(s, name)
+        champion = repo.get_champion(s, name)
         assert champion is not None and champion.id == winners[0].id
-        promotes = [e for e in reg.audit_trail(s, name) if e.action != "register"]
+        promotes = [e for e in repo.audit_trail(s, name) if e.action != "register"]
         assert [(e.action, e.model_version_id) for e in promotes] == [("promote", champion.id)]
 
 
@@ -597,11 +597,11 @@ def test_race_unchecked_promotions_serialise(factory: sessionmaker[Session]) -> 
         factory,
         [
             partial(
-                reg.promote_version,
+                repo.promote_version,
                 version_id=vid,
                 actor="ops",
                 reason="race",
-                expected_champion_id=reg.ANY_CHAMPION,
+                expected_champion_id=repo.ANY_CHAMPION,
             )
             for vid in (v1, v2)
         ],
@@ -609,5 +609,5 @@ def test_race_unchecked_promotions_serialise(factory: sessionmaker[Session]) -> 
     assert all(isinstance(r, ModelVersion) for r in results), results
     assert sorted(_stages(factory).values()) == ["archived", "production"]
     with factory() as s:
-        actions = [e.action for e in reg.audit_trail(s, "pneumonia") if e.action != "register"]
+        actions = [e.action for e in repo.audit_trail(s, "pneumonia") if e.action != "register"]
     assert actions == ["promote", "archive", "promote"]
