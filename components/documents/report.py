@@ -15,6 +15,7 @@ every stage (an unchanged re-run) writes its report without starting matplotlib.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,36 @@ from components.documents.html import STYLE, escape, figure, fmt, svg, table
 
 REPORT_FILE = "report.html"
 _METRICS = ("auc", "accuracy", "sensitivity", "specificity", "f1", "balanced_accuracy", "ece")
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """What the report shows of a run's stage outputs, loaded once."""
+
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame  # image_id, label, predicted, prob_<class> per test image
+    class_names: list[str]
+    history: list[dict[str, float]]  # per epoch; [] when the training stage kept none
+    training: dict[str, Any]
+    baseline_predictions: pd.DataFrame | None
+    calibration_bins: list[dict[str, float]]
+
+    @classmethod
+    def load(cls, evaluate_dir: Path, train_dir: Path, baseline_file: Path | None) -> RunOutputs:
+        """Read the outputs of the evaluate and train stages (and the baseline's predictions, if any)."""
+        def optional_json(path: Path, empty: Any) -> Any:
+            return json.loads(path.read_text()) if path.exists() else empty
+
+        return cls(
+            metrics=json.loads((evaluate_dir / METRICS_FILE).read_text()),
+            predictions=pd.read_csv(evaluate_dir / PREDICTIONS_FILE, dtype={"image_id": str, "label": str, "predicted": str}),
+            class_names=[str(c) for c in json.loads((train_dir / SPEC_FILE).read_text())["class_names"]],
+            history=optional_json(train_dir / HISTORY_FILE, []),
+            training=optional_json(train_dir / TRAINING_FILE, {}),
+            baseline_predictions=(pd.read_csv(baseline_file, dtype={"image_id": str})
+                                  if baseline_file is not None and baseline_file.exists() else None),
+            calibration_bins=json.loads((evaluate_dir / PLOTS_DIR / "calibration.json").read_text()),
+        )
 
 
 def roc_chart(labels: np.ndarray, probs: np.ndarray, class_names: list[str], baseline_probs: np.ndarray | None) -> str:
@@ -180,21 +211,16 @@ def _training_section(training: dict[str, Any], history: list[dict[str, float]],
 
 def build_report(
     summary: dict[str, Any],
-    metrics: dict[str, Any],
-    predictions: pd.DataFrame,
-    class_names: list[str],
-    history: list[dict[str, float]],
-    training: dict[str, Any],
-    baseline_predictions: pd.DataFrame | None,
-    calibration_bins: list[dict[str, float]],
+    outputs: RunOutputs,
     gate: dict[str, Any] | None,
     charts: dict[str, str] | None = None,
 ) -> str:
     """The report page as a string; every input is already loaded (see write_report). `charts`:
-    the SVGs of `draw_charts` for these inputs, drawn here when not given."""
+    the SVGs of `draw_charts` for these outputs, drawn here when not given."""
     if charts is None:
-        charts = draw_charts(predictions, class_names, history, training, baseline_predictions, calibration_bins)
-    has_baseline = baseline_predictions is not None
+        charts = draw_charts(outputs)
+    metrics, class_names = outputs.metrics, outputs.class_names
+    has_baseline = outputs.baseline_predictions is not None
 
     title = f"medgate run {summary.get('run_id', '')}: {summary.get('model_name', '')}"
     if gate is None:
@@ -228,20 +254,14 @@ def build_report(
         + _gate_section(gate)
         + f"<h2>Curves</h2><div class=charts>{figures}</div>"
         + _subgroup_section(metrics.get("subgroups") or {})
-        + _training_section(training, history, charts.get("training", ""))
+        + _training_section(outputs.training, outputs.history, charts.get("training", ""))
     )
     return f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{escape(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>"
 
 
-def draw_charts(
-    predictions: pd.DataFrame,
-    class_names: list[str],
-    history: list[dict[str, float]],
-    training: dict[str, Any],
-    baseline_predictions: pd.DataFrame | None,
-    calibration_bins: list[dict[str, float]],
-) -> dict[str, str]:
+def draw_charts(outputs: RunOutputs) -> dict[str, str]:
     """The report's charts as inline SVG: roc, confusion, calibration and (with a history) training."""
+    predictions, class_names, baseline_predictions = outputs.predictions, outputs.class_names, outputs.baseline_predictions
     index = {name: i for i, name in enumerate(class_names)}
     labels = predictions["label"].astype(str).map(index).to_numpy()
     predicted = predictions["predicted"].astype(str).map(index).to_numpy()
@@ -253,10 +273,10 @@ def draw_charts(
     charts = {
         "roc": roc_chart(labels, probs, class_names, base_probs),
         "confusion": confusion_chart(labels, predicted, class_names),
-        "calibration": calibration_chart(calibration_bins),
+        "calibration": calibration_chart(outputs.calibration_bins),
     }
-    if history:
-        charts["training"] = training_chart(history, training.get("best_epoch"))
+    if outputs.history:
+        charts["training"] = training_chart(outputs.history, outputs.training.get("best_epoch"))
     return charts
 
 
@@ -279,27 +299,11 @@ def write_report(
               evaluate_dir / PLOTS_DIR / "calibration.json", *([baseline_file] if baseline_file else [])]
     key = content_digest(Path(__file__), Path(page_html.__file__), *inputs)  # the charts' code and their data
     memo = read_keyed_json(memo_file, key)
-    class_names = [str(c) for c in json.loads((train_dir / SPEC_FILE).read_text())["class_names"]]
-    predictions = pd.read_csv(evaluate_dir / PREDICTIONS_FILE, dtype={"image_id": str, "label": str, "predicted": str})
-    history = json.loads((train_dir / HISTORY_FILE).read_text()) if (train_dir / HISTORY_FILE).exists() else []
-    training = json.loads((train_dir / TRAINING_FILE).read_text()) if (train_dir / TRAINING_FILE).exists() else {}
-    baseline = pd.read_csv(baseline_file, dtype={"image_id": str}) if baseline_file and baseline_file.exists() else None
-    calibration_bins = json.loads((evaluate_dir / PLOTS_DIR / "calibration.json").read_text())
-    charts = memo["charts"] if memo is not None else draw_charts(predictions, class_names, history, training, baseline, calibration_bins)
+    outputs = RunOutputs.load(evaluate_dir, train_dir, baseline_file)
+    charts = memo["charts"] if memo is not None else draw_charts(outputs)
     if memo_file is not None and memo is None:
         write_json_atomically(memo_file, {"key": key, "charts": charts})
-    page = build_report(
-        summary=summary,
-        metrics=json.loads((evaluate_dir / METRICS_FILE).read_text()),
-        predictions=predictions,
-        class_names=class_names,
-        history=history,
-        training=training,
-        baseline_predictions=baseline,
-        calibration_bins=calibration_bins,
-        gate=gate,
-        charts=charts,
-    )
+    page = build_report(summary, outputs, gate, charts)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(page, encoding="utf-8")
     return out_path

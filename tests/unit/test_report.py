@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from components.documents.report import build_report
+from components.documents.report import RunOutputs, build_report
 from cli.report import find_report
 
 
@@ -14,7 +14,9 @@ def _page(metrics, gate=None, class_names=("a", "b", "c")):
         "image_id": ["1", "2", "3", "4"], "label": ["a", "b", "c", "c"], "predicted": ["a", "b", "b", "c"],
         "prob_a": [0.8, 0.2, 0.1, 0.1], "prob_b": [0.1, 0.7, 0.6, 0.1], "prob_c": [0.1, 0.1, 0.3, 0.8],
     })
-    return build_report({"run_id": "r1", "model_name": "m"}, metrics, predictions, list(class_names), [], {}, None, [], gate)
+    outputs = RunOutputs(metrics, predictions, list(class_names), history=[], training={}, baseline_predictions=None,
+                         calibration_bins=[])
+    return build_report({"run_id": "r1", "model_name": "m"}, outputs, gate)
 
 
 def test_multiclass_page_with_a_subgroup_that_cannot_be_measured():
