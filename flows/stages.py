@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from prefect import task
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from components.data.artifacts import METRICS_FILE, TRAINING_FILE, WEIGHTS_FILE, file_sha256
@@ -24,24 +25,21 @@ def dvc_status_task(settings: Settings) -> bool:
     return stages_up_to_date(settings.workspace)
 
 
-@task(name="prepare")
-def prepare_task(settings: Settings) -> StageRun:
-    return reproduce_stage(settings.workspace, "prepare")
+def _stage_task(stage: str) -> Task[[Settings], StageRun]:
+    """The task named `stage` that runs dvc.yaml's stage `stage` alone (`flows.workspace.reproduce_stage`)."""
+    def run_stage(settings: Settings) -> StageRun:
+        return reproduce_stage(settings.workspace, stage)
+
+    # Prefect keys a task by its function's name and source, which the four stages share: each gets
+    # its own name, and no cache (its inputs are the same settings; DVC decides what is reused).
+    run_stage.__qualname__ = run_stage.__name__ = f"{stage}_task"
+    return task(run_stage, name=stage, cache_policy=NO_CACHE)
 
 
-@task(name="train")
-def train_task(settings: Settings) -> StageRun:
-    return reproduce_stage(settings.workspace, "train")
-
-
-@task(name="baseline")
-def baseline_task(settings: Settings) -> StageRun:
-    return reproduce_stage(settings.workspace, "baseline")
-
-
-@task(name="evaluate")
-def evaluate_task(settings: Settings) -> StageRun:
-    return reproduce_stage(settings.workspace, "evaluate")
+prepare_task = _stage_task("prepare")
+train_task = _stage_task("train")
+baseline_task = _stage_task("baseline")
+evaluate_task = _stage_task("evaluate")
 
 
 # I/O tasks retry with exponential back-off (2, 4 s ...); stages that train or evaluate never do:
