@@ -151,24 +151,10 @@ def _switch_production(
         raise PromotionConflict(f"{label}: another production version appeared concurrently") from exc
     if current is not None:
         archive_action = "archive" if action == "promote" else action
-        _audit(
-            session,
-            actor=actor,
-            action=archive_action,
-            version=current,
-            from_stage=Stage.PRODUCTION.value,
-            to_stage=Stage.ARCHIVED.value,
-            reason=reason,
-        )
-    _audit(
-        session,
-        actor=actor,
-        action=action,
-        version=target,
-        from_stage=target_from,
-        to_stage=Stage.PRODUCTION.value,
-        reason=reason,
-    )
+        _audit(session, actor=actor, action=archive_action, version=current,
+               from_stage=Stage.PRODUCTION.value, to_stage=Stage.ARCHIVED.value, reason=reason)
+    _audit(session, actor=actor, action=action, version=target,
+           from_stage=target_from, to_stage=Stage.PRODUCTION.value, reason=reason)
     session.flush()
 
 
@@ -421,15 +407,8 @@ def register_model_version(
             with session.begin_nested():
                 session.add(version)
                 session.flush()
-                _audit(
-                    session,
-                    actor=actor,
-                    action="register",
-                    version=version,
-                    from_stage=None,
-                    to_stage=Stage.CANDIDATE.value,
-                    reason=f"registered from run {run_id}",
-                )
+                _audit(session, actor=actor, action="register", version=version,
+                       from_stage=None, to_stage=Stage.CANDIDATE.value, reason=f"registered from run {run_id}")
             return version
         except IntegrityError:
             taken = session.scalar(
@@ -586,15 +565,8 @@ def reject_version(session: Session, version_id: int, *, actor: str, reason: str
         from_stage = target.stage
         target.stage = Stage.REJECTED.value
         session.flush()
-        _audit(
-            session,
-            actor=actor,
-            action="reject",
-            version=target,
-            from_stage=from_stage,
-            to_stage=Stage.REJECTED.value,
-            reason=reason,
-        )
+        _audit(session, actor=actor, action="reject", version=target,
+               from_stage=from_stage, to_stage=Stage.REJECTED.value, reason=reason)
         session.flush()
         return target
 
