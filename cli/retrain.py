@@ -93,18 +93,36 @@ def last_source(workspace: Path | None) -> str | None:
         return session.scalar(stmt)
 
 
-def retrain(
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Source to retrain on (default: the source of the last run, else the embedded cohort)."),
-    workspace: Optional[Path] = WorkspaceOpt,
-    wait: float = WaitOpt,
-    as_json: bool = JsonOpt,
-) -> None:
+def training_command(trigger: str, default_source: Callable[[Path | None], str | None], dataset_help: str,
+                     doc: str) -> Callable[..., None]:
+    """A command that runs the training flow with `trigger` on `--dataset`, else on `default_source(workspace)`,
+    else on the embedded cohort (`medgate run` and `medgate retrain` differ only there)."""
+    def command(
+        dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help=dataset_help),
+        workspace: Optional[Path] = WorkspaceOpt,
+        wait: float = WaitOpt,
+        as_json: bool = JsonOpt,
+    ) -> None:
+        launch(lambda: resolve_source(dataset or default_source(workspace)), workspace, trigger, wait, as_json)
+
+    command.__doc__ = doc
+    return command
+
+
+run = training_command(
+    "manual", lambda workspace: None,
+    "DICOM or NIfTI folder with labels.csv, PNG/JPEG class folders, a MedMNIST .npz or medmnist:<name>; default: the embedded cohort.",
+    "Run the training flow: ingest, validate, prepare, train, evaluate, gate, package, promote.",
+)
+retrain = training_command(
+    "retrain", last_source,
+    "Source to retrain on (default: the source of the last run, else the embedded cohort).",
     """A retraining run on the newest content of the data (same flow as `medgate run`, trigger `retrain`).
 
     Unchanged data, code and params train nothing: DVC reuses every stage, and a model identical to
     production is reported as reused, not registered again.
-    """
-    launch(lambda: resolve_source(dataset or last_source(workspace)), workspace, "retrain", wait, as_json)
+    """,
+)
 
 
 def schedule(
