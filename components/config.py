@@ -13,7 +13,7 @@ import argparse
 import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -24,6 +24,19 @@ PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+_T = TypeVar("_T", bound=_Section)
+
+
+class PerModel(_Section, Generic[_T]):
+    """A section that a model name can override: `models.<name>`, else `default`."""
+
+    default: _T
+    models: dict[str, _T]
+
+    def for_model(self, model_name: str) -> _T:
+        return self.models.get(model_name, self.default)
 
 
 class CohortConfig(_Section):
@@ -214,12 +227,7 @@ class GatePolicy(_Section):
     subgroup_floors: dict[str, float] = Field(default_factory=dict)
 
 
-class GateConfig(_Section):
-    default: GatePolicy
-    models: dict[str, GatePolicy]
-
-    def policy_for(self, model_name: str) -> GatePolicy:
-        return self.models.get(model_name, self.default)
+GateConfig = PerModel[GatePolicy]
 
 
 class PackageConfig(_Section):
@@ -260,14 +268,7 @@ class ModelCardText(_Section):
     out_of_scope: tuple[str, ...]
 
 
-class ModelCardConfig(_Section):
-    """Intended use and limits per model name (`models.<name>`), else `default`."""
-
-    default: ModelCardText
-    models: dict[str, ModelCardText]
-
-    def text_for(self, model_name: str) -> ModelCardText:
-        return self.models.get(model_name, self.default)
+ModelCardConfig = PerModel[ModelCardText]
 
 
 class RetrainConfig(_Section):

@@ -123,5 +123,5 @@ def unchanged_production(
     ):
         return None
     run_gate = (production.run.params or {}).get("gate")
-    run_policy = GateConfig.model_validate(run_gate).policy_for(name) if run_gate else GatePolicy()
-    return production if run_policy == gate.policy_for(name) else None
+    run_policy = GateConfig.model_validate(run_gate).for_model(name) if run_gate else GatePolicy()
+    return production if run_policy == gate.for_model(name) else None

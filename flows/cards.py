@@ -32,8 +32,8 @@ def card_text(run_params: Mapping[str, Any] | None, params: Params, name: str) -
     """The intended use and limits the version was trained under (its run's params), else params.yaml's."""
     raw = (run_params or {}).get("modelcard")
     if raw is None:
-        return params.modelcard.text_for(name)
-    return ModelCardConfig.model_validate(raw).text_for(name)
+        return params.modelcard.for_model(name)
+    return ModelCardConfig.model_validate(raw).for_model(name)
 
 
 def card_facts(

@@ -196,7 +196,7 @@ def _gate(settings: Settings, params: Params, record: RunRecorder, version: str)
     champion = record.read(read_champion, record.name)
     retraining = record.read(read_retraining, record.name, params.drift, version)
     outcome = record.timed(
-        gate_task, metrics, test_version, champion, params.gate.policy_for(record.name), ws, params.evaluate,
+        gate_task, metrics, test_version, champion, params.gate.for_model(record.name), ws, params.evaluate,
         record.run_dir / "gate", retraining,
     )
     record.register_candidate(version, test_version, metrics, weights)

@@ -106,7 +106,7 @@ def promote_manually(
 
     with tempfile.TemporaryDirectory(prefix="medgate-gate-") as scratch:
         outcome = evaluate_gate(
-            metrics, test_data, champion, params.gate.policy_for(name), workspace, evaluate_cfg, Path(scratch), retraining
+            metrics, test_data, champion, params.gate.for_model(name), workspace, evaluate_cfg, Path(scratch), retraining
         )
     carried = "from the last recorded decision"
     for check in serving[-1:]:
