@@ -36,15 +36,8 @@ def card_text(run_params: Mapping[str, Any] | None, params: Params, name: str) -
     return ModelCardConfig.model_validate(raw).for_model(name)
 
 
-def card_facts(
-    session: Session,
-    mv: ModelVersion,
-    use: ModelCardText,
-    *,
-    gate: Mapping[str, Any] | None = None,
-    stage: str | None = None,
-    notes: tuple[str, ...] = (),
-) -> CardFacts:
+def card_facts(session: Session, mv: ModelVersion, use: ModelCardText, *,
+               gate: Mapping[str, Any] | None = None, stage: str | None = None, notes: tuple[str, ...] = ()) -> CardFacts:
     """The facts of version `mv` as the registry holds them.
 
     Args:

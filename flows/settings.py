@@ -30,6 +30,16 @@ def configure_offline() -> None:
         os.environ.setdefault(key, value)
 
 
+class _Env:
+    """A settings attribute read from the environment variable `name` at each access; unset or empty: None."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, obj: object, owner: type | None = None) -> str | None:
+        return os.environ.get(self.name) or None
+
+
 @dataclass(frozen=True)
 class Settings:
     workspace: Path
@@ -40,15 +50,9 @@ class Settings:
         """MEDGATE_DEID_SALT, else the workspace's own random salt."""
         return os.environ.get("MEDGATE_DEID_SALT") or _workspace_salt(self.state_dir)
 
-    @property
-    def webhook_url(self) -> str | None:
-        """MEDGATE_WEBHOOK_URL: where every finished run POSTs its summary (flows/notify.py)."""
-        return os.environ.get("MEDGATE_WEBHOOK_URL") or None
-
-    @property
-    def notify_block(self) -> str | None:
-        """MEDGATE_NOTIFY_BLOCK: a saved Prefect notification block, "<type-slug>/<name>"."""
-        return os.environ.get("MEDGATE_NOTIFY_BLOCK") or None
+    # Read at each access (the environment of the moment); unset or empty: None.
+    webhook_url = _Env("MEDGATE_WEBHOOK_URL")  # where every finished run POSTs its summary (flows/notify.py)
+    notify_block = _Env("MEDGATE_NOTIFY_BLOCK")  # a saved Prefect notification block, "<type-slug>/<name>"
 
     @property
     def data_root(self) -> Path:
@@ -61,17 +65,12 @@ class Settings:
                 return candidate
         return self.workspace / "data" / "medmnist"
 
-    @property
-    def dvc_remote(self) -> str | None:
-        """MEDGATE_DVC_REMOTE: the DVC remote datasets and outputs are pushed to (a folder, or an
-        S3-compatible URL such as s3://bucket/medgate); unset: the project's default remote, else the
-        workspace's local .medgate/dvc-remote (flows.workspace.configure_remote)."""
-        return os.environ.get("MEDGATE_DVC_REMOTE") or None
-
-    @property
-    def dvc_remote_endpoint(self) -> str | None:
-        """MEDGATE_DVC_REMOTE_ENDPOINT: endpoint URL of S3-compatible storage (MinIO, Ceph)."""
-        return os.environ.get("MEDGATE_DVC_REMOTE_ENDPOINT") or None
+    # The DVC remote datasets and outputs are pushed to (a folder, or an S3-compatible URL such as
+    # s3://bucket/medgate); unset: the project's default remote, else the workspace's local
+    # .medgate/dvc-remote (flows.workspace.configure_remote). The endpoint is that of S3-compatible
+    # storage (MinIO, Ceph).
+    dvc_remote = _Env("MEDGATE_DVC_REMOTE")
+    dvc_remote_endpoint = _Env("MEDGATE_DVC_REMOTE_ENDPOINT")
 
     @property
     def state_dir(self) -> Path:
