@@ -14,7 +14,7 @@ from components.stages.evaluate import evaluate_model
 from components.stages.prepare import prepare_dataset
 from flows.workspace import tool_env
 from tests.conftest import PROJECT
-from tests.integration.conftest import TINY, make_workspace
+from tests.integration.conftest import make_workspace, set_params
 from tests.unit.test_prepare_train import make_manifest
 
 pytestmark = pytest.mark.timeout(900)
@@ -53,12 +53,13 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path):
         assert metrics[1][key] == pytest.approx(metrics[0][key], abs=0.05), (key, metrics)
 
 
-def test_sweep_fans_trials_out_over_a_local_dask_cluster(tmp_path, prefect_api, clean_env):
+def test_sweep_fans_trials_out_over_a_local_dask_cluster(first_run_copy, prefect_api, clean_env):
     from flows.distributed import configured
     from flows.settings import get_settings
     from flows.sweep import parse_grid, sweep_flow
 
-    ws = make_workspace(tmp_path / "ws", {**TINY, "orchestration": {"task_runner": "dask", "dask_workers": 2}})
+    ws = first_run_copy  # ingested and prepared already: the trials and the flow after them start at train
+    set_params(ws, {"orchestration": {"task_runner": "dask", "dask_workers": 2}})
     (ws / "params.yaml").write_text("# the operator's note\n" + (ws / "params.yaml").read_text())
     grid = parse_grid(["learning_rate=0.003,0.0003"])
     result = configured(sweep_flow, ws)("embedded", str(ws), grid)

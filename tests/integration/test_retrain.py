@@ -163,23 +163,26 @@ def test_watch_notify_reuse_and_a_failing_stage(tmp_path, prefect_api, clean_env
     get_settings.cache_clear()
 
 
-def test_drift_marks_the_run_and_requires_retraining_before_promotion(tmp_path, prefect_api, clean_env):
+def test_drift_marks_the_run_and_requires_retraining_before_promotion(first_run_copy, prefect_api, clean_env):
     """drift.require_retraining: drifted data trains and is promoted; the stale model returns only by override."""
     from components.demo.cohort import generate_cohort
     from components.config import default_params, load_params
-    from flows.pipeline import ValidationFailed, training_flow
+    from flows.datasets import DEFAULT_COHORT_DIR
+    from flows.pipeline import DEFAULT_MODEL_NAME, ValidationFailed, training_flow
     from flows.promotion import promote_manually
     from flows.settings import get_settings
     from registry import repository as repo
 
-    ws = make_workspace(tmp_path / "ws", {**TINY, "drift": {"max_class_share_change": 0.2, "require_retraining": True}})
-    source = _cohort_source(tmp_path / "incoming")
-    first = training_flow(source=str(source), workspace=str(ws), trigger="retrain")
-    assert first["model_version"] == 1 and "drift" not in first, "no production model to compare with yet"
+    # The session's first run (the embedded cohort, lesion share 0.50) made v1 production; it had no
+    # production model to compare with, so it recorded no drift.
+    ws = first_run_copy
+    assert _versions(ws) == {1: "production"}
+    set_params(ws, {"drift": {"max_class_share_change": 0.2, "require_retraining": True}})
+    source, name = ws / DEFAULT_COHORT_DIR, DEFAULT_MODEL_NAME
 
     # New data whose lesion share moved from 0.50 to 0.75: beyond the bound, a warning, and the run trains on it.
     generate_cohort(source, default_params(cohort={**TINY["cohort"], "positive_fraction": 0.75}).cohort)
-    drifted = training_flow(source=str(source), workspace=str(ws), trigger="retrain")
+    drifted = training_flow(workspace=str(ws), trigger="retrain")
     assert drifted["status"] == "completed" and drifted["validation"]["success"]
     assert any(w.startswith("drift_class_share") for w in drifted["validation"]["warnings"]), drifted["validation"]
     assert drifted["drift"]["retraining_required"] and [c["name"] for c in drifted["drift"]["exceeded"]] == ["class_share"]
@@ -188,35 +191,35 @@ def test_drift_marks_the_run_and_requires_retraining_before_promotion(tmp_path, 
     assert (check["metric"], check["verdict"], check["value"]) == ("retrained_since_drift", "pass", 1.0)
     assert drifted["model_version"] == 2 and _versions(ws) == {1: "archived", 2: "production"}
     with _registry(ws)() as session:
-        event = repo.latest_drift(session, "incoming")
+        event = repo.latest_drift(session, name)
         run = repo.get_run(session, drifted["run_id"])
         assert event.dataset.version == drifted["dataset"]["version"] and event.run_id == run.id
         assert run.summary["drift"] == drifted["drift"]
-        [audit] = [e for e in repo.audit_trail(session, "incoming") if e.action == "drift"]
-        assert audit.model_version_id == repo.get_version(session, "incoming", 1).id
+        [audit] = [e for e in repo.audit_trail(session, name) if e.action == "drift"]
+        assert audit.model_version_id == repo.get_version(session, name, 1).id
         assert "class_share 0.25 > 0.2" in audit.reason and "retraining required" in audit.reason
 
     # The stale v1 is refused by the named check, and comes back only through the audited override.
     params, sessions = load_params(ws / "params.yaml"), _registry(ws)
-    refused = promote_manually(sessions, ws, params, "incoming", 1, reason="back to v1", actor="tester")
+    refused = promote_manually(sessions, ws, params, name, 1, reason="back to v1", actor="tester")
     assert not refused.promoted and [c.metric for c in refused.failed_checks] == ["retrained_since_drift"]
     assert _versions(ws) == {1: "archived", 2: "production"}
-    forced = promote_manually(sessions, ws, params, "incoming", 1, reason="back to v1", actor="tester", override=True)
+    forced = promote_manually(sessions, ws, params, name, 1, reason="back to v1", actor="tester", override=True)
     assert forced.overridden and "OVERRIDE" in forced.audit_reason and "drift retrained_since_drift 0.0000" in forced.audit_reason
     # v2, trained on the drifted data, passes the check on its way back.
-    again = promote_manually(sessions, ws, params, "incoming", 2, reason="retrained on the new data", actor="tester")
+    again = promote_manually(sessions, ws, params, name, 2, reason="retrained on the new data", actor="tester")
     assert again.promoted and not again.overridden and _versions(ws) == {1: "archived", 2: "production"}
 
     # The default (require_retraining off): drift beyond the bound fails validation, and the run is marked too.
     set_params(ws, {"drift": {"require_retraining": False}})
     generate_cohort(source, default_params(cohort={**TINY["cohort"], "seed": 8}).cohort)  # lesion share back to 0.50, other patients
     with pytest.raises(ValidationFailed, match="drift_class_share"):
-        training_flow(source=str(source), workspace=str(ws), trigger="retrain")
+        training_flow(workspace=str(ws), trigger="retrain")
     assert _versions(ws) == {1: "archived", 2: "production"}
     with _registry(ws)() as session:
-        latest = repo.latest_drift(session, "incoming")
-        assert latest.id != event.id and latest.baseline_version_id == repo.get_version(session, "incoming", 2).id
-        assert [e for e in repo.audit_trail(session, "incoming") if e.action == "drift"][-1].reason.endswith(
+        latest = repo.latest_drift(session, name)
+        assert latest.id != event.id and latest.baseline_version_id == repo.get_version(session, name, 2).id
+        assert [e for e in repo.audit_trail(session, name) if e.action == "drift"][-1].reason.endswith(
             "validation fails on it (drift.require_retraining is off)")
     get_settings.cache_clear()
 
