@@ -235,7 +235,7 @@ BAD_UPLOADS = {
     "not an image": (b"%PDF-1.4 definitely not pixels", {BAD}, "decode"),
     "truncated png": (png_bytes(grey_image())[:40], {BAD}, "decode"),
     "pickled npy": (npy_bytes(np.array([{"a": 1}], dtype=object), allow_pickle=True), {BAD}, "decode"),
-    "decompression bomb": (png_header_only(30_000, 30_000), {BAD}, "decode"),
+    "decompression bomb": (png_header_only(30_000, 30_000), {HTTPStatus.REQUEST_ENTITY_TOO_LARGE}, "limit of"),
     "rgb to grey model": (png_bytes(np.zeros((20, 20, 3), np.uint8)), {UNPROCESSABLE}, "channel"),
     "3d volume to 2d model": (npy_bytes(np.zeros((8, 16, 16), np.float32)), {UNPROCESSABLE}, "2D"),
     "1d array": (npy_bytes(np.zeros(16, np.float32)), {BAD, UNPROCESSABLE}, ""),
@@ -279,11 +279,11 @@ def test_bad_image_in_a_batch_is_named_by_position(svc, tmp_path):
 
 
 def test_2d_image_to_a_3d_model_is_refused_before_decoding():
-    from services.inference import InputProblem, ModelCard, decode_upload
+    from services.inference import InputProblem, ModelCard, decode_limits, decode_upload
 
     card = ModelCard("m:1", CLASS_NAMES, Preprocessing((8, 16, 16), 1, -1000.0, 1000.0), 0.5)
     with pytest.raises(InputProblem, match="PNG is a 2D image") as err:
-        decode_upload(png_bytes(grey_image()), card)
+        decode_upload(png_bytes(grey_image()), card, decode_limits((1, 8, 16, 16), 32, 2**28))
     assert err.value.status == HTTPStatus.UNPROCESSABLE_ENTITY
 
 
