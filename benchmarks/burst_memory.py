@@ -105,7 +105,7 @@ def measure_burst(base_url: str, pid: int, uploads: dict[str, bytes], *, concurr
     sampler.join()
     hwm_after = _tree_kb(pids, "VmHWM")
     return BurstResult(
-        concurrency=concurrency, requests=sum(statuses.values()), seconds=seconds, idle_mb=idle.peak / 1024,
+        concurrency=concurrency, requests=len(statuses), seconds=seconds, idle_mb=idle.peak / 1024,
         peak_mb=max(idle.peak, sampler.peak) / 1024,
         hwm_growth_mb=sum(max(0, hwm_after.get(p, 0) - hwm_before.get(p, 0)) for p in pids) / 1024,
         statuses=dict(Counter(statuses)),
