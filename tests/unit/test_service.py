@@ -286,6 +286,22 @@ def test_a_forged_upload_is_413_naming_the_limit(svc, tmp_path, kind):
     assert f"exceeds the limit of {16 * 32} per side for this model" in str(err.value)  # 32x the 16-px input
 
 
+def test_a_memory_error_while_decoding_is_503_not_500(svc, tmp_path, monkeypatch):
+    """Limits raised so that a forged .npy header reaches numpy, whose MemoryError must not become a 500."""
+    from components.readers import DecodeLimits
+
+    try:
+        np.empty(10**12, np.float64)  # what the forged header asks numpy for: 8 TB
+    except MemoryError:
+        pass
+    else:
+        pytest.skip("this kernel grants 8 TB of virtual memory: numpy raises no MemoryError to answer")
+    monkeypatch.setattr(svc, "limits", DecodeLimits(10**14, 10**7, 10**7, 0.0))
+    answer = predict(svc, write(tmp_path / "huge.npy", FORGED["npy"]()))
+    assert answer.status_code == HTTPStatus.SERVICE_UNAVAILABLE and answer.headers["retry-after"] == "1"
+    assert "memory" in json.loads(answer.body)["error"]
+
+
 def test_a_batch_is_decoded_and_preprocessed_one_image_at_a_time(svc, tmp_path):
     paths = [write(tmp_path / f"{i}.png", png_bytes(grey_image(seed=i, size=512))) for i in range(24)]
     names = [f"images[{i}]" for i in range(len(paths))]
