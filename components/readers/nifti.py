@@ -40,6 +40,8 @@ class NiftiReader(Reader):
         if head[344:348] == _PAIR:
             raise ImageDecodeError("NIfTI header/image pair (.hdr/.img) is not supported: convert it to one .nii file")
         version = _version(head)
+        if inflater and not version and len(head) < _HEADER_BYTES and not inflater.eof:
+            raise ImageDecodeError("corrupt or truncated gzip: unexpected end of data")
         if not version:
             raise ImageDecodeError("gzip content is not a NIfTI volume (only .nii.gz is read compressed)" if inflater
                                    else "not a NIfTI-1/2 file (no n+1 or n+2 header)")
