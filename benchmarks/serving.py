@@ -19,7 +19,10 @@ In one run it measures
 - the framework floor: `benchmarks/floor_service.py`, a BentoML service with the same upload signature
   and worker count that does no work, at concurrency 1 and 32: the most any BentoML service can serve
   here, whatever its model (`--no-floor` skips it);
-- the load generator's own CPU time per request, since it shares the machine with the server.
+- the load generator's own CPU time per request, since it shares the machine with the server;
+- the server's resident memory while it answers a burst of uploads declaring huge images (issue 15's
+  forged DICOM, PNG, .nii.gz and .npy; `benchmarks/burst_memory.py`), against its idle size, before
+  the throughput levels (`--burst-rounds 0` skips it, `--burst-only` measures only it).
 
 `--model-width`, `--model-depth` and `--image-size` change the stand-in's network, to see the service
 with a model whose compute outweighs HTTP's (the default cohort's network takes ~0.5 CPU-ms per image).
@@ -30,7 +33,8 @@ size, with untrained weights (latency does not depend on weight values), in a te
 
 Targets (printed as ratios, never asserted): at concurrency 32 the service serves >= 60% of the raw
 model's best batched throughput; at concurrency 1 its p50 is <= the raw batch-1 latency + 5 ms;
-no errors. The load generator shares the machine with the server: the figures include its CPU use,
+no errors; the burst of oversized uploads grows the server's resident memory by <= 300 MB. The load
+generator shares the machine with the server: the figures include its CPU use,
 and the load average before and after is printed because the machine may be shared.
 """
 
@@ -52,6 +56,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from burst_memory import TARGET_GROWTH_MB, BurstResult, measure_burst
+from burst_memory import report as burst_report
 
 from flows.settings import configure_offline, get_settings
 
@@ -115,17 +121,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine: {os.cpu_count()} CPUs, load average {_fmt_load(load_before)} before the run")
 
         workers = settings.api_workers or len(os.sched_getaffinity(0))
-        raw = measure_raw(model_dir, image, settings.torch_threads, workers, settings.max_batch_size, args.raw_seconds)
+        raw = None if args.burst_only else measure_raw(
+            model_dir, image, settings.torch_threads, workers, settings.max_batch_size, args.raw_seconds)
         payload = _npy_bytes(image)
         routes = [("bento", lambda: _serve_direct(bento_tag, stack))]
-        if args.via_supervisor:
+        if args.via_supervisor and not args.burst_only:
             routes.append(("supervisor", lambda: _serve_supervised(bento_tag, stack)))
-        if args.floor:
+        if args.floor and not args.burst_only:
             routes.append(("floor", lambda: _serve_floor(workers, stack)))
         levels: list[LevelResult] = []
+        burst: BurstResult | None = None
         for route, start in routes:
-            base_url, ready_s, cpu_probe = start()
+            base_url, ready_s, cpu_probe, pid = start()
             print(f"{route}: ready in {ready_s:.1f} s at {base_url}")
+            if route == "bento" and (args.burst_rounds or args.burst_only):
+                from tests.images import FORGED
+
+                uploads = {f"forged-{kind}": make() for kind, make in FORGED.items()}
+                burst = measure_burst(base_url, pid, uploads, rounds=args.burst_rounds or 8)
+                print(burst_report(burst))
+            if raw is None:
+                continue
             levels += asyncio.run(
                 measure_service(
                     base_url,
@@ -151,7 +167,14 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
     load_after = os.getloadavg()
-    report = _report(raw, levels, load_before, load_after)
+    if raw is None:
+        assert burst is not None
+        met = burst.growth_mb <= TARGET_GROWTH_MB
+        print(f"\ntarget: memory growth {burst.growth_mb:.0f} MB <= {TARGET_GROWTH_MB:.0f}: {'met' if met else 'MISSED'}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"burst": {**asdict(burst), "growth_mb": burst.growth_mb}}, indent=2))
+        return 0
+    report = _report(raw, levels, load_before, load_after, burst)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
@@ -305,7 +328,8 @@ async def _load(
 
 
 def _report(
-    raw: RawResult, levels: list[LevelResult], load_before: tuple[float, ...], load_after: tuple[float, ...]
+    raw: RawResult, levels: list[LevelResult], load_before: tuple[float, ...], load_after: tuple[float, ...],
+    burst: BurstResult | None,
 ) -> dict[str, Any]:
     best_size, best_per_s = raw.best
     print(f"\nraw model in-process ({raw.threads} intra-op thread(s) per caller; {raw.callers} caller(s) at once when batched):")
@@ -351,6 +375,10 @@ def _report(
             share = r.per_s * r.images / best_per_s
             name = f"images/s of /predict_batch x{r.images} / raw best"
             targets.append((r.route, name, share, ">=", THROUGHPUT_SHARE, share >= THROUGHPUT_SHARE))
+    if burst is not None:
+        growth = burst.growth_mb
+        targets.append(("bento", "memory growth, burst of oversized uploads (MB)", growth, "<=", TARGET_GROWTH_MB,
+                        growth <= TARGET_GROWTH_MB))
     print("\ntargets:")
     for route, name, value, comparison, goal, met in targets:
         shown = f"{value:.2f}" if isinstance(value, float) else str(value)
@@ -359,6 +387,7 @@ def _report(
         "raw": {**asdict(raw), "best_batch": best_size, "best_per_s": best_per_s},
         "service": [{**asdict(r), "per_s": r.per_s} for r in levels],
         "targets": [dict(zip(("route", "target", "value", "comparison", "goal", "met"), t)) for t in targets],
+        "burst": {**asdict(burst), "growth_mb": burst.growth_mb} if burst is not None else None,
         "load_average": {"before": load_before, "after": load_after},
         "cpus": os.cpu_count(),
     }
@@ -431,8 +460,8 @@ def _build_stand_in(
 
 def _serve_direct(
     target: str, stack: contextlib.ExitStack, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> tuple[str, float, Callable[[], float]]:
-    """`bentoml serve target` on a free port: its URL, seconds to ready, and a probe of its CPU seconds."""
+) -> tuple[str, float, Callable[[], float], int]:
+    """`bentoml serve target` on a free port: its URL, seconds to ready, a probe of its CPU seconds, its pid."""
     from services.processes import find_free_port, serve_in_background, wait_until_ready
 
     port = find_free_port()
@@ -444,16 +473,16 @@ def _serve_direct(
     if problem:
         log.seek(0)
         raise SystemExit(f"{target}: {problem}\n{log.read().decode(errors='replace')[-3000:]}")
-    return base, time.perf_counter() - started, lambda: _tree_cpu_s(proc.pid)
+    return base, time.perf_counter() - started, lambda: _tree_cpu_s(proc.pid), proc.pid
 
 
-def _serve_floor(workers: int, stack: contextlib.ExitStack) -> tuple[str, float, Callable[[], float]]:
+def _serve_floor(workers: int, stack: contextlib.ExitStack) -> tuple[str, float, Callable[[], float], int]:
     """benchmarks/floor_service.py served like the Bento, with as many workers."""
     env = {"MEDGATE_FLOOR_WORKERS": str(workers)}  # floor_service.WORKERS_ENV
     return _serve_direct("floor_service:Floor", stack, env=env, cwd=Path(__file__).parent)
 
 
-def _serve_supervised(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float, Callable[[], float]]:
+def _serve_supervised(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float, Callable[[], float], int]:
     from services.processes import find_free_port
     from services.supervisor import run_in_thread
 
@@ -467,7 +496,7 @@ def _serve_supervised(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str,
     def cpu_s() -> float:  # the Bento's processes and the proxy's thread
         return _tree_cpu_s(backend_pid) + _stat_cpu_s(Path(f"/proc/self/task/{handle.thread_id}/stat"))
 
-    return f"http://127.0.0.1:{port}", time.perf_counter() - started, cpu_s
+    return f"http://127.0.0.1:{port}", time.perf_counter() - started, cpu_s, backend_pid
 
 
 def _stored_image(model_dir: Path) -> np.ndarray:
@@ -560,6 +589,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--no-floor", dest="floor", action="store_false", help="skip the framework floor (benchmarks/floor_service.py)"
     )
     parser.add_argument("--max-batch-size", type=int, help="stand-in only: override package.max_batch_size")
+    parser.add_argument("--burst-rounds", type=int, default=8,
+                        help="rounds of the four oversized uploads sent at c=16 before the levels (0: none)")
+    parser.add_argument("--burst-only", action="store_true", help="measure only the burst of oversized uploads")
     parser.add_argument("--json", help="write the figures to this file")
     return parser.parse_args(argv)
 

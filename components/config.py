@@ -49,6 +49,16 @@ class CohortConfig(_Section):
     seed: int
 
 
+class LimitsConfig(_Section):
+    """The most one input file may declare (`components.readers.base.DecodeLimits`); a file over any
+    of them is refused before it is decoded."""
+
+    max_bytes: int = Field(gt=0)  # the decoded array: every frame, slice, channel or sample
+    max_side: int = Field(gt=0)  # rows or columns of one image, slice or frame
+    max_frames: int = Field(gt=0)  # frames of a clip or slices of a volume
+    max_seconds: float = Field(gt=0)  # duration of a clip or a recording
+
+
 class IngestConfig(_Section):
     # Column of labels.csv that names each image's file; another key (e.g. a SOP Instance UID) can be named.
     key_column: str
@@ -65,6 +75,8 @@ class IngestConfig(_Section):
     # empty: never download. The timeout bounds each network operation, so offline runs fail fast.
     medmnist_url: str
     download_timeout_s: float
+    # A file declaring more is reported in problems.json, never decoded.
+    limits: LimitsConfig
 
 
 Severity = Literal["blocking", "warning"]
@@ -253,6 +265,15 @@ class ServeConfig(_Section):
     max_upload_bytes: int
     # Images accepted in one /predict_batch request (the body limit above applies as well).
     max_batch_images: int
+    # Per server process: requests in flight (more get 429), request bodies held at once (more: 503),
+    # uploads decoded at once.
+    max_concurrency: int
+    max_buffered_bytes: int
+    decode_threads: int
+    # An upload may declare sides (and slices) up to this multiple of the model input's, and a decoded
+    # array up to the input scaled so in-plane, never over max_decoded_bytes (services.inference.decode_limits).
+    decode_side_multiple: int
+    max_decoded_bytes: int
     golden_set_size: int
     probability_tolerance: float
     # `medgate serve` asks the registry for the production Bento this often (0: only on SIGHUP).

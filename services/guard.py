@@ -7,6 +7,7 @@ BentoML 1.4 reads a whole multipart body into memory and temporary files before 
 and fetches a URL given in place of a file. This middleware answers, with a JSON `{"error": ...}`:
 - 415 when an upload route is not sent `multipart/form-data`,
 - 413 when the body is over `max_bytes` (by Content-Length, and by counting a streamed body),
+- 503 (Retry-After) when this worker already holds `max_buffered_bytes` of request bodies,
 - 400 for an empty or malformed body, a missing file field, or a field that is not a file.
 It also turns BentoML 1.4.39's 4xx body `[{"error": ...}]` into `{"error": ...}` (bentoml/BentoML#4232)
 and lets `GET /metadata` reach the POST-only API route.
@@ -62,10 +63,13 @@ class UploadGuard:
     """Checks requests to the upload routes; `file_fields` maps each route to its file form field."""
 
     def __init__(
-        self, app: ASGIApp, *, max_bytes: int, file_fields: dict[str, str], get_routes: tuple[str, ...] = ()
+        self, app: ASGIApp, *, max_bytes: int, max_buffered_bytes: int, file_fields: dict[str, str],
+        get_routes: tuple[str, ...] = (),
     ):
         self.app = app
         self.max_bytes = max_bytes
+        self.max_buffered_bytes = max_buffered_bytes
+        self.buffered = 0  # bytes of the bodies this worker holds now (one event loop: no lock needed)
         self.file_fields = file_fields
         self.get_routes = get_routes
 
@@ -96,26 +100,38 @@ class UploadGuard:
             )
             return
 
-        body = bytearray()
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+        held = 0
+        try:
+            body = bytearray()
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                if self.buffered + len(chunk) > self.max_buffered_bytes:
+                    await _reject(send, 503, f"the server holds {self.buffered} bytes of uploads, its limit is "
+                                  f"{self.max_buffered_bytes}; retry later", [(b"retry-after", b"1")])
+                    return
+                self.buffered += len(chunk)
+                held += len(chunk)
+                body += chunk
+                more = message.get("more_body", False)
+                if len(body) > self.max_bytes:
+                    await _reject(send, 413, f"request body is over the limit of {self.max_bytes} bytes")
+                    return
+            if not body:
+                await _reject(send, 400, f"empty request body: send the image file in form field {field!r}")
                 return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                await _reject(send, 413, f"request body is over the limit of {self.max_bytes} bytes")
+            data = bytes(body)
+            del body
+            problem = await _check_form(scope, data, field)
+            if problem:
+                await _reject(send, 400, problem)
                 return
-        if not body:
-            await _reject(send, 400, f"empty request body: send the image file in form field {field!r}")
-            return
-
-        problem = await _check_form(scope, bytes(body), field)
-        if problem:
-            await _reject(send, 400, problem)
-            return
-        await self.app(scope, _replay(bytes(body)), send)
+            await self.app(scope, _replay(data), send)
+        finally:
+            self.buffered -= held
 
 
 async def _check_form(scope: Scope, body: bytes, field: str) -> str | None:

@@ -10,6 +10,7 @@ Messages name the problem and never contain pixel data or DICOM header values.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -20,6 +21,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from components.ml.transforms import Preprocessing
+    from components.readers import DecodeLimits
 
 # Magic numbers of the 2D-only formats: a 3D model cannot take them, whatever their array shape.
 _FLAT_IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
@@ -66,11 +68,35 @@ def read_upload(path: Path, max_bytes: int, name: str = "image") -> bytes:
     return path.read_bytes()
 
 
-def decode_upload(data: bytes, card: ModelCard, name: str = "image") -> np.ndarray:
-    """Upload bytes (PNG, JPEG, DICOM or .npy) → the stored array form, checked against the model's dimensions.
+def decode_limits(input_shape: Sequence[int], side_multiple: int, max_decoded_bytes: int) -> DecodeLimits:
+    """What one upload may declare, derived from the model's input shape (C, H, W) or (C, D, H, W).
 
-    DICOM is decoded to Hounsfield units and de-identified in memory by `components.readers`; no header
-    value reaches a message or a log here.
+    Preprocessing resizes every image to the input's size, so anything far larger only costs memory:
+    each side (rows, columns) may be up to `side_multiple` times the input's larger in-plane side,
+    the slices of a volume up to `side_multiple` times its depth (one for a 2D model), and the decoded
+    array up to the input's float32 size scaled by `side_multiple` along both in-plane axes (a grey
+    image at the largest side just fits), never more than `max_decoded_bytes`.
+    """
+    from components.readers import DecodeLimits
+
+    depth = input_shape[1] if len(input_shape) == 4 else 1
+    max_bytes = min(max_decoded_bytes, side_multiple**2 * math.prod(input_shape) * 4)
+    # Models served here take images: no clip or recording (a duration limit of 0 s).
+    return DecodeLimits(max_bytes=max_bytes, max_side=side_multiple * max(input_shape[-2:]),
+                        max_frames=side_multiple * depth, max_seconds=0.0)
+
+
+def decode_upload(data: bytes, card: ModelCard, limits: DecodeLimits, name: str = "image") -> np.ndarray:
+    """Upload bytes (PNG, JPEG, DICOM, NIfTI or .npy) → the stored array form, checked against the model's dimensions.
+
+    The size the file declares is checked against `limits` before anything is decoded. DICOM is
+    decoded to Hounsfield units and de-identified in memory by `components.readers`; no header value
+    reaches a message or a log here.
+
+    Raises:
+        InputProblem: 413 over `limits` (naming the limit), 422 a 2D format to a 3D model, 400 anything
+            the decoders refuse or fail on.
+        MemoryError: the server has no memory for an image within the limits now (a 503 for the caller).
     """
     if card.spatial_dims == 3:
         for magic, kind in _FLAT_IMAGE_MAGIC.items():
@@ -79,35 +105,34 @@ def decode_upload(data: bytes, card: ModelCard, name: str = "image") -> np.ndarr
                     f"{name}: a {kind} is a 2D image; this model takes 3D volumes (D, H, W)",
                     HTTPStatus.UNPROCESSABLE_ENTITY,
                 )
-    from components.readers import ImageDecodeError, decode_image
+    from components.readers import ImageDecodeError, TooLarge, decode_image
 
     try:
-        image = decode_image(data)
+        image = decode_image(data, limits)
+    except TooLarge as exc:
+        raise InputProblem(f"{name}: {_clip(str(exc))} for this model", HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from None
     except ImageDecodeError as exc:
         raise InputProblem(f"{name}: could not decode the upload: {_clip(str(exc))}") from None
-    except Exception as exc:  # noqa: BLE001 - decoders of untrusted bytes fail in many ways (pydicom, Pillow's
-        # DecompressionBombError, MemoryError on a forged size); each is the upload's fault, never a 5xx.
-        # Their messages may quote file contents (e.g. a DICOM element): log and answer without them.
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders of untrusted bytes fail in many ways (pydicom, Pillow);
+        # each is the upload's fault, never a 5xx. Their messages may quote file contents (e.g. a DICOM
+        # element): log and answer without them.
         logger.warning("%s: decoder raised %s", name, type(exc).__name__)
-        raise InputProblem(f"{name}: could not decode the upload as PNG, JPEG, DICOM or .npy") from None
+        raise InputProblem(f"{name}: could not decode the upload as PNG, JPEG, DICOM, NIfTI or .npy") from None
     return np.asarray(image)
 
 
-def prepare_inputs(images: Sequence[np.ndarray], card: ModelCard, names: Sequence[str]) -> np.ndarray:
-    """Decoded images → the network's float32 batch (N, C, *spatial), by the training preprocessing."""
+def prepare_input(image: np.ndarray, card: ModelCard, name: str = "image") -> np.ndarray:
+    """One decoded image → the network's float32 input (C, *spatial), by the training preprocessing."""
     from components.ml.transforms import PreprocessError, preprocess
 
-    batch = []
-    for image, name in zip(images, names, strict=True):
-        if image.dtype.kind not in "biuf":
-            raise InputProblem(
-                f"{name}: pixel type {image.dtype} is not numeric", HTTPStatus.UNPROCESSABLE_ENTITY
-            )
-        try:
-            batch.append(preprocess(image, card.preprocessing))
-        except PreprocessError as exc:
-            raise InputProblem(f"{name}: {exc}", HTTPStatus.UNPROCESSABLE_ENTITY) from None
-    return np.stack(batch)
+    if image.dtype.kind not in "biuf":
+        raise InputProblem(f"{name}: pixel type {image.dtype} is not numeric", HTTPStatus.UNPROCESSABLE_ENTITY)
+    try:
+        return preprocess(image, card.preprocessing)
+    except PreprocessError as exc:
+        raise InputProblem(f"{name}: {exc}", HTTPStatus.UNPROCESSABLE_ENTITY) from None
 
 
 def to_prediction(probabilities: np.ndarray, card: ModelCard) -> dict[str, Any]:

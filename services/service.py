@@ -1,7 +1,7 @@
 """The medgate model service: one exact model version, the training preprocessing, adaptive batching.
 
 Endpoints of `Classifier`:
-- `POST /predict`: multipart field `image` (PNG, JPEG, DICOM or .npy) →
+- `POST /predict`: multipart field `image` (PNG, JPEG, DICOM, NIfTI or .npy) →
   `{"label", "probabilities": {class: p}, "decision", "model_version"}`.
 - `POST /predict_batch`: multipart field `images` (one or more files) → a list of the same, in order.
 - `GET /metadata`: model tag, name and version, dataset version, class names, preprocessing, gate
@@ -17,9 +17,16 @@ behind an HTTP route; reaching it from `/predict` costs a JSON round trip of eve
 process, measured at 11.6 and 9.2 CPU-ms per request against 6.3 for this; see benchmarks/serving.py.)
 
 Bad requests are answered 4xx with `{"error": "..."}`: 400 undecodable or missing upload, 401 without
-the API key (when one is set), 413 over the upload limit, 415 not multipart, 422 an image this model
-cannot take (dimensions, channels, a 2D image to a 3D model). Messages name the problem, never a DICOM
-header value or a file name. 503: more work queued than `max_latency_ms` allows; retry later.
+the API key (when one is set), 413 over the upload limit or declaring a larger image than the limits
+derived from the model's input (`services.inference.decode_limits`; checked before decoding), 415 not
+multipart, 422 an image this model cannot take (dimensions, channels, a 2D image to a 3D model), 429
+more than `serve.max_concurrency` requests in flight in one worker. Messages name the problem, never a
+DICOM header value or a file name. 503: more work queued than `max_latency_ms` allows, more upload
+bytes held than `serve.max_buffered_bytes`, or no memory to decode now; retry later.
+
+Memory: a worker holds at most `max_concurrency` requests, `max_buffered_bytes` of their bodies, and
+decodes `decode_threads` uploads at once, each one image at a time (decoded, preprocessed, dropped)
+and each within the decode limits.
 
 API key: when MEDGATE_API_KEY is set where the server starts, every route but `/livez` and `/readyz`
 needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.
@@ -55,8 +62,9 @@ from services.guard import ApiKeyGuard, UploadGuard
 from services.inference import (
     InputProblem,
     ModelCard,
+    decode_limits,
     decode_upload,
-    prepare_inputs,
+    prepare_input,
     read_upload,
     to_prediction,
 )
@@ -105,7 +113,7 @@ def _warm_up_decoders() -> None:
     np.save(npy, np.zeros((4, 4), np.uint8))
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(png, format="PNG")
     for upload in (npy, png):
-        decode_image(upload.getvalue())
+        decode_image(upload.getvalue(), None)  # made here: no limit needed
 
 
 def read_api_key() -> str:
@@ -137,7 +145,13 @@ Json = Annotated[dict[str, Any], ContentType("application/json")]
 JsonList = Annotated[list[dict[str, Any]], ContentType("application/json")]
 
 
-@bentoml.service(name="medgate_classifier", workers=WORKERS, traffic={"timeout": 60})
+# BentoML divides max_concurrency among the workers: each takes `serve.max_concurrency` requests at once
+# and answers more with 429 before reading them.
+@bentoml.service(
+    name="medgate_classifier",
+    workers=WORKERS,
+    traffic={"timeout": 60, "max_concurrency": SETTINGS.max_concurrency * WORKERS},
+)
 class Classifier:
     """Classifies medical images with one exact model version from the BentoML model store."""
 
@@ -172,6 +186,9 @@ class Classifier:
         )
         self.max_upload_bytes = SETTINGS.max_upload_bytes
         self.max_batch_images = SETTINGS.max_batch_images
+        self.limits = decode_limits(SETTINGS.input_shape, SETTINGS.decode_side_multiple, SETTINGS.max_decoded_bytes)
+        # Uploads this worker decodes at once: with the limits, what bounds its decoded memory.
+        self.decoding = anyio.CapacityLimiter(SETTINGS.decode_threads)
         self.model_cards = {
             route: (path.read_bytes(), media_type)
             for route, (name, media_type) in CARD_ROUTES.items()
@@ -182,7 +199,7 @@ class Classifier:
 
     @bentoml.api
     async def predict(self, image: Path) -> Json:
-        """Classify one image: form field `image`, a PNG, JPEG, DICOM or .npy file."""
+        """Classify one image: form field `image`, a PNG, JPEG, DICOM, NIfTI or .npy file."""
         try:
             (prediction,) = await self._predict_files([image], ["image"])
         except Overloaded as exc:
@@ -225,7 +242,7 @@ class Classifier:
 
     async def _predict_files(self, paths: list[Path], names: list[str]) -> list[dict[str, Any]]:
         try:
-            batch = await anyio.to_thread.run_sync(self._prepare, paths, names)
+            batch = await anyio.to_thread.run_sync(self._prepare, paths, names, limiter=self.decoding)
         except InputProblem as problem:
             raise _ERRORS.get(problem.status, BentoMLException)(
                 str(problem), error_code=problem.status
@@ -235,11 +252,16 @@ class Classifier:
         return [to_prediction(row, self.card) for row in np.concatenate(parts)]
 
     def _prepare(self, paths: list[Path], names: list[str]) -> np.ndarray:
-        images = [
-            decode_upload(read_upload(p, self.max_upload_bytes, n), self.card, n)
-            for p, n in zip(paths, names)
-        ]
-        return prepare_inputs(images, self.card, names)
+        """The network's input batch: each upload read, decoded and preprocessed before the next is
+        read, so one decoded image at a time is alive, never a whole batch of them."""
+        try:
+            return np.stack([
+                prepare_input(decode_upload(read_upload(p, self.max_upload_bytes, n), self.card, self.limits, n),
+                              self.card, n)
+                for p, n in zip(paths, names, strict=True)
+            ])
+        except MemoryError:
+            raise Overloaded("not enough memory free to decode the upload now; retry later") from None
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N, K), in `class_names` order, of a batch preprocessed like training."""
@@ -256,6 +278,7 @@ if API_KEY:
 Classifier.add_asgi_middleware(  # type: ignore[attr-defined]  # bentoml.service returns a Service
     UploadGuard,
     max_bytes=SETTINGS.max_upload_bytes,
+    max_buffered_bytes=SETTINGS.max_buffered_bytes,
     file_fields={"/predict": "image", "/predict_batch": "images"},
     get_routes=("/metadata", *CARD_ROUTES),
 )

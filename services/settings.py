@@ -30,6 +30,11 @@ SETTING_KEYS = (
     "api_workers",
     "max_upload_bytes",
     "max_batch_images",
+    "max_concurrency",
+    "max_buffered_bytes",
+    "decode_side_multiple",
+    "max_decoded_bytes",
+    "decode_threads",
 )
 PINNED_SETTINGS_FILE = Path(__file__).with_name(MODEL_REF_FILE)
 
@@ -47,6 +52,11 @@ class ServingSettings:
     api_workers: int
     max_upload_bytes: int
     max_batch_images: int
+    max_concurrency: int
+    max_buffered_bytes: int
+    decode_side_multiple: int
+    max_decoded_bytes: int
+    decode_threads: int
     device: str
 
     def __post_init__(self) -> None:
@@ -59,8 +69,14 @@ class ServingSettings:
                 f"api_workers >= 0; got {self.max_batch_size}, {self.max_latency_ms}, {self.torch_threads}, "
                 f"{self.api_workers}"
             )
-        if self.max_upload_bytes < 1 or self.max_batch_images < 1:
-            raise ValueError("serve settings: max_upload_bytes and max_batch_images must be positive")
+        bounds = (self.max_upload_bytes, self.max_batch_images, self.max_concurrency, self.max_buffered_bytes,
+                  self.decode_side_multiple, self.max_decoded_bytes, self.decode_threads)
+        if min(bounds) < 1:
+            raise ValueError("serve settings: max_upload_bytes, max_batch_images, max_concurrency, max_buffered_bytes, "
+                             f"decode_side_multiple, max_decoded_bytes and decode_threads must be positive; got {bounds}")
+        if self.max_buffered_bytes < self.max_upload_bytes:
+            raise ValueError(f"serve settings: max_buffered_bytes ({self.max_buffered_bytes}) is below max_upload_bytes "
+                             f"({self.max_upload_bytes}): no upload at the limit could be read")
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "input_shape": list(self.input_shape)}
@@ -119,4 +135,9 @@ def settings_for_model(
         api_workers=package.api_workers,
         max_upload_bytes=serve.max_upload_bytes,
         max_batch_images=serve.max_batch_images,
+        max_concurrency=serve.max_concurrency,
+        max_buffered_bytes=serve.max_buffered_bytes,
+        decode_side_multiple=serve.decode_side_multiple,
+        max_decoded_bytes=serve.max_decoded_bytes,
+        decode_threads=serve.decode_threads,
     )

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def grey_image(seed: int = 0, size: int = 20) -> np.ndarray:
@@ -68,3 +73,69 @@ def medmnist_npz(path: Path, shape: tuple[int, ...], counts: tuple[int, int, int
         arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 1), dtype=np.uint8)
     np.savez_compressed(path, **arrays)
     return path
+
+
+# ---- forged files: small on disk, declaring images far larger than any limit (issue 15) ---------
+
+
+def forged_rle_dicom(rows: int = 20_000, columns: int = 20_000) -> bytes:
+    """An RLE Lossless CT DICOM declaring rows x columns 16-bit pixels and holding a few bytes of them."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import CTImageStorage, RLELossless, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = RLELossless
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, meta.MediaStorageSOPInstanceUID, "CT"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, columns, 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation = 15, 1
+    # RLE header: 2 segments (high and low bytes) at offsets 64 and 66, each one run "repeat 0 128 times".
+    header = struct.pack("<16L", 2, 64, 66, *([0] * 13))
+    ds.PixelData = encapsulate([header + b"\x81\x00\x81\x00"])
+    ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@functools.cache
+def forged_png(side: int = 9_000) -> bytes:
+    """A complete, valid black 8-bit grey PNG of side x side pixels (it compresses to a few tens of KB)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    deflate = zlib.compressobj(9)
+    row = bytes(side + 1)  # filter type 0, then the row's pixels
+    idat = b"".join(deflate.compress(row) for _ in range(side)) + deflate.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@functools.cache
+def forged_nifti_gz(side: int = 8_000) -> bytes:
+    """A complete .nii.gz of one side x side uint8 slice of zeros (it compresses to tens of KB)."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((side, side, 1))
+    header.set_data_dtype(np.uint8)
+    header["vox_offset"] = 352
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    row = bytes(side)
+    parts = [deflate.compress(header.binaryblock + b"\x00" * 4)]
+    parts += [deflate.compress(row) for _ in range(side)]
+    return b"".join(parts) + deflate.flush()
+
+
+def forged_npy(shape: tuple[int, ...] = (10**6, 10**6)) -> bytes:
+    """A .npy header declaring `shape` float64 and no data (144 bytes)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+FORGED = {"rle-dicom": forged_rle_dicom, "png": forged_png, "nifti-gz": forged_nifti_gz, "npy": forged_npy}

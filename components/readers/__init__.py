@@ -27,15 +27,17 @@ def reader_for_name(name: str) -> Reader | None:
     return next((r for r in READERS if r.claims(name)), None)
 
 
-def decode(data: bytes, salt: str, limits: DecodeLimits | None = None) -> Decoded:
+def decode(data: bytes, salt: str, limits: DecodeLimits | None) -> Decoded:
     """Decode a whole file by its content (never its suffix) through the reader that accepts it.
 
     Args:
         data: the file's bytes.
         salt: secret key of the pseudonyms in the returned columns.
-        limits: the most the file may declare (`base.DecodeLimits`); None: no limit.
+        limits: the most the file may declare (`base.DecodeLimits`), checked before decoding; None
+            only for files this platform made itself.
 
     Raises:
+        TooLarge: the file declares more than `limits` allow (nothing was decoded).
         ImageDecodeError: empty or unrecognised content, or what the format's reader refuses; the
             array checks (`base.check_array`) apply to every image.
     """
@@ -51,11 +53,12 @@ def decode(data: bytes, salt: str, limits: DecodeLimits | None = None) -> Decode
     return Decoded(check_array(decoded.array), decoded.columns)
 
 
-def decode_image(data: bytes, salt: str = "") -> np.ndarray:
+def decode_image(data: bytes, limits: DecodeLimits | None, salt: str = "") -> np.ndarray:
     """Decode an uploaded file's bytes (PNG, JPEG, DICOM, NIfTI or .npy) into the array ingest would store.
 
     Args:
         data: the whole file.
+        limits: as for `decode`.
         salt: accepted for symmetry with ingest; only pixels are returned, so no header value needs
             pseudonymising here.
 
@@ -64,7 +67,8 @@ def decode_image(data: bytes, salt: str = "") -> np.ndarray:
         modality units (Hounsfield units for CT); PNG/JPEG keep their integer dtype.
 
     Raises:
+        TooLarge: the file declares more than `limits` allow.
         ImageDecodeError: empty body, unknown format, corrupt file, cine or burned-in DICOM, 4D
             NIfTI, NaN/infinite values, or an unusable shape.
     """
-    return decode(data, salt).array
+    return decode(data, salt, limits).array

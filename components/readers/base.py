@@ -84,10 +84,11 @@ class Reader(ABC):
         """Whether `data` starts like this format (magic bytes; never the file name)."""
 
     @abstractmethod
-    def read(self, data: bytes, salt: str, limits: DecodeLimits | None = None) -> Decoded:
+    def read(self, data: bytes, salt: str, limits: DecodeLimits | None) -> Decoded:
         """Decode a whole file; `salt` keys the pseudonyms of any identifier it holds.
 
-        The declared size is checked against `limits` (`check_declared`) before decoding.
+        The declared size is checked against `limits` (`check_declared`; None: a trusted file, no
+        limit) before any pixel or sample is decoded.
 
         Raises:
             TooLarge: the file declares more than `limits` allow.

@@ -22,7 +22,9 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
 from components.privacy.deid import pseudonym
-from components.readers.base import DecodeLimits, Decoded, ImageDecodeError, Reader, is_colour, short_reason, spacing_columns
+from components.readers.base import (
+    DecodeLimits, Decoded, ImageDecodeError, Reader, check_declared, is_colour, short_reason, spacing_columns,
+)
 
 # Multi-frame objects of these modalities are stacks of slices (volumes); elsewhere frames are time.
 VOLUME_MODALITIES = frozenset({"CT", "MR", "PT", "NM"})
@@ -39,12 +41,12 @@ class DicomReader(Reader):
     def accepts(self, data: bytes) -> bool:
         return data[128:132] == b"DICM" or data[:2] in (b"\x02\x00", b"\x08\x00")
 
-    def read(self, data: bytes, salt: str, limits: DecodeLimits | None = None) -> Decoded:
+    def read(self, data: bytes, salt: str, limits: DecodeLimits | None) -> Decoded:
         try:
             with warnings.catch_warnings():  # pydicom warnings can quote header values
                 warnings.simplefilter("ignore")
                 ds = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM")
-                arr = dicom_to_array(ds)
+                arr = dicom_to_array(ds, limits)
         except ImageDecodeError:
             raise
         except Exception as exc:  # noqa: BLE001 - a damaged file can fail anywhere in the parser
@@ -53,7 +55,7 @@ class DicomReader(Reader):
         return Decoded(arr, {**header_columns(ds, salt), **spacing_columns(spacing)})
 
 
-def dicom_to_array(ds: Dataset) -> np.ndarray:
+def dicom_to_array(ds: Dataset, limits: DecodeLimits | None) -> np.ndarray:
     """Pixels of a DICOM dataset in modality units.
 
     Monochrome images become float32 after the modality LUT (HU for CT); MONOCHROME1 is inverted
@@ -83,6 +85,10 @@ def dicom_to_array(ds: Dataset) -> np.ndarray:
             f"volume; only multi-frame {', '.join(sorted(VOLUME_MODALITIES))} is read (as a 3D volume)")
     if photometric == "PALETTE COLOR":
         raise ImageDecodeError("PALETTE COLOR DICOM is not supported: its pixel values are palette indices")
+    stored = -(-int(ds.get("BitsAllocated", 8) or 8) // 8)
+    # Monochrome pixels come back as float32, colour as uint8: the larger of that and the stored size.
+    check_declared(limits, rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0),
+                   frames=frames, channels=samples, itemsize=max(stored, 4 if samples == 1 else 1))
     try:
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad pixel data

@@ -52,7 +52,7 @@ from components.data.manifest import (
 from components.data.medmnist import MEDMNIST_PREFIX, SplitUnreadable, archive_splits, open_split
 from components.data.shards import ShardWriter
 from components.privacy.deid import pseudonym
-from components.readers import ImageDecodeError, decode, reader_for_name
+from components.readers import DecodeLimits, ImageDecodeError, TooLarge, decode, reader_for_name
 from components.readers.base import check_array, short_reason
 from components.readers.dicom import header_value, is_keyword
 
@@ -144,7 +144,8 @@ def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: st
     Streams: pixels go to shard files as they are decoded, by ``cfg.workers`` processes; memory
     holds compact manifest rows, not images. Bad inputs (corrupt, truncated or empty files,
     non-images, missing files or label rows, labels outside ``cfg.class_names``, NaN pixels, cine or
-    burned-in DICOM, 4D NIfTI) are skipped and listed in problems.json; constant images,
+    burned-in DICOM, 4D NIfTI, files declaring more than ``cfg.limits``, any file a reader fails on)
+    are skipped and listed in problems.json; constant images,
     duplicates and split leaks are kept for validate to flag. Nothing identifying is logged.
 
     Args:
@@ -269,21 +270,31 @@ class _Result:
     problem: str = ""
 
 
-def _decode_chunk(src: str, files: Sequence[str], out_dir: str, shard: int, salt: str,
+def _decode_chunk(src: str, files: Sequence[str], out_dir: str, shard: int, salt: str, limits: DecodeLimits,
                   on_file: Callable[[], None] | None = None) -> list[_Result]:
-    """Decode `files` (relative to `src`) into shard `shard` of `out_dir`; runs in a worker process."""
+    """Decode `files` (relative to `src`) into shard `shard` of `out_dir`; runs in a worker process.
+    Whatever fails in one file (a refusal, a reader's TypeError or MemoryError) is that file's problem."""
     results = []
     with ShardWriter(Path(out_dir), shard) as writer:
         for rel in files:
             try:
-                decoded = decode((Path(src) / rel).read_bytes(), salt)
-            except (ImageDecodeError, OSError) as exc:
-                results.append(_Result(rel, problem=short_reason(exc)))
+                decoded = decode(_read_bounded(Path(src) / rel, limits), salt, limits)
+            except Exception as exc:  # noqa: BLE001 - one file's failure is reported, never the run's
+                known = isinstance(exc, (ImageDecodeError, OSError))  # their messages say what is wrong
+                why = short_reason(exc) if known else f"{type(exc).__name__}: {short_reason(exc)}"
+                results.append(_Result(rel, problem=why))
             else:
                 results.append(_Result(rel, {**decoded.columns, **writer.add(decoded.array)}))
             if on_file is not None:
                 on_file()
     return results
+
+
+def _read_bounded(path: Path, limits: DecodeLimits) -> bytes:
+    """The file's bytes, unless the file alone is larger than the decoded size `limits` allow."""
+    if (size := path.stat().st_size) > limits.max_bytes:
+        raise TooLarge(f"file of {size / 2**20:.1f} MiB is over the limit of {limits.max_bytes / 2**20:.1f} MiB")
+    return path.read_bytes()
 
 
 def _worker_count(cfg: IngestConfig) -> int:
@@ -294,12 +305,13 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
     """Results for `files`, in order. Two or more chunks and workers: a process pool (spawned, since
     the caller may run threads), with at most two chunks per worker in flight."""
     size = max(1, cfg.shard_size)
+    limits = DecodeLimits(**cfg.limits.model_dump())
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
     first = sink.reserve_shards(len(chunks))
     workers = min(_worker_count(cfg), len(chunks))
     if workers <= 1 or len(chunks) < _POOL_MIN_CHUNKS:
         for k, chunk in enumerate(chunks):
-            yield from _decode_chunk(str(src), chunk, str(sink.out_dir), first + k, sink.salt, progress.step)
+            yield from _decode_chunk(str(src), chunk, str(sink.out_dir), first + k, sink.salt, limits, progress.step)
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         queue: deque[tuple[int, Future[list[_Result]]]] = deque()
@@ -310,7 +322,7 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
             if nxt is not None:
                 k, chunk = nxt
                 queue.append((len(chunk), pool.submit(_decode_chunk, str(src), chunk, str(sink.out_dir),
-                                                      first + k, sink.salt)))
+                                                      first + k, sink.salt, limits)))
 
         for _ in range(2 * workers):
             submit()

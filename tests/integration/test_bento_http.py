@@ -29,7 +29,7 @@ from components.stages.package import bento_sources
 from services.smoke import check_golden, smoke_test_bento
 from services.supervisor import BENTO_HEADER
 from tests.conftest import PROJECT
-from tests.images import npy_bytes
+from tests.images import FORGED, npy_bytes
 from tests.integration.bento_fixtures import (
     API_KEY,
     CARD_HTML,
@@ -160,6 +160,17 @@ def test_malformed_request_gets_a_4xx_and_the_server_lives_on(served, request_kw
     assert client.get("/readyz").status_code == 200
     assert post_image(client, npy_bytes(stored_image(seed=0))).status_code == 200
     assert served["proc"].poll() is None
+
+
+@pytest.mark.parametrize("kind", FORGED)
+def test_an_upload_declaring_a_huge_image_is_413_naming_the_limit(served, kind):
+    """Small files declaring 20000x20000 (DICOM), 9000x9000 (PNG), 8000x8000 (.nii.gz), 10^6x10^6 (.npy):
+    refused before decoding, by the limit derived from the model's 16-px input (32x: 512 per side)."""
+    client = served["client"]
+    resp = post_image(client, FORGED[kind](), name=f"forged-{kind}")
+    assert resp.status_code == 413, resp.text
+    assert resp.json()["error"].startswith("image: declared size") and "limit of 512 per side" in resp.json()["error"]
+    assert post_image(client, npy_bytes(stored_image(seed=0))).status_code == 200
 
 
 def test_golden_check_passes_on_matching_answers_and_fails_on_tampered(served, in_process, tmp_path):

@@ -421,7 +421,7 @@ def test_decode_image_gives_the_ingested_array(cohort: Path, ingested) -> None:
     df = read_manifest(result.manifest)
     with open(cohort / "labels.csv", newline="") as f:
         first = next(csv.DictReader(f))["path"]
-    arr = decode_image((cohort / first).read_bytes(), SALT)
+    arr = decode_image((cohort / first).read_bytes(), None, SALT)
     assert arr.dtype == np.float32
     np.testing.assert_array_equal(arr, ImageStore(out).load(df["path"].iloc[0]))  # serving == training
 
@@ -467,7 +467,7 @@ def test_nifti_folder_volumes_spacing_and_orientation(tmp_path: Path) -> None:
     np.testing.assert_array_equal(stored, expected)
     assert df.loc["flat.nii", "ndim"] == 2 and pd.isna(df.loc["flat.nii", "spacing_d"])
     assert df.loc["b.nii", "dtype"] == "int16"
-    assert decode_image((src / "a.nii.gz").read_bytes()).shape == (4, 5, 6)  # the server reads NIfTI too
+    assert decode_image((src / "a.nii.gz").read_bytes(), None).shape == (4, 5, 6)  # the server reads NIfTI too
     assert nib.load(src / "a.nii.gz").shape == (6, 5, 4)  # raw data untouched
 
 

@@ -11,13 +11,15 @@ import numpy as np
 import pydicom
 import pytest
 
+from components.config import default_params
 from components.data.manifest import EXTRA_COLUMNS, MANIFEST_COLUMNS
-from components.readers import READERS, Decoded, ImageDecodeError, Reader, decode, decode_image, reader_for_name
+from components.readers import READERS, DecodeLimits, Decoded, ImageDecodeError, Reader, decode, decode_image, reader_for_name
 from components.readers.base import check_array
 from components.readers.dicom import age_band, dicom_to_array
 from tests.images import dicom_bytes, grey_image, jpeg_bytes, npy_bytes, png_bytes
 
 SALT = "unit-test-salt"
+LIMITS = DecodeLimits(**default_params().ingest.limits.model_dump())  # what ingest reads with
 
 
 def _ct_slice() -> pydicom.Dataset:
@@ -62,12 +64,12 @@ def test_reader_reads_its_own_format(reader: Reader) -> None:
     assert all(reader_for_name(f"dir/file{s}") is reader for s in reader.suffixes)
     own = SAMPLES[reader.name]
     assert reader.accepts(own)
-    decoded = reader.read(own, SALT)
+    decoded = reader.read(own, SALT, LIMITS)
     assert isinstance(decoded, Decoded)
     check_array(decoded.array)
     assert set(decoded.columns) <= set(MANIFEST_COLUMNS) | set(EXTRA_COLUMNS)
     assert None not in decoded.columns.values()
-    np.testing.assert_array_equal(decode(own, SALT).array, check_array(decoded.array))
+    np.testing.assert_array_equal(decode(own, SALT, LIMITS).array, check_array(decoded.array))
 
 
 @pytest.mark.parametrize("reader", READERS, ids=lambda r: r.name)
@@ -77,12 +79,12 @@ def test_reader_refuses_other_formats_naming_the_problem(reader: Reader) -> None
             continue
         assert not reader.accepts(data), other
         with pytest.raises(ImageDecodeError, match=re.escape(NAMED_IN_REFUSALS[reader.name])):
-            reader.read(data, SALT)
+            reader.read(data, SALT, LIMITS)
 
 
 def test_dicom_columns_are_pseudonyms_only() -> None:
     ds = _ct_slice()
-    columns = decode(_dicom_bytes(ds), SALT).columns
+    columns = decode(_dicom_bytes(ds), SALT, LIMITS).columns
     assert columns["patient_id"] != ds.PatientID and re.fullmatch(r"[0-9a-f]{16}", columns["patient_id"])
     assert ds.SOPInstanceUID not in columns.values() and columns["modality"] == "CT"
 
@@ -92,15 +94,15 @@ def test_dicom_columns_are_pseudonyms_only() -> None:
 
 def test_decode_image_formats() -> None:
     grey = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
-    np.testing.assert_array_equal(decode_image(png_bytes(grey)), grey)
+    np.testing.assert_array_equal(decode_image(png_bytes(grey), LIMITS), grey)
     rgb = np.dstack([grey, grey[::-1], grey.T.reshape(12, 10)])
-    np.testing.assert_array_equal(decode_image(png_bytes(rgb)), rgb)
-    jpeg = decode_image(jpeg_bytes(grey))
+    np.testing.assert_array_equal(decode_image(png_bytes(rgb), LIMITS), rgb)
+    jpeg = decode_image(jpeg_bytes(grey), LIMITS)
     assert jpeg.shape == grey.shape and jpeg.dtype == np.uint8
     sixteen = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
-    np.testing.assert_array_equal(decode_image(png_bytes(sixteen)), sixteen)
+    np.testing.assert_array_equal(decode_image(png_bytes(sixteen), LIMITS), sixteen)
     volume = np.zeros((4, 5, 6), np.float64)
-    decoded = decode_image(npy_bytes(volume))
+    decoded = decode_image(npy_bytes(volume), LIMITS)
     assert decoded.shape == (4, 5, 6) and decoded.dtype == np.float32
 
 
@@ -114,14 +116,14 @@ def test_decode_image_formats() -> None:
 ])
 def test_decode_image_refuses_garbage(data: bytes, words: str) -> None:
     with pytest.raises(ImageDecodeError, match=re.escape(words)):
-        decode_image(data)
+        decode_image(data, LIMITS)
 
 
 def test_decode_image_refuses_nan_and_object_arrays() -> None:
     with pytest.raises(ImageDecodeError, match="NaN"):
-        decode_image(npy_bytes(np.array([[1.0, np.inf], [0.0, 1.0]])))
+        decode_image(npy_bytes(np.array([[1.0, np.inf], [0.0, 1.0]])), LIMITS)
     with pytest.raises(ImageDecodeError):
-        decode_image(npy_bytes(np.zeros((2, 2, 2, 2))))
+        decode_image(npy_bytes(np.zeros((2, 2, 2, 2))), LIMITS)
 
 
 # ---- DICOM ----------------------------------------------------------------------------------------
@@ -129,9 +131,9 @@ def test_decode_image_refuses_nan_and_object_arrays() -> None:
 
 def test_monochrome1_is_inverted() -> None:
     ds = _ct_slice()
-    normal = dicom_to_array(ds)
+    normal = dicom_to_array(ds, LIMITS)
     ds.PhotometricInterpretation = "MONOCHROME1"
-    inverted = dicom_to_array(ds)
+    inverted = dicom_to_array(ds, LIMITS)
     lo, hi = -32768 - 1024, 32767 - 1024  # stored int16 range after the -1024 intercept
     np.testing.assert_allclose(inverted, (lo + hi) - normal)
     assert np.corrcoef(inverted.ravel(), normal.ravel())[0, 1] < -0.99
@@ -160,26 +162,26 @@ def test_colour_and_compressed_dicom() -> None:
     ds.PhotometricInterpretation = "RGB"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.PixelData = rgb.tobytes()
-    np.testing.assert_array_equal(decode_image(_dicom_bytes(ds)), rgb)
+    np.testing.assert_array_equal(decode_image(_dicom_bytes(ds), LIMITS), rgb)
 
     ct = _ct_slice()
     ct.file_meta.TransferSyntaxUID = JPEGLosslessSV1
     ct.PixelData = encapsulate([b"\xff\xd8 not really jpeg \xff\xd9"])
     ct["PixelData"].VR = "OB"
     with pytest.raises(ImageDecodeError, match="transfer syntax JPEG Lossless"):
-        decode_image(_dicom_bytes(ct))
+        decode_image(_dicom_bytes(ct), LIMITS)
 
 
 def test_multiframe_ct_is_a_volume_with_per_frame_rescale() -> None:
     from pydicom.dataset import Dataset
 
     ds = _ct_slice()
-    one = dicom_to_array(ds)
+    one = dicom_to_array(ds, LIMITS)
     stack = copy.deepcopy(ds)
     stack.NumberOfFrames = 3
     stack.PixelData = ds.PixelData * 3
     stack.SpacingBetweenSlices = "2.0"
-    volume = decode_image(_dicom_bytes(stack))
+    volume = decode_image(_dicom_bytes(stack), LIMITS)
     assert volume.shape == (3, *one.shape)
     np.testing.assert_array_equal(volume[2], one)
     # Enhanced objects carry the rescale in functional groups, here one per frame.
@@ -191,6 +193,6 @@ def test_multiframe_ct_is_a_volume_with_per_frame_rescale() -> None:
         item.PixelValueTransformationSequence = [pvt]
         groups.append(item)
     stack.PerFrameFunctionalGroupsSequence = groups
-    enhanced = dicom_to_array(stack)
+    enhanced = dicom_to_array(stack, LIMITS)
     np.testing.assert_allclose(enhanced[0], one)
     np.testing.assert_allclose(enhanced[1], (one + 1024) * 2 - 1024)

@@ -13,6 +13,7 @@ import struct
 import sys
 import threading
 import time
+import tracemalloc
 import zlib
 from http import HTTPStatus
 from pathlib import Path
@@ -25,7 +26,7 @@ from components.documents.modelcard import HTML_FILE, MARKDOWN_FILE
 from components.ml.models import load_model
 from components.ml.transforms import Preprocessing, preprocess
 from tests import tiny_model
-from tests.images import dicom_bytes, grey_image, jpeg_bytes, npy_bytes, png_bytes
+from tests.images import FORGED, dicom_bytes, grey_image, jpeg_bytes, npy_bytes, png_bytes
 
 CLASS_NAMES = ("normal", "lesion")
 THRESHOLD = 0.3
@@ -235,7 +236,7 @@ BAD_UPLOADS = {
     "not an image": (b"%PDF-1.4 definitely not pixels", {BAD}, "decode"),
     "truncated png": (png_bytes(grey_image())[:40], {BAD}, "decode"),
     "pickled npy": (npy_bytes(np.array([{"a": 1}], dtype=object), allow_pickle=True), {BAD}, "decode"),
-    "decompression bomb": (png_header_only(30_000, 30_000), {BAD}, "decode"),
+    "decompression bomb": (png_header_only(30_000, 30_000), {HTTPStatus.REQUEST_ENTITY_TOO_LARGE}, "limit of"),
     "rgb to grey model": (png_bytes(np.zeros((20, 20, 3), np.uint8)), {UNPROCESSABLE}, "channel"),
     "3d volume to 2d model": (npy_bytes(np.zeros((8, 16, 16), np.float32)), {UNPROCESSABLE}, "2D"),
     "1d array": (npy_bytes(np.zeros(16, np.float32)), {BAD, UNPROCESSABLE}, ""),
@@ -264,6 +265,89 @@ def test_upload_over_the_limit_is_413(svc, tmp_path, monkeypatch):
     assert "limit" in str(err.value)
 
 
+def test_decode_limits_are_a_multiple_of_the_model_input():
+    from components.readers import DecodeLimits
+    from services.inference import decode_limits
+
+    # 32x the side of a 64x64 grey input; bytes: a float32 image of that side.
+    assert decode_limits((1, 64, 64), 32, 2**28) == DecodeLimits(16 * 2**20, 2048, 32, 0.0)
+    volume = decode_limits((1, 28, 28, 28), 32, 2**28)
+    assert (volume.max_side, volume.max_frames, volume.max_bytes) == (896, 896, 32**2 * 28**3 * 4)
+    assert decode_limits((1, 64, 128, 128), 32, 2**28).max_bytes == 2**28  # never over the ceiling
+
+
+@pytest.mark.parametrize("kind", FORGED)
+def test_a_forged_upload_is_413_naming_the_limit(svc, tmp_path, kind):
+    from bentoml.exceptions import BentoMLException
+
+    with pytest.raises(BentoMLException) as err:
+        predict(svc, write(tmp_path / "upload", FORGED[kind]()))
+    assert err.value.error_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    assert f"exceeds the limit of {16 * 32} per side for this model" in str(err.value)  # 32x the 16-px input
+
+
+def test_a_memory_error_while_decoding_is_503_not_500(svc, tmp_path, monkeypatch):
+    """Limits raised so that a forged .npy header reaches numpy, whose MemoryError must not become a 500."""
+    from components.readers import DecodeLimits
+
+    try:
+        np.empty(10**12, np.float64)  # what the forged header asks numpy for: 8 TB
+    except MemoryError:
+        pass
+    else:
+        pytest.skip("this kernel grants 8 TB of virtual memory: numpy raises no MemoryError to answer")
+    monkeypatch.setattr(svc, "limits", DecodeLimits(10**14, 10**7, 10**7, 0.0))
+    answer = predict(svc, write(tmp_path / "huge.npy", FORGED["npy"]()))
+    assert answer.status_code == HTTPStatus.SERVICE_UNAVAILABLE and answer.headers["retry-after"] == "1"
+    assert "memory" in json.loads(answer.body)["error"]
+
+
+def test_a_batch_is_decoded_and_preprocessed_one_image_at_a_time(svc, tmp_path):
+    paths = [write(tmp_path / f"{i}.png", png_bytes(grey_image(seed=i, size=512))) for i in range(24)]
+    names = [f"images[{i}]" for i in range(len(paths))]
+
+    def peak_bytes(n: int) -> int:
+        tracemalloc.start()
+        try:
+            assert svc._prepare(paths[:n], names[:n]).shape == (n, 1, 16, 16)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak_bytes(1)
+    one, all_of_them = peak_bytes(1), peak_bytes(len(paths))
+    # 24 decoded 512x512 images alive at once would be 6 MiB more than one of them.
+    assert all_of_them < 1.5 * one, (one, all_of_them)
+
+
+def test_each_worker_bounds_its_requests_and_decodes(svc, service_module):
+    settings = service_module.SETTINGS
+    traffic = service_module.Classifier.config["traffic"]
+    # BentoML divides the service's max_concurrency among its workers.
+    assert traffic["max_concurrency"] == settings.max_concurrency * service_module.WORKERS
+    assert svc.decoding.total_tokens == settings.decode_threads
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_the_guard_bounds_the_request_bytes_a_worker_holds():
+    from starlette.responses import PlainTextResponse
+    from starlette.testclient import TestClient
+
+    from services.guard import UploadGuard
+
+    async def app(scope, receive, send):
+        await PlainTextResponse(str(guard.buffered))(scope, receive, send)
+
+    guard = UploadGuard(app, max_bytes=10_000, max_buffered_bytes=5_000, file_fields={"/predict": "image"})
+    client = TestClient(guard)  # no lifespan: this app has none
+    held = client.post("/predict", files={"image": ("a.npy", b"x" * 1_000)})
+    assert held.status_code == 200 and 1_000 < int(held.text) < 1_500  # the body, while it is served
+    assert guard.buffered == 0
+    refused = client.post("/predict", files={"image": ("a.npy", b"x" * 6_000)})
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "limit is 5000" in refused.json()["error"] and guard.buffered == 0
+
+
 def test_bad_image_in_a_batch_is_named_by_position(svc, tmp_path):
     from bentoml.exceptions import BentoMLException
 
@@ -279,11 +363,11 @@ def test_bad_image_in_a_batch_is_named_by_position(svc, tmp_path):
 
 
 def test_2d_image_to_a_3d_model_is_refused_before_decoding():
-    from services.inference import InputProblem, ModelCard, decode_upload
+    from services.inference import InputProblem, ModelCard, decode_limits, decode_upload
 
     card = ModelCard("m:1", CLASS_NAMES, Preprocessing((8, 16, 16), 1, -1000.0, 1000.0), 0.5)
     with pytest.raises(InputProblem, match="PNG is a 2D image") as err:
-        decode_upload(png_bytes(grey_image()), card)
+        decode_upload(png_bytes(grey_image()), card, decode_limits((1, 8, 16, 16), 32, 2**28))
     assert err.value.status == HTTPStatus.UNPROCESSABLE_ENTITY
 
 
