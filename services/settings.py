@@ -124,20 +124,8 @@ def settings_for_model(
 ) -> ServingSettings:
     """The settings a Bento of `model_tag` serves with: params' package and serve sections, and the
     model's input shape (default: the one stored with it)."""
-    return ServingSettings(
-        model_tag=model_tag,
-        input_shape=input_shape or stored_input_shape(model_tag),
-        max_batch_size=package.max_batch_size,
-        gpu_max_batch_size=package.gpu_max_batch_size,
-        device=package.device,
-        max_latency_ms=package.max_latency_ms,
-        torch_threads=package.torch_threads,
-        api_workers=package.api_workers,
-        max_upload_bytes=serve.max_upload_bytes,
-        max_batch_images=serve.max_batch_images,
-        max_concurrency=serve.max_concurrency,
-        max_buffered_bytes=serve.max_buffered_bytes,
-        decode_side_multiple=serve.decode_side_multiple,
-        max_decoded_bytes=serve.max_decoded_bytes,
-        decode_threads=serve.decode_threads,
-    )
+    # Every other field is the package or serve key of the same name (ServingSettings checks them).
+    sections = {**package.model_dump(), **serve.model_dump()}
+    keys = {f.name for f in dataclasses.fields(ServingSettings)} - {"model_tag", "input_shape"}
+    return ServingSettings(model_tag=model_tag, input_shape=input_shape or stored_input_shape(model_tag),
+                           **{key: sections[key] for key in keys})
