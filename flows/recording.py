@@ -25,7 +25,7 @@ from prefect.runtime import flow_run
 from sqlalchemy.orm import Session, sessionmaker
 
 from components.config import Params
-from components.data.artifacts import IngestedDataset, ValidationResult
+from components.data.artifacts import IngestedDataset, ValidationResult, write_text_atomically
 from flows.caching import unchanged_production
 from flows.cards import PACKAGING_NOTE, render_card, write_card
 from flows.datasets import CHARTS_MEMO
@@ -257,8 +257,7 @@ class RunRecorder:
         summary["summary_path"] = str(self.run_dir / SUMMARY_FILE)
         if "metrics" in summary:  # evaluate ran in this run: its evidence (and the gate, if reached) goes in the report
             summary["report"] = self._write_report()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+        write_text_atomically(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
         with self.sessions() as session:
             repo.finish_run(session, self.run_uid, status=summary["status"], summary=summary, error=summary.get("error"), dataset_id=self.dataset_id)
             session.commit()
