@@ -23,11 +23,18 @@ OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
 }
 
+# Never reached through a proxy (see configure_offline).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
 
 def configure_offline() -> None:
-    """Turn off telemetry and downloads for this process and its children (user values win)."""
+    """Turn off telemetry and downloads for this process and its children (user values win), and keep
+    loopback traffic (the Prefect API, the Bentos' probes) off any HTTP(S)_PROXY: it is added to NO_PROXY."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+    for key in ("NO_PROXY", "no_proxy"):
+        present = [h for h in os.environ.get(key, "").split(",") if h.strip()]
+        os.environ[key] = ",".join(present + [h for h in LOOPBACK_HOSTS if h not in present])
 
 
 @dataclass(frozen=True)

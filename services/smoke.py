@@ -42,7 +42,7 @@ def smoke_test_bento(
         if ready is not None:
             detail = f"{bento_tag} did not become ready: {ready}\n{_read_tail(log)}"
             return _parity_check(None, False, detail, tolerance)
-        with httpx.Client(base_url=base, timeout=30.0) as client:
+        with httpx.Client(base_url=base, timeout=30.0, trust_env=False) as client:
             return check_golden(client, golden, tolerance)
 def check_golden(
     client: httpx.Client, golden: Sequence[tuple[Path, Sequence[float]]], tolerance: float
