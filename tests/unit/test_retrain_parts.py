@@ -150,6 +150,44 @@ def test_json_is_written_atomically_by_concurrent_writers_and_flushed(tmp_path, 
     assert str(path.parent) in synced and any(".record.json." in s for s in synced), synced
 
 
+ORPHAN_PARENT = textwrap.dedent("""
+    import sys, time
+    from flows.children import start_child
+    stage = "import os, subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+    stage += "open(sys.argv[1] + '.tmp', 'w').write(f'{os.getpid()} {w.pid}'); os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(60)"
+    start_child([sys.executable, "-c", stage, sys.argv[1]])
+    time.sleep(60)
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_runs_children_die_with_it(tmp_path):
+    """The flow's process killed with SIGKILL: the command it started (as `dvc repro`) and that command's
+    own child (as DVC's stage) end too, instead of writing on into the next run's workspace."""
+    pids = tmp_path / "pids"
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN_PARENT, str(pids)], cwd=PROJECT)
+    deadline = time.monotonic() + 30
+    while not pids.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stage, worker = map(int, pids.read_text().split())
+    assert _alive(stage) and _alive(worker)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while (_alive(stage) or _alive(worker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in (stage, worker) if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes {left} outlived their killed parent"
+
+
 def test_stage_waves_follow_dvc_yaml(tmp_path):
     assert stage_waves(PROJECT) == [["prepare"], ["train", "baseline"], ["evaluate"]]
     (tmp_path / "dvc.yaml").write_text(
