@@ -296,3 +296,36 @@ def _wait_gone(pids: set[int], timeout_s: float = 120) -> None:
             return
         time.sleep(0.5)
     pytest.fail(f"old Bento processes {pids} still running after {timeout_s} s")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Host": "attacker.example"},
+        {"Host": "attacker.example:3000"},
+        {"Origin": "http://attacker.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ],
+    ids=["rebound-host", "rebound-host-port", "cross-origin", "opaque-origin", "cross-site"],
+)
+def test_browser_requests_from_other_sites_are_refused_by_proxy_and_backend(served, headers):
+    """DNS rebinding (a foreign Host) and cross-site pages (Origin, Sec-Fetch-Site) get 403 from `medgate
+    serve` and from its backend on its own loopback port; the key does not help them."""
+    import re
+
+    data = npy_bytes(stored_image(seed=2))
+    backend_port = re.findall(r"backend port (\d+)", served["log"]())[-1]
+    for base in (served["base_url"], f"http://127.0.0.1:{backend_port}"):
+        with httpx.Client(base_url=base, timeout=30, headers={"X-API-Key": API_KEY}, trust_env=False) as client:
+            resp = client.post("/predict", files={"image": ("a.npy", data)}, headers=headers)
+            assert resp.status_code == 403 and "refused" in resp.json()["error"], (base, resp.text)
+            assert client.get("/metadata", headers=headers).status_code == 403
+
+
+def test_same_origin_and_plain_clients_are_answered(served):
+    port = served["base_url"].rsplit(":", 1)[1]
+    client = served["client"]
+    for headers in ({"Origin": served["base_url"]}, {"Origin": f"http://localhost:{port}", "Sec-Fetch-Site": "same-origin"},
+                    {"Host": f"localhost:{port}"}, {"Sec-Fetch-Site": "none"}):  # fmt: skip
+        assert client.get("/metadata", headers=headers).status_code == 200, headers
