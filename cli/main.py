@@ -9,6 +9,7 @@ import typer
 
 from cli.common import WorkspaceOpt
 from cli.data import data_app
+from cli.db import db_app
 from cli.audit import audit
 from cli.deploy import deploy, serve
 from cli.models import models_app
@@ -19,6 +20,7 @@ from flows.settings import configure_offline
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="medgate: from medical images to a gated, served model.")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(db_app, name="db")
 app.command("audit")(audit)
 app.command("report")(report)
 app.command("serve")(serve)

@@ -36,7 +36,7 @@ from flows.notify import publish_run
 from flows.settings import Settings
 from flows.workspace import StageRun, stage_dir
 from registry import repository as repo
-from registry.db import make_session_factory, upgrade_database
+from registry.db import ensure_schema, make_session_factory
 from registry.models import ModelVersion
 
 if TYPE_CHECKING:
@@ -285,7 +285,7 @@ def recording(settings: Settings, params: Params, name: str, trigger: str, lock:
 
     The run is `failed`, with the error, when the block raises; the exception goes on.
     """
-    upgrade_database(settings.database_url)
+    ensure_schema(settings.database_url, upgrade=True)  # the flow's first use of a registry migrates it
     sessions = make_session_factory(settings.database_url)
     with sessions() as session:
         interrupted = close_interrupted_run(session, lock.previous)

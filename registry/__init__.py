@@ -15,11 +15,13 @@ See :mod:`registry.repository` for which functions commit and which only flush.
 from registry.db import (
     alembic_config,
     current_revision,
+    ensure_schema,
+    head_revision,
     make_engine,
     make_session_factory,
     upgrade_database,
 )
-from registry.errors import InvalidTransition, NotFoundError, PromotionConflict, RegistryError
+from registry.errors import InvalidTransition, NotFoundError, PromotionConflict, RegistryError, SchemaOutOfDate
 from registry.models import (
     AuditEntry,
     Base,
@@ -72,15 +74,18 @@ __all__ = [
     "RegistryError",
     "Run",
     "RunStatus",
+    "SchemaOutOfDate",
     "Stage",
     "alembic_config",
     "audit_trail",
     "current_revision",
     "dataset_seq",
+    "ensure_schema",
     "finish_run",
     "get_champion",
     "get_run",
     "get_version",
+    "head_revision",
     "hash_params",
     "latest_drift",
     "latest_gate_decision",

@@ -315,7 +315,7 @@ def test_browser_requests_from_other_sites_are_refused_by_proxy_and_backend(serv
     import re
 
     data = npy_bytes(stored_image(seed=2))
-    backend_port = re.findall(r"backend port (\d+)", served["log"]())[-1]
+    backend_port = re.findall(r"(?:now serving \S+ on backend port|on http://\S+ \(backend port) (\d+)", served["log"]())[-1]
     for base in (served["base_url"], f"http://127.0.0.1:{backend_port}"):
         with httpx.Client(base_url=base, timeout=30, headers={"X-API-Key": API_KEY}, trust_env=False) as client:
             resp = client.post("/predict", files={"image": ("a.npy", data)}, headers=headers)
