@@ -115,6 +115,7 @@ class RunRecorder:
         self.dataset_id: int | None = None
         self.version_id: int | None = None
         self.model_version: int | None = None
+        self.artifact_sha256: str | None = None  # the candidate's model.pt, as registered
 
     def timed(self, step: Task, *args: Any) -> Any:
         """Run task `step` and keep its seconds under its name (a task run twice: their sum)."""
@@ -209,7 +210,7 @@ class RunRecorder:
                 metrics=json_safe(metrics), artifact_sha256=weights_sha256,
             )
             session.commit()
-            self.version_id, self.model_version = mv.id, mv.version
+            self.version_id, self.model_version, self.artifact_sha256 = mv.id, mv.version, mv.artifact_sha256
         return mv.version
 
     def packaging_card(self, outcome: GateOutcome) -> dict[str, str]:

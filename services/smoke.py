@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from components.stages.package import output_tail
 from services.processes import find_free_port, serve_in_background, wait_until_ready
-from services.settings import API_KEY_ENV
+from services.settings import API_KEY_ENV, MODEL_SHA256_ENV
 
 if TYPE_CHECKING:
     import httpx
@@ -20,12 +20,14 @@ def smoke_test_bento(
     golden: Sequence[tuple[Path, Sequence[float]]],
     tolerance: float,
     timeout_s: float = 90,
+    model_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Serve the Bento on 127.0.0.1 and check it answers the golden images as offline inference did.
 
     The server runs without an API key whatever the environment says: it is this check's own,
     on loopback, for the check's duration. It is always stopped; a failure to start or answer is
-    reported in the check (see `check_golden`), never raised.
+    reported in the check (see `check_golden`), never raised. `model_sha256`: the registry's hash of
+    model.pt, which the server then checks before it serves (a mismatch: it never becomes ready).
     """
     import httpx
 
@@ -36,7 +38,7 @@ def smoke_test_bento(
     base = f"http://{host}:{port}"
     with (
         tempfile.TemporaryFile("w+b") as log,
-        serve_in_background(bento_tag, port, host, log, env={API_KEY_ENV: None}) as proc,
+        serve_in_background(bento_tag, port, host, log, env={API_KEY_ENV: None, MODEL_SHA256_ENV: model_sha256}) as proc,
     ):
         ready = wait_until_ready(base, proc, timeout_s)
         if ready is not None:

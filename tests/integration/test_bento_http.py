@@ -184,7 +184,8 @@ def test_smoke_test_starts_its_own_server_without_the_operators_api_key(packaged
     monkeypatch.setenv("MEDGATE_API_KEY", API_KEY)  # an operator's shell: the check's own server ignores it
     path = tmp_path / "golden.npy"
     path.write_bytes(npy_bytes(stored_image(seed=7)))
-    check = smoke_test_bento(packaged["bento_tag"], [(path, [0.5, 0.5])], tolerance=0.5)
+    # The registered hash of model.pt goes with it (the flow passes the registry's artifact_sha256).
+    check = smoke_test_bento(packaged["bento_tag"], [(path, [0.5, 0.5])], tolerance=0.5, model_sha256=packaged["sha256"])
     assert check["passed"], check
 
 
