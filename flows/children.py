@@ -40,7 +40,7 @@ def start_child(command: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen
     killed by signal N exits 128 + N)."""
     if not sys.platform.startswith("linux"):
         return subprocess.Popen(list(command), start_new_session=True, **popen_kwargs)
-    guarded = [sys.executable, "-c", _GUARD, str(os.getpid()), *command]
+    guarded = [sys.executable, "-I", "-S", "-c", _GUARD, str(os.getpid()), *command]  # -I -S: the standard library only
     return subprocess.Popen(guarded, start_new_session=True, **popen_kwargs)
 
 

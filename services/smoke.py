@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.stages.package import output_tail
+from services.origin import ALLOWED_HOSTS_ENV, LOOPBACK_NAMES
 from services.processes import find_free_port, serve_in_background, wait_until_ready
 from services.settings import API_KEY_ENV, MODEL_SHA256_ENV
 
@@ -35,10 +36,12 @@ def smoke_test_bento(
         return _parity_check(None, False, "no golden images to compare", tolerance)
     host = "127.0.0.1"
     port = find_free_port(host)
+    # Keyless on loopback: answered only under a loopback name and never to another site's web page.
+    env = {API_KEY_ENV: None, MODEL_SHA256_ENV: model_sha256, ALLOWED_HOSTS_ENV: ",".join(LOOPBACK_NAMES)}
     base = f"http://{host}:{port}"
     with (
         tempfile.TemporaryFile("w+b") as log,
-        serve_in_background(bento_tag, port, host, log, env={API_KEY_ENV: None, MODEL_SHA256_ENV: model_sha256}) as proc,
+        serve_in_background(bento_tag, port, host, log, env=env) as proc,
     ):
         ready = wait_until_ready(base, proc, timeout_s)
         if ready is not None:
