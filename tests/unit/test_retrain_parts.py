@@ -188,6 +188,26 @@ def test_a_killed_runs_children_die_with_it(tmp_path):
     assert not left, f"processes {left} outlived their killed parent"
 
 
+def test_a_stopped_child_takes_its_children_and_exit_statuses_pass_through(tmp_path):
+    from flows.children import start_child, stop_child
+
+    assert start_child([sys.executable, "-c", "import sys; sys.exit(3)"]).wait() == 3
+    assert start_child([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]).wait() == 128 + 9
+    pids = tmp_path / "pids"
+    script = "import os, subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+    script += "open(sys.argv[1], 'w').write(f'{os.getpid()} {w.pid}'); time.sleep(60)"
+    proc = start_child([sys.executable, "-c", script, str(pids)])
+    deadline = time.monotonic() + 30
+    while not (pids.exists() and pids.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = list(map(int, pids.read_text().split()))
+    stop_child(proc)
+    deadline = time.monotonic() + 10
+    while any(map(_alive, children)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_alive, children))
+
+
 def test_stage_waves_follow_dvc_yaml(tmp_path):
     assert stage_waves(PROJECT) == [["prepare"], ["train", "baseline"], ["evaluate"]]
     (tmp_path / "dvc.yaml").write_text(
