@@ -19,6 +19,8 @@ PIP_LOCATIONS_FOR_UV := $(BIN)/python -m pip config list | awk -F= ' \
 .PHONY: setup run test test-fast test-slow test-all lint clean
 
 setup: $(STAMP)
+	@# A registry server named in the environment is migrated here, once; a SQLite registry migrates itself.
+	@if [ -n "$$MEDGATE_DATABASE_URL" ]; then $(BIN)/medgate db upgrade; fi
 
 # Re-installs only when requirements.lock or pyproject.toml change; a second call takes seconds.
 # pip brings the locked uv, which installs the lock (seconds, where pip takes a minute or more);

@@ -75,7 +75,7 @@ def start_server(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.5)

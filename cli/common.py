@@ -55,11 +55,23 @@ def fmt(value: Any) -> str:
 
 
 def sessions_for(workspace: Path | None):
-    """A session factory on the workspace's registry, migrated to the current schema."""
-    from registry.db import make_session_factory, upgrade_database
+    """A session factory on the workspace's registry, once its schema is this medgate's.
+
+    A SQLite registry (a file of the workspace's own) is migrated on first use; any other database
+    only by `medgate db upgrade` (or the flow's first run): a command that finds it behind says so
+    and exits with status 2, changing nothing.
+    """
+    from sqlalchemy.engine import make_url
+
+    from registry.db import ensure_schema, make_session_factory
+    from registry.errors import SchemaOutOfDate
 
     url = get_settings(workspace).database_url
-    upgrade_database(url)
+    try:
+        ensure_schema(url, upgrade=make_url(url).get_backend_name() == "sqlite")
+    except SchemaOutOfDate as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
     return make_session_factory(url)
 
 

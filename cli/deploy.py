@@ -14,14 +14,14 @@ import typer
 from cli.common import WorkspaceOpt, console, sessions_for
 from flows.settings import get_settings
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # Exit status of `medgate deploy --containerize` when no engine answers and the command was printed instead.
 EXIT_NO_ENGINE = 3
 ModelOpt = typer.Option(None, "--model", help="Model name (default: the most recently promoted).")
 
 
-def production_bento(sessions: Callable[[], Any], model: str | None) -> tuple[str, str, str]:
-    """(Bento tag, model name, "name vN") of the production version of `model` (None: latest promoted).
+def production_bento(sessions: Callable[[], Any], model: str | None) -> tuple[str, str, str, str]:
+    """(Bento tag, model name, "name vN", the registry's artifact_sha256 of its model.pt) of the
+    production version of `model` (None: latest promoted).
 
     Raises:
         LookupError: no such production version, or it has no Bento.
@@ -33,7 +33,7 @@ def production_bento(sessions: Callable[[], Any], model: str | None) -> tuple[st
         if production is None or not production.bento_tag:
             named = f" named {model}" if model else ""
             raise LookupError(f"no production model{named} with a Bento; run `medgate run` first")
-        return production.bento_tag, production.name, f"{production.name} v{production.version}"
+        return production.bento_tag, production.name, f"{production.name} v{production.version}", production.artifact_sha256
 
 
 def serve(
@@ -51,18 +51,19 @@ def serve(
     old one and gets new requests once ready; the old one finishes its requests, then stops.
     """
     from components.config import load_params
+    from services.origin import LOOPBACK_NAMES, allowed_hosts
     from services.settings import API_KEY_ENV
-    from services.supervisor import run_supervisor
+    from services.supervisor import Target, run_supervisor
 
     settings = get_settings(workspace)
     serve_cfg = load_params(settings.workspace / "params.yaml").serve
     sessions = sessions_for(workspace)
     try:
-        bento_tag, name, label = production_bento(sessions, model)
+        bento_tag, name, label, _ = production_bento(sessions, model)
     except LookupError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    if host not in LOOPBACK and not os.environ.get(API_KEY_ENV):
+    if host not in LOOPBACK_NAMES and not os.environ.get(API_KEY_ENV):
         console.print(f"[red]error:[/] serving on {host} (beyond this machine) needs {API_KEY_ENV}: set it to a long random key")
         raise typer.Exit(2)
     port = port or serve_cfg.port
@@ -71,7 +72,14 @@ def serve(
     checks = f"every {poll_s:g} s and on SIGHUP" if poll_s > 0 else "on SIGHUP"
     console.print(f"the registry's production {name} is checked {checks} (kill -HUP {os.getpid()})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    raise typer.Exit(run_supervisor(lambda: production_bento(sessions, name)[0], host, port, poll_s=poll_s))
+    # On loopback (or where names are configured) browsers' DNS-rebinding and cross-site requests are refused.
+    names = allowed_hosts(host, serve_cfg.allowed_hosts) if host in LOOPBACK_NAMES or serve_cfg.allowed_hosts else None
+
+    def target() -> Target:  # the backend refuses a model.pt whose hash is not the registry's
+        bento, _, _, sha256 = production_bento(sessions, name)
+        return Target(bento, sha256)
+
+    raise typer.Exit(run_supervisor(target, host, port, poll_s=poll_s, allowed_hosts=names))
 
 
 def deploy(
@@ -91,7 +99,7 @@ def deploy(
     from services.processes import container_engine_problem, containerize_bento, containerize_command
 
     try:
-        bento_tag, _, label = production_bento(sessions_for(workspace), model)
+        bento_tag, _, label, _ = production_bento(sessions_for(workspace), model)
     except LookupError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None

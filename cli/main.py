@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cli.data import data_app
+from cli.db import db_app
 from cli.audit import audit
 from cli.deploy import deploy, serve
 from cli.models import models_app
@@ -16,6 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="medgate: fro
 app.command("run")(run)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(db_app, name="db")
 app.command("audit")(audit)
 app.command("report")(report)
 app.command("serve")(serve)

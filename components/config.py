@@ -278,6 +278,8 @@ class ServeConfig(_Section):
     probability_tolerance: float
     # `medgate serve` asks the registry for the production Bento this often (0: only on SIGHUP).
     reload_poll_s: float
+    # Host names `medgate serve` answers to besides the loopback names and the address it binds.
+    allowed_hosts: tuple[str, ...]
 
 
 class ModelCardText(_Section):

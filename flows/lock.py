@@ -3,10 +3,12 @@
 Two runs on one workspace would overwrite each other's `data/` outputs and DVC's lock file, so
 the training flow takes this lock before it records anything. The lock is `flock(2)`: the
 kernel releases it when the holding process ends, however it ends, so a killed run never
-leaves a workspace locked. While held, the file names its holder (pid, host, what it runs,
-since when, and the registry run once started); a clean release empties it. A holder record
-found by the next run that gets the lock therefore belongs to a run that was killed: the flow
-closes that run in the registry (`close_interrupted_run`).
+leaves a workspace locked. While held, `.medgate/run.holder.json` names its holder (pid, host, what
+it runs, since when, and the registry run once started), replaced whole at each change (never seen
+half-written); a clean release removes it. A holder record found by the next run that gets the
+lock therefore belongs to a run that was killed: the flow closes that run in the registry
+(`close_interrupted_run`). The record is a file of its own because the lock file cannot be
+replaced: `flock` locks an inode, and a renamed-over lock file would be a second, unlocked one.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from components.data.artifacts import write_json_atomically
 from registry import repository as repo
 from registry.models import RunStatus, Stage
 
 LOCK_FILE = "run.lock"
+HOLDER_FILE = "run.holder.json"
 INTERRUPTED_ACTOR = "medgate-recovery"
 
 
@@ -48,13 +52,13 @@ class WorkspaceLock:
     def record_run(self, run_uid: str) -> None:
         """Name the registry run in the holder record, so that a kill can be traced to it."""
         self.holder["run_uid"] = run_uid
-        _write(self.fd, self.holder)
+        write_json_atomically(self.path.with_name(HOLDER_FILE), self.holder)
 
 
-def read_holder(path: Path) -> dict[str, Any] | None:
-    """The holder record in a lock file (None when empty, absent or unreadable)."""
+def read_holder(state_dir: Path) -> dict[str, Any] | None:
+    """The holder record of the workspace lock in `state_dir` (None when absent or unreadable)."""
     try:
-        text = path.read_text()
+        text = (state_dir / HOLDER_FILE).read_text()
     except OSError:
         return None
     try:
@@ -97,34 +101,27 @@ def workspace_lock(state_dir: Path, purpose: str, wait_s: float = 0.0, poll_s: f
                     waited = f" after waiting {wait_s:.0f} s" if wait_s > 0 else ""
                     raise WorkspaceBusy(
                         f"{state_dir.parent}: workspace busy{waited}: another medgate run holds {path}: "
-                        f"{describe_holder(read_holder(path))}. Two runs on one workspace would overwrite each "
+                        f"{describe_holder(read_holder(state_dir))}. Two runs on one workspace would overwrite each "
                         "other's data; wait for it to finish, or pass --wait SECONDS to queue behind it."
                     ) from None
                 time.sleep(poll_s)
     except BaseException:
         os.close(fd)
         raise
-    lock = WorkspaceLock(path, fd, holder={}, previous=read_holder(path))
+    lock = WorkspaceLock(path, fd, holder={}, previous=read_holder(state_dir))
     lock.holder = {
         "pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
         "since": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     try:
-        _write(fd, lock.holder)
+        write_json_atomically(state_dir / HOLDER_FILE, lock.holder)
         yield lock
     finally:
         try:
-            os.ftruncate(fd, 0)
+            (state_dir / HOLDER_FILE).unlink(missing_ok=True)  # before the unlock: the next holder finds none
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-
-
-def _write(fd: int, holder: dict[str, Any]) -> None:
-    data = json.dumps(holder).encode()
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, data, 0)
-    os.fsync(fd)
 
 
 def close_interrupted_run(session: Session, previous: dict[str, Any] | None) -> str | None:

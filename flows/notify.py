@@ -10,6 +10,7 @@ None of this can fail a run: a notice that cannot be sent is logged as a warning
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -117,10 +118,46 @@ def create_artifacts(summary: dict[str, Any]) -> None:
         create_link_artifact(uri, link_text=title, key=_key(name, title), description=f"{title} of run {summary.get('run_id')}")
 
 
+class WebhookFailed(RuntimeError):
+    """The webhook did not take the notice; the message names only its scheme and host."""
+
+
+def redacted_url(url: str) -> str:
+    """`url` as scheme and host only: a webhook's path and query are often its secret."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "(an unparseable URL)"
+    return f"{parsed.scheme}://{parsed.host}" + (f":{parsed.port}" if parsed.port else "") + "/…"
+
+
+class _RedactUrl(logging.Filter):
+    """Replaces `url` in log records' arguments by its redacted form (httpx logs each request's URL)."""
+
+    def __init__(self, url: str):
+        super().__init__()
+        self.url, self.shown = url, redacted_url(url)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(str(a) == self.url for a in record.args):
+            record.args = tuple(self.shown if str(a) == self.url else a for a in record.args)
+        return True
+
+
 @task(name="notify_webhook", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
 def notify_webhook_task(url: str, body: dict[str, Any]) -> int:
-    response = httpx.post(url, content=json.dumps(body, default=str), headers={"content-type": "application/json"}, timeout=10)
-    response.raise_for_status()
+    """POST the notice to `url`; WebhookFailed names the error's type, the status and the URL's host only."""
+    redact = _RedactUrl(url)
+    httpx_logger = logging.getLogger("httpx")
+    httpx_logger.addFilter(redact)
+    try:
+        response = httpx.post(url, content=json.dumps(body, default=str), headers={"content-type": "application/json"}, timeout=10)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        status = f" (HTTP {exc.response.status_code})" if isinstance(exc, httpx.HTTPStatusError) else ""
+        raise WebhookFailed(f"webhook {redact.shown} failed: {type(exc).__name__}{status}") from None
+    finally:
+        httpx_logger.removeFilter(redact)
     return response.status_code
 
 

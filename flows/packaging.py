@@ -34,7 +34,9 @@ def package_task(
 
 
 @task(name="smoke_test")
-def smoke_test_task(settings: Settings, params: Params, bento_tag: str) -> Check:
+def smoke_test_task(settings: Settings, params: Params, bento_tag: str, model_sha256: str | None = None) -> Check:
+    """Serve the Bento (its model.pt checked against `model_sha256`, the registered hash) and compare its
+    answers to golden images with evaluate's."""
     from components.data.shards import ImageStore
     from services.smoke import smoke_test_bento
 
@@ -48,7 +50,7 @@ def smoke_test_task(settings: Settings, params: Params, bento_tag: str) -> Check
         for i, (_, row) in enumerate(golden_rows.iterrows()):
             (path := Path(tmp) / f"golden-{i}.npy").write_bytes(store.read_bytes(row["path"]))
             golden.append((path, [float(row[c]) for c in prob_columns]))
-        result = smoke_test_bento(bento_tag, golden, params.serve.probability_tolerance)
+        result = smoke_test_bento(bento_tag, golden, params.serve.probability_tolerance, model_sha256=model_sha256)
     return Check(
         kind="serving",
         metric=result["metric"],

@@ -218,7 +218,8 @@ def _package(
     }
     model_tag, bento_tag, _ = record.timed(package_task, settings, params, record.name, metadata, record.packaging_card(outcome))
     record.packaged(model_tag, bento_tag)
-    return outcome.with_check(record.timed(smoke_test_task, settings, params, bento_tag)), model_tag, bento_tag
+    smoke = record.timed(smoke_test_task, settings, params, bento_tag, record.artifact_sha256)
+    return outcome.with_check(smoke), model_tag, bento_tag
 
 
 def _promote(

@@ -53,7 +53,7 @@ class PrivateApi:
             if self._proc is None or self._proc.poll() is not None:
                 raise RuntimeError("the Prefect API server for this run exited before it answered (its errors are above)")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/health", timeout=2, trust_env=False).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

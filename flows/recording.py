@@ -25,7 +25,7 @@ from prefect.runtime import flow_run
 from sqlalchemy.orm import Session, sessionmaker
 
 from components.config import Params
-from components.data.artifacts import IngestedDataset, ValidationResult
+from components.data.artifacts import IngestedDataset, ValidationResult, write_text_atomically
 from flows.caching import unchanged_production
 from flows.cards import PACKAGING_NOTE, render_card, write_card
 from flows.datasets import CHARTS_MEMO
@@ -36,7 +36,7 @@ from flows.notify import publish_run
 from flows.settings import Settings
 from flows.workspace import StageRun, stage_dir
 from registry import repository as repo
-from registry.db import make_session_factory, upgrade_database
+from registry.db import ensure_schema, make_session_factory
 from registry.models import ModelVersion
 
 if TYPE_CHECKING:
@@ -115,6 +115,7 @@ class RunRecorder:
         self.dataset_id: int | None = None
         self.version_id: int | None = None
         self.model_version: int | None = None
+        self.artifact_sha256: str | None = None  # the candidate's model.pt, as registered
 
     def timed(self, step: Task, *args: Any) -> Any:
         """Run task `step` and keep its seconds under its name (a task run twice: their sum)."""
@@ -209,7 +210,7 @@ class RunRecorder:
                 metrics=json_safe(metrics), artifact_sha256=weights_sha256,
             )
             session.commit()
-            self.version_id, self.model_version = mv.id, mv.version
+            self.version_id, self.model_version, self.artifact_sha256 = mv.id, mv.version, mv.artifact_sha256
         return mv.version
 
     def packaging_card(self, outcome: GateOutcome) -> dict[str, str]:
@@ -257,8 +258,7 @@ class RunRecorder:
         summary["summary_path"] = str(self.run_dir / SUMMARY_FILE)
         if "metrics" in summary:  # evaluate ran in this run: its evidence (and the gate, if reached) goes in the report
             summary["report"] = self._write_report()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+        write_text_atomically(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
         with self.sessions() as session:
             repo.finish_run(session, self.run_uid, status=summary["status"], summary=summary, error=summary.get("error"), dataset_id=self.dataset_id)
             session.commit()
@@ -286,7 +286,7 @@ def recording(settings: Settings, params: Params, name: str, trigger: str, lock:
 
     The run is `failed`, with the error, when the block raises; the exception goes on.
     """
-    upgrade_database(settings.database_url)
+    ensure_schema(settings.database_url, upgrade=True)  # the flow's first use of a registry migrates it
     sessions = make_session_factory(settings.database_url)
     with sessions() as session:
         interrupted = close_interrupted_run(session, lock.previous)

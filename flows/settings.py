@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from services.origin import LOOPBACK_NAMES
+
 # Set before Prefect, DVC, BentoML or Great Expectations are imported or started, so that a
 # `medgate` run by hand behaves like CI: no telemetry, nothing leaves the machine.
 OFFLINE_ENV = {
@@ -23,11 +25,14 @@ OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
 }
 
-
 def configure_offline() -> None:
-    """Turn off telemetry and downloads for this process and its children (user values win)."""
+    """Turn off telemetry and downloads for this process and its children (user values win), and keep
+    loopback traffic (the Prefect API, the Bentos' probes) off any HTTP(S)_PROXY: it is added to NO_PROXY."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+    for key in ("NO_PROXY", "no_proxy"):
+        present = [h for h in os.environ.get(key, "").split(",") if h.strip()]
+        os.environ[key] = ",".join(present + [h for h in LOOPBACK_NAMES if h not in present])
 
 
 class _Env:

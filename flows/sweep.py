@@ -30,6 +30,7 @@ from prefect.futures import wait
 
 from components.config import Params, TrainConfig, default_params, load_params
 from components.data.artifacts import CHECKPOINT_FILE, TRAINING_FILE
+from flows.children import start_child, stop_child
 from flows.datasets import ingest_and_version, validate_task
 from flows.distributed import configured
 from flows.lock import workspace_lock
@@ -79,14 +80,19 @@ def trial_task(workspace: str, number: int, params: dict[str, Any], trial_dir: s
     folder, data = Path(trial_dir), stage_dir(Path(workspace), "prepare")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    proc = subprocess.run(
+    proc = start_child(  # dies with this process, as a `dvc repro` does
         [sys.executable, "-m", "components.stages.train", "--params", str(folder / "params.yaml"), "--data", str(data),
          "--out", str(folder / "train"), "--state", str(folder / "state")],
-        cwd=workspace, env={**tool_env(), "OMP_WAIT_POLICY": "PASSIVE"}, capture_output=True, text=True,
+        cwd=workspace, env={**tool_env(), "OMP_WAIT_POLICY": "PASSIVE"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    (folder / "train.log").write_text(proc.stdout + proc.stderr)
+    try:
+        stdout, stderr = proc.communicate()
+    except BaseException:
+        stop_child(proc)
+        raise
+    (folder / "train.log").write_text(stdout + stderr)
     if proc.returncode:
-        raise RuntimeError(f"trial {number} failed (exit {proc.returncode}); log {folder / 'train.log'}:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"trial {number} failed (exit {proc.returncode}); log {folder / 'train.log'}:\n{stderr[-2000:]}")
     training = json.loads((folder / "train" / TRAINING_FILE).read_text())
     return {"val_auc": float(training["best_val_auc"]), "best_epoch": training["best_epoch"], "dir": str(folder),
             "worker": f"{socket.gethostname()}:{os.getpid()}"}

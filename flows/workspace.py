@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from components.config import merged
+from flows.children import start_child, stop_child
 
 # The project folder: its dvc.yaml, .dvc config, params.yaml and components/ seed new workspaces.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +56,9 @@ def tool_env() -> dict[str, str]:
 
 
 def _dvc(workspace: Path, *args: str, echo: bool = False) -> tuple[int, list[str]]:
-    """Run `dvc ARGS` in the workspace; returns the exit code and the last output lines."""
-    proc = subprocess.Popen(
+    """Run `dvc ARGS` in the workspace, as a child that ends with this process (`flows.children`);
+    returns the exit code and the last output lines."""
+    proc = start_child(
         [sys.executable, "-m", "dvc", *args],
         cwd=workspace,
         env=tool_env(),
@@ -66,11 +68,15 @@ def _dvc(workspace: Path, *args: str, echo: bool = False) -> tuple[int, list[str
     )
     tail: deque[str] = deque(maxlen=40)
     assert proc.stdout is not None
-    for line in proc.stdout:
-        tail.append(line.rstrip())
-        if echo:
-            print(line, end="", flush=True)
-    return proc.wait(), list(tail)
+    try:
+        for line in proc.stdout:
+            tail.append(line.rstrip())
+            if echo:
+                print(line, end="", flush=True)
+        return proc.wait(), list(tail)
+    except BaseException:  # interrupted (Ctrl-C, a cancelled task): DVC and its stage stop with us
+        stop_child(proc)
+        raise
 
 
 def ensure_workspace(workspace: Path) -> None:

@@ -13,11 +13,18 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, event
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from registry.errors import SchemaOutOfDate
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+#: The PostgreSQL advisory lock `upgrade_database` holds while it migrates (any fixed 64-bit number:
+#: "medgate" in ASCII).
+MIGRATION_LOCK_KEY = int.from_bytes(b"medgate", "big")
 
 #: How long a SQLite writer waits for another writer's lock before giving up.
 DEFAULT_SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -123,12 +130,17 @@ def upgrade_database(url: str | URL, revision: str = "head") -> None:
     """Run the registry migrations up to ``revision`` (idempotent).
 
     The whole upgrade runs in one transaction on both SQLite and PostgreSQL, so a
-    failed migration leaves the schema as it was.
+    failed migration leaves the schema as it was. On PostgreSQL the transaction
+    first takes an advisory lock (``pg_advisory_xact_lock``, released at its end):
+    two processes upgrading at once run one after the other, and the second finds
+    the schema already at ``revision``. (On SQLite, ``BEGIN IMMEDIATE`` serialises them.)
     """
     config = alembic_config(url)
     engine = make_engine(url)
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
     finally:
@@ -143,3 +155,34 @@ def current_revision(url: str | URL) -> str | None:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
+
+
+def head_revision() -> str:
+    """The revision this code's models are written for: the newest migration."""
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None, "registry/migrations holds no migration"
+    return head
+
+
+def ensure_schema(url: str | URL, *, upgrade: bool) -> None:
+    """Make sure the database has the schema this code expects, before any read or write.
+
+    Nothing is changed when it has (no DDL, so a role without DDL rights can work). Otherwise, with
+    ``upgrade`` the migrations run (`upgrade_database`); without it, `SchemaOutOfDate` says to run
+    `medgate db upgrade`. A schema newer than this code is never touched.
+
+    Raises:
+        SchemaOutOfDate: the schema is behind and ``upgrade`` is false, or it is newer than this code.
+    """
+    current, head = current_revision(url), head_revision()
+    if current == head:
+        return
+    shown = make_url(url).render_as_string(hide_password=True)
+    scripts = ScriptDirectory.from_config(alembic_config(url))
+    if current is not None and current not in {s.revision for s in scripts.walk_revisions()}:
+        raise SchemaOutOfDate(f"registry {shown} has schema {current}, newer than this medgate's {head}: upgrade medgate")
+    if not upgrade:
+        raise SchemaOutOfDate(
+            f"registry {shown} has schema {current or 'none'}, this medgate needs {head}: run `medgate db upgrade`"
+        )
+    upgrade_database(url)

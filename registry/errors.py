@@ -23,3 +23,7 @@ class PromotionConflict(RegistryError):
     one-production-per-name index refused the change. Nothing was written; re-run
     the gate against the new champion before trying again.
     """
+
+
+class SchemaOutOfDate(RegistryError):
+    """The database's schema is not the one this code was written for; `medgate db upgrade` migrates it."""

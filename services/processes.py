@@ -71,7 +71,7 @@ def wait_until_ready(base_url: str, proc: subprocess.Popen[Any], timeout_s: floa
         if proc.poll() is not None:
             return f"server exited with status {proc.returncode}"
         try:
-            if httpx.get(f"{base_url}/readyz", timeout=2.0).status_code == 200:
+            if httpx.get(f"{base_url}/readyz", timeout=2.0, trust_env=False).status_code == 200:
                 return None
         except httpx.HTTPError:
             pass

@@ -68,7 +68,8 @@ from services.inference import (
     read_upload,
     to_prediction,
 )
-from services.settings import API_KEY_ENV, PINNED_SETTINGS_FILE, ServingSettings, settings_for_model
+from services.origin import ALLOWED_HOSTS_ENV, OriginGuard, read_allowed_hosts
+from services.settings import API_KEY_ENV, MODEL_SHA256_ENV, PINNED_SETTINGS_FILE, ServingSettings, settings_for_model
 
 if TYPE_CHECKING:
     import torch
@@ -275,6 +276,9 @@ class Classifier:
 if API_KEY:
     # Added first, so outermost: a request without the key is refused before its body is read.
     Classifier.add_asgi_middleware(ApiKeyGuard, api_key=API_KEY, open_paths=OPEN_PATHS)  # type: ignore[attr-defined]
+if (ALLOWED_HOSTS := read_allowed_hosts(os.environ.get(ALLOWED_HOSTS_ENV))) is not None:
+    # `medgate serve`'s backends on loopback ports: no web page reaches them by DNS rebinding or a cross-site form.
+    Classifier.add_asgi_middleware(OriginGuard, allowed=ALLOWED_HOSTS)  # type: ignore[attr-defined]
 Classifier.add_asgi_middleware(  # type: ignore[attr-defined]  # bentoml.service returns a Service
     UploadGuard,
     max_bytes=SETTINGS.max_upload_bytes,
@@ -290,15 +294,23 @@ def _busy(exc: Overloaded) -> JSONResponse:
 
 
 def _load_verified(model_dir: Path, metadata: dict[str, Any], tag: str) -> tuple[torch.nn.Module, ModelSpec]:
-    """Load the network after checking its files against the hashes recorded when it was stored.
+    """Load the network after checking its files against the hashes recorded when it was stored, and
+    model.pt against the registry's artifact_sha256 where the server was given it (MODEL_SHA256_ENV).
 
-    Refuses (RuntimeError) a model without a recorded sha256, or whose model.pt or model.json changed.
+    Refuses (RuntimeError) a model without a recorded sha256, one the registry records otherwise, or
+    whose model.pt or model.json changed.
     """
     from components.ml.models import SPEC_FILE, WEIGHTS_FILE, file_sha256, load_model
 
     expected = metadata.get("sha256")
     if not isinstance(expected, str) or not expected:
         raise RuntimeError(f"model {tag} has no sha256 in its metadata: refusing to serve it")
+    registered = os.environ.get(MODEL_SHA256_ENV)
+    if registered and registered != expected:
+        raise RuntimeError(
+            f"model {tag}: the registry records sha256 {registered[:12]}… for its {WEIGHTS_FILE}, the model store "
+            f"{expected[:12]}…: refusing to serve it"
+        )
     spec_expected = metadata.get("spec_sha256")
     if spec_expected and file_sha256(model_dir / SPEC_FILE) != spec_expected:
         raise RuntimeError(

@@ -21,6 +21,9 @@ from components.data.artifacts import MODEL_REF_FILE
 
 # Read by the service where it starts (never stored in a Bento): when set, requests need this key.
 API_KEY_ENV = "MEDGATE_API_KEY"
+# Set by `medgate serve` for its backends: the registry's artifact_sha256 of the version it serves.
+# When set, the service serves model.pt only if its content has this hash.
+MODEL_SHA256_ENV = "MEDGATE_MODEL_SHA256"
 # The integer settings beside the model tag, input shape and device.
 SETTING_KEYS = (
     "max_batch_size",

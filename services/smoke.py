@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.stages.package import output_tail
+from services.origin import ALLOWED_HOSTS_ENV, LOOPBACK_NAMES
 from services.processes import find_free_port, serve_in_background, wait_until_ready
-from services.settings import API_KEY_ENV
+from services.settings import API_KEY_ENV, MODEL_SHA256_ENV
 
 if TYPE_CHECKING:
     import httpx
@@ -20,12 +21,14 @@ def smoke_test_bento(
     golden: Sequence[tuple[Path, Sequence[float]]],
     tolerance: float,
     timeout_s: float = 90,
+    model_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Serve the Bento on 127.0.0.1 and check it answers the golden images as offline inference did.
 
     The server runs without an API key whatever the environment says: it is this check's own,
     on loopback, for the check's duration. It is always stopped; a failure to start or answer is
-    reported in the check (see `check_golden`), never raised.
+    reported in the check (see `check_golden`), never raised. `model_sha256`: the registry's hash of
+    model.pt, which the server then checks before it serves (a mismatch: it never becomes ready).
     """
     import httpx
 
@@ -33,16 +36,18 @@ def smoke_test_bento(
         return _parity_check(None, False, "no golden images to compare", tolerance)
     host = "127.0.0.1"
     port = find_free_port(host)
+    # Keyless on loopback: answered only under a loopback name and never to another site's web page.
+    env = {API_KEY_ENV: None, MODEL_SHA256_ENV: model_sha256, ALLOWED_HOSTS_ENV: ",".join(LOOPBACK_NAMES)}
     base = f"http://{host}:{port}"
     with (
         tempfile.TemporaryFile("w+b") as log,
-        serve_in_background(bento_tag, port, host, log, env={API_KEY_ENV: None}) as proc,
+        serve_in_background(bento_tag, port, host, log, env=env) as proc,
     ):
         ready = wait_until_ready(base, proc, timeout_s)
         if ready is not None:
             detail = f"{bento_tag} did not become ready: {ready}\n{_read_tail(log)}"
             return _parity_check(None, False, detail, tolerance)
-        with httpx.Client(base_url=base, timeout=30.0) as client:
+        with httpx.Client(base_url=base, timeout=30.0, trust_env=False) as client:
             return check_golden(client, golden, tolerance)
 def check_golden(
     client: httpx.Client, golden: Sequence[tuple[Path, Sequence[float]]], tolerance: float

@@ -9,11 +9,13 @@ should be served; when it differs from the one being served, the supervisor
 3. lets the old backend finish the requests it was given (at most `drain_s`), then stops it.
 A new Bento that fails to become ready is stopped and the old one keeps serving; the failure is
 logged, and polls do not retry that tag (a SIGHUP does). A backend that exits by itself is started
-again at the next poll.
+again at the next poll, whatever happened before: when the registry names a tag that failed, the
+last Bento that served is started again.
 
 Reloads happen on SIGHUP and every `poll_s` seconds (0: on SIGHUP only). Requests and answers pass
 through unchanged (the API key too) with one header added to answers: `X-Medgate-Bento`, the Bento
-that answered. 502 when no backend answers.
+that answered. 502 when no backend answers; 403 for a request to a name that is not this server's,
+or from another site's web page (`allowed_hosts`, `services.origin`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from typing import IO, Any
 import aiohttp
 from aiohttp import web
 
+from services.origin import ALLOWED_HOSTS_ENV, refusal
 from services.processes import find_free_port, serve_in_background, wait_until_ready
+from services.settings import MODEL_SHA256_ENV
 
 logger = logging.getLogger("medgate.serve")
 BENTO_HEADER = "X-Medgate-Bento"
@@ -45,11 +49,20 @@ _HOP_BY_HOP = frozenset(
 )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Target:
+    """What to serve: a Bento tag and, where the registry records it, its model.pt's sha256, which
+    the backend checks before it serves (`services.settings.MODEL_SHA256_ENV`)."""
+
+    bento_tag: str
+    model_sha256: str | None = None
+
+
 @dataclass
 class Backend:
     """One `bentoml serve` of one Bento on a loopback port, and the requests it is answering."""
 
-    bento_tag: str
+    target: Target
     port: int
     proc: subprocess.Popen[bytes]
     stop: Callable[[], None]
@@ -60,23 +73,30 @@ class Backend:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def bento_tag(self) -> str:
+        return self.target.bento_tag
+
 
 class Supervisor:
     """Serves the Bento named by `resolve()` on host:port and moves to a new one on `reload()`.
 
     Args:
-        resolve: returns the exact Bento tag that should be served now (called in a worker thread).
+        resolve: returns the exact Bento tag (or the `Target`) that should be served now (called in a
+            worker thread).
         host, port: the public address of the proxy.
         poll_s: seconds between calls of `resolve()`; 0 disables polling.
         ready_timeout_s: how long a new Bento may take to answer `/readyz`.
         drain_s: how long an old backend may take to finish its requests before it is stopped.
         request_timeout_s: the longest a request may take end to end (the service's own limit is 60 s).
         backend_log: where the backends' output goes (default: this process's stdout).
+        allowed_hosts: when given, a request whose `Host` is not one of these names, or that a
+            browser sends from another site, is refused with 403 (`services.origin`).
     """
 
     def __init__(
         self,
-        resolve: Callable[[], str],
+        resolve: Callable[[], str | Target],
         host: str,
         port: int,
         *,
@@ -85,6 +105,7 @@ class Supervisor:
         drain_s: float = 90.0,
         request_timeout_s: float = 75.0,
         backend_log: IO[bytes] | None = None,
+        allowed_hosts: frozenset[str] | None = None,
     ):
         self.resolve = resolve
         self.host, self.port = host, port
@@ -93,6 +114,7 @@ class Supervisor:
         self.drain_s = drain_s
         self.request_timeout_s = request_timeout_s
         self.backend_log = backend_log
+        self.allowed_hosts = allowed_hosts
         self.current: Backend | None = None
         self._failed_tag: str | None = None
         self._reload_lock = asyncio.Lock()
@@ -100,10 +122,16 @@ class Supervisor:
         self._runner: web.AppRunner | None = None
         self._poller: asyncio.Task[None] | None = None
 
+    @property
+    def failed_tag(self) -> str | None:
+        """The Bento tag whose start failed last (polls do not retry it), or None."""
+        return self._failed_tag
+
     async def start(self) -> None:
         """Start the first backend (RuntimeError if it does not become ready), then the proxy."""
-        tag = await asyncio.to_thread(self.resolve)
-        backend = await self._start_backend(tag)
+        target = await self._resolve()
+        tag = target.bento_tag
+        backend = await self._start_backend(target)
         if backend is None:
             raise RuntimeError(f"Bento {tag} did not become ready on 127.0.0.1; see its output above")
         self.current = backend
@@ -123,26 +151,37 @@ class Supervisor:
         logger.info("serving %s on http://%s:%d (backend port %d)", tag, self.host, self.port, backend.port)
 
     async def reload(self, force: bool = False) -> bool:
-        """Serve what `resolve()` names now; True when a switch happened.
+        """Serve what `resolve()` names now; True when a switch (or a restart) happened.
 
-        `force` retries a tag whose start failed before (polls skip it).
+        A tag whose start failed before is not retried by polls (`force` retries it); but a backend
+        that has exited is started again whatever happened before: the named tag if it may be tried,
+        else (or if it fails again) the last Bento that served.
         """
         async with self._reload_lock:
-            tag = await asyncio.to_thread(self.resolve)
+            target = await self._resolve()
+            tag = target.bento_tag
             old = self.current
-            if old is not None and tag == old.bento_tag and old.proc.poll() is None:
+            alive = old is not None and old.proc.poll() is None
+            if alive and old is not None and target == old.target:
                 return False
-            if tag == self._failed_tag and not force:
-                return False
-            logger.info("reload: starting %s", tag)
-            new = await self._start_backend(tag)
+            candidates = [target] if force or tag != self._failed_tag else []
+            if not alive and old is not None and old.target not in candidates:
+                candidates.append(old.target)  # the failed tag stays failed; the last good one returns
+            new = None
+            for candidate in candidates:
+                logger.info("reload: starting %s", candidate.bento_tag)
+                new = await self._start_backend(candidate)
+                if new is not None:
+                    break
+                if candidate == target:
+                    self._failed_tag = tag
+                    logger.error("reload: %s did not become ready; still serving %s", tag, old and old.bento_tag)
             if new is None:
-                self._failed_tag = tag
-                logger.error("reload: %s did not become ready; still serving %s", tag, old and old.bento_tag)
                 return False
-            self._failed_tag = None
+            if new.target == target:
+                self._failed_tag = None
             self.current = new
-            logger.info("reload: now serving %s on backend port %d", tag, new.port)
+            logger.info("reload: now serving %s on backend port %d", new.bento_tag, new.port)
         if old is not None:
             await self._retire(old)
         return True
@@ -164,6 +203,9 @@ class Supervisor:
             await self._session.close()
 
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
+        if self.allowed_hosts is not None and (why := refusal(request.headers, self.allowed_hosts)):
+            logger.warning("refused %s %s: %s", request.method, request.path, why)
+            return web.json_response({"error": f"refused: {why}"}, status=403)
         backend = self.current
         if backend is None:
             return web.json_response({"error": "no model server is running"}, status=502)
@@ -198,10 +240,17 @@ class Supervisor:
             if backend.in_flight == 0:
                 backend.idle.set()
 
-    async def _start_backend(self, tag: str) -> Backend | None:
-        port = find_free_port()
+    async def _resolve(self) -> Target:
+        named = await asyncio.to_thread(self.resolve)
+        return named if isinstance(named, Target) else Target(named)
+
+    async def _start_backend(self, target: Target) -> Backend | None:
+        tag, port = target.bento_tag, find_free_port()
         stack = contextlib.ExitStack()
-        proc = stack.enter_context(serve_in_background(tag, port, log=self.backend_log))
+        env = {MODEL_SHA256_ENV: target.model_sha256}
+        if self.allowed_hosts is not None:
+            env[ALLOWED_HOSTS_ENV] = ",".join(sorted(self.allowed_hosts))
+        proc = stack.enter_context(serve_in_background(tag, port, log=self.backend_log, env=env))
         problem = await asyncio.to_thread(
             wait_until_ready, f"http://127.0.0.1:{port}", proc, self.ready_timeout_s
         )
@@ -209,7 +258,7 @@ class Supervisor:
             logger.error("Bento %s on port %d: %s", tag, port, problem)
             await asyncio.to_thread(stack.close)
             return None
-        backend = Backend(tag, port, proc, stack.close)
+        backend = Backend(target, port, proc, stack.close)
         backend.idle.set()
         return backend
 
@@ -240,7 +289,7 @@ class Supervisor:
             await self.checked_reload()
 
 
-def run_supervisor(resolve: Callable[[], str], host: str, port: int, **options: Any) -> int:
+def run_supervisor(resolve: Callable[[], str | Target], host: str, port: int, **options: Any) -> int:
     """Serve until SIGINT or SIGTERM, reloading on SIGHUP; the exit status (0, or 1 if start failed)."""
 
     async def main() -> int:
@@ -272,7 +321,7 @@ def run_supervisor(resolve: Callable[[], str], host: str, port: int, **options: 
 
 
 @contextlib.contextmanager
-def run_in_thread(resolve: Callable[[], str], port: int, host: str = "127.0.0.1", **options: Any) -> Iterator[SupervisorHandle]:
+def run_in_thread(resolve: Callable[[], str | Target], port: int, host: str = "127.0.0.1", **options: Any) -> Iterator[SupervisorHandle]:
     """A supervisor on its own event loop in a background thread (tests, benchmarks); closed on exit."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="medgate-serve", daemon=True)
@@ -305,6 +354,6 @@ class SupervisorHandle:
         return self.supervisor.current
 
 
-async def _create(resolve: Callable[[], str], host: str, port: int, options: dict[str, Any]) -> Supervisor:
+async def _create(resolve: Callable[[], str | Target], host: str, port: int, options: dict[str, Any]) -> Supervisor:
     # Built on the supervisor's own loop: its lock and events belong to that loop.
     return Supervisor(resolve, host, port, **options)

@@ -6,9 +6,11 @@ point to are the data contract (the manifest: `components.data.manifest`, docs/m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,11 +60,35 @@ def read_keyed_json(path: Path | None, key: str) -> dict[str, Any] | None:
 
 
 def write_json_atomically(path: Path, record: dict[str, Any]) -> None:
-    """Write `record` to `path` through a temporary file: a process killed mid-write leaves the old one whole."""
+    """Write `record` as JSON to `path` by `write_text_atomically`."""
+    write_text_atomically(path, json.dumps(record, default=list))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader, or a process killed at any point, sees the old or the new
+    content whole, never a mix, even across a power loss.
+
+    The text goes to a temporary file of a unique name in the same folder (concurrent writers never
+    share one), which is flushed to disk and renamed over `path`; the folder is then flushed too, so
+    that the rename itself is on disk.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, default=list))
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def to_dict(record: Any) -> dict[str, Any]:

@@ -195,7 +195,8 @@ def test_smoke_test_starts_its_own_server_without_the_operators_api_key(packaged
     monkeypatch.setenv("MEDGATE_API_KEY", API_KEY)  # an operator's shell: the check's own server ignores it
     path = tmp_path / "golden.npy"
     path.write_bytes(npy_bytes(stored_image(seed=7)))
-    check = smoke_test_bento(packaged["bento_tag"], [(path, [0.5, 0.5])], tolerance=0.5)
+    # The registered hash of model.pt goes with it (the flow passes the registry's artifact_sha256).
+    check = smoke_test_bento(packaged["bento_tag"], [(path, [0.5, 0.5])], tolerance=0.5, model_sha256=packaged["sha256"])
     assert check["passed"], check
 
 
@@ -307,3 +308,36 @@ def _wait_gone(pids: set[int], timeout_s: float = 120) -> None:
             return
         time.sleep(0.5)
     pytest.fail(f"old Bento processes {pids} still running after {timeout_s} s")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Host": "attacker.example"},
+        {"Host": "attacker.example:3000"},
+        {"Origin": "http://attacker.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ],
+    ids=["rebound-host", "rebound-host-port", "cross-origin", "opaque-origin", "cross-site"],
+)
+def test_browser_requests_from_other_sites_are_refused_by_proxy_and_backend(served, headers):
+    """DNS rebinding (a foreign Host) and cross-site pages (Origin, Sec-Fetch-Site) get 403 from `medgate
+    serve` and from its backend on its own loopback port; the key does not help them."""
+    import re
+
+    data = npy_bytes(stored_image(seed=2))
+    backend_port = re.findall(r"(?:now serving \S+ on backend port|on http://\S+ \(backend port) (\d+)", served["log"]())[-1]
+    for base in (served["base_url"], f"http://127.0.0.1:{backend_port}"):
+        with httpx.Client(base_url=base, timeout=30, headers={"X-API-Key": API_KEY}, trust_env=False) as client:
+            resp = client.post("/predict", files={"image": ("a.npy", data)}, headers=headers)
+            assert resp.status_code == 403 and "refused" in resp.json()["error"], (base, resp.text)
+            assert client.get("/metadata", headers=headers).status_code == 403
+
+
+def test_same_origin_and_plain_clients_are_answered(served):
+    port = served["base_url"].rsplit(":", 1)[1]
+    client = served["client"]
+    for headers in ({"Origin": served["base_url"]}, {"Origin": f"http://localhost:{port}", "Sec-Fetch-Site": "same-origin"},
+                    {"Host": f"localhost:{port}"}, {"Sec-Fetch-Site": "none"}):  # fmt: skip
+        assert client.get("/metadata", headers=headers).status_code == 200, headers

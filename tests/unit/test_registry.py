@@ -7,6 +7,7 @@ against a fresh schema created for that test and dropped afterwards.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import uuid
@@ -161,7 +162,7 @@ def test_upgrade_twice_is_a_no_op_and_schema_matches_models(
     db_url: str, factory: sessionmaker[Session]
 ) -> None:
     db.upgrade_database(db_url)
-    assert db.current_revision(db_url) == "0002"
+    assert db.current_revision(db_url) == "0003"
     with factory.kw["bind"].connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), models.Base.metadata)
     assert diff == []
@@ -179,6 +180,55 @@ def test_downgrade_then_upgrade_through_alembic_cli_config(
     command.upgrade(db.alembic_config(db_url), "head")
     with factory() as s:
         assert repo.list_datasets(s) == []
+
+
+def test_concurrent_upgrades_take_turns(db_url: str) -> None:
+    """Two processes' `medgate db upgrade` at once on an empty PostgreSQL schema: both succeed, one
+    migrates (the advisory lock; without it the second's CREATE TABLE collides with the first's)."""
+    import subprocess
+    import sys
+    import time
+
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite serialises the upgrades by BEGIN IMMEDIATE, as every other write")
+    start_at = time.time() + 2  # after each process's imports: they upgrade together
+    code = "import sys, time; from registry import db; time.sleep(max(0.0, float(sys.argv[2]) - time.time())); db.upgrade_database(sys.argv[1])"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, db_url, str(start_at)], stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    stderr = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-500:] for e in stderr]
+    assert db.current_revision(db_url) == db.head_revision()
+
+
+def test_commands_check_the_schema_and_only_db_upgrade_migrates_a_server_database(
+    db_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: a command finding the schema behind exits 2 naming `medgate db upgrade`, changing
+    nothing; after it, commands run without DDL. SQLite (the workspace's own file) migrates itself."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.setenv("MEDGATE_DATABASE_URL", db_url)
+    monkeypatch.setenv("COLUMNS", "200")
+    runner = CliRunner()
+    listed = runner.invoke(app, ["models", "list", "--json", "-w", str(tmp_path)])
+    if "sqlite" in db_url:
+        assert listed.exit_code == 0 and db.current_revision(db_url) == db.head_revision()
+        return
+    assert listed.exit_code == 2 and "run `medgate db upgrade`" in listed.output, listed.output
+    assert db.current_revision(db_url) is None
+    upgraded = runner.invoke(app, ["db", "upgrade", "-w", str(tmp_path)])
+    assert upgraded.exit_code == 0 and f"none -> {db.head_revision()}" in upgraded.output, upgraded.output
+    assert runner.invoke(app, ["models", "list", "--json", "-w", str(tmp_path)]).exit_code == 0
+    with pytest.raises(errors.SchemaOutOfDate, match="newer than this medgate"):
+        engine = db.make_engine(db_url)
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        engine.dispose()
+        db.ensure_schema(db_url, upgrade=True)
 
 
 def test_sqlite_engine_is_safe_for_concurrent_writers(tmp_path: Any) -> None:
@@ -535,6 +585,45 @@ def test_rows_are_never_deleted_and_audit_rows_never_change(factory: sessionmake
         actors = s.scalars(select(models.AuditEntry.actor)).all()
     assert all(n >= 1 for n in counts.values()), counts
     assert "mallory" not in actors
+
+
+def test_no_row_is_replaced_by_any_write_path(factory: sessionmaker[Session]) -> None:
+    """SQLite's REPLACE deletes the row in its way without firing DELETE triggers: every table refuses
+    it (insert and update); on PostgreSQL an upsert of an append-only row is an UPDATE, refused too."""
+    v1, v2 = _versions(factory, 2)
+    with factory() as s:
+        _drift(s, s.get_one(models.Run, s.get_one(ModelVersion, v1).run_id), v1)
+        repo.record_gate_decision(s, model_version_id=v1, promote=True, checks=[], champion_version_id=None, reason="ok")
+        s.commit()
+        repo.promote_version(s, v1, actor="ci", reason="ok")
+    with factory() as s:
+        rows = {t: dict(s.execute(text(f"SELECT * FROM {t} ORDER BY id LIMIT 1")).mappings().one()) for t in TABLES}
+    sqlite = _dialect(factory) == "sqlite"
+    for table, row in rows.items():
+        columns = ", ".join(row)
+        values = ", ".join(f":{c}" for c in row)
+        upsert = (
+            [f"INSERT OR REPLACE INTO {table} ({columns}) VALUES ({values})", f"REPLACE INTO {table} ({columns}) VALUES ({values})"]
+            if sqlite
+            else [f"INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id"]
+        )
+        if table in ("audit_log", "drift_events") or sqlite:
+            for statement in upsert:
+                params = {k: (json.dumps(v) if isinstance(v, dict | list) else v) for k, v in row.items()}
+                with factory() as s, pytest.raises(IntegrityError, match="never replaced|not allowed"):
+                    s.execute(text(statement), params)
+                    s.commit()
+    if sqlite:
+        with factory() as s, pytest.raises(IntegrityError, match="never replaced"):
+            version_2 = s.get_one(ModelVersion, v2).version
+            s.execute(text("UPDATE OR REPLACE model_versions SET version = :v WHERE id = :id"), {"v": version_2, "id": v1})
+        with factory() as s, pytest.raises(IntegrityError, match="never replaced"):
+            s.execute(text("UPDATE OR REPLACE model_versions SET stage = 'production' WHERE id = :id"), {"id": v2})
+    with factory() as s:
+        after = {t: dict(s.execute(text(f"SELECT * FROM {t} ORDER BY id LIMIT 1")).mappings().one()) for t in TABLES}
+        assert s.execute(text("SELECT count(*) FROM model_versions")).scalar_one() == 2
+        assert repo.get_champion(s, s.get_one(ModelVersion, v1).name).id == v1
+    assert after == rows
 
 
 # -- races ---------------------------------------------------------------------------------------

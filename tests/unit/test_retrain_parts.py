@@ -1,5 +1,6 @@
 """Pieces of unattended retraining without a flow run: content fingerprints, the workspace lock, stage waves and folders, notices."""
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from flows.caching import source_fingerprint
-from flows.lock import LOCK_FILE, WorkspaceBusy, read_holder, workspace_lock
+from components.data.artifacts import write_json_atomically
+from flows.lock import HOLDER_FILE, WorkspaceBusy, read_holder, workspace_lock
 from flows.notify import notice, render_markdown
 from flows.workspace import WorkspaceError, stage_dir, stage_waves
 from tests.conftest import PROJECT
@@ -82,15 +84,128 @@ def test_lock_refuses_names_the_holder_waits_and_survives_a_kill(tmp_path):
     with workspace_lock(state, "patient run", wait_s=30, poll_s=0.1) as lock:
         assert time.monotonic() - started > 0.5  # it waited for the holder to finish
         assert lock.previous is None, "a clean release leaves no holder record"
-        assert read_holder(state / LOCK_FILE)["purpose"] == "patient run"
+        assert read_holder(state)["purpose"] == "patient run"
     assert holder.wait(timeout=10) == 0
-    assert read_holder(state / LOCK_FILE) is None
+    assert read_holder(state) is None
 
     killed = _hold(state, 60)
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=10)
     with workspace_lock(state, "after the kill") as lock:  # the kernel released the dead holder's lock
         assert lock.previous["run_uid"] == "run-that-never-ends" and lock.previous["pid"] == killed.pid
+
+
+def test_holder_record_is_never_seen_half_written(tmp_path):
+    """A reader in another process polls the record while the holder rewrites it: it is always whole
+    (the old code truncated, then wrote, in place)."""
+    state = tmp_path / ".medgate"
+    reader = textwrap.dedent("""
+        import sys, time
+        from pathlib import Path
+        from flows.lock import read_holder
+        seen = gaps = 0
+        end = time.monotonic() + float(sys.argv[2])
+        while time.monotonic() < end:
+            seen += 1
+            gaps += read_holder(Path(sys.argv[1])) is None
+        print(seen, gaps)
+    """)
+    with workspace_lock(state, "rewriting run") as lock:
+        proc = subprocess.Popen([sys.executable, "-c", reader, str(state), "1.5"], cwd=PROJECT, stdout=subprocess.PIPE, text=True)
+        while proc.poll() is None:
+            lock.record_run(f"run-{time.monotonic()}")
+        seen, gaps = map(int, proc.stdout.read().split())
+    assert seen > 100 and gaps == 0, f"{gaps} of {seen} reads found no whole holder record"
+    assert not (state / HOLDER_FILE).exists()
+
+
+def test_json_is_written_atomically_by_concurrent_writers_and_flushed(tmp_path, monkeypatch):
+    """Writers of one file never share a temporary name (a fixed one made a writer's rename fail or move
+    another's half-written file); the file and its folder are flushed to disk."""
+    import threading
+
+    path = tmp_path / "state" / "record.json"
+    failures: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            for i in range(150):
+                write_json_atomically(path, {"writer": n, "i": i, "pad": "x" * 2000})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    assert json.loads(path.read_text())["i"] == 149
+    assert [p.name for p in path.parent.iterdir()] == ["record.json"], "no temporary file is left behind"
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    write_json_atomically(path, {"last": True})
+    assert str(path.parent) in synced and any(".record.json." in s for s in synced), synced
+
+
+ORPHAN_PARENT = textwrap.dedent("""
+    import sys, time
+    from flows.children import start_child
+    stage = "import os, subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+    stage += "open(sys.argv[1] + '.tmp', 'w').write(f'{os.getpid()} {w.pid}'); os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(60)"
+    start_child([sys.executable, "-c", stage, sys.argv[1]])
+    time.sleep(60)
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_runs_children_die_with_it(tmp_path):
+    """The flow's process killed with SIGKILL: the command it started (as `dvc repro`) and that command's
+    own child (as DVC's stage) end too, instead of writing on into the next run's workspace."""
+    pids = tmp_path / "pids"
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN_PARENT, str(pids)], cwd=PROJECT)
+    deadline = time.monotonic() + 30
+    while not pids.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stage, worker = map(int, pids.read_text().split())
+    assert _alive(stage) and _alive(worker)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while (_alive(stage) or _alive(worker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in (stage, worker) if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes {left} outlived their killed parent"
+
+
+def test_a_stopped_child_takes_its_children_and_exit_statuses_pass_through(tmp_path):
+    from flows.children import start_child, stop_child
+
+    assert start_child([sys.executable, "-c", "import sys; sys.exit(3)"]).wait() == 3
+    assert start_child([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]).wait() == 128 + 9
+    pids = tmp_path / "pids"
+    script = "import os, subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+    script += "open(sys.argv[1], 'w').write(f'{os.getpid()} {w.pid}'); time.sleep(60)"
+    proc = start_child([sys.executable, "-c", script, str(pids)])
+    deadline = time.monotonic() + 30
+    while not (pids.exists() and pids.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = list(map(int, pids.read_text().split()))
+    stop_child(proc)
+    deadline = time.monotonic() + 10
+    while any(map(_alive, children)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_alive, children))
 
 
 def test_stage_waves_follow_dvc_yaml(tmp_path):

@@ -414,6 +414,16 @@ def test_tampered_model_files_refuse_to_load(service_module, tmp_path, monkeypat
         make_classifier(service_module)
 
 
+def test_a_model_store_entry_the_registry_records_otherwise_is_refused(service_module, stored_model, monkeypatch):
+    """`medgate serve` gives each backend the registry's artifact_sha256: model.pt must have it, whatever
+    the model store's own metadata says."""
+    monkeypatch.setenv("MEDGATE_MODEL_SHA256", "0" * 64)
+    with pytest.raises(RuntimeError, match="registry records sha256 000000000000.*refusing"):
+        make_classifier(service_module)
+    monkeypatch.setenv("MEDGATE_MODEL_SHA256", stored_model["sha256"])
+    assert make_classifier(service_module).card.model_tag == stored_model["tag"]
+
+
 def test_concurrent_requests_share_forward_passes(svc, tmp_path):
     """Requests that arrive while the network is busy run together in the next forward pass."""
     paths = [write(tmp_path / f"{i}.npy", npy_bytes(grey_image(seed=i))) for i in range(12)]
