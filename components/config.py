@@ -36,6 +36,16 @@ class CohortConfig(_Section):
     seed: int
 
 
+class VideoConfig(_Section):
+    """How clips (video files, DICOM cine) are stored: `components.readers.clips.ClipSpec`."""
+
+    frames: int = Field(ge=1)  # sampled uniformly over each clip
+    size: int = Field(ge=8)  # rows and columns of each stored frame
+    # Regions blacked out in every frame before anything is stored (e.g. an ultrasound banner with
+    # burned-in names): [x0, y0, x1, y1] fractions of the width and height (ClipSpec checks them).
+    mask: tuple[tuple[float, float, float, float], ...]
+
+
 class IngestConfig(_Section):
     # Column of labels.csv that names each image's file; another key (e.g. a SOP Instance UID) can be named.
     key_column: str
@@ -52,6 +62,7 @@ class IngestConfig(_Section):
     # empty: never download. The timeout bounds each network operation, so offline runs fail fast.
     medmnist_url: str
     download_timeout_s: float
+    video: VideoConfig
 
 
 Severity = Literal["blocking", "warning"]

@@ -6,6 +6,8 @@ Sources (`ingest_source` detects the kind; docs/manifest.md is the data contract
   usually DICOM; any format `components.readers` reads (PNG, JPEG, NIfTI, ``.npy``) is decoded too.
   Its columns (key ``cfg.key_column``, label, optional patient_id and split): `components.data.labels`.
 * ``nifti``: the same layout where the listed files are NIfTI-1/2 volumes (``.nii``, ``.nii.gz``).
+* ``video``: the same layout where the listed files are video clips (MP4, MOV, AVI); DICOM cine
+  loops come as ``dicom``. Clips are stored as ``cfg.video`` says (`components.readers.clips`).
 * ``png``: a folder of PNG/JPEG images (formats whose reader has ``in_class_folders``) in
   class-named subfolders (``<class>/.../<file>``), or ``<split>/<class>/...`` when every top-level
   folder is train, val or test.
@@ -52,7 +54,7 @@ from components.data.manifest import (
 from components.data.medmnist import MEDMNIST_PREFIX, SplitUnreadable, archive_splits, open_split
 from components.data.shards import ShardWriter
 from components.privacy.deid import pseudonym
-from components.readers import ImageDecodeError, decode, reader_for_name
+from components.readers import ClipSpec, ImageDecodeError, decode, reader_for_name
 from components.readers.base import check_array, short_reason
 from components.readers.dicom import header_value, is_keyword
 
@@ -183,7 +185,7 @@ def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: st
         writer.writerow(["image_id", "source"])
         sink = _Sink(out_dir, salt, writer,
                      allowed_labels=frozenset(cfg.class_names) if cfg.class_names else None)
-        if kind in ("dicom", "nifti"):
+        if kind in ("dicom", "nifti", "video"):
             _ingest_labelled_folder(src, cfg, sink, progress)
         elif kind == "png":
             _ingest_class_folders(src, cfg, sink, progress)
@@ -224,7 +226,7 @@ def _detect_kind(src: Path) -> str:
     if src.is_dir():
         if (src / "labels.csv").is_file():
             names = {r.name for p in _listed_candidates(src) if (r := reader_for_name(p)) is not None}
-            return "nifti" if names == {"nifti"} else "dicom"
+            return {"nifti": "nifti", "video": "video"}.get("".join(names), "dicom")
         for sub in src.iterdir():
             if sub.is_dir() and not sub.name.startswith(".") and any(
                     _in_class_folders(p.name) for p in sub.rglob("*") if p.is_file()):
@@ -269,14 +271,15 @@ class _Result:
     problem: str = ""
 
 
-def _decode_chunk(src: str, files: Sequence[str], out_dir: str, shard: int, salt: str,
+def _decode_chunk(src: str, files: Sequence[str], out_dir: str, shard: int, salt: str, clip: ClipSpec,
                   on_file: Callable[[], None] | None = None) -> list[_Result]:
-    """Decode `files` (relative to `src`) into shard `shard` of `out_dir`; runs in a worker process."""
+    """Decode `files` (relative to `src`) into shard `shard` of `out_dir`, clips as `clip` says;
+    runs in a worker process."""
     results = []
     with ShardWriter(Path(out_dir), shard) as writer:
         for rel in files:
             try:
-                decoded = decode((Path(src) / rel).read_bytes(), salt)
+                decoded = decode((Path(src) / rel).read_bytes(), salt, clip=clip)
             except (ImageDecodeError, OSError) as exc:
                 results.append(_Result(rel, problem=short_reason(exc)))
             else:
@@ -297,9 +300,10 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
     first = sink.reserve_shards(len(chunks))
     workers = min(_worker_count(cfg), len(chunks))
+    clip = ClipSpec(cfg.video.frames, cfg.video.size, cfg.video.mask)
     if workers <= 1 or len(chunks) < _POOL_MIN_CHUNKS:
         for k, chunk in enumerate(chunks):
-            yield from _decode_chunk(str(src), chunk, str(sink.out_dir), first + k, sink.salt, progress.step)
+            yield from _decode_chunk(str(src), chunk, str(sink.out_dir), first + k, sink.salt, clip, progress.step)
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         queue: deque[tuple[int, Future[list[_Result]]]] = deque()
@@ -310,7 +314,7 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
             if nxt is not None:
                 k, chunk = nxt
                 queue.append((len(chunk), pool.submit(_decode_chunk, str(src), chunk, str(sink.out_dir),
-                                                      first + k, sink.salt)))
+                                                      first + k, sink.salt, clip)))
 
         for _ in range(2 * workers):
             submit()

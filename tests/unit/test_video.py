@@ -1,0 +1,137 @@
+"""Clips: real MP4, MOV, AVI and multi-frame DICOM cine decoded, sampled and masked; bad clips named."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.config import default_params
+from components.data.manifest import read_manifest
+from components.demo.cine import cine_bytes
+from components.readers import ClipSpec, DecodeLimits, ImageDecodeError, NotAClipModel, TooLarge, decode, decode_image
+from components.readers.clips import sample_indices
+from components.stages.ingest import ingest_source
+from tests.videos import audio_only_mp4, faststart_mp4, sweep_frames, video_bytes
+
+SALT = "unit-test-salt"
+SPEC = ClipSpec(frames=8, size=32)
+
+
+def _bar_width(clip: np.ndarray) -> np.ndarray:
+    """The white bar's width in each stored frame, as a fraction of the frame."""
+    return (clip[:, clip.shape[1] // 2] > 127).mean(axis=1)
+
+
+@pytest.mark.parametrize("codec, container, name", [
+    ("libx264", "mp4", "h264"), ("mpeg4", "mp4", "mpeg4"), ("mjpeg", "avi", "mjpeg"), ("libx264", "mov", "h264"),
+])
+def test_containers_decode_sampled_resized_frames(codec: str, container: str, name: str) -> None:
+    frames = sweep_frames(30, 64, 80)
+    decoded = decode(video_bytes(frames, codec, container, fps=25), SALT, clip=SPEC)
+    assert decoded.kind == "video"
+    assert decoded.array.shape == (8, 32, 32) and decoded.array.dtype == np.uint8
+    assert decoded.columns == {"frames": 30, "fps": 25.0, "duration_s": pytest.approx(1.2), "source_height": 64,
+                               "source_width": 80, "codec": name}
+    # Uniform sampling: frame k of the stored clip is source frame sample_indices(30, 8)[k].
+    expected = np.array([(i + 1) / 30 for i in sample_indices(30, 8)])
+    np.testing.assert_allclose(_bar_width(decoded.array), expected, atol=0.07)
+
+
+@pytest.mark.parametrize("syntax", ["explicit", "rle", "jpeg"])
+def test_dicom_cine_in_each_transfer_syntax(syntax: str) -> None:
+    frames = sweep_frames(20, 48, 40)
+    data = cine_bytes(frames, fps=30, modality="US", syntax=syntax, patient_id="FAKE-77")
+    decoded = decode(data, SALT, clip=SPEC)
+    assert decoded.kind == "video" and decoded.array.shape == (8, 32, 32)
+    assert decoded.columns["frames"] == 20 and decoded.columns["fps"] == 30.0
+    assert decoded.columns["source_height"] == 48 and decoded.columns["duration_s"] == pytest.approx(20 / 30)
+    assert "FAKE-77" not in map(str, decoded.columns.values()) and decoded.columns["modality"] == "US"
+    expected = np.array([(i + 1) / 20 for i in sample_indices(20, 8)])
+    np.testing.assert_allclose(_bar_width(decoded.array), expected, atol=0.07)
+
+
+def test_colour_cine_and_mr_frame_time_vector() -> None:
+    grey = sweep_frames(12, 32, 32)
+    rgb = decode(cine_bytes(np.stack([grey] * 3, axis=-1), fps=20, syntax="jpeg"), SALT, clip=SPEC)
+    assert rgb.array.shape == (8, 32, 32)  # colour ultrasound is stored grey
+    np.testing.assert_allclose(_bar_width(rgb.array), _bar_width(decode(cine_bytes(grey, fps=20), SALT, clip=SPEC).array),
+                               atol=0.07)
+    mr = decode(cine_bytes(grey, fps=10, modality="MR", extra={"FrameTimeVector": [0] + [50.0] * 11}), SALT, clip=SPEC)
+    assert mr.kind == "video" and mr.columns["fps"] == 10.0  # CineRate first
+
+
+def test_mask_blacks_out_regions_in_every_frame() -> None:
+    frames = np.full((10, 40, 40), 200, np.uint8)
+    spec = ClipSpec(frames=4, size=20, mask=((0.0, 0.0, 1.0, 0.25), (0.5, 0.5, 1.0, 1.0)))
+    for data in (video_bytes(frames), cine_bytes(frames, fps=10)):
+        clip = decode(data, SALT, clip=spec).array
+        assert (clip[:, :5] == 0).all() and (clip[:, 10:, 10:] == 0).all()
+        assert (clip[:, 5:10] > 150).all() and (clip[:, 10:, :10] > 150).all()
+    with pytest.raises(ValueError, match="fractions"):
+        ClipSpec(frames=4, size=20, mask=((0.5, 0.0, 0.2, 1.0),))
+
+
+def test_clip_to_an_image_path_is_refused() -> None:
+    for data in (video_bytes(sweep_frames(4, 16, 16)), cine_bytes(sweep_frames(4, 16, 16), fps=10)):
+        with pytest.raises(NotAClipModel, match="where an image is expected"):
+            decode_image(data)
+
+
+def test_bad_clips_are_refused_with_the_reason(tmp_path: Path) -> None:
+    good = faststart_mp4(tmp_path / "fast.mp4", sweep_frames(30, 64, 80))
+    bad = {
+        "truncated index": (video_bytes(sweep_frames())[:1500], "corrupt or truncated video"),
+        "truncated data": (good[: len(good) * 2 // 3], "truncated video: 30 frames declared"),
+        "zero frames": (video_bytes(sweep_frames(0), "mjpeg", "avi"), "zero decodable frames"),
+        "no stream": (video_bytes(sweep_frames(0), "mpeg4", "mp4"), "lists no streams"),
+        "audio only": (audio_only_mp4(), "no video stream in the file (audio streams only)"),
+        "burned in": (cine_bytes(sweep_frames(4, 16, 16), fps=10, extra={"BurnedInAnnotation": "YES"}),
+                      "BurnedInAnnotation"),
+    }
+    for what, (data, words) in bad.items():
+        with pytest.raises(ImageDecodeError, match=re.escape(words)):
+            decode(data, SALT, clip=SPEC)
+        assert what
+
+
+def test_declared_sizes_are_checked_before_decoding() -> None:
+    limits = DecodeLimits(max_bytes=2**30, max_side=64, max_frames=100, max_seconds=60.0)
+    with pytest.raises(TooLarge, match="64 per side"):
+        decode(video_bytes(sweep_frames(4, 64, 80)), SALT, limits, clip=SPEC)
+    with pytest.raises(TooLarge, match="frames"):
+        decode(video_bytes(sweep_frames(120, 16, 16)), SALT, limits, clip=SPEC)
+    with pytest.raises(TooLarge, match="s, over the limit"):
+        decode(video_bytes(sweep_frames(90, 16, 16), fps=1), SALT, limits, clip=SPEC)
+    # A cine header declaring an absurd size is refused without touching its (short) pixel data.
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(cine_bytes(sweep_frames(4, 16, 16), fps=10)))
+    ds.NumberOfFrames, ds.Rows, ds.Columns = 50, 60000, 60000
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    with pytest.raises(TooLarge, match="60000x60000"):
+        decode(buf.getvalue(), SALT, limits, clip=SPEC)
+
+
+def test_ingest_stores_clips_with_their_columns(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {"a.mp4": video_bytes(sweep_frames(30, 64, 80)), "b.avi": video_bytes(sweep_frames(20), "mjpeg", "avi"),
+             "c.dcm": cine_bytes(sweep_frames(12, 32, 32), fps=20), "d.mp4": audio_only_mp4()}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    with open(src / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label"), *[(n, "normal" if n < "c" else "reduced") for n in files]])
+    cfg = default_params(ingest={"workers": 1, "video": {"frames": 6, "size": 24, "mask": [[0, 0, 1, 0.2]]}}).ingest
+    result = ingest_source(src, tmp_path / "out", cfg, SALT)
+    assert [(p["file"], "audio streams only" in p["reason"]) for p in result.problems] == [("d.mp4", True)]
+    df = read_manifest(result.manifest)
+    assert sorted(df["frames"].tolist()) == [12, 20, 30] and set(df["depth"]) == {6} and set(df["height"]) == {24}
+    assert sorted(df["codec"].tolist()) == ["Explicit VR Little Endian", "h264", "mjpeg"]
+    assert df["intensity_max"].max() == 255
