@@ -37,12 +37,13 @@ def _main() -> None:
 @app.command()
 def run(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="DICOM or NIfTI folder with labels.csv, PNG/JPEG class folders, a MedMNIST .npz or medmnist:<name>; default: the embedded cohort."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Another labels file (CSV, same columns as labels.csv) in the --dataset folder."),
     workspace: Optional[Path] = WorkspaceOpt,
     wait: float = WaitOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Run the training flow: ingest, validate, prepare, train, evaluate, gate, package, promote."""
-    launch(lambda: resolve_source(dataset), workspace, "manual", wait, as_json)
+    launch(lambda: resolve_source(dataset, labels), workspace, "manual", wait, as_json)
 
 
 if __name__ == "__main__":

@@ -23,15 +23,26 @@ WaitOpt = typer.Option(0.0, "--wait", help="Seconds to wait for another run on t
 JsonOpt = typer.Option(False, "--json", help="Print the run's summary as JSON, and nothing else, on stdout (progress and messages on stderr).")
 
 
-def resolve_source(dataset: str | None) -> str:
-    """The flow's `source` for a --dataset value: the embedded cohort, or an existing path, resolved."""
+def resolve_source(dataset: str | None, labels: str | None = None) -> str:
+    """The flow's `source` for a --dataset value: the embedded cohort, or an existing path, resolved.
+
+    With `labels` (--labels FILE), the source is that labels file inside the dataset folder, which
+    ingest reads in place of its labels.csv."""
     from flows.pipeline import DEFAULT_SOURCE
 
+    if labels and (not dataset or not Path(dataset).expanduser().is_dir()):
+        console.print("[red]error:[/] --labels needs --dataset naming a folder")
+        raise typer.Exit(2)
     if not dataset:
         return DEFAULT_SOURCE
     if dataset.startswith("medmnist:"):  # resolved in the data root by the flow (flows.datasets.source_path)
         return dataset
     path = Path(dataset).expanduser()
+    if labels:
+        path = path / labels
+        if path.suffix.lower() != ".csv" or not path.is_file():
+            console.print(f"[red]error:[/] --labels {labels}: no such .csv file in {dataset}")
+            raise typer.Exit(2)
     if not path.exists():
         console.print(f"[red]error:[/] dataset {dataset}: no such file or folder")
         raise typer.Exit(2)

@@ -8,6 +8,8 @@ Sources (`ingest_source` detects the kind; docs/manifest.md is the data contract
 * ``nifti``: the same layout where the listed files are NIfTI-1/2 volumes (``.nii``, ``.nii.gz``).
 * ``video``: the same layout where the listed files are video clips (MP4, MOV, AVI); DICOM cine
   loops come as ``dicom``. Clips are stored as ``cfg.video`` says (`components.readers.clips`).
+* A ``.csv`` file inside such a folder: the folder, with that file in place of ``labels.csv`` (a
+  dataset with several label sets; ``medgate run --labels FILE``).
 * ``png``: a folder of PNG/JPEG images (formats whose reader has ``in_class_folders``) in
   class-named subfolders (``<class>/.../<file>``), or ``<split>/<class>/...`` when every top-level
   folder is train, val or test.
@@ -64,10 +66,12 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_SOURCES = (
     ("a folder with labels.csv (columns path or the configured key column, label; optional "
-     "patient_id, split) and the DICOM or NIfTI (.nii, .nii.gz) files it lists"),
+     "patient_id, split) and the DICOM, NIfTI (.nii, .nii.gz) or video (.mp4, .mov, .avi) files it lists, "
+     "or another .csv labels file in such a folder"),
     "a folder of PNG/JPEG images in class-named subfolders (optionally under train/val/test)",
     "a MedMNIST .npz file (train/val/test _images and _labels), or medmnist:<name>",
 )
+LABELS_FILE = "labels.csv"  # a labelled folder's default labels file
 # Starting a process costs about a second (a fresh interpreter imports numpy, pydicom, Pillow): fewer
 # chunks than this decode faster in this process (benchmarks/intake.py measures both).
 _POOL_MIN_CHUNKS = 4
@@ -173,6 +177,7 @@ def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: st
     if not src.exists():
         raise ValueError(f"{src}: source does not exist; supported: {'; '.join(SUPPORTED_SOURCES)}")
     kind = _detect_kind(src)
+    src, labels_file = (src.parent, src.name) if _is_labels_file(src) else (src, LABELS_FILE)
     out_dir = Path(out_dir)
     _check_out_dir(src, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -186,7 +191,7 @@ def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: st
         sink = _Sink(out_dir, salt, writer,
                      allowed_labels=frozenset(cfg.class_names) if cfg.class_names else None)
         if kind in ("dicom", "nifti", "video"):
-            _ingest_labelled_folder(src, cfg, sink, progress)
+            _ingest_labelled_folder(src, labels_file, cfg, sink, progress)
         elif kind == "png":
             _ingest_class_folders(src, cfg, sink, progress)
         else:
@@ -220,13 +225,18 @@ def _write_manifest(sink: _Sink, src: Path, source: str, kind: str, cfg: IngestC
     return result
 
 
+def _is_labels_file(src: Path) -> bool:
+    return src.is_file() and src.suffix.lower() == ".csv"
+
+
 def _detect_kind(src: Path) -> str:
     if src.is_file() and src.suffix.lower() == ".npz":
         return "npz"
+    folder = src.parent if _is_labels_file(src) else src
+    if folder != src or (src / LABELS_FILE).is_file():
+        names = {r.name for p in _listed_candidates(folder) if (r := reader_for_name(p)) is not None}
+        return {"nifti": "nifti", "video": "video"}.get("".join(names), "dicom")
     if src.is_dir():
-        if (src / "labels.csv").is_file():
-            names = {r.name for p in _listed_candidates(src) if (r := reader_for_name(p)) is not None}
-            return {"nifti": "nifti", "video": "video"}.get("".join(names), "dicom")
         for sub in src.iterdir():
             if sub.is_dir() and not sub.name.startswith(".") and any(
                     _in_class_folders(p.name) for p in sub.rglob("*") if p.is_file()):
@@ -236,7 +246,7 @@ def _detect_kind(src: Path) -> str:
 
 def _listed_candidates(src: Path) -> list[str]:
     """The files of a labels.csv folder that some reader claims by name."""
-    return [p for p in _walk_files(src) if p != "labels.csv" and reader_for_name(p) is not None]
+    return [p for p in _walk_files(src) if reader_for_name(p) is not None]
 
 
 def _in_class_folders(name: str) -> bool:
@@ -329,8 +339,8 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
 _Accepted = tuple[str, str, str | None, str]
 
 
-def _ingest_labelled_folder(src: Path, cfg: IngestConfig, sink: _Sink, progress: _Progress) -> None:
-    rows = read_labels(src / "labels.csv", cfg.key_column)
+def _ingest_labelled_folder(src: Path, labels_file: str, cfg: IngestConfig, sink: _Sink, progress: _Progress) -> None:
+    rows = read_labels(src / labels_file, cfg.key_column)
     files = _listed_candidates(src)
     by_key, unreadable = _files_by_key(src, files, cfg.key_column, progress)
     accepted, used = _match_rows(src, rows, by_key, cfg.key_column, sink)

@@ -135,3 +135,19 @@ def test_ingest_stores_clips_with_their_columns(tmp_path: Path) -> None:
     assert sorted(df["frames"].tolist()) == [12, 20, 30] and set(df["depth"]) == {6} and set(df["height"]) == {24}
     assert sorted(df["codec"].tolist()) == ["Explicit VR Little Endian", "h264", "mjpeg"]
     assert df["intensity_max"].max() == 255
+
+
+def test_another_labels_file_in_the_folder(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for k in range(4):
+        (src / f"{k}.dcm").write_bytes(cine_bytes(sweep_frames(6 + k, 16, 16), fps=10, patient_id=f"P{k}"))
+    rows = {"labels.csv": ["a", "b", "a", "b"], "labels_other.csv": ["x", "x", "y", "y"]}
+    for name, labels in rows.items():
+        with open(src / name, "w", newline="") as f:
+            csv.writer(f).writerows([("path", "label"), *[(f"{k}.dcm", lab) for k, lab in enumerate(labels)]])
+    cfg = default_params(ingest={"workers": 1}).ingest
+    default = ingest_source(src, tmp_path / "a", cfg, SALT)
+    other = ingest_source(src / "labels_other.csv", tmp_path / "b", cfg, SALT)
+    assert default.class_names == ("a", "b") and other.class_names == ("x", "y")
+    assert other.kind == "dicom" and other.num_images == 4 and other.problems == ()
