@@ -73,7 +73,19 @@ CHECK_NAMES: tuple[str, ...] = (
     "schema", "not_null", "unique_image_ids", "row_count", "label_set", "class_balance", "splits",
     "patient_leakage", "duplicates_across_splits", "duplicate_images", "image_kind", "image_size", "dtype",
     "spacing", "intensity_range", "constant_images", "modality", "photometric",
+    "clip_kind", "clip_frames", "clip_fps", "clip_duration", "clip_resolution", "black_clips",
 )
+
+
+class ClipBounds(_Section):
+    """Ranges of a clip dataset's source clips (the manifest's clip columns; images are not checked)."""
+
+    frames: Bound  # frames in the source clip
+    fps: Bound
+    duration_s: Bound
+    resolution: Bound  # source frame height and width in pixels
+    # A clip whose brightest stored pixel is at most this is black (a dead probe, a blank export).
+    black_max: float
 
 
 class ValidateConfig(_Section):
@@ -91,6 +103,7 @@ class ValidateConfig(_Section):
     spacing_mm: Bound
     modalities: tuple[str, ...]
     photometric: tuple[str, ...]
+    clips: ClipBounds
     severity: dict[str, Severity]
     # The report: thumbnails and histogram samples per class, files listed per failed check.
     thumbnails_per_class: int

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from components.config import default_params
@@ -151,3 +152,44 @@ def test_another_labels_file_in_the_folder(tmp_path: Path) -> None:
     other = ingest_source(src / "labels_other.csv", tmp_path / "b", cfg, SALT)
     assert default.class_names == ("a", "b") and other.class_names == ("x", "y")
     assert other.kind == "dicom" and other.num_images == 4 and other.problems == ()
+
+
+def test_validate_clip_checks(tmp_path: Path) -> None:
+    from components.stages.validate import run_suites
+
+    src = tmp_path / "src"
+    src.mkdir()
+    clips = {"ok1.mp4": video_bytes(sweep_frames(30, 64, 64)), "ok2.dcm": cine_bytes(sweep_frames(20, 64, 64), fps=25),
+             "copy.mp4": video_bytes(sweep_frames(30, 64, 64)), "black.mp4": video_bytes(np.zeros((30, 64, 64), np.uint8)),
+             "short.dcm": cine_bytes(sweep_frames(2, 64, 64), fps=25), "tiny.dcm": cine_bytes(sweep_frames(10, 16, 16), fps=25)}
+    for name, data in clips.items():
+        (src / name).write_bytes(data)
+    with open(src / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label"), *[(n, "ab"[k % 2]) for k, n in enumerate(clips)]])
+    result = ingest_source(src, tmp_path / "out", default_params(ingest={"workers": 1}).ingest, SALT)
+    manifest = read_manifest(result.manifest)
+    table = pd.read_csv(tmp_path / "out" / "sources.csv", dtype=str)
+    sources = dict(zip(table["image_id"], table["source"], strict=True))
+    manifest.loc[manifest["image_id"].map(sources) == "ok2.dcm", "frames"] = pd.NA  # as if a still image: mixed kinds
+    outcomes = run_suites(manifest, default_params().validate_, sources=sources)
+    failed: dict[str, set[str]] = {}
+    for o in outcomes:
+        if not o["success"]:
+            failed.setdefault(o["check"], set()).update(o["offending"])
+    assert failed == {"clip_frames": {"short.dcm"}, "clip_duration": {"short.dcm"}, "clip_resolution": {"tiny.dcm"},
+                      "black_clips": {"black.mp4"}, "constant_images": {"black.mp4"}, "row_count": set(),
+                      "duplicate_images": {"ok1.mp4", "copy.mp4"}, "duplicates_across_splits": {"ok1.mp4", "copy.mp4"},
+                      "clip_kind": set()}
+
+
+def test_quality_report_shows_masked_filmstrips_and_clip_histograms() -> None:
+    from components.documents.clips import clip_section
+
+    clip = np.full((8, 16, 16), 200, np.uint8)
+    clip[:, :4] = 0  # the masked banner
+    manifest = pd.DataFrame({"image_id": ["a", "b", "c"], "label": ["x", "y", "y"], "path": ["p", "p", "p"],
+                             "frames": pd.array([30, 40, None], dtype="Int64"), "fps": [25.0, 30.0, None],
+                             "duration_s": [1.2, 1.3, None]})
+    page = clip_section(manifest, lambda rel: clip, per_class=4)
+    assert page.count("data:image/png;base64,") == 2  # one strip per clip; the still image has none
+    assert page.count("<svg") == 3 and "duration (s) per class" in page
