@@ -146,7 +146,7 @@ class PrepareConfig(_Section):
 
 class ModelConfig(_Section):
     # auto: a 2D ResNet for images, a 3D ResNet for volumes.
-    family: Literal["auto", "resnet", "densenet", "efficientnet", "resnet3d", "cnn_rnn"]
+    family: Literal["auto", "resnet", "densenet", "efficientnet", "resnet3d", "cnn_rnn", "frame_cnn"]
     width: int  # channels of the first block
     depth: Literal[10, 18, 34]  # ResNet depth (resnet, resnet3d and the cnn_rnn encoder)
     dropout: float

@@ -21,6 +21,7 @@ MANIFEST_FILE = "manifest.parquet"
 SOURCES_FILE = "sources.csv"
 PROBLEMS_FILE = "problems.json"
 CLASS_NAMES_ATTR = "class_names"  # key of the class order in the manifest's metadata (DataFrame.attrs)
+CLIP_SPEC_ATTR = "clip_spec"  # key of how clips were sampled (ingest.video), in a clip dataset's metadata
 
 # Required columns and their pandas dtypes, in this order.
 MANIFEST_COLUMNS: dict[str, str] = {

@@ -9,8 +9,9 @@ the first layer of every video model for the few Doppler overlays that colour wo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -38,6 +39,11 @@ class ClipSpec:
     frames: int
     size: int
     mask: tuple[tuple[float, float, float, float], ...] = ()
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ClipSpec:
+        """From ``{"frames", "size", "mask"}`` (params.yaml's ingest.video, or a stored spec)."""
+        return cls(int(raw["frames"]), int(raw["size"]), tuple(tuple(float(v) for v in box) for box in raw["mask"]))
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.size < 1:

@@ -51,7 +51,7 @@ from components.config import IngestConfig
 from components.data.artifacts import IngestedDataset
 from components.data.labels import LabelRow, read_labels, relative_file
 from components.data.manifest import (
-    CLASS_NAMES_ATTR, MANIFEST_FILE, PROBLEMS_FILE, SOURCES_FILE, SPLITS, ManifestRows, order_class_names,
+    CLASS_NAMES_ATTR, CLIP_SPEC_ATTR, MANIFEST_FILE, PROBLEMS_FILE, SOURCES_FILE, SPLITS, ManifestRows, order_class_names,
 )
 from components.data.medmnist import MEDMNIST_PREFIX, SplitUnreadable, archive_splits, open_split
 from components.data.shards import ShardWriter
@@ -209,6 +209,8 @@ def _write_manifest(sink: _Sink, src: Path, source: str, kind: str, cfg: IngestC
     class_names = tuple(cfg.class_names) if cfg.class_names else order_class_names(manifest["label"].astype(str))
     # The class order travels with the manifest (parquet metadata): prepare indexes labels by it.
     manifest.attrs[CLASS_NAMES_ATTR] = list(class_names)
+    if "frames" in manifest:  # how its clips were sampled travels with them: the model serves clips the same way
+        manifest.attrs[CLIP_SPEC_ATTR] = cfg.video.model_dump(mode="json")
     manifest_path = sink.out_dir / MANIFEST_FILE
     manifest.to_parquet(manifest_path, index=False)
     result = IngestedDataset(
@@ -310,7 +312,7 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
     first = sink.reserve_shards(len(chunks))
     workers = min(_worker_count(cfg), len(chunks))
-    clip = ClipSpec(cfg.video.frames, cfg.video.size, cfg.video.mask)
+    clip = ClipSpec.from_dict(cfg.video.model_dump())
     if workers <= 1 or len(chunks) < _POOL_MIN_CHUNKS:
         for k, chunk in enumerate(chunks):
             yield from _decode_chunk(str(src), chunk, str(sink.out_dir), first + k, sink.salt, clip, progress.step)

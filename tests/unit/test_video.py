@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -193,3 +194,54 @@ def test_quality_report_shows_masked_filmstrips_and_clip_histograms() -> None:
     page = clip_section(manifest, lambda rel: clip, per_class=4)
     assert page.count("data:image/png;base64,") == 2  # one strip per clip; the still image has none
     assert page.count("<svg") == 3 and "duration (s) per class" in page
+
+
+def test_clip_models_and_the_frame_baseline_ignores_frame_order() -> None:
+    import torch
+
+    from components.ml.models import build_model, resolve_family
+
+    shape = (1, 8, 32, 32)
+    cfg = default_params().train.model
+    assert resolve_family(cfg, shape) == "resnet3d"  # auto: a 3D CNN over (time, H, W)
+    clip = torch.rand(2, *shape)
+    shuffled = clip[:, :, torch.randperm(8)]
+    for family in ("resnet3d", "cnn_rnn", "frame_cnn"):
+        torch.manual_seed(0)
+        model = build_model(cfg.model_copy(update={"family": family}), shape, 2).eval()
+        with torch.no_grad():
+            out, out_shuffled = model(clip), model(shuffled)
+        assert out.shape == (2, 2)
+        assert torch.allclose(out, out_shuffled, atol=1e-5) == (family == "frame_cnn"), family
+
+
+def test_patient_scores_average_clips_where_the_label_is_the_patients() -> None:
+    from components.ml.video import patient_metrics, patient_scores
+
+    probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [0.4, 0.6]])
+    labels, patients = np.array([0, 0, 1, 1]), pd.Series(["p", "p", "q", "q"])
+    per_label, per_probs = patient_scores(patients, labels, probs)
+    assert per_label.tolist() == [0, 1] and np.allclose(per_probs[:, 1], [0.3, 0.7])
+    assert patient_metrics(patients, labels, probs, 0.5) == {"patient_auc": 1.0, "patient_accuracy": 1.0, "n_test_patients": 2}
+    assert patient_metrics(pd.Series(["p", "p", "p", "q"]), labels, probs, 0.5) == {}  # a clip-level label
+
+
+def test_prepare_keeps_the_clip_spec_for_serving(tmp_path: Path) -> None:
+    from components.ml.transforms import Preprocessing
+    from components.stages.prepare import prepare_dataset
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = []
+    for k in range(12):
+        (src / f"{k}.dcm").write_bytes(cine_bytes(sweep_frames(10 + k, 40, 40), fps=20, patient_id=f"P{k}"))
+        rows.append((f"{k}.dcm", "ab"[k % 2]))
+    with open(src / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label"), *rows])
+    video = {"frames": 6, "size": 24, "mask": [[0, 0, 1, 0.1]]}
+    dataset = ingest_source(src, tmp_path / "ingest", default_params(ingest={"workers": 1, "video": video}).ingest, SALT)
+    prepared = prepare_dataset(dataset.manifest, default_params().prepare, tmp_path / "prepare")
+    assert prepared.input_shape == (1, 6, 24, 24)
+    info = json.loads((tmp_path / "prepare" / "dataset.json").read_text())
+    clip = Preprocessing.from_dict(info["preprocessing"]).clip
+    assert clip is not None and ClipSpec.from_dict(clip) == ClipSpec(6, 24, ((0.0, 0.0, 1.0, 0.1),))
