@@ -36,7 +36,7 @@ def _main() -> None:
 
 @app.command()
 def run(
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="DICOM or NIfTI folder with labels.csv, PNG/JPEG class folders, a MedMNIST .npz or medmnist:<name>; default: the embedded cohort."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="DICOM or NIfTI folder with labels.csv, PNG/JPEG class folders, a MedMNIST .npz, medmnist:<name>, video clips (MP4/MOV/AVI, DICOM cine) with labels.csv, or cohort:cine (the embedded cine cohort); default: the embedded CT cohort."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Another labels file (CSV, same columns as labels.csv) in the --dataset folder."),
     workspace: Optional[Path] = WorkspaceOpt,
     wait: float = WaitOpt,

@@ -28,6 +28,7 @@ def resolve_source(dataset: str | None, labels: str | None = None) -> str:
 
     With `labels` (--labels FILE), the source is that labels file inside the dataset folder, which
     ingest reads in place of its labels.csv."""
+    from flows.datasets import CINE_SOURCE
     from flows.pipeline import DEFAULT_SOURCE
 
     if labels and (not dataset or not Path(dataset).expanduser().is_dir()):
@@ -36,6 +37,8 @@ def resolve_source(dataset: str | None, labels: str | None = None) -> str:
     if not dataset:
         return DEFAULT_SOURCE
     if dataset.startswith("medmnist:"):  # resolved in the data root by the flow (flows.datasets.source_path)
+        return dataset
+    if dataset == CINE_SOURCE:  # generated in the workspace by the flow
         return dataset
     path = Path(dataset).expanduser()
     if labels:

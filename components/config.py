@@ -26,14 +26,25 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class CineCohortConfig(_Section):
+    """The embedded cine cohort (``cohort:cine``, components.demo.cine): beating-ventricle phantoms."""
+
+    patients: int
+    clips_per_patient: int
+    frames: int  # frames written per clip (ingest samples ingest.video.frames of them)
+    size: int  # rows and columns of each written frame
+    seed: int
+
+
 class CohortConfig(_Section):
-    """The embedded synthetic CT cohort (the default dataset)."""
+    """The embedded synthetic CT cohort (the default dataset), and the cine cohort beside it."""
 
     patients: int
     images_per_patient: int
     image_size: int
     positive_fraction: float
     seed: int
+    cine: CineCohortConfig
 
 
 class VideoConfig(_Section):

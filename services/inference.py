@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 # Magic numbers of the 2D-only formats: a 3D model cannot take them, whatever their array shape.
 _FLAT_IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+_NPY_MAGIC = b"\x93NUMPY"  # a stored array: a clip model takes its stored clip form (T, H, W) too
 _MAX_MESSAGE = 300
 logger = logging.getLogger("medgate.service")
 
@@ -67,22 +68,28 @@ def read_upload(path: Path, max_bytes: int, name: str = "image") -> bytes:
 
 
 def decode_upload(data: bytes, card: ModelCard, name: str = "image") -> np.ndarray:
-    """Upload bytes (PNG, JPEG, DICOM or .npy) → the stored array form, checked against the model's dimensions.
+    """Upload bytes (PNG, JPEG, DICOM, .npy; for a model of clips MP4, MOV, AVI or DICOM cine) → the
+    stored array form, checked against the model's dimensions.
 
     DICOM is decoded to Hounsfield units and de-identified in memory by `components.readers`; no header
-    value reaches a message or a log here.
+    value reaches a message or a log here. A clip is decoded in bounded memory and sampled as the
+    model's training clips were (`Preprocessing.clip`); a clip to an image model and an image to a
+    clip model are answered 422. A clip model also takes a .npy of the stored clip form (T, H, W).
     """
+    takes = "clips (video or DICOM cine)" if card.preprocessing.clip else "3D volumes (D, H, W)"
     if card.spatial_dims == 3:
         for magic, kind in _FLAT_IMAGE_MAGIC.items():
             if data.startswith(magic):
-                raise InputProblem(
-                    f"{name}: a {kind} is a 2D image; this model takes 3D volumes (D, H, W)",
-                    HTTPStatus.UNPROCESSABLE_ENTITY,
-                )
-    from components.readers import ImageDecodeError, decode_image
+                raise InputProblem(f"{name}: a {kind} is a 2D image; this model takes {takes}",
+                                   HTTPStatus.UNPROCESSABLE_ENTITY)
+    from components.readers import ClipSpec, ImageDecodeError, NotAClipModel, decode
 
+    clip = ClipSpec.from_dict(card.preprocessing.clip) if card.preprocessing.clip else None
     try:
-        image = decode_image(data)
+        decoded = decode(data, "", clip=clip)
+    except NotAClipModel:
+        raise InputProblem(f"{name}: the upload is a clip (video or DICOM cine); this model takes images",
+                           HTTPStatus.UNPROCESSABLE_ENTITY) from None
     except ImageDecodeError as exc:
         raise InputProblem(f"{name}: could not decode the upload: {_clip(str(exc))}") from None
     except Exception as exc:  # noqa: BLE001 - decoders of untrusted bytes fail in many ways (pydicom, Pillow's
@@ -90,7 +97,10 @@ def decode_upload(data: bytes, card: ModelCard, name: str = "image") -> np.ndarr
         # Their messages may quote file contents (e.g. a DICOM element): log and answer without them.
         logger.warning("%s: decoder raised %s", name, type(exc).__name__)
         raise InputProblem(f"{name}: could not decode the upload as PNG, JPEG, DICOM or .npy") from None
-    return np.asarray(image)
+    if clip is not None and decoded.kind != "video" and not data.startswith(_NPY_MAGIC):
+        raise InputProblem(f"{name}: the upload is a still image or volume; this model takes {takes}",
+                           HTTPStatus.UNPROCESSABLE_ENTITY)
+    return np.asarray(decoded.array)
 
 
 def prepare_inputs(images: Sequence[np.ndarray], card: ModelCard, names: Sequence[str]) -> np.ndarray:

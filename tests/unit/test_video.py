@@ -245,3 +245,50 @@ def test_prepare_keeps_the_clip_spec_for_serving(tmp_path: Path) -> None:
     info = json.loads((tmp_path / "prepare" / "dataset.json").read_text())
     clip = Preprocessing.from_dict(info["preprocessing"]).clip
     assert clip is not None and ClipSpec.from_dict(clip) == ClipSpec(6, 24, ((0.0, 0.0, 1.0, 0.1),))
+
+
+def test_service_decodes_clips_and_refuses_the_wrong_kind_with_422() -> None:
+    from http import HTTPStatus
+
+    from components.ml.transforms import Preprocessing, preprocess
+    from services.inference import InputProblem, ModelCard, decode_upload
+    from tests.images import dicom_bytes, grey_image, npy_bytes, png_bytes
+
+    clip_spec = {"frames": 8, "size": 32, "mask": []}
+    video_model = ModelCard("cine:1", ("normal", "reduced"), Preprocessing((8, 32, 32), 1, 0.0, 255.0, clip_spec), 0.5)
+    image_model = ModelCard("ct:1", ("normal", "lesion"), Preprocessing((32, 32), 1, 0.0, 255.0), 0.5)
+    for upload in (video_bytes(sweep_frames(30, 64, 80)), video_bytes(sweep_frames(12), "mjpeg", "avi"),
+                   cine_bytes(sweep_frames(20, 48, 40), fps=30, syntax="rle"), npy_bytes(np.zeros((8, 32, 32), np.uint8))):
+        clip = decode_upload(upload, video_model)
+        assert clip.shape == (8, 32, 32) and preprocess(clip, video_model.preprocessing).shape == (1, 8, 32, 32)
+    refused = [(png_bytes(grey_image()), video_model, "2D image; this model takes clips"),
+               (dicom_bytes(grey_image().astype(np.int16)), video_model, "still image or volume"),
+               (video_bytes(sweep_frames(10, 16, 16)), image_model, "is a clip"),
+               (cine_bytes(sweep_frames(10, 16, 16), fps=10), image_model, "is a clip")]
+    for upload, card, words in refused:
+        with pytest.raises(InputProblem, match=re.escape(words)) as caught:
+            decode_upload(upload, card)
+        assert caught.value.status == HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+def test_cine_cohort_label_lives_only_in_the_motion(tmp_path: Path) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from components.demo.cine import generate_cine_cohort
+
+    cfg = default_params(cohort={"cine": {"patients": 24, "clips_per_patient": 1, "frames": 24, "size": 48}}).cohort.cine
+    root = generate_cine_cohort(tmp_path / "a", cfg)
+    again = generate_cine_cohort(tmp_path / "b", cfg)
+    assert (root / "patient-003" / "clip-0.dcm").read_bytes() == (again / "patient-003" / "clip-0.dcm").read_bytes()
+    identifiers = json.loads((root / "identifiers.json").read_text())
+    result = ingest_source(root, tmp_path / "out", default_params(ingest={"workers": 1}).ingest, SALT)
+    manifest = read_manifest(result.manifest)
+    assert result.num_images == 24 and result.class_names == ("normal", "reduced") and set(manifest["frames"]) == {24}
+    assert not set(identifiers["patient_ids"]) & set(manifest["patient_id"])
+    from components.data.shards import ImageStore
+
+    with ImageStore(result.manifest.parent) as store:
+        cavity = np.stack([(store.load(p) < 40).mean(axis=(1, 2)) for p in manifest["path"]])  # dark area per frame
+    reduced = (manifest["label"] == "reduced").to_numpy()
+    assert roc_auc_score(reduced, -cavity.std(axis=1)) > 0.95  # how much the cavity moves: the label
+    assert 0.25 < roc_auc_score(reduced, -cavity.mean(axis=1)) < 0.8  # its size in any frame: near chance
