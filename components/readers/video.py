@@ -84,7 +84,10 @@ def _decode(container: Any, spec: ClipSpec, limits: DecodeLimits | None) -> Deco
     if width < 1 or height < 1:
         raise ImageDecodeError("video stream declares no frame size")
     check_declared(limits, rows=height, columns=width, frames=total, seconds=seconds)
+    from av.video.reformatter import VideoReformatter
+
     stream.thread_type = "AUTO"
+    scaler = VideoReformatter()  # one scaling context per clip; AREA: a clean downscale, and the fastest here
     wanted = sample_indices(total, spec.frames) if total else []
     keep = set(wanted)
     picked: dict[int, np.ndarray] = {}  # unknown length: every frame, small, sampled at the end
@@ -92,7 +95,7 @@ def _decode(container: Any, spec: ClipSpec, limits: DecodeLimits | None) -> Deco
     try:
         for frame in container.decode(stream):
             if decoded in keep or not total:
-                picked[decoded] = frame.reformat(width=spec.size, height=spec.size, format="gray").to_ndarray()
+                picked[decoded] = scaler.reformat(frame, spec.size, spec.size, "gray", interpolation="AREA").to_ndarray()
             decoded += 1
             if limits is not None and decoded > limits.max_frames:
                 raise ImageDecodeError(f"decodes more than the limit of {limits.max_frames} frames")
