@@ -2,7 +2,7 @@
 
 Each clip is an ultrasound-like short-axis view: a bright myocardial ring around a dark blood pool
 in a speckled sector, beating at a random rate and phase. The label is the contraction: ``normal``
-(the cavity radius shortens by 12-18% at each beat) or ``reduced`` (2-5%). The mean cavity radius,
+(the cavity's diameter shortens by 28-40% at each beat) or ``reduced`` (5-15%). The mean cavity radius,
 wall thickness, position, brightness and speckle are drawn per clip over ranges much wider than the
 contraction, so one frame (or the mean of per-frame scores) says little about the class: the label
 is readable only from the motion. Patients have `clips_per_patient` clips of the same label.
@@ -101,7 +101,9 @@ def _jpeg(frame: np.ndarray) -> bytes:
 
 
 CLASS_NAMES: tuple[str, str] = ("normal", "reduced")  # index 1 is the finding
-_SHORTENING = {"normal": (0.12, 0.18), "reduced": (0.02, 0.05)}  # fractional shortening of the cavity radius
+# Fractional shortening of the cavity's diameter: normal 28-40%, reduced 5-15% (clinically, a left
+# ventricle shortens by 25-45%; under 15% is severely reduced).
+_SHORTENING = {"normal": (0.28, 0.40), "reduced": (0.05, 0.15)}
 _NAMES = ("Arden^Fake", "Brook^Fake", "Cove^Fake", "Dale^Fake", "Eske^Fake", "Fenn^Fake", "Glen^Fake", "Holt^Fake")
 
 
@@ -148,20 +150,21 @@ def beating_ventricle(rng: np.random.Generator, frames: int, size: int, fps: flo
     """One clip (frames, size, size) uint8: a ring beating with the label's fractional shortening."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     cy, cx = rng.uniform(0.42, 0.58, 2)
-    mean_radius = rng.uniform(0.14, 0.26)
+    mean_radius = rng.uniform(0.12, 0.30)
     wall = rng.uniform(0.05, 0.09)
     shortening = rng.uniform(*_SHORTENING[label])
     period_s, phase = rng.uniform(0.55, 0.9), rng.uniform(0, 2 * np.pi)
     tissue, blood, ring = rng.uniform(60, 100), rng.uniform(5, 25), rng.uniform(150, 220)
+    muscle = (mean_radius + wall) ** 2 - mean_radius**2  # the ring's area / pi
     distance = np.hypot(yy - cy, xx - cx)
     sector = (np.abs(np.arctan2(xx - 0.5, yy + 0.05)) < 0.6) & (np.hypot(yy + 0.05, xx - 0.5) < 1.05)
     out = np.empty((frames, size, size), np.uint8)
     for t in range(frames):
         beat = 0.5 * (1 - np.cos(2 * np.pi * t / (fps * period_s) + phase))  # 0 relaxed, 1 contracted
         radius = mean_radius * (1 + shortening / 2 - shortening * beat)
-        thickness = wall * (1 + 0.5 * shortening * beat / 0.15)  # the wall thickens as it contracts
+        outer = np.sqrt(radius**2 + muscle)  # the wall thickens as it contracts: its area stays the same
         img = np.where(distance < radius, blood, tissue)
-        img = np.where((distance >= radius) & (distance < radius + thickness), ring, img)
+        img = np.where((distance >= radius) & (distance < outer), ring, img)
         speckle = rng.rayleigh(1.0, (size, size)) / 1.25
         out[t] = np.clip(img * speckle * sector, 0, 255).astype(np.uint8)
     return out

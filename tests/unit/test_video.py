@@ -290,5 +290,5 @@ def test_cine_cohort_label_lives_only_in_the_motion(tmp_path: Path) -> None:
     with ImageStore(result.manifest.parent) as store:
         cavity = np.stack([(store.load(p) < 40).mean(axis=(1, 2)) for p in manifest["path"]])  # dark area per frame
     reduced = (manifest["label"] == "reduced").to_numpy()
-    assert roc_auc_score(reduced, -cavity.std(axis=1)) > 0.95  # how much the cavity moves: the label
+    assert roc_auc_score(reduced, -cavity.std(axis=1)) > 0.9  # how much the cavity moves: the label
     assert 0.25 < roc_auc_score(reduced, -cavity.mean(axis=1)) < 0.8  # its size in any frame: near chance
