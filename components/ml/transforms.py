@@ -45,7 +45,11 @@ class Preprocessing:
     clip: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain values; ``clip`` only for a clip model (model stores refuse None in metadata)."""
+        raw = asdict(self)
+        if raw["clip"] is None:
+            del raw["clip"]
+        return raw
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Preprocessing:
