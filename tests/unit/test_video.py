@@ -201,11 +201,11 @@ def test_clip_models_and_the_frame_baseline_ignores_frame_order() -> None:
 
     from components.ml.models import build_model, resolve_family
 
-    shape = (1, 8, 32, 32)
+    shape = (1, 6, 16, 16)
     cfg = default_params().train.model
     assert resolve_family(cfg, shape) == "resnet3d"  # auto: a 3D CNN over (time, H, W)
     clip = torch.rand(2, *shape)
-    shuffled = clip[:, :, torch.randperm(8)]
+    shuffled = clip[:, :, torch.randperm(6)]
     for family in ("resnet3d", "cnn_rnn", "frame_cnn"):
         torch.manual_seed(0)
         model = build_model(cfg.model_copy(update={"family": family}), shape, 2).eval()
