@@ -26,6 +26,7 @@ def validate(
     source: str = typer.Argument(..., help="DICOM or NIfTI folder with labels.csv, PNG/JPEG class folders, a MedMNIST .npz, or medmnist:<name>."),
     workspace: Path | None = WorkspaceOpt,
     keep: bool = typer.Option(False, "--keep", help="Keep the ingested manifest and images beside the report."),
+    labels: str | None = typer.Option(None, "--labels", help="Another labels file (CSV, same columns as labels.csv) in the SOURCE folder."),
 ) -> None:
     """Ingest SOURCE and validate it, nothing else: no dataset version, no training.
 
@@ -41,6 +42,10 @@ def validate(
     from flows.logs import library_log
     from flows.pipeline import model_name_for
 
+    if labels:
+        from cli.retrain import resolve_source
+
+        source = resolve_source(source, labels)
     settings = get_settings(workspace)
     params = load_params(settings.workspace / "params.yaml")
     run_id = f"data-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"

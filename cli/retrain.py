@@ -23,15 +23,29 @@ WaitOpt = typer.Option(0.0, "--wait", help="Seconds to wait for another run on t
 JsonOpt = typer.Option(False, "--json", help="Print the run's summary as JSON, and nothing else, on stdout (progress and messages on stderr).")
 
 
-def resolve_source(dataset: str | None) -> str:
-    """The flow's `source` for a --dataset value: the embedded cohort, or an existing path, resolved."""
+def resolve_source(dataset: str | None, labels: str | None = None) -> str:
+    """The flow's `source` for a --dataset value: the embedded cohort, or an existing path, resolved.
+
+    With `labels` (--labels FILE), the source is that labels file inside the dataset folder, which
+    ingest reads in place of its labels.csv."""
+    from flows.datasets import CINE_SOURCE
     from flows.pipeline import DEFAULT_SOURCE
 
+    if labels and (not dataset or not Path(dataset).expanduser().is_dir()):
+        console.print("[red]error:[/] --labels needs --dataset naming a folder")
+        raise typer.Exit(2)
     if not dataset:
         return DEFAULT_SOURCE
     if dataset.startswith("medmnist:"):  # resolved in the data root by the flow (flows.datasets.source_path)
         return dataset
+    if dataset == CINE_SOURCE:  # generated in the workspace by the flow
+        return dataset
     path = Path(dataset).expanduser()
+    if labels:
+        path = path / labels
+        if path.suffix.lower() != ".csv" or not path.is_file():
+            console.print(f"[red]error:[/] --labels {labels}: no such .csv file in {dataset}")
+            raise typer.Exit(2)
     if not path.exists():
         console.print(f"[red]error:[/] dataset {dataset}: no such file or folder")
         raise typer.Exit(2)
@@ -99,11 +113,12 @@ def training_command(trigger: str, default_source: Callable[[Path | None], str |
     else on the embedded cohort (`medgate run` and `medgate retrain` differ only there)."""
     def command(
         dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help=dataset_help),
+        labels: Optional[str] = typer.Option(None, "--labels", help="Another labels file (CSV, same columns as labels.csv) in the --dataset folder."),
         workspace: Optional[Path] = WorkspaceOpt,
         wait: float = WaitOpt,
         as_json: bool = JsonOpt,
     ) -> None:
-        launch(lambda: resolve_source(dataset or default_source(workspace)), workspace, trigger, wait, as_json)
+        launch(lambda: resolve_source(dataset or default_source(workspace), labels), workspace, trigger, wait, as_json)
 
     command.__doc__ = doc
     return command
@@ -111,7 +126,8 @@ def training_command(trigger: str, default_source: Callable[[Path | None], str |
 
 run = training_command(
     "manual", lambda workspace: None,
-    "DICOM or NIfTI folder with labels.csv, PNG/JPEG class folders, a MedMNIST .npz or medmnist:<name>; default: the embedded cohort.",
+    "DICOM or NIfTI folder with labels.csv, PNG/JPEG class folders, a MedMNIST .npz, medmnist:<name>, video clips "
+    "(MP4/MOV/AVI, DICOM cine) with labels.csv, or cohort:cine (the embedded cine cohort); default: the embedded CT cohort.",
     "Run the training flow: ingest, validate, prepare, train, evaluate, gate, package, promote.",
 )
 retrain = training_command(

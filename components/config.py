@@ -37,16 +37,35 @@ class PerModel(_Section, Generic[_T]):
 
     def for_model(self, model_name: str) -> _T:
         return self.models.get(model_name, self.default)
+class CineCohortConfig(_Section):
+    """The embedded cine cohort (``cohort:cine``, components.demo.cine): beating-ventricle phantoms."""
+
+    patients: int
+    clips_per_patient: int
+    frames: int  # frames written per clip (ingest samples ingest.video.frames of them)
+    size: int  # rows and columns of each written frame
+    seed: int
 
 
 class CohortConfig(_Section):
-    """The embedded synthetic CT cohort (the default dataset)."""
+    """The embedded synthetic CT cohort (the default dataset), and the cine cohort beside it."""
 
     patients: int
     images_per_patient: int
     image_size: int
     positive_fraction: float
     seed: int
+    cine: CineCohortConfig
+
+
+class VideoConfig(_Section):
+    """How clips (video files, DICOM cine) are stored: `components.readers.clips.ClipSpec`."""
+
+    frames: int = Field(ge=1)  # sampled uniformly over each clip
+    size: int = Field(ge=8)  # rows and columns of each stored frame
+    # Regions blacked out in every frame before anything is stored (e.g. an ultrasound banner with
+    # burned-in names): [x0, y0, x1, y1] fractions of the width and height (ClipSpec checks them).
+    mask: tuple[tuple[float, float, float, float], ...]
 
 
 class LimitsConfig(_Section):
@@ -77,6 +96,7 @@ class IngestConfig(_Section):
     download_timeout_s: float
     # A file declaring more is reported in problems.json, never decoded.
     limits: LimitsConfig
+    video: VideoConfig
 
 
 Severity = Literal["blocking", "warning"]
@@ -87,7 +107,19 @@ CHECK_NAMES: tuple[str, ...] = (
     "schema", "not_null", "unique_image_ids", "row_count", "label_set", "class_balance", "splits",
     "patient_leakage", "duplicates_across_splits", "duplicate_images", "image_kind", "image_size", "dtype",
     "spacing", "intensity_range", "constant_images", "modality", "photometric",
+    "clip_kind", "clip_frames", "clip_fps", "clip_duration", "clip_resolution", "black_clips",
 )
+
+
+class ClipBounds(_Section):
+    """Ranges of a clip dataset's source clips (the manifest's clip columns; images are not checked)."""
+
+    frames: Bound  # frames in the source clip
+    fps: Bound
+    duration_s: Bound
+    resolution: Bound  # source frame height and width in pixels
+    # A clip whose brightest stored pixel is at most this is black (a dead probe, a blank export).
+    black_max: float
 
 
 class ValidateConfig(_Section):
@@ -105,6 +137,7 @@ class ValidateConfig(_Section):
     spacing_mm: Bound
     modalities: tuple[str, ...]
     photometric: tuple[str, ...]
+    clips: ClipBounds
     severity: dict[str, Severity]
     # The report: thumbnails and histogram samples per class, files listed per failed check.
     thumbnails_per_class: int
@@ -147,7 +180,7 @@ class PrepareConfig(_Section):
 
 class ModelConfig(_Section):
     # auto: a 2D ResNet for images, a 3D ResNet for volumes.
-    family: Literal["auto", "resnet", "densenet", "efficientnet", "resnet3d", "cnn_rnn"]
+    family: Literal["auto", "resnet", "densenet", "efficientnet", "resnet3d", "cnn_rnn", "frame_cnn"]
     width: int  # channels of the first block
     depth: Literal[10, 18, 34]  # ResNet depth (resnet, resnet3d and the cnn_rnn encoder)
     dropout: float
@@ -274,6 +307,7 @@ class ServeConfig(_Section):
     # array up to the input scaled so in-plane, never over max_decoded_bytes (services.inference.decode_limits).
     decode_side_multiple: int
     max_decoded_bytes: int
+    max_clip_seconds: int  # for a model of clips; a model of images takes none
     golden_set_size: int
     probability_tolerance: float
     # `medgate serve` asks the registry for the production Bento this often (0: only on SIGHUP).

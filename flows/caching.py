@@ -68,8 +68,14 @@ def source_fingerprint(path: Path) -> Fingerprint:
 
 
 def ingest_key(source_dir: Path, cfg: IngestConfig, salt: str) -> str:
-    """What an ingest's outputs depend on: source content, ingest params, salt and ingest code."""
-    digest = hashlib.sha256(source_fingerprint(source_dir).digest.encode())
+    """What an ingest's outputs depend on: source content, ingest params, salt and ingest code.
+
+    A labels file as the source (``--labels``) depends on its whole folder and on which file it is."""
+    source_dir = Path(source_dir)
+    if source_dir.is_file() and source_dir.suffix.lower() == ".csv":
+        digest = hashlib.sha256(f"{source_fingerprint(source_dir.parent).digest}\0{source_dir.name}".encode())
+    else:
+        digest = hashlib.sha256(source_fingerprint(source_dir).digest.encode())
     digest.update(cfg.model_dump_json().encode())
     digest.update(hashlib.sha256(salt.encode()).digest())
     for path in sorted(import_closure(PROJECT_ROOT, [INGEST_MODULE])):

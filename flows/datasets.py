@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 DEFAULT_SOURCE = "embedded"
 DEFAULT_COHORT_DIR = "data/source/default-cohort"  # where the embedded cohort is generated, in the workspace
+CINE_SOURCE = "cohort:cine"  # the embedded cine cohort (components.demo.cine)
+CINE_COHORT_DIR = "data/source/cine-cohort"
 IDENTIFIERS_FILE = "identifiers.json"  # written by components.demo.cohort: the fake identifiers in its headers
 # Memos in the workspace's state folder (.medgate): contents the PHI scan found clean (components.privacy.phi),
 # the last outcomes of the validation suites (components.stages.validate) and the run report's last charts
@@ -35,6 +37,7 @@ CHARTS_MEMO = "report_charts.json"
 
 @task(name="ingest")
 def ingest_task(source: str, settings: Settings, params: Params) -> IngestedDataset:
+    from components.demo.cine import generate_cine_cohort
     from components.demo.cohort import generate_cohort
     from components.stages.ingest import ingest_source
 
@@ -42,6 +45,8 @@ def ingest_task(source: str, settings: Settings, params: Params) -> IngestedData
     path = source_path(source, settings, params)
     if source == DEFAULT_SOURCE and not (path / "labels.csv").exists():
         generate_cohort(path, params.cohort)
+    if source == CINE_SOURCE and not (path / "labels.csv").exists():
+        generate_cine_cohort(path, params.cohort.cine)
     out_dir = ws / INGEST_DIR
     shutil.rmtree(out_dir, ignore_errors=True)
     return ingest_source(path, out_dir, params.ingest, salt=settings.deid_salt, show_progress=True)
@@ -108,7 +113,7 @@ def ingest_and_version(
 
 
 def source_path(source: str, settings: Settings, params: Params) -> Path:
-    """Where `source`'s files are: the embedded cohort's folder in the workspace, the local .npz of
+    """Where `source`'s files are: an embedded cohort's folder in the workspace, the local .npz of
     ``medmnist:<name>`` (see components.data.medmnist.resolve_medmnist), or the path given.
 
     Raises:
@@ -118,6 +123,8 @@ def source_path(source: str, settings: Settings, params: Params) -> Path:
 
     if source == DEFAULT_SOURCE:
         return settings.workspace / DEFAULT_COHORT_DIR
+    if source == CINE_SOURCE:
+        return settings.workspace / CINE_COHORT_DIR
     if source.startswith(MEDMNIST_PREFIX):
         return resolve_medmnist(source, settings.data_root, params.ingest)
     return Path(source)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 # Magic numbers of the 2D-only formats: a 3D model cannot take them, whatever their array shape.
 _FLAT_IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+_NPY_MAGIC = b"\x93NUMPY"  # a stored array: a clip model takes its stored clip form (T, H, W) too
 _MAX_MESSAGE = 300
 logger = logging.getLogger("medgate.service")
 
@@ -68,49 +69,56 @@ def read_upload(path: Path, max_bytes: int, name: str = "image") -> bytes:
     return path.read_bytes()
 
 
-def decode_limits(input_shape: Sequence[int], side_multiple: int, max_decoded_bytes: int) -> DecodeLimits:
+def decode_limits(input_shape: Sequence[int], side_multiple: int, max_decoded_bytes: int,
+                  max_seconds: float = 0.0) -> DecodeLimits:
     """What one upload may declare, derived from the model's input shape (C, H, W) or (C, D, H, W).
 
     Preprocessing resizes every image to the input's size, so anything far larger only costs memory:
     each side (rows, columns) may be up to `side_multiple` times the input's larger in-plane side,
     the slices of a volume up to `side_multiple` times its depth (one for a 2D model), and the decoded
     array up to the input's float32 size scaled by `side_multiple` along both in-plane axes (a grey
-    image at the largest side just fits), never more than `max_decoded_bytes`.
+    image at the largest side just fits), never more than `max_decoded_bytes`. `max_seconds`: how
+    long a clip may last, for a model of clips (whose depth is its frames); 0 for a model of images.
     """
     from components.readers import DecodeLimits
 
     depth = input_shape[1] if len(input_shape) == 4 else 1
     max_bytes = min(max_decoded_bytes, side_multiple**2 * math.prod(input_shape) * 4)
-    # Models served here take images: no clip or recording (a duration limit of 0 s).
     return DecodeLimits(max_bytes=max_bytes, max_side=side_multiple * max(input_shape[-2:]),
-                        max_frames=side_multiple * depth, max_seconds=0.0)
+                        max_frames=side_multiple * depth, max_seconds=max_seconds)
 
 
 def decode_upload(data: bytes, card: ModelCard, limits: DecodeLimits, name: str = "image") -> np.ndarray:
-    """Upload bytes (PNG, JPEG, DICOM, NIfTI or .npy) → the stored array form, checked against the model's dimensions.
+    """Upload bytes (PNG, JPEG, DICOM, NIfTI, .npy; for a model of clips MP4, MOV, AVI or DICOM cine) →
+    the stored array form, checked against the model's dimensions.
 
     The size the file declares is checked against `limits` before anything is decoded. DICOM is
     decoded to Hounsfield units and de-identified in memory by `components.readers`; no header value
-    reaches a message or a log here.
+    reaches a message or a log here. A clip is decoded in bounded memory and sampled as the model's
+    training clips were (`Preprocessing.clip`); a clip to an image model and an image to a clip model
+    are answered 422. A clip model also takes a .npy of the stored clip form (T, H, W).
 
     Raises:
-        InputProblem: 413 over `limits` (naming the limit), 422 a 2D format to a 3D model, 400 anything
+        InputProblem: 413 over `limits` (naming the limit), 422 a 2D format to a 3D model or a clip to an image model (and back), 400 anything
             the decoders refuse or fail on.
         MemoryError: the server has no memory for an image within the limits now (a 503 for the caller).
     """
+    takes = "clips (video or DICOM cine)" if card.preprocessing.clip else "3D volumes (D, H, W)"
     if card.spatial_dims == 3:
         for magic, kind in _FLAT_IMAGE_MAGIC.items():
             if data.startswith(magic):
-                raise InputProblem(
-                    f"{name}: a {kind} is a 2D image; this model takes 3D volumes (D, H, W)",
-                    HTTPStatus.UNPROCESSABLE_ENTITY,
-                )
-    from components.readers import ImageDecodeError, TooLarge, decode_image
+                raise InputProblem(f"{name}: a {kind} is a 2D image; this model takes {takes}",
+                                   HTTPStatus.UNPROCESSABLE_ENTITY)
+    from components.readers import ClipSpec, ImageDecodeError, NotAClipModel, TooLarge, decode
 
+    clip = ClipSpec.from_dict(card.preprocessing.clip) if card.preprocessing.clip else None
     try:
-        image = decode_image(data, limits)
+        decoded = decode(data, "", limits, clip)
     except TooLarge as exc:
         raise InputProblem(f"{name}: {_clip(str(exc))} for this model", HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from None
+    except NotAClipModel:
+        raise InputProblem(f"{name}: the upload is a clip (video or DICOM cine); this model takes images",
+                           HTTPStatus.UNPROCESSABLE_ENTITY) from None
     except ImageDecodeError as exc:
         raise InputProblem(f"{name}: could not decode the upload: {_clip(str(exc))}") from None
     except MemoryError:
@@ -120,7 +128,10 @@ def decode_upload(data: bytes, card: ModelCard, limits: DecodeLimits, name: str 
         # element): log and answer without them.
         logger.warning("%s: decoder raised %s", name, type(exc).__name__)
         raise InputProblem(f"{name}: could not decode the upload as PNG, JPEG, DICOM, NIfTI or .npy") from None
-    return np.asarray(image)
+    if clip is not None and decoded.kind != "video" and not data.startswith(_NPY_MAGIC):
+        raise InputProblem(f"{name}: the upload is a still image or volume; this model takes {takes}",
+                           HTTPStatus.UNPROCESSABLE_ENTITY)
+    return np.asarray(decoded.array)
 
 
 def prepare_input(image: np.ndarray, card: ModelCard, name: str = "image") -> np.ndarray:

@@ -187,7 +187,8 @@ class Classifier:
         )
         self.max_upload_bytes = SETTINGS.max_upload_bytes
         self.max_batch_images = SETTINGS.max_batch_images
-        self.limits = decode_limits(SETTINGS.input_shape, SETTINGS.decode_side_multiple, SETTINGS.max_decoded_bytes)
+        self.limits = decode_limits(SETTINGS.input_shape, SETTINGS.decode_side_multiple, SETTINGS.max_decoded_bytes,
+                                    SETTINGS.max_clip_seconds if self.card.preprocessing.clip else 0.0)
         # Uploads this worker decodes at once: with the limits, what bounds its decoded memory.
         self.decoding = anyio.CapacityLimiter(SETTINGS.decode_threads)
         self.model_cards = {

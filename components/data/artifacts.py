@@ -102,7 +102,7 @@ class IngestedDataset:
 
     manifest: Path
     source: str
-    kind: str  # dicom | nifti | png | npz
+    kind: str  # dicom | nifti | video | png | npz
     num_images: int
     num_patients: int
     class_names: tuple[str, ...]

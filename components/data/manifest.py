@@ -21,6 +21,7 @@ MANIFEST_FILE = "manifest.parquet"
 SOURCES_FILE = "sources.csv"
 PROBLEMS_FILE = "problems.json"
 CLASS_NAMES_ATTR = "class_names"  # key of the class order in the manifest's metadata (DataFrame.attrs)
+CLIP_SPEC_ATTR = "clip_spec"  # key of how clips were sampled (ingest.video), in a clip dataset's metadata
 
 # Required columns and their pandas dtypes, in this order.
 MANIFEST_COLUMNS: dict[str, str] = {
@@ -46,6 +47,11 @@ EXTRA_COLUMNS: dict[str, str] = {
     "site": "string", "sex": "string", "age_band": "string", "scanner": "string", "modality": "string",
     "photometric": "string",
     "spacing_d": "float64", "spacing_h": "float64", "spacing_w": "float64",  # mm between slices, rows, columns
+    # Clips (video files, DICOM cine; stored (frames sampled, H, W)): the source clip's frame count,
+    # frame rate, seconds, frame size in pixels and codec (or DICOM transfer syntax).
+    # Nullable integers ("Int64"): a dataset may mix clips and images, which validate then flags.
+    "frames": "Int64", "fps": "float64", "duration_s": "float64", "source_height": "Int64", "source_width": "Int64",
+    "codec": "string",
 }
 SUBGROUP_COLUMNS: tuple[str, ...] = ("site", "sex", "age_band", "scanner")  # what the gate can put floors on
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -57,7 +63,7 @@ def manifest_schema() -> pa.Schema:
     """The Arrow schema of every column the manifest may have, in the contract's order."""
     import pyarrow as pa
 
-    types = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64()}
+    types = {"string": pa.string(), "int64": pa.int64(), "Int64": pa.int64(), "float64": pa.float64()}
     return pa.schema([(c, types[t]) for c, t in {**MANIFEST_COLUMNS, **EXTRA_COLUMNS}.items()])
 
 

@@ -6,6 +6,7 @@ elements inside the page. matplotlib is imported only where a figure exists (the
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 import math
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from PIL.Image import Image
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -60,3 +62,10 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def figure(svg_element: str, caption: str) -> str:
     """A chart with its caption (HTML)."""
     return f"<figure>{svg_element}<figcaption>{caption}</figcaption></figure>"
+
+
+def png_img(img: Image) -> str:
+    """A Pillow image as an <img> element holding its PNG as a data URI."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'

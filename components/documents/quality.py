@@ -9,8 +9,6 @@ as its report.json) and a few images per class.
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,7 +17,8 @@ import pandas as pd
 
 from components.config import ValidateConfig
 from components.data.manifest import SPLITS
-from components.documents.html import STYLE, escape, svg, table
+from components.documents.clips import clip_section
+from components.documents.html import STYLE, escape, png_img, svg, table
 
 # Loads a stored image by its manifest path (components.data.shards.ImageStore.load).
 ImageLoader = Callable[[str], np.ndarray]
@@ -61,6 +60,7 @@ def render_report(summary: dict[str, Any], manifest: pd.DataFrame, load: ImageLo
 <h2>Intensity histograms per class</h2><figure>{histogram}<figcaption>Stored intensities of up to
 {cfg.histogram_images_per_class} images per class.</figcaption></figure>
 <h2>Thumbnails per class</h2>{thumbnails}
+{clip_section(manifest, load, cfg.thumbnails_per_class) if "frames" in manifest else ""}
 {_drift_section(summary.get("drift"), summary.get("drift_note", ""))}
 <h2>Inputs skipped at intake</h2>{skipped}
 </body></html>"""
@@ -121,9 +121,7 @@ def _thumbnail(arr: np.ndarray, size: int = 96) -> str:
     if min(img.size) < size // 2:  # tiny images (28 px MedMNIST) are enlarged, not blurred
         scale = max(1, size // max(img.size))
         img = img.resize((img.size[0] * scale, img.size[1] * scale), Image.Resampling.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
-    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return png_img(img)
 
 
 def _pictures(manifest: pd.DataFrame, load: ImageLoader, cfg: ValidateConfig, window: tuple[float, float] | None) -> tuple[str, str]:

@@ -16,7 +16,7 @@ from components.config import ModelConfig
 from components.ml.transforms import Preprocessing
 
 FAMILIES_2D = ("resnet", "densenet", "efficientnet")
-FAMILIES_3D = ("resnet3d", "cnn_rnn")
+FAMILIES_3D = ("resnet3d", "cnn_rnn", "frame_cnn")
 # EfficientNet-B0's stages (MONAI's own string for B0), built for the data's image size instead of 224.
 _EFFICIENTNET_B0 = [
     "r1_k3_s11_e1_i32_o16_se0.25",
@@ -84,6 +84,22 @@ class SliceRNN(nn.Module):
         return self.head(out.mean(dim=1))
 
 
+class FrameCNN(nn.Module):
+    """The frame-level baseline of clips: a 2D CNN scores every frame alone; the clip's logits are
+    the mean of its frames'. It sees no motion, so it is what a model of time must beat.
+
+    Input (B, C, T, H, W).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, cfg: ModelConfig, size: int):
+        super().__init__()
+        self.frame = _small_resnet(2, in_channels, num_classes, cfg.width, size, cfg.depth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        return self.frame(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)).reshape(b, t, -1).mean(dim=1)
+
+
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The network for inputs of `input_shape` = (C, *spatial), returning `num_classes` logits."""
     family = resolve_family(cfg, input_shape)
@@ -113,6 +129,8 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
             dropout_rate=cfg.dropout,
             image_size=size,
         )
+    if family == "frame_cnn":
+        return FrameCNN(in_channels, num_classes, cfg, size)
     return SliceRNN(in_channels, num_classes, cfg, size)
 
 

@@ -33,23 +33,34 @@ class Preprocessing:
         channels: channels the network takes (1 grey, 3 RGB).
         lower, upper: intensity window mapped to [0, 1] and clipped; for CT these are
             Hounsfield units (level -/+ width/2), for 8-bit images 0 and 255.
+        clip: for a model of clips (video, DICOM cine), how an uploaded clip is sampled, as ingest
+            sampled its training clips (``{"frames", "size", "mask"}``: `components.readers.clips.ClipSpec`,
+            kept as plain values so that training does not import the readers); None: images or volumes.
     """
 
     spatial_size: tuple[int, ...]
     channels: int
     lower: float
     upper: float
+    clip: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain values; ``clip`` only for a clip model (model stores refuse None in metadata)."""
+        raw = asdict(self)
+        if raw["clip"] is None:
+            del raw["clip"]
+        return raw
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Preprocessing:
+        clip = raw.get("clip")
         return cls(
             spatial_size=tuple(int(s) for s in raw["spatial_size"]),
             channels=int(raw["channels"]),
             lower=float(raw["lower"]),
             upper=float(raw["upper"]),
+            clip={"frames": int(clip["frames"]), "size": int(clip["size"]), "mask": [list(map(float, b)) for b in clip["mask"]]}
+            if clip else None,
         )
 
     @property

@@ -11,15 +11,20 @@ from __future__ import annotations
 import numpy as np
 
 from components.readers.base import DecodeLimits, Decoded, ImageDecodeError, Reader, TooLarge, check_array
+from components.readers.clips import ClipSpec, NotAClipModel
 from components.readers.dicom import DicomReader
 from components.readers.nifti import NiftiReader
 from components.readers.npy import NpyReader
 from components.readers.raster import RasterReader
+from components.readers.video import VideoReader
 
-__all__ = ["READERS", "DecodeLimits", "Decoded", "ImageDecodeError", "Reader", "TooLarge", "decode", "decode_image", "reader_for_name"]
+__all__ = ["READERS", "ClipSpec", "DecodeLimits", "Decoded", "ImageDecodeError", "NotAClipModel", "Reader", "TooLarge",
+           "decode", "decode_image", "reader_for_name"]
 
 # Content is matched in this order; the first reader that accepts a file's bytes reads it.
-READERS: tuple[Reader, ...] = (RasterReader(), NpyReader(), NiftiReader(), DicomReader())
+READERS: tuple[Reader, ...] = (RasterReader(), NpyReader(), NiftiReader(), VideoReader(), DicomReader())
+# Readers that also take a `ClipSpec` (`read(..., clip=)`): clips, and DICOM for its cine loops.
+_CLIP_READERS = (VideoReader, DicomReader)
 
 
 def reader_for_name(name: str) -> Reader | None:
@@ -27,7 +32,7 @@ def reader_for_name(name: str) -> Reader | None:
     return next((r for r in READERS if r.claims(name)), None)
 
 
-def decode(data: bytes, salt: str, limits: DecodeLimits | None) -> Decoded:
+def decode(data: bytes, salt: str, limits: DecodeLimits | None, clip: ClipSpec | None = None) -> Decoded:
     """Decode a whole file by its content (never its suffix) through the reader that accepts it.
 
     Args:
@@ -35,6 +40,8 @@ def decode(data: bytes, salt: str, limits: DecodeLimits | None) -> Decoded:
         salt: secret key of the pseudonyms in the returned columns.
         limits: the most the file may declare (`base.DecodeLimits`), checked before decoding; None
             only for files this platform made itself.
+        clip: how a clip (video, DICOM cine) is sampled and stored (``kind="video"``); None: a clip
+            is refused with `NotAClipModel`.
 
     Raises:
         TooLarge: the file declares more than `limits` allow (nothing was decoded).
@@ -47,7 +54,8 @@ def decode(data: bytes, salt: str, limits: DecodeLimits | None) -> Decoded:
     if reader is None:
         formats = [r.formats for r in READERS]
         raise ImageDecodeError(f"unrecognised content: expected {', '.join(formats[:-1])} or {formats[-1]}")
-    decoded = reader.read(data, salt, limits)
+    decoded = reader.read(data, salt, limits, clip=clip) if isinstance(reader, _CLIP_READERS) \
+        else reader.read(data, salt, limits)
     if decoded.kind != "image":
         return decoded
     return Decoded(check_array(decoded.array), decoded.columns)

@@ -36,8 +36,11 @@ class DecodeLimits:
 
 
 def check_declared(limits: DecodeLimits | None, *, rows: int = 1, columns: int = 1, frames: int = 1,
-                   channels: int = 1, itemsize: int = 1, seconds: float | None = None) -> None:
+                   channels: int = 1, itemsize: int = 1, seconds: float | None = None, streamed: bool = False) -> None:
     """Refuse a file whose declared size exceeds `limits` (None: no limit).
+
+    `streamed`: the frames are decoded one at a time and only a sample is kept (a clip), so the byte
+    limit applies to one frame; the frame count and duration are still limited.
 
     Raises:
         TooLarge: the first limit exceeded, named with the declared value.
@@ -50,7 +53,7 @@ def check_declared(limits: DecodeLimits | None, *, rows: int = 1, columns: int =
         raise TooLarge(f"declares {frames} frames or slices, over the limit of {limits.max_frames}")
     if seconds is not None and seconds > limits.max_seconds:
         raise TooLarge(f"declares {seconds:.1f} s, over the limit of {limits.max_seconds:g} s")
-    size = rows * columns * frames * channels * itemsize
+    size = rows * columns * (1 if streamed else frames) * channels * itemsize
     if size > limits.max_bytes:
         raise TooLarge(f"declares {size / 2**20:.1f} MiB decoded, over the limit of {limits.max_bytes / 2**20:.1f} MiB")
 

@@ -19,12 +19,13 @@ import numpy as np
 import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, iter_pixels
 
 from components.privacy.deid import pseudonym
 from components.readers.base import (
     DecodeLimits, Decoded, ImageDecodeError, Reader, check_declared, is_colour, short_reason, spacing_columns,
 )
+from components.readers.clips import ClipSpec, NotAClipModel, fit_frame, sample_indices, stack_clip, to_grey
 
 # Multi-frame objects of these modalities are stacks of slices (volumes); elsewhere frames are time.
 VOLUME_MODALITIES = frozenset({"CT", "MR", "PT", "NM"})
@@ -41,11 +42,23 @@ class DicomReader(Reader):
     def accepts(self, data: bytes) -> bool:
         return data[128:132] == b"DICM" or data[:2] in (b"\x02\x00", b"\x08\x00")
 
-    def read(self, data: bytes, salt: str, limits: DecodeLimits | None) -> Decoded:
+    def read(self, data: bytes, salt: str, limits: DecodeLimits | None, clip: ClipSpec | None = None) -> Decoded:
+        """An image or volume (`dicom_to_array`), or a cine loop sampled by `clip` (`cine_to_clip`).
+
+        Raises:
+            NotAClipModel: a cine loop and `clip` is None.
+        """
         try:
             with warnings.catch_warnings():  # pydicom warnings can quote header values
                 warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM")
+                force = data[128:132] != b"DICM"
+                ds = pydicom.dcmread(io.BytesIO(data), force=force, stop_before_pixels=True)
+                if is_cine(ds):
+                    if clip is None:
+                        raise NotAClipModel("a multi-frame DICOM cine loop was given where an image is expected")
+                    arr, columns = cine_to_clip(ds, io.BytesIO(data), clip, limits)
+                    return Decoded(arr, {**header_columns(ds, salt), **columns}, kind="video")
+                ds = pydicom.dcmread(io.BytesIO(data), force=force)
                 arr = dicom_to_array(ds, limits)
         except ImageDecodeError:
             raise
@@ -53,6 +66,85 @@ class DicomReader(Reader):
             raise ImageDecodeError(f"corrupt or truncated DICOM: {short_reason(exc)}") from None
         spacing = _spacing(ds, volume=arr.ndim == 3 and not is_colour(arr))
         return Decoded(arr, {**header_columns(ds, salt), **spacing_columns(spacing)})
+
+
+def _frames(ds: Dataset) -> int:
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def is_cine(ds: Dataset) -> bool:
+    """Whether a DICOM header describes a cine loop (frames over time) rather than an image or volume:
+    several frames that are colour, of a modality other than CT/MR/PT/NM, or with a frame time or
+    cine rate (MR cine)."""
+    if _frames(ds) < 2:
+        return False
+    timed = any(k in ds for k in ("FrameTime", "FrameTimeVector", "CineRate"))
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    return timed or int(ds.get("SamplesPerPixel", 1) or 1) > 1 or modality not in VOLUME_MODALITIES
+
+
+def _frame_rate(ds: Dataset) -> float | None:
+    """Frames per second: CineRate, else 1000 / FrameTime, else from the FrameTimeVector (ms between frames)."""
+    def number(keyword: str) -> float | None:
+        try:
+            x = float(ds.get(keyword))
+        except (TypeError, ValueError):
+            return None
+        return x if math.isfinite(x) and x > 0 else None
+
+    if rate := number("CineRate") or number("RecommendedDisplayFrameRate"):
+        return rate
+    if ms := number("FrameTime"):
+        return 1000.0 / ms
+    vector = [float(v) for v in (ds.get("FrameTimeVector") or [])[1:] if float(v) > 0]
+    return 1000.0 * len(vector) / sum(vector) if vector else None
+
+
+def cine_to_clip(ds: Dataset, file: io.BytesIO, spec: ClipSpec,
+                 limits: DecodeLimits | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """A cine loop's sampled frames as the stored clip (`clips.stack_clip`) and its clip columns.
+
+    Only the sampled frames are decoded, one at a time (`pydicom.pixels.iter_pixels` with their
+    indices), in any transfer syntax pydicom decodes; each is made grey and resized at once.
+
+    Args:
+        ds: the header (read without pixels). file: the whole file, for the pixel data.
+
+    Raises:
+        TooLarge: declared frames, size or duration over `limits`.
+        ImageDecodeError: BurnedInAnnotation YES, a palette-colour loop, undecodable pixel data.
+    """
+    if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
+        raise ImageDecodeError("DICOM BurnedInAnnotation is YES: text in the pixels may identify the patient")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric == "PALETTE COLOR":
+        raise ImageDecodeError("PALETTE COLOR DICOM is not supported: its pixel values are palette indices")
+    frames, fps = _frames(ds), _frame_rate(ds)
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    bits = int(ds.get("BitsStored", 8) or 8)
+    check_declared(limits, rows=rows, columns=columns, frames=frames,
+                   channels=int(ds.get("SamplesPerPixel", 1) or 1),
+                   itemsize=(int(ds.get("BitsAllocated", 8) or 8) + 7) // 8,
+                   seconds=frames / fps if fps else None, streamed=True)
+    wanted = sample_indices(frames, spec.frames)
+    order = sorted(set(wanted))
+    try:
+        decoded = dict(zip(order, (fit_frame(to_grey(f), spec) for f in iter_pixels(file, indices=order)), strict=True))
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad pixel data
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        where = f" (transfer syntax {syntax.name})" if syntax is not None else ""
+        raise ImageDecodeError(f"cannot decode DICOM cine pixel data{where}: {short_reason(exc)}") from None
+    unsigned = int(ds.get("PixelRepresentation", 0) or 0) == 0
+    top = float(2**bits - 1)
+    clip = [top - decoded[i] if photometric == "MONOCHROME1" else decoded[i] for i in wanted]
+    arr = stack_clip(clip, spec, full_scale=top if unsigned and bits <= 16 else None)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    cols = {"frames": frames, "fps": fps, "duration_s": frames / fps if fps else None, "source_height": rows,
+            "source_width": columns, "codec": syntax.name if syntax is not None else None}
+    return arr, {k: v for k, v in cols.items() if v is not None}
 
 
 def dicom_to_array(ds: Dataset, limits: DecodeLimits | None) -> np.ndarray:
@@ -64,25 +156,21 @@ def dicom_to_array(ds: Dataset, limits: DecodeLimits | None) -> np.ndarray:
     volume (frames, H, W), each frame through its own rescale when the object is enhanced.
 
     Raises:
+        NotAClipModel: a cine loop (`is_cine`; `cine_to_clip` reads those).
         ImageDecodeError: no pixel data, BurnedInAnnotation YES (the pixels themselves may carry
-            identifiers), multi-frame colour or cine objects, a palette-colour image, or pixel data
-            that cannot be decoded.
+            identifiers), a palette-colour image, or pixel data that cannot be decoded.
     """
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageDecodeError("DICOM has no pixel data (truncated file or not an image object)")
     if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
         raise ImageDecodeError("DICOM BurnedInAnnotation is YES: text in the pixels may identify the patient")
-    try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
-        frames = 1
+    frames = _frames(ds)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     modality = str(ds.get("Modality", "") or "").strip().upper()
-    if frames > 1 and (samples > 1 or modality not in VOLUME_MODALITIES):
-        raise ImageDecodeError(
-            f"multi-frame {modality or 'DICOM'} object ({frames} frames) is a cine or time series, not a "
-            f"volume; only multi-frame {', '.join(sorted(VOLUME_MODALITIES))} is read (as a 3D volume)")
+    if is_cine(ds):
+        raise NotAClipModel(f"multi-frame {modality or 'DICOM'} object ({frames} frames) is a cine loop, "
+                            "not an image or volume (read it with a clip spec)")
     if photometric == "PALETTE COLOR":
         raise ImageDecodeError("PALETTE COLOR DICOM is not supported: its pixel values are palette indices")
     stored = -(-int(ds.get("BitsAllocated", 8) or 8) // 8)

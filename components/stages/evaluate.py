@@ -11,7 +11,8 @@ Calibration: `ece` is that of the model as served. With `temperature_scaling`, a
 fitted on the validation split and `ece_scaled`/`nll_scaled` say what it would give; it changes
 neither AUC nor the predicted labels (the threshold is chosen on the same scale).
 Against the classical baseline (components.stages.baseline, same test images): `baseline_<metric>`,
-`auc_minus_baseline` and its paired bootstrap 95% interval.
+`auc_minus_baseline` and its paired bootstrap 95% interval. Where every patient's several images
+or clips share a label: `patient_auc` and `patient_accuracy` on the mean of each patient's scores.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from components.ml.metrics import (
 )
 from components.ml.models import load_model
 from components.ml.runtime import predict_probs, set_threads
+from components.ml.video import patient_metrics
 
 
 def subgroup_metrics(rows: pd.DataFrame, labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -130,6 +132,7 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
         metrics["nll_scaled"] = negative_log_likelihood(y_test, scaled)
     metrics["val_auc"] = score_auc(y_val, val_probs)
     metrics["n_test"] = len(y_test)
+    metrics.update(patient_metrics(rows["patient_id"], y_test, test_probs, threshold))  # clips: per patient too
     metrics["operating_threshold"] = threshold
     metrics["operating_point"] = cfg.operating_point if binary else "argmax"
     if baseline_dir is not None:

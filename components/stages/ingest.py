@@ -6,6 +6,10 @@ Sources (`ingest_source` detects the kind; docs/manifest.md is the data contract
   usually DICOM; any format `components.readers` reads (PNG, JPEG, NIfTI, ``.npy``) is decoded too.
   Its columns (key ``cfg.key_column``, label, optional patient_id and split): `components.data.labels`.
 * ``nifti``: the same layout where the listed files are NIfTI-1/2 volumes (``.nii``, ``.nii.gz``).
+* ``video``: the same layout where the listed files are video clips (MP4, MOV, AVI); DICOM cine
+  loops come as ``dicom``. Clips are stored as ``cfg.video`` says (`components.readers.clips`).
+* A ``.csv`` file inside such a folder: the folder, with that file in place of ``labels.csv`` (a
+  dataset with several label sets; ``medgate run --labels FILE``).
 * ``png``: a folder of PNG/JPEG images (formats whose reader has ``in_class_folders``) in
   class-named subfolders (``<class>/.../<file>``), or ``<split>/<class>/...`` when every top-level
   folder is train, val or test.
@@ -47,12 +51,12 @@ from components.config import IngestConfig
 from components.data.artifacts import IngestedDataset
 from components.data.labels import LabelRow, read_labels, relative_file
 from components.data.manifest import (
-    CLASS_NAMES_ATTR, MANIFEST_FILE, PROBLEMS_FILE, SOURCES_FILE, SPLITS, ManifestRows, order_class_names,
+    CLASS_NAMES_ATTR, CLIP_SPEC_ATTR, MANIFEST_FILE, PROBLEMS_FILE, SOURCES_FILE, SPLITS, ManifestRows, order_class_names,
 )
 from components.data.medmnist import MEDMNIST_PREFIX, SplitUnreadable, archive_splits, open_split
 from components.data.shards import ShardWriter
 from components.privacy.deid import pseudonym
-from components.readers import DecodeLimits, ImageDecodeError, TooLarge, decode, reader_for_name
+from components.readers import ClipSpec, DecodeLimits, ImageDecodeError, TooLarge, decode, reader_for_name
 from components.readers.base import check_array, short_reason
 from components.readers.dicom import header_value, is_keyword
 
@@ -62,10 +66,12 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_SOURCES = (
     ("a folder with labels.csv (columns path or the configured key column, label; optional "
-     "patient_id, split) and the DICOM or NIfTI (.nii, .nii.gz) files it lists"),
+     "patient_id, split) and the DICOM, NIfTI (.nii, .nii.gz) or video (.mp4, .mov, .avi) files it lists, "
+     "or another .csv labels file in such a folder"),
     "a folder of PNG/JPEG images in class-named subfolders (optionally under train/val/test)",
     "a MedMNIST .npz file (train/val/test _images and _labels), or medmnist:<name>",
 )
+LABELS_FILE = "labels.csv"  # a labelled folder's default labels file
 # Starting a process costs about a second (a fresh interpreter imports numpy, pydicom, Pillow): fewer
 # chunks than this decode faster in this process (benchmarks/intake.py measures both).
 _POOL_MIN_CHUNKS = 4
@@ -172,6 +178,7 @@ def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: st
     if not src.exists():
         raise ValueError(f"{src}: source does not exist; supported: {'; '.join(SUPPORTED_SOURCES)}")
     kind = _detect_kind(src)
+    src, labels_file = (src.parent, src.name) if _is_labels_file(src) else (src, LABELS_FILE)
     out_dir = Path(out_dir)
     _check_out_dir(src, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -184,8 +191,8 @@ def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: st
         writer.writerow(["image_id", "source"])
         sink = _Sink(out_dir, salt, writer,
                      allowed_labels=frozenset(cfg.class_names) if cfg.class_names else None)
-        if kind in ("dicom", "nifti"):
-            _ingest_labelled_folder(src, cfg, sink, progress)
+        if kind in ("dicom", "nifti", "video"):
+            _ingest_labelled_folder(src, labels_file, cfg, sink, progress)
         elif kind == "png":
             _ingest_class_folders(src, cfg, sink, progress)
         else:
@@ -203,6 +210,8 @@ def _write_manifest(sink: _Sink, src: Path, source: str, kind: str, cfg: IngestC
     class_names = tuple(cfg.class_names) if cfg.class_names else order_class_names(manifest["label"].astype(str))
     # The class order travels with the manifest (parquet metadata): prepare indexes labels by it.
     manifest.attrs[CLASS_NAMES_ATTR] = list(class_names)
+    if "frames" in manifest:  # how its clips were sampled travels with them: the model serves clips the same way
+        manifest.attrs[CLIP_SPEC_ATTR] = cfg.video.model_dump(mode="json")
     manifest_path = sink.out_dir / MANIFEST_FILE
     manifest.to_parquet(manifest_path, index=False)
     result = IngestedDataset(
@@ -219,13 +228,18 @@ def _write_manifest(sink: _Sink, src: Path, source: str, kind: str, cfg: IngestC
     return result
 
 
+def _is_labels_file(src: Path) -> bool:
+    return src.is_file() and src.suffix.lower() == ".csv"
+
+
 def _detect_kind(src: Path) -> str:
     if src.is_file() and src.suffix.lower() == ".npz":
         return "npz"
+    folder = src.parent if _is_labels_file(src) else src
+    if folder != src or (src / LABELS_FILE).is_file():
+        names = {r.name for p in _listed_candidates(folder) if (r := reader_for_name(p)) is not None}
+        return {"nifti": "nifti", "video": "video"}.get("".join(names), "dicom")
     if src.is_dir():
-        if (src / "labels.csv").is_file():
-            names = {r.name for p in _listed_candidates(src) if (r := reader_for_name(p)) is not None}
-            return "nifti" if names == {"nifti"} else "dicom"
         for sub in src.iterdir():
             if sub.is_dir() and not sub.name.startswith(".") and any(
                     _in_class_folders(p.name) for p in sub.rglob("*") if p.is_file()):
@@ -235,7 +249,7 @@ def _detect_kind(src: Path) -> str:
 
 def _listed_candidates(src: Path) -> list[str]:
     """The files of a labels.csv folder that some reader claims by name."""
-    return [p for p in _walk_files(src) if p != "labels.csv" and reader_for_name(p) is not None]
+    return [p for p in _walk_files(src) if reader_for_name(p) is not None]
 
 
 def _in_class_folders(name: str) -> bool:
@@ -271,14 +285,14 @@ class _Result:
 
 
 def _decode_chunk(src: str, files: Sequence[str], out_dir: str, shard: int, salt: str, limits: DecodeLimits,
-                  on_file: Callable[[], None] | None = None) -> list[_Result]:
-    """Decode `files` (relative to `src`) into shard `shard` of `out_dir`; runs in a worker process.
-    Whatever fails in one file (a refusal, a reader's TypeError or MemoryError) is that file's problem."""
+                  clip: ClipSpec, on_file: Callable[[], None] | None = None) -> list[_Result]:
+    """Decode `files` (relative to `src`) into shard `shard` of `out_dir`, clips as `clip` says; runs in a
+    worker process. Whatever fails in one file (a refusal, a reader's TypeError or MemoryError) is that file's problem."""
     results = []
     with ShardWriter(Path(out_dir), shard) as writer:
         for rel in files:
             try:
-                decoded = decode(_read_bounded(Path(src) / rel, limits), salt, limits)
+                decoded = decode(_read_bounded(Path(src) / rel, limits), salt, limits, clip)
             except Exception as exc:  # noqa: BLE001 - one file's failure is reported, never the run's
                 known = isinstance(exc, (ImageDecodeError, OSError))  # their messages say what is wrong
                 why = short_reason(exc) if known else f"{type(exc).__name__}: {short_reason(exc)}"
@@ -309,9 +323,10 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
     first = sink.reserve_shards(len(chunks))
     workers = min(_worker_count(cfg), len(chunks))
+    clip = ClipSpec.from_dict(cfg.video.model_dump())
     if workers <= 1 or len(chunks) < _POOL_MIN_CHUNKS:
         for k, chunk in enumerate(chunks):
-            yield from _decode_chunk(str(src), chunk, str(sink.out_dir), first + k, sink.salt, limits, progress.step)
+            yield from _decode_chunk(str(src), chunk, str(sink.out_dir), first + k, sink.salt, limits, clip, progress.step)
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         queue: deque[tuple[int, Future[list[_Result]]]] = deque()
@@ -322,7 +337,7 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
             if nxt is not None:
                 k, chunk = nxt
                 queue.append((len(chunk), pool.submit(_decode_chunk, str(src), chunk, str(sink.out_dir),
-                                                      first + k, sink.salt, limits)))
+                                                      first + k, sink.salt, limits, clip)))
 
         for _ in range(2 * workers):
             submit()
@@ -337,8 +352,8 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
 _Accepted = tuple[str, str, str | None, str]
 
 
-def _ingest_labelled_folder(src: Path, cfg: IngestConfig, sink: _Sink, progress: _Progress) -> None:
-    rows = read_labels(src / "labels.csv", cfg.key_column)
+def _ingest_labelled_folder(src: Path, labels_file: str, cfg: IngestConfig, sink: _Sink, progress: _Progress) -> None:
+    rows = read_labels(src / labels_file, cfg.key_column)
     files = _listed_candidates(src)
     by_key, unreadable = _files_by_key(src, files, cfg.key_column, progress)
     accepted, used = _match_rows(src, rows, by_key, cfg.key_column, sink)

@@ -9,16 +9,18 @@ and `dataset.json` (class names, input shape, preprocessing, counts).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from components.data.artifacts import PreparedDataset
-from components.data.manifest import CLASS_NAMES_ATTR, SPLITS, SUBGROUP_COLUMNS, order_class_names
+from components.data.manifest import CLASS_NAMES_ATTR, CLIP_SPEC_ATTR, SPLITS, SUBGROUP_COLUMNS, order_class_names
 from components.data.prepared import write_dataset_info, write_split
 from components.data.shards import ImageStore
 from components.config import PrepareConfig, load_params, stage_arguments
 from components.ml.transforms import Preprocessing, preprocess
+from components.readers.clips import ClipSpec
 
 
 def split_patients(manifest: pd.DataFrame, cfg: PrepareConfig) -> pd.Series:
@@ -74,7 +76,22 @@ def choose_preprocessing(manifest: pd.DataFrame, train: pd.DataFrame, cfg: Prepa
         lower, upper = float(train["intensity_min"].min()), float(train["intensity_max"].max())
         if upper <= lower:
             upper = lower + 1.0
-    return Preprocessing(spatial_size=spatial, channels=int(channels[0]), lower=lower, upper=upper)
+    return Preprocessing(spatial_size=spatial, channels=int(channels[0]), lower=lower, upper=upper, clip=_clip_spec(manifest))
+
+
+def _clip_spec(manifest: pd.DataFrame) -> dict[str, Any] | None:
+    """How a clip dataset's clips were sampled (ingest's manifest metadata); None for images and volumes.
+
+    Raises:
+        ValueError: clips mixed with images, or clips without the sampling they were stored with.
+    """
+    if "frames" not in manifest or manifest["frames"].isna().all():
+        return None
+    raw = manifest.attrs.get(CLIP_SPEC_ATTR)
+    if manifest["frames"].isna().any() or not raw:
+        raise ValueError("clips mixed with still images, or clips without ingest's clip_spec; one dataset per kind")
+    spec = ClipSpec.from_dict(raw)  # checked here, not first at serving
+    return {"frames": spec.frames, "size": spec.size, "mask": [list(b) for b in spec.mask]}
 
 
 def prepare_dataset(manifest_path: Path, cfg: PrepareConfig, out_dir: Path) -> PreparedDataset:

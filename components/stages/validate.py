@@ -53,6 +53,12 @@ CHECKS: dict[str, str] = {
     "constant_images": "no image is constant (a constant image usually means a broken export)",
     "modality": "DICOM modality is in the allowed set",
     "photometric": "DICOM photometric interpretation is in the allowed set",
+    "clip_kind": "clips (video, DICOM cine) and still images are not mixed in one dataset",
+    "clip_frames": "each clip's frame count lies within the configured bounds",
+    "clip_fps": "each clip's frame rate lies within the configured bounds",
+    "clip_duration": "each clip's duration lies within the configured bounds",
+    "clip_resolution": "each clip's source frame height and width lie within the configured bounds",
+    "black_clips": "no clip is black (its brightest pixel above the configured level)",
 }
 _GX_TYPES = {"string": "str", "int64": "int64", "float64": "float64"}
 
@@ -108,15 +114,39 @@ def _expectations(cfg: ValidateConfig, columns: Sequence[str], class_names: Sequ
         images.append(tag("modality", gxe.ExpectColumnValuesToBeInSet, column="modality", value_set=list(cfg.modalities)))
     if "photometric" in columns:
         images.append(tag("photometric", gxe.ExpectColumnValuesToBeInSet, column="photometric", value_set=list(cfg.photometric)))
+    images += _clip_expectations(cfg, columns, tag)
     classes = [tag("class_balance", gxe.ExpectColumnValuesToBeBetween, column="fraction",
                    min_value=cfg.min_class_fraction, max_value=cfg.max_class_fraction)]
     return images, classes
+
+
+def _clip_expectations(cfg: ValidateConfig, columns: Sequence[str], tag: Any) -> list[Any]:
+    """The clip checks, where the manifest has clips (rows without ``frames`` are still images,
+    whose null clip values GX skips)."""
+    import great_expectations.expectations as gxe
+
+    if "frames" not in columns:
+        return []
+    clip = cfg.clips
+
+    def between(check: str, column: str, bound: Any) -> Any:
+        return tag(check, gxe.ExpectColumnValuesToBeBetween, column=column, min_value=bound.lower, max_value=bound.upper)
+
+    found = [tag("clip_kind", gxe.ExpectColumnUniqueValueCountToBeBetween, column="is_clip", min_value=1, max_value=1),
+             between("clip_frames", "frames", clip.frames)]
+    found += [between("clip_fps", "fps", clip.fps)] if "fps" in columns else []
+    found += [between("clip_duration", "duration_s", clip.duration_s)] if "duration_s" in columns else []
+    found += [between("clip_resolution", c, clip.resolution) for c in ("source_height", "source_width") if c in columns]
+    found.append(tag("black_clips", gxe.ExpectColumnValuesToBeBetween, column="clip_max", min_value=clip.black_max,
+                     strict_min=True))
+    return found
 
 
 def validation_frames(manifest: pd.DataFrame, cfg: ValidateConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The frames the suites run on: the manifest with derived columns, and one row per class.
 
     Derived columns: ``patient_splits`` (distinct splits among the patient's images),
+    ``is_clip`` and ``clip_max`` (the brightest stored pixel of a clip; null for still images),
     ``hash_groups`` (distinct splits among images with the same pixels; where the source fixes no
     split, distinct patients, since prepare may put two patients in different splits), and
     ``intensity_floor``/``intensity_ceiling`` (the row's modality's range, else ``default``).
@@ -137,6 +167,9 @@ def validation_frames(manifest: pd.DataFrame, cfg: ValidateConfig) -> tuple[pd.D
             return mapped.fillna(np.nan if fallback is None else fallback).astype("float64")
 
         frame["intensity_floor"], frame["intensity_ceiling"] = bound("lower"), bound("upper")
+    if "frames" in frame.columns:
+        frame["is_clip"] = frame["frames"].notna()
+        frame["clip_max"] = frame["intensity_max"].where(frame["is_clip"]) if "intensity_max" in frame.columns else np.nan
     counts = frame["label"].astype(str).value_counts() if "label" in frame.columns else pd.Series(dtype="int64")
     classes = pd.DataFrame({"label": counts.index.astype(str), "count": counts.to_numpy(dtype="int64"),
                             "fraction": (counts / max(len(frame), 1)).to_numpy(dtype="float64")})

@@ -22,6 +22,7 @@ from components.demo.cohort import generate_cohort
 from components.privacy.deid import deid_dicom, pseudonym
 from components.readers import decode_image
 from components.readers.base import content_hash
+from components.readers.clips import VIDEO_COLUMNS
 from components.stages.ingest import ingest_source
 from tests.images import jpeg_bytes, medmnist_npz, npy_bytes, png_bytes
 
@@ -65,7 +66,8 @@ def test_dicom_manifest_columns_dtypes_and_files(ingested) -> None:
     assert result.problems == ()
     assert json.loads((out / "problems.json").read_text()) == []
     df = pd.read_parquet(result.manifest)
-    assert list(df.columns) == [*MANIFEST_COLUMNS, *[c for c in EXTRA_COLUMNS if c != "spacing_d"]]  # 2D: no slice spacing
+    # 2D: no slice spacing; images: no clip columns
+    assert list(df.columns) == [*MANIFEST_COLUMNS, *[c for c in EXTRA_COLUMNS if c != "spacing_d" and c not in VIDEO_COLUMNS]]
     for column, dtype in {**MANIFEST_COLUMNS, **EXTRA_COLUMNS}.items():
         if column in df:
             assert str(df[column].dtype) == dtype, column
@@ -217,7 +219,7 @@ def test_each_bad_input_is_reported_with_file_and_reason(cohort: Path, tmp_path:
     burned = copy.deepcopy(ds)
     burned.BurnedInAnnotation = "YES"
     burned.save_as(src / "burned.dcm", enforce_file_format=True)
-    multi = copy.deepcopy(ds)  # a cine loop: frames are time, not slices
+    multi = copy.deepcopy(ds)  # a cine loop: frames are time, not slices; stored as a clip
     multi.Modality = "XA"
     multi.NumberOfFrames = 2
     multi.PixelData = ds.PixelData * 2
@@ -241,7 +243,6 @@ def test_each_bad_input_is_reported_with_file_and_reason(cohort: Path, tmp_path:
         "cut.png": "corrupt or truncated PNG",
         "nan.npy": "NaN",
         "burned.dcm": "BurnedInAnnotation",
-        "multi.dcm": "multi-frame",
         "missing.dcm": "file is missing",
         "labels.csv:14": "leaves the source folder",
         "unlisted.dcm": "no row in labels.csv",
@@ -252,9 +253,10 @@ def test_each_bad_input_is_reported_with_file_and_reason(cohort: Path, tmp_path:
         assert words in reasons[file], (file, reasons[file])
     assert len(result.problems) == len(expected)
     df = read_manifest(result.manifest)
-    assert result.num_images == 3  # good, its duplicate, and the constant image
-    assert df["content_hash"].nunique() == 2
-    assert sorted(df["dtype"]) == ["float32"] * 3
+    assert result.num_images == 4  # good, its duplicate, the constant image and the cine clip
+    assert df["content_hash"].nunique() == 3
+    assert sorted(df["dtype"]) == ["float32"] * 3 + ["uint8"]
+    assert df["frames"].dropna().tolist() == [2]  # validate flags the mix of images and clips
     assert "notes.txt" not in reasons
     assert not any("PatientID" in r or ds.PatientID in r for r in reasons.values())
 

@@ -13,10 +13,13 @@ import pytest
 
 from components.config import default_params
 from components.data.manifest import EXTRA_COLUMNS, MANIFEST_COLUMNS
-from components.readers import READERS, DecodeLimits, Decoded, ImageDecodeError, Reader, decode, decode_image, reader_for_name
+from components.readers import (
+    READERS, ClipSpec, DecodeLimits, Decoded, ImageDecodeError, Reader, decode, decode_image, reader_for_name,
+)
 from components.readers.base import check_array
 from components.readers.dicom import age_band, dicom_to_array
 from tests.images import dicom_bytes, grey_image, jpeg_bytes, npy_bytes, png_bytes
+from tests.videos import sweep_frames, video_bytes
 
 SALT = "unit-test-salt"
 LIMITS = DecodeLimits(**default_params().ingest.limits.model_dump())  # what ingest reads with
@@ -45,8 +48,14 @@ SAMPLES = {
     "npy": npy_bytes(np.zeros((4, 5, 6), np.float32)),
     "nifti": _nifti_bytes(),
     "dicom": dicom_bytes(grey_image().astype(np.int16)),
+    "video": video_bytes(sweep_frames(6, 16, 16)),
 }
-NAMED_IN_REFUSALS = {"raster": "PNG", "npy": ".npy", "nifti": "NIfTI", "dicom": "DICOM"}
+NAMED_IN_REFUSALS = {"raster": "PNG", "npy": ".npy", "nifti": "NIfTI", "dicom": "DICOM", "video": "video"}
+CLIP = ClipSpec(frames=4, size=16)  # for the readers that read clips
+
+
+def _read(reader: Reader, data: bytes) -> Decoded:
+    return reader.read(data, SALT, LIMITS, clip=CLIP) if reader.name in ("video", "dicom") else reader.read(data, SALT, LIMITS)
 
 
 # ---- the interface ----------------------------------------------------------------------------
@@ -64,12 +73,12 @@ def test_reader_reads_its_own_format(reader: Reader) -> None:
     assert all(reader_for_name(f"dir/file{s}") is reader for s in reader.suffixes)
     own = SAMPLES[reader.name]
     assert reader.accepts(own)
-    decoded = reader.read(own, SALT, LIMITS)
+    decoded = _read(reader, own)
     assert isinstance(decoded, Decoded)
     check_array(decoded.array)
     assert set(decoded.columns) <= set(MANIFEST_COLUMNS) | set(EXTRA_COLUMNS)
     assert None not in decoded.columns.values()
-    np.testing.assert_array_equal(decode(own, SALT, LIMITS).array, check_array(decoded.array))
+    np.testing.assert_array_equal(decode(own, SALT, LIMITS, clip=CLIP).array, check_array(decoded.array))
 
 
 @pytest.mark.parametrize("reader", READERS, ids=lambda r: r.name)
@@ -79,7 +88,7 @@ def test_reader_refuses_other_formats_naming_the_problem(reader: Reader) -> None
             continue
         assert not reader.accepts(data), other
         with pytest.raises(ImageDecodeError, match=re.escape(NAMED_IN_REFUSALS[reader.name])):
-            reader.read(data, SALT, LIMITS)
+            _read(reader, data)
 
 
 def test_dicom_columns_are_pseudonyms_only() -> None:

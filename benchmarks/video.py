@@ -1,0 +1,188 @@
+"""COVID-BLUES lung-ultrasound clips through medgate's stages, patient-level 5-fold CV (a benchmark, not a test).
+
+Data: ../shared/data/covid-blues (362 MP4 clips of 63 patients; labels.csv: PCR per patient,
+labels_severity.csv: severity 0-3 per clip). Tasks:
+
+* ``pcr``: labels.csv; clip AUC, and patient accuracy with the mean of a patient's clip scores;
+* ``severity01``: severity 0 against 1-3 (a labels file derived from labels_severity.csv); clip AUC;
+* ``severity4``: the four severity classes; macro AUC.
+
+Each clip is ingested once per task (ingest.video: frames x size), then for each fold the manifest's
+split column is set (test: the fold's patients; val: a seeded 15% of the other patients; train: the
+rest) and prepare, train and evaluate run as their stages do, once per model family (``--families``;
+``frame_cnn`` is the frame-averaged 2D baseline every temporal model is measured against). Printed:
+mean +- sd over folds per task and family, train seconds per fold, and the paper's figures.
+
+First, ``--throughput``: ingest's decoding and sampling (components.readers) against a bare PyAV
+decode loop over the same files, frames per second, in the same run.
+
+    python benchmarks/video.py [--tasks pcr severity01 severity4] [--families frame_cnn cnn_rnn resnet3d]
+        [--folds 5] [--workdir DIR] [--set train.max_epochs=20 ...] [--throughput-only]
+
+The CPU of this machine is shared with other work: the load average is printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+DATA = PROJECT.parent / "shared" / "data" / "covid-blues"
+sys.path.insert(0, str(PROJECT))
+
+from components.config import load_params, merged  # noqa: E402 - after the path is set
+
+PAPER = ("paper (Wiedemann et al., IEEE JBHI 2025): up to 0.79 accuracy with targeted training of its image "
+         "models; 0.65 for models trained only on other datasets")
+SALT = "benchmark-salt"
+
+
+def throughput(files: list[Path], spec: Any) -> dict[str, float]:
+    """Frames per second: a bare PyAV decode of every frame, and medgate's reader (decode + sample + resize)."""
+    import av
+
+    from components.readers import decode
+
+    started, frames = time.perf_counter(), 0
+    for path in files:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            frames += sum(1 for _ in container.decode(stream))
+    bare = frames / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for path in files:
+        decode(path.read_bytes(), SALT, clip=spec)
+    ours = frames / (time.perf_counter() - started)
+    return {"frames": frames, "bare_fps": bare, "medgate_fps": ours, "ratio": ours / bare}
+
+
+def task_source(task: str, root: Path) -> Path:
+    """A folder holding the task's labels.csv beside a link to the clips (the shared data stays read-only)."""
+    folder = root / f"source-{task}"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "lus_videos").exists():
+        (folder / "lus_videos").symlink_to(DATA / "lus_videos")
+    with open(DATA / ("labels.csv" if task == "pcr" else "labels_severity.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        if task == "severity01":
+            row["label"] = "severity_0" if row["label"] == "severity_0" else "severity_1-3"
+    with open(folder / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["path", "label", "patient_id"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+def fold_manifests(manifest_path: Path, folds: int, seed: int) -> list[Path]:
+    """One manifest per fold beside `manifest_path`, its split column set by patient."""
+    import pandas as pd
+
+    manifest = pd.read_parquet(manifest_path)
+    patients = np.array(sorted(manifest["patient_id"].unique()))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(patients)
+    out = []
+    for k, test in enumerate(np.array_split(patients, folds)):
+        rest = np.array([p for p in patients if p not in set(test)])
+        val = set(rng.choice(rest, size=max(2, round(0.15 * len(rest))), replace=False))
+        split = manifest["patient_id"].map(lambda p, t=set(test), v=val: "test" if p in t else "val" if p in v else "train")
+        path = manifest_path.with_name(f"manifest-fold{k}.parquet")
+        fold = manifest.assign(split=split.astype("string"))
+        fold.attrs = manifest.attrs
+        fold.to_parquet(path, index=False)
+        out.append(path)
+    return out
+
+
+def run_fold(manifest: Path, params: Any, family: str, out: Path) -> dict[str, float]:
+    from components.stages.evaluate import evaluate_model
+    from components.stages.prepare import prepare_dataset
+    from components.stages.train import train_model
+
+    data = out / "prepare"
+    if not (data / "dataset.json").exists():
+        prepare_dataset(manifest, params.prepare, data)
+    train_cfg = params.train.model_copy(update={"model": params.train.model.model_copy(update={"family": family})})
+    started = time.monotonic()
+    train_model(data, train_cfg, out / family / "train")
+    seconds = time.monotonic() - started
+    report = evaluate_model(data, out / family / "train", params.evaluate, out / family / "evaluate")
+    train_auc = json.loads((out / family / "train" / "training.json").read_text()).get("train_auc")
+    return {**report.metrics, "train_seconds": seconds, **({"train_auc": train_auc} if train_auc is not None else {})}
+
+
+def summarise(results: dict[str, dict[str, list[dict[str, float]]]]) -> None:
+    keys = ("auc", "patient_auc", "patient_accuracy", "accuracy", "train_seconds")
+    print(f"\n{'task':<12}{'family':<11}" + "".join(f"{k:>20}" for k in keys))
+    for task, by_family in results.items():
+        for family, folds in by_family.items():
+            cells = []
+            for key in keys:
+                values = [f[key] for f in folds if key in f and f[key] == f[key]]
+                cells.append(f"{statistics.mean(values):.3f} +- {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
+                             if values else "-")
+            print(f"{task:<12}{family:<11}" + "".join(f"{c:>20}" for c in cells))
+    print(f"\n{PAPER}\nload average {os.getloadavg()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["pcr", "severity01", "severity4"])
+    parser.add_argument("--families", nargs="+", default=["frame_cnn", "cnn_rnn", "resnet3d"])
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--set", nargs="*", default=[], help="params overrides, e.g. train.max_epochs=20")
+    parser.add_argument("--throughput-files", type=int, default=40)
+    parser.add_argument("--throughput-only", action="store_true")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"{DATA}: not found; this benchmark needs the COVID-BLUES clips there")
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        *path, leaf = key.split(".")
+        node = overrides
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    params = load_params(PROJECT / "params.yaml")
+    params = type(params).model_validate(merged(params.model_dump(by_alias=True), overrides))
+
+    from components.readers import ClipSpec
+    from components.stages.ingest import ingest_source
+
+    spec = ClipSpec.from_dict(params.ingest.video.model_dump())
+    files = sorted((DATA / "lus_videos").glob("*.mp4"))[: args.throughput_files]
+    print("throughput:", json.dumps({k: round(v, 3) for k, v in throughput(files, spec).items()}))
+    if args.throughput_only:
+        return
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="medgate-video-"))
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for task in args.tasks:
+        ingested = ingest_source(task_source(task, root), root / f"ingest-{task}", params.ingest, SALT)
+        for k, manifest in enumerate(fold_manifests(ingested.manifest, args.folds, params.prepare.seed)):
+            for family in args.families:
+                metrics = run_fold(manifest, params, family, root / f"{task}-fold{k}")
+                results.setdefault(task, {}).setdefault(family, []).append(metrics)
+                print(f"{task} fold {k} {family}: auc {metrics['auc']:.3f} "
+                      f"patient_acc {metrics.get('patient_accuracy', float('nan')):.3f} {metrics['train_seconds']:.0f} s",
+                      flush=True)
+    summarise(results)
+
+
+if __name__ == "__main__":
+    main()
