@@ -33,7 +33,6 @@ SKIPPED = {
     "bad/cut.png": "corrupt or truncated PNG",
     "bad/nan.npy": "NaN",
     "bad/burned.dcm": "BurnedInAnnotation",
-    "bad/cine.dcm": "multi-frame",
     "bad/tumour.dcm": "not one of ingest.class_names",
     "bad/missing.dcm": "listed in labels.csv but the file is missing",
     "bad/unlisted.dcm": "no row in labels.csv",
@@ -44,6 +43,7 @@ FLAGGED = {
     "duplicate_images": {"site-a/case-000/0.dcm", "bad/copy.dcm"},
     "duplicates_across_splits": {"site-a/case-000/0.dcm", "bad/copy.dcm"},
     "patient_leakage": {"site-a/case-001/0.dcm", "site-a/case-001/1.dcm"},
+    "clip_kind": {"bad/cine.dcm"},  # a cine loop is read as a clip: in a dataset of images, a blocking defect
 }
 
 
@@ -121,8 +121,10 @@ def test_data_validate_names_every_bad_file_and_exits_3(corpus: Path, tmp_path: 
     assert "FAILED" in page and all(file in page for file in [*SKIPPED, *set().union(*FLAGGED.values())])
     summary = json.loads(report_path.with_suffix(".json").read_text())
     failed = {o["check"] for o in summary["expectations"] if not o["success"]}
-    assert failed == set(FLAGGED)
-    assert {f.split(":")[0] for f in summary["failed_expectations"]} == {"constant_images", "patient_leakage"}
+    # The cine loop among images also fails the image-kind and clip-length checks (two frames).
+    assert failed == set(FLAGGED) | {"image_kind", "clip_frames"}
+    assert {f.split(":")[0] for f in summary["failed_expectations"]} == {
+        "constant_images", "patient_leakage", "clip_kind", "image_kind", "clip_frames"}
     assert {f.split(":")[0] for f in summary["warnings"]} == {"duplicate_images", "duplicates_across_splits"}
 
     found = medgate(ws, "data", "report")
