@@ -55,23 +55,18 @@ from components.data.manifest import (
 )
 from components.data.medmnist import MEDMNIST_PREFIX, SplitUnreadable, archive_splits, open_split
 from components.data.shards import ShardWriter
+from components.data.sources import (
+    LABELS_FILE, SUPPORTED_SOURCES, detect_kind, in_class_folders, is_labels_file, listed_candidates, walk_files,
+)
 from components.privacy.deid import pseudonym
-from components.readers import ClipSpec, DecodeLimits, ImageDecodeError, TooLarge, decode, reader_for_name
+from components.readers import ClipSpec, DecodeLimits, ImageDecodeError, TooLarge, decode
 from components.readers.base import check_array, short_reason
 from components.readers.dicom import header_value, is_keyword
 
-__all__ = ["SUPPORTED_SOURCES", "ingest_source"]
+__all__ = ["ingest_source"]
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_SOURCES = (
-    ("a folder with labels.csv (columns path or the configured key column, label; optional "
-     "patient_id, split) and the DICOM, NIfTI (.nii, .nii.gz) or video (.mp4, .mov, .avi) files it lists, "
-     "or another .csv labels file in such a folder"),
-    "a folder of PNG/JPEG images in class-named subfolders (optionally under train/val/test)",
-    "a MedMNIST .npz file (train/val/test _images and _labels), or medmnist:<name>",
-)
-LABELS_FILE = "labels.csv"  # a labelled folder's default labels file
 # Starting a process costs about a second (a fresh interpreter imports numpy, pydicom, Pillow): fewer
 # chunks than this decode faster in this process (benchmarks/intake.py measures both).
 _POOL_MIN_CHUNKS = 4
@@ -177,8 +172,8 @@ def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: st
         raise ValueError("ingest needs a non-empty salt: pseudonyms without a secret key can be reversed")
     if not src.exists():
         raise ValueError(f"{src}: source does not exist; supported: {'; '.join(SUPPORTED_SOURCES)}")
-    kind = _detect_kind(src)
-    src, labels_file = (src.parent, src.name) if _is_labels_file(src) else (src, LABELS_FILE)
+    kind = detect_kind(src)
+    src, labels_file = (src.parent, src.name) if is_labels_file(src) else (src, LABELS_FILE)
     out_dir = Path(out_dir)
     _check_out_dir(src, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -228,51 +223,12 @@ def _write_manifest(sink: _Sink, src: Path, source: str, kind: str, cfg: IngestC
     return result
 
 
-def _is_labels_file(src: Path) -> bool:
-    return src.is_file() and src.suffix.lower() == ".csv"
-
-
-def _detect_kind(src: Path) -> str:
-    if src.is_file() and src.suffix.lower() == ".npz":
-        return "npz"
-    folder = src.parent if _is_labels_file(src) else src
-    if folder != src or (src / LABELS_FILE).is_file():
-        names = {r.name for p in _listed_candidates(folder) if (r := reader_for_name(p)) is not None}
-        return {"nifti": "nifti", "video": "video"}.get("".join(names), "dicom")
-    if src.is_dir():
-        for sub in src.iterdir():
-            if sub.is_dir() and not sub.name.startswith(".") and any(
-                    _in_class_folders(p.name) for p in sub.rglob("*") if p.is_file()):
-                return "png"
-    raise ValueError(f"{src}: unsupported source; supported: {'; '.join(SUPPORTED_SOURCES)}")
-
-
-def _listed_candidates(src: Path) -> list[str]:
-    """The files of a labels.csv folder that some reader claims by name."""
-    return [p for p in _walk_files(src) if reader_for_name(p) is not None]
-
-
-def _in_class_folders(name: str) -> bool:
-    reader = reader_for_name(name)
-    return reader is not None and reader.in_class_folders
-
-
 def _check_out_dir(src: Path, out_dir: Path) -> None:
     s, o = src.resolve(), out_dir.resolve()
     if src.is_dir() and (o == s or s in o.parents):
         raise ValueError(f"{out_dir}: out_dir is inside the source {src}; ingest never writes into raw data")
     if o / "images" == s or (o / "images") in s.parents:
         raise ValueError(f"{src}: source lies inside {out_dir / 'images'}, which ingest replaces")
-
-
-def _walk_files(root: Path) -> list[str]:
-    """Relative posix paths of the non-hidden files under root, sorted."""
-    found = []
-    for p in root.rglob("*"):
-        rel = p.relative_to(root)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
-            found.append(rel.as_posix())
-    return sorted(found)
 
 
 @dataclass(frozen=True)
@@ -354,7 +310,7 @@ _Accepted = tuple[str, str, str | None, str]
 
 def _ingest_labelled_folder(src: Path, labels_file: str, cfg: IngestConfig, sink: _Sink, progress: _Progress) -> None:
     rows = read_labels(src / labels_file, cfg.key_column)
-    files = _listed_candidates(src)
+    files = listed_candidates(src)
     by_key, unreadable = _files_by_key(src, files, cfg.key_column, progress)
     accepted, used = _match_rows(src, rows, by_key, cfg.key_column, sink)
     progress.grow(len(accepted))
@@ -438,8 +394,8 @@ def _ingest_class_folders(src: Path, cfg: IngestConfig, sink: _Sink, progress: _
     top = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
     split_layout = bool(top) and all(name in SPLITS for name in top)
     accepted: list[tuple[str, str, str | None]] = []
-    for rel in _walk_files(src):
-        if not _in_class_folders(rel):
+    for rel in walk_files(src):
+        if not in_class_folders(rel):
             continue
         parts = PurePosixPath(rel).parts
         split = parts[0] if split_layout else None

@@ -1,0 +1,64 @@
+"""What a source holds: its layout (a labelled folder, class folders, a MedMNIST archive) and the files
+the readers claim in it, by name. Ingest (components.stages.ingest) reads the files themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.readers import reader_for_name
+
+SUPPORTED_SOURCES = (
+    ("a folder with labels.csv (columns path or the configured key column, label; optional "
+     "patient_id, split) and the DICOM, NIfTI (.nii, .nii.gz) or video (.mp4, .mov, .avi) files it lists, "
+     "or another .csv labels file in such a folder"),
+    "a folder of PNG/JPEG images in class-named subfolders (optionally under train/val/test)",
+    "a MedMNIST .npz file (train/val/test _images and _labels), or medmnist:<name>",
+)
+LABELS_FILE = "labels.csv"  # a labelled folder's default labels file
+
+
+def is_labels_file(src: Path) -> bool:
+    """Whether `src` names a labels file (a .csv) rather than a folder or an archive."""
+    return src.is_file() and src.suffix.lower() == ".csv"
+
+
+def detect_kind(src: Path) -> str:
+    """The layout of a source: "npz", "png" (class folders), or, for a labelled folder, the format of the
+    files it holds ("dicom", "nifti", "video").
+
+    Raises:
+        ValueError: none of `SUPPORTED_SOURCES`.
+    """
+    if src.is_file() and src.suffix.lower() == ".npz":
+        return "npz"
+    folder = src.parent if is_labels_file(src) else src
+    if folder != src or (src / LABELS_FILE).is_file():
+        names = {r.name for p in listed_candidates(folder) if (r := reader_for_name(p)) is not None}
+        return {"nifti": "nifti", "video": "video"}.get("".join(names), "dicom")
+    if src.is_dir():
+        for sub in src.iterdir():
+            if sub.is_dir() and not sub.name.startswith(".") and any(
+                    in_class_folders(p.name) for p in sub.rglob("*") if p.is_file()):
+                return "png"
+    raise ValueError(f"{src}: unsupported source; supported: {'; '.join(SUPPORTED_SOURCES)}")
+
+
+def listed_candidates(src: Path) -> list[str]:
+    """The files of a labels.csv folder that some reader claims by name."""
+    return [p for p in walk_files(src) if reader_for_name(p) is not None]
+
+
+def in_class_folders(name: str) -> bool:
+    """Whether a file called `name` is read from class-named folders (a source without labels.csv)."""
+    reader = reader_for_name(name)
+    return reader is not None and reader.in_class_folders
+
+
+def walk_files(root: Path) -> list[str]:
+    """Relative posix paths of the non-hidden files under root, sorted."""
+    found = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+            found.append(rel.as_posix())
+    return sorted(found)
