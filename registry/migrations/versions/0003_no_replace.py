@@ -8,23 +8,14 @@ columns, that refuses the statement when a conflicting row exists: the conflict 
 REPLACE. A plain INSERT that conflicts fails as before (IntegrityError), now with this message.
 
 PostgreSQL has no REPLACE: `INSERT ... ON CONFLICT DO UPDATE` and `MERGE` fire the UPDATE and DELETE
-triggers of 0001 and 0002, which stay the guard there. Nothing changes on PostgreSQL.
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-12-04
+triggers of 0001 and 0002, which stay the guard there. Nothing changes on PostgreSQL. (2026-12-04)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from alembic import op
 
-revision: str = "0003"
-down_revision: str | None = "0002"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision, down_revision = "0003", "0002"  # alembic's chain; no branch labels, no dependencies
 
 # (table, columns of a unique key, the partial index's condition or ""), frozen as of 0002.
 UNIQUE_KEYS = (
