@@ -36,6 +36,13 @@ class CohortConfig(_Section):
     seed: int
 
 
+class AudioIngestConfig(_Section):
+    """How recordings are stored (components/readers/audio.py reads them)."""
+
+    # Every recording is resampled to this rate (Hz) at ingest; the model and the service use it.
+    sample_rate: int = Field(gt=0)
+
+
 class IngestConfig(_Section):
     # Column of labels.csv that names each image's file; another key (e.g. a SOP Instance UID) can be named.
     key_column: str
@@ -52,6 +59,7 @@ class IngestConfig(_Section):
     # empty: never download. The timeout bounds each network operation, so offline runs fail fast.
     medmnist_url: str
     download_timeout_s: float
+    audio: AudioIngestConfig
 
 
 Severity = Literal["blocking", "warning"]

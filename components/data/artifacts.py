@@ -76,7 +76,7 @@ class IngestedDataset:
 
     manifest: Path
     source: str
-    kind: str  # dicom | nifti | png | npz
+    kind: str  # dicom | nifti | audio | png | audio-folders | npz
     num_images: int
     num_patients: int
     class_names: tuple[str, ...]

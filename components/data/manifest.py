@@ -41,11 +41,20 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "intensity_std": "float64",
     "content_hash": "string",  # sha256 of the stored pixel array's bytes and shape
 }
+# A recording's columns (components/readers/audio.py); its samples are stored as a 1 x N float32 array.
+AUDIO_COLUMNS: dict[str, str] = {
+    "sample_rate": "int64",  # Hz of the source file (the stored samples are at ingest.audio.sample_rate)
+    "source_channels": "int64",  # channels of the source file (stored: downmixed to mono)
+    "duration_s": "float64",
+    "peak_dbfs": "float64", "rms_dbfs": "float64", "dc_offset": "float64",
+    "clipped_fraction": "float64", "silent_fraction": "float64",
+}
 # Optional columns and their dtypes, in this order, after MANIFEST_COLUMNS.
 EXTRA_COLUMNS: dict[str, str] = {
     "site": "string", "sex": "string", "age_band": "string", "scanner": "string", "modality": "string",
     "photometric": "string",
     "spacing_d": "float64", "spacing_h": "float64", "spacing_w": "float64",  # mm between slices, rows, columns
+    **AUDIO_COLUMNS,
 }
 SUBGROUP_COLUMNS: tuple[str, ...] = ("site", "sex", "age_band", "scanner")  # what the gate can put floors on
 SPLITS: tuple[str, ...] = ("train", "val", "test")

@@ -2,7 +2,7 @@
 
 A reader claims files by suffix (`Reader.claims`) and by content (`Reader.accepts`, magic bytes) and
 `read`s one file into a `Decoded`: the array in the stored layout plus the manifest columns the file
-determines. A new format (video, audio) is a new module with a `Reader` subclass, added to `READERS`
+determines. A new format (video) is a new module with a `Reader` subclass, added to `READERS`
 below; ingest and the service find it there, so neither changes.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from components.readers.audio import AudioReader
 from components.readers.base import DecodeLimits, Decoded, ImageDecodeError, Reader, TooLarge, check_array
 from components.readers.dicom import DicomReader
 from components.readers.nifti import NiftiReader
@@ -19,7 +20,7 @@ from components.readers.raster import RasterReader
 __all__ = ["READERS", "DecodeLimits", "Decoded", "ImageDecodeError", "Reader", "TooLarge", "decode", "decode_image", "reader_for_name"]
 
 # Content is matched in this order; the first reader that accepts a file's bytes reads it.
-READERS: tuple[Reader, ...] = (RasterReader(), NpyReader(), NiftiReader(), DicomReader())
+READERS: tuple[Reader, ...] = (RasterReader(), NpyReader(), NiftiReader(), DicomReader(), AudioReader())
 
 
 def reader_for_name(name: str) -> Reader | None:

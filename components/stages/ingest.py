@@ -6,6 +6,8 @@ Sources (`ingest_source` detects the kind; docs/manifest.md is the data contract
   usually DICOM; any format `components.readers` reads (PNG, JPEG, NIfTI, ``.npy``) is decoded too.
   Its columns (key ``cfg.key_column``, label, optional patient_id and split): `components.data.labels`.
 * ``nifti``: the same layout where the listed files are NIfTI-1/2 volumes (``.nii``, ``.nii.gz``).
+* ``audio``: the same layout where the listed files are recordings (WAV, FLAC, OGG); ``audio-folders``:
+  recordings in class-named subfolders as for ``png``. Samples are stored at ``cfg.audio.sample_rate``.
 * ``png``: a folder of PNG/JPEG images (formats whose reader has ``in_class_folders``) in
   class-named subfolders (``<class>/.../<file>``), or ``<split>/<class>/...`` when every top-level
   folder is train, val or test.
@@ -47,12 +49,14 @@ from components.config import IngestConfig
 from components.data.artifacts import IngestedDataset
 from components.data.labels import LabelRow, read_labels, relative_file
 from components.data.manifest import (
-    CLASS_NAMES_ATTR, MANIFEST_FILE, PROBLEMS_FILE, SOURCES_FILE, SPLITS, ManifestRows, order_class_names,
+    CLASS_NAMES_ATTR, MANIFEST_FILE, PROBLEMS_FILE, SOURCES_FILE, SPLITS, SUBGROUP_COLUMNS, ManifestRows,
+    order_class_names,
 )
 from components.data.medmnist import MEDMNIST_PREFIX, SplitUnreadable, archive_splits, open_split
 from components.data.shards import ShardWriter
 from components.privacy.deid import pseudonym
 from components.readers import ImageDecodeError, decode, reader_for_name
+from components.readers.audio import at_rate
 from components.readers.base import check_array, short_reason
 from components.readers.dicom import header_value, is_keyword
 
@@ -64,6 +68,7 @@ SUPPORTED_SOURCES = (
     ("a folder with labels.csv (columns path or the configured key column, label; optional "
      "patient_id, split) and the DICOM or NIfTI (.nii, .nii.gz) files it lists"),
     "a folder of PNG/JPEG images in class-named subfolders (optionally under train/val/test)",
+    "the same layouts with WAV, FLAC or OGG recordings (labels.csv, or class-named subfolders)",
     "a MedMNIST .npz file (train/val/test _images and _labels), or medmnist:<name>",
 )
 # Starting a process costs about a second (a fresh interpreter imports numpy, pydicom, Pillow): fewer
@@ -183,9 +188,9 @@ def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: st
         writer.writerow(["image_id", "source"])
         sink = _Sink(out_dir, salt, writer,
                      allowed_labels=frozenset(cfg.class_names) if cfg.class_names else None)
-        if kind in ("dicom", "nifti"):
+        if kind in ("dicom", "nifti", "audio"):
             _ingest_labelled_folder(src, cfg, sink, progress)
-        elif kind == "png":
+        elif kind in ("png", "audio-folders"):
             _ingest_class_folders(src, cfg, sink, progress)
         else:
             _ingest_npz(src, cfg, sink, progress)
@@ -224,11 +229,12 @@ def _detect_kind(src: Path) -> str:
     if src.is_dir():
         if (src / "labels.csv").is_file():
             names = {r.name for p in _listed_candidates(src) if (r := reader_for_name(p)) is not None}
-            return "nifti" if names == {"nifti"} else "dicom"
+            return names.pop() if names in ({"nifti"}, {"audio"}) else "dicom"
         for sub in src.iterdir():
-            if sub.is_dir() and not sub.name.startswith(".") and any(
-                    _in_class_folders(p.name) for p in sub.rglob("*") if p.is_file()):
-                return "png"
+            found = {r.name for p in sub.rglob("*") if p.is_file() and (r := reader_for_name(p.name)) is not None
+                     and r.in_class_folders} if sub.is_dir() and not sub.name.startswith(".") else set()
+            if found:
+                return "audio-folders" if found == {"audio"} else "png"
     raise ValueError(f"{src}: unsupported source; supported: {'; '.join(SUPPORTED_SOURCES)}")
 
 
@@ -269,14 +275,17 @@ class _Result:
     problem: str = ""
 
 
-def _decode_chunk(src: str, files: Sequence[str], out_dir: str, shard: int, salt: str,
+def _decode_chunk(src: str, files: Sequence[str], out_dir: str, shard: int, salt: str, audio_rate: int,
                   on_file: Callable[[], None] | None = None) -> list[_Result]:
-    """Decode `files` (relative to `src`) into shard `shard` of `out_dir`; runs in a worker process."""
+    """Decode `files` (relative to `src`) into shard `shard` of `out_dir`, recordings resampled to
+    `audio_rate`; runs in a worker process."""
     results = []
     with ShardWriter(Path(out_dir), shard) as writer:
         for rel in files:
             try:
                 decoded = decode((Path(src) / rel).read_bytes(), salt)
+                if decoded.kind == "audio":
+                    decoded = at_rate(decoded, audio_rate)
             except (ImageDecodeError, OSError) as exc:
                 results.append(_Result(rel, problem=short_reason(exc)))
             else:
@@ -299,7 +308,8 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
     workers = min(_worker_count(cfg), len(chunks))
     if workers <= 1 or len(chunks) < _POOL_MIN_CHUNKS:
         for k, chunk in enumerate(chunks):
-            yield from _decode_chunk(str(src), chunk, str(sink.out_dir), first + k, sink.salt, progress.step)
+            yield from _decode_chunk(str(src), chunk, str(sink.out_dir), first + k, sink.salt,
+                                     cfg.audio.sample_rate, progress.step)
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         queue: deque[tuple[int, Future[list[_Result]]]] = deque()
@@ -310,7 +320,7 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
             if nxt is not None:
                 k, chunk = nxt
                 queue.append((len(chunk), pool.submit(_decode_chunk, str(src), chunk, str(sink.out_dir),
-                                                      first + k, sink.salt)))
+                                                      first + k, sink.salt, cfg.audio.sample_rate)))
 
         for _ in range(2 * workers):
             submit()
@@ -321,8 +331,8 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
             progress.step(n)
             yield from results
 
-# An accepted file: (file, label, split, labels.csv patient_id).
-_Accepted = tuple[str, str, str | None, str]
+# An accepted file: (file, label, split, labels.csv patient_id, its labels.csv subgroup columns).
+_Accepted = tuple[str, str, str | None, str, dict[str, str]]
 
 
 def _ingest_labelled_folder(src: Path, cfg: IngestConfig, sink: _Sink, progress: _Progress) -> None:
@@ -332,11 +342,11 @@ def _ingest_labelled_folder(src: Path, cfg: IngestConfig, sink: _Sink, progress:
     accepted, used = _match_rows(src, rows, by_key, cfg.key_column, sink)
     progress.grow(len(accepted))
     results = _decode_files(src, [a[0] for a in accepted], cfg, sink, progress)
-    for (rel, label, split, patient_csv), result in zip(accepted, results, strict=True):
+    for (rel, label, split, patient_csv, subgroups), result in zip(accepted, results, strict=True):
         if result.columns is None:
             sink.problem(rel, result.problem)
             continue
-        columns = result.columns
+        columns = {**result.columns, **subgroups}
         patient = pseudonym(patient_csv, sink.salt) if patient_csv else \
             columns.get("patient_id") or pseudonym(rel, sink.salt)
         sink.add(rel, columns, label=label, split=split, patient_id=patient,
@@ -403,7 +413,8 @@ def _match_rows(src: Path, rows: list[LabelRow], by_key: dict[str, str], key: st
             sink.problem(found, f"split {split!r} is not one of {', '.join(SPLITS)}")
             continue
         if sink.label_allowed(found, label):
-            accepted.append((found, label, split, row.get("patient_id", "")))
+            subgroups = {c: row[c] for c in SUBGROUP_COLUMNS if row.get(c)}
+            accepted.append((found, label, split, row.get("patient_id", ""), subgroups))
     return accepted, used
 
 
