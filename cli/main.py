@@ -36,7 +36,7 @@ def _main() -> None:
 
 @app.command()
 def run(
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="DICOM or NIfTI folder with labels.csv, PNG/JPEG class folders, a MedMNIST .npz or medmnist:<name>; default: the embedded cohort."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="DICOM, NIfTI or WAV/FLAC/OGG folder with labels.csv, PNG/JPEG or recording class folders, a MedMNIST .npz, medmnist:<name>, cohort:dictation or cohort:tones; default: the embedded CT cohort."),
     workspace: Optional[Path] = WorkspaceOpt,
     wait: float = WaitOpt,
     as_json: bool = JsonOpt,

@@ -31,6 +31,21 @@ def resolve_source(dataset: str | None) -> str:
         return DEFAULT_SOURCE
     if dataset.startswith("medmnist:"):  # resolved in the data root by the flow (flows.datasets.source_path)
         return dataset
+    if dataset.startswith("cohort:"):  # an embedded audio cohort, generated in the workspace by the flow
+        from flows.datasets import AUDIO_COHORTS
+
+        if dataset not in AUDIO_COHORTS:
+            console.print(f"[red]error:[/] dataset {dataset}: no such cohort; embedded: {', '.join(AUDIO_COHORTS)}")
+            raise typer.Exit(2)
+        if AUDIO_COHORTS[dataset]:
+            from components.demo.dictation import EngineMissing, require_engine
+
+            try:
+                require_engine()
+            except EngineMissing as exc:
+                console.print(f"[red]error:[/] {exc}")
+                raise typer.Exit(2)
+        return dataset
     path = Path(dataset).expanduser()
     if not path.exists():
         console.print(f"[red]error:[/] dataset {dataset}: no such file or folder")

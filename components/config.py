@@ -26,14 +26,25 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class AudioCohortConfig(_Section):
+    """The embedded audio cohorts, cohort:dictation and cohort:tones (components/demo/dictation.py)."""
+
+    speakers: int  # each one the patient_id of its recordings
+    phrases_per_speaker: int
+    snr_db_low: float  # background noise: signal-to-noise ratio uniform in [low, high] dB
+    snr_db_high: float
+    seed: int
+
+
 class CohortConfig(_Section):
-    """The embedded synthetic CT cohort (the default dataset)."""
+    """The embedded synthetic CT cohort (the default dataset), and the embedded audio cohorts."""
 
     patients: int
     images_per_patient: int
     image_size: int
     positive_fraction: float
     seed: int
+    audio: AudioCohortConfig
 
 
 class AudioIngestConfig(_Section):
@@ -70,7 +81,19 @@ CHECK_NAMES: tuple[str, ...] = (
     "schema", "not_null", "unique_image_ids", "row_count", "label_set", "class_balance", "splits",
     "patient_leakage", "duplicates_across_splits", "duplicate_images", "image_kind", "image_size", "dtype",
     "spacing", "intensity_range", "constant_images", "modality", "photometric",
+    "sample_rate", "duration", "level", "clipping", "silence", "dc_offset",
 )
+
+
+class AudioValidateConfig(_Section):
+    """Ranges of the manifest's recording columns (docs/manifest.md)."""
+
+    sample_rate: Bound  # Hz of the source files
+    duration_s: Bound
+    peak_dbfs: Bound  # a recording whose peak is under the lower bound is nearly silent
+    max_clipped_fraction: float  # share of sample frames at full scale
+    max_silent_fraction: float  # share of 20 ms frames under -60 dBFS
+    max_dc_offset: float  # absolute mean sample (full scale 1)
 
 
 class ValidateConfig(_Section):
@@ -88,6 +111,7 @@ class ValidateConfig(_Section):
     spacing_mm: Bound
     modalities: tuple[str, ...]
     photometric: tuple[str, ...]
+    audio: AudioValidateConfig
     severity: dict[str, Severity]
     # The report: thumbnails and histogram samples per class, files listed per failed check.
     thumbnails_per_class: int
@@ -116,6 +140,18 @@ class DriftConfig(_Section):
     require_retraining: bool
 
 
+class AudioPrepareConfig(_Section):
+    """Recordings to spectrogram windows (components/ml/audio.py)."""
+
+    window_s: float  # seconds per window; a shorter recording is one window, zero-padded
+    hop_s: float  # step between windows over a longer recording
+    n_fft: int  # STFT frame (samples at ingest.audio.sample_rate)
+    hop_length: int  # STFT step (samples)
+    n_mels: int
+    band_low_hz: float  # band-pass before the spectrogram; 0: no high-pass
+    band_high_hz: float  # 0: no low-pass
+
+
 class PrepareConfig(_Section):
     val_fraction: float
     test_fraction: float
@@ -126,11 +162,13 @@ class PrepareConfig(_Section):
     # CT window in Hounsfield units used when the data is CT; other data is scaled by its dtype's range.
     window_level: float
     window_width: float
+    audio: AudioPrepareConfig
 
 
 class ModelConfig(_Section):
     # auto: a 2D ResNet for images, a 3D ResNet for volumes.
-    family: Literal["auto", "resnet", "densenet", "efficientnet", "resnet3d", "cnn_rnn"]
+    # (recordings: auto is audio_cnn; crnn on request)
+    family: Literal["auto", "resnet", "densenet", "efficientnet", "resnet3d", "cnn_rnn", "audio_cnn", "crnn"]
     width: int  # channels of the first block
     depth: Literal[10, 18, 34]  # ResNet depth (resnet, resnet3d and the cnn_rnn encoder)
     dropout: float
@@ -149,6 +187,20 @@ class AugmentConfig(_Section):
     noise_std: float  # Gaussian noise on [0, 1] intensities
     noise_probability: float
     contrast: float  # intensity scale uniform in [1 - contrast, 1 + contrast] about the image mean
+
+
+class AudioAugmentConfig(_Section):
+    """Random changes to training spectrogram windows (components.ml.audio.SpectrogramAugmentation)."""
+
+    enabled: bool
+    time_shift: float  # circular shift, as a share of the window's frames
+    gain_db: float  # level change uniform in +/- this
+    noise_std: float  # Gaussian noise on [0, 1] spectrogram values...
+    noise_probability: float  # ...given to this share of windows
+    freq_masks: int  # SpecAugment: masked mel bands per window...
+    freq_mask_bins: int  # ...each up to this many bins wide
+    time_masks: int
+    time_mask_frames: int
 
 
 class TrainConfig(_Section):
@@ -170,6 +222,7 @@ class TrainConfig(_Section):
     # Class imbalance: weight the loss by inverse class frequency, or sample batches class-balanced.
     class_balance: Literal["weighted_loss", "sampler", "none"]
     augment: AugmentConfig
+    audio_augment: AudioAugmentConfig
     ema_decay: float  # > 0: select and save an exponential moving average of the weights
     # Training images over which BatchNorm statistics are recomputed after each epoch (0: all); a few
     # thousand estimate them well, and the pass costs a forward over them every epoch.
@@ -253,6 +306,7 @@ class ServeConfig(_Section):
     max_upload_bytes: int
     # Images accepted in one /predict_batch request (the body limit above applies as well).
     max_batch_images: int
+    max_audio_seconds: int  # longest recording an audio model's /predict takes (checked from the header)
     golden_set_size: int
     probability_tolerance: float
     # `medgate serve` asks the registry for the production Bento this often (0: only on SIGHUP).

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 DEFAULT_SOURCE = "embedded"
 DEFAULT_COHORT_DIR = "data/source/default-cohort"  # where the embedded cohort is generated, in the workspace
+# The embedded audio cohorts (components.demo.dictation): source name -> spoken (espeak-ng) or tones.
+AUDIO_COHORTS = {"cohort:dictation": True, "cohort:tones": False}
 IDENTIFIERS_FILE = "identifiers.json"  # written by components.demo.cohort: the fake identifiers in its headers
 # Memos in the workspace's state folder (.medgate): contents the PHI scan found clean (components.privacy.phi),
 # the last outcomes of the validation suites (components.stages.validate) and the run report's last charts
@@ -42,6 +44,10 @@ def ingest_task(source: str, settings: Settings, params: Params) -> IngestedData
     path = source_path(source, settings, params)
     if source == DEFAULT_SOURCE and not (path / "labels.csv").exists():
         generate_cohort(path, params.cohort)
+    if source in AUDIO_COHORTS and not (path / "labels.csv").exists():
+        from components.demo.dictation import generate_dictation
+
+        generate_dictation(path, params.cohort.audio, speech=AUDIO_COHORTS[source])
     out_dir = ws / INGEST_DIR
     shutil.rmtree(out_dir, ignore_errors=True)
     return ingest_source(path, out_dir, params.ingest, salt=settings.deid_salt, show_progress=True)
@@ -118,6 +124,8 @@ def source_path(source: str, settings: Settings, params: Params) -> Path:
 
     if source == DEFAULT_SOURCE:
         return settings.workspace / DEFAULT_COHORT_DIR
+    if source in AUDIO_COHORTS:
+        return settings.workspace / "data/source" / f"{source.removeprefix('cohort:')}-cohort"
     if source.startswith(MEDMNIST_PREFIX):
         return resolve_medmnist(source, settings.data_root, params.ingest)
     return Path(source)

@@ -1,7 +1,8 @@
 """The medgate model service: one exact model version, the training preprocessing, adaptive batching.
 
 Endpoints of `Classifier`:
-- `POST /predict`: multipart field `image` (PNG, JPEG, DICOM or .npy) →
+- `POST /predict`: multipart field `image` (PNG, JPEG, DICOM or .npy; for an audio model a WAV, FLAC
+  or OGG recording, up to `serve.max_audio_seconds`, scored as the mean of its windows) →
   `{"label", "probabilities": {class: p}, "decision", "model_version"}`.
 - `POST /predict_batch`: multipart field `images` (one or more files) → a list of the same, in order.
 - `GET /metadata`: model tag, name and version, dataset version, class names, preprocessing, gate
@@ -18,7 +19,7 @@ process, measured at 11.6 and 9.2 CPU-ms per request against 6.3 for this; see b
 
 Bad requests are answered 4xx with `{"error": "..."}`: 400 undecodable or missing upload, 401 without
 the API key (when one is set), 413 over the upload limit, 415 not multipart, 422 an image this model
-cannot take (dimensions, channels, a 2D image to a 3D model). Messages name the problem, never a DICOM
+cannot take (dimensions, channels, a 2D image to a 3D model, an image to an audio model). Messages name the problem, never a DICOM
 header value or a file name. 503: more work queued than `max_latency_ms` allows; retry later.
 
 API key: when MEDGATE_API_KEY is set where the server starts, every route but `/livez` and `/readyz`
@@ -55,8 +56,11 @@ from services.guard import ApiKeyGuard, UploadGuard
 from services.inference import (
     InputProblem,
     ModelCard,
+    decode_recording,
     decode_upload,
+    per_upload,
     prepare_inputs,
+    prepare_recordings,
     read_upload,
     to_prediction,
 )
@@ -172,6 +176,7 @@ class Classifier:
         )
         self.max_upload_bytes = SETTINGS.max_upload_bytes
         self.max_batch_images = SETTINGS.max_batch_images
+        self.max_audio_seconds = SETTINGS.max_audio_seconds
         self.model_cards = {
             route: (path.read_bytes(), media_type)
             for route, (name, media_type) in CARD_ROUTES.items()
@@ -225,21 +230,23 @@ class Classifier:
 
     async def _predict_files(self, paths: list[Path], names: list[str]) -> list[dict[str, Any]]:
         try:
-            batch = await anyio.to_thread.run_sync(self._prepare, paths, names)
+            batch, counts = await anyio.to_thread.run_sync(self._prepare, paths, names)
         except InputProblem as problem:
             raise _ERRORS.get(problem.status, BentoMLException)(
                 str(problem), error_code=problem.status
             ) from None
         step = self.max_batch_size
         parts = await asyncio.gather(*(self.batcher(batch[i : i + step]) for i in range(0, len(batch), step)))
-        return [to_prediction(row, self.card) for row in np.concatenate(parts)]
+        return [to_prediction(row, self.card) for row in per_upload(np.concatenate(parts), counts)]
 
-    def _prepare(self, paths: list[Path], names: list[str]) -> np.ndarray:
-        images = [
-            decode_upload(read_upload(p, self.max_upload_bytes, n), self.card, n)
-            for p, n in zip(paths, names)
-        ]
-        return prepare_inputs(images, self.card, names)
+    def _prepare(self, paths: list[Path], names: list[str]) -> tuple[np.ndarray, list[int]]:
+        """The network's batch and how many of its rows each upload has (a recording: its windows)."""
+        uploads = [read_upload(p, self.max_upload_bytes, n) for p, n in zip(paths, names)]
+        if self.card.audio:
+            return prepare_recordings([decode_recording(u, self.card, self.max_audio_seconds, n)
+                                       for u, n in zip(uploads, names)], self.card)
+        images = [decode_upload(u, self.card, n) for u, n in zip(uploads, names)]
+        return prepare_inputs(images, self.card, names), [1] * len(images)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N, K), in `class_names` order, of a batch preprocessed like training."""

@@ -30,6 +30,7 @@ SETTING_KEYS = (
     "api_workers",
     "max_upload_bytes",
     "max_batch_images",
+    "max_audio_seconds",
 )
 PINNED_SETTINGS_FILE = Path(__file__).with_name(MODEL_REF_FILE)
 
@@ -47,6 +48,7 @@ class ServingSettings:
     api_workers: int
     max_upload_bytes: int
     max_batch_images: int
+    max_audio_seconds: int  # longest recording an audio model takes
     device: str
 
     def __post_init__(self) -> None:
@@ -119,4 +121,5 @@ def settings_for_model(
         api_workers=package.api_workers,
         max_upload_bytes=serve.max_upload_bytes,
         max_batch_images=serve.max_batch_images,
+        max_audio_seconds=serve.max_audio_seconds,
     )

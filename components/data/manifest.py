@@ -21,6 +21,7 @@ MANIFEST_FILE = "manifest.parquet"
 SOURCES_FILE = "sources.csv"
 PROBLEMS_FILE = "problems.json"
 CLASS_NAMES_ATTR = "class_names"  # key of the class order in the manifest's metadata (DataFrame.attrs)
+AUDIO_RATE_ATTR = "audio_sample_rate"  # key of the stored recordings' rate (Hz) in the same metadata
 
 # Required columns and their pandas dtypes, in this order.
 MANIFEST_COLUMNS: dict[str, str] = {

@@ -119,6 +119,15 @@ def resample(samples: np.ndarray, source_rate: int, rate: int) -> np.ndarray:
     return resample_poly(samples, rate // g, source_rate // g).astype(np.float32)
 
 
+def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
+    """Mono float32 `samples` as a 32-bit float WAV file (lossless: what a client uploads of a stored recording)."""
+    import soundfile
+
+    buf = io.BytesIO()
+    soundfile.write(buf, samples, rate, subtype="FLOAT", format="WAV")
+    return buf.getvalue()
+
+
 def at_rate(decoded: Decoded, rate: int) -> Decoded:
     """An audio `Decoded` with its samples at `rate` (its columns keep the source's ``sample_rate``)."""
     return Decoded(resample(decoded.array, decoded.columns["sample_rate"], rate), decoded.columns, decoded.kind)

@@ -49,7 +49,7 @@ from components.config import IngestConfig
 from components.data.artifacts import IngestedDataset
 from components.data.labels import LabelRow, read_labels, relative_file
 from components.data.manifest import (
-    CLASS_NAMES_ATTR, MANIFEST_FILE, PROBLEMS_FILE, SOURCES_FILE, SPLITS, SUBGROUP_COLUMNS, ManifestRows,
+    AUDIO_RATE_ATTR, CLASS_NAMES_ATTR, MANIFEST_FILE, PROBLEMS_FILE, SOURCES_FILE, SPLITS, SUBGROUP_COLUMNS, ManifestRows,
     order_class_names,
 )
 from components.data.medmnist import MEDMNIST_PREFIX, SplitUnreadable, archive_splits, open_split
@@ -207,6 +207,8 @@ def _write_manifest(sink: _Sink, src: Path, source: str, kind: str, cfg: IngestC
     class_names = tuple(cfg.class_names) if cfg.class_names else order_class_names(manifest["label"].astype(str))
     # The class order travels with the manifest (parquet metadata): prepare indexes labels by it.
     manifest.attrs[CLASS_NAMES_ATTR] = list(class_names)
+    if "sample_rate" in manifest:  # recordings: the rate their samples are stored at
+        manifest.attrs[AUDIO_RATE_ATTR] = cfg.audio.sample_rate
     manifest_path = sink.out_dir / MANIFEST_FILE
     manifest.to_parquet(manifest_path, index=False)
     result = IngestedDataset(
