@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from components.config import AudioAugmentConfig, AudioPrepareConfig
+
+if TYPE_CHECKING:
+    import pandas as pd  # the service imports this module without pandas
 
 _EPS = 1e-10
 
@@ -147,6 +149,8 @@ def db_range(recordings: list[np.ndarray], spec: AudioPreprocessing) -> tuple[fl
 def per_recording(rows: pd.DataFrame, probs: np.ndarray, labels: np.ndarray) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Windows' class probabilities averaged per recording (``image_id``), in the order recordings first
     appear: each recording's first row, its mean probabilities and its label."""
+    import pandas as pd
+
     codes, unique = pd.factorize(rows["image_id"].to_numpy())
     sums = np.zeros((len(unique), probs.shape[1]))
     np.add.at(sums, codes, probs)
