@@ -1,7 +1,7 @@
 """PhysioNet/CinC 2016 heart sounds through the pipeline's stages, beside the classical baseline (a benchmark, not a test).
 
 For each seed, ../shared/data/physionet2016 gets a record-level 70/15/15 split stratified by label and
-site (a ``split`` column in a copy of its labels.csv; the recordings are linked, not copied); then the
+site (a ``split`` column in a copy of its labels.csv; each recording is linked, not copied); then the
 stage functions the flow runs: ingest (recordings resampled to ``ingest.audio.sample_rate``), prepare
 (band-pass 25-400 Hz, log-mel windows), train, baseline (MFCC statistics, gradient boosting) and
 evaluate (per recording: the mean of its windows' scores; threshold chosen on validation). With
@@ -66,9 +66,10 @@ def run_once(work: Path, labels: pd.DataFrame, params: Any, seed: int) -> dict[s
     from components.stages.train import train_model
 
     src = work / "source"
-    src.mkdir(parents=True, exist_ok=True)
-    if not (src / "audio").exists():
-        (src / "audio").symlink_to(DATA / "audio")
+    (src / "audio").mkdir(parents=True, exist_ok=True)
+    for rel in labels["path"]:  # file links: ingest walks real folders only
+        if not (src / rel).exists():
+            (src / rel).symlink_to(DATA / rel)
     labels[["path", "label", "site", "split"]].to_csv(src / "labels.csv", index=False)
     started = time.monotonic()
     dataset = ingest_source(src, work / "ingest", params.ingest, "benchmark-salt")

@@ -30,7 +30,8 @@ from tests.images import audio_bytes, png_bytes, grey_image, tone
 
 SALT = "unit-test-salt"
 PARAMS = default_params(ingest={"workers": 1, "audio": {"sample_rate": 4000}},
-                        cohort={"audio": {"speakers": 12, "phrases_per_speaker": 4}})
+                        cohort={"audio": {"speakers": 12, "phrases_per_speaker": 4}},
+                        validate={"thumbnails_per_class": 2})
 SPEC = AudioPreprocessing.from_config(PARAMS.prepare.audio, 4000, -100.0, 20.0)
 
 
