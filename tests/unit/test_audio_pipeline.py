@@ -177,3 +177,17 @@ def test_service_decodes_recordings_and_refuses_images() -> None:
     with pytest.raises(InputProblem, match="over the limit of 1 s") as long:
         decode_recording(audio_bytes(tone(2.0, 8000), 8000), card, 1)
     assert long.value.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+def test_cli_names_the_embedded_cohorts_and_what_is_missing(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import typer
+
+    from cli.retrain import resolve_source
+
+    assert resolve_source("cohort:tones") == "cohort:tones"
+    with pytest.raises(typer.Exit):
+        resolve_source("cohort:nothing")
+    monkeypatch.setenv("PATH", "/nonexistent")  # no espeak-ng on the PATH
+    with pytest.raises(typer.Exit):
+        resolve_source("cohort:dictation")
+    assert "apt-get install -y espeak-ng" in capsys.readouterr().out.replace("\n", "")
