@@ -40,6 +40,21 @@ def resolve_source(dataset: str | None, labels: str | None = None) -> str:
         return dataset
     if dataset == CINE_SOURCE:  # generated in the workspace by the flow
         return dataset
+    if dataset.startswith("cohort:"):  # an embedded audio cohort, generated in the workspace by the flow
+        from flows.datasets import AUDIO_COHORTS
+
+        if dataset not in AUDIO_COHORTS:
+            console.print(f"[red]error:[/] dataset {dataset}: no such cohort; embedded: {', '.join(AUDIO_COHORTS)}")
+            raise typer.Exit(2)
+        if AUDIO_COHORTS[dataset]:
+            from components.demo.dictation import EngineMissing, require_engine
+
+            try:
+                require_engine()
+            except EngineMissing as exc:
+                console.print(f"[red]error:[/] {exc}")
+                raise typer.Exit(2)
+        return dataset
     path = Path(dataset).expanduser()
     if labels:
         path = path / labels

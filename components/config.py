@@ -37,6 +37,8 @@ class PerModel(_Section, Generic[_T]):
 
     def for_model(self, model_name: str) -> _T:
         return self.models.get(model_name, self.default)
+
+
 class CineCohortConfig(_Section):
     """The embedded cine cohort (``cohort:cine``, components.demo.cine): beating-ventricle phantoms."""
 
@@ -47,8 +49,18 @@ class CineCohortConfig(_Section):
     seed: int
 
 
+class AudioCohortConfig(_Section):
+    """The embedded audio cohorts, cohort:dictation and cohort:tones (components/demo/dictation.py)."""
+
+    speakers: int  # each one the patient_id of its recordings
+    phrases_per_speaker: int
+    snr_db_low: float  # background noise: signal-to-noise ratio uniform in [low, high] dB
+    snr_db_high: float
+    seed: int
+
+
 class CohortConfig(_Section):
-    """The embedded synthetic CT cohort (the default dataset), and the cine cohort beside it."""
+    """The embedded synthetic CT cohort (the default dataset), the cine cohort and the audio cohorts beside it."""
 
     patients: int
     images_per_patient: int
@@ -56,6 +68,7 @@ class CohortConfig(_Section):
     positive_fraction: float
     seed: int
     cine: CineCohortConfig
+    audio: AudioCohortConfig
 
 
 class VideoConfig(_Section):
@@ -78,6 +91,13 @@ class LimitsConfig(_Section):
     max_seconds: float = Field(gt=0)  # duration of a clip or a recording
 
 
+class AudioIngestConfig(_Section):
+    """How recordings are stored (components/readers/audio.py reads them)."""
+
+    # Every recording is resampled to this rate (Hz) at ingest; the model and the service use it.
+    sample_rate: int = Field(gt=0)
+
+
 class IngestConfig(_Section):
     # Column of labels.csv that names each image's file; another key (e.g. a SOP Instance UID) can be named.
     key_column: str
@@ -97,6 +117,7 @@ class IngestConfig(_Section):
     # A file declaring more is reported in problems.json, never decoded.
     limits: LimitsConfig
     video: VideoConfig
+    audio: AudioIngestConfig
 
 
 Severity = Literal["blocking", "warning"]
@@ -108,6 +129,7 @@ CHECK_NAMES: tuple[str, ...] = (
     "patient_leakage", "duplicates_across_splits", "duplicate_images", "image_kind", "image_size", "dtype",
     "spacing", "intensity_range", "constant_images", "modality", "photometric",
     "clip_kind", "clip_frames", "clip_fps", "clip_duration", "clip_resolution", "black_clips",
+    "sample_rate", "duration", "level", "clipping", "silence", "dc_offset",
 )
 
 
@@ -120,6 +142,17 @@ class ClipBounds(_Section):
     resolution: Bound  # source frame height and width in pixels
     # A clip whose brightest stored pixel is at most this is black (a dead probe, a blank export).
     black_max: float
+
+
+class AudioValidateConfig(_Section):
+    """Ranges of the manifest's recording columns (docs/manifest.md)."""
+
+    sample_rate: Bound  # Hz of the source files
+    duration_s: Bound
+    peak_dbfs: Bound  # a recording whose peak is under the lower bound is nearly silent
+    max_clipped_fraction: float  # share of sample frames at full scale
+    max_silent_fraction: float  # share of 20 ms frames under -60 dBFS
+    max_dc_offset: float  # absolute mean sample (full scale 1)
 
 
 class ValidateConfig(_Section):
@@ -138,6 +171,7 @@ class ValidateConfig(_Section):
     modalities: tuple[str, ...]
     photometric: tuple[str, ...]
     clips: ClipBounds
+    audio: AudioValidateConfig
     severity: dict[str, Severity]
     # The report: thumbnails and histogram samples per class, files listed per failed check.
     thumbnails_per_class: int
@@ -166,6 +200,18 @@ class DriftConfig(_Section):
     require_retraining: bool
 
 
+class AudioPrepareConfig(_Section):
+    """Recordings to spectrogram windows (components/ml/audio.py)."""
+
+    window_s: float  # seconds per window; a shorter recording is one window, zero-padded
+    hop_s: float  # step between windows over a longer recording
+    n_fft: int  # STFT frame (samples at ingest.audio.sample_rate)
+    hop_length: int  # STFT step (samples)
+    n_mels: int
+    band_low_hz: float  # band-pass before the spectrogram; 0: no high-pass
+    band_high_hz: float  # 0: no low-pass
+
+
 class PrepareConfig(_Section):
     val_fraction: float
     test_fraction: float
@@ -176,11 +222,13 @@ class PrepareConfig(_Section):
     # CT window in Hounsfield units used when the data is CT; other data is scaled by its dtype's range.
     window_level: float
     window_width: float
+    audio: AudioPrepareConfig
 
 
 class ModelConfig(_Section):
     # auto: a 2D ResNet for images, a 3D ResNet for volumes.
-    family: Literal["auto", "resnet", "densenet", "efficientnet", "resnet3d", "cnn_rnn", "frame_cnn"]
+    # (recordings: auto is audio_cnn; crnn on request)
+    family: Literal["auto", "resnet", "densenet", "efficientnet", "resnet3d", "cnn_rnn", "frame_cnn", "audio_cnn", "crnn"]
     width: int  # channels of the first block
     depth: Literal[10, 18, 34]  # ResNet depth (resnet, resnet3d and the cnn_rnn encoder)
     dropout: float
@@ -199,6 +247,20 @@ class AugmentConfig(_Section):
     noise_std: float  # Gaussian noise on [0, 1] intensities
     noise_probability: float
     contrast: float  # intensity scale uniform in [1 - contrast, 1 + contrast] about the image mean
+
+
+class AudioAugmentConfig(_Section):
+    """Random changes to training spectrogram windows (components.ml.audio.SpectrogramAugmentation)."""
+
+    enabled: bool
+    time_shift: float  # circular shift, as a share of the window's frames
+    gain_db: float  # level change uniform in +/- this
+    noise_std: float  # Gaussian noise on [0, 1] spectrogram values...
+    noise_probability: float  # ...given to this share of windows
+    freq_masks: int  # SpecAugment: masked mel bands per window...
+    freq_mask_bins: int  # ...each up to this many bins wide
+    time_masks: int
+    time_mask_frames: int
 
 
 class TrainConfig(_Section):
@@ -220,6 +282,7 @@ class TrainConfig(_Section):
     # Class imbalance: weight the loss by inverse class frequency, or sample batches class-balanced.
     class_balance: Literal["weighted_loss", "sampler", "none"]
     augment: AugmentConfig
+    audio_augment: AudioAugmentConfig
     ema_decay: float  # > 0: select and save an exponential moving average of the weights
     # Training images over which BatchNorm statistics are recomputed after each epoch (0: all); a few
     # thousand estimate them well, and the pass costs a forward over them every epoch.
@@ -308,6 +371,7 @@ class ServeConfig(_Section):
     decode_side_multiple: int
     max_decoded_bytes: int
     max_clip_seconds: int  # for a model of clips; a model of images takes none
+    max_audio_seconds: int  # longest recording an audio model's /predict takes (checked from the header)
     golden_set_size: int
     probability_tolerance: float
     # `medgate serve` asks the registry for the production Bento this often (0: only on SIGHUP).

@@ -26,6 +26,8 @@ DEFAULT_SOURCE = "embedded"
 DEFAULT_COHORT_DIR = "data/source/default-cohort"  # where the embedded cohort is generated, in the workspace
 CINE_SOURCE = "cohort:cine"  # the embedded cine cohort (components.demo.cine)
 CINE_COHORT_DIR = "data/source/cine-cohort"
+# The embedded audio cohorts (components.demo.dictation): source name -> spoken (espeak-ng) or tones.
+AUDIO_COHORTS = {"cohort:dictation": True, "cohort:tones": False}
 IDENTIFIERS_FILE = "identifiers.json"  # written by components.demo.cohort: the fake identifiers in its headers
 # Memos in the workspace's state folder (.medgate): contents the PHI scan found clean (components.privacy.phi),
 # the last outcomes of the validation suites (components.stages.validate) and the run report's last charts
@@ -47,6 +49,10 @@ def ingest_task(source: str, settings: Settings, params: Params) -> IngestedData
         generate_cohort(path, params.cohort)
     if source == CINE_SOURCE and not (path / "labels.csv").exists():
         generate_cine_cohort(path, params.cohort.cine)
+    if source in AUDIO_COHORTS and not (path / "labels.csv").exists():
+        from components.demo.dictation import generate_dictation
+
+        generate_dictation(path, params.cohort.audio, speech=AUDIO_COHORTS[source])
     out_dir = ws / INGEST_DIR
     shutil.rmtree(out_dir, ignore_errors=True)
     return ingest_source(path, out_dir, params.ingest, salt=settings.deid_salt, show_progress=True)
@@ -125,6 +131,8 @@ def source_path(source: str, settings: Settings, params: Params) -> Path:
         return settings.workspace / DEFAULT_COHORT_DIR
     if source == CINE_SOURCE:
         return settings.workspace / CINE_COHORT_DIR
+    if source in AUDIO_COHORTS:
+        return settings.workspace / "data/source" / f"{source.removeprefix('cohort:')}-cohort"
     if source.startswith(MEDMNIST_PREFIX):
         return resolve_medmnist(source, settings.data_root, params.ingest)
     return Path(source)

@@ -38,17 +38,22 @@ def smoke_test_task(settings: Settings, params: Params, bento_tag: str, model_sh
     """Serve the Bento (its model.pt checked against `model_sha256`, the registered hash) and compare its
     answers to golden images with evaluate's."""
     from components.data.shards import ImageStore
+    from components.readers.audio import wav_bytes
     from services.smoke import smoke_test_bento
 
     ws = settings.workspace
     predictions = pd.read_csv(stage_dir(ws, "evaluate") / PREDICTIONS_FILE, dtype={"image_id": str})
     golden_rows = predictions.head(params.serve.golden_set_size)
     prob_columns = [c for c in predictions.columns if c.startswith("prob_")]
-    # The golden images leave their shards as the .npy uploads a client would send.
+    # The golden images leave their shards as the .npy uploads a client would send; recordings as WAV.
     with tempfile.TemporaryDirectory() as tmp, ImageStore(ws / INGEST_DIR) as store:
         golden = []
         for i, (_, row) in enumerate(golden_rows.iterrows()):
-            (path := Path(tmp) / f"golden-{i}.npy").write_bytes(store.read_bytes(row["path"]))
+            stored = store.load(row["path"])
+            if stored.ndim == 1:
+                (path := Path(tmp) / f"golden-{i}.wav").write_bytes(wav_bytes(stored, params.ingest.audio.sample_rate))
+            else:
+                (path := Path(tmp) / f"golden-{i}.npy").write_bytes(store.read_bytes(row["path"]))
             golden.append((path, [float(row[c]) for c in prob_columns]))
         result = smoke_test_bento(bento_tag, golden, params.serve.probability_tolerance, model_sha256=model_sha256)
     return Check(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from components.ml.audio import AudioPreprocessing
     from components.ml.transforms import Preprocessing
     from components.readers import DecodeLimits
 
@@ -48,12 +49,17 @@ class ModelCard:
 
     model_tag: str
     class_names: tuple[str, ...]
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | AudioPreprocessing
     operating_threshold: float
 
     @property
+    def audio(self) -> bool:
+        """Whether the model takes recordings (its preprocessing makes log-mel windows)."""
+        return getattr(self.preprocessing, "kind", "") == "audio"
+
+    @property
     def spatial_dims(self) -> int:
-        return len(self.preprocessing.spatial_size)
+        return 0 if self.audio else len(self.preprocessing.spatial_size)
 
 
 def read_upload(path: Path, max_bytes: int, name: str = "image") -> bytes:
@@ -132,6 +138,38 @@ def decode_upload(data: bytes, card: ModelCard, limits: DecodeLimits, name: str 
         raise InputProblem(f"{name}: the upload is a still image or volume; this model takes {takes}",
                            HTTPStatus.UNPROCESSABLE_ENTITY)
     return np.asarray(decoded.array)
+
+
+def decode_recording(data: bytes, card: ModelCard, max_seconds: float, name: str = "image") -> np.ndarray:
+    """Upload bytes (WAV, FLAC, OGG) → mono samples at the model's rate; an image is answered 422, a
+    recording declaring more than `max_seconds` 413 (from its header, before decoding)."""
+    from components.readers import DecodeLimits, ImageDecodeError, TooLarge, decode
+    from components.readers.audio import AudioReader, at_rate
+
+    if not AudioReader().accepts(data):
+        raise InputProblem(f"{name}: this model takes recordings (WAV, FLAC or OGG), not images or other files",
+                           HTTPStatus.UNPROCESSABLE_ENTITY)
+    limits = DecodeLimits(max_bytes=2**31, max_side=2**31, max_frames=1, max_seconds=max_seconds)
+    try:
+        return at_rate(decode(data, "", limits), card.preprocessing.sample_rate).array  # type: ignore[union-attr]
+    except TooLarge as exc:
+        raise InputProblem(f"{name}: {_clip(str(exc))}", HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from None
+    except ImageDecodeError as exc:
+        raise InputProblem(f"{name}: could not decode the upload: {_clip(str(exc))}") from None
+
+
+def prepare_recordings(recordings: Sequence[np.ndarray], card: ModelCard) -> tuple[np.ndarray, list[int]]:
+    """Decoded recordings → their log-mel windows stacked (N, 1, n_mels, T), and each one's window count."""
+    from components.ml.audio import preprocess_recording
+
+    windows = [preprocess_recording(r, card.preprocessing) for r in recordings]  # type: ignore[arg-type]
+    return np.concatenate(windows), [len(w) for w in windows]
+
+
+def per_upload(probabilities: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+    """Rows of window probabilities → one row per upload, the mean of its `counts` windows (images: 1 each)."""
+    ends = np.cumsum(counts)
+    return np.stack([probabilities[end - n:end].mean(axis=0) for n, end in zip(counts, ends, strict=True)])
 
 
 def prepare_input(image: np.ndarray, card: ModelCard, name: str = "image") -> np.ndarray:

@@ -1,7 +1,9 @@
 """The medgate model service: one exact model version, the training preprocessing, adaptive batching.
 
 Endpoints of `Classifier`:
-- `POST /predict`: multipart field `image` (PNG, JPEG, DICOM, NIfTI or .npy) →
+- `POST /predict`: multipart field `image` (PNG, JPEG, DICOM, NIfTI or .npy; for a model of clips MP4,
+  MOV, AVI or DICOM cine; for an audio model a WAV, FLAC or OGG recording, up to
+  `serve.max_audio_seconds`, scored as the mean of its windows) →
   `{"label", "probabilities": {class: p}, "decision", "model_version"}`.
 - `POST /predict_batch`: multipart field `images` (one or more files) → a list of the same, in order.
 - `GET /metadata`: model tag, name and version, dataset version, class names, preprocessing, gate
@@ -19,7 +21,8 @@ process, measured at 11.6 and 9.2 CPU-ms per request against 6.3 for this; see b
 Bad requests are answered 4xx with `{"error": "..."}`: 400 undecodable or missing upload, 401 without
 the API key (when one is set), 413 over the upload limit or declaring a larger image than the limits
 derived from the model's input (`services.inference.decode_limits`; checked before decoding), 415 not
-multipart, 422 an image this model cannot take (dimensions, channels, a 2D image to a 3D model), 429
+multipart, 422 an input this model cannot take (dimensions, channels, a 2D image to a 3D model, a clip to an
+image model, an image to an audio model), 429
 more than `serve.max_concurrency` requests in flight in one worker. Messages name the problem, never a
 DICOM header value or a file name. 503: more work queued than `max_latency_ms` allows, more upload
 bytes held than `serve.max_buffered_bytes`, or no memory to decode now; retry later.
@@ -63,8 +66,11 @@ from services.inference import (
     InputProblem,
     ModelCard,
     decode_limits,
+    decode_recording,
     decode_upload,
+    per_upload,
     prepare_input,
+    prepare_recordings,
     read_upload,
     to_prediction,
 )
@@ -191,6 +197,7 @@ class Classifier:
                                     SETTINGS.max_clip_seconds if self.card.preprocessing.clip else 0.0)
         # Uploads this worker decodes at once: with the limits, what bounds its decoded memory.
         self.decoding = anyio.CapacityLimiter(SETTINGS.decode_threads)
+        self.max_audio_seconds = SETTINGS.max_audio_seconds
         self.model_cards = {
             route: (path.read_bytes(), media_type)
             for route, (name, media_type) in CARD_ROUTES.items()
@@ -244,24 +251,26 @@ class Classifier:
 
     async def _predict_files(self, paths: list[Path], names: list[str]) -> list[dict[str, Any]]:
         try:
-            batch = await anyio.to_thread.run_sync(self._prepare, paths, names, limiter=self.decoding)
+            batch, counts = await anyio.to_thread.run_sync(self._prepare, paths, names, limiter=self.decoding)
         except InputProblem as problem:
             raise _ERRORS.get(problem.status, BentoMLException)(
                 str(problem), error_code=problem.status
             ) from None
         step = self.max_batch_size
         parts = await asyncio.gather(*(self.batcher(batch[i : i + step]) for i in range(0, len(batch), step)))
-        return [to_prediction(row, self.card) for row in np.concatenate(parts)]
+        return [to_prediction(row, self.card) for row in per_upload(np.concatenate(parts), counts)]
 
-    def _prepare(self, paths: list[Path], names: list[str]) -> np.ndarray:
-        """The network's input batch: each upload read, decoded and preprocessed before the next is
-        read, so one decoded image at a time is alive, never a whole batch of them."""
+    def _prepare(self, paths: list[Path], names: list[str]) -> tuple[np.ndarray, list[int]]:
+        """The network's batch and how many of its rows each upload has (a recording: its windows). Each
+        upload is read and decoded (an image also preprocessed) before the next is read, so one decoded
+        image at a time is alive, never a whole batch of them."""
+        uploads = ((read_upload(p, self.max_upload_bytes, n), n) for p, n in zip(paths, names, strict=True))
         try:
-            return np.stack([
-                prepare_input(decode_upload(read_upload(p, self.max_upload_bytes, n), self.card, self.limits, n),
-                              self.card, n)
-                for p, n in zip(paths, names, strict=True)
-            ])
+            if self.card.audio:
+                return prepare_recordings([decode_recording(u, self.card, self.max_audio_seconds, n) for u, n in uploads],
+                                          self.card)
+            return np.stack([prepare_input(decode_upload(u, self.card, self.limits, n), self.card, n)
+                             for u, n in uploads]), [1] * len(paths)
         except MemoryError:
             raise Overloaded("not enough memory free to decode the upload now; retry later") from None
 

@@ -39,6 +39,7 @@ SETTING_KEYS = (
     "max_decoded_bytes",
     "decode_threads",
     "max_clip_seconds",
+    "max_audio_seconds",
 )
 PINNED_SETTINGS_FILE = Path(__file__).with_name(MODEL_REF_FILE)
 
@@ -62,6 +63,7 @@ class ServingSettings:
     max_decoded_bytes: int
     decode_threads: int
     max_clip_seconds: int
+    max_audio_seconds: int  # longest recording an audio model takes
     device: str
 
     def __post_init__(self) -> None:

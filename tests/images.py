@@ -1,4 +1,5 @@
-"""Small test images as upload bytes: .npy, PNG, JPEG and a minimal CT DICOM slice; a tiny MedMNIST .npz."""
+"""Small test images as upload bytes: .npy, PNG, JPEG and a minimal CT DICOM slice; a tiny MedMNIST .npz;
+recordings (WAV, FLAC, OGG) written by soundfile."""
 
 from __future__ import annotations
 
@@ -33,6 +34,23 @@ def png_bytes(array: np.ndarray) -> bytes:
 def jpeg_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def tone(seconds: float = 1.0, rate: int = 8000, hz: float = 220.0, level: float = 0.5,
+         channels: int = 1) -> np.ndarray:
+    """A sine tone as float32 samples, (frames,) or (frames, channels) with the channels out of phase."""
+    t = np.arange(round(seconds * rate)) / rate
+    waves = [level * np.sin(2 * np.pi * hz * t + k) for k in range(channels)]
+    return np.stack(waves, axis=1).astype(np.float32) if channels > 1 else waves[0].astype(np.float32)
+
+
+def audio_bytes(samples: np.ndarray, rate: int = 8000, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:
+    """`samples` written by soundfile in `fmt` (WAV, FLAC, OGG) with `subtype` (OGG: Vorbis)."""
+    import soundfile
+
+    buf = io.BytesIO()
+    soundfile.write(buf, samples, rate, subtype="VORBIS" if fmt == "OGG" else subtype, format=fmt)
     return buf.getvalue()
 
 

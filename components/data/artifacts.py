@@ -102,7 +102,7 @@ class IngestedDataset:
 
     manifest: Path
     source: str
-    kind: str  # dicom | nifti | video | png | npz
+    kind: str  # dicom | nifti | video | audio | png | audio-folders | npz
     num_images: int
     num_patients: int
     class_names: tuple[str, ...]

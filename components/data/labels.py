@@ -2,7 +2,8 @@
 
 Columns: the key column (``path`` by default: a file relative to the folder; or a DICOM keyword such
 as ``SOPInstanceUID`` matched against each file's header), ``label``, and optionally
-``patient_id`` and ``split`` (train/val/test). Values are stripped; a UTF-8 byte-order mark is allowed.
+``patient_id``, ``split`` (train/val/test) and subgroup columns (``site``, ``sex``, ``age_band``,
+``scanner``: `components.data.manifest.SUBGROUP_COLUMNS`), which take precedence over a header's. Values are stripped; a UTF-8 byte-order mark is allowed.
 """
 
 from __future__ import annotations

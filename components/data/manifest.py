@@ -22,6 +22,7 @@ SOURCES_FILE = "sources.csv"
 PROBLEMS_FILE = "problems.json"
 CLASS_NAMES_ATTR = "class_names"  # key of the class order in the manifest's metadata (DataFrame.attrs)
 CLIP_SPEC_ATTR = "clip_spec"  # key of how clips were sampled (ingest.video), in a clip dataset's metadata
+AUDIO_RATE_ATTR = "audio_sample_rate"  # key of the stored recordings' rate (Hz) in the same metadata
 
 # Required columns and their pandas dtypes, in this order.
 MANIFEST_COLUMNS: dict[str, str] = {
@@ -42,6 +43,14 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "intensity_std": "float64",
     "content_hash": "string",  # sha256 of the stored pixel array's bytes and shape
 }
+# A recording's columns (components/readers/audio.py); its samples are stored as a 1 x N float32 array.
+AUDIO_COLUMNS: dict[str, str] = {
+    "sample_rate": "int64",  # Hz of the source file (the stored samples are at ingest.audio.sample_rate)
+    "source_channels": "int64",  # channels of the source file (stored: downmixed to mono)
+    "duration_s": "float64",
+    "peak_dbfs": "float64", "rms_dbfs": "float64", "dc_offset": "float64",
+    "clipped_fraction": "float64", "silent_fraction": "float64",
+}
 # Optional columns and their dtypes, in this order, after MANIFEST_COLUMNS.
 EXTRA_COLUMNS: dict[str, str] = {
     "site": "string", "sex": "string", "age_band": "string", "scanner": "string", "modality": "string",
@@ -52,6 +61,7 @@ EXTRA_COLUMNS: dict[str, str] = {
     # Nullable integers ("Int64"): a dataset may mix clips and images, which validate then flags.
     "frames": "Int64", "fps": "float64", "duration_s": "float64", "source_height": "Int64", "source_width": "Int64",
     "codec": "string",
+    **AUDIO_COLUMNS,
 }
 SUBGROUP_COLUMNS: tuple[str, ...] = ("site", "sex", "age_band", "scanner")  # what the gate can put floors on
 SPLITS: tuple[str, ...] = ("train", "val", "test")

@@ -62,7 +62,7 @@ def pixel_columns(arr: np.ndarray, digest: str, rel: str) -> dict[str, Any]:
     return {
         "path": rel,
         "ndim": ndim,
-        "height": int(spatial[-2]),
+        "height": int(spatial[-2]) if ndim > 1 else 1,  # a recording: 1 x samples
         "width": int(spatial[-1]),
         "depth": int(spatial[0]) if ndim == 3 else 1,
         "channels": int(arr.shape[-1]) if colour else 1,

@@ -12,6 +12,7 @@ SUPPORTED_SOURCES = (
      "patient_id, split) and the DICOM, NIfTI (.nii, .nii.gz) or video (.mp4, .mov, .avi) files it lists, "
      "or another .csv labels file in such a folder"),
     "a folder of PNG/JPEG images in class-named subfolders (optionally under train/val/test)",
+    "the same layouts with WAV, FLAC or OGG recordings (labels.csv, or class-named subfolders)",
     "a MedMNIST .npz file (train/val/test _images and _labels), or medmnist:<name>",
 )
 LABELS_FILE = "labels.csv"  # a labelled folder's default labels file
@@ -23,8 +24,8 @@ def is_labels_file(src: Path) -> bool:
 
 
 def detect_kind(src: Path) -> str:
-    """The layout of a source: "npz", "png" (class folders), or, for a labelled folder, the format of the
-    files it holds ("dicom", "nifti", "video").
+    """The layout of a source: "npz"; a labelled folder by the format of the files it lists ("dicom",
+    "nifti", "video", "audio"); class folders of images ("png") or of recordings ("audio-folders").
 
     Raises:
         ValueError: none of `SUPPORTED_SOURCES`.
@@ -34,12 +35,13 @@ def detect_kind(src: Path) -> str:
     folder = src.parent if is_labels_file(src) else src
     if folder != src or (src / LABELS_FILE).is_file():
         names = {r.name for p in listed_candidates(folder) if (r := reader_for_name(p)) is not None}
-        return {"nifti": "nifti", "video": "video"}.get("".join(names), "dicom")
+        return names.pop() if names in ({"nifti"}, {"video"}, {"audio"}) else "dicom"
     if src.is_dir():
         for sub in src.iterdir():
-            if sub.is_dir() and not sub.name.startswith(".") and any(
-                    in_class_folders(p.name) for p in sub.rglob("*") if p.is_file()):
-                return "png"
+            found = {r.name for p in sub.rglob("*") if p.is_file() and (r := reader_for_name(p.name)) is not None
+                     and r.in_class_folders} if sub.is_dir() and not sub.name.startswith(".") else set()
+            if found:
+                return "audio-folders" if found == {"audio"} else "png"
     raise ValueError(f"{src}: unsupported source; supported: {'; '.join(SUPPORTED_SOURCES)}")
 
 

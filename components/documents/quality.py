@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from components.config import ValidateConfig
-from components.data.manifest import SPLITS
+from components.data.manifest import AUDIO_RATE_ATTR, SPLITS
+from components.documents.audio_quality import recording_pictures
 from components.documents.clips import clip_section
 from components.documents.html import STYLE, escape, png_img, svg, table
 
@@ -45,7 +46,7 @@ def render_report(summary: dict[str, Any], manifest: pd.DataFrame, load: ImageLo
               f"{stats['skipped_inputs']} input(s) skipped at intake"]
     headline = "".join(f"<li>{e(x)}</li>" for x in summary["failed_expectations"]) or "<li>none</li>"
     warn_list = "".join(f"<li>{e(x)}</li>" for x in summary["warnings"]) or "<li>none</li>"
-    histogram, thumbnails = _pictures(manifest, load, cfg, window)
+    pictures = _pictures(manifest, load, cfg, window)
     skipped = table(["file", "reason"], [[e(p.get("file", "")), e(p.get("reason", ""))] for p in summary["skipped_inputs"]]) \
         if summary["skipped_inputs"] else "<p>none</p>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>medgate data quality: {e(verdict)}</title>
@@ -57,9 +58,7 @@ def render_report(summary: dict[str, Any], manifest: pd.DataFrame, load: ImageLo
 <h2>Warnings</h2><ul>{warn_list}</ul>
 <h2>Checks</h2>{_checks_table(summary["expectations"], checks, cfg.max_listed_files)}
 <h2>Class balance per split</h2>{_balance_table(stats)}
-<h2>Intensity histograms per class</h2><figure>{histogram}<figcaption>Stored intensities of up to
-{cfg.histogram_images_per_class} images per class.</figcaption></figure>
-<h2>Thumbnails per class</h2>{thumbnails}
+{pictures}
 {clip_section(manifest, load, cfg.thumbnails_per_class) if "frames" in manifest else ""}
 {_drift_section(summary.get("drift"), summary.get("drift_note", ""))}
 <h2>Inputs skipped at intake</h2>{skipped}
@@ -124,12 +123,14 @@ def _thumbnail(arr: np.ndarray, size: int = 96) -> str:
     return png_img(img)
 
 
-def _pictures(manifest: pd.DataFrame, load: ImageLoader, cfg: ValidateConfig, window: tuple[float, float] | None) -> tuple[str, str]:
-    """(histogram SVG, thumbnail grid HTML), from up to a few dozen images per class."""
+def _pictures(manifest: pd.DataFrame, load: ImageLoader, cfg: ValidateConfig, window: tuple[float, float] | None) -> str:
+    """The histogram and thumbnail sections, from up to a few dozen images (or recordings) per class."""
     from matplotlib.figure import Figure
 
     per_class = max(cfg.histogram_images_per_class, cfg.thumbnails_per_class)
     samples = _samples(manifest, per_class)
+    if AUDIO_RATE_ATTR in manifest.attrs:
+        return recording_pictures(manifest, samples, load, cfg, int(manifest.attrs[AUDIO_RATE_ATTR]))
     ct = "modality" in manifest and bool((manifest["modality"] == "CT").all())
     lower = upper = None
     if ct and window is not None:
@@ -160,7 +161,9 @@ def _pictures(manifest: pd.DataFrame, load: ImageLoader, cfg: ValidateConfig, wi
     ax.set_xlabel("stored intensity" + (" (HU)" if ct else ""))
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
-    return svg(fig), "".join(grid)
+    return (f"<h2>Intensity histograms per class</h2><figure>{svg(fig)}<figcaption>Stored intensities of up to "
+            f"{cfg.histogram_images_per_class} images per class.</figcaption></figure>"
+            f"<h2>Thumbnails per class</h2>{''.join(grid)}")
 
 
 def _drift_section(drift: dict[str, Any] | None, note: str) -> str:

@@ -13,6 +13,8 @@ from torch import nn
 
 from components.data.artifacts import SPEC_FILE, WEIGHTS_FILE, file_sha256
 from components.config import ModelConfig
+from components.ml.audio import AudioPreprocessing, is_audio
+from components.ml.audio_models import FAMILIES_AUDIO, build_audio_model
 from components.ml.transforms import Preprocessing
 
 FAMILIES_2D = ("resnet", "densenet", "efficientnet")
@@ -29,10 +31,16 @@ _EFFICIENTNET_B0 = [
 ]
 
 
-def resolve_family(cfg: ModelConfig, input_shape: tuple[int, ...]) -> str:
-    """The family to build: the configured one, or for `auto` a ResNet matching the data's dimensions."""
+def resolve_family(cfg: ModelConfig, input_shape: tuple[int, ...], audio: bool = False) -> str:
+    """The family to build: the configured one, or for `auto` a ResNet matching the data's dimensions
+    (for recordings' spectrograms, `audio`: the audio CNN)."""
     spatial_dims = len(input_shape) - 1
     family = cfg.family
+    if audio:
+        family = "audio_cnn" if family == "auto" else family
+        if family not in FAMILIES_AUDIO:
+            raise ValueError(f"model family {family!r} is not for recordings; use one of {', '.join(FAMILIES_AUDIO)}")
+        return family
     if family == "auto":
         family = "resnet" if spatial_dims == 2 else "resnet3d"
     if spatial_dims == 2 and family not in FAMILIES_2D:
@@ -100,10 +108,13 @@ class FrameCNN(nn.Module):
         return self.frame(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)).reshape(b, t, -1).mean(dim=1)
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The network for inputs of `input_shape` = (C, *spatial), returning `num_classes` logits."""
-    family = resolve_family(cfg, input_shape)
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, audio: bool = False) -> nn.Module:
+    """The network for inputs of `input_shape` = (C, *spatial) (spectrograms when `audio`), returning
+    `num_classes` logits."""
+    family = resolve_family(cfg, input_shape, audio)
     in_channels, spatial = input_shape[0], input_shape[1:]
+    if family in FAMILIES_AUDIO:
+        return build_audio_model(family, in_channels, num_classes, cfg)
     size = max(spatial)
     if family == "resnet":
         return _small_resnet(2, in_channels, num_classes, cfg.width, size, cfg.depth)
@@ -145,13 +156,17 @@ class ModelSpec:
     model: ModelConfig
     input_shape: tuple[int, ...]
     class_names: tuple[str, ...]
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | AudioPreprocessing
     operating_threshold: float = 0.5
+
+    @property
+    def audio(self) -> bool:
+        return isinstance(self.preprocessing, AudioPreprocessing)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.model_dump(),
-            "family": resolve_family(self.model, self.input_shape),
+            "family": resolve_family(self.model, self.input_shape, self.audio),
             "input_shape": list(self.input_shape),
             "class_names": list(self.class_names),
             "preprocessing": self.preprocessing.to_dict(),
@@ -164,11 +179,16 @@ class ModelSpec:
             model=ModelConfig.model_validate(raw["model"]),
             input_shape=tuple(int(s) for s in raw["input_shape"]),
             class_names=tuple(raw["class_names"]),
-            preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
+            preprocessing=preprocessing_from_dict(raw["preprocessing"]),
             operating_threshold=float(raw.get("operating_threshold", 0.5)),
         )
 
 
+
+
+def preprocessing_from_dict(raw: dict[str, Any]) -> Preprocessing | AudioPreprocessing:
+    """A stored preprocessing (dataset.json's, a model spec's): of recordings or of images."""
+    return AudioPreprocessing.from_dict(raw) if is_audio(raw) else Preprocessing.from_dict(raw)
 
 
 def save_model(model: nn.Module, spec: ModelSpec, out_dir: Path) -> Path:
@@ -190,6 +210,6 @@ def load_model(model_dir: Path, expected_sha256: str | None = None) -> tuple[nn.
     if expected_sha256 is not None and (actual := file_sha256(weights)) != expected_sha256:
         raise ValueError(f"{weights}: sha256 {actual} does not match the registered {expected_sha256}")
     spec = ModelSpec.from_dict(json.loads((model_dir / SPEC_FILE).read_text()))
-    model = build_model(spec.model, spec.input_shape, len(spec.class_names))
+    model = build_model(spec.model, spec.input_shape, len(spec.class_names), spec.audio)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.eval(), spec

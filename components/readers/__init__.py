@@ -2,14 +2,16 @@
 
 A reader claims files by suffix (`Reader.claims`) and by content (`Reader.accepts`, magic bytes) and
 `read`s one file into a `Decoded`: the array in the stored layout plus the manifest columns the file
-determines. A new format (video, audio) is a new module with a `Reader` subclass, added to `READERS`
-below; ingest and the service find it there, so neither changes.
+determines. A new format is a new module with a `Reader` subclass that declares itself in its class
+statement (``class X(Reader, name=..., formats=..., suffixes=...)``), added to `READERS` below;
+ingest and the service find it there, so neither changes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from components.readers.audio import AudioReader
 from components.readers.base import DecodeLimits, Decoded, ImageDecodeError, Reader, TooLarge, check_array
 from components.readers.clips import ClipSpec, NotAClipModel
 from components.readers.dicom import DicomReader
@@ -22,7 +24,7 @@ __all__ = ["READERS", "ClipSpec", "DecodeLimits", "Decoded", "ImageDecodeError",
            "decode", "decode_image", "reader_for_name"]
 
 # Content is matched in this order; the first reader that accepts a file's bytes reads it.
-READERS: tuple[Reader, ...] = (RasterReader(), NpyReader(), NiftiReader(), VideoReader(), DicomReader())
+READERS: tuple[Reader, ...] = (RasterReader(), NpyReader(), NiftiReader(), VideoReader(), DicomReader(), AudioReader())
 # Readers that also take a `ClipSpec` (`read(..., clip=)`): clips, and DICOM for its cine loops.
 _CLIP_READERS = (VideoReader, DicomReader)
 

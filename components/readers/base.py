@@ -36,10 +36,11 @@ class DecodeLimits:
 
 
 def check_declared(limits: DecodeLimits | None, *, rows: int = 1, columns: int = 1, frames: int = 1,
-                   channels: int = 1, itemsize: int = 1, seconds: float | None = None, streamed: bool = False) -> None:
+                   channels: int = 1, samples: int = 1, itemsize: int = 1, seconds: float | None = None,
+                   streamed: bool = False) -> None:
     """Refuse a file whose declared size exceeds `limits` (None: no limit).
 
-    `streamed`: the frames are decoded one at a time and only a sample is kept (a clip), so the byte
+    `samples`: of a recording, per channel. `streamed`: the frames are decoded one at a time and only a sample is kept (a clip), so the byte
     limit applies to one frame; the frame count and duration are still limited.
 
     Raises:
@@ -53,7 +54,7 @@ def check_declared(limits: DecodeLimits | None, *, rows: int = 1, columns: int =
         raise TooLarge(f"declares {frames} frames or slices, over the limit of {limits.max_frames}")
     if seconds is not None and seconds > limits.max_seconds:
         raise TooLarge(f"declares {seconds:.1f} s, over the limit of {limits.max_seconds:g} s")
-    size = rows * columns * (1 if streamed else frames) * channels * itemsize
+    size = rows * columns * (1 if streamed else frames) * samples * channels * itemsize
     if size > limits.max_bytes:
         raise TooLarge(f"declares {size / 2**20:.1f} MiB decoded, over the limit of {limits.max_bytes / 2**20:.1f} MiB")
 
@@ -81,6 +82,12 @@ class Reader(ABC):
     formats: ClassVar[str]  # what it reads, for messages: "PNG, JPEG"
     suffixes: ClassVar[tuple[str, ...]]  # lower-case file name endings; "" means a name without suffix
     in_class_folders: ClassVar[bool] = False  # also read from class-named folders (sources without labels.csv)
+
+    def __init_subclass__(cls, *, name: str, formats: str, suffixes: tuple[str, ...], in_class_folders: bool = False,
+                          **kwargs: Any) -> None:
+        """A format declares itself in its class statement: ``class X(Reader, name=..., formats=..., suffixes=...)``."""
+        super().__init_subclass__(**kwargs)
+        cls.name, cls.formats, cls.suffixes, cls.in_class_folders = name, formats, suffixes, in_class_folders
 
     @abstractmethod
     def accepts(self, data: bytes) -> bool:

@@ -32,12 +32,8 @@ VOLUME_MODALITIES = frozenset({"CT", "MR", "PT", "NM"})
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$")
 
 
-class DicomReader(Reader):
+class DicomReader(Reader, name="dicom", formats="DICOM (Part 10)", suffixes=(".dcm", ".dicom", ".ima", "")):
     """DICOM files (with or without the Part 10 preamble); the header gives spacing and subgroups."""
-
-    name = "dicom"
-    formats = "DICOM (Part 10)"
-    suffixes = (".dcm", ".dicom", ".ima", "")
 
     def accepts(self, data: bytes) -> bool:
         return data[128:132] == b"DICM" or data[:2] in (b"\x02\x00", b"\x08\x00")

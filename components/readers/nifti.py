@@ -24,12 +24,8 @@ _GZIP = b"\x1f\x8b"
 _PAIR = b"ni1\x00"  # magic of a .hdr/.img pair's header
 
 
-class NiftiReader(Reader):
+class NiftiReader(Reader, name="nifti", formats="NIfTI", suffixes=(".nii", ".nii.gz")):
     """NIfTI-1/2 volumes in one file, either byte order, optionally gzip-compressed."""
-
-    name = "nifti"
-    formats = "NIfTI"
-    suffixes = (".nii", ".nii.gz")
 
     def accepts(self, data: bytes) -> bool:
         return data.startswith(_GZIP) or data[344:348] == _PAIR or _version(data) > 0

@@ -12,12 +12,8 @@ from components.readers.base import DecodeLimits, Decoded, ImageDecodeError, Rea
 NPY_MAGIC = b"\x93NUMPY"
 
 
-class NpyReader(Reader):
+class NpyReader(Reader, name="npy", formats=".npy", suffixes=(".npy",)):
     """A single ``.npy`` array in the stored layout: (H, W), (H, W, C) or (D, H, W)."""
-
-    name = "npy"
-    formats = ".npy"
-    suffixes = (".npy",)
 
     def accepts(self, data: bytes) -> bool:
         return data.startswith(NPY_MAGIC)

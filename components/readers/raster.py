@@ -21,13 +21,10 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 _OPENERS = {"PNG": PngImagePlugin.PngImageFile, "JPEG": JpegImagePlugin.jpeg_factory}
 
 
-class RasterReader(Reader):
+class RasterReader(
+    Reader, name="raster", formats="PNG, JPEG", suffixes=(".png", ".jpg", ".jpeg"), in_class_folders=True,
+):
     """PNG and JPEG images; also read from class-named folders."""
-
-    name = "raster"
-    formats = "PNG, JPEG"
-    suffixes = (".png", ".jpg", ".jpeg")
-    in_class_folders = True
 
     def accepts(self, data: bytes) -> bool:
         return data.startswith((PNG_MAGIC, JPEG_MAGIC))

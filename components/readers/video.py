@@ -22,13 +22,10 @@ _AVI = (b"RIFF", b"AVI ")
 _QUICKTIME_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
 
 
-class VideoReader(Reader):
+class VideoReader(
+    Reader, name="video", formats="video (MP4, MOV, AVI)", suffixes=(".mp4", ".m4v", ".mov", ".avi"), in_class_folders=True,
+):
     """MP4, MOV and AVI files: sampled grey frames and the clip's frames, fps, duration, size and codec."""
-
-    name = "video"
-    formats = "video (MP4, MOV, AVI)"
-    suffixes = (".mp4", ".m4v", ".mov", ".avi")
-    in_class_folders = True
 
     def accepts(self, data: bytes) -> bool:
         return _demuxer(data) is not None

@@ -15,6 +15,9 @@ Features per image (channels averaged to one grey image; 2D or 3D alike):
   contrast, dissimilarity, homogeneity, energy, entropy, correlation;
 - edges: mean and standard deviation of the gradient magnitude (forward differences).
 
+Recordings (prepared as log-mel windows, a ``window`` column in the rows): MFCC and spectral
+statistics per window (`components.ml.audio.mfcc_features`), probabilities averaged per recording.
+
 Writes under `out_dir`: `metrics.json` (flat test metrics and the classifier's name) and
 `predictions.csv` (per test image: id, label, class probabilities).
 """
@@ -37,6 +40,7 @@ from sklearn.preprocessing import StandardScaler
 from components.config import BaselineConfig, load_params, stage_arguments
 from components.data.artifacts import METRICS_FILE, PREDICTIONS_FILE
 from components.data.prepared import load_split, read_dataset_info
+from components.ml.audio import mfcc_features, per_recording
 from components.ml.metrics import choose_threshold, classification_metrics, predict_labels
 
 _CHUNK = 256  # images per co-occurrence batch: bounds memory for volumes
@@ -143,10 +147,15 @@ def train_baseline(data_dir: Path, cfg: BaselineConfig, operating_point: tuple[s
     started = time.monotonic()
     class_names = read_dataset_info(data_dir)["class_names"]
     split = {name: load_split(data_dir, name) for name in ("train", "val", "test")}
-    features = {name: extract_features(images, cfg) for name, (images, _, _) in split.items()}
+    audio = "window" in split["train"][2]
+    features = {name: mfcc_features(images) if audio else extract_features(images, cfg)
+                for name, (images, _, _) in split.items()}
     classifier = make_classifier(cfg).fit(features["train"], split["train"][1])
     probs = {name: _all_class_probs(classifier, features[name], len(class_names)) for name in ("val", "test")}
     y_val, y_test, rows = split["val"][1], split["test"][1], split["test"][2]
+    if audio:  # recordings: each one's score is the mean of its windows'
+        _, probs["val"], y_val = per_recording(split["val"][2], probs["val"], y_val)
+        rows, probs["test"], y_test = per_recording(rows, probs["test"], y_test)
     threshold = choose_threshold(y_val, probs["val"][:, 1], *operating_point) if len(class_names) == 2 else 0.5
     metrics: dict[str, Any] = {
         **classification_metrics(y_test, probs["test"], threshold),

@@ -42,6 +42,7 @@ from components.ml.metrics import (
     reliability_bins,
     score_auc,
 )
+from components.ml.audio import per_recording
 from components.ml.models import load_model
 from components.ml.runtime import predict_probs, set_threads
 from components.ml.video import patient_metrics
@@ -111,9 +112,12 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
     """Metrics of the model in `model_dir` on the test split of `data_dir`, beside the baseline's when given."""
     set_threads(0)
     model, spec = load_model(model_dir)
-    x_val, y_val, _ = load_split(data_dir, "val")
+    x_val, y_val, val_rows = load_split(data_dir, "val")
     x_test, y_test, rows = load_split(data_dir, "test")
     val_probs, test_probs = predict_probs(model, x_val), predict_probs(model, x_test)
+    if "window" in rows:  # recordings: each one's score is the mean of its windows'
+        _, val_probs, y_val = per_recording(val_rows, val_probs, y_val)
+        rows, test_probs, y_test = per_recording(rows, test_probs, y_test)
     binary = len(spec.class_names) == 2
     threshold = choose_threshold(y_val, val_probs[:, 1], cfg.operating_point, cfg.target_sensitivity) if binary else 0.5
 
@@ -124,6 +128,8 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
     }.items():
         metrics[f"{name}_ci_lower"], metrics[f"{name}_ci_upper"] = bootstrap_ci(y_test, test_probs, fn, cfg.bootstrap_samples, cfg.seed)
     metrics["nll"] = negative_log_likelihood(y_test, test_probs)
+    if binary:  # the PhysioNet 2016 challenge's score
+        metrics["macc"] = (metrics["sensitivity"] + metrics["specificity"]) / 2
     if cfg.temperature_scaling:
         temperature = fit_temperature(y_val, val_probs)
         scaled = apply_temperature(test_probs, temperature)

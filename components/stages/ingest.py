@@ -10,6 +10,8 @@ Sources (`ingest_source` detects the kind; docs/manifest.md is the data contract
   loops come as ``dicom``. Clips are stored as ``cfg.video`` says (`components.readers.clips`).
 * A ``.csv`` file inside such a folder: the folder, with that file in place of ``labels.csv`` (a
   dataset with several label sets; ``medgate run --labels FILE``).
+* ``audio``: the same layout where the listed files are recordings (WAV, FLAC, OGG); ``audio-folders``:
+  recordings in class-named subfolders as for ``png``. Samples are stored at ``cfg.audio.sample_rate``.
 * ``png``: a folder of PNG/JPEG images (formats whose reader has ``in_class_folders``) in
   class-named subfolders (``<class>/.../<file>``), or ``<split>/<class>/...`` when every top-level
   folder is train, val or test.
@@ -51,7 +53,8 @@ from components.config import IngestConfig
 from components.data.artifacts import IngestedDataset
 from components.data.labels import LabelRow, read_labels, relative_file
 from components.data.manifest import (
-    CLASS_NAMES_ATTR, CLIP_SPEC_ATTR, MANIFEST_FILE, PROBLEMS_FILE, SOURCES_FILE, SPLITS, ManifestRows, order_class_names,
+    AUDIO_RATE_ATTR, CLASS_NAMES_ATTR, CLIP_SPEC_ATTR, MANIFEST_FILE, PROBLEMS_FILE, SOURCES_FILE, SPLITS, SUBGROUP_COLUMNS,
+    ManifestRows, order_class_names,
 )
 from components.data.medmnist import MEDMNIST_PREFIX, SplitUnreadable, archive_splits, open_split
 from components.data.shards import ShardWriter
@@ -60,6 +63,7 @@ from components.data.sources import (
 )
 from components.privacy.deid import pseudonym
 from components.readers import ClipSpec, DecodeLimits, ImageDecodeError, TooLarge, decode
+from components.readers.audio import at_rate
 from components.readers.base import check_array, short_reason
 from components.readers.dicom import header_value, is_keyword
 
@@ -186,9 +190,9 @@ def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: st
         writer.writerow(["image_id", "source"])
         sink = _Sink(out_dir, salt, writer,
                      allowed_labels=frozenset(cfg.class_names) if cfg.class_names else None)
-        if kind in ("dicom", "nifti", "video"):
+        if kind in ("dicom", "nifti", "video", "audio"):
             _ingest_labelled_folder(src, labels_file, cfg, sink, progress)
-        elif kind == "png":
+        elif kind in ("png", "audio-folders"):
             _ingest_class_folders(src, cfg, sink, progress)
         else:
             _ingest_npz(src, cfg, sink, progress)
@@ -207,6 +211,8 @@ def _write_manifest(sink: _Sink, src: Path, source: str, kind: str, cfg: IngestC
     manifest.attrs[CLASS_NAMES_ATTR] = list(class_names)
     if "frames" in manifest:  # how its clips were sampled travels with them: the model serves clips the same way
         manifest.attrs[CLIP_SPEC_ATTR] = cfg.video.model_dump(mode="json")
+    if "sample_rate" in manifest:  # recordings: the rate their samples are stored at
+        manifest.attrs[AUDIO_RATE_ATTR] = cfg.audio.sample_rate
     manifest_path = sink.out_dir / MANIFEST_FILE
     manifest.to_parquet(manifest_path, index=False)
     result = IngestedDataset(
@@ -240,15 +246,26 @@ class _Result:
     problem: str = ""
 
 
-def _decode_chunk(src: str, files: Sequence[str], out_dir: str, shard: int, salt: str, limits: DecodeLimits,
-                  clip: ClipSpec, on_file: Callable[[], None] | None = None) -> list[_Result]:
-    """Decode `files` (relative to `src`) into shard `shard` of `out_dir`, clips as `clip` says; runs in a
+@dataclass(frozen=True)
+class _Reading:
+    """How every file of a source is read (the same in each worker process)."""
+
+    limits: DecodeLimits  # what a file may declare
+    clip: ClipSpec  # how clips are sampled and stored
+    audio_rate: int  # Hz recordings are resampled to
+
+
+def _decode_chunk(src: str, files: Sequence[str], out_dir: str, shard: int, salt: str, reading: _Reading,
+                  on_file: Callable[[], None] | None = None) -> list[_Result]:
+    """Decode `files` (relative to `src`) into shard `shard` of `out_dir` as `reading` says; runs in a
     worker process. Whatever fails in one file (a refusal, a reader's TypeError or MemoryError) is that file's problem."""
     results = []
     with ShardWriter(Path(out_dir), shard) as writer:
         for rel in files:
             try:
-                decoded = decode(_read_bounded(Path(src) / rel, limits), salt, limits, clip)
+                decoded = decode(_read_bounded(Path(src) / rel, reading.limits), salt, reading.limits, reading.clip)
+                if decoded.kind == "audio":
+                    decoded = at_rate(decoded, reading.audio_rate)
             except Exception as exc:  # noqa: BLE001 - one file's failure is reported, never the run's
                 known = isinstance(exc, (ImageDecodeError, OSError))  # their messages say what is wrong
                 why = short_reason(exc) if known else f"{type(exc).__name__}: {short_reason(exc)}"
@@ -275,14 +292,14 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
     """Results for `files`, in order. Two or more chunks and workers: a process pool (spawned, since
     the caller may run threads), with at most two chunks per worker in flight."""
     size = max(1, cfg.shard_size)
-    limits = DecodeLimits(**cfg.limits.model_dump())
+    reading = _Reading(DecodeLimits(**cfg.limits.model_dump()), ClipSpec.from_dict(cfg.video.model_dump()),
+                       cfg.audio.sample_rate)
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
     first = sink.reserve_shards(len(chunks))
     workers = min(_worker_count(cfg), len(chunks))
-    clip = ClipSpec.from_dict(cfg.video.model_dump())
     if workers <= 1 or len(chunks) < _POOL_MIN_CHUNKS:
         for k, chunk in enumerate(chunks):
-            yield from _decode_chunk(str(src), chunk, str(sink.out_dir), first + k, sink.salt, limits, clip, progress.step)
+            yield from _decode_chunk(str(src), chunk, str(sink.out_dir), first + k, sink.salt, reading, progress.step)
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         queue: deque[tuple[int, Future[list[_Result]]]] = deque()
@@ -293,7 +310,7 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
             if nxt is not None:
                 k, chunk = nxt
                 queue.append((len(chunk), pool.submit(_decode_chunk, str(src), chunk, str(sink.out_dir),
-                                                      first + k, sink.salt, limits, clip)))
+                                                      first + k, sink.salt, reading)))
 
         for _ in range(2 * workers):
             submit()
@@ -304,8 +321,8 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
             progress.step(n)
             yield from results
 
-# An accepted file: (file, label, split, labels.csv patient_id).
-_Accepted = tuple[str, str, str | None, str]
+# An accepted file: (file, label, split, labels.csv patient_id, its labels.csv subgroup columns).
+_Accepted = tuple[str, str, str | None, str, dict[str, str]]
 
 
 def _ingest_labelled_folder(src: Path, labels_file: str, cfg: IngestConfig, sink: _Sink, progress: _Progress) -> None:
@@ -315,11 +332,11 @@ def _ingest_labelled_folder(src: Path, labels_file: str, cfg: IngestConfig, sink
     accepted, used = _match_rows(src, rows, by_key, cfg.key_column, sink)
     progress.grow(len(accepted))
     results = _decode_files(src, [a[0] for a in accepted], cfg, sink, progress)
-    for (rel, label, split, patient_csv), result in zip(accepted, results, strict=True):
+    for (rel, label, split, patient_csv, subgroups), result in zip(accepted, results, strict=True):
         if result.columns is None:
             sink.problem(rel, result.problem)
             continue
-        columns = result.columns
+        columns = {**result.columns, **subgroups}
         patient = pseudonym(patient_csv, sink.salt) if patient_csv else \
             columns.get("patient_id") or pseudonym(rel, sink.salt)
         sink.add(rel, columns, label=label, split=split, patient_id=patient,
@@ -386,7 +403,8 @@ def _match_rows(src: Path, rows: list[LabelRow], by_key: dict[str, str], key: st
             sink.problem(found, f"split {split!r} is not one of {', '.join(SPLITS)}")
             continue
         if sink.label_allowed(found, label):
-            accepted.append((found, label, split, row.get("patient_id", "")))
+            subgroups = {c: row[c] for c in SUBGROUP_COLUMNS if row.get(c)}
+            accepted.append((found, label, split, row.get("patient_id", ""), subgroups))
     return accepted, used
 
 

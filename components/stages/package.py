@@ -41,7 +41,8 @@ SERVICE_IMPORT = f"{SERVICE_MODULE}:Classifier"
 # Where the service reads its settings: beside its module (services.settings.PINNED_SETTINGS_FILE).
 SETTINGS_PATH = Path(*SERVICE_MODULE.split(".")[:-1], MODEL_REF_FILE).as_posix()
 # Distributions the service imports; pinned in the Bento to the versions it was built and tested with.
-SERVICE_DISTRIBUTIONS = ("numpy", "torch", "monai", "pillow", "pydicom", "nibabel", "pydantic", "pyyaml")
+SERVICE_DISTRIBUTIONS = ("numpy", "torch", "monai", "pillow", "pydicom", "nibabel", "pydantic", "pyyaml",
+                         "soundfile", "scipy")
 _QUIET_ENV = {"BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1"}
 # Environment that would make a Bento import something other than its own copy, or another model.
 _DROPPED_ENV = ("PYTHONPATH", "MEDGATE_MODEL_TAG")

@@ -4,6 +4,8 @@ Reads the ingest manifest and its pixel files, writes under `out_dir`:
 `{train,val,test}.npz` (images float32 (N, C, *spatial) in [0, 1], labels int64),
 `{train,val,test}.csv` (one row per image: id, patient, label and subgroup columns),
 and `dataset.json` (class names, input shape, preprocessing, counts).
+Recordings (a manifest of 1-D samples) become log-mel windows (components/ml/audio.py): one array
+and one row per window, the recording's ``image_id`` repeated and its ``window`` index added.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import numpy as np
 import pandas as pd
 
 from components.data.artifacts import PreparedDataset
-from components.data.manifest import CLASS_NAMES_ATTR, CLIP_SPEC_ATTR, SPLITS, SUBGROUP_COLUMNS, order_class_names
+from components.data.manifest import (
+    AUDIO_RATE_ATTR, CLASS_NAMES_ATTR, CLIP_SPEC_ATTR, SPLITS, SUBGROUP_COLUMNS, order_class_names,
+)
 from components.data.prepared import write_dataset_info, write_split
 from components.data.shards import ImageStore
 from components.config import PrepareConfig, load_params, stage_arguments
+from components.ml.audio import AudioPreprocessing, db_range, preprocess_recording
 from components.ml.transforms import Preprocessing, preprocess
 from components.readers.clips import ClipSpec
 
@@ -103,10 +108,13 @@ def prepare_dataset(manifest_path: Path, cfg: PrepareConfig, out_dir: Path) -> P
     missing = set(SPLITS) - set(manifest["split"])
     if missing:
         raise ValueError(f"{manifest_path}: no images in split(s) {sorted(missing)}; the dataset is too small")
-    spec = choose_preprocessing(manifest, manifest[manifest["split"] == "train"], cfg)
     label_index = {name: i for i, name in enumerate(class_names)}
     out_dir.mkdir(parents=True, exist_ok=True)
     keep = ["image_id", "patient_id", "label", "path", *[c for c in SUBGROUP_COLUMNS if c in manifest]]
+    if (manifest["ndim"] == 1).all():
+        spec_info, counts = _prepare_recordings(manifest, root, cfg, out_dir, label_index, keep)
+        return _finish(out_dir, manifest, class_names, spec_info, counts)
+    spec = choose_preprocessing(manifest, manifest[manifest["split"] == "train"], cfg)
     counts: dict[str, int] = {}
     for split in SPLITS:
         # The manifest's (the source's) order, not the pseudonyms': training sees the same batches in every workspace.
@@ -118,6 +126,11 @@ def prepare_dataset(manifest_path: Path, cfg: PrepareConfig, out_dir: Path) -> P
         labels = rows["label"].map(label_index).to_numpy(dtype=np.int64)
         write_split(out_dir, split, images, labels, rows[keep])
         counts[split] = len(rows)
+    return _finish(out_dir, manifest, class_names, spec, counts)
+
+
+def _finish(out_dir: Path, manifest: pd.DataFrame, class_names: tuple[str, ...],
+            spec: Preprocessing | AudioPreprocessing, counts: dict[str, int]) -> PreparedDataset:
     write_dataset_info(out_dir, {
         "class_names": list(class_names),
         "input_shape": list(spec.input_shape),
@@ -126,6 +139,30 @@ def prepare_dataset(manifest_path: Path, cfg: PrepareConfig, out_dir: Path) -> P
         "class_counts": {s: manifest[manifest["split"] == s]["label"].value_counts().to_dict() for s in SPLITS},
     })
     return PreparedDataset(out_dir=out_dir, class_names=class_names, input_shape=spec.input_shape, counts=counts)
+
+
+def _prepare_recordings(manifest: pd.DataFrame, root: Path, cfg: PrepareConfig, out_dir: Path,
+                        label_index: dict[str, int], keep: list[str]) -> tuple[AudioPreprocessing, dict[str, int]]:
+    """Every split's recordings as log-mel windows, scaled by the training split's dB range."""
+    rate = int(manifest.attrs.get(AUDIO_RATE_ATTR) or 0)
+    if rate <= 0:
+        raise ValueError("a manifest of recordings without its stored sample rate; re-run ingest")
+    spec = AudioPreprocessing.from_config(cfg.audio, rate)
+    with ImageStore(root) as store:
+        train_paths = manifest.loc[manifest["split"] == "train", "path"]
+        spec = AudioPreprocessing.from_config(cfg.audio, rate, *db_range([store.load(p) for p in train_paths], spec))
+        counts: dict[str, int] = {}
+        for split in SPLITS:
+            rows = manifest[manifest["split"] == split]
+            per_recording = [preprocess_recording(store.load(rel), spec) for rel in rows["path"]]
+            repeat = np.array([len(w) for w in per_recording], dtype=np.int64)
+            images = np.concatenate(per_recording) if per_recording else np.zeros((0, *spec.input_shape), np.float32)
+            window_rows = rows[keep].loc[rows.index.repeat(repeat)].assign(
+                window=np.concatenate([np.arange(k) for k in repeat]) if len(repeat) else [])
+            labels = window_rows["label"].map(label_index).to_numpy(dtype=np.int64)
+            write_split(out_dir, split, images, labels, window_rows)
+            counts[split] = len(rows)
+    return spec, counts
 
 
 def main() -> None:

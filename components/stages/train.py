@@ -54,9 +54,10 @@ from components.ml.distributed import (
     under_torchrun,
 )
 from components.ml.metrics import score_auc
-from components.ml.models import ModelSpec, build_model, resolve_family, save_model
+from components.ml.audio import AudioPreprocessing, SpectrogramAugmentation
+from components.ml.models import ModelSpec, build_model, preprocessing_from_dict, resolve_family, save_model
 from components.ml.runtime import predict_probs, resolve_device, set_threads
-from components.ml.transforms import BatchAugmentation, Preprocessing
+from components.ml.transforms import BatchAugmentation
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -193,7 +194,7 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     criterion: nn.CrossEntropyLoss
     criterion_sum: nn.CrossEntropyLoss
-    augment: BatchAugmentation
+    augment: BatchAugmentation | SpectrogramAugmentation
     ema: _Ema | None
     shuffle_gen: torch.Generator
     augment_gen: torch.Generator
@@ -205,7 +206,9 @@ def _build_run(data: _Data, cfg: TrainConfig, device: torch.device, replica: Rep
     """Network, loss, optimizer, schedule and generators, seeded from `cfg.seed`."""
     torch.manual_seed(cfg.seed)
     num_classes = len(data.class_names)
-    model = build_model(cfg.model, data.input_shape, num_classes).to(device)
+    preprocessing = preprocessing_from_dict(data.info["preprocessing"])
+    audio = isinstance(preprocessing, AudioPreprocessing)
+    model = build_model(cfg.model, data.input_shape, num_classes, audio).to(device)
     weights = class_weights(data.y_train, num_classes)
     loss_weights = torch.tensor(weights if cfg.class_balance == "weighted_loss" else np.ones(num_classes), dtype=torch.float32).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -221,12 +224,13 @@ def _build_run(data: _Data, cfg: TrainConfig, device: torch.device, replica: Rep
     return _Run(
         model=model,
         net=net,
-        eval_model=build_model(cfg.model, data.input_shape, num_classes).to(device) if ema else model,
+        eval_model=build_model(cfg.model, data.input_shape, num_classes, audio).to(device) if ema else model,
         optimizer=optimizer,
         scheduler=scheduler,
         criterion=nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing),
         criterion_sum=nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing, reduction="sum"),
-        augment=BatchAugmentation(cfg.augment, len(data.input_shape) - 1, augment_gen),
+        augment=SpectrogramAugmentation(cfg.audio_augment, preprocessing.upper_db - preprocessing.lower_db, augment_gen)
+        if audio else BatchAugmentation(cfg.augment, len(data.input_shape) - 1, augment_gen),
         ema=ema,
         shuffle_gen=shuffle_gen,
         augment_gen=augment_gen,
@@ -434,9 +438,10 @@ def train_model(
     if course.best["epoch"] == 0:  # validation AUC never defined (one class in val): keep the last epoch
         course.best = {**course.best, "epoch": len(course.history), "weights": _copy_state(run.eval_model)}
     run.model.load_state_dict(course.best["weights"])
-    family = resolve_family(cfg.model, data.input_shape)
+    spec = ModelSpec(cfg.model, data.input_shape, data.class_names, preprocessing_from_dict(data.info["preprocessing"]))
+    family = resolve_family(cfg.model, data.input_shape, spec.audio)
     if replica.is_main:
-        save_model(run.model, ModelSpec(cfg.model, data.input_shape, data.class_names, Preprocessing.from_dict(data.info["preprocessing"])), out_dir)
+        save_model(run.model, spec, out_dir)
         (out_dir / HISTORY_FILE).write_text(json.dumps(course.history, indent=2))
         summary = _training_summary(run, course, family, device, threads, replica)
         (out_dir / TRAINING_FILE).write_text(json.dumps({**summary, "this_call_seconds": time.monotonic() - started_wall}, indent=2))

@@ -59,6 +59,12 @@ CHECKS: dict[str, str] = {
     "clip_duration": "each clip's duration lies within the configured bounds",
     "clip_resolution": "each clip's source frame height and width lie within the configured bounds",
     "black_clips": "no clip is black (its brightest pixel above the configured level)",
+    "sample_rate": "recordings' source sample rates lie within the configured range",
+    "duration": "recordings' durations lie within the configured range",
+    "level": "recordings' peak levels lie within the configured range (not nearly silent)",
+    "clipping": "no recording has more than the configured share of clipped samples",
+    "silence": "no recording is silent for more than the configured share of its frames",
+    "dc_offset": "no recording's mean sample (DC offset) exceeds the configured bound",
 }
 _GX_TYPES = {"string": "str", "int64": "int64", "float64": "float64"}
 
@@ -94,9 +100,13 @@ def _expectations(cfg: ValidateConfig, columns: Sequence[str], class_names: Sequ
     if {"ndim", "channels"} <= set(columns):
         images += [tag("image_kind", gxe.ExpectColumnUniqueValueCountToBeBetween, column=c, min_value=1, max_value=1)
                    for c in ("ndim", "channels")]
-        images.append(tag("image_kind", gxe.ExpectColumnValuesToBeInSet, column="ndim", value_set=[2, 3]))
-    images += [tag("image_size", gxe.ExpectColumnValuesToBeBetween, column=c, min_value=cfg.min_size, max_value=cfg.max_size)
-               for c in ("height", "width") if c in columns]
+        images.append(tag("image_kind", gxe.ExpectColumnValuesToBeInSet, column="ndim",
+                          value_set=[1] if "sample_rate" in columns else [2, 3]))
+    if "sample_rate" in columns:  # recordings: durations and levels instead of image sizes
+        images += _audio_expectations(cfg, tag, gxe)
+    else:
+        images += [tag("image_size", gxe.ExpectColumnValuesToBeBetween, column=c, min_value=cfg.min_size,
+                       max_value=cfg.max_size) for c in ("height", "width") if c in columns]
     if "depth" in columns:
         images.append(tag("image_size", gxe.ExpectColumnValuesToBeBetween, column="depth", min_value=1, max_value=cfg.max_size))
     if "dtype" in columns:
@@ -140,6 +150,21 @@ def _clip_expectations(cfg: ValidateConfig, columns: Sequence[str], tag: Any) ->
     found.append(tag("black_clips", gxe.ExpectColumnValuesToBeBetween, column="clip_max", min_value=clip.black_max,
                      strict_min=True))
     return found
+
+
+def _audio_expectations(cfg: ValidateConfig, tag: Any, gxe: Any) -> list[Any]:
+    """The checks of the recording columns (components/readers/audio.py)."""
+    a = cfg.audio
+
+    def between(check: str, column: str, lower: float | None, upper: float | None) -> Any:
+        return tag(check, gxe.ExpectColumnValuesToBeBetween, column=column, min_value=lower, max_value=upper)
+
+    return [between("sample_rate", "sample_rate", a.sample_rate.lower, a.sample_rate.upper),
+            between("duration", "duration_s", a.duration_s.lower, a.duration_s.upper),
+            between("level", "peak_dbfs", a.peak_dbfs.lower, a.peak_dbfs.upper),
+            between("clipping", "clipped_fraction", None, a.max_clipped_fraction),
+            between("silence", "silent_fraction", None, a.max_silent_fraction),
+            between("dc_offset", "dc_offset", -a.max_dc_offset, a.max_dc_offset)]
 
 
 def validation_frames(manifest: pd.DataFrame, cfg: ValidateConfig) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -16,7 +16,7 @@ import pydicom
 import pytest
 
 from components.config import default_params
-from components.data.manifest import EXTRA_COLUMNS, MANIFEST_COLUMNS, read_manifest
+from components.data.manifest import AUDIO_COLUMNS, EXTRA_COLUMNS, MANIFEST_COLUMNS, read_manifest
 from components.data.shards import ImageStore
 from components.demo.cohort import generate_cohort
 from components.privacy.deid import deid_dicom, pseudonym
@@ -66,8 +66,9 @@ def test_dicom_manifest_columns_dtypes_and_files(ingested) -> None:
     assert result.problems == ()
     assert json.loads((out / "problems.json").read_text()) == []
     df = pd.read_parquet(result.manifest)
-    # 2D: no slice spacing; images: no clip columns
-    assert list(df.columns) == [*MANIFEST_COLUMNS, *[c for c in EXTRA_COLUMNS if c != "spacing_d" and c not in VIDEO_COLUMNS]]
+    # 2D: no slice spacing; images: no clip or recording columns
+    assert list(df.columns) == [*MANIFEST_COLUMNS, *[c for c in EXTRA_COLUMNS
+                                                     if c != "spacing_d" and c not in VIDEO_COLUMNS and c not in AUDIO_COLUMNS]]
     for column, dtype in {**MANIFEST_COLUMNS, **EXTRA_COLUMNS}.items():
         if column in df:
             assert str(df[column].dtype) == dtype, column

@@ -309,7 +309,8 @@ def test_a_batch_is_decoded_and_preprocessed_one_image_at_a_time(svc, tmp_path):
     def peak_bytes(n: int) -> int:
         tracemalloc.start()
         try:
-            assert svc._prepare(paths[:n], names[:n]).shape == (n, 1, 16, 16)
+            batch, counts = svc._prepare(paths[:n], names[:n])
+            assert batch.shape == (n, 1, 16, 16) and counts == [1] * n
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

@@ -1,0 +1,137 @@
+"""PhysioNet/CinC 2016 heart sounds through the pipeline's stages, beside the classical baseline (a benchmark, not a test).
+
+For each seed, ../shared/data/physionet2016 gets a record-level 70/15/15 split stratified by label and
+site (a ``split`` column in a copy of its labels.csv; each recording is linked, not copied); then the
+stage functions the flow runs: ingest (recordings resampled to ``ingest.audio.sample_rate``), prepare
+(band-pass 25-400 Hz, log-mel windows), train, baseline (MFCC statistics, gradient boosting) and
+evaluate (per recording: the mean of its windows' scores; threshold chosen on validation). With
+``--leave-site-out`` each site is also held out once as the test split.
+
+Printed: per seed and the mean and spread over seeds of test AUC, MAcc, sensitivity and specificity of
+the network and the baseline, the threshold, training seconds, and the issue's minimums; ingest
+throughput against a bare ``soundfile.read`` loop over the same files. The CPU is shared with other
+work: the load average is printed with the figures.
+
+    python benchmarks/audio.py [--seeds 3] [--workdir DIR] [--set train.max_epochs=20 ...] [--leave-site-out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PROJECT = Path(__file__).resolve().parents[1]
+DATA = PROJECT.parent / "shared" / "data" / "physionet2016"
+sys.path.insert(0, str(PROJECT))
+
+from components.config import default_params, merged  # noqa: E402 - after the path is set
+
+MINIMUMS = {"auc": 0.87, "macc": 0.80}
+HEART = {"prepare": {"audio": {"band_low_hz": 25.0, "band_high_hz": 400.0, "window_s": 5.0, "hop_s": 2.5}}}
+SHOWN = ("auc", "macc", "sensitivity", "specificity", "operating_threshold")
+
+
+def split_labels(labels: pd.DataFrame, seed: int, test_site: str | None) -> pd.DataFrame:
+    """labels.csv with a ``split``: 70/15/15 stratified by label and site, or `test_site` as test."""
+    from sklearn.model_selection import train_test_split
+
+    out = labels.copy()
+    strata = out["label"] + "/" + out["site"]
+    if test_site is not None:
+        rest = out.index[out["site"] != test_site]
+        train, val = train_test_split(rest, test_size=0.15, stratify=strata[rest], random_state=seed)
+        out["split"] = "test"
+        out.loc[train, "split"], out.loc[val, "split"] = "train", "val"
+        return out
+    train, other = train_test_split(out.index, test_size=0.30, stratify=strata, random_state=seed)
+    val, test = train_test_split(other, test_size=0.5, stratify=strata[other], random_state=seed)
+    out.loc[train, "split"], out.loc[val, "split"], out.loc[test, "split"] = "train", "val", "test"
+    return out
+
+
+def run_once(work: Path, labels: pd.DataFrame, params: Any, seed: int) -> dict[str, float]:
+    from components.stages.baseline import train_baseline
+    from components.stages.evaluate import evaluate_model
+    from components.stages.ingest import ingest_source
+    from components.stages.prepare import prepare_dataset
+    from components.stages.train import train_model
+
+    src = work / "source"
+    (src / "audio").mkdir(parents=True, exist_ok=True)
+    for rel in labels["path"]:  # file links: ingest walks real folders only
+        if not (src / rel).exists():
+            (src / rel).symlink_to(DATA / rel)
+    labels[["path", "label", "site", "split"]].to_csv(src / "labels.csv", index=False)
+    started = time.monotonic()
+    dataset = ingest_source(src, work / "ingest", params.ingest, "benchmark-salt")
+    ingest_s = time.monotonic() - started
+    prepare_dataset(dataset.manifest, params.prepare, work / "prepare")
+    started = time.monotonic()
+    train_model(work / "prepare", params.train.model_copy(update={"seed": seed}), work / "train")
+    train_s = time.monotonic() - started
+    base = train_baseline(work / "prepare", params.baseline, (params.evaluate.operating_point,
+                                                             params.evaluate.target_sensitivity), work / "baseline")
+    report = evaluate_model(work / "prepare", work / "train", params.evaluate, work / "evaluate", work / "baseline")
+    base["macc"] = (base["sensitivity"] + base["specificity"]) / 2
+    return {**{k: report.metrics[k] for k in SHOWN}, **{f"baseline_{k}": base[k] for k in SHOWN},
+            "train_s": train_s, "ingest_s": ingest_s}
+
+
+def bare_read_seconds(paths: list[Path]) -> float:
+    import soundfile
+
+    started = time.monotonic()
+    for p in paths:
+        soundfile.read(p, dtype="float32")
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--set", action="append", default=[], help="a params override, e.g. train.max_epochs=20")
+    parser.add_argument("--leave-site-out", action="store_true")
+    args = parser.parse_args()
+    if not (DATA / "labels.csv").is_file():
+        sys.exit(f"{DATA}: not found (the benchmark needs ../shared/data/physionet2016)")
+    overrides: dict[str, Any] = HEART
+    for item in args.set:
+        key, value = item.split("=", 1)
+        for part in reversed(key.split(".")):
+            value = {part: value}  # type: ignore[assignment]
+        overrides = merged(overrides, value)  # type: ignore[arg-type]
+    params = default_params(**overrides)
+    labels = pd.read_csv(DATA / "labels.csv", dtype=str)
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="medgate-audio-"))
+    runs = [(f"seed {s}", split_labels(labels, s, None), s) for s in range(args.seeds)]
+    if args.leave_site_out:
+        runs += [(f"site {site} out", split_labels(labels, 0, site), 0) for site in sorted(labels["site"].unique())]
+    results = {}
+    for name, split, seed in runs:
+        results[name] = run_once(root / name.replace(" ", "-"), split, params, seed)
+        print(name, {k: round(v, 3) for k, v in results[name].items()}, flush=True)
+    bare = bare_read_seconds([DATA / p for p in labels["path"]])
+    seeds = [r for n, r in results.items() if n.startswith("seed")]
+    print(f"\nload average {os.getloadavg()[0]:.1f}; {len(labels)} recordings")
+    for key in (*SHOWN, *(f"baseline_{k}" for k in SHOWN), "train_s"):
+        values = [r[key] for r in seeds]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        target = f"  (minimum {MINIMUMS[key]})" if key in MINIMUMS else ""
+        print(f"{key:28s} {np.mean(values):.3f} +- {spread:.3f}{target}")
+    ingest = statistics.mean(r["ingest_s"] for r in seeds)
+    print(f"ingest {ingest:.1f} s against a bare soundfile.read loop {bare:.1f} s: ratio {bare / ingest:.2f} (minimum 0.8)")
+    print("PhysioNet/CinC 2016 best entries: MAcc about 0.86 on the hidden test set")
+
+
+if __name__ == "__main__":
+    main()
