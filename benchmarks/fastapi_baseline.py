@@ -3,8 +3,8 @@ endpoint that serves the same network one image per request (no batching, no gua
 
 `POST /predict`, multipart field `image` (a `.npy` file) → `{"label", "probabilities"}`; `GET /readyz`.
 Served from this folder with `uvicorn fastapi_baseline:app --workers N`, each worker loading the model
-folder named by MEDGATE_BASELINE_MODEL with MEDGATE_BASELINE_THREADS intra-op threads (serving.py gives
-it the Bento's worker count and threads, so that only the serving code differs). The endpoint is a plain
+folder named by MEDGATE_BASELINE_MODEL with MEDGATE_BASELINE_THREADS intra-op threads (serving.py runs one
+worker per CPU, with the Bento's intra-op threads). The endpoint is a plain
 `def`, so FastAPI runs it in its thread pool, as its documentation advises for blocking work; it uses the
 training preprocessing so that both servers do the same work per image.
 """

@@ -22,7 +22,8 @@ In one run it measures
   and worker count that does no work, at concurrency 1 and 32: the most any BentoML service can serve
   here, whatever its model (`--no-floor` skips it);
 - the hand-written baseline: `benchmarks/fastapi_baseline.py`, FastAPI + uvicorn serving the same
-  network one image per request with the same workers and intra-op threads, at concurrency 1 and 32
+  network one image per request with one worker per CPU and the Bento's intra-op threads, at
+  concurrency 1 and 32
   (`--no-fastapi` skips it);
 - the width-64 ResNet-18 (a network whose compute outweighs HTTP's): this benchmark again in a child
   process on a stand-in of it, raw model and `/predict` at concurrency 1 and 32 (`--no-wide` skips it);
@@ -138,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.floor and not args.burst_only:
             routes.append(("floor", lambda: _serve_floor(workers, stack)))
         if args.fastapi and not args.burst_only:
-            routes.append(("fastapi", lambda: _serve_fastapi(model_dir, settings.torch_threads, workers, stack)))
+            # One uvicorn worker per CPU, as a team would run it, whatever the Bento's worker count.
+            cpus = len(os.sched_getaffinity(0))
+            routes.append(("fastapi", lambda: _serve_fastapi(model_dir, settings.torch_threads, cpus, stack)))
         levels: list[LevelResult] = []
         burst: BurstResult | None = None
         servers: dict[str, tuple[str, Callable[[], float]]] = {}
@@ -504,7 +507,7 @@ def _serve_floor(workers: int, stack: contextlib.ExitStack) -> tuple[str, float,
 def _serve_fastapi(
     model_dir: Path, threads: int, workers: int, stack: contextlib.ExitStack
 ) -> tuple[str, float, Callable[[], float], int]:
-    """benchmarks/fastapi_baseline.py under uvicorn with the Bento's workers and intra-op threads."""
+    """benchmarks/fastapi_baseline.py under uvicorn with `workers` workers and the Bento's intra-op threads."""
     import subprocess
     import sys
 
