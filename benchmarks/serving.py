@@ -23,7 +23,8 @@ In one run it measures
   here, whatever its model (`--no-floor` skips it);
 - the hand-written baseline: `benchmarks/fastapi_baseline.py`, FastAPI + uvicorn serving the same
   network one image per request with one worker per CPU and the Bento's intra-op threads, at
-  concurrency 1 and 32
+  concurrency 1 and 32, and with one worker at concurrency 1 (`fastapi-1w`: uvicorn's multi-worker
+  mode answered a lone client ~40 ms later on the 2-CPU machine; the faster of the two is the baseline)
   (`--no-fastapi` skips it);
 - the width-64 ResNet-18 (a network whose compute outweighs HTTP's): this benchmark again in a child
   process on a stand-in of it, raw model and `/predict` at concurrency 1 and 32 (`--no-wide` skips it);
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             # One uvicorn worker per CPU, as a team would run it, whatever the Bento's worker count.
             cpus = len(os.sched_getaffinity(0))
             routes.append(("fastapi", lambda: _serve_fastapi(model_dir, settings.torch_threads, cpus, stack)))
+            if cpus > 1:  # uvicorn --workers 2 answers a lone client ~40 ms later than one worker does, here
+                routes.append(("fastapi-1w", lambda: _serve_fastapi(model_dir, settings.torch_threads, 1, stack)))
         levels: list[LevelResult] = []
         burst: BurstResult | None = None
         servers: dict[str, tuple[str, Callable[[], float]]] = {}
@@ -230,7 +233,7 @@ def measure_interleaved(
         (c, route, 1)
         for c in dict.fromkeys(args.concurrency)
         for route in servers
-        if route in ("bento", "supervisor") or c in (1, TARGET_CONCURRENCY)
+        if route in ("bento", "supervisor") or c == 1 or (c == TARGET_CONCURRENCY and route != "fastapi-1w")
     ]
     if args.batch_images > 1 and "bento" in servers:
         plan.append((BATCH_CONCURRENCY, "bento", args.batch_images))
@@ -403,7 +406,7 @@ def _report(
     for route, name, value, comparison, goal, met in rows:
         shown = f"{value:.2f}" if isinstance(value, float) else str(value)
         verdict = "(no target)" if goal is None else f"target {comparison} {goal}: {'met' if met else 'MISSED'}"
-        print(f"  {route:<8}{name:<58}{shown:>8}  {verdict}")
+        print(f"  {route:<11}{name:<58}{shown:>8}  {verdict}")
     return {
         "raw": {**asdict(raw), "best_batch": best_size, "best_per_s": best_per_s},
         "service": [{**asdict(r), "per_s": r.per_s, "latencies_ms": None} for r in levels],

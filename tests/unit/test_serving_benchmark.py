@@ -67,7 +67,8 @@ def test_targets_are_ratios_of_the_same_run(bench_modules):
                             per_batch={1: 500.0, 8: 1000.0}, cpu_ms_per_image={1: 1.8, 8: 0.7})
     levels = [
         _level(serving, "bento", 1, 100, 9.0, cpu_ms=5.0), _level(serving, "bento", 32, 400, 80.0),
-        _level(serving, "fastapi", 1, 120, 8.0, cpu_ms=4.0), _level(serving, "fastapi", 32, 180, 170.0),
+        _level(serving, "fastapi", 1, 20, 48.0, cpu_ms=4.0), _level(serving, "fastapi", 32, 180, 170.0),
+        _level(serving, "fastapi-1w", 1, 120, 8.0, cpu_ms=3.5),  # the faster lone-client baseline counts
         _level(serving, "floor", 32, 450, 70.0, errors=3),
     ]
     wide = {"raw": {"best_per_s": 100.0, "batch1_p50_ms": 10.0, "cpu_ms_per_image": {"1": 11.0}},
@@ -81,6 +82,7 @@ def test_targets_are_ratios_of_the_same_run(bench_modules):
 
     assert rows[("bento", "req/s at c=32: medgate / FastAPI endpoint")] == (pytest.approx(400 / 180), 2.0, True)
     assert rows[("bento", "p50 at c=1: medgate - FastAPI endpoint (ms)")] == (pytest.approx(1.0), 2.0, True)
+    assert rows[("bento", "server CPU-ms/request at c=1: medgate - FastAPI endpoint")][0] == pytest.approx(1.5)
     assert rows[("bento", "req/s at c=32: medgate / BentoML floor")][::2] == (pytest.approx(400 / 450), True)
     assert rows[("wide", "images/s at c=32 / raw best batch (ResNet-18 w64)")][::2] == (pytest.approx(0.85), True)
     assert rows[("wide", "p50 at c=1 - raw batch-1 p50 (ResNet-18 w64, ms)")] == (pytest.approx(6.0), 5.0, False)
