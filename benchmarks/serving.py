@@ -1,9 +1,11 @@
-"""Serving benchmark: the production model called in-process against its Bento served on 127.0.0.1.
+"""Serving benchmark: the production model called in-process against its Bento served on 127.0.0.1, a
+hand-written FastAPI endpoint and the BentoML floor, with issue 15's targets as ratios of this run's figures.
 
-    python benchmarks/serving.py [--workspace DIR] [--bento TAG] [--concurrency 1,8,32,64]
+    python benchmarks/serving.py [--quick] [--workspace DIR] [--bento TAG] [--concurrency 1,8,32,64]
                                  [--requests 400] [--seconds 15] [--batch-images 16]
                                  [--via-supervisor] [--api-workers N] [--model-width W]
-                                 [--model-depth D] [--image-size S] [--no-floor] [--json PATH]
+                                 [--model-depth D] [--image-size S] [--no-floor] [--no-fastapi]
+                                 [--no-wide] [--stand-in] [--json PATH]
 
 In one run it measures
 - the raw model: the network of the Bento's pinned model, loaded from the BentoML store, called
@@ -19,23 +21,32 @@ In one run it measures
 - the framework floor: `benchmarks/floor_service.py`, a BentoML service with the same upload signature
   and worker count that does no work, at concurrency 1 and 32: the most any BentoML service can serve
   here, whatever its model (`--no-floor` skips it);
+- the hand-written baseline: `benchmarks/fastapi_baseline.py`, FastAPI + uvicorn serving the same
+  network one image per request with one worker per CPU and the Bento's intra-op threads, at
+  concurrency 1 and 32, and with one worker at concurrency 1 (`fastapi-1w`: uvicorn's multi-worker
+  mode answered a lone client ~40 ms later on the 2-CPU machine; the faster of the two is the baseline)
+  (`--no-fastapi` skips it);
+- the width-64 ResNet-18 (a network whose compute outweighs HTTP's): this benchmark again in a child
+  process on a stand-in of it, raw model and `/predict` at concurrency 1 and 32 (`--no-wide` skips it);
 - the load generator's own CPU time per request, since it shares the machine with the server;
 - the server's resident memory while it answers a burst of uploads declaring huge images (issue 15's
   forged DICOM, PNG, .nii.gz and .npy; `benchmarks/burst_memory.py`), against its idle size, before
   the throughput levels (`--burst-rounds 0` skips it, `--burst-only` measures only it).
 
+`--quick` is a smoke run (concurrency 1 and 32 for ~2 s each, one burst round, no `/predict_batch`):
+its figures are rough; server start-ups take most of its time.
+
 `--model-width`, `--model-depth` and `--image-size` change the stand-in's network, to see the service
 with a model whose compute outweighs HTTP's (the default cohort's network takes ~0.5 CPU-ms per image).
 
-The Bento is `--bento`, else the workspace registry's latest production Bento, else a stand-in built
-for the run: the production architecture (params.yaml `train.model`) on the default cohort's image
-size, with untrained weights (latency does not depend on weight values), in a temporary BentoML home.
+The Bento is `--bento`, else the workspace registry's latest production Bento (unless `--stand-in`),
+else a stand-in built for the run: the production architecture (params.yaml `train.model`) on the default
+cohort's image size, with untrained weights (latency does not depend on weight values), in a temporary
+BentoML home.
 
-Targets (printed as ratios, never asserted): at concurrency 32 the service serves >= 60% of the raw
-model's best batched throughput; at concurrency 1 its p50 is <= the raw batch-1 latency + 5 ms;
-no errors; the burst of oversized uploads grows the server's resident memory by <= 300 MB. The load
-generator shares the machine with the server: the figures include its CPU use,
-and the load average before and after is printed because the machine may be shared.
+Targets (`benchmarks/serving_targets.py`; printed as ratios, never asserted). The load generator shares
+the machine with the servers, and the machine may be shared with other work: the load average before
+and after is printed, and only ratios of figures from the same run are compared.
 """
 
 from __future__ import annotations
@@ -58,12 +69,10 @@ from typing import Any
 import numpy as np
 from burst_memory import TARGET_GROWTH_MB, BurstResult, measure_burst
 from burst_memory import report as burst_report
+from serving_targets import TARGET_CONCURRENCY, WIDE_MODEL, targets
 
 from flows.settings import configure_offline, get_settings
 
-C1_SLACK_MS = 5.0
-THROUGHPUT_SHARE = 0.60
-TARGET_CONCURRENCY = 32
 BATCH_CONCURRENCY = 8  # of the /predict_batch measurement
 
 
@@ -96,6 +105,7 @@ class LevelResult:
     client_cpu_ms: float | None = None  # CPU time per request of the load generator (this process)
     images: int = 1  # per request: 1 for /predict, more for /predict_batch
     error_samples: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list, repr=False)  # sorted; left out of the JSON report
 
     @property
     def per_s(self) -> float:
@@ -129,44 +139,27 @@ def main(argv: list[str] | None = None) -> int:
             routes.append(("supervisor", lambda: _serve_supervised(bento_tag, stack)))
         if args.floor and not args.burst_only:
             routes.append(("floor", lambda: _serve_floor(workers, stack)))
+        if args.fastapi and not args.burst_only:
+            # One uvicorn worker per CPU, as a team would run it, whatever the Bento's worker count.
+            cpus = len(os.sched_getaffinity(0))
+            routes.append(("fastapi", lambda: _serve_fastapi(model_dir, settings.torch_threads, cpus, stack)))
+            if cpus > 1:  # uvicorn --workers 2 answers a lone client ~40 ms later than one worker does, here
+                routes.append(("fastapi-1w", lambda: _serve_fastapi(model_dir, settings.torch_threads, 1, stack)))
         levels: list[LevelResult] = []
         burst: BurstResult | None = None
+        servers: dict[str, tuple[str, Callable[[], float]]] = {}
         for route, start in routes:
             base_url, ready_s, cpu_probe, pid = start()
             print(f"{route}: ready in {ready_s:.1f} s at {base_url}")
+            servers[route] = (base_url, cpu_probe)
             if route == "bento" and (args.burst_rounds or args.burst_only):
                 from tests.images import FORGED
 
                 uploads = {f"forged-{kind}": make() for kind, make in FORGED.items()}
                 burst = measure_burst(base_url, pid, uploads, rounds=args.burst_rounds or 8)
                 print(burst_report(burst))
-            if raw is None:
-                continue
-            levels += asyncio.run(
-                measure_service(
-                    base_url,
-                    route,
-                    payload,
-                    [1, TARGET_CONCURRENCY] if route == "floor" else args.concurrency,
-                    args.requests,
-                    args.seconds,
-                    cpu_probe=cpu_probe,
-                )
-            )
-            if args.batch_images > 1 and route == "bento":
-                levels += asyncio.run(
-                    measure_service(
-                        base_url,
-                        route,
-                        payload,
-                        [BATCH_CONCURRENCY],
-                        max(4 * BATCH_CONCURRENCY, args.requests // args.batch_images),
-                        args.seconds,
-                        cpu_probe=cpu_probe,
-                        images=args.batch_images,
-                    )
-                )
-    load_after = os.getloadavg()
+        if raw is not None:
+            levels = measure_interleaved(servers, payload, args)
     if raw is None:
         assert burst is not None
         met = burst.growth_mb <= TARGET_GROWTH_MB
@@ -174,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"burst": {**asdict(burst), "growth_mb": burst.growth_mb}}, indent=2))
         return 0
-    report = _report(raw, levels, load_before, load_after, burst)
+    wide = _measure_wide(args) if args.wide else None
+    report = _report(raw, levels, load_before, os.getloadavg(), burst, wide)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
@@ -229,6 +223,66 @@ def measure_raw(
         torch.set_num_threads(previous)
 
 
+def measure_interleaved(
+    servers: dict[str, tuple[str, Callable[[], float]]], payload: bytes, args: argparse.Namespace
+) -> list[LevelResult]:
+    """Every server at its levels (the Bento at each of `args.concurrency`, the others at 1 and 32; the
+    Bento's `/predict_batch` at concurrency 8), each level's requests and seconds split into `args.rounds`
+    rounds in which the servers take turns, so that the machine's varying load falls on all of them alike."""
+    plan = [
+        (c, route, 1)
+        for c in dict.fromkeys(args.concurrency)
+        for route in servers
+        if route in ("bento", "supervisor") or c == 1 or (c == TARGET_CONCURRENCY and route != "fastapi-1w")
+    ]
+    if args.batch_images > 1 and "bento" in servers:
+        plan.append((BATCH_CONCURRENCY, "bento", args.batch_images))
+    merged = []
+    for level in dict.fromkeys((c, images) for c, _, images in plan):
+        pieces: dict[str, list[LevelResult]] = {}
+        for _ in range(args.rounds):
+            for c, route, images in (step for step in plan if (step[0], step[2]) == level):
+                requests = args.requests if images == 1 else max(4 * BATCH_CONCURRENCY, args.requests // images)
+                base_url, probe = servers[route]
+                pieces.setdefault(route, []).extend(asyncio.run(measure_service(
+                    base_url, route, payload, [c], -(-requests // args.rounds), args.seconds / args.rounds,
+                    cpu_probe=probe, images=images,
+                )))
+        for route_pieces in pieces.values():
+            merged.append(r := _merge(route_pieces))
+            path = "/predict" if r.images == 1 else f"/predict_batch x{r.images}"
+            print(f"  {r.route} {path} c={r.concurrency}: {r.requests} requests, {r.per_s:.0f}/s, "
+                  f"p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, errors {r.errors}", flush=True)
+    return merged
+
+
+def _merge(pieces: list[LevelResult]) -> LevelResult:
+    """One level's rounds as one result: requests, errors and seconds summed, percentiles of all latencies."""
+    requests = sum(p.requests for p in pieces)
+    ms = sorted(x for p in pieces for x in p.latencies_ms) or [float("nan")]
+
+    def per_request(values: list[tuple[float | None, int]]) -> float | None:
+        if not requests or any(v is None for v, _ in values):
+            return None
+        return sum(v * n for v, n in values if v is not None) / requests
+
+    return LevelResult(
+        route=pieces[0].route,
+        concurrency=pieces[0].concurrency,
+        requests=requests,
+        errors=sum(p.errors for p in pieces),
+        seconds=sum(p.seconds for p in pieces),
+        p50_ms=_percentile(ms, 50),
+        p95_ms=_percentile(ms, 95),
+        p99_ms=_percentile(ms, 99),
+        server_cpu_ms=per_request([(p.server_cpu_ms, p.requests) for p in pieces]),
+        client_cpu_ms=per_request([(p.client_cpu_ms, p.requests) for p in pieces]),
+        images=pieces[0].images,
+        error_samples=sorted({e for p in pieces for e in p.error_samples})[:5],
+        latencies_ms=ms,
+    )
+
+
 async def measure_service(
     base_url: str,
     route: str,
@@ -272,11 +326,6 @@ async def measure_service(
             if r.requests and route != "supervisor":  # the supervisor's proxy thread runs in this process
                 r.client_cpu_ms = client_s * 1000 / r.requests
             results.append(r)
-        print(
-            f"  {route} {path} c={concurrency}: {r.requests} requests, {r.per_s:.0f}/s, "
-            f"p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, errors {r.errors}",
-            flush=True,
-        )
     return results
 
 
@@ -324,12 +373,13 @@ async def _load(
         p99_ms=_percentile(ms, 99),
         server_cpu_ms=None,
         error_samples=sorted(set(errors))[:5],
+        latencies_ms=ms,
     )
 
 
 def _report(
     raw: RawResult, levels: list[LevelResult], load_before: tuple[float, ...], load_after: tuple[float, ...],
-    burst: BurstResult | None,
+    burst: BurstResult | None, wide: dict[str, Any] | None,
 ) -> dict[str, Any]:
     best_size, best_per_s = raw.best
     print(f"\nraw model in-process ({raw.threads} intra-op thread(s) per caller; {raw.callers} caller(s) at once when batched):")
@@ -350,44 +400,19 @@ def _report(
         )
         for sample in r.error_samples:
             print(f"      {sample}")
-    print(f"\nload average {_fmt_load(load_before)} before, {_fmt_load(load_after)} after")
-    targets = []
-    floor = {r.concurrency: r for r in levels if r.route == "floor"}
-    if TARGET_CONCURRENCY in floor:
-        print(
-            f"\nframework floor (a BentoML service of the same signature doing no work): at c={TARGET_CONCURRENCY} "
-            f"{floor[TARGET_CONCURRENCY].per_s:.0f} req/s = {floor[TARGET_CONCURRENCY].per_s / best_per_s:.2f} of the raw "
-            "model's best: no BentoML service of this model can serve more on this machine"
-        )
-    for route in dict.fromkeys(r.route for r in levels if r.route != "floor"):
-        by_c = {r.concurrency: r for r in levels if r.route == route and r.images == 1}
-        if TARGET_CONCURRENCY in by_c:
-            share = by_c[TARGET_CONCURRENCY].per_s / best_per_s
-            name = f"throughput at c={TARGET_CONCURRENCY} / raw best"
-            targets.append((route, name, share, ">=", THROUGHPUT_SHARE, share >= THROUGHPUT_SHARE))
-        if 1 in by_c:
-            excess = by_c[1].p50_ms - raw.batch1_p50_ms
-            targets.append((route, "p50 at c=1 - raw batch-1 p50 (ms)", excess, "<=", C1_SLACK_MS, excess <= C1_SLACK_MS))
-        errors = sum(r.errors for r in levels if r.route == route)
-        targets.append((route, "errors", errors, "<=", 0, errors == 0))
-    for r in levels:
-        if r.images > 1 and r.route != "floor":
-            share = r.per_s * r.images / best_per_s
-            name = f"images/s of /predict_batch x{r.images} / raw best"
-            targets.append((r.route, name, share, ">=", THROUGHPUT_SHARE, share >= THROUGHPUT_SHARE))
-    if burst is not None:
-        growth = burst.growth_mb
-        targets.append(("bento", "memory growth, burst of oversized uploads (MB)", growth, "<=", TARGET_GROWTH_MB,
-                        growth <= TARGET_GROWTH_MB))
-    print("\ntargets:")
-    for route, name, value, comparison, goal, met in targets:
+    rows = targets(raw, levels, burst, wide)
+    print(f"\ntargets (ratios of figures measured in this run; {os.cpu_count()} CPUs, load average "
+          f"{_fmt_load(load_before)} before and {_fmt_load(load_after)} after):")
+    for route, name, value, comparison, goal, met in rows:
         shown = f"{value:.2f}" if isinstance(value, float) else str(value)
-        print(f"  {route:<11}{name:<48}{shown:>8}  target {comparison} {goal}: {'met' if met else 'MISSED'}")
+        verdict = "(no target)" if goal is None else f"target {comparison} {goal}: {'met' if met else 'MISSED'}"
+        print(f"  {route:<11}{name:<58}{shown:>8}  {verdict}")
     return {
         "raw": {**asdict(raw), "best_batch": best_size, "best_per_s": best_per_s},
-        "service": [{**asdict(r), "per_s": r.per_s} for r in levels],
-        "targets": [dict(zip(("route", "target", "value", "comparison", "goal", "met"), t)) for t in targets],
+        "service": [{**asdict(r), "per_s": r.per_s, "latencies_ms": None} for r in levels],
+        "targets": [dict(zip(("route", "target", "value", "comparison", "goal", "met"), t)) for t in rows],
         "burst": {**asdict(burst), "growth_mb": burst.growth_mb} if burst is not None else None,
+        "wide": wide,
         "load_average": {"before": load_before, "after": load_after},
         "cpus": os.cpu_count(),
     }
@@ -395,7 +420,7 @@ def _report(
 
 def _choose_bento(args: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[str, str]:
     """`--bento`, else the registry's production Bento, else a stand-in built in a temporary BentoML home."""
-    tag = args.bento or _production_bento(args.workspace)
+    tag = args.bento or (None if args.stand_in else _production_bento(args.workspace))
     if tag:
         import bentoml
         from bentoml.exceptions import NotFound
@@ -480,6 +505,69 @@ def _serve_floor(workers: int, stack: contextlib.ExitStack) -> tuple[str, float,
     """benchmarks/floor_service.py served like the Bento, with as many workers."""
     env = {"MEDGATE_FLOOR_WORKERS": str(workers)}  # floor_service.WORKERS_ENV
     return _serve_direct("floor_service:Floor", stack, env=env, cwd=Path(__file__).parent)
+
+
+def _serve_fastapi(
+    model_dir: Path, threads: int, workers: int, stack: contextlib.ExitStack
+) -> tuple[str, float, Callable[[], float], int]:
+    """benchmarks/fastapi_baseline.py under uvicorn with `workers` workers and the Bento's intra-op threads."""
+    import subprocess
+    import sys
+
+    from services.processes import find_free_port, wait_until_ready
+
+    port = find_free_port()
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": str(here.parent), "MEDGATE_BASELINE_MODEL": str(model_dir),
+           "MEDGATE_BASELINE_THREADS": str(threads)}  # fastapi_baseline.MODEL_ENV, THREADS_ENV
+    log = stack.enter_context(tempfile.TemporaryFile("w+b"))  # noqa: SIM115 - the ExitStack closes it
+    command = [sys.executable, "-m", "uvicorn", "fastapi_baseline:app", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=here, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    stack.callback(_stop_group, proc)
+    base = f"http://127.0.0.1:{port}"
+    if problem := wait_until_ready(base, proc, timeout_s=180):
+        log.seek(0)
+        raise SystemExit(f"fastapi_baseline: {problem}\n{log.read().decode(errors='replace')[-3000:]}")
+    return base, time.perf_counter() - started, lambda: _tree_cpu_s(proc.pid), proc.pid
+
+
+def _stop_group(proc: Any) -> None:
+    import signal
+    import subprocess
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=15)
+            return
+
+
+def _measure_wide(args: argparse.Namespace) -> dict[str, Any] | None:
+    """This benchmark on a stand-in width-64 ResNet-18 (raw model and /predict at c=1 and c=32), in a child
+    process with its own temporary BentoML home: its JSON report, or None when it failed."""
+    import subprocess
+    import sys
+
+    print(f"\n--- the same measurements on a stand-in ResNet-{WIDE_MODEL['depth']} of width {WIDE_MODEL['width']} ---",
+          flush=True)
+    with tempfile.TemporaryDirectory(prefix="medgate-bench-wide-") as tmp:
+        out = Path(tmp) / "wide.json"
+        command = [
+            sys.executable, __file__, "--stand-in", "--model-width", str(WIDE_MODEL["width"]),
+            "--model-depth", str(WIDE_MODEL["depth"]), "--concurrency", f"1,{TARGET_CONCURRENCY}",
+            "--requests", str(args.requests), "--seconds", str(args.seconds), "--raw-seconds", str(args.raw_seconds),
+            "--rounds", str(args.rounds),
+            "--no-floor", "--no-fastapi", "--no-wide", "--burst-rounds", "0", "--batch-images", "0", "--json", str(out),
+            *(["--workspace", str(args.workspace)] if args.workspace else []),
+        ]
+        if subprocess.run(command, check=False).returncode != 0 or not out.is_file():
+            print("the width-64 run failed: its targets are left out")
+            return None
+        return json.loads(out.read_text())
 
 
 def _serve_supervised(bento_tag: str, stack: contextlib.ExitStack) -> tuple[str, float, Callable[[], float], int]:
@@ -575,7 +663,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 64], help="levels, e.g. 1,8,32,64"
     )
     parser.add_argument("--requests", type=int, default=400, help="requests per level (after a warm-up of 2 per client)")
-    parser.add_argument("--seconds", type=float, default=15.0, help="time limit per level")
+    parser.add_argument("--seconds", type=float, default=15.0, help="time limit per level and server")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of each level, the servers taking turns in each (the load may vary meanwhile)")
     parser.add_argument("--raw-seconds", type=float, default=8.0, help="time for the in-process measurements")
     parser.add_argument("--via-supervisor", action="store_true", help="also measure through medgate serve's proxy")
     parser.add_argument(
@@ -592,8 +682,22 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--burst-rounds", type=int, default=8,
                         help="rounds of the four oversized uploads sent at c=16 before the levels (0: none)")
     parser.add_argument("--burst-only", action="store_true", help="measure only the burst of oversized uploads")
+    parser.add_argument(
+        "--no-fastapi", dest="fastapi", action="store_false",
+        help="skip the hand-written FastAPI endpoint (benchmarks/fastapi_baseline.py)",
+    )
+    parser.add_argument("--no-wide", dest="wide", action="store_false",
+                        help="skip the run on a stand-in width-64 ResNet-18")
+    parser.add_argument("--stand-in", action="store_true", help="build a stand-in even where a production Bento exists")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: c=1 and 32 only, ~2 s per level, one burst round, no /predict_batch")
     parser.add_argument("--json", help="write the figures to this file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.concurrency, args.requests, args.seconds, args.raw_seconds = [1, TARGET_CONCURRENCY], 300, 3.0, 2.0
+        args.rounds = min(args.rounds, 2)
+        args.batch_images, args.burst_rounds = 0, min(args.burst_rounds, 1)
+    return args
 
 
 if __name__ == "__main__":
