@@ -370,8 +370,9 @@ class ServeConfig(_Section):
     # array up to the input scaled so in-plane, never over max_decoded_bytes (services.inference.decode_limits).
     decode_side_multiple: int
     max_decoded_bytes: int
-    max_clip_seconds: int  # for a model of clips; a model of images takes none
-    max_audio_seconds: int  # longest recording an audio model's /predict takes (checked from the header)
+    # Longest clip or recording an upload may declare (checked from its header), for a model of clips or
+    # of recordings; a model of images takes neither.
+    max_upload_seconds: int
     golden_set_size: int
     probability_tolerance: float
     # `medgate serve` asks the registry for the production Bento this often (0: only on SIGHUP).

@@ -3,7 +3,7 @@
 Endpoints of `Classifier`:
 - `POST /predict`: multipart field `image` (PNG, JPEG, DICOM, NIfTI or .npy; for a model of clips MP4,
   MOV, AVI or DICOM cine; for an audio model a WAV, FLAC or OGG recording, up to
-  `serve.max_audio_seconds`, scored as the mean of its windows) →
+  `serve.max_upload_seconds`, scored as the mean of its windows) →
   `{"label", "probabilities": {class: p}, "decision", "model_version"}`.
 - `POST /predict_batch`: multipart field `images` (one or more files) → a list of the same, in order.
 - `GET /metadata`: model tag, name and version, dataset version, class names, preprocessing, gate
@@ -194,10 +194,9 @@ class Classifier:
         self.max_upload_bytes = SETTINGS.max_upload_bytes
         self.max_batch_images = SETTINGS.max_batch_images
         self.limits = decode_limits(SETTINGS.input_shape, SETTINGS.decode_side_multiple, SETTINGS.max_decoded_bytes,
-                                    SETTINGS.max_clip_seconds if self.card.preprocessing.clip else 0.0)
+                                    SETTINGS.max_upload_seconds if self.card.preprocessing.clip or self.card.audio else 0.0)
         # Uploads this worker decodes at once: with the limits, what bounds its decoded memory.
         self.decoding = anyio.CapacityLimiter(SETTINGS.decode_threads)
-        self.max_audio_seconds = SETTINGS.max_audio_seconds
         self.model_cards = {
             route: (path.read_bytes(), media_type)
             for route, (name, media_type) in CARD_ROUTES.items()
@@ -267,7 +266,7 @@ class Classifier:
         uploads = ((read_upload(p, self.max_upload_bytes, n), n) for p, n in zip(paths, names, strict=True))
         try:
             if self.card.audio:
-                return prepare_recordings([decode_recording(u, self.card, self.max_audio_seconds, n) for u, n in uploads],
+                return prepare_recordings([decode_recording(u, self.card, self.limits.max_seconds, n) for u, n in uploads],
                                           self.card)
             return np.stack([prepare_input(decode_upload(u, self.card, self.limits, n), self.card, n)
                              for u, n in uploads]), [1] * len(paths)

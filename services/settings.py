@@ -38,8 +38,7 @@ SETTING_KEYS = (
     "decode_side_multiple",
     "max_decoded_bytes",
     "decode_threads",
-    "max_clip_seconds",
-    "max_audio_seconds",
+    "max_upload_seconds",
 )
 PINNED_SETTINGS_FILE = Path(__file__).with_name(MODEL_REF_FILE)
 
@@ -62,8 +61,7 @@ class ServingSettings:
     decode_side_multiple: int
     max_decoded_bytes: int
     decode_threads: int
-    max_clip_seconds: int
-    max_audio_seconds: int  # longest recording an audio model takes
+    max_upload_seconds: int
     device: str
 
     def __post_init__(self) -> None:
@@ -77,10 +75,10 @@ class ServingSettings:
                 f"{self.api_workers}"
             )
         bounds = (self.max_upload_bytes, self.max_batch_images, self.max_concurrency, self.max_buffered_bytes,
-                  self.decode_side_multiple, self.max_decoded_bytes, self.decode_threads, self.max_clip_seconds)
+                  self.decode_side_multiple, self.max_decoded_bytes, self.decode_threads, self.max_upload_seconds)
         if min(bounds) < 1:
             raise ValueError("serve settings: max_upload_bytes, max_batch_images, max_concurrency, max_buffered_bytes, "
-                             f"decode_side_multiple, max_decoded_bytes, decode_threads and max_clip_seconds must be positive; got {bounds}")
+                             f"decode_side_multiple, max_decoded_bytes, decode_threads and max_upload_seconds must be positive; got {bounds}")
         if self.max_buffered_bytes < self.max_upload_bytes:
             raise ValueError(f"serve settings: max_buffered_bytes ({self.max_buffered_bytes}) is below max_upload_bytes "
                              f"({self.max_upload_bytes}): no upload at the limit could be read")
