@@ -31,12 +31,15 @@ speech-engine:
 
 # Re-installs only when requirements.lock or pyproject.toml change; a second call takes seconds.
 # pip brings the locked uv, which installs the lock (seconds, where pip takes a minute or more);
+# --compile-bytecode writes every .pyc once: where PYTHONDONTWRITEBYTECODE is set (this machine and CI),
+# each process would otherwise compile the stack's sources at import (15 CPU-s against 6 for torch, MONAI,
+# Prefect, BentoML and GX), and the tests start well over a hundred such processes.
 # unsafe-best-match is pip's rule: each pinned version from whichever location has it.
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip $$(grep '^uv==' requirements.lock)
 	@eval "$$($(PIP_LOCATIONS_FOR_UV))" && \
-	  $(UV) pip install --python $(BIN)/python --index-strategy unsafe-best-match -r requirements.lock
+	  $(UV) pip install --python $(BIN)/python --index-strategy unsafe-best-match --compile-bytecode -r requirements.lock
 	$(UV) pip install --python $(BIN)/python --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
