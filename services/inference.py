@@ -166,6 +166,20 @@ def prepare_recordings(recordings: Sequence[np.ndarray], card: ModelCard) -> tup
     return np.concatenate(windows), [len(w) for w in windows]
 
 
+def recording_spans(recordings: Sequence[np.ndarray], card: ModelCard) -> list[list[tuple[float, float]]]:
+    """Each recording's windows as (start, end) seconds, in the order `prepare_recordings` stacks them."""
+    from components.ml.audio import window_spans
+
+    return [window_spans(len(r), card.preprocessing) for r in recordings]  # type: ignore[arg-type]
+
+
+def window_scores(rows: np.ndarray, spans: Sequence[tuple[float, float]], card: ModelCard) -> list[dict[str, Any]]:
+    """One recording's windows (`spans`) with their class probabilities (`rows`, in `class_names` order)."""
+    return [{"start_s": round(start, 3), "end_s": round(end, 3),
+             "probabilities": {name: float(p) for name, p in zip(card.class_names, row, strict=True)}}
+            for (start, end), row in zip(spans, rows, strict=True)]
+
+
 def per_upload(probabilities: np.ndarray, counts: Sequence[int]) -> np.ndarray:
     """Rows of window probabilities → one row per upload, the mean of its `counts` windows (images: 1 each)."""
     ends = np.cumsum(counts)

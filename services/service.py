@@ -4,7 +4,8 @@ Endpoints of `Classifier`:
 - `POST /predict`: multipart field `image` (PNG, JPEG, DICOM, NIfTI or .npy; for a model of clips MP4,
   MOV, AVI or DICOM cine; for an audio model a WAV, FLAC or OGG recording, up to
   `serve.max_upload_seconds`, scored as the mean of its windows) →
-  `{"label", "probabilities": {class: p}, "decision", "model_version"}`.
+  `{"label", "probabilities": {class: p}, "decision", "model_version"}`. Form field `windows=true`
+  (audio models only) adds `"windows": [{"start_s", "end_s", "probabilities"}]`, one per window.
 - `POST /predict_batch`: multipart field `images` (one or more files) → a list of the same, in order.
 - `GET /metadata`: model tag, name and version, dataset version, class names, preprocessing, gate
   decision, and `model_card`: its links, or null when the model store entry holds no card.
@@ -72,7 +73,9 @@ from services.inference import (
     prepare_input,
     prepare_recordings,
     read_upload,
+    recording_spans,
     to_prediction,
+    window_scores,
 )
 from services.origin import ALLOWED_HOSTS_ENV, OriginGuard, read_allowed_hosts
 from services.settings import API_KEY_ENV, MODEL_SHA256_ENV, PINNED_SETTINGS_FILE, ServingSettings, settings_for_model
@@ -206,23 +209,24 @@ class Classifier:
         logger.info("serving model %s (sha256 %s verified) on %s", stored.tag, metadata["sha256"][:12], self.device)
 
     @bentoml.api
-    async def predict(self, image: Path) -> Json:
-        """Classify one image: form field `image`, a PNG, JPEG, DICOM, NIfTI or .npy file."""
+    async def predict(self, image: Path, windows: bool = False) -> Json:
+        """Classify one image: form field `image`, a PNG, JPEG, DICOM, NIfTI or .npy file (or a clip or a
+        recording, by the model). `windows` (an audio model): also each window's span and probabilities."""
         try:
-            (prediction,) = await self._predict_files([image], ["image"])
+            (prediction,) = await self._predict_files([image], ["image"], windows)
         except Overloaded as exc:
             return _busy(exc)  # type: ignore[return-value]  # BentoML sends a Response as it is
         return prediction
 
     @bentoml.api
-    async def predict_batch(self, images: list[Path]) -> JsonList:
+    async def predict_batch(self, images: list[Path], windows: bool = False) -> JsonList:
         """Classify several images: form field `images`, repeated; answers in upload order."""
         if not images:
             raise BadInput("no images: send one or more files in form field 'images'")
         if len(images) > self.max_batch_images:
             raise BadInput(f"{len(images)} images in one request; the limit is {self.max_batch_images}")
         try:
-            return await self._predict_files(images, [f"images[{i}]" for i in range(len(images))])
+            return await self._predict_files(images, [f"images[{i}]" for i in range(len(images))], windows)
         except Overloaded as exc:
             return _busy(exc)  # type: ignore[return-value]
 
@@ -248,28 +252,36 @@ class Classifier:
         body, media_type = self.model_cards[route]
         return Response(body, media_type=media_type)
 
-    async def _predict_files(self, paths: list[Path], names: list[str]) -> list[dict[str, Any]]:
+    async def _predict_files(self, paths: list[Path], names: list[str], windows: bool = False) -> list[dict[str, Any]]:
         try:
-            batch, counts = await anyio.to_thread.run_sync(self._prepare, paths, names, limiter=self.decoding)
+            if windows and not self.card.audio:
+                raise InputProblem("windows: only an audio model scores windows; this one takes whole inputs",
+                                   HTTPStatus.UNPROCESSABLE_ENTITY)
+            batch, counts, spans = await anyio.to_thread.run_sync(self._prepare, paths, names, limiter=self.decoding)
         except InputProblem as problem:
             raise _ERRORS.get(problem.status, BentoMLException)(
                 str(problem), error_code=problem.status
             ) from None
         step = self.max_batch_size
         parts = await asyncio.gather(*(self.batcher(batch[i : i + step]) for i in range(0, len(batch), step)))
-        return [to_prediction(row, self.card) for row in per_upload(np.concatenate(parts), counts)]
+        rows = np.concatenate(parts)
+        predictions = [to_prediction(row, self.card) for row in per_upload(rows, counts)]
+        if windows:
+            for prediction, end, n, span in zip(predictions, np.cumsum(counts), counts, spans, strict=True):
+                prediction["windows"] = window_scores(rows[end - n:end], span, self.card)
+        return predictions
 
-    def _prepare(self, paths: list[Path], names: list[str]) -> tuple[np.ndarray, list[int]]:
-        """The network's batch and how many of its rows each upload has (a recording: its windows). Each
-        upload is read and decoded (an image also preprocessed) before the next is read, so one decoded
-        image at a time is alive, never a whole batch of them."""
+    def _prepare(self, paths: list[Path], names: list[str]) -> tuple[np.ndarray, list[int], list[list[tuple[float, float]]]]:
+        """The network's batch, how many of its rows each upload has (a recording: its windows) and, for
+        recordings, each window's span in seconds. Each upload is read and decoded (an image also
+        preprocessed) before the next is read, so one decoded image at a time is alive, never a whole batch."""
         uploads = ((read_upload(p, self.max_upload_bytes, n), n) for p, n in zip(paths, names, strict=True))
         try:
             if self.card.audio:
-                return prepare_recordings([decode_recording(u, self.card, self.limits.max_seconds, n) for u, n in uploads],
-                                          self.card)
+                recordings = [decode_recording(u, self.card, self.limits.max_seconds, n) for u, n in uploads]
+                return (*prepare_recordings(recordings, self.card), recording_spans(recordings, self.card))
             return np.stack([prepare_input(decode_upload(u, self.card, self.limits, n), self.card, n)
-                             for u, n in uploads]), [1] * len(paths)
+                             for u, n in uploads]), [1] * len(paths), []
         except MemoryError:
             raise Overloaded("not enough memory free to decode the upload now; retry later") from None
 

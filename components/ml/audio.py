@@ -85,15 +85,30 @@ def band_pass(samples: np.ndarray, spec: AudioPreprocessing) -> np.ndarray:
     return sosfiltfilt(sos, samples).astype(np.float32)
 
 
-def windows(samples: np.ndarray, spec: AudioPreprocessing) -> np.ndarray:
-    """(K, window_samples): windows every `hop_s`, the last one ending at the recording's end."""
+def window_starts(n_samples: int, spec: AudioPreprocessing) -> list[int]:
+    """First sample of each window of a recording of `n_samples`: every `hop_s`, the last one ending at
+    the recording's end; a recording no longer than one window is one window (zero-padded)."""
     size, hop = spec.window_samples, max(1, round(spec.hop_s * spec.sample_rate))
+    if n_samples <= size:
+        return [0]
+    starts = list(range(0, n_samples - size + 1, hop))
+    if starts[-1] + size < n_samples:
+        starts.append(n_samples - size)
+    return starts
+
+
+def window_spans(n_samples: int, spec: AudioPreprocessing) -> list[tuple[float, float]]:
+    """(start, end) in seconds of each window `windows` cuts from a recording of `n_samples`."""
+    rate, size = spec.sample_rate, spec.window_samples
+    return [(s / rate, min(s + size, n_samples) / rate) for s in window_starts(n_samples, spec)]
+
+
+def windows(samples: np.ndarray, spec: AudioPreprocessing) -> np.ndarray:
+    """(K, window_samples): the windows of `window_starts`."""
+    size = spec.window_samples
     if len(samples) <= size:
         return np.pad(samples, (0, size - len(samples)))[None, :]
-    starts = list(range(0, len(samples) - size + 1, hop))
-    if starts[-1] + size < len(samples):
-        starts.append(len(samples) - size)
-    return np.stack([samples[s:s + size] for s in starts])
+    return np.stack([samples[s:s + size] for s in window_starts(len(samples), spec)])
 
 
 @functools.lru_cache(maxsize=8)

@@ -45,5 +45,9 @@ def test_audio_cohort_runs_end_to_end_and_its_bento_answers_recordings(tmp_path,
         with httpx.Client(base_url=base, timeout=30) as client:
             answer = client.post("/predict", files={"image": ("r.wav", audio_bytes(tone(2.0, 16000), 16000))})
             assert answer.status_code == 200 and set(answer.json()["probabilities"]) == {"normal", "finding"}
+            scored = client.post("/predict", files={"image": ("r.wav", audio_bytes(tone(9.0, 16000), 16000))},
+                                 data={"windows": "true"})
+            spans = [(w["start_s"], w["end_s"]) for w in scored.json()["windows"]]
+            assert scored.status_code == 200 and spans[0][0] == 0.0 and spans[-1][1] == 9.0 and len(spans) > 1
             image = client.post("/predict", files={"image": ("x.png", png_bytes(grey_image()))})
             assert image.status_code == 422 and "recordings" in image.json()["error"]

@@ -19,13 +19,14 @@ from components.data.prepared import load_split, read_dataset_info
 from components.demo.dictation import ENGINE, generate_dictation
 from components.ml.audio import (
     AudioPreprocessing, SpectrogramAugmentation, log_mel_db, mel_filterbank, mfcc_features, per_recording,
-    preprocess_recording, windows,
+    preprocess_recording, window_spans, windows,
 )
 from components.ml.models import build_model, resolve_family
 from components.stages.ingest import ingest_source
 from components.stages.prepare import prepare_dataset
 from components.stages.validate import validate_manifest
-from services.inference import InputProblem, ModelCard, decode_recording, per_upload, prepare_recordings
+from services.inference import (InputProblem, ModelCard, decode_recording, per_upload, prepare_recordings, recording_spans,
+                                window_scores)
 from tests.images import audio_bytes, png_bytes, grey_image, tone
 
 SALT = "unit-test-salt"
@@ -107,6 +108,10 @@ def test_windows_cover_long_recordings_and_pad_short_ones() -> None:
     long = np.arange(int(size * 2.3), dtype=np.float32)
     w = windows(long, SPEC)
     assert w[0, 0] == 0 and w[-1, -1] == long[-1] and len(w) == 4  # hops of half a window, the last at the end
+    spans = window_spans(len(long), SPEC)
+    assert len(spans) == len(w) and spans[0][0] == 0.0 and spans[-1][1] == len(long) / SPEC.sample_rate
+    assert [round(b - a, 6) for a, b in spans] == [SPEC.window_s] * len(w)
+    assert window_spans(size // 3, SPEC) == [(0.0, size // 3 / SPEC.sample_rate)]  # padding is not audio
 
 
 def test_log_mel_puts_a_tone_in_its_mel_band() -> None:
@@ -171,6 +176,11 @@ def test_service_decodes_recordings_and_refuses_images() -> None:
     assert counts == [1, 4] and batch.shape == (5, *SPEC.input_shape)
     probs = np.array([[0.2, 0.8], [0, 1], [1, 0], [0.5, 0.5], [0.5, 0.5]])
     np.testing.assert_allclose(per_upload(probs, counts), [[0.2, 0.8], [0.5, 0.5]])
+    spans = recording_spans([samples, np.zeros(4000 * 9, np.float32)], card)
+    assert [len(s) for s in spans] == counts and spans[1][-1] == (5.0, 9.0)
+    scores = window_scores(probs[1:], spans[1], card)
+    assert scores[0] == {"start_s": 0.0, "end_s": 4.0, "probabilities": {"normal": 0.0, "finding": 1.0}}
+    assert [s["probabilities"]["normal"] for s in scores] == [0.0, 1.0, 0.5, 0.5]
     with pytest.raises(InputProblem, match="takes recordings") as image:
         decode_recording(png_bytes(grey_image()), card, 60)
     assert image.value.status == HTTPStatus.UNPROCESSABLE_ENTITY

@@ -286,6 +286,14 @@ def test_a_forged_upload_is_413_naming_the_limit(svc, tmp_path, kind):
     assert f"exceeds the limit of {16 * 32} per side for this model" in str(err.value)  # 32x the 16-px input
 
 
+def test_window_scores_are_refused_for_an_image_model(svc, tmp_path):
+    from bentoml.exceptions import BentoMLException
+
+    with pytest.raises(BentoMLException, match="only an audio model scores windows") as err:
+        asyncio.run(svc.predict(write(tmp_path / "x.png", png_bytes(grey_image())), windows=True))
+    assert err.value.error_code == HTTPStatus.UNPROCESSABLE_ENTITY
+
+
 def test_a_memory_error_while_decoding_is_503_not_500(svc, tmp_path, monkeypatch):
     """Limits raised so that a forged .npy header reaches numpy, whose MemoryError must not become a 500."""
     from components.readers import DecodeLimits
@@ -309,7 +317,7 @@ def test_a_batch_is_decoded_and_preprocessed_one_image_at_a_time(svc, tmp_path):
     def peak_bytes(n: int) -> int:
         tracemalloc.start()
         try:
-            batch, counts = svc._prepare(paths[:n], names[:n])
+            batch, counts, _ = svc._prepare(paths[:n], names[:n])
             assert batch.shape == (n, 1, 16, 16) and counts == [1] * n
             return tracemalloc.get_traced_memory()[1]
         finally:
