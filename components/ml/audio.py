@@ -45,19 +45,31 @@ class AudioPreprocessing:
     lower_db: float
     upper_db: float
     kind: str = "audio"
+    # The mel filters span the band kept (a model stored before this field: 0 Hz to Nyquist, whatever its band).
+    mel_in_band: bool = False
 
     @classmethod
     def from_config(cls, cfg: AudioPrepareConfig, sample_rate: int, lower_db: float = 0.0,
                     upper_db: float = 1.0) -> AudioPreprocessing:
-        return cls(sample_rate, cfg.window_s, cfg.hop_s, cfg.n_fft, cfg.hop_length, cfg.n_mels,
-                   cfg.band_low_hz, cfg.band_high_hz, lower_db, upper_db)
+        spec = cls(sample_rate, cfg.window_s, cfg.hop_s, cfg.n_fft, cfg.hop_length, cfg.n_mels,
+                   cfg.band_low_hz, cfg.band_high_hz, lower_db, upper_db, mel_in_band=True)
+        mel_filterbank(sample_rate, spec.n_fft, spec.n_mels, *spec.mel_range)  # refuses filters between FFT bins
+        return spec
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> AudioPreprocessing:
-        return cls(**{k: raw[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+
+    @property
+    def mel_range(self) -> tuple[float, float]:
+        """Lowest and highest frequency (Hz) the mel filters span: the band when one is set, else 0 to Nyquist."""
+        nyquist = self.sample_rate / 2
+        if not self.mel_in_band:
+            return 0.0, nyquist
+        return max(0.0, self.band_low_hz), self.band_high_hz if 0 < self.band_high_hz < nyquist else nyquist
 
     @property
     def window_samples(self) -> int:
@@ -112,18 +124,30 @@ def windows(samples: np.ndarray, spec: AudioPreprocessing) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
-    """(n_mels, n_fft // 2 + 1) triangular filters evenly spaced on the HTK mel scale, 0 Hz to Nyquist."""
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, low_hz: float = 0.0, high_hz: float = 0.0) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) triangular filters evenly spaced on the HTK mel scale from `low_hz` to
+    `high_hz` (0: Nyquist).
+
+    Raises:
+        ValueError: a filter holds no FFT bin (too many mels for `n_fft` over the range): its band would
+            be a constant, silent row.
+    """
     def mel(hz: np.ndarray) -> np.ndarray:
         return 2595.0 * np.log10(1.0 + hz / 700.0)
 
-    edges_mel = np.linspace(0.0, mel(np.array(sample_rate / 2)), n_mels + 2)
+    high_hz = high_hz or sample_rate / 2
+    edges_mel = np.linspace(mel(np.array(low_hz)), mel(np.array(high_hz)), n_mels + 2)
     edges = 700.0 * (10 ** (edges_mel / 2595.0) - 1.0)
     freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (freqs - lower) / np.maximum(centre - lower, _EPS)
     falling = (upper - freqs) / np.maximum(upper - centre, _EPS)
-    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+    bank = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+    if (empty := np.flatnonzero(bank.sum(axis=1) == 0)).size:
+        raise ValueError(f"{n_mels} mel bands over {low_hz:g}-{high_hz:g} Hz are narrower than the FFT's bins "
+                         f"({sample_rate / n_fft:.1f} Hz at n_fft {n_fft}, {sample_rate} Hz): band {empty[0]} holds "
+                         "none; raise prepare.audio.n_fft or lower n_mels")
+    return bank
 
 
 def log_mel_db(frames: np.ndarray, spec: AudioPreprocessing) -> np.ndarray:
@@ -134,7 +158,7 @@ def log_mel_db(frames: np.ndarray, spec: AudioPreprocessing) -> np.ndarray:
     steps = np.lib.stride_tricks.sliding_window_view(padded, spec.n_fft, axis=1)[:, :: spec.hop_length]
     window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(spec.n_fft) / spec.n_fft)).astype(np.float32)
     power = np.abs(np.fft.rfft(steps * window, axis=-1)) ** 2  # (K, T, F)
-    mel = np.einsum("mf,ktf->kmt", mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels), power)
+    mel = np.einsum("mf,ktf->kmt", mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels, *spec.mel_range), power)
     return 10.0 * np.log10(mel + _EPS)
 
 

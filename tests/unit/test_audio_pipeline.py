@@ -128,6 +128,19 @@ def test_log_mel_puts_a_tone_in_its_mel_band() -> None:
         preprocess_recording(np.zeros((8, 8), np.float32), SPEC)
 
 
+def test_mel_filters_span_the_band_kept() -> None:
+    heart = PARAMS.prepare.audio.model_copy(update={"band_low_hz": 25.0, "band_high_hz": 400.0})
+    spec = AudioPreprocessing.from_config(heart.model_copy(update={"n_fft": 512}), 4000)
+    assert spec.mel_range == (25.0, 400.0)
+    freqs = np.linspace(0, 2000, 257)
+    used = freqs[mel_filterbank(4000, 512, 32, *spec.mel_range).sum(axis=0) > 0]
+    assert used.min() >= 25.0 and used.max() <= 400.0  # every band inside 25-400 Hz, none wasted above it
+    old = AudioPreprocessing.from_dict({k: v for k, v in spec.to_dict().items() if k != "mel_in_band"})
+    assert old.mel_range == (0.0, 2000.0)  # a model stored before the field keeps its own preprocessing
+    with pytest.raises(ValueError, match="narrower than the FFT's bins"):
+        AudioPreprocessing.from_config(heart.model_copy(update={"n_fft": 64}), 4000)
+
+
 def test_band_pass_removes_what_lies_outside_the_band() -> None:
     heart = AudioPreprocessing(**{**SPEC.to_dict(), "band_low_hz": 25.0, "band_high_hz": 400.0})
     low, high = (preprocess_recording(tone(4.0, 4000, hz=hz), heart).mean() for hz in (100.0, 1500.0))
