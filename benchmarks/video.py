@@ -49,8 +49,9 @@ PAPER = ("paper (Wiedemann et al., IEEE JBHI 2025): up to 0.79 accuracy with tar
 SALT = "benchmark-salt"
 
 
-def throughput(files: list[Path], spec: Any) -> dict[str, float]:
-    """Frames per second: a bare PyAV decode of every frame, and medgate's reader (decode + sample + resize)."""
+def throughput(files: list[Path], spec: Any, limits: Any) -> dict[str, float]:
+    """Frames per second: a bare PyAV decode of every frame, and medgate's reader (decode + sample + resize)
+    within ingest's decode `limits`."""
     import av
 
     from components.readers import decode
@@ -64,7 +65,7 @@ def throughput(files: list[Path], spec: Any) -> dict[str, float]:
     bare = frames / (time.perf_counter() - started)
     started = time.perf_counter()
     for path in files:
-        decode(path.read_bytes(), SALT, clip=spec)
+        decode(path.read_bytes(), SALT, limits, clip=spec)
     ours = frames / (time.perf_counter() - started)
     return {"frames": frames, "bare_fps": bare, "medgate_fps": ours, "ratio": ours / bare}
 
@@ -162,12 +163,12 @@ def main() -> None:
     params = load_params(PROJECT / "params.yaml")
     params = type(params).model_validate(merged(params.model_dump(by_alias=True), overrides))
 
-    from components.readers import ClipSpec
+    from components.readers import ClipSpec, DecodeLimits
     from components.stages.ingest import ingest_source
 
     spec = ClipSpec.from_dict(params.ingest.video.model_dump())
     files = sorted((DATA / "lus_videos").glob("*.mp4"))[: args.throughput_files]
-    print("throughput:", json.dumps({k: round(v, 3) for k, v in throughput(files, spec).items()}))
+    print("throughput:", json.dumps({k: round(v, 3) for k, v in throughput(files, spec, DecodeLimits(**params.ingest.limits.model_dump())).items()}))
     if args.throughput_only:
         return
     root = args.workdir or Path(tempfile.mkdtemp(prefix="medgate-video-"))
