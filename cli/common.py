@@ -113,6 +113,14 @@ def print_run_file(find: Callable[[Path, str | None], Path], workspace: Path | N
     print(path)
 
 
+ITEM_NOUNS = {"video": "clips", "audio": "recordings"}
+
+
+def counted(n: int, source_kind: str) -> str:
+    """`n` inputs of a dataset of `source_kind` (ingest's kind), named as such: "12 clips", "480 recordings"."""
+    return f"{n} {ITEM_NOUNS.get(source_kind, 'images')}"
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     """The short end-of-run report: data quality, metrics, gate checks, model, production."""
     validation = summary.get("validation", {})
@@ -120,7 +128,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(f"\n[bold]medgate run {summary['run_id']}[/] ({summary.get('status')})")
     if "dataset" in summary:
         d = summary["dataset"]
-        console.print(f"dataset: {d['source']} ({d['kind']}), version {d['version']}, {d['images']} images of {d['patients']} patients")
+        console.print(f"dataset: {d['source']} ({d['kind']}), version {d['version']}, {counted(d['images'], d['kind'])} of {d['patients']} patients")
     if validation:
         console.print(f"data quality: {verdict}; report {validation.get('report')}")
     if metrics := summary.get("metrics"):

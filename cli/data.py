@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from cli.common import WorkspaceOpt, console, find_run_file, print_run_file, sessions_for
+from cli.common import WorkspaceOpt, console, counted, find_run_file, print_run_file, sessions_for
 from flows.settings import get_settings
 
 data_app = typer.Typer(no_args_is_help=True, help="Data intake and quality: validate a source, find a report, list dataset versions.")
@@ -34,10 +34,10 @@ def validate(
     the report's path and, when a library logged or warned, the path of that log. Exit 0 when no
     blocking check failed (warnings allowed), 3 when one did, 2 when the source cannot be read at all.
     """
-    from components.config import load_params
+    from components.config import default_params, load_params
     from components.stages.ingest import ingest_source
     from components.stages.validate import validate_manifest
-    from flows.datasets import source_path
+    from flows.datasets import source_files
     from flows.drift import drift_against, production_baseline
     from flows.logs import library_log
     from flows.pipeline import model_name_for
@@ -47,12 +47,16 @@ def validate(
 
         source = resolve_source(source, labels)
     settings = get_settings(workspace)
-    params = load_params(settings.workspace / "params.yaml")
+    if (settings.workspace / "params.yaml").is_file():
+        params = load_params(settings.workspace / "params.yaml")
+    else:  # validating needs no workspace: the project's defaults, as a new workspace would start with
+        console.print(f"no params.yaml in {settings.workspace}: validating with medgate's default settings")
+        params = default_params()
     run_id = f"data-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     run_dir = settings.runs_dir / run_id
     log = run_dir / LIBRARY_LOG
     try:
-        path = source_path(source, settings, params)
+        path = source_files(source, settings, params)
         if not path.exists():
             raise ValueError(f"{source}: no such file or folder")
         with tempfile.TemporaryDirectory(prefix="medgate-intake-") as scratch, library_log(log):
@@ -88,7 +92,7 @@ def validate(
 
 def _print_validation(report: dict[str, Any], kind: str, images: int, html_path: Path) -> None:
     colour = {"failed": "red", "passed with warnings": "yellow"}.get(report["verdict"], "green")
-    console.print(f"data quality: [{colour}]{report['verdict'].upper()}[/] ({kind}, {images} images)")
+    console.print(f"data quality: [{colour}]{report['verdict'].upper()}[/] ({kind}, {counted(images, kind)})")
     for o in report["expectations"]:
         if o["success"] or o["severity"] == "report":
             continue

@@ -37,23 +37,32 @@ SUITES_MEMO = "validate_suites.json"
 CHARTS_MEMO = "report_charts.json"
 
 
-@task(name="ingest")
-def ingest_task(source: str, settings: Settings, params: Params) -> IngestedDataset:
-    from components.demo.cine import generate_cine_cohort
-    from components.demo.cohort import generate_cohort
-    from components.stages.ingest import ingest_source
-
-    ws = settings.workspace
+def source_files(source: str, settings: Settings, params: Params) -> Path:
+    """`source_path`, with an embedded cohort generated there first when it is not yet."""
     path = source_path(source, settings, params)
-    if source == DEFAULT_SOURCE and not (path / "labels.csv").exists():
+    if (path / "labels.csv").exists():
+        return path
+    if source == DEFAULT_SOURCE:
+        from components.demo.cohort import generate_cohort
+
         generate_cohort(path, params.cohort)
-    if source == CINE_SOURCE and not (path / "labels.csv").exists():
+    elif source == CINE_SOURCE:
+        from components.demo.cine import generate_cine_cohort
+
         generate_cine_cohort(path, params.cohort.cine)
-    if source in AUDIO_COHORTS and not (path / "labels.csv").exists():
+    elif source in AUDIO_COHORTS:
         from components.demo.dictation import generate_dictation
 
         generate_dictation(path, params.cohort.audio, speech=AUDIO_COHORTS[source])
-    out_dir = ws / INGEST_DIR
+    return path
+
+
+@task(name="ingest")
+def ingest_task(source: str, settings: Settings, params: Params) -> IngestedDataset:
+    from components.stages.ingest import ingest_source
+
+    path = source_files(source, settings, params)
+    out_dir = settings.workspace / INGEST_DIR
     shutil.rmtree(out_dir, ignore_errors=True)
     return ingest_source(path, out_dir, params.ingest, salt=settings.deid_salt, show_progress=True)
 

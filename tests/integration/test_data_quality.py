@@ -7,6 +7,7 @@ import copy
 import csv
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,14 @@ def test_data_validate_names_every_bad_file_and_exits_3(corpus: Path, tmp_path: 
 
     found = medgate(ws, "data", "report")
     assert found.returncode == 0 and Path(found.stdout.strip()) == report_path
+
+
+def test_data_validate_needs_no_workspace_and_generates_an_embedded_cohort(tmp_path: Path, clean_env) -> None:
+    out = medgate(tmp_path / "empty", "data", "validate", "cohort:tones")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "no params.yaml" in out.stdout and "default settings" in out.stdout
+    assert re.search(r"data quality: PASSED \(audio, \d+ recordings\)", out.stdout), out.stdout
+    assert not (tmp_path / "empty" / "params.yaml").exists()  # validating made no workspace of the folder
 
 
 def test_flow_stops_at_validate_and_nothing_promotes(corpus: Path, tmp_path: Path, prefect_api, clean_env) -> None:
