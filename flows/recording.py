@@ -10,6 +10,7 @@ every other method writes one step's summary fields and registry rows.
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from components.config import Params
 from components.data.artifacts import IngestedDataset, ValidationResult, write_text_atomically
+from components.stages.gate import sign_off
 from flows.caching import unchanged_production
 from flows.cards import PACKAGING_NOTE, render_card, write_card
 from flows.datasets import CHARTS_MEMO
@@ -77,6 +79,14 @@ def git_commit(path: Path) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def current_user() -> str | None:
+    """Who runs this process (recorded as the run's `triggered_by`), if the system can say."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return None
 
 
 def attach_run_log(path: Path) -> Callable[[], None]:
@@ -234,8 +244,11 @@ class RunRecorder:
                 champion_version_id=outcome.champion_id, reason=decision.reason,
             )
             session.commit()
-            if decision.promote:
+            action = sign_off(decision, self.params.gate.for_model(self.name))
+            if action == "promote":
                 repo.promote_version(session, self.version_id, actor=ACTOR, reason=decision.reason)
+            elif action == "await_approval":
+                repo.request_approval(session, self.version_id, actor=ACTOR, reason=f"{decision.reason}; awaits an approver's sign-off")
             else:
                 repo.reject_version(session, self.version_id, actor=ACTOR, reason=decision.reason)
             production = repo.get_champion(session, self.name)
@@ -247,6 +260,8 @@ class RunRecorder:
                             "bento_tag": production.bento_tag if production else None},
                 status="completed",
             )
+            if action == "await_approval":
+                self.summary["awaiting_approval"] = self.model_version
 
     def failed(self, exc: Exception) -> None:
         self.summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -294,6 +309,7 @@ def recording(settings: Settings, params: Params, name: str, trigger: str, lock:
         run = repo.start_run(
             session, dataset_id=None, params=params.model_dump(mode="json", by_alias=True),
             git_commit=git_commit(Path(__file__).parent), prefect_flow_run_id=str(flow_run.get_id() or ""), trigger=trigger,
+            triggered_by=current_user(),
         )
         session.commit()
         run_id, run_uid = run.id, run.run_uid
