@@ -42,7 +42,8 @@ logger = logging.getLogger("medgate.console")
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: under no-referrer a browser posts forms with `Origin: null`, which the guard refuses.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'; sandbox"
