@@ -100,31 +100,35 @@ class Console:
     def problem(self, request: Request, viewer: Viewer | None, status: int, message: str) -> Response:
         return self.render(request, "problem.html", viewer, status, status_code=status, message=message)
 
-    def page(self, build: Callable[[Session, Request], dict[str, Any] | None], template: str) -> Callable[[Request], Response]:
-        """A GET handler: sign-in required where users exist; `build` gives the context (None: 404)."""
+    def signed_in(self, respond: Callable[[Request, Viewer, Session], Response]) -> Callable[[Request], Response]:
+        """A GET handler: to the sign-in page where users exist and none is signed in, else `respond`."""
 
         def handler(request: Request) -> Response:
             viewer, _ = self.viewer(request)
             if viewer is None:
                 return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
             with self.sessions() as db:
-                context = build(db, request)
+                return respond(request, viewer, db)
+
+        return handler
+
+    def page(self, build: Callable[[Session, Request], dict[str, Any] | None], template: str) -> Callable[[Request], Response]:
+        """A page: `build` gives the template's context (None: 404)."""
+
+        def respond(request: Request, viewer: Viewer, db: Session) -> Response:
+            context = build(db, request)
             if context is None:
                 return self.problem(request, viewer, 404, f"nothing at {request.url.path}")
             return self.render(request, template, viewer, **context)
 
-        return handler
+        return self.signed_in(respond)
 
     def served(self, find: Callable[[Session, Request], Path | str | None]) -> Callable[[Request], Response]:
-        """A GET handler serving a self-contained HTML report: a file the registry names (inside the
-        workspace only), or a page `find` renders; inert (no script, no request elsewhere)."""
+        """A self-contained HTML report: a file the registry names (inside the workspace only), or a
+        page `find` renders; inert (no script, no request elsewhere)."""
 
-        def handler(request: Request) -> Response:
-            viewer, _ = self.viewer(request)
-            if viewer is None:
-                return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
-            with self.sessions() as db:
-                found = find(db, request)
+        def respond(request: Request, viewer: Viewer, db: Session) -> Response:
+            found = find(db, request)
             headers = {**PAGE_HEADERS, "Content-Security-Policy": REPORT_CSP}
             if isinstance(found, str):
                 return HTMLResponse(found, headers=headers)
@@ -132,7 +136,7 @@ class Console:
                 return self.problem(request, viewer, 404, "no such report in this workspace")
             return FileResponse(found, media_type="text/html", headers=headers)
 
-        return handler
+        return self.signed_in(respond)
 
     # -- sign-in ---------------------------------------------------------------------------------
 

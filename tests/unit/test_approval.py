@@ -67,6 +67,14 @@ def _candidate(sessions, name: str = "ct-lesion", triggered_by: str = "alice", c
         return run.id, mv.id
 
 
+def _awaiting(sessions, **kw) -> int:
+    """A candidate (`_candidate`) that awaits approval: its version id."""
+    _, version_id = _candidate(sessions, **kw)
+    with sessions() as s:
+        repo.request_approval(s, version_id, actor="medgate-flow", reason="passed")
+    return version_id
+
+
 def _params(require: bool = True, self_ok: bool = False):
     policy = {"require_approval": require, "allow_self_approval": self_ok}
     return default_params(gate={"default": policy})
@@ -91,9 +99,7 @@ def test_the_recorder_leaves_a_passed_candidate_awaiting_approval(sessions, tmp_
 
 
 def test_an_approver_promotes_through_the_registry_and_the_triggerer_may_not(sessions) -> None:
-    _, version_id = _candidate(sessions, triggered_by="alice")
-    with sessions() as s:
-        repo.request_approval(s, version_id, actor="medgate-flow", reason="passed")
+    version_id = _awaiting(sessions, triggered_by="alice")
     for who, why in (("alice", "triggered"), ("vic", "only an approver"), ("mallory", "not a console user")):
         with pytest.raises(SignOffRefused, match=why):
             sign_off_candidate(sessions, _params(), "ct-lesion", 1, approve=True, actor=who, reason="looks good")
@@ -112,11 +118,8 @@ def test_an_approver_promotes_through_the_registry_and_the_triggerer_may_not(ses
 
 
 def test_self_approval_where_the_policy_allows_it_and_rejection_by_the_triggerer(sessions) -> None:
-    _, first = _candidate(sessions, triggered_by="alice")
-    _, second = _candidate(sessions, triggered_by="alice")
-    with sessions() as s:
-        repo.request_approval(s, first, actor="medgate-flow", reason="passed")
-        repo.request_approval(s, second, actor="medgate-flow", reason="passed")
+    _awaiting(sessions, triggered_by="alice")
+    second = _awaiting(sessions, triggered_by="alice")
     sign_off_candidate(sessions, _params(self_ok=True), "ct-lesion", 1, approve=True, actor="alice", reason="mine, allowed")
     rejected = sign_off_candidate(sessions, _params(), "ct-lesion", 2, approve=False, actor="alice", reason="artefacts in site B")
     assert rejected.stage == Stage.REJECTED
@@ -127,10 +130,9 @@ def test_self_approval_where_the_policy_allows_it_and_rejection_by_the_triggerer
 
 def test_a_failed_promotion_leaves_the_approval_pending(sessions) -> None:
     """The gate compared the candidate with no champion; one appeared since: nothing of the sign-off is kept."""
-    _, other = _candidate(sessions, name="ct-lesion")
-    _, waiting = _candidate(sessions, name="ct-lesion")
+    _, other = _candidate(sessions)
+    waiting = _awaiting(sessions)
     with sessions() as s:
-        repo.request_approval(s, waiting, actor="medgate-flow", reason="passed")
         repo.promote_version(s, other, actor="medgate-flow", reason="ok")
     with pytest.raises(PromotionConflict):
         sign_off_candidate(sessions, _params(), "ct-lesion", 2, approve=True, actor="bob", reason="ok")
