@@ -24,15 +24,17 @@ def models_list(
     name: Optional[str] = typer.Option(None, "--name", help="Only this model name."),
     workspace: Optional[Path] = WorkspaceOpt,
 ) -> None:
-    """Model versions with stage, metrics, dataset version and creation time."""
+    """Model versions with stage (awaiting_approval: a candidate waiting for a sign-off), metrics, dataset version and creation time."""
     from registry import repository as repo
+    from registry.models import AWAITING_APPROVAL
 
     with sessions_for(workspace)() as session:
+        awaiting = repo.awaiting_approval(session)
         rows = [
             {
                 "name": mv.name,
                 "version": mv.version,
-                "stage": mv.stage,
+                "stage": AWAITING_APPROVAL if mv.id in awaiting else mv.stage,
                 "metrics": dict(mv.metrics or {}),
                 "dataset_version": mv.dataset_version,
                 "bento_tag": mv.bento_tag,

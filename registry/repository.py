@@ -635,6 +635,11 @@ def get_approval(session: Session, version_id: int) -> Approval | None:
     ).one_or_none()
 
 
+def awaiting_approval(session: Session) -> set[int]:
+    """The ids of the versions whose approval is pending."""
+    return set(session.scalars(select(Approval.model_version_id).where(Approval.status == ApprovalStatus.PENDING.value)))
+
+
 def request_approval(session: Session, version_id: int, *, actor: str, reason: str) -> Approval:
     """Make a candidate wait for a person's sign-off (an ``approval-request`` audit row); commits.
 

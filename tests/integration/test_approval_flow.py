@@ -24,7 +24,7 @@ def test_a_flow_run_stops_at_awaiting_approval(first_run_copy, clean_env):
     assert summary["awaiting_approval"] == summary["model_version"] == 2
     assert summary["production"]["version"] == 1 and summary["bento_tag"]
     stages = {m["version"]: m["stage"] for m in json.loads(medgate(ws, "models", "list", "--json").stdout)}
-    assert stages == {1: "production", 2: "candidate"}
+    assert stages == {1: "production", 2: "awaiting_approval"}
 
     me = getpass.getuser()
     for name in (me, "ada"):
