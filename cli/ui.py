@@ -39,7 +39,7 @@ def ui(
         raise typer.Exit(2)
     # On loopback (or where names are given) browsers' DNS-rebinding and cross-site requests are refused.
     names = allowed_hosts(host, allowed_host or ()) if loopback or allowed_host else None
-    app = create_app(sessions, settings.workspace, console_secret(settings.state_dir), names)
+    app = create_app(sessions, settings.workspace, console_secret(settings.state_dir), names, anonymous=loopback)
     who = f"{users} user(s); sign in" if users else "no users yet: read-only (medgate users add NAME --role approver)"
     console.print(f"medgate console on http://{host}:{port}/ ({who})", soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,8 +1,8 @@
 """The review console's ASGI application (Starlette): pages rendered on the server, no JavaScript.
 
 Access: once the registry holds a user, every page needs a signed-in session (`console.auth`);
-with no user at all (allowed on a loopback address only, `medgate ui` checks), pages are readable
-without signing in and nothing can be changed. Approving and rejecting need an approver or admin,
+with no user at all, pages are readable without signing in where the console allows it (on a
+loopback address only: `medgate ui`), and nothing can be changed. Approving and rejecting need an approver or admin,
 a form with the session's CSRF token, and pass `flows.promotion.sign_off_candidate` (the policy,
 the registry transaction, the audit rows with the user as actor). The Host/Origin guard of
 `services.origin` refuses requests from other sites and rebound DNS names.
@@ -65,8 +65,8 @@ class Viewer:
 class Console:
     """The routes of the console over one workspace's registry and runs."""
 
-    def __init__(self, sessions: sessionmaker[Session], workspace: Path, secret: str):
-        self.sessions, self.workspace = sessions, workspace
+    def __init__(self, sessions: sessionmaker[Session], workspace: Path, secret: str, anonymous: bool):
+        self.sessions, self.workspace, self.anonymous = sessions, workspace, anonymous
         self.codec = auth.SessionCodec(secret)
         self.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
         self.templates.env.filters.update(pages.FILTERS)
@@ -82,7 +82,7 @@ class Console:
             user = get_user(db, session.user) if session is not None and session.user else None
             if user is not None and session is not None and session.fingerprint == auth.fingerprint(user.password_hash):
                 return Viewer(user.name, user.role, session.csrf), has_users
-        if not has_users:
+        if not has_users and self.anonymous:
             return Viewer(None, Role.VIEWER, session.csrf if session else ""), False
         return None, True
 
@@ -124,15 +124,16 @@ class Console:
         return self.signed_in(respond)
 
     def served(self, find: Callable[[Session, Request], Path | str | None]) -> Callable[[Request], Response]:
-        """A self-contained HTML report: a file the registry names (inside the workspace only), or a
-        page `find` renders; inert (no script, no request elsewhere)."""
+        """A self-contained HTML report: a file the registry names (an HTML file under the workspace's
+        runs/ only), or a page `find` renders; inert (no script, no request elsewhere)."""
 
         def respond(request: Request, viewer: Viewer, db: Session) -> Response:
             found = find(db, request)
             headers = {**PAGE_HEADERS, "Content-Security-Policy": REPORT_CSP}
             if isinstance(found, str):
                 return HTMLResponse(found, headers=headers)
-            if found is None or not found.resolve().is_relative_to(self.workspace.resolve()):
+            runs = (self.workspace / "runs").resolve()
+            if found is None or found.suffix != ".html" or not found.resolve().is_relative_to(runs):
                 return self.problem(request, viewer, 404, "no such report in this workspace")
             return FileResponse(found, media_type="text/html", headers=headers)
 
@@ -247,10 +248,13 @@ def _version(request: Request) -> int:
     return int(request.path_params["version"])
 
 
-def create_app(sessions: sessionmaker[Session], workspace: Path, secret: str, allowed_hosts: frozenset[str] | None) -> Any:
+def create_app(
+    sessions: sessionmaker[Session], workspace: Path, secret: str, allowed_hosts: frozenset[str] | None, *, anonymous: bool = False
+) -> Any:
     """The console over `workspace` (its runs' reports) and the registry `sessions` opens, behind the
-    Host/Origin guard answering only to `allowed_hosts` (None: no guard)."""
-    c = Console(sessions, workspace, secret)
+    Host/Origin guard answering only to `allowed_hosts` (None: no guard). With `anonymous`, a registry
+    without users is readable without signing in."""
+    c = Console(sessions, workspace, secret, anonymous)
     routes = [
         Route("/", lambda request: RedirectResponse("/runs", status_code=303)),
         Route("/login", c.login_form, methods=["GET"]),
