@@ -292,8 +292,6 @@ def test_the_triggerer_may_not_approve_but_another_approver_does(page_as, consol
 def test_off_loopback_the_console_needs_a_user(tmp_path: Path) -> None:
     refused = medgate(tmp_path / "empty", "ui", "--host", "0.0.0.0")
     assert refused.returncode == 2 and "no user" in refused.stdout
-    added = medgate(tmp_path / "empty", "users", "add", "root", "--role", "admin", "--password-stdin", stdin="short\n")
-    assert added.returncode == 2 and "at least 10 characters" in added.stdout
     added = medgate(tmp_path / "empty", "users", "add", "ann", "--role", "admin", "--password-stdin", stdin="long-enough-pw\n")
     assert added.returncode == 0, added.stdout + added.stderr
     listed = medgate(tmp_path / "empty", "users", "list", "--json")

@@ -46,6 +46,11 @@ def _sign_in(c: TestClient, name: str) -> str:
     return c.get("/runs").text.split('name="csrf" value="')[1].split('"')[0]
 
 
+def test_short_passwords_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least 10 characters"):
+        hash_password("short")
+
+
 def test_without_users_pages_are_read_only_on_loopback_and_closed_elsewhere(ws: Path) -> None:
     open_ = client(ws, anonymous=True)
     assert open_.get("/runs").status_code == 200
