@@ -39,7 +39,7 @@ from flows.settings import Settings
 from flows.workspace import StageRun, stage_dir
 from registry import repository as repo
 from registry.db import ensure_schema, make_session_factory
-from registry.models import ModelVersion
+from registry.models import AWAITING_APPROVAL, ModelVersion
 
 if TYPE_CHECKING:
     from components.data.drift import DriftReport
@@ -253,7 +253,8 @@ class RunRecorder:
                 repo.reject_version(session, self.version_id, actor=ACTOR, reason=decision.reason)
             production = repo.get_champion(session, self.name)
             mv = repo.get_version(session, self.name, self.model_version)
-            card_files = write_card(render_card(session, mv, self.params, gate=outcome.to_dict()), self.run_dir)
+            stage = AWAITING_APPROVAL if action == "await_approval" else None
+            card_files = write_card(render_card(session, mv, self.params, gate=outcome.to_dict(), stage=stage), self.run_dir)
             self.summary.update(
                 gate=outcome.to_dict(), model_version=self.model_version, bento_tag=bento_tag, model_card=str(card_files["model_card.md"]),
                 production={"model": self.name, "version": production.version if production else None,

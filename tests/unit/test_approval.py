@@ -95,6 +95,7 @@ def test_the_recorder_leaves_a_passed_candidate_awaiting_approval(sessions, tmp_
         assert repo.get_champion(s, "ct-lesion") is None
         assert repo.audit_trail(s, "ct-lesion")[-1].action == "approval-request"
     assert record.summary["awaiting_approval"] == number
+    assert "Stage: **awaiting_approval**" in Path(record.summary["model_card"]).read_text()
     with sessions() as s, pytest.raises(InvalidTransition, match="awaits approval"):
         repo.promote_version(s, version_id, actor="medgate-flow", reason="bypass")
 
