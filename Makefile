@@ -16,9 +16,9 @@ PIP_LOCATIONS_FOR_UV := $(BIN)/python -m pip config list | awk -F= ' \
 	  if (rank > 0 && (key in uv) && rank > seen[key]) { seen[key] = rank; value[key] = substr($$0, length($$1) + 3, length($$0) - length($$1) - 3) } } \
 	END { for (k in value) { if (k == "find-links") gsub(/[ \t]+/, ",", value[k]); printf "export %s=\"$${%s:-%s}\"\n", uv[k], uv[k], value[k] } }'
 
-.PHONY: setup speech-engine run test test-fast test-slow test-all lint clean
+.PHONY: setup speech-engine browser run test test-fast test-slow test-all lint clean
 
-setup: $(STAMP) speech-engine
+setup: $(STAMP) speech-engine browser
 	@# A registry server named in the environment is migrated here, once; a SQLite registry migrates itself.
 	@if [ -n "$$MEDGATE_DATABASE_URL" ]; then $(BIN)/medgate db upgrade; fi
 
@@ -28,6 +28,13 @@ speech-engine:
 	@command -v espeak-ng >/dev/null || (apt-get install -y -qq espeak-ng >/dev/null 2>&1 || \
 	  (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null)) || \
 	  echo "note: espeak-ng could not be installed (apt-get install -y espeak-ng as root); cohort:dictation needs it"
+
+# The console's browser tests drive Debian's Chromium through Playwright (whose own browser download
+# does not work offline); without it they skip naming it.
+browser:
+	@command -v chromium >/dev/null || (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) || \
+	  echo "note: chromium could not be installed (apt-get install -y chromium as root); the console's browser tests need it"
 
 # Re-installs only when requirements.lock or pyproject.toml change; a second call takes seconds.
 # pip brings the locked uv, which installs the lock (seconds, where pip takes a minute or more);

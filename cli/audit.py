@@ -46,6 +46,6 @@ def audit(
     for column in ("at (UTC)", "actor", "action", "model", "from -> to", "reason"):
         table.add_column(column, overflow="fold")
     for r in rows:
-        table.add_row(r["at"], escape(r["actor"]), r["action"], f"{r['model']} v{r['version']}",
+        table.add_row(r["at"], escape(r["actor"]), r["action"], f"{r['model']} v{r['version']}" if r["model"] else "-",
                       f"{r['from_stage'] or '-'} -> {r['to_stage'] or '-'}", escape(r["reason"]))
     console.print(table)

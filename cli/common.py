@@ -152,6 +152,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         console.print(f"model: {summary['model_name']} v{summary['model_version']}, bento {summary.get('bento_tag') or '-'}")
         prod = summary.get("production") or {}
         console.print(f"production: {prod.get('model')} v{fmt(prod.get('version'))} (bento {prod.get('bento_tag') or '-'})")
+        if summary.get("awaiting_approval"):
+            console.print(f"[yellow]awaiting approval:[/] {summary['model_name']} v{summary['awaiting_approval']} passed the gate and "
+                          f"waits for an approver (medgate models approve {summary['model_name']}:{summary['awaiting_approval']}, or medgate ui)")
     if timings := summary.get("timings_s"):
         console.print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in timings.items()) + (f"; reused: {', '.join(summary['stages_reused'])}" if summary.get("stages_reused") else ""))
     if summary.get("error"):

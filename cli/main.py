@@ -11,6 +11,8 @@ from cli.deploy import deploy, serve
 from cli.models import models_app
 from cli.report import report
 from cli.retrain import retrain, run, schedule, server, sweep, watch
+from cli.ui import ui
+from cli.users import users_app
 from flows.settings import configure_offline
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="medgate: from medical images to a gated, served model.")
@@ -27,6 +29,8 @@ app.command("schedule")(schedule)
 app.command("watch")(watch)
 app.command("server")(server)
 app.command("sweep")(sweep)
+app.command("ui")(ui)
+app.add_typer(users_app, name="users")
 
 
 @app.callback()

@@ -24,15 +24,17 @@ def models_list(
     name: Optional[str] = typer.Option(None, "--name", help="Only this model name."),
     workspace: Optional[Path] = WorkspaceOpt,
 ) -> None:
-    """Model versions with stage, metrics, dataset version and creation time."""
+    """Model versions with stage (awaiting_approval: a candidate waiting for a sign-off), metrics, dataset version and creation time."""
     from registry import repository as repo
+    from registry.models import AWAITING_APPROVAL
 
     with sessions_for(workspace)() as session:
+        awaiting = repo.awaiting_approval(session)
         rows = [
             {
                 "name": mv.name,
                 "version": mv.version,
-                "stage": mv.stage,
+                "stage": AWAITING_APPROVAL if mv.id in awaiting else mv.stage,
                 "metrics": dict(mv.metrics or {}),
                 "dataset_version": mv.dataset_version,
                 "bento_tag": mv.bento_tag,
@@ -215,6 +217,10 @@ def models_promote(
     decision = result.outcome.decision
     print_gate(result.outcome.to_dict(), f"gate on {name} v{number}: {'[green]PASS[/]' if decision.promote else '[red]REFUSED[/]'}")
     console.print(f"reason: {escape(decision.reason)}", soft_wrap=True)
+    if result.awaiting_approval:
+        console.print(f"[yellow]awaiting approval:[/] {name} v{number} passed the gate; the policy requires an approver's "
+                      f"sign-off (medgate models approve {name}:{number}, or medgate ui)", soft_wrap=True)
+        return
     if not result.promoted:
         console.print(f"[red]refused:[/] {name} v{number} stays {mv.stage}; failing checks:", soft_wrap=True)
         for check in result.failed_checks:
@@ -254,3 +260,43 @@ def models_rollback(
     was = f"v{previous.version}" if previous is not None else "none"
     console.print(f"rolled back {name}: production {was} -> v{restored.version} (bento {restored.bento_tag}); {SERVE_FOLLOWS}",
                   soft_wrap=True)
+
+
+def _sign_off(version: str, reason: str, actor: Optional[str], workspace: Optional[Path], *, approve: bool) -> None:
+    from flows.promotion import SignOffRefused, sign_off_candidate
+    from registry.errors import RegistryError
+
+    sessions = sessions_for(workspace)
+    with sessions() as session:
+        mv = resolve_version(session, version)
+        name, number = mv.name, mv.version
+    try:
+        done = sign_off_candidate(sessions, _params(workspace), name, number, approve=approve, actor=current_actor(actor), reason=reason)
+    except SignOffRefused as exc:
+        raise fail(f"refused: {exc}", 1) from None
+    except (RegistryError, ValueError) as exc:
+        raise fail(str(exc), 1) from None
+    follows = f"; {SERVE_FOLLOWS}" if approve else ""
+    console.print(f"{name} v{number} is {done.stage} (signed off by {escape(current_actor(actor))}){follows}", soft_wrap=True)
+
+
+@models_app.command("approve")
+def models_approve(
+    version: str = typer.Argument(..., help="NAME:N, or N when one model name exists."),
+    reason: str = ReasonOpt,
+    actor: Optional[str] = typer.Option(None, "--actor", help="The approver: a console user (default: the login name)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+) -> None:
+    """Approve a candidate awaiting approval: it is promoted (gate require_approval; docs/gate.md)."""
+    _sign_off(version, reason, actor, workspace, approve=True)
+
+
+@models_app.command("reject")
+def models_reject(
+    version: str = typer.Argument(..., help="NAME:N, or N when one model name exists."),
+    reason: str = ReasonOpt,
+    actor: Optional[str] = typer.Option(None, "--actor", help="The approver: a console user (default: the login name)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+) -> None:
+    """Reject a candidate awaiting approval, with the reason."""
+    _sign_off(version, reason, actor, workspace, approve=False)

@@ -333,6 +333,10 @@ class GatePolicy(_Section):
     values: dict[str, Bound] = Field(default_factory=dict)
     changes: dict[str, ChangeThreshold] = Field(default_factory=dict)
     subgroup_floors: dict[str, float] = Field(default_factory=dict)
+    # Human sign-off: a candidate that passed every check waits (awaiting_approval) for an approver,
+    # instead of being promoted; the person who triggered its run may approve it only when allowed.
+    require_approval: bool = False
+    allow_self_approval: bool = False
 
 
 GateConfig = PerModel[GatePolicy]

@@ -11,7 +11,7 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGES = ("cli", "components", "flows", "registry", "services")
+PACKAGES = ("cli", "components", "console", "flows", "registry", "services")
 
 
 @dataclass(frozen=True)

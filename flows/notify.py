@@ -25,7 +25,7 @@ from flows.settings import Settings
 # The summary fields a notice carries; the full record stays in summary.json and the registry.
 NOTICE_FIELDS = (
     "run_id", "status", "trigger", "model_name", "model_version", "bento_tag", "production", "metrics",
-    "stages_reused", "reused_production", "error", "drift",
+    "stages_reused", "reused_production", "error", "drift", "awaiting_approval",
 )
 LINKS = (("validation", "report", "data-quality report"), (None, "report", "run report"), (None, "model_card", "model card"))
 KEY_METRICS = ("auc", "auc_ci_lower", "sensitivity", "specificity", "ece")
@@ -78,7 +78,7 @@ def notice(summary: dict[str, Any]) -> dict[str, Any]:
 def render_markdown(summary: dict[str, Any]) -> str:
     """The run's Prefect markdown artifact: verdict, key metrics, gate checks, links to the reports."""
     gate = summary.get("gate") or {}
-    verdict = "PROMOTED" if gate.get("promote") else "refused" if gate else summary.get("status", "?")
+    verdict = ("AWAITING APPROVAL" if summary.get("awaiting_approval") else "PROMOTED") if gate.get("promote") else "refused" if gate else summary.get("status", "?")
     lines = [
         f"# {summary.get('model_name')} run {summary.get('run_id')}",
         f"- status: **{summary.get('status')}**, trigger: {summary.get('trigger')}",

@@ -1,7 +1,11 @@
-"""Promotion: the training flow's `promote` task, and `promote_manually` (`medgate models promote`).
+"""Promotion: the training flow's `promote` task, `promote_manually` (`medgate models promote`) and
+`sign_off_candidate` (`medgate models approve|reject` and the review console).
 
-Both record the gate's decision (flows.gate) on a candidate and make it production when the gate
-passed; the flow rejects a candidate the gate refused, an operator may override the refusal.
+Both of the first record the gate's decision (flows.gate) on a candidate and make it production when
+the gate passed, or, where the policy requires approval, leave it awaiting an approver
+(`components.stages.gate.sign_off`); the flow rejects a candidate the gate refused, an operator may
+override the refusal. An approver's sign-off promotes through the registry's `promote_version`, the
+automatic promotion's own path, with the gate decision's champion check.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy.orm import Session
 
 from components.config import EvaluateConfig, Params, merged
-from components.stages.gate import Check
+from components.stages.gate import Check, approval_refusal, sign_off
 from flows.drift import read_retraining
 from flows.gate import GateOutcome, evaluate_gate, read_champion
 from flows.recording import RunRecorder, json_safe
 from registry import repository as repo
 from registry.errors import InvalidTransition, NotFoundError
-from registry.models import Stage
+from registry.models import ModelVersion, Stage
+from registry.users import get_user
 
 
 # The recorder holds the registry's session factory: nothing to hash into a cache key.
@@ -54,6 +59,7 @@ class ManualPromotion:
     overridden: bool
     audit_reason: str | None
     bento_tag: str | None
+    awaiting_approval: bool = False
 
     @property
     def failed_checks(self) -> list[Check]:
@@ -74,6 +80,8 @@ def promote_manually(
     """Run the gate on version `version` of `name` against the current champion and promote it if
     the gate passes, or if `override` is set (the audit row then says OVERRIDE and lists the failing
     checks). The decision is recorded either way; a refusal without override changes no stage.
+    Where the model name's policy requires approval, a version the gate passes waits for an approver
+    instead (`sign_off_candidate`), and an override is refused.
 
     The version's serving-parity check from its last recorded decision, if any, is carried over:
     a Bento that failed it does not return to production without an override.
@@ -85,6 +93,9 @@ def promote_manually(
     """
     if not reason.strip():
         raise ValueError("a manual promotion needs a reason")
+    policy = params.gate.for_model(name)
+    if override and policy.require_approval:
+        raise InvalidTransition(f"{name} requires an approver's sign-off (gate require_approval): an override cannot replace it")
     with sessions() as session:
         mv = repo.get_version(session, name, version)
         if mv is None:
@@ -106,7 +117,7 @@ def promote_manually(
 
     with tempfile.TemporaryDirectory(prefix="medgate-gate-") as scratch:
         outcome = evaluate_gate(
-            metrics, test_data, champion, params.gate.for_model(name), workspace, evaluate_cfg, Path(scratch), retraining
+            metrics, test_data, champion, policy, workspace, evaluate_cfg, Path(scratch), retraining
         )
     carried = "from the last recorded decision"
     for check in serving[-1:]:
@@ -115,9 +126,10 @@ def promote_manually(
     decision = outcome.decision
     failed = [c for c in decision.checks if c.verdict == "fail"]
 
-    if decision.promote:
+    awaiting = sign_off(decision, policy) == "await_approval"
+    if decision.promote and not awaiting:
         audit_reason: str | None = f"manual promotion: {reason}; gate passed: {decision.reason}"
-    elif override:
+    elif override and not decision.promote:
         shown = "; ".join(describe_check(c) for c in failed) or decision.reason
         audit_reason = f"OVERRIDE of a refused gate: {reason}; failing checks: {shown}"
     else:
@@ -128,13 +140,50 @@ def promote_manually(
             champion_version_id=outcome.champion_id, reason=f"manual gate requested by {actor}: {decision.reason}",
         )
         session.commit()
-        if audit_reason is not None:
+        if awaiting:
+            repo.request_approval(session, candidate_id, actor=actor, reason=f"manual promotion: {reason}; gate passed: {decision.reason}")
+        elif audit_reason is not None:
             repo.promote_version(
                 session, candidate_id, actor=actor, reason=audit_reason, expected_champion_id=outcome.champion_id
             )
     return ManualPromotion(
-        name, version, outcome, audit_reason is not None, override and not decision.promote, audit_reason, bento_tag
+        name, version, outcome, audit_reason is not None, override and not decision.promote, audit_reason, bento_tag, awaiting
     )
+
+
+class SignOffRefused(PermissionError):
+    """The person may not sign off this candidate (their role, or the self-approval rule); nothing changed."""
+
+
+def sign_off_candidate(
+    sessions: Callable[[], Session], params: Params, name: str, version: int, *, approve: bool, actor: str, reason: str
+) -> ModelVersion:
+    """Approve (promote) or reject version `version` of `name`, which awaits approval, as console user `actor`.
+
+    Who may is `components.stages.gate.approval_refusal` under the name's policy in `params`: an
+    approver or admin, and for approval not the person who triggered the version's run unless the
+    policy allows it (anyone with the role may reject). The check, the approval's decision and the
+    stage change with its audit rows are one registry transaction (`repository.decide_approval`).
+
+    Raises:
+        SignOffRefused: `actor` is no active user, or the policy refuses them.
+        NotFoundError: no such version.
+        InvalidTransition: the version does not await approval.
+        registry.PromotionConflict: production changed since the version's gate decision (re-run the gate:
+            `medgate models promote`, which leaves it awaiting approval again).
+    """
+    with sessions() as session:
+        mv = repo.get_version(session, name, version)
+        if mv is None:
+            raise NotFoundError(f"{name} has no version {version}")
+        user = get_user(session, actor)
+        if user is None:
+            raise SignOffRefused(f"{actor!r} is not a console user: approvers are added with `medgate users add`")
+        triggered_by = mv.run.triggered_by if approve and mv.run is not None else None
+        refusal = approval_refusal(params.gate.for_model(name), approver=user.name, role=user.role, triggered_by=triggered_by)
+        if refusal is not None:
+            raise SignOffRefused(refusal)
+        return repo.decide_approval(session, mv.id, approve=approve, actor=user.name, reason=reason)
 
 
 def _evaluate_config(run_params: dict[str, Any] | None, params: Params) -> EvaluateConfig:

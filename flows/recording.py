@@ -10,6 +10,7 @@ every other method writes one step's summary fields and registry rows.
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from components.config import Params
 from components.data.artifacts import IngestedDataset, ValidationResult, write_text_atomically
+from components.stages.gate import sign_off
 from flows.caching import unchanged_production
 from flows.cards import PACKAGING_NOTE, render_card, write_card
 from flows.datasets import CHARTS_MEMO
@@ -37,7 +39,7 @@ from flows.settings import Settings
 from flows.workspace import StageRun, stage_dir
 from registry import repository as repo
 from registry.db import ensure_schema, make_session_factory
-from registry.models import ModelVersion
+from registry.models import AWAITING_APPROVAL, ModelVersion
 
 if TYPE_CHECKING:
     from components.data.drift import DriftReport
@@ -77,6 +79,14 @@ def git_commit(path: Path) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def current_user() -> str | None:
+    """Who runs this process (recorded as the run's `triggered_by`), if the system can say."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return None
 
 
 def attach_run_log(path: Path) -> Callable[[], None]:
@@ -234,19 +244,25 @@ class RunRecorder:
                 champion_version_id=outcome.champion_id, reason=decision.reason,
             )
             session.commit()
-            if decision.promote:
+            action = sign_off(decision, self.params.gate.for_model(self.name))
+            if action == "promote":
                 repo.promote_version(session, self.version_id, actor=ACTOR, reason=decision.reason)
+            elif action == "await_approval":
+                repo.request_approval(session, self.version_id, actor=ACTOR, reason=f"{decision.reason}; awaits an approver's sign-off")
             else:
                 repo.reject_version(session, self.version_id, actor=ACTOR, reason=decision.reason)
             production = repo.get_champion(session, self.name)
             mv = repo.get_version(session, self.name, self.model_version)
-            card_files = write_card(render_card(session, mv, self.params, gate=outcome.to_dict()), self.run_dir)
+            stage = AWAITING_APPROVAL if action == "await_approval" else None
+            card_files = write_card(render_card(session, mv, self.params, gate=outcome.to_dict(), stage=stage), self.run_dir)
             self.summary.update(
                 gate=outcome.to_dict(), model_version=self.model_version, bento_tag=bento_tag, model_card=str(card_files["model_card.md"]),
                 production={"model": self.name, "version": production.version if production else None,
                             "bento_tag": production.bento_tag if production else None},
                 status="completed",
             )
+            if action == "await_approval":
+                self.summary["awaiting_approval"] = self.model_version
 
     def failed(self, exc: Exception) -> None:
         self.summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -294,6 +310,7 @@ def recording(settings: Settings, params: Params, name: str, trigger: str, lock:
         run = repo.start_run(
             session, dataset_id=None, params=params.model_dump(mode="json", by_alias=True),
             git_commit=git_commit(Path(__file__).parent), prefect_flow_run_id=str(flow_run.get_id() or ""), trigger=trigger,
+            triggered_by=current_user(),
         )
         session.commit()
         run_id, run_uid = run.id, run.run_uid

@@ -1,8 +1,9 @@
-"""medgate model registry: datasets, runs, model versions, gate decisions, drift events, audit log.
+"""medgate model registry: datasets, runs, model versions, gate decisions, drift events, audit log,
+approvals and console users.
 
 Modules: `registry.db` (engine, sessions, migrations), `registry.models` (the tables),
 `registry.repository` (every read and write; says which functions commit and which only flush),
-`registry.errors`. Typical use::
+`registry.users` (console accounts), `registry.views` (the console's list queries), `registry.errors`. Typical use::
 
     from registry import db, repository as repo
 

@@ -7,7 +7,8 @@ that matter for patient safety are enforced by the database, not only here:
 - at most one ``production`` version per model name (partial unique index);
 - no row of any registry table is ever deleted, and ``audit_log`` and
   ``drift_events`` rows are never updated (triggers, created by the migrations);
-- stages, run statuses and actors are checked by CHECK constraints.
+- stages, run statuses and actors are checked by CHECK constraints;
+- an approval, once decided, never changes (trigger, migration 0004).
 
 No table holds patient data: ``Dataset.source`` is a path or a dataset name, and
 counts are aggregates.
@@ -58,6 +59,25 @@ class Stage(StrEnum):
     CANDIDATE = "candidate"
     PRODUCTION = "production"
     ARCHIVED = "archived"
+    REJECTED = "rejected"
+
+
+#: How a candidate that waits for a person's sign-off is shown: its stage stays ``candidate`` and its
+#: ``approvals`` row is ``pending`` (docs/gate.md, "Human sign-off").
+AWAITING_APPROVAL = "awaiting_approval"
+
+
+class Role(StrEnum):
+    """What a console user may do: viewers read; approvers and admins also sign off candidates."""
+
+    VIEWER = "viewer"
+    APPROVER = "approver"
+    ADMIN = "admin"
+
+
+class ApprovalStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
     REJECTED = "rejected"
 
 
@@ -156,6 +176,8 @@ class Run(Base):
     git_commit: Mapped[str | None] = mapped_column(String(64))
     prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64))
     trigger: Mapped[str] = mapped_column(String(64))
+    # Who started it (the OS user of the process, or a scheduler's); the approval policy reads it.
+    triggered_by: Mapped[str | None] = mapped_column(String(MAX_ACTOR_LENGTH))
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.RUNNING.value)
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -282,3 +304,46 @@ class AuditEntry(Base):
             f"AuditEntry(id={self.id!r}, action={self.action!r}, model_name={self.model_name!r}, "
             f"{self.from_stage!r}->{self.to_stage!r})"
         )
+
+
+class User(Base):
+    """A console account. ``password_hash`` is an argon2 hash (never the password); a removed user keeps
+    its row (``removed_at``), so the names in the audit log keep meaning one person."""
+
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint(_in_list("role", Role), name="role_valid"),
+        CheckConstraint(f"length(name) BETWEEN 1 AND {MAX_ACTOR_LENGTH}", name="name_length"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(MAX_ACTOR_LENGTH), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"User(name={self.name!r}, role={self.role!r})"
+
+
+class Approval(Base):
+    """A candidate's wait for a person's sign-off (``gate.<policy>.require_approval``): one per version,
+    ``pending`` until an approver approves (the version is promoted in the same transaction) or
+    rejects it. A decided row never changes (database trigger)."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (CheckConstraint(_in_list("status", ApprovalStatus), name="status_valid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default=ApprovalStatus.PENDING.value)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    decided_by: Mapped[str | None] = mapped_column(String(MAX_ACTOR_LENGTH))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    reason: Mapped[str | None] = mapped_column(Text)
+
+    model_version: Mapped[ModelVersion] = relationship()
+
+    def __repr__(self) -> str:
+        return f"Approval(model_version_id={self.model_version_id!r}, status={self.status!r})"

@@ -7,7 +7,8 @@ Transactions:
       ``set_package``, ``record_gate_decision`` and ``record_drift`` only *flush*; the caller owns
       the transaction and commits (``with session.begin(): ...`` or
       ``session.commit()``).
-    - ``promote_version``, ``reject_version`` and ``rollback`` *commit* the
+    - ``promote_version``, ``reject_version``, ``rollback``, ``request_approval`` and
+      ``decide_approval`` *commit* the
       session's transaction themselves, so a stage change and its audit rows are
       committed together or not at all. Any pending work already in the session
       is committed with them; on error everything is rolled back.
@@ -35,6 +36,8 @@ from sqlalchemy.orm import Session
 
 from registry.errors import InvalidTransition, NotFoundError, PromotionConflict
 from registry.models import (
+    Approval,
+    ApprovalStatus,
     AuditEntry,
     Dataset,
     DriftEvent,
@@ -295,6 +298,7 @@ def start_run(
     git_commit: str | None,
     prefect_flow_run_id: str | None,
     trigger: str,
+    triggered_by: str | None = None,
 ) -> Run:
     """Record a new run in status ``running`` with a fresh ``run_uid``. Flushes only.
 
@@ -302,6 +306,7 @@ def start_run(
         dataset_id: the dataset it trains on; ``None`` until known (see :func:`finish_run`).
         params: the resolved ``params.yaml`` sections; hashed into ``params_hash``.
         trigger: what started it, e.g. ``manual``, ``schedule``, ``data-change``.
+        triggered_by: who started it (an OS or console user name), read by the approval policy.
     """
     run = Run(
         run_uid=str(uuid.uuid4()),
@@ -311,6 +316,7 @@ def start_run(
         git_commit=git_commit,
         prefect_flow_run_id=prefect_flow_run_id,
         trigger=trigger,
+        triggered_by=triggered_by,
         status=RunStatus.RUNNING.value,
         started_at=utcnow(),
     )
@@ -511,7 +517,7 @@ def promote_version(
 
     Raises:
         NotFoundError: unknown ``version_id``.
-        InvalidTransition: the version is ``rejected``.
+        InvalidTransition: the version is ``rejected``, or awaits approval (:func:`decide_approval`).
         PromotionConflict: production is not the expected champion (someone else
             promoted first) or a concurrent promotion won.
         sqlalchemy.exc.DBAPIError: the database refused the audit row (an empty or
@@ -526,6 +532,9 @@ def promote_version(
             return target
         if target.stage not in (Stage.CANDIDATE, Stage.ARCHIVED):
             raise InvalidTransition(f"{name} v{target.version} is {target.stage} and cannot be promoted")
+        approval = get_approval(session, version_id)
+        if approval is not None and approval.status == ApprovalStatus.PENDING:
+            raise InvalidTransition(f"{name} v{target.version} awaits approval: an approver signs it off (medgate models approve)")
         expected = expected_champion_id
         if expected == FROM_GATE:
             decision = latest_gate_decision(session, version_id)
@@ -614,6 +623,89 @@ def rollback(
             session, current=current, target=target, actor=actor, reason=reason, action="rollback"
         )
         return target
+
+
+# -- human sign-off (these commit) ---------------------------------------------------------------
+
+
+def get_approval(session: Session, version_id: int) -> Approval | None:
+    """The approval row of a version (pending or decided), or ``None``."""
+    return session.scalars(
+        select(Approval).where(Approval.model_version_id == version_id).execution_options(populate_existing=True)
+    ).one_or_none()
+
+
+def awaiting_approval(session: Session) -> set[int]:
+    """The ids of the versions whose approval is pending."""
+    return set(session.scalars(select(Approval.model_version_id).where(Approval.status == ApprovalStatus.PENDING.value)))
+
+
+def request_approval(session: Session, version_id: int, *, actor: str, reason: str) -> Approval:
+    """Make a candidate wait for a person's sign-off (an ``approval-request`` audit row); commits.
+
+    Idempotent while the request is pending.
+
+    Raises:
+        NotFoundError: unknown ``version_id``.
+        InvalidTransition: the version is not a candidate, or its approval was decided already.
+    """
+    with _stage_change(session, f"model version id {version_id}"):
+        name = _version_by_id(session, version_id).name
+        target = next(v for v in _lock_name(session, name) if v.id == version_id)
+        existing = get_approval(session, version_id)
+        if existing is not None:
+            if existing.status != ApprovalStatus.PENDING:
+                raise InvalidTransition(f"{name} v{target.version} was {existing.status} already")
+            return existing
+        if target.stage != Stage.CANDIDATE:
+            raise InvalidTransition(f"{name} v{target.version} is {target.stage}; only candidates await approval")
+        approval = Approval(model_version_id=target.id, status=ApprovalStatus.PENDING.value, requested_at=utcnow())
+        session.add(approval)
+        _audit(session, actor=actor, action="approval-request", version=target,
+               from_stage=target.stage, to_stage=None, reason=reason)
+        session.flush()
+        return approval
+
+
+def decide_approval(session: Session, version_id: int, *, approve: bool, actor: str, reason: str) -> ModelVersion:
+    """An approver's sign-off on a pending candidate; commits.
+
+    Approved: the version is promoted by :func:`promote_version` (its gate decision's champion
+    check included) in the same transaction as the approval's decision; refused: it is rejected by
+    :func:`reject_version`. Either way the audit rows name ``actor``. Who may approve is the caller's
+    rule (``components.stages.gate.approval_refusal``), checked in the same session beforehand.
+
+    Raises:
+        NotFoundError: unknown ``version_id``.
+        InvalidTransition: no pending approval for the version.
+        PromotionConflict: production changed since the version's gate decision: re-run the gate.
+    """
+    if not reason.strip():
+        raise ValueError("a sign-off needs a reason")
+    try:
+        approval = get_approval(session, version_id)
+        version = _version_by_id(session, version_id)
+        if approval is None or approval.status != ApprovalStatus.PENDING:
+            state = "no approval was requested" if approval is None else f"it was {approval.status} already"
+            raise InvalidTransition(f"{version.name} v{version.version} does not await approval ({state})")
+        approval.status = (ApprovalStatus.APPROVED if approve else ApprovalStatus.REJECTED).value
+        approval.decided_by, approval.decided_at, approval.reason = actor, utcnow(), reason
+        session.flush()
+    except BaseException:
+        session.rollback()
+        raise
+    if approve:
+        return promote_version(session, version_id, actor=actor, reason=f"approved: {reason}")
+    return reject_version(session, version_id, actor=actor, reason=f"approval refused: {reason}")
+
+
+def audit_account(session: Session, *, actor: str, action: str, reason: str) -> AuditEntry:
+    """An audit row about accounts and sign-ins (no model: ``model_name`` is empty). Flushes only."""
+    entry = AuditEntry(at=utcnow(), actor=actor, action=action, model_name="", model_version_id=None,
+                       from_stage=None, to_stage=None, reason=reason)
+    session.add(entry)
+    session.flush()
+    return entry
 
 
 # -- queries -------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ The arithmetic (docs/gate.md has a worked example):
 - Retraining after drift (params.yaml ``drift.require_retraining``): once a dataset's drift
   exceeded its bound, a model trained on data recorded before that dataset fails the
   ``drift``/``retrained_since_drift`` check.
+- Human sign-off (``require_approval``): a candidate the checks pass is not promoted but waits for
+  an approver (`sign_off`); `approval_refusal` says who may not give it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from typing import Any, Literal, Mapping
 from components.config import GatePolicy
 
 Verdict = Literal["pass", "fail", "skipped"]
+#: What follows a gate decision: production, a person's sign-off first, or rejection.
+SignOff = Literal["promote", "await_approval", "reject"]
+#: The console roles that may sign off a candidate (registry.models.Role's other value is viewer).
+APPROVER_ROLES = ("approver", "admin")
 
 
 @dataclass(frozen=True)
@@ -182,3 +188,22 @@ def _change_checks(metric: str, change, candidate: float | None, champion: float
             gain = gain / abs(champion)
         checks.append(Check("change", metric, gain, threshold, comparison, "pass" if gain >= threshold else "fail", detail))
     return checks
+
+
+def sign_off(decision: GateDecision, policy: GatePolicy) -> SignOff:
+    """What happens to a candidate after `decision`: promoted, or, when the checks passed and the
+    policy requires approval, left waiting for an approver; rejected when the checks refused it."""
+    if not decision.promote:
+        return "reject"
+    return "await_approval" if policy.require_approval else "promote"
+
+
+def approval_refusal(policy: GatePolicy, *, approver: str, role: str, triggered_by: str | None) -> str | None:
+    """Why `approver` (of console `role`) may not sign off a candidate whose run `triggered_by`
+    started, under `policy`; None when they may. Names compare case-insensitively."""
+    if role not in APPROVER_ROLES:
+        return f"{approver} is a {role}: only an approver or an admin signs off a candidate"
+    if not policy.allow_self_approval and triggered_by and approver.casefold() == triggered_by.strip().casefold():
+        return (f"{approver} triggered this candidate's run and may not approve it "
+                "(the policy's allow_self_approval is false): another approver signs it off")
+    return None

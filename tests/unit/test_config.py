@@ -8,11 +8,12 @@ from components import config
 from components.config import PARAMS_FILE, Params, default_params, load_params
 
 # Fields optional by nature, not defaults of a params.yaml value: an open side of a range, a change
-# measured one way only, the groups of checks a (per-model) gate policy leaves out.
+# measured one way only, the groups of checks and the sign-off a (per-model) gate policy leaves out
+# (a policy written before sign-off existed, as recorded in a run's params, still reads).
 OPTIONAL = {
     "Bound": {"lower", "upper"},
     "ChangeThreshold": {"absolute", "relative"},
-    "GatePolicy": {"values", "changes", "subgroup_floors"},
+    "GatePolicy": {"values", "changes", "subgroup_floors", "require_approval", "allow_self_approval"},
 }
 
 

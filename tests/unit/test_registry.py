@@ -162,7 +162,7 @@ def test_upgrade_twice_is_a_no_op_and_schema_matches_models(
     db_url: str, factory: sessionmaker[Session]
 ) -> None:
     db.upgrade_database(db_url)
-    assert db.current_revision(db_url) == "0003"
+    assert db.current_revision(db_url) == db.head_revision() == "0004"
     with factory.kw["bind"].connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), models.Base.metadata)
     assert diff == []
