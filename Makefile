@@ -16,7 +16,7 @@ PIP_LOCATIONS_FOR_UV := $(BIN)/python -m pip config list | awk -F= ' \
 	  if (rank > 0 && (key in uv) && rank > seen[key]) { seen[key] = rank; value[key] = substr($$0, length($$1) + 3, length($$0) - length($$1) - 3) } } \
 	END { for (k in value) { if (k == "find-links") gsub(/[ \t]+/, ",", value[k]); printf "export %s=\"$${%s:-%s}\"\n", uv[k], uv[k], value[k] } }'
 
-.PHONY: setup speech-engine browser run test test-fast test-slow test-all lint clean
+.PHONY: screenshots setup speech-engine browser run test test-fast test-slow test-all lint clean
 
 setup: $(STAMP) speech-engine browser
 	@# A registry server named in the environment is migrated here, once; a SQLite registry migrates itself.
@@ -65,6 +65,10 @@ test: setup
 # The unit tier: one component at a time, in this process; no servers, no flow runs.
 test-fast: setup
 	$(BIN)/python -m pytest tests/unit -m "not slow" -q
+
+# The README's console screenshots, rewritten by the browser test that takes them.
+screenshots: setup
+	MEDGATE_UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest tests/integration/test_console_browser.py -q
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow -q
