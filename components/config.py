@@ -74,8 +74,9 @@ class CohortConfig(_Section):
 class VideoConfig(_Section):
     """How clips (video files, DICOM cine) are stored: `components.readers.clips.ClipSpec`."""
 
-    frames: int = Field(ge=1)  # sampled uniformly over each clip
+    frames: int = Field(ge=1)  # sampled from each clip
     size: int = Field(ge=8)  # rows and columns of each stored frame
+    stride: int = Field(ge=0)  # 0: frames spread over the whole clip; k: every k-th frame, centred
     # Regions blacked out in every frame before anything is stored (e.g. an ultrasound banner with
     # burned-in names): [x0, y0, x1, y1] fractions of the width and height (ClipSpec checks them).
     mask: tuple[tuple[float, float, float, float], ...]
@@ -247,6 +248,7 @@ class AugmentConfig(_Section):
     noise_std: float  # Gaussian noise on [0, 1] intensities
     noise_probability: float
     contrast: float  # intensity scale uniform in [1 - contrast, 1 + contrast] about the image mean
+    temporal_jitter: float  # clips: each sampled frame moves by up to this many stored frames (order kept)
 
 
 class AudioAugmentConfig(_Section):

@@ -53,14 +53,15 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Preprocessing:
+        from components.readers.clips import ClipSpec
+
         clip = raw.get("clip")
         return cls(
             spatial_size=tuple(int(s) for s in raw["spatial_size"]),
             channels=int(raw["channels"]),
             lower=float(raw["lower"]),
             upper=float(raw["upper"]),
-            clip={"frames": int(clip["frames"]), "size": int(clip["size"]), "mask": [list(map(float, b)) for b in clip["mask"]]}
-            if clip else None,
+            clip=ClipSpec.from_dict(clip).to_dict() if clip else None,
         )
 
     @property
@@ -122,12 +123,14 @@ class BatchAugmentation:
 
     Args:
         cfg: the `train.augment` section.
-        spatial_dims: 2 for images (N, C, H, W), 3 for volumes (N, C, D, H, W).
+        spatial_dims: 2 for images (N, C, H, W), 3 for volumes (N, C, D, H, W) and clips (N, C, T, H, W).
         generator: the source of every random draw, so a seed (and a restored state) repeats a run.
+        clip: the first spatial axis is time: each clip's frames are also jittered in time
+            (`temporal_jitter`), the same spatial change applying to all of its frames.
     """
 
-    def __init__(self, cfg: AugmentConfig, spatial_dims: int, generator: torch.Generator):
-        self.cfg, self.spatial_dims, self.generator = cfg, spatial_dims, generator
+    def __init__(self, cfg: AugmentConfig, spatial_dims: int, generator: torch.Generator, clip: bool = False):
+        self.cfg, self.spatial_dims, self.generator, self.clip = cfg, spatial_dims, generator, clip
         self.resample = AffineTransform(normalized=True, padding_mode="border", align_corners=False)
 
     def _uniform(self, n: int, half_range: float) -> torch.Tensor:
@@ -152,6 +155,13 @@ class BatchAugmentation:
         theta[:, :d, d] = shift
         return theta
 
+    def frame_indices(self, n: int, frames: int) -> torch.Tensor:
+        """(n, frames) stored frames each clip's positions take: position k moves by up to
+        `temporal_jitter` frames (uniform, rounded, clamped), in time order (a sampling that varies
+        around the stored one, as ingest's sample from another start or rate would)."""
+        moved = torch.arange(frames).float() + self._uniform(n * frames, self.cfg.temporal_jitter).view(n, frames)
+        return moved.round().clamp(0, frames - 1).long().sort(dim=1).values
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         cfg, n = self.cfg, images.shape[0]
         if not cfg.enabled or n == 0:
@@ -159,6 +169,9 @@ class BatchAugmentation:
         # Only the chosen images are resampled, flipped or given noise: on batches of 28^3 volumes
         # that took a third of the time of transforming every image and masking the result.
         images, device = images.clone(), images.device
+        if self.clip and cfg.temporal_jitter > 0:
+            index = self.frame_indices(n, images.shape[2]).to(device)
+            images = images.gather(2, index.view(n, 1, -1, 1, 1).expand_as(images))
         chosen = self._chosen(n, cfg.affine_probability).to(device)
         if len(chosen):
             images[chosen] = self.resample(images[chosen], self.affine_matrices(len(chosen)).to(device))

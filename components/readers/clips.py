@@ -30,35 +30,48 @@ class ClipSpec:
     """How a clip is stored (params.yaml ``ingest.video``; a video model's preprocessing records it).
 
     Attributes:
-        frames: frames sampled uniformly over the clip.
+        frames: frames sampled from the clip (`sample_indices`).
         size: rows and columns of each stored frame.
         mask: regions blacked out in every frame, as (x0, y0, x1, y1) fractions of the width and
             height (e.g. an ultrasound banner with the patient's name burned in).
+        stride: 0: frames spread uniformly over the whole clip; k: every k-th frame of a run in the
+            clip's middle, keeping the motion's own speed whatever the clip's length.
     """
 
     frames: int
     size: int
     mask: tuple[tuple[float, float, float, float], ...] = ()
+    stride: int = 0
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ClipSpec:
-        """From ``{"frames", "size", "mask"}`` (params.yaml's ingest.video, or a stored spec)."""
-        return cls(int(raw["frames"]), int(raw["size"]), tuple(tuple(float(v) for v in box) for box in raw["mask"]))
+        """From ``{"frames", "size", "mask"[, "stride"]}`` (params.yaml's ingest.video, or a stored spec;
+        one stored before strides samples uniformly)."""
+        return cls(int(raw["frames"]), int(raw["size"]), tuple(tuple(float(v) for v in box) for box in raw["mask"]),
+                   int(raw.get("stride", 0)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, as a model's preprocessing stores them."""
+        return {"frames": self.frames, "size": self.size, "mask": [list(b) for b in self.mask], "stride": self.stride}
 
     def __post_init__(self) -> None:
-        if self.frames < 1 or self.size < 1:
-            raise ValueError(f"clip spec needs at least 1 frame and 1 pixel, got {self.frames} x {self.size}")
+        if self.frames < 1 or self.size < 1 or self.stride < 0:
+            raise ValueError(f"clip spec needs at least 1 frame and 1 pixel and a stride of 0 or more, got "
+                             f"{self.frames} x {self.size}, stride {self.stride}")
         for box in self.mask:
             x0, y0, x1, y1 = box
             if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
                 raise ValueError(f"mask region {list(box)} is not [x0, y0, x1, y1] fractions with x0 < x1, y0 < y1")
 
 
-def sample_indices(total: int, frames: int) -> list[int]:
-    """`frames` indices spread uniformly over ``range(total)`` (centres of equal segments; repeats
-    when the clip is shorter than `frames`)."""
+def sample_indices(total: int, frames: int, stride: int = 0) -> list[int]:
+    """`frames` indices of ``range(total)``: with a `stride` k > 0, every k-th index of a run centred in
+    the clip; otherwise, or when the clip is shorter than that run, spread uniformly (centres of equal
+    segments; repeats when the clip is shorter than `frames`)."""
     if total < 1:
         return []
+    if stride > 0 and (span := stride * (frames - 1) + 1) <= total:
+        return [(total - span) // 2 + stride * k for k in range(frames)]
     return [min(total - 1, int((k + 0.5) * total / frames)) for k in range(frames)]
 
 

@@ -125,7 +125,7 @@ def cine_to_clip(ds: Dataset, file: io.BytesIO, spec: ClipSpec,
                    channels=int(ds.get("SamplesPerPixel", 1) or 1),
                    itemsize=(int(ds.get("BitsAllocated", 8) or 8) + 7) // 8,
                    seconds=frames / fps if fps else None, streamed=True)
-    wanted = sample_indices(frames, spec.frames)
+    wanted = sample_indices(frames, spec.frames, spec.stride)
     order = sorted(set(wanted))
     try:
         decoded = dict(zip(order, (fit_frame(to_grey(f), spec) for f in iter_pixels(file, indices=order)), strict=True))

@@ -84,7 +84,7 @@ def _decode(container: Any, spec: ClipSpec, limits: DecodeLimits | None) -> Deco
 
     stream.thread_type = "AUTO"
     scaler = VideoReformatter()  # one scaling context per clip; AREA: a clean downscale, and the fastest here
-    wanted = sample_indices(total, spec.frames) if total else []
+    wanted = sample_indices(total, spec.frames, spec.stride) if total else []
     keep = set(wanted)
     picked: dict[int, np.ndarray] = {}  # unknown length: every frame, small, sampled at the end
     decoded, failure = 0, ""
@@ -103,7 +103,7 @@ def _decode(container: Any, spec: ClipSpec, limits: DecodeLimits | None) -> Deco
         raise ImageDecodeError(f"truncated video: {declared or 'more'} frames declared, {decoded} decoded{failure}")
     if decoded == 0:
         raise ImageDecodeError(f"video stream has zero decodable frames{failure}")
-    indices = wanted if total and decoded >= total else sample_indices(decoded, spec.frames)
+    indices = wanted if total and decoded >= total else sample_indices(decoded, spec.frames, spec.stride)
     frames = [picked[i] for i in indices if i in picked]
     columns = {"frames": decoded, "fps": fps or None, "duration_s": seconds or (decoded / fps if fps else None),
                "source_height": height, "source_width": width, "codec": ctx.name}

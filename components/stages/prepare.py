@@ -96,7 +96,7 @@ def _clip_spec(manifest: pd.DataFrame) -> dict[str, Any] | None:
     if manifest["frames"].isna().any() or not raw:
         raise ValueError("clips mixed with still images, or clips without ingest's clip_spec; one dataset per kind")
     spec = ClipSpec.from_dict(raw)  # checked here, not first at serving
-    return {"frames": spec.frames, "size": spec.size, "mask": [list(b) for b in spec.mask]}
+    return spec.to_dict()
 
 
 def prepare_dataset(manifest_path: Path, cfg: PrepareConfig, out_dir: Path) -> PreparedDataset:

@@ -230,7 +230,8 @@ def _build_run(data: _Data, cfg: TrainConfig, device: torch.device, replica: Rep
         criterion=nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing),
         criterion_sum=nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing, reduction="sum"),
         augment=SpectrogramAugmentation(cfg.audio_augment, preprocessing.upper_db - preprocessing.lower_db, augment_gen)
-        if audio else BatchAugmentation(cfg.augment, len(data.input_shape) - 1, augment_gen),
+        if audio else BatchAugmentation(cfg.augment, len(data.input_shape) - 1, augment_gen,
+                                        clip=getattr(preprocessing, "clip", None) is not None),
         ema=ema,
         shuffle_gen=shuffle_gen,
         augment_gen=augment_gen,

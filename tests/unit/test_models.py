@@ -110,6 +110,21 @@ def test_identity_affine_resamples_exactly():
     assert torch.allclose(out, x, atol=1e-5)
 
 
+def test_temporal_jitter_resamples_frames_of_clips_in_time_order_only():
+    from components.ml.transforms import BatchAugmentation
+
+    frames = torch.arange(10.0).view(1, 1, 10, 1, 1).expand(64, 1, 10, 3, 3).clone()  # each frame holds its index
+    cfg = default_params(train={"augment": {"affine_probability": 0, "flip_axes": (), "noise_std": 0, "contrast": 0,
+                                            "temporal_jitter": 1.0}}).train.augment
+    out = BatchAugmentation(cfg, 3, torch.Generator().manual_seed(0), clip=True)(frames)
+    taken = out[:, 0, :, 0, 0]
+    assert torch.equal(out, taken.view(64, 1, 10, 1, 1).expand_as(out))  # whole frames move, never mixed
+    assert (taken.diff(dim=1) >= 0).all() and ((taken - torch.arange(10.0)).abs() <= 1).all()
+    assert not torch.equal(out, frames)
+    volume = BatchAugmentation(cfg, 3, torch.Generator().manual_seed(0))(frames)  # depth is not time
+    assert torch.equal(volume, frames)
+
+
 def test_flips_mirror_some_images_and_leave_the_others():
     x = torch.rand(32, 1, 8, 8)
     out = _augment(x, affine_probability=0, noise_std=0, contrast=0, flip_axes=(-1,))

@@ -44,6 +44,19 @@ def test_containers_decode_sampled_resized_frames(codec: str, container: str, na
     np.testing.assert_allclose(_bar_width(decoded.array), expected, atol=0.07)
 
 
+def test_strided_sampling_keeps_the_motions_speed_and_falls_back_to_uniform() -> None:
+    assert sample_indices(30, 8, stride=2) == [7, 9, 11, 13, 15, 17, 19, 21]  # a run of 15 frames, centred
+    assert sample_indices(10, 8, stride=2) == sample_indices(10, 8)  # too short for the run: uniform
+    strided = ClipSpec(8, 32, stride=2)
+    mp4 = decode(video_bytes(sweep_frames(30, 64, 80), "libx264", "mp4", fps=25), SALT, LIMITS, clip=strided)
+    np.testing.assert_allclose(_bar_width(mp4.array), [(i + 1) / 30 for i in range(7, 22, 2)], atol=0.07)
+    cine = decode(cine_bytes(sweep_frames(20, 48, 40), fps=30, modality="US", syntax="explicit"), SALT, LIMITS,
+                  clip=strided)
+    np.testing.assert_allclose(_bar_width(cine.array), [(i + 1) / 20 for i in range(2, 17, 2)], atol=0.07)
+    assert ClipSpec.from_dict({"frames": 8, "size": 32, "mask": []}).stride == 0  # a spec stored before strides
+    assert ClipSpec.from_dict(strided.to_dict()) == strided
+
+
 @pytest.mark.parametrize("syntax", ["explicit", "rle", "jpeg"])
 def test_dicom_cine_in_each_transfer_syntax(syntax: str) -> None:
     frames = sweep_frames(20, 48, 40)
