@@ -20,8 +20,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from starlette.datastructures import Headers, MutableHeaders, UploadFile
-from starlette.requests import Request
+from starlette.datastructures import Headers, MutableHeaders
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -125,7 +124,7 @@ class UploadGuard:
                 return
             data = bytes(body)
             del body
-            problem = await _check_form(scope, data, field)
+            problem = _check_form(headers.get("content-type", ""), data, field)
             if problem:
                 await _reject(send, 400, problem)
                 return
@@ -134,21 +133,39 @@ class UploadGuard:
             self.buffered -= held
 
 
-async def _check_form(scope: Scope, body: bytes, field: str) -> str | None:
-    request = Request(scope, _replay(body))
+def _check_form(content_type: str, body: bytes, field: str) -> str | None:
+    """What is wrong with the multipart `body` for a file in `field`, or None. Only the parts' headers are
+    read (python-multipart's parser with no data callbacks): BentoML parses the body again, into files."""
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    parts: list[tuple[str, bool]] = []  # (name, is a file) of each part
+    header, value = bytearray(), bytearray()
+
+    def header_end() -> None:
+        if header.lower() == b"content-disposition":
+            options = parse_options_header(bytes(value))[1]
+            parts.append((options.get(b"name", b"").decode("latin-1"), b"filename" in options))
+        header.clear()
+        value.clear()
+
     try:
-        form = await request.form()
-    except Exception:  # noqa: BLE001 - starlette and python-multipart raise several types for a broken body
+        parser = MultipartParser(boundary or b"", {
+            "on_header_field": lambda data, start, end: header.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: value.extend(data[start:end]),
+            "on_header_end": header_end,
+        })
+        parser.write(body)
+        parser.finalize()
+    except Exception:  # noqa: BLE001 - python-multipart raises several types for a broken body
         return "malformed multipart/form-data body"
-    try:
-        values = form.getlist(field)
-        if not values:
-            present = sorted(set(form.keys()))
-            return f"missing form field {field!r} (got {present or 'no fields'})"
-        if not all(isinstance(v, UploadFile) for v in values):
-            return f"form field {field!r} must be a file upload, not text"
-    finally:
-        await form.close()
+    if not boundary:
+        return "malformed multipart/form-data body: no boundary in its Content-Type"
+    files = [is_file for name, is_file in parts if name == field]
+    if not files:
+        return f"missing form field {field!r} (got {sorted({name for name, _ in parts}) or 'no fields'})"
+    if not all(files):
+        return f"form field {field!r} must be a file upload, not text"
     return None
 
 

@@ -29,7 +29,8 @@ DICOM header value or a file name. 503: more work queued than `max_latency_ms` a
 bytes held than `serve.max_buffered_bytes`, or no memory to decode now; retry later.
 
 Memory: a worker holds at most `max_concurrency` requests, `max_buffered_bytes` of their bodies, and
-decodes `decode_threads` uploads at once, each one image at a time (decoded, preprocessed, dropped)
+decodes `decode_threads` uploads at once in threads (besides one small image on the event loop,
+`INLINE_DECODE_BYTES`), each one image at a time (decoded, preprocessed, dropped)
 and each within the decode limits.
 
 API key: when MEDGATE_API_KEY is set where the server starts, every route but `/livez` and `/readyz`
@@ -89,6 +90,10 @@ MODEL_TAG_ENV = "MEDGATE_MODEL_TAG"
 MIN_API_KEY_LENGTH = 16
 OPEN_PATHS = ("/livez", "/readyz")
 CARD_ROUTES = {"/model_card": (CARD_HTML, "text/html"), "/model_card.md": (CARD_MARKDOWN, "text/markdown")}
+# Image uploads up to this many bytes in one request are decoded on the event loop: a small PNG or DICOM
+# decodes in tenths of a millisecond, less than a round trip through a worker thread, and the decode
+# limits bound even a small file's decoded size (benchmarks/serving.py measures the effect).
+INLINE_DECODE_BYTES = 256 * 1024
 logger = logging.getLogger("medgate.service")
 
 
@@ -257,7 +262,10 @@ class Classifier:
             if windows and not self.card.audio:
                 raise InputProblem("windows: only an audio model scores windows; this one takes whole inputs",
                                    HTTPStatus.UNPROCESSABLE_ENTITY)
-            batch, counts, spans = await anyio.to_thread.run_sync(self._prepare, paths, names, limiter=self.decoding)
+            if self._decodes_inline(paths):
+                batch, counts, spans = self._prepare(paths, names)
+            else:
+                batch, counts, spans = await anyio.to_thread.run_sync(self._prepare, paths, names, limiter=self.decoding)
         except InputProblem as problem:
             raise _ERRORS.get(problem.status, BentoMLException)(
                 str(problem), error_code=problem.status
@@ -270,6 +278,13 @@ class Classifier:
             for prediction, end, n, span in zip(predictions, np.cumsum(counts), counts, spans, strict=True):
                 prediction["windows"] = window_scores(rows[end - n:end], span, self.card)
         return predictions
+
+    def _decodes_inline(self, paths: list[Path]) -> bool:
+        """Whether these uploads are decoded on the event loop: small images (not clips or recordings),
+        whose decode and preprocessing take less CPU than handing them to a thread and back."""
+        if self.card.audio or self.card.preprocessing.clip:
+            return False
+        return sum(p.stat().st_size for p in paths) <= INLINE_DECODE_BYTES
 
     def _prepare(self, paths: list[Path], names: list[str]) -> tuple[np.ndarray, list[int], list[list[tuple[float, float]]]]:
         """The network's batch, how many of its rows each upload has (a recording: its windows) and, for

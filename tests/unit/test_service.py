@@ -329,6 +329,14 @@ def test_a_batch_is_decoded_and_preprocessed_one_image_at_a_time(svc, tmp_path):
     assert all_of_them < 1.5 * one, (one, all_of_them)
 
 
+def test_small_images_decode_on_the_event_loop_and_large_ones_in_a_thread(svc, service_module, tmp_path):
+    small = write(tmp_path / "small.png", png_bytes(grey_image()))
+    large = write(tmp_path / "large.npy", b"\0" * (service_module.INLINE_DECODE_BYTES + 1))
+    assert svc._decodes_inline([small]) and not svc._decodes_inline([large])
+    assert not svc._decodes_inline([small] * (service_module.INLINE_DECODE_BYTES // small.stat().st_size + 1))
+    assert predict(svc, small)["label"] in svc.card.class_names
+
+
 def test_each_worker_bounds_its_requests_and_decodes(svc, service_module):
     settings = service_module.SETTINGS
     traffic = service_module.Classifier.config["traffic"]
