@@ -53,15 +53,15 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Preprocessing:
-        from components.readers.clips import ClipSpec
-
         clip = raw.get("clip")
         return cls(
             spatial_size=tuple(int(s) for s in raw["spatial_size"]),
             channels=int(raw["channels"]),
             lower=float(raw["lower"]),
             upper=float(raw["upper"]),
-            clip=ClipSpec.from_dict(clip).to_dict() if clip else None,
+            # Plain values (components.readers.clips.ClipSpec reads them; a spec stored before strides has none).
+            clip={"frames": int(clip["frames"]), "size": int(clip["size"]), "mask": [list(map(float, b)) for b in clip["mask"]],
+                  "stride": int(clip.get("stride", 0))} if clip else None,
         )
 
     @property
