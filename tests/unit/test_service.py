@@ -519,19 +519,26 @@ def test_batcher_fails_only_the_callers_of_a_failing_batch():
 def test_batcher_refuses_work_beyond_its_latency_budget():
     from services.batching import MicroBatcher, Overloaded
 
+    release, calls = threading.Event(), []
+
     def slow(batch: np.ndarray) -> np.ndarray:
-        time.sleep(0.05)
+        calls.append(len(batch))
+        if len(calls) == 1:
+            time.sleep(0.1)  # what the batcher learns a call costs
+        else:
+            release.wait(10)  # later calls hold the queue until the test has looked (a loaded CPU cannot hurry them)
         return batch
 
     async def main():
-        batcher = MicroBatcher(slow, max_batch_size=1, max_latency_ms=60)
-        await batcher(np.zeros((1, 1)))  # learns that a call takes about 50 ms
+        batcher = MicroBatcher(slow, max_batch_size=1, max_latency_ms=150)
+        await batcher(np.zeros((1, 1)))  # learns that a call takes about 100 ms
         running = asyncio.create_task(batcher(np.zeros((1, 1))))
         await asyncio.sleep(0.01)
         queued = asyncio.create_task(batcher(np.zeros((1, 1))))  # waits one call: within budget
         await asyncio.sleep(0.01)
         with pytest.raises(Overloaded, match="budget"):
-            await batcher(np.zeros((1, 1)))  # two calls ahead: about 100 ms > 60 ms
+            await batcher(np.zeros((1, 1)))  # two calls ahead: about 200 ms > 150 ms
+        release.set()
         await asyncio.gather(running, queued)
 
     asyncio.run(main())
