@@ -20,10 +20,12 @@ from components.data.manifest import AUDIO_COLUMNS, EXTRA_COLUMNS, MANIFEST_COLU
 from components.data.shards import ImageStore
 from components.demo.cohort import generate_cohort
 from components.privacy.deid import deid_dicom, pseudonym
+from components.privacy.names import file_pseudonym, source_label
 from components.readers import decode_image
 from components.readers.base import content_hash
 from components.readers.clips import VIDEO_COLUMNS
 from components.stages.ingest import ingest_source
+from tests.conftest import problems_by_file
 from tests.images import jpeg_bytes, medmnist_npz, npy_bytes, png_bytes
 
 SALT = "unit-test-salt"
@@ -234,7 +236,7 @@ def test_each_bad_input_is_reported_with_file_and_reason(cohort: Path, tmp_path:
     _write_labels(src, rows)
 
     result = ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
-    reasons = {p["file"]: p["reason"] for p in result.problems}
+    reasons = problems_by_file(result.problems, [*listed, "unlisted.dcm"], SALT)
     assert json.loads((tmp_path / "out" / "problems.json").read_text()) == list(result.problems)
     expected = {
         "truncated.dcm": "pixel data",
@@ -267,9 +269,10 @@ def test_nothing_usable_raises_naming_the_source(tmp_path: Path) -> None:
     src.mkdir()
     (src / "a.dcm").write_bytes(b"garbage")
     _write_labels(src, [{"path": "a.dcm", "label": "x"}])
-    with pytest.raises(ValueError, match=re.escape(str(src))):
+    with pytest.raises(ValueError, match=re.escape(source_label(str(src), SALT))) as raised:
         ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
-    assert json.loads((tmp_path / "out" / "problems.json").read_text())[0]["file"] == "a.dcm"
+    assert str(src) not in str(raised.value)  # named by its label, never its path
+    assert json.loads((tmp_path / "out" / "problems.json").read_text())[0]["file"] == file_pseudonym("a.dcm", SALT)
 
 
 @pytest.mark.parametrize("make", ["empty_dir", "text_file", "missing", "dicom_without_labels"])
@@ -286,7 +289,7 @@ def test_unsupported_source_lists_supported_kinds(tmp_path: Path, make: str) -> 
     with pytest.raises(ValueError) as err:
         ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
     message = str(err.value)
-    assert str(src) in message and "labels.csv" in message and ".npz" in message and "PNG" in message
+    assert source_label(str(src), SALT) in message and "labels.csv" in message and ".npz" in message and "PNG" in message
 
 
 def test_missing_label_column_and_bad_arguments(cohort: Path, tmp_path: Path) -> None:
@@ -333,7 +336,7 @@ def test_png_folder(tmp_path: Path) -> None:
     result = ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
     assert result.kind == "png" and result.class_names == ("cat_a", "cat_b")
     assert result.num_images == 6 and result.num_patients == 6
-    assert {p["file"] for p in result.problems} == {"cat_a/fake.png", "loose.png"}
+    assert set(problems_by_file(result.problems, ["cat_a/fake.png", "loose.png"], SALT)) == {"cat_a/fake.png", "loose.png"}
     df = read_manifest(result.manifest)
     assert list(df.columns) == list(MANIFEST_COLUMNS)
     shapes = {(r.height, r.width, r.channels) for r in df.itertuples()}
@@ -391,10 +394,10 @@ def test_npz_problems(tmp_path: Path) -> None:
     result = ingest_source(tmp_path / "odd.npz", tmp_path / "out", default_params().ingest, SALT)
     assert result.num_images == 2
     reasons = {p["file"]: p["reason"] for p in result.problems}
-    assert "4 images but 3 labels" in reasons["odd.npz:train"]
-    assert "multi-label" in reasons["odd.npz:val"]
+    assert "4 images but 3 labels" in reasons["train"]
+    assert "multi-label" in reasons["val"]
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="bad.npz"):
+    with pytest.raises(ValueError, match=source_label(str(tmp_path / "bad.npz"), SALT)):
         ingest_source(tmp_path / "bad.npz", tmp_path / "out2", default_params().ingest, SALT)
 
 
@@ -458,10 +461,11 @@ def test_nifti_folder_volumes_spacing_and_orientation(tmp_path: Path) -> None:
                          ("series.nii", "normal"), ("cut.nii.gz", "tumour")]])
     result = ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
     assert result.kind == "nifti" and result.class_names == ("normal", "tumour")
-    reasons = {p["file"]: p["reason"] for p in result.problems}
+    reasons = problems_by_file(result.problems, ["series.nii", "cut.nii.gz"], SALT)
     assert set(reasons) == {"series.nii", "cut.nii.gz"}
     assert "4D" in reasons["series.nii"] and "gzip" in reasons["cut.nii.gz"]
-    df = read_manifest(result.manifest).set_index(pd.read_csv(tmp_path / "out" / "sources.csv")["source"].to_numpy())
+    names = {file_pseudonym(n, SALT): n for n in ("a.nii.gz", "b.nii", "flat.nii")}
+    df = read_manifest(result.manifest).set_index(pd.read_csv(tmp_path / "out" / "sources.csv")["source"].map(names).to_numpy())
     a = df.loc["a.nii.gz"]
     assert tuple(a[["ndim", "depth", "height", "width"]]) == (3, 4, 5, 6)
     assert tuple(a[["spacing_d", "spacing_h", "spacing_w"]]) == pytest.approx((2.5, 0.9, 0.8))
@@ -485,3 +489,4 @@ def test_worker_processes_give_the_same_dataset(cohort: Path, tmp_path: Path) ->
         assert (tmp_path / "a" / "images" / name).read_bytes() == (tmp_path / "b" / "images" / name).read_bytes()
     pd.testing.assert_frame_equal(read_manifest(inline.manifest), read_manifest(pooled.manifest))
     assert (tmp_path / "a" / "sources.csv").read_text() == (tmp_path / "b" / "sources.csv").read_text()
+
