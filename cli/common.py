@@ -113,14 +113,20 @@ def print_run_file(find: Callable[[Path, str | None], Path], workspace: Path | N
     print(path)
 
 
-def print_summary(summary: dict[str, Any]) -> None:
-    """The short end-of-run report: data quality, metrics, gate checks, model, production."""
+def print_summary(summary: dict[str, Any], workspace: Path | None = None) -> None:
+    """The short end-of-run report: data quality, metrics, gate checks, model, production; a source's
+    label and file pseudonyms are followed by their paths (the workspace's local map; this terminal only)."""
+    from flows.sources import reveal
+
+    def show(text: str) -> str:
+        return reveal(get_settings(workspace), text)
+
     validation = summary.get("validation", {})
     verdict = "[green]passed[/]" if validation.get("success") else "[red]FAILED[/]"
     console.print(f"\n[bold]medgate run {summary['run_id']}[/] ({summary.get('status')})")
     if "dataset" in summary:
         d = summary["dataset"]
-        console.print(f"dataset: {d['source']} ({d['kind']}), version {d['version']}, {d['images']} images of {d['patients']} patients")
+        console.print(f"dataset: {show(d['source'])} ({d['kind']}), version {d['version']}, {d['images']} images of {d['patients']} patients")
     if validation:
         console.print(f"data quality: {verdict}; report {validation.get('report')}")
     if metrics := summary.get("metrics"):
@@ -147,7 +153,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     if timings := summary.get("timings_s"):
         console.print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in timings.items()) + (f"; reused: {', '.join(summary['stages_reused'])}" if summary.get("stages_reused") else ""))
     if summary.get("error"):
-        console.print(f"[red]error:[/] {summary['error']}")
+        console.print(f"[red]error:[/] {show(summary['error'])}", highlight=False)
     if summary.get("report"):
         console.print(f"report: {summary['report']}")
     console.print(f"summary: {summary.get('summary_path')}")

@@ -25,7 +25,12 @@ import copy
 import hashlib
 import hmac
 import re
+import warnings
+from collections.abc import Iterable
 from functools import cache
+from pathlib import Path
+
+import pydicom
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -181,4 +186,18 @@ def removed_values(ds: Dataset) -> set[str]:
             if action_for(elem.tag) in ("X", "Z", "D", "U") or elem.VR == "PN":
                 values = elem.value if elem.VM > 1 else [elem.value]
                 found.update(text for v in values if (text := str(v or "").strip()) and text not in UID_dictionary)
+    return found
+
+
+def dicom_identifiers(paths: Iterable[Path]) -> set[str]:
+    """`removed_values` of every readable DICOM file among `paths` (headers only; unreadable ones skipped)."""
+    found: set[str] = set()
+    for path in paths:
+        try:
+            with warnings.catch_warnings():  # pydicom's warnings can quote header values
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        except Exception:  # noqa: BLE001 - ingest reports an unreadable file; it stored nothing of it
+            continue
+        found |= removed_values(ds)
     return found

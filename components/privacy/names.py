@@ -5,7 +5,8 @@ artifact, log line, registry row, Prefect name, parameter or tag, or notificatio
 source file by its path:
 
 * a source is named by its label (`source_label`): the name the operator gave (``--name``), a
-  public dataset's own name (``embedded``, ``medmnist:<name>``, a MedMNIST ``<name>.npz``), else
+  public dataset's own name (``embedded``, ``cohort:<name>``, ``medmnist:<name>``, a MedMNIST
+  ``<name>.npz``), else
   ``dataset-`` + a salted pseudonym of its absolute path;
 * a file of a source is named by ``file-`` + a salted pseudonym of its path relative to the source
   (`file_pseudonym`), or by its position (``labels.csv:12``, ``train_images[3]``).
@@ -29,6 +30,7 @@ from components.privacy.deid import pseudonym
 
 EMBEDDED = "embedded"
 MEDMNIST_PREFIX = "medmnist:"
+COHORT_PREFIX = "cohort:"  # the other embedded cohorts (cine, dictation, tones), generated in the workspace
 _MEDMNIST_FILE = re.compile(r"[a-z0-9_]*mnist[a-z0-9_]*\.npz")
 _LABEL = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 FILE_PREFIX, DATASET_PREFIX = "file-", "dataset-"
@@ -44,8 +46,8 @@ def file_pseudonym(rel: str, salt: str) -> str:
 
 
 def is_known(source: str) -> bool:
-    """Whether `source` names a dataset by a public name: the embedded cohort or a MedMNIST dataset."""
-    return source == EMBEDDED or source.startswith(MEDMNIST_PREFIX)
+    """Whether `source` names a dataset by a public name: an embedded cohort or a MedMNIST dataset."""
+    return source == EMBEDDED or source.startswith((MEDMNIST_PREFIX, COHORT_PREFIX))
 
 
 def source_label(source: str, salt: str, name: str | None = None) -> str:
