@@ -153,21 +153,23 @@ def source_identifiers(source: str, settings: Settings, params: Params, class_na
     from components.data.labels import read_labels
     from components.data.manifest import SPLITS
     from components.privacy.deid import dicom_identifiers
-    from components.privacy.names import is_known, path_identifiers, walk_files
+    from components.data.sources import LABELS_FILE, is_labels_file, walk_files
+    from components.privacy.names import is_known, path_identifiers, source_folder
     from components.privacy.phi import load_identifiers
     from components.readers import reader_for_name
 
     try:
-        root = source_path(source, settings, params)
+        path = source_path(source, settings, params)
     except ValueError:
         return {}
+    root = source_folder(path)
     found: dict[str, list[str]] = {}
     if root.is_dir() and (root / IDENTIFIERS_FILE).is_file():
         found.update(load_identifiers(root / IDENTIFIERS_FILE))
     files = walk_files(root) if root.exists() else []
     dicom = [root / rel for rel in files if (reader := reader_for_name(rel)) is not None and reader.name == "dicom"]
     found["header_values"] = sorted(dicom_identifiers(dicom))
-    if (labels := root / "labels.csv").is_file():
+    if (labels := path if is_labels_file(path) else root / LABELS_FILE).is_file():
         try:
             rows = read_labels(labels, params.ingest.key_column)
         except ValueError:  # ingest reported it; nothing of it was stored

@@ -19,13 +19,15 @@ terminal (`reveal`) and to take paths out of any text that leaves the process (`
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from components.data.sources import walk_files
+from components.data.labels import relative_file
+from components.data.sources import LABELS_FILE, is_labels_file, walk_files
 from components.privacy.deid import pseudonym
 
 EMBEDDED = "embedded"
@@ -80,6 +82,21 @@ def path_identifiers(root: Path, files: Iterable[str], public: Iterable[str] = (
     return {p for p in parts if len(p) >= 4 and p.lower() not in skip and not (p.isdigit() and len(p) < 6)}
 
 
+def source_folder(path: Path | str) -> Path:
+    """The folder whose files a source reads: the source itself, or the folder of a labels file (``--labels``)."""
+    path = Path(path)
+    return path.parent if path.suffix.lower() == ".csv" else path
+
+
+def _listed(path: Path) -> list[str]:
+    """The paths the source's labels file lists (a missing file is reported under its pseudonym too)."""
+    try:
+        with open(path if is_labels_file(path) else path / LABELS_FILE, newline="", encoding="utf-8-sig") as f:
+            return [rel for row in csv.DictReader(f) if (rel := relative_file(row.get("path") or "")) is not None]
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
+
+
 class SourceNames:
     """The workspace's local map from labels and file pseudonyms to real paths (mode 0600).
 
@@ -104,7 +121,8 @@ class SourceNames:
         """Record that `label` is the source at `path`, with the pseudonym of each of its files; saved at once."""
         root = Path(path).expanduser().resolve()
         self.sources[label] = str(root)
-        self.files[label] = {file_pseudonym(rel, salt): rel for rel in walk_files(root)} if root.exists() else {}
+        files = walk_files(source_folder(root)) if root.exists() else []
+        self.files[label] = {file_pseudonym(rel, salt): rel for rel in [*files, *_listed(root)]}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -116,9 +134,10 @@ class SourceNames:
         """(real text, its name) for every source and file known, longest real text first."""
         pairs = []
         for label, root in self.sources.items():
-            pairs.append((root, label))
+            folder = str(source_folder(root))
+            pairs += [(root, label), (folder, label)]
             for pseudo, rel in self.files.get(label, {}).items():
-                pairs += [(f"{root}/{rel}", pseudo), (rel, pseudo)]
+                pairs += [(f"{folder}/{rel}", pseudo), (rel, pseudo)]
         return sorted(pairs, key=lambda p: -len(p[0]))
 
     def redact(self, text: str) -> str:
@@ -133,8 +152,8 @@ class SourceNames:
         operator's own terminal only)."""
         def show(match: re.Match[str]) -> str:
             name = match.group(0)
-            real = self.sources.get(name) or next((f"{self.sources[label]}/{files[name]}" for label, files in self.files.items()
-                                                   if name in files), None)
+            real = self.sources.get(name) or next((f"{source_folder(self.sources[label])}/{files[name]}"
+                                                   for label, files in self.files.items() if name in files), None)
             return f"{name} ({real})" if real else name
 
         return re.sub(rf"\b(?:{FILE_PREFIX}[0-9a-f]{{12}}|{DATASET_PREFIX}[0-9a-f]{{10}})\b", show, text)
