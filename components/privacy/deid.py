@@ -175,8 +175,8 @@ def _replace_uid(uid: str, salt: str) -> str:
 
 def removed_values(ds: Dataset) -> set[str]:
     """The original text values `deid_dicom` removes or replaces, at any depth and in the file meta:
-    person names, IDs, UIDs, addresses, free text (dates, times, numbers and codes are too generic to
-    look for, and are left out)."""
+    person names, IDs, UIDs, addresses, free text (dates, times, numbers, codes and IDs of fewer than
+    six digits are too generic to look for, and are left out)."""
     found: set[str] = set()
     meta = getattr(ds, "file_meta", None)
     for dataset in (meta, ds):
@@ -185,7 +185,8 @@ def removed_values(ds: Dataset) -> set[str]:
                 continue
             if action_for(elem.tag) in ("X", "Z", "D", "U") or elem.VR == "PN":
                 values = elem.value if elem.VM > 1 else [elem.value]
-                found.update(text for v in values if (text := str(v or "").strip()) and text not in UID_dictionary)
+                found.update(text for v in values if (text := str(v or "").strip()) and text not in UID_dictionary
+                             and not (text.isdigit() and len(text) < 6))  # a short number occurs anywhere
     return found
 
 

@@ -23,11 +23,12 @@ Output under ``out_dir``, as `components.data.manifest` describes: the manifest,
 
 De-identification: readers return only pseudonyms and derived values (`components.readers.dicom`);
 ``patient_id`` is labels.csv's ``patient_id``, else the header's, else the file's path, pseudonymised.
-No output names a source file by its path, which can carry a patient's name (PACS exports name
-folders after patients): the sources and problems files name each file by its pseudonym
-(`components.privacy.names.file_pseudonym`) or its position (``labels.csv:12``, ``train_images[3]``),
-and errors name the source by its label; the operator's local map (`components.privacy.names.SourceNames`)
-turns them back into paths. The service decodes uploads with the same readers, so training and serving decode identically.
+No output names a source file by its path, which can carry a patient's name: the sources and problems
+files name a file by its pseudonym or position, errors the source by its label (components.privacy.names).
+Files at risk of burned-in text (PNG, JPEG, video; US, SC, XA, OT DICOM without BurnedInAnnotation NO)
+are refused before decoding unless ``cfg.accept_burned_in_risk`` or, for clips, ``cfg.video.mask``
+handles them (components.privacy.burned_in). The service decodes uploads with the same readers, so
+training and serving decode identically.
 
 Throughput: inputs are decoded in chunks of ``cfg.shard_size`` (one shard each) by ``cfg.workers``
 processes; memory holds a few chunks' worth of small records, never the dataset's pixels.
@@ -46,7 +47,7 @@ import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -64,6 +65,7 @@ from components.data.shards import ShardWriter
 from components.data.sources import (
     LABELS_FILE, SUPPORTED_SOURCES, detect_kind, in_class_folders, is_labels_file, listed_candidates, walk_files,
 )
+from components.privacy.burned_in import BurnedInPolicy
 from components.privacy.deid import pseudonym
 from components.privacy.names import file_pseudonym, source_label
 from components.readers import ClipSpec, DecodeLimits, ImageDecodeError, TooLarge, decode
@@ -97,8 +99,7 @@ class _Sink:
     def problem(self, file: str, reason: str, position: bool = False) -> None:
         """A skipped input: the file at `file` (relative to the source), or a `position` such as ``labels.csv:12``."""
         name = file if position else file_pseudonym(file, self.salt)
-        if not position:
-            reason = reason.replace(str(self.src / file), name).replace(file, name)
+        reason = reason if position else reason.replace(str(self.src / file), name).replace(file, name)
         self.problems.append({"file": name, "reason": reason.replace(str(self.src), "<source>")})
 
     def reserve_shards(self, n: int) -> int:
@@ -114,8 +115,7 @@ class _Sink:
 
     def add(self, file: str, columns: dict[str, Any], *, label: str, split: str | None, patient_id: str,
             image_id: str, position: bool = False) -> None:
-        """One manifest row: the file's `columns` (pixels, header), with these ids, label and split; the
-        sources file names the file by its pseudonym, or by its `position` in an archive."""
+        """One manifest row: the file's `columns`, ids, label and split; sources.csv names the file (its pseudonym or `position`)."""
         while image_id in self.image_ids:  # e.g. the same SOP instance copied twice
             image_id = pseudonym(image_id + "/dup", self.salt)
         self.image_ids.add(image_id)
@@ -158,9 +158,9 @@ def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: st
 
     Streams: pixels go to shard files as they are decoded, by ``cfg.workers`` processes; memory
     holds compact manifest rows, not images. Bad inputs (corrupt, truncated or empty files,
-    non-images, missing files or label rows, labels outside ``cfg.class_names``, NaN pixels, cine or
-    burned-in DICOM, 4D NIfTI, files declaring more than ``cfg.limits``, any file a reader fails on)
-    are skipped and listed in problems.json; constant images,
+    non-images, missing files or label rows, labels outside ``cfg.class_names``, NaN pixels, burned-in
+    DICOM, files at a burned-in text risk the settings do not handle, 4D NIfTI, files declaring more
+    than ``cfg.limits``, any file a reader fails on) are skipped and listed in problems.json; constant images,
     duplicates and split leaks are kept for validate to flag. Nothing identifying is logged.
 
     Args:
@@ -276,6 +276,7 @@ class _Reading:
     limits: DecodeLimits  # what a file may declare
     clip: ClipSpec  # how clips are sampled and stored
     audio_rate: int  # Hz recordings are resampled to
+    burned_in: BurnedInPolicy  # which files at risk of burned-in text are taken (the others: refused, never decoded)
 
 
 def _decode_chunk(src: str, files: Sequence[str], out_dir: str, shard: int, salt: str, reading: _Reading,
@@ -286,9 +287,13 @@ def _decode_chunk(src: str, files: Sequence[str], out_dir: str, shard: int, salt
     with ShardWriter(Path(out_dir), shard) as writer:
         for rel in files:
             try:
-                decoded = decode(_read_bounded(Path(src) / rel, reading.limits), salt, reading.limits, reading.clip)
+                data = _read_bounded(Path(src) / rel, reading.limits)
+                risk = reading.burned_in.judge(data)
+                decoded = decode(data, salt, reading.limits, reading.clip)
                 if decoded.kind == "audio":
                     decoded = at_rate(decoded, reading.audio_rate)
+                if risk is not None:
+                    decoded = replace(decoded, columns={**decoded.columns, "burned_in_risk": risk})
             except Exception as exc:  # noqa: BLE001 - one file's failure is reported, never the run's
                 known = isinstance(exc, (ImageDecodeError, OSError))  # their messages say what is wrong
                 why = short_reason(exc) if known else f"{type(exc).__name__}: {short_reason(exc)}"
@@ -316,7 +321,7 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
     the caller may run threads), with at most two chunks per worker in flight."""
     size = max(1, cfg.shard_size)
     reading = _Reading(DecodeLimits(**cfg.limits.model_dump()), ClipSpec.from_dict(cfg.video.model_dump()),
-                       cfg.audio.sample_rate)
+                       cfg.audio.sample_rate, BurnedInPolicy.of(cfg.accept_burned_in_risk, cfg.video.mask))
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
     first = sink.reserve_shards(len(chunks))
     workers = min(_worker_count(cfg), len(chunks))

@@ -29,7 +29,7 @@ from tests.integration.conftest import TINY, make_workspace
 pytestmark = pytest.mark.timeout(600)
 SALT = "test-salt"  # conftest's set_clean_env
 
-CLASSES = {"ingest": {"class_names": ["normal", "lesion"]}}
+CLASSES = {"ingest": {"class_names": ["normal", "lesion"], "accept_burned_in_risk": ["PNG"]}}  # bad PNGs: the decoder's reasons
 # file -> words its reason must contain: every bad input of issue 3, refused at intake.
 SKIPPED = {
     "bad/truncated.dcm": "DICOM",

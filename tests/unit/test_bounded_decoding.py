@@ -131,7 +131,8 @@ def test_ingest_reports_each_bad_file_and_keeps_the_others(tmp_path: Path) -> No
     forged = {"forged.dcm": FORGED["rle-dicom"](), "forged.png": FORGED["png"](),
               "forged.nii.gz": FORGED["nifti-gz"](), "forged.npy": FORGED["npy"]()}
     _folder(tmp_path / "src", {**good, **forged, "spacing.dcm": _one_value_pixel_spacing()})
-    cfg = default_params(ingest={"workers": 1, "limits": {"max_side": 4096}}).ingest
+    # PNG accepted: the forged PNG's reason is then its declared size
+    cfg = default_params(ingest={"workers": 1, "limits": {"max_side": 4096}, "accept_burned_in_risk": ["PNG"]}).ingest
 
     result = ingest_source(tmp_path / "src", tmp_path / "out", cfg, SALT)
 

@@ -29,6 +29,7 @@ from tests.conftest import problems_by_file
 from tests.images import jpeg_bytes, medmnist_npz, npy_bytes, png_bytes
 
 SALT = "unit-test-salt"
+PNG_OK = default_params(ingest={"accept_burned_in_risk": ["PNG", "JPEG"]}).ingest  # tests that read PNG and JPEG
 COHORT = default_params(cohort={"patients": 8, "images_per_patient": 2, "image_size": 32, "seed": 11}).cohort
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -68,9 +69,9 @@ def test_dicom_manifest_columns_dtypes_and_files(ingested) -> None:
     assert result.problems == ()
     assert json.loads((out / "problems.json").read_text()) == []
     df = pd.read_parquet(result.manifest)
-    # 2D: no slice spacing; images: no clip or recording columns
-    assert list(df.columns) == [*MANIFEST_COLUMNS, *[c for c in EXTRA_COLUMNS
-                                                     if c != "spacing_d" and c not in VIDEO_COLUMNS and c not in AUDIO_COLUMNS]]
+    # 2D: no slice spacing; images: no clip or recording columns; CT: no burned-in text risk
+    assert list(df.columns) == [*MANIFEST_COLUMNS, *[c for c in EXTRA_COLUMNS if c not in ("spacing_d", "burned_in_risk")
+                                                     and c not in VIDEO_COLUMNS and c not in AUDIO_COLUMNS]]
     for column, dtype in {**MANIFEST_COLUMNS, **EXTRA_COLUMNS}.items():
         if column in df:
             assert str(df[column].dtype) == dtype, column
@@ -235,7 +236,7 @@ def test_each_bad_input_is_reported_with_file_and_reason(cohort: Path, tmp_path:
     rows.append({"path": "good.dcm", "label": "normal"})
     _write_labels(src, rows)
 
-    result = ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
+    result = ingest_source(src, tmp_path / "out", PNG_OK, SALT)
     reasons = problems_by_file(result.problems, [*listed, "unlisted.dcm"], SALT)
     assert json.loads((tmp_path / "out" / "problems.json").read_text()) == list(result.problems)
     expected = {
@@ -333,12 +334,13 @@ def test_png_folder(tmp_path: Path) -> None:
     src = _image_folder(tmp_path / "src")
     (src / "cat_a" / "fake.png").write_text("not an image")
     (src / "loose.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))
-    result = ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
+    result = ingest_source(src, tmp_path / "out", PNG_OK, SALT)
     assert result.kind == "png" and result.class_names == ("cat_a", "cat_b")
     assert result.num_images == 6 and result.num_patients == 6
     assert set(problems_by_file(result.problems, ["cat_a/fake.png", "loose.png"], SALT)) == {"cat_a/fake.png", "loose.png"}
     df = read_manifest(result.manifest)
-    assert list(df.columns) == list(MANIFEST_COLUMNS)
+    assert list(df.columns) == [*MANIFEST_COLUMNS, "burned_in_risk"]
+    assert df["burned_in_risk"].value_counts().to_dict() == {"PNG": 4, "JPEG": 2}  # accepted at risk, and said so
     shapes = {(r.height, r.width, r.channels) for r in df.itertuples()}
     assert shapes == {(20, 24, 1), (20, 24, 3), (16, 16, 1)}
     for row in df.itertuples():
@@ -347,7 +349,7 @@ def test_png_folder(tmp_path: Path) -> None:
         assert arr.shape == ((row.height, row.width, 3) if row.channels == 3 else (row.height, row.width))
     assert df["split"].isna().all()
 
-    by_prefix = ingest_source(src, tmp_path / "out2", default_params(ingest={"patient_from_filename_prefix": True}).ingest, SALT)
+    by_prefix = ingest_source(src, tmp_path / "out2", PNG_OK.model_copy(update={"patient_from_filename_prefix": True}), SALT)
     assert by_prefix.num_patients == 2
     patients = set(read_manifest(by_prefix.manifest)["patient_id"])
     assert patients == {pseudonym("p1", SALT), pseudonym("p2", SALT)}
@@ -355,7 +357,7 @@ def test_png_folder(tmp_path: Path) -> None:
 
 def test_png_folder_with_split_layout(tmp_path: Path) -> None:
     src = _image_folder(tmp_path / "src", split_layout=True)
-    df = read_manifest(ingest_source(src, tmp_path / "out", default_params().ingest, SALT).manifest)
+    df = read_manifest(ingest_source(src, tmp_path / "out", PNG_OK, SALT).manifest)
     assert df["split"].value_counts().to_dict() == {"train": 6, "test": 6}
     assert set(df["label"]) == {"cat_a", "cat_b"}
 
@@ -489,4 +491,3 @@ def test_worker_processes_give_the_same_dataset(cohort: Path, tmp_path: Path) ->
         assert (tmp_path / "a" / "images" / name).read_bytes() == (tmp_path / "b" / "images" / name).read_bytes()
     pd.testing.assert_frame_equal(read_manifest(inline.manifest), read_manifest(pooled.manifest))
     assert (tmp_path / "a" / "sources.csv").read_text() == (tmp_path / "b" / "sources.csv").read_text()
-

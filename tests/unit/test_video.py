@@ -169,7 +169,8 @@ def test_validate_clip_checks(tmp_path: Path) -> None:
         (src / name).write_bytes(data)
     with open(src / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows([("path", "label"), *[(n, "ab"[k % 2]) for k, n in enumerate(clips)]])
-    result = ingest_source(src, tmp_path / "out", default_params(ingest={"workers": 1}).ingest, SALT)
+    cfg = default_params(ingest={"workers": 1, "accept_burned_in_risk": ["VIDEO"]}).ingest  # synthetic clips: no text
+    result = ingest_source(src, tmp_path / "out", cfg, SALT)
     manifest = read_manifest(result.manifest)
     table = pd.read_csv(tmp_path / "out" / "sources.csv", dtype=str)
     sources = dict(zip(table["image_id"], table["source"], strict=True))
