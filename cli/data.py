@@ -144,7 +144,9 @@ def list_versions(
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Dataset versions in the registry: DVC hash, counts, validation verdict and report."""
+    """Dataset versions in the registry: DVC hash, counts, validation verdict and report (the table shows
+    each label's path beside it, from the workspace's local map)."""
+    from flows.sources import reveal
     from registry import repository as repo
 
     with sessions_for(workspace)() as session:
@@ -161,6 +163,6 @@ def list_versions(
         table.add_column(column)
     for r in rows:
         colour = "green" if r["validation"] == "passed" else "red"
-        table.add_row(str(r["id"]), r["source"], r["version"][:12], r["kind"], str(r["images"]), str(r["patients"] or "-"),
+        table.add_row(str(r["id"]), reveal(get_settings(workspace), r["source"]), r["version"][:12], r["kind"], str(r["images"]), str(r["patients"] or "-"),
                       f"[{colour}]{r['validation']}[/]", r["created_at"][:19], r["report"] or "-")
     console.print(table)

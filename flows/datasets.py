@@ -176,7 +176,7 @@ def source_identifiers(source: str, settings: Settings, params: Params, class_na
             rows = []
         found["label_patient_ids"] = sorted({v for _, row in rows if (v := row.get("patient_id", "").strip())})
     if not is_known(source):
-        found["source_paths"] = sorted(path_identifiers(root, files, public=[*class_names, *SPLITS]))
+        found["source_paths"] = sorted(path_identifiers(root, files, public=[*class_names, *SPLITS, source]))
     return found
 
 

@@ -73,13 +73,17 @@ def source_label(source: str, salt: str, name: str | None = None) -> str:
 def path_identifiers(root: Path, files: Iterable[str], public: Iterable[str] = ()) -> set[str]:
     """The components of the source's folder name and of its files' relative paths (with and without
     suffix) that could name a patient, for the PHI scan; `public` are names the data itself stores
-    (class and split folder names)."""
+    (class and split folder names, the dataset's label)."""
     skip = _COMMON_PARTS | {p.lower() for p in public}
     parts = {root.name, Path(root.name).stem}
     for rel in files:
         for part in PurePosixPath(rel).parts:
             parts |= {part, PurePosixPath(part).stem}
-    return {p for p in parts if len(p) >= 4 and p.lower() not in skip and not (p.isdigit() and len(p) < 6)}
+    def specific(part: str) -> bool:
+        stem = PurePosixPath(part).stem
+        return len(stem) >= 4 and not (stem.isdigit() and len(stem) < 6) and not {part.lower(), stem.lower()} & skip
+
+    return {p for p in parts if specific(p)}
 
 
 def source_folder(path: Path | str) -> Path:
