@@ -84,7 +84,10 @@ def remember_seen(state_dir: Path, source: str, fingerprint: Fingerprint, run_id
 
 @task(name="fingerprint", task_run_name="fingerprint-{label}")
 def fingerprint_task(path: Path, label: str) -> Fingerprint:
-    return source_fingerprint(path)
+    try:
+        return source_fingerprint(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{label}: source not found") from None  # Prefect keeps the message: no path
 
 
 @flow(name=WATCH_FLOW, flow_run_name=lambda: f"watch-{_source_label()}")
