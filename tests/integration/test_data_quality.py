@@ -226,3 +226,31 @@ def test_names_in_source_paths_are_stored_nowhere(tmp_path: Path, prefect_api, c
     assert label in run.name and f"dataset:{label}" in run.tags
     assert [t for t in stored for n in names if n.decode() in t] == []
     get_settings.cache_clear()
+
+
+@pytest.mark.slow
+def test_a_pacs_export_trains_and_serves_without_its_names(tmp_path: Path, prefect_api, clean_env) -> None:
+    """The whole flow on a PACS-style source: the model card (also in the model store and the Bento), the
+    registry and every workspace file but the local map name it by its label only."""
+    from flows.datasets import scan_run
+    from flows.pipeline import training_flow
+    from flows.settings import get_settings
+    from flows.sources import SOURCE_NAMES, register_source
+
+    src, names = _pacs_export(tmp_path / "export")
+    ws = make_workspace(tmp_path / "ws", TINY)
+    settings = get_settings(ws)
+    label = register_source(settings, str(src), "pacs-export")
+    summary = training_flow(source=label, workspace=str(ws))
+    assert summary["status"] == "completed" and summary["gate"]["promote"], summary.get("error")
+    assert summary["model_name"] == "pacs-export" and summary["phi_scan"]["clean"]
+    card = Path(summary["model_card"]).read_text()
+    assert "pacs-export" in card and not any(n.decode() in card for n in names)
+    leaks = [(f.relative_to(ws).as_posix(), n.decode()) for f in _stored_files(ws, settings.state_dir / SOURCE_NAMES)
+             for n in names if n in f.read_bytes()]
+    assert leaks == []
+    model_tag = json.loads(medgate(ws, "models", "show", "1", "--json").stdout)["lineage"]["model_tag"]
+    scan = scan_run(settings, {"source_paths": ["DOE_John_123456"], "parts": ["John", "123456"]},
+                    Path(summary["summary_path"]).parent, model_tag, summary["bento_tag"])  # the model store entry and the Bento too
+    assert scan.clean, scan.findings
+    get_settings.cache_clear()
