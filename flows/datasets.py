@@ -13,6 +13,7 @@ from prefect.tasks import exponential_backoff
 
 from components.config import Params
 from components.data.artifacts import IngestedDataset, ValidationResult
+from components.privacy.names import COHORT_PREFIX, EMBEDDED
 from components.stages.gate import Check
 from flows.caching import cached_ingest, ingest_key, remember_ingest
 from flows.settings import Settings
@@ -23,12 +24,12 @@ from flows.workspace import INGEST_DIR, pipeline_stages, stage_dir, track_datase
 if TYPE_CHECKING:
     from components.privacy.phi import PhiScan
 
-DEFAULT_SOURCE = "embedded"
+DEFAULT_SOURCE = EMBEDDED
 DEFAULT_COHORT_DIR = "data/source/default-cohort"  # where the embedded cohort is generated, in the workspace
-CINE_SOURCE = "cohort:cine"  # the embedded cine cohort (components.demo.cine)
+CINE_SOURCE = f"{COHORT_PREFIX}cine"  # the embedded cine cohort (components.demo.cine)
 CINE_COHORT_DIR = "data/source/cine-cohort"
 # The embedded audio cohorts (components.demo.dictation): source name -> spoken (espeak-ng) or tones.
-AUDIO_COHORTS = {"cohort:dictation": True, "cohort:tones": False}
+AUDIO_COHORTS = {f"{COHORT_PREFIX}dictation": True, f"{COHORT_PREFIX}tones": False}
 IDENTIFIERS_FILE = "identifiers.json"  # written by components.demo.cohort: the fake identifiers in its headers
 # Memos in the workspace's state folder (.medgate): contents the PHI scan found clean (components.privacy.phi),
 # the last outcomes of the validation suites (components.stages.validate) and the run report's last charts
@@ -136,7 +137,7 @@ def source_path(source: str, settings: Settings, params: Params) -> Path:
     if source == CINE_SOURCE:
         return settings.workspace / CINE_COHORT_DIR
     if source in AUDIO_COHORTS:
-        return settings.workspace / "data/source" / f"{source.removeprefix('cohort:')}-cohort"
+        return settings.workspace / "data/source" / f"{source.removeprefix(COHORT_PREFIX)}-cohort"
     if (registered := registered_path(settings, source)) is not None:
         return registered
     if source.startswith(MEDMNIST_PREFIX):

@@ -27,11 +27,11 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from components.data.labels import relative_file
+from components.data.medmnist import MEDMNIST_PREFIX
 from components.data.sources import LABELS_FILE, is_labels_file, walk_files
 from components.privacy.deid import pseudonym
 
-EMBEDDED = "embedded"
-MEDMNIST_PREFIX = "medmnist:"
+EMBEDDED = "embedded"  # the embedded synthetic CT cohort (components.demo), the flows' default source
 COHORT_PREFIX = "cohort:"  # the other embedded cohorts (cine, dictation, tones), generated in the workspace
 _MEDMNIST_FILE = re.compile(r"[a-z0-9_]*mnist[a-z0-9_]*\.npz")
 _LABEL = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
