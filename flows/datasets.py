@@ -19,7 +19,7 @@ from flows.caching import cached_ingest, ingest_key, remember_ingest
 from flows.settings import Settings
 from flows.sources import SOURCE_NAMES, registered_path
 from flows.stages import dvc_status_task
-from flows.workspace import INGEST_DIR, pipeline_stages, stage_dir, track_dataset, tracked_version
+from flows.workspace import INGEST_DIR, PROJECT_ROOT, pipeline_stages, stage_dir, track_dataset, tracked_version
 
 if TYPE_CHECKING:
     from components.privacy.phi import PhiScan
@@ -148,8 +148,8 @@ def source_path(source: str, settings: Settings, params: Params) -> Path:
 def source_identifiers(source: str, settings: Settings, params: Params, class_names: Sequence[str] = ()) -> dict[str, list[str]]:
     """What the PHI scan looks for in a run's artifacts, by kind: the header values de-identification
     removes from the source's DICOM files (components.privacy.deid.removed_values), labels.csv's
-    patient ids, the path components of a source named by its path (not those of a public dataset,
-    nor its class and split folder names), and the fake identifiers of a folder with identifiers.json
+    patient ids, the path components of the image files of a source named by its path (not those of a
+    public dataset, nor its class and split folder names), and the fake identifiers of a folder with identifiers.json
     (the embedded cohort). Read from the source now, kept in memory only."""
     from components.data.labels import read_labels
     from components.data.manifest import SPLITS
@@ -167,7 +167,8 @@ def source_identifiers(source: str, settings: Settings, params: Params, class_na
     found: dict[str, list[str]] = {}
     if root.is_dir() and (root / IDENTIFIERS_FILE).is_file():
         found.update(load_identifiers(root / IDENTIFIERS_FILE))
-    files = walk_files(root) if root.exists() else []
+    # The files ingest reads (a reader claims them by name): not labels.csv, identifiers.json or notes.
+    files = [rel for rel in (walk_files(root) if root.exists() else []) if reader_for_name(rel) is not None]
     dicom = [root / rel for rel in files if (reader := reader_for_name(rel)) is not None and reader.name == "dicom"]
     found["header_values"] = sorted(dicom_identifiers(dicom))
     if (labels := path if is_labels_file(path) else root / LABELS_FILE).is_file():
@@ -215,8 +216,9 @@ def scan_run(settings: Settings, identifiers: Path | Mapping[str, Sequence[str]]
 
         paths += [Path(bentoml.models.get(model_tag).path)] if model_tag else []
         paths += [Path(bentoml.get(bento_tag).path)] if bento_tag else []
-    # The generator's source defines the fake sites and physicians; a Bento carries a copy of it.
-    allowed = [Path(components.demo.cohort.__file__)]
+    # The project's own code (a Bento carries copies) holds no patient's data, though its words may
+    # spell a folder's name; the cohort generator's defines the fake sites and physicians.
+    allowed = [Path(components.demo.cohort.__file__), *(p for pkg in ("components", "services") for p in (PROJECT_ROOT / pkg).rglob("*.py"))]
     if isinstance(identifiers, Path):
         identifiers = load_identifiers(identifiers)
     return scan_artifacts(paths, identifiers, databases=databases, allowed_files=allowed, texts=texts,
