@@ -155,7 +155,7 @@ def source_identifiers(source: str, settings: Settings, params: Params, class_na
     from components.data.manifest import SPLITS
     from components.privacy.deid import dicom_identifiers
     from components.data.sources import LABELS_FILE, is_labels_file, walk_files
-    from components.privacy.names import is_known, path_identifiers, source_folder
+    from components.privacy.names import is_known, path_identifiers, project_words, source_folder
     from components.privacy.phi import load_identifiers
     from components.readers import reader_for_name
 
@@ -178,7 +178,9 @@ def source_identifiers(source: str, settings: Settings, params: Params, class_na
             rows = []
         found["label_patient_ids"] = sorted({v for _, row in rows if (v := row.get("patient_id", "").strip())})
     if not is_known(source):
-        found["source_paths"] = sorted(path_identifiers(root, files, public=[*class_names, *SPLITS, source]))
+        # Class and split folders, the label and the pipeline's own words are what the artifacts say anyway.
+        public = [*class_names, *SPLITS, source, *project_words(PROJECT_ROOT)]
+        found["source_paths"] = sorted(path_identifiers(root, files, public=public))
     return found
 
 

@@ -86,6 +86,20 @@ def path_identifiers(root: Path, files: Iterable[str], public: Iterable[str] = (
     return {p for p in parts if specific(p)}
 
 
+def project_words(root: Path) -> frozenset[str]:
+    """The words of the project's own code and params (lower case): what its artifacts say of
+    themselves (``audio``, ``patients``, ``frames``...), so a folder of that name cannot be told apart
+    from the pipeline's own text and is not sought by the PHI scan."""
+    files = [*(p for package in ("components", "flows", "services", "cli") for p in (root / package).rglob("*.py")
+               if "demo" not in p.parts),  # the embedded cohorts' generators write fake names and voices
+             root / "params.yaml"]
+    words: set[str] = set()
+    for path in files:
+        if path.is_file():
+            words.update(re.findall(r"[a-z0-9_]+", path.read_text(encoding="utf-8", errors="replace").lower()))
+    return frozenset(words)
+
+
 def source_folder(path: Path | str) -> Path:
     """The folder whose files a source reads: the source itself, or the folder of a labels file (``--labels``)."""
     path = Path(path)

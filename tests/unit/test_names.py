@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from components.privacy.names import SourceNames, file_pseudonym, path_identifiers, source_label
+from components.privacy.names import SourceNames, file_pseudonym, path_identifiers, project_words, source_label
 from components.privacy.phi import scan_artifacts
+from tests.conftest import PROJECT
 
 pytestmark = pytest.mark.unit
 SALT = "names-salt"
@@ -59,3 +60,13 @@ def test_path_components_are_sought_as_whole_words(tmp_path: Path) -> None:
     (out / "leak.csv").write_text("image_id,source\nabc,DOE_John_123456/IM000001.dcm\n")
     scan = scan_artifacts([out], {"source_paths": sorted(parts)}, relative_to=out)
     assert {f.file for f in scan.findings} == {"leak.csv"}
+
+
+def test_folders_named_like_the_pipelines_own_words_are_not_sought(tmp_path: Path) -> None:
+    """A recordings folder called ``audio`` or ``patients`` is what reports and summaries say anyway
+    (a run would fail on its own words); a patient's folder is still sought."""
+    words = project_words(PROJECT)
+    assert {"audio", "patients", "frames"} <= words and not {"doe_john_123456", "john", "smith"} & words
+    parts = path_identifiers(tmp_path / "export", ["audio/a0001.wav", "patients/DOE_John_123456/IM000001.dcm"],
+                             public=words)
+    assert "DOE_John_123456" in parts and not {"audio", "patients"} & parts
