@@ -72,9 +72,10 @@ def throughput(files: list[Path], spec: Any) -> dict[str, float]:
 def task_source(task: str, root: Path) -> Path:
     """A folder holding the task's labels.csv beside a link to the clips (the shared data stays read-only)."""
     folder = root / f"source-{task}"
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "lus_videos").exists():
-        (folder / "lus_videos").symlink_to(DATA / "lus_videos")
+    (folder / "lus_videos").mkdir(parents=True, exist_ok=True)
+    for clip in (DATA / "lus_videos").glob("*.mp4"):  # file links: ingest walks real folders only
+        if not (folder / "lus_videos" / clip.name).exists():
+            (folder / "lus_videos" / clip.name).symlink_to(clip)
     with open(DATA / ("labels.csv" if task == "pcr" else "labels_severity.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
