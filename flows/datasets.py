@@ -153,8 +153,8 @@ def source_identifiers(source: str, settings: Settings, params: Params, class_na
     (the embedded cohort). Read from the source now, kept in memory only."""
     from components.data.labels import read_labels
     from components.data.manifest import SPLITS
-    from components.privacy.deid import dicom_identifiers
     from components.data.sources import LABELS_FILE, is_labels_file, walk_files
+    from components.privacy.deid import dicom_identifiers
     from components.privacy.names import is_known, path_identifiers, project_words, source_folder
     from components.privacy.phi import load_identifiers
     from components.readers import reader_for_name

@@ -6,8 +6,7 @@ source file by its path:
 
 * a source is named by its label (`source_label`): the name the operator gave (``--name``), a
   public dataset's own name (``embedded``, ``cohort:<name>``, ``medmnist:<name>``, a MedMNIST
-  ``<name>.npz``), else
-  ``dataset-`` + a salted pseudonym of its absolute path;
+  ``<name>.npz``), else ``dataset-`` + a salted pseudonym of its absolute path;
 * a file of a source is named by ``file-`` + a salted pseudonym of its path relative to the source
   (`file_pseudonym`), or by its position (``labels.csv:12``, ``train_images[3]``).
 
