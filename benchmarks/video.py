@@ -73,9 +73,10 @@ def throughput(files: list[Path], spec: Any, limits: Any) -> dict[str, float]:
 def task_source(task: str, root: Path) -> Path:
     """A folder holding the task's labels.csv beside a link to the clips (the shared data stays read-only)."""
     folder = root / f"source-{task}"
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "lus_videos").exists():
-        (folder / "lus_videos").symlink_to(DATA / "lus_videos")
+    (folder / "lus_videos").mkdir(parents=True, exist_ok=True)
+    for clip in (DATA / "lus_videos").glob("*.mp4"):  # file links: ingest walks real folders only
+        if not (folder / "lus_videos" / clip.name).exists():
+            (folder / "lus_videos" / clip.name).symlink_to(clip)
     with open(DATA / ("labels.csv" if task == "pcr" else "labels_severity.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
@@ -161,7 +162,10 @@ def main() -> None:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
     params = load_params(PROJECT / "params.yaml")
-    params = type(params).model_validate(merged(params.model_dump(by_alias=True), overrides))
+    # COVID-BLUES is a public research release without names or direct identifiers (its PROVENANCE.md):
+    # its MP4 clips' risk of burned-in text is accepted, as a dataset's params.yaml would (`--set` can change it).
+    params = type(params).model_validate(merged(params.model_dump(by_alias=True),
+                                                merged({"ingest": {"accept_burned_in_risk": ["VIDEO"]}}, overrides)))
 
     from components.readers import ClipSpec, DecodeLimits
     from components.stages.ingest import ingest_source

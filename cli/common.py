@@ -121,14 +121,20 @@ def counted(n: int, source_kind: str) -> str:
     return f"{n} {ITEM_NOUNS.get(source_kind, 'images')}"
 
 
-def print_summary(summary: dict[str, Any]) -> None:
-    """The short end-of-run report: data quality, metrics, gate checks, model, production."""
+def print_summary(summary: dict[str, Any], workspace: Path | None = None) -> None:
+    """The short end-of-run report: data quality, metrics, gate checks, model, production; a source's
+    label and file pseudonyms are followed by their paths (the workspace's local map; this terminal only)."""
+    from flows.sources import reveal
+
+    def show(text: str) -> str:
+        return reveal(get_settings(workspace), text)
+
     validation = summary.get("validation", {})
     verdict = "[green]passed[/]" if validation.get("success") else "[red]FAILED[/]"
     console.print(f"\n[bold]medgate run {summary['run_id']}[/] ({summary.get('status')})")
     if "dataset" in summary:
         d = summary["dataset"]
-        console.print(f"dataset: {d['source']} ({d['kind']}), version {d['version']}, {counted(d['images'], d['kind'])} of {d['patients']} patients")
+        console.print(f"dataset: {show(d['source'])} ({d['kind']}), version {d['version']}, {counted(d['images'], d['kind'])} of {d['patients']} patients")
     if validation:
         console.print(f"data quality: {verdict}; report {validation.get('report')}")
     if metrics := summary.get("metrics"):
@@ -158,7 +164,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     if timings := summary.get("timings_s"):
         console.print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in timings.items()) + (f"; reused: {', '.join(summary['stages_reused'])}" if summary.get("stages_reused") else ""))
     if summary.get("error"):
-        console.print(f"[red]error:[/] {summary['error']}")
+        console.print(f"[red]error:[/] {show(summary['error'])}", highlight=False)
     if summary.get("report"):
         console.print(f"report: {summary['report']}")
     console.print(f"summary: {summary.get('summary_path')}")

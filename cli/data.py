@@ -6,6 +6,7 @@ import json
 import secrets
 import tempfile
 from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ def validate(
     workspace: Path | None = WorkspaceOpt,
     keep: bool = typer.Option(False, "--keep", help="Keep the ingested manifest and images beside the report."),
     labels: str | None = typer.Option(None, "--labels", help="Another labels file (CSV, same columns as labels.csv) in the SOURCE folder."),
+    name: str | None = typer.Option(None, "--name", help="The dataset's name in the stored report and summary (default: a salted pseudonym of its path)."),
 ) -> None:
     """Ingest SOURCE and validate it, nothing else: no dataset version, no training.
 
@@ -41,11 +43,11 @@ def validate(
     from flows.drift import drift_against, production_baseline
     from flows.logs import library_log
     from flows.pipeline import model_name_for
+    from flows.sources import reveal
 
-    if labels:
-        from cli.retrain import resolve_source
+    from cli.retrain import resolve_source
 
-        source = resolve_source(source, labels)
+    label = resolve_source(source, labels, workspace, name)  # exits 2 when the source cannot be found
     settings = get_settings(workspace)
     if (settings.workspace / "params.yaml").is_file():
         params = load_params(settings.workspace / "params.yaml")
@@ -56,41 +58,42 @@ def validate(
     run_dir = settings.runs_dir / run_id
     log = run_dir / LIBRARY_LOG
     try:
-        path = source_files(source, settings, params)
+        path = source_files(label, settings, params)
         if not path.exists():
-            raise ValueError(f"{source}: no such file or folder")
+            raise ValueError(f"{label}: no such file or folder")
         with tempfile.TemporaryDirectory(prefix="medgate-intake-") as scratch, library_log(log):
             out = run_dir / "ingest" if keep else Path(scratch) / "ingest"
-            dataset = ingest_source(path, out, params.ingest, salt=settings.deid_salt, show_progress=True)
-            name = model_name_for(source, params)
+            dataset = ingest_source(path, out, params.ingest, salt=settings.deid_salt, show_progress=True, label=label)
+            model = model_name_for(label, params)
             with sessions_for(workspace)() as session:
-                baseline = production_baseline(session, name)
-            drift, note = drift_against(settings, params, name, baseline, dataset.manifest)
+                baseline = production_baseline(session, model)
+            drift, note = drift_against(settings, params, model, baseline, dataset.manifest)
             result = validate_manifest(
                 dataset.manifest, params.validate_, run_dir / "validate", list(dataset.problems),
                 class_names=params.ingest.class_names, drift=drift, drift_note=note,
                 window=(params.prepare.window_level, params.prepare.window_width),
             )
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {reveal(settings, str(exc))}", highlight=False)
         _print_log(log)
         raise typer.Exit(2) from None
     report = json.loads(result.report_json.read_text())
     summary = {
-        "run_id": run_id, "kind": "data-validate", "source": source, "status": "completed" if result.success else "failed",
+        "run_id": run_id, "kind": "data-validate", "source": label, "status": "completed" if result.success else "failed",
         "dataset": {"kind": dataset.kind, "images": dataset.num_images, "patients": dataset.num_patients,
                     "skipped_inputs": len(dataset.problems), "manifest": str(dataset.manifest) if keep else None},
         "validation": {"success": result.success, "verdict": report["verdict"], "report": str(result.report_html),
                        "failed_expectations": list(result.failed_expectations), "warnings": list(result.warnings)},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    _print_validation(report, dataset.kind, dataset.num_images, result.report_html)
+    _print_validation(report, dataset.kind, dataset.num_images, result.report_html, lambda text: reveal(settings, text))
     _print_log(log)
     if not result.success:
         raise typer.Exit(EXIT_BLOCKED)
 
 
-def _print_validation(report: dict[str, Any], kind: str, images: int, html_path: Path) -> None:
+def _print_validation(report: dict[str, Any], kind: str, images: int, html_path: Path, show: Callable[[str], str]) -> None:
+    """The verdict, failed checks and skipped inputs; `show` adds the real path to a file's pseudonym (this terminal only)."""
     colour = {"failed": "red", "passed with warnings": "yellow"}.get(report["verdict"], "green")
     console.print(f"data quality: [{colour}]{report['verdict'].upper()}[/] ({kind}, {counted(images, kind)})")
     for o in report["expectations"]:
@@ -99,14 +102,14 @@ def _print_validation(report: dict[str, Any], kind: str, images: int, html_path:
         tag = "[red]BLOCKING[/]" if o["severity"] == "blocking" else "[yellow]warning[/]"
         console.print(f"{tag} {o['check']}: {o['expectation']} - observed {o['observed']}", highlight=False, soft_wrap=True)
         for file in o["offending"][:LISTED]:
-            console.print(f"    {file}", highlight=False, markup=False, soft_wrap=True)
+            console.print(f"    {show(str(file))}", highlight=False, markup=False, soft_wrap=True)
         if len(o["offending"]) > LISTED:
             console.print(f"    ... and {len(o['offending']) - LISTED} more in the report")
     skipped = report["skipped_inputs"]
     if skipped:
         console.print(f"skipped at intake ({len(skipped)}):")
         for p in skipped:
-            console.print(f"    {p['file']}: {p['reason']}", highlight=False, markup=False, soft_wrap=True)
+            console.print(f"    {show(p['file'])}: {p['reason']}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"report: {html_path}", highlight=False, soft_wrap=True)
 
 
@@ -145,7 +148,9 @@ def list_versions(
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Dataset versions in the registry: DVC hash, counts, validation verdict and report."""
+    """Dataset versions in the registry: DVC hash, counts, validation verdict and report (the table shows
+    each label's path beside it, from the workspace's local map)."""
+    from flows.sources import reveal
     from registry import repository as repo
 
     with sessions_for(workspace)() as session:
@@ -162,6 +167,6 @@ def list_versions(
         table.add_column(column)
     for r in rows:
         colour = "green" if r["validation"] == "passed" else "red"
-        table.add_row(str(r["id"]), r["source"], r["version"][:12], r["kind"], str(r["images"]), str(r["patients"] or "-"),
+        table.add_row(str(r["id"]), reveal(get_settings(workspace), r["source"]), r["version"][:12], r["kind"], str(r["images"]), str(r["patients"] or "-"),
                       f"[{colour}]{r['validation']}[/]", r["created_at"][:19], r["report"] or "-")
     console.print(table)

@@ -21,20 +21,28 @@ from flows.settings import get_settings
 EXIT_BUSY = 4
 WaitOpt = typer.Option(0.0, "--wait", help="Seconds to wait for another run on this workspace to finish (default: refuse at once).")
 JsonOpt = typer.Option(False, "--json", help="Print the run's summary as JSON, and nothing else, on stdout (progress and messages on stderr).")
+NameOpt = typer.Option(None, "--name", help="The dataset's name in every stored place (registry, reports, Prefect, notifications); default: a salted pseudonym of its path, which can carry a patient's name.")
 
 
-def resolve_source(dataset: str | None, labels: str | None = None) -> str:
-    """The flow's `source` for a --dataset value: the embedded cohort, or an existing path, resolved.
+def resolve_source(dataset: str | None, labels: str | None = None, workspace: Path | None = None,
+                   name: str | None = None) -> str:
+    """The flow's `source` for a --dataset value: an embedded cohort, ``medmnist:<name>``, or the label of
+    an existing path (`name`, else a salted pseudonym of the path, which can carry a patient's name),
+    recorded in the workspace's local map (flows.sources); a label an earlier run registered stays as it is.
 
     With `labels` (--labels FILE), the source is that labels file inside the dataset folder, which
     ingest reads in place of its labels.csv."""
     from flows.datasets import CINE_SOURCE
     from flows.pipeline import DEFAULT_SOURCE
+    from flows.sources import register_source, registered_path
 
-    if labels and (not dataset or not Path(dataset).expanduser().is_dir()):
+    settings = get_settings(workspace)
+    known = registered_path(settings, dataset) if dataset else None  # a label of an earlier run (retrain)
+    folder = known if known is not None else Path(dataset).expanduser() if dataset else None
+    if labels and (folder is None or not folder.is_dir()):
         console.print("[red]error:[/] --labels needs --dataset naming a folder")
         raise typer.Exit(2)
-    if not dataset:
+    if not dataset or dataset == DEFAULT_SOURCE:
         return DEFAULT_SOURCE
     if dataset.startswith("medmnist:"):  # resolved in the data root by the flow (flows.datasets.source_path)
         return dataset
@@ -55,23 +63,31 @@ def resolve_source(dataset: str | None, labels: str | None = None) -> str:
                 console.print(f"[red]error:[/] {exc}")
                 raise typer.Exit(2)
         return dataset
-    path = Path(dataset).expanduser()
+    assert folder is not None
+    path = folder
     if labels:
         path = path / labels
         if path.suffix.lower() != ".csv" or not path.is_file():
-            console.print(f"[red]error:[/] --labels {labels}: no such .csv file in {dataset}")
+            console.print(f"[red]error:[/] --labels {labels}: no such .csv file in {dataset}", highlight=False)
             raise typer.Exit(2)
     if not path.exists():
-        console.print(f"[red]error:[/] dataset {dataset}: no such file or folder")
+        console.print(f"[red]error:[/] dataset {dataset}: no such file or folder", highlight=False)
         raise typer.Exit(2)
-    return str(path.resolve())
+    if known is not None and not labels and not name:
+        return dataset
+    try:
+        return register_source(settings, str(path.resolve()), name)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
 
 
 @contextmanager
-def flow_errors() -> Iterator[None]:
+def flow_errors(workspace: Path | None = None) -> Iterator[None]:
     """Exit 3 on failed validation, 4 on a busy workspace, 1 on any other failure, saying which."""
     from flows.lock import WorkspaceBusy
     from flows.pipeline import ValidationFailed
+    from flows.sources import reveal
 
     try:
         yield
@@ -81,8 +97,8 @@ def flow_errors() -> Iterator[None]:
     except WorkspaceBusy as exc:
         console.print(f"[red]refused[/]: {exc}")
         raise typer.Exit(EXIT_BUSY)
-    except Exception as exc:  # the flow already recorded the failure; say what and where
-        console.print(f"[red]run failed[/]: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # the flow already recorded the failure; say what and where (paths shown here only)
+        console.print(f"[red]run failed[/]: {reveal(get_settings(workspace), f'{type(exc).__name__}: {exc}')}", highlight=False)
         raise typer.Exit(1)
 
 
@@ -100,14 +116,14 @@ def launch(source: Callable[[], str], workspace: Path | None, trigger: str, wait
         source_path = source()
         from flows.retrain import run_training
 
-        with flow_errors():
+        with flow_errors(workspace):
             if api is not None:
                 api.wait_ready()
             summary = run_training(source_path, str(workspace) if workspace else None, trigger, wait_s)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
     else:
-        print_summary(summary)
+        print_summary(summary, workspace)
     return summary
 
 
@@ -129,11 +145,13 @@ def training_command(trigger: str, default_source: Callable[[Path | None], str |
     def command(
         dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help=dataset_help),
         labels: Optional[str] = typer.Option(None, "--labels", help="Another labels file (CSV, same columns as labels.csv) in the --dataset folder."),
+        name: Optional[str] = NameOpt,
         workspace: Optional[Path] = WorkspaceOpt,
         wait: float = WaitOpt,
         as_json: bool = JsonOpt,
     ) -> None:
-        launch(lambda: resolve_source(dataset or default_source(workspace), labels), workspace, trigger, wait, as_json)
+        launch(lambda: resolve_source(dataset or default_source(workspace), labels, workspace, name), workspace, trigger,
+               wait, as_json)
 
     command.__doc__ = doc
     return command
@@ -180,7 +198,7 @@ def schedule(
             console.print("[red]error:[/] give --cron EXPR (or set retrain.cron in params.yaml)")
             raise typer.Exit(2)
         _check_cron(expr)
-        serve_deployments(retrain_deployment(ws, resolve_source(dataset), expr))
+        serve_deployments(retrain_deployment(ws, resolve_source(dataset, workspace=workspace), expr))
     except NoPrefectServer as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2)
@@ -226,22 +244,22 @@ def watch(
     from components.config import load_params
     from flows.retrain import NoPrefectServer, serve_deployments, watch_deployment, watch_flow
 
-    path = Path(resolve_source(source))
+    label = resolve_source(source, workspace=workspace)
     ws = get_settings(workspace).workspace
     every = interval if interval is not None else load_params(ws / "params.yaml").retrain.watch_interval_s
     if serve:
         try:
-            serve_deployments(watch_deployment(ws, str(path), every))
+            serve_deployments(watch_deployment(ws, label, every))
         except NoPrefectServer as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2)
         return
-    console.print(f"watching {path} every {every:.0f} s (content hash); Ctrl-C to stop")
+    console.print(f"watching {source} ({label}) every {every:.0f} s (content hash); Ctrl-C to stop", highlight=False)
     while True:
         try:
-            outcome = watch_flow(str(path), str(ws))
+            outcome = watch_flow(label, str(ws))
             if outcome["changed"]:
-                print_summary(outcome["run"])
+                print_summary(outcome["run"], workspace)
         except Exception as exc:  # one failed run must not end the watch; it is recorded and retried
             console.print(f"[red]run failed[/]: {type(exc).__name__}: {exc}")
             if once:
@@ -289,12 +307,12 @@ def sweep(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2)
     ws = get_settings(workspace).workspace
-    with flow_errors():
-        result = configured(sweep_flow, ws)(resolve_source(dataset), str(ws), axes, wait)
+    with flow_errors(workspace):
+        result = configured(sweep_flow, ws)(resolve_source(dataset, workspace=workspace), str(ws), axes, wait)
     table = Table(title=f"sweep: {len(result['trials'])} trials, best {result['best']['overrides']}")
     for column in ("trial", "overrides", "validation AUC", "best epoch"):
         table.add_column(column)
     for t in result["trials"]:
         table.add_row(str(t["trial"]), json.dumps(t["overrides"]), f"{t['val_auc']:.4f}", str(t["best_epoch"]))
     console.print(table)
-    print_summary(result["run"])
+    print_summary(result["run"], workspace)

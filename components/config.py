@@ -59,6 +59,11 @@ class AudioCohortConfig(_Section):
     seed: int
 
 
+# What can put an input at risk of burned-in text (components.privacy.burned_in); ingest.accept_burned_in_risk names them.
+BURNED_IN_MODALITIES: tuple[str, ...] = ("US", "SC", "XA", "OT")
+BURNED_IN_RISKS: tuple[str, ...] = ("PNG", "JPEG", "VIDEO", *BURNED_IN_MODALITIES)
+
+
 class CohortConfig(_Section):
     """The embedded synthetic CT cohort (the default dataset), the cine cohort and the audio cohorts beside it."""
 
@@ -119,6 +124,19 @@ class IngestConfig(_Section):
     limits: LimitsConfig
     video: VideoConfig
     audio: AudioIngestConfig
+    # What puts an image at risk of text burned into its pixels, which header de-identification cannot
+    # remove (components.privacy.burned_in): PNG, JPEG, VIDEO (MP4/MOV/AVI) or a DICOM modality of
+    # US, SC, XA, OT without BurnedInAnnotation NO. Such files are refused unless their risk is listed
+    # here, e.g. [PNG, US]; a clip is also taken when `video.mask` blacks out a region in every frame.
+    accept_burned_in_risk: tuple[str, ...]
+
+    @field_validator("accept_burned_in_risk")
+    @classmethod
+    def _known_risks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        risks = tuple(v.strip().upper() for v in value)
+        if unknown := [v for v in risks if v not in BURNED_IN_RISKS]:
+            raise ValueError(f"unknown burned-in text risk(s) {unknown}: use {', '.join(BURNED_IN_RISKS)}")
+        return risks
 
 
 Severity = Literal["blocking", "warning"]

@@ -23,7 +23,7 @@ from prefect.runtime import flow_run
 from components.config import Params, load_params
 from components.data.artifacts import IngestedDataset, ValidationResult
 from flows.caching import push_key, pushed_already, remember_push
-from flows.datasets import DEFAULT_SOURCE, identifiers_for, ingest_and_version, phi_scan_task, validate_task
+from flows.datasets import DEFAULT_SOURCE, ingest_and_version, phi_scan_task, validate_task
 from flows.drift import drift_task, production_baseline, read_retraining
 from flows.gate import GateOutcome, gate_task, prepared_data_version, read_champion
 from flows.lock import WorkspaceLock, workspace_lock
@@ -32,6 +32,7 @@ from flows.packaging import package_task, smoke_test_task
 from flows.promotion import promote_task
 from flows.recording import RunRecorder, recording, without_none
 from flows.settings import Settings, get_settings
+from flows.sources import label_of, register_source
 from flows.stages import (
     baseline_task, dvc_status_task, evaluate_task, prepare_task, push_task, read_evaluation, train_task, weights_sha256,
 )
@@ -64,7 +65,8 @@ class ValidationFailed(RuntimeError):
 
 
 def model_name_for(source: str, params: Params) -> str:
-    """The registry name of models trained on `source`: params' package.model_name, else from the source."""
+    """The registry name of models trained on `source` (a label, flows.sources): params' package.model_name,
+    else from the label."""
     if params.package.model_name:
         return params.package.model_name
     if source == DEFAULT_SOURCE:
@@ -74,9 +76,10 @@ def model_name_for(source: str, params: Params) -> str:
 
 
 def _flow_run_name() -> str:
-    """`<trigger>-<dataset>`, e.g. `retrain-pneumoniamnist.npz`: what started the run, on what."""
+    """`<trigger>-<dataset label>`, e.g. `retrain-pneumoniamnist`: what started the run, on what (never a path)."""
     p = flow_run.parameters
-    return f"{p.get('trigger', 'manual')}-{Path(str(p.get('source') or DEFAULT_SOURCE)).name}"
+    settings = get_settings(Path(p["workspace"]) if p.get("workspace") else None)
+    return f"{p.get('trigger', 'manual')}-{label_of(settings, str(p.get('source') or DEFAULT_SOURCE))}"
 
 
 @flow(name="training-flow", flow_run_name=_flow_run_name)
@@ -85,11 +88,15 @@ def training_flow(
 ) -> dict[str, Any]:
     """Take `source` through every stage; returns the run summary (also written to summary.json).
 
+    `source` is a label (flows.sources.register_source: what the commands pass, so that Prefect keeps
+    no path), a public dataset's name, or a path, which is registered under its label first: every
+    stored place names the source by its label.
     One run at a time per workspace (flows.lock): another waits up to `lock_wait_s` seconds,
     then is refused with WorkspaceBusy before it records anything.
     """
     settings = get_settings(Path(workspace) if workspace else None)
     ensure_workspace(settings.workspace)
+    source = register_source(settings, source)
     with workspace_lock(settings.state_dir, f"{trigger} run of {source}", wait_s=lock_wait_s) as lock:
         return _run_training(source, settings, trigger, lock)
 
@@ -102,12 +109,12 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
     label_flow_run(name, source, trigger)
     with recording(settings, params, name, trigger, lock) as record:
         dataset, version, up_to_date = _ingest(source, settings, params, record)
-        identifiers = _validate(source, settings, params, record, dataset, version)
+        _validate(source, settings, params, record, dataset, version)
         _reproduce(settings, params, record, up_to_date)
         outcome = _gate(settings, params, record, version)
         if outcome is not None:  # else this very model is production under this policy: nothing to register or build
             outcome, model_tag, bento_tag = _package(settings, params, record, outcome, version)
-            _promote(settings, record, outcome, identifiers, model_tag, bento_tag)
+            _promote(settings, params, record, outcome, (source, dataset.class_names), model_tag, bento_tag)
     return record.summary
 
 
@@ -123,9 +130,9 @@ def _ingest(source: str, settings: Settings, params: Params, record: RunRecorder
 
 def _validate(
     source: str, settings: Settings, params: Params, record: RunRecorder, dataset: IngestedDataset, version: str
-) -> Path | None:
+) -> None:
     """drift -> validate -> phi_scan of the dataset: stops the run on failed expectations or a
-    patient identifier found. Returns the source's identifier list, if it has one."""
+    patient identifier found."""
     baseline = record.read(production_baseline, record.name)
     drift, drift_note = record.timed(drift_task, settings, params, record.name, baseline, dataset.manifest)
     validation = record.timed(validate_task, dataset, params, record.run_dir / "validate", settings.state_dir, drift, drift_note)
@@ -134,14 +141,13 @@ def _validate(
         raise ValidationFailed(validation)
     if validation.suites_reused:
         record.reused("validate")
-    # Identifiers the source is known to hold (the embedded cohort's): none may reach the dataset
-    # or its report before anything trains on them, nor any artifact before promotion (phi_scan again).
-    if (identifiers := identifiers_for(source, settings, params)) is not None:
-        _, scan = record.timed(phi_scan_task, settings, identifiers, record.run_dir, None, None)
-        record.phi_scanned(scan)
-        if not scan["clean"]:
-            raise PhiFound(scan)
-    return identifiers
+    # The source's identifiers (header values, path components: flows.datasets.source_identifiers): none
+    # may reach the dataset or its report before anything trains on them, nor any artifact before
+    # promotion (phi_scan again).
+    _, scan = record.timed(phi_scan_task, settings, params, source, dataset.class_names, record.run_dir, None, None)
+    record.phi_scanned(scan)
+    if not scan["clean"]:
+        raise PhiFound(scan)
 
 
 def _reproduce(settings: Settings, params: Params, record: RunRecorder, up_to_date: bool) -> None:
@@ -223,14 +229,14 @@ def _package(
 
 
 def _promote(
-    settings: Settings, record: RunRecorder, outcome: GateOutcome, identifiers: Path | None, model_tag: str | None, bento_tag: str | None
+    settings: Settings, params: Params, record: RunRecorder, outcome: GateOutcome, source: tuple[str, tuple[str, ...]],
+    model_tag: str | None, bento_tag: str | None,
 ) -> None:
-    """phi_scan of every artifact (when the source has identifiers) -> promote (or reject) the candidate;
-    the run then fails when an identifier was found."""
-    if identifiers is not None:
-        phi_check, scan = record.timed(phi_scan_task, settings, identifiers, record.run_dir, model_tag, bento_tag)
-        record.phi_scanned(scan)
-        outcome = outcome.with_check(phi_check)
+    """phi_scan of every artifact for the identifiers of `source` (its label and class names) -> promote
+    (or reject) the candidate; the run then fails when an identifier was found."""
+    phi_check, scan = record.timed(phi_scan_task, settings, params, *source, record.run_dir, model_tag, bento_tag)
+    record.phi_scanned(scan)
+    outcome = outcome.with_check(phi_check)
     record.timed(promote_task, record, outcome, bento_tag)
     get_run_logger().info("gate: %s", outcome.decision.reason)
     if not record.summary.get("phi_scan", {}).get("clean", True):

@@ -36,6 +36,7 @@ from flows.lock import WorkspaceLock, close_interrupted_run
 from flows.logs import library_logs_to
 from flows.notify import publish_run
 from flows.settings import Settings
+from flows.sources import redact
 from flows.workspace import StageRun, stage_dir
 from registry import repository as repo
 from registry.db import ensure_schema, make_session_factory
@@ -265,7 +266,8 @@ class RunRecorder:
                 self.summary["awaiting_approval"] = self.model_version
 
     def failed(self, exc: Exception) -> None:
-        self.summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        """The run failed with `exc`: its text, with any source path replaced by its label (flows.sources)."""
+        self.summary.update(status="failed", error=redact(self.settings, f"{type(exc).__name__}: {exc}"))
 
     def finish(self) -> None:
         """Write the summary (with stage seconds and, when evaluate ran, the run report) and finish the registry run."""

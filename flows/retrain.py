@@ -31,7 +31,9 @@ from components.config import load_params
 from flows.caching import Fingerprint, source_fingerprint
 from flows.distributed import configured
 from flows.pipeline import DEFAULT_SOURCE, ValidationFailed, model_name_for, training_flow
+from flows.datasets import source_path
 from flows.settings import get_settings
+from flows.sources import label_of, register_source
 
 WATCH_STATE = "watch.json"
 RETRAIN_FLOW, WATCH_FLOW = "retrain-flow", "watch-flow"
@@ -48,7 +50,10 @@ def run_training(source: str, workspace: str | None, trigger: str, lock_wait_s: 
 
 
 def _source_label() -> str:
-    return Path(str(flow_run.parameters.get("source") or DEFAULT_SOURCE)).name
+    """The label of the run's source (flows.sources): a flow run's name never holds a path."""
+    p = flow_run.parameters
+    settings = get_settings(Path(p["workspace"]) if p.get("workspace") else None)
+    return label_of(settings, str(p.get("source") or DEFAULT_SOURCE))
 
 
 @flow(name=RETRAIN_FLOW, flow_run_name=lambda: f"{flow_run.parameters.get('trigger', 'schedule')}-{_source_label()}")
@@ -77,14 +82,18 @@ def remember_seen(state_dir: Path, source: str, fingerprint: Fingerprint, run_id
     os.replace(tmp, state_dir / WATCH_STATE)
 
 
-@task(name="fingerprint", task_run_name="fingerprint-{source}")
-def fingerprint_task(source: str) -> Fingerprint:
-    return source_fingerprint(Path(source))
+@task(name="fingerprint", task_run_name="fingerprint-{label}")
+def fingerprint_task(path: Path, label: str) -> Fingerprint:
+    try:
+        return source_fingerprint(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{label}: source not found") from None  # Prefect keeps the message: no path
 
 
 @flow(name=WATCH_FLOW, flow_run_name=lambda: f"watch-{_source_label()}")
 def watch_flow(source: str, workspace: str | None = None, lock_wait_s: float | None = None) -> dict[str, Any]:
-    """Start a retraining run of `source` if its content changed since the last look, else nothing.
+    """Start a retraining run of `source` (a label or a path, flows.sources) if its content changed
+    since the last look, else nothing.
 
     The new fingerprint is remembered once a run has judged that content (completed, or stopped
     at validation); a run that failed for another reason (a busy workspace, a crash) leaves it
@@ -95,8 +104,9 @@ def watch_flow(source: str, workspace: str | None = None, lock_wait_s: float | N
     """
     logger = get_run_logger()
     settings = get_settings(Path(workspace) if workspace else None)
-    source = str(Path(source).expanduser().resolve())
-    fingerprint = fingerprint_task(source)
+    params = load_params(settings.workspace / "params.yaml")
+    source = register_source(settings, source)  # its label from here on: logs and watch.json hold no path
+    fingerprint = fingerprint_task(source_path(source, settings, params), source)
     previous = read_seen(settings.state_dir).get(source)
     outcome: dict[str, Any] = {"source": source, "changed": False, "fingerprint": asdict(fingerprint), "previous": previous, "run": None}
     if previous and previous.get("digest") == fingerprint.digest:
@@ -104,7 +114,7 @@ def watch_flow(source: str, workspace: str | None = None, lock_wait_s: float | N
         return outcome
     logger.info("%s: content changed (%d files, sha256 %s): retraining", source, fingerprint.files, fingerprint.digest[:12])
     outcome["changed"] = True
-    wait_s = lock_wait_s if lock_wait_s is not None else load_params(settings.workspace / "params.yaml").retrain.lock_wait_s
+    wait_s = lock_wait_s if lock_wait_s is not None else params.retrain.lock_wait_s
     try:
         outcome["run"] = run_training(source, str(settings.workspace), "data-change", wait_s)
     except ValidationFailed:
@@ -137,7 +147,7 @@ def deployment_name(workspace: Path, purpose: str) -> str:
 
 
 def retrain_deployment(workspace: Path, source: str, cron: str) -> Any:
-    """A deployment of `retrain_flow` on `cron`, tagged with its dataset and model name."""
+    """A deployment of `retrain_flow` on `cron`, tagged with its dataset and model name (`source`: a label)."""
     from prefect.deployments.runner import EntrypointType
 
     params = load_params(workspace / "params.yaml")
@@ -152,7 +162,7 @@ def retrain_deployment(workspace: Path, source: str, cron: str) -> Any:
 
 
 def watch_deployment(workspace: Path, source: str, interval_s: float) -> Any:
-    """A deployment of `watch_flow` every `interval_s` seconds."""
+    """A deployment of `watch_flow` every `interval_s` seconds (`source`: a label)."""
     from prefect.deployments.runner import EntrypointType
 
     params = load_params(workspace / "params.yaml")

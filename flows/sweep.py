@@ -36,6 +36,7 @@ from flows.distributed import configured
 from flows.lock import workspace_lock
 from flows.pipeline import ValidationFailed, training_flow
 from flows.settings import get_settings
+from flows.sources import register_source
 from flows.stages import prepare_task
 from flows.workspace import stage_dir, tool_env
 
@@ -135,6 +136,7 @@ def sweep_flow(source: str, workspace: str, grid: dict[str, list[Any]], lock_wai
     logger = get_run_logger()
     ws = get_settings(Path(workspace)).workspace
     sweep_dir = ws / "runs" / "sweeps" / uuid.uuid4().hex[:8]
+    source = register_source(get_settings(ws), source)  # its label from here on (flows.sources)
     with workspace_lock(ws / ".medgate", f"sweep of {len(trials_of(grid))} trials on {source}", wait_s=lock_wait_s):
         params = load_params(ws / "params.yaml")
         _prepare(source, str(ws), params)

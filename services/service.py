@@ -202,7 +202,7 @@ class Classifier:
         self.max_upload_bytes = SETTINGS.max_upload_bytes
         self.max_batch_images = SETTINGS.max_batch_images
         self.limits = decode_limits(SETTINGS.input_shape, SETTINGS.decode_side_multiple, SETTINGS.max_decoded_bytes,
-                                    SETTINGS.max_upload_seconds if self.card.preprocessing.clip or self.card.audio else 0.0)
+                                    SETTINGS.max_upload_seconds if self.card.audio or self.card.preprocessing.clip else 0.0)
         # Uploads this worker decodes at once: with the limits, what bounds its decoded memory.
         self.decoding = anyio.CapacityLimiter(SETTINGS.decode_threads)
         self.model_cards = {

@@ -1,6 +1,7 @@
 """Shared test set-up: offline settings, a BentoML store of the session's own, and the tiers by folder."""
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,12 @@ def shared_file(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent: the real MedMNIST files live in ../shared/data beside the project")
     return path
+
+
+def problems_by_file(problems: Iterable[Mapping[str, str]], files: Iterable[str], salt: str) -> dict[str, str]:
+    """{file: reason} of ingest's problems, each file pseudonym turned back into the file of `files` it names
+    (positions such as ``labels.csv:3`` stay as they are)."""
+    from components.privacy.names import file_pseudonym
+
+    names = {file_pseudonym(f, salt): f for f in files}
+    return {names.get(p["file"], p["file"]): p["reason"] for p in problems}

@@ -56,6 +56,10 @@ EXTRA_COLUMNS: dict[str, str] = {
     "site": "string", "sex": "string", "age_band": "string", "scanner": "string", "modality": "string",
     "photometric": "string",
     "spacing_d": "float64", "spacing_h": "float64", "spacing_w": "float64",  # mm between slices, rows, columns
+    # Why the pixels may carry burned-in text and how that was handled (components.privacy.burned_in):
+    # PNG, JPEG, VIDEO or a DICOM modality accepted by ingest.accept_burned_in_risk, with " masked"
+    # when ingest.video.mask blacked out its regions; absent for images at no such risk.
+    "burned_in_risk": "string",
     # Clips (video files, DICOM cine; stored (frames sampled, H, W)): the source clip's frame count,
     # frame rate, seconds, frame size in pixels and codec (or DICOM transfer syntax).
     # Nullable integers ("Int64"): a dataset may mix clips and images, which validate then flags.

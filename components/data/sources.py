@@ -57,7 +57,9 @@ def in_class_folders(name: str) -> bool:
 
 
 def walk_files(root: Path) -> list[str]:
-    """Relative posix paths of the non-hidden files under root, sorted."""
+    """Relative posix paths of the non-hidden files under root, sorted (a file: its own name)."""
+    if root.is_file():
+        return [root.name]
     found = []
     for p in root.rglob("*"):
         rel = p.relative_to(root)

@@ -51,7 +51,8 @@ def cine_bytes(frames: np.ndarray, *, fps: float, modality: str = "US", syntax: 
         modality: US, XA or MR (its multi-frame SOP class).
         syntax: ``explicit``, ``rle`` or ``jpeg`` (baseline, lossy).
         uid_prefix: derive UIDs deterministically from this text (None: random UIDs).
-        extra: more header attributes by keyword (e.g. ``BurnedInAnnotation``).
+        extra: more header attributes by keyword. BurnedInAnnotation is NO (nothing is drawn into
+            the frames) unless `extra` sets it (None: absent, as many ultrasound exports leave it).
     """
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
     colour = frames.ndim == 4
@@ -75,8 +76,12 @@ def cine_bytes(frames: np.ndarray, *, fps: float, modality: str = "US", syntax: 
         ds.PlanarConfiguration = 0
     ds.BitsAllocated = ds.BitsStored = 8
     ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.BurnedInAnnotation = "NO"
     for keyword, value in (extra or {}).items():
-        setattr(ds, keyword, value)
+        if value is None:
+            ds.pop(keyword, None)
+        else:
+            setattr(ds, keyword, value)
     if syntax == "explicit":
         ds.PixelData = frames.tobytes()
     elif syntax == "rle":

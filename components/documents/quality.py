@@ -44,6 +44,7 @@ def render_report(summary: dict[str, Any], manifest: pd.DataFrame, load: ImageLo
     counts = [f"{stats['rows']} images of {stats['patients']} patients",
               f"{len(stats['class_counts'])} classes",
               f"{stats['skipped_inputs']} input(s) skipped at intake"]
+    counts += _burned_in_lines(stats.get("burned_in_risk") or {})
     headline = "".join(f"<li>{e(x)}</li>" for x in summary["failed_expectations"]) or "<li>none</li>"
     warn_list = "".join(f"<li>{e(x)}</li>" for x in summary["warnings"]) or "<li>none</li>"
     pictures = _pictures(manifest, load, cfg, window)
@@ -187,3 +188,22 @@ def _short(value: Any) -> str:
         return f"{value:.4g}"
     text = str(value) if value is not None else "-"
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _burned_in_lines(risks: dict[str, int]) -> list[str]:
+    """What the report says of the files taken despite a risk of burned-in text (the manifest's
+    ``burned_in_risk`` counts: ``PNG``, or ``VIDEO masked`` for a clip the mask covered)."""
+    masked = {k.removesuffix(" masked"): v for k, v in risks.items() if k.endswith(" masked")}
+    accepted = {k: v for k, v in risks.items() if not k.endswith(" masked")}
+
+    def listed(counts: dict[str, int]) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+
+    lines = []
+    if accepted:
+        lines.append(f"{sum(accepted.values())} file(s) that may carry burned-in text accepted by "
+                     f"ingest.accept_burned_in_risk ({listed(accepted)}); no OCR checked them")
+    if masked:
+        lines.append(f"{sum(masked.values())} clip(s) that may carry burned-in text taken with ingest.video.mask "
+                     f"blacking out its regions in every frame ({listed(masked)}); no OCR checked the rest of each frame")
+    return lines

@@ -1,8 +1,10 @@
 """phi: prove that a run stored no patient identifiers, by scanning its artifacts for known ones.
 
-The embedded default cohort writes the fake identifiers it put in its DICOM headers to
-``identifiers.json`` (components.demo.cohort); `scan_artifacts` looks for every one of them in every
-file of a run's artifacts, case-insensitively, in what a reader of each file would see:
+Every run's scan looks for its source's identifiers (flows.datasets.source_identifiers: the header
+values de-identification removes, the path components of a source named by its path, and, for the
+embedded default cohort, the fake identifiers it lists in ``identifiers.json``);
+`scan_artifacts` looks for every one of them in every file of a run's artifacts, case-insensitively,
+in what a reader of each file would see:
 
 * zip containers (image shards, torch checkpoints) member by member, gzip decompressed;
 * Parquet as its decoded column values (its pages are compressed, so raw bytes could hide a value);
@@ -42,6 +44,9 @@ from typing import Any
 from components.data.artifacts import read_keyed_json, write_json_atomically
 
 MIN_LENGTH = 4  # shorter identifiers would match by chance
+# Kinds sought as whole words (no letter or digit on either side): a folder or file name such as
+# ``case-000`` must not be found inside ``case-0001``, nor ``site-a`` in the pseudonym ``site-a3f...``.
+WHOLE_WORD_KINDS = frozenset({"source_paths"})
 _MAX_DEPTH = 2  # containers inside containers
 
 
@@ -102,17 +107,20 @@ class _Needles:
 
     def kinds_in(self, blob: bytes) -> set[str]:
         low = blob.lower()
-        return {kind for needle, kind in self.items if _occurs(low, needle)}
+        return {kind for needle, kind in self.items if _occurs(low, needle, kind in WHOLE_WORD_KINDS)}
 
 
-def _occurs(blob: bytes, needle: bytes) -> bool:
+def _occurs(blob: bytes, needle: bytes, whole_word: bool = False) -> bool:
     start = blob.find(needle)
-    if not needle.isdigit():
+    if not needle.isdigit() and not whole_word:
         return start >= 0
-    while start >= 0:  # digits only: not part of a longer number
+    while start >= 0:  # digits only: not part of a longer number; a whole word: no letter or digit around it
         before = blob[start - 1:start]
         after = blob[start + len(needle):start + len(needle) + 1]
-        if not (before.isdigit() or before == b".") and not after.isdigit():
+        if whole_word:
+            if not before.isalnum() and not after.isalnum():
+                return True
+        elif not (before.isdigit() or before == b".") and not after.isdigit():
             return True
         start = blob.find(needle, start + 1)
     return False

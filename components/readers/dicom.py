@@ -71,6 +71,18 @@ def _frames(ds: Dataset) -> int:
         return 1
 
 
+def refuse_identifying_pixels(ds: Dataset) -> None:
+    """Refuse pixels the header says identify the patient (de-identification acts on the header only).
+
+    Raises:
+        ImageDecodeError: BurnedInAnnotation or RecognizableVisualFeatures is YES.
+    """
+    if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
+        raise ImageDecodeError("DICOM BurnedInAnnotation is YES: text in the pixels may identify the patient")
+    if str(ds.get("RecognizableVisualFeatures", "") or "").strip().upper() == "YES":
+        raise ImageDecodeError("DICOM RecognizableVisualFeatures is YES: the pixels show features that may identify the patient")
+
+
 def is_cine(ds: Dataset) -> bool:
     """Whether a DICOM header describes a cine loop (frames over time) rather than an image or volume:
     several frames that are colour, of a modality other than CT/MR/PT/NM, or with a frame time or
@@ -111,10 +123,9 @@ def cine_to_clip(ds: Dataset, file: io.BytesIO, spec: ClipSpec,
 
     Raises:
         TooLarge: declared frames, size or duration over `limits`.
-        ImageDecodeError: BurnedInAnnotation YES, a palette-colour loop, undecodable pixel data.
+        ImageDecodeError: BurnedInAnnotation or RecognizableVisualFeatures YES, a palette-colour loop, undecodable pixel data.
     """
-    if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
-        raise ImageDecodeError("DICOM BurnedInAnnotation is YES: text in the pixels may identify the patient")
+    refuse_identifying_pixels(ds)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric == "PALETTE COLOR":
         raise ImageDecodeError("PALETTE COLOR DICOM is not supported: its pixel values are palette indices")
@@ -153,13 +164,13 @@ def dicom_to_array(ds: Dataset, limits: DecodeLimits | None) -> np.ndarray:
 
     Raises:
         NotAClipModel: a cine loop (`is_cine`; `cine_to_clip` reads those).
-        ImageDecodeError: no pixel data, BurnedInAnnotation YES (the pixels themselves may carry
-            identifiers), a palette-colour image, or pixel data that cannot be decoded.
+        ImageDecodeError: no pixel data, BurnedInAnnotation or RecognizableVisualFeatures YES (the
+            pixels themselves may identify the patient), a palette-colour image, or pixel data that
+            cannot be decoded.
     """
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageDecodeError("DICOM has no pixel data (truncated file or not an image object)")
-    if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
-        raise ImageDecodeError("DICOM BurnedInAnnotation is YES: text in the pixels may identify the patient")
+    refuse_identifying_pixels(ds)
     frames = _frames(ds)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()

@@ -23,8 +23,12 @@ Output under ``out_dir``, as `components.data.manifest` describes: the manifest,
 
 De-identification: readers return only pseudonyms and derived values (`components.readers.dicom`);
 ``patient_id`` is labels.csv's ``patient_id``, else the header's, else the file's path, pseudonymised.
-Source paths appear only in the sources and problems files (so that a report can name the file to
-fix). The service decodes uploads with the same readers, so training and serving decode identically.
+No output names a source file by its path, which can carry a patient's name: the sources and problems
+files name a file by its pseudonym or position, errors the source by its label (components.privacy.names).
+Files at risk of burned-in text (PNG, JPEG, video; US, SC, XA, OT DICOM without BurnedInAnnotation NO)
+are refused before decoding unless ``cfg.accept_burned_in_risk`` or, for clips, ``cfg.video.mask``
+handles them (components.privacy.burned_in). The service decodes uploads with the same readers, so
+training and serving decode identically.
 
 Throughput: inputs are decoded in chunks of ``cfg.shard_size`` (one shard each) by ``cfg.workers``
 processes; memory holds a few chunks' worth of small records, never the dataset's pixels.
@@ -43,7 +47,7 @@ import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -61,7 +65,9 @@ from components.data.shards import ShardWriter
 from components.data.sources import (
     LABELS_FILE, SUPPORTED_SOURCES, detect_kind, in_class_folders, is_labels_file, listed_candidates, walk_files,
 )
+from components.privacy.burned_in import BurnedInPolicy
 from components.privacy.deid import pseudonym
+from components.privacy.names import file_pseudonym, source_label
 from components.readers import ClipSpec, DecodeLimits, ImageDecodeError, TooLarge, decode
 from components.readers.audio import at_rate
 from components.readers.base import check_array, short_reason
@@ -83,34 +89,38 @@ class _Sink:
     out_dir: Path
     salt: str
     sources: Any  # csv writer of the sources file
+    src: Path = Path(".")  # the source folder: its path is taken out of every problem's reason
     allowed_labels: frozenset[str] | None = None
     problems: list[dict[str, str]] = field(default_factory=list)
     image_ids: set[str] = field(default_factory=set)
     rows: ManifestRows = field(default_factory=ManifestRows)
     shards: int = 0
 
-    def problem(self, file: str, reason: str) -> None:
-        self.problems.append({"file": file, "reason": reason})
+    def problem(self, file: str, reason: str, position: bool = False) -> None:
+        """A skipped input: the file at `file` (relative to the source), or a `position` such as ``labels.csv:12``."""
+        name = file if position else file_pseudonym(file, self.salt)
+        reason = reason if position else reason.replace(str(self.src / file), name).replace(file, name)
+        self.problems.append({"file": name, "reason": reason.replace(str(self.src), "<source>")})
 
     def reserve_shards(self, n: int) -> int:
         first = self.shards
         self.shards += n
         return first
 
-    def label_allowed(self, file: str, label: str) -> bool:
+    def label_allowed(self, file: str, label: str, position: bool = False) -> bool:
         if self.allowed_labels is not None and label not in self.allowed_labels:
-            self.problem(file, f"label {label!r} is not one of ingest.class_names")
+            self.problem(file, f"label {label!r} is not one of ingest.class_names", position)
             return False
         return True
 
     def add(self, file: str, columns: dict[str, Any], *, label: str, split: str | None, patient_id: str,
-            image_id: str) -> None:
-        """One manifest row: the file's `columns` (pixels, header), with these ids, label and split."""
+            image_id: str, position: bool = False) -> None:
+        """One manifest row: the file's `columns`, ids, label and split; sources.csv names the file (its pseudonym or `position`)."""
         while image_id in self.image_ids:  # e.g. the same SOP instance copied twice
             image_id = pseudonym(image_id + "/dup", self.salt)
         self.image_ids.add(image_id)
         self.rows.append({**columns, "image_id": image_id, "patient_id": patient_id, "label": label, "split": split})
-        self.sources.writerow([image_id, file])
+        self.sources.writerow([image_id, file if position else file_pseudonym(file, self.salt)])
 
 
 class _Progress:
@@ -143,14 +153,14 @@ def _progress(show: bool, description: str) -> Iterator[_Progress]:
 
 
 def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: str,
-                  show_progress: bool = False) -> IngestedDataset:
+                  show_progress: bool = False, label: str | None = None) -> IngestedDataset:
     """Ingest a source into ``out_dir`` (see the module docstring for kinds and outputs).
 
     Streams: pixels go to shard files as they are decoded, by ``cfg.workers`` processes; memory
     holds compact manifest rows, not images. Bad inputs (corrupt, truncated or empty files,
-    non-images, missing files or label rows, labels outside ``cfg.class_names``, NaN pixels, cine or
-    burned-in DICOM, 4D NIfTI, files declaring more than ``cfg.limits``, any file a reader fails on)
-    are skipped and listed in problems.json; constant images,
+    non-images, missing files or label rows, labels outside ``cfg.class_names``, NaN pixels, burned-in
+    DICOM, files at a burned-in text risk the settings do not handle, 4D NIfTI, files declaring more
+    than ``cfg.limits``, any file a reader fails on) are skipped and listed in problems.json; constant images,
     duplicates and split leaks are kept for validate to flag. Nothing identifying is logged.
 
     Args:
@@ -160,25 +170,38 @@ def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: st
         cfg: the ingest section of params.yaml.
         salt: secret key of the pseudonyms (same salt, same pseudonyms).
         show_progress: draw a progress bar (counts only, no file names).
+        label: the source's name in the record and in messages (default: `source_label`).
 
     Returns:
         The IngestedDataset record.
 
     Raises:
         ValueError: unsupported or missing source (the message lists what is supported), an empty
-            salt, a labels.csv without the needed columns, or nothing usable left after skipping.
+            salt, a labels.csv without the needed columns, an unreadable folder, or nothing usable
+            left after skipping; the message names the source by its label, never its path.
     """
+    if not salt:
+        raise ValueError("ingest needs a non-empty salt: pseudonyms without a secret key can be reversed")
+    label = label or source_label(str(source), salt)
+    try:
+        return _ingest(source, Path(out_dir), cfg, salt, show_progress, label)
+    except (ValueError, OSError) as exc:
+        message = str(exc).replace(str(Path(source)), label)
+        if is_labels_file(Path(source)):  # its folder's path too
+            message = message.replace(str(Path(source).parent), label)
+        raise ValueError(message) from None
+
+
+def _ingest(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: str, show_progress: bool,
+            label: str) -> IngestedDataset:
     if isinstance(source, str) and source.startswith(MEDMNIST_PREFIX):
         raise ValueError(f"{source}: resolve medmnist:<name> to its .npz path (resolve_medmnist) before ingest; "
                          f"supported: {'; '.join(SUPPORTED_SOURCES)}")
     src = Path(source)
-    if not salt:
-        raise ValueError("ingest needs a non-empty salt: pseudonyms without a secret key can be reversed")
     if not src.exists():
         raise ValueError(f"{src}: source does not exist; supported: {'; '.join(SUPPORTED_SOURCES)}")
     kind = detect_kind(src)
     src, labels_file = (src.parent, src.name) if is_labels_file(src) else (src, LABELS_FILE)
-    out_dir = Path(out_dir)
     _check_out_dir(src, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out_dir / "images", ignore_errors=True)  # a previous ingest's outputs, never another's
@@ -188,7 +211,7 @@ def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: st
             _progress(show_progress, f"ingest {kind}") as progress:
         writer = csv.writer(sources_file, lineterminator="\n")
         writer.writerow(["image_id", "source"])
-        sink = _Sink(out_dir, salt, writer,
+        sink = _Sink(out_dir, salt, writer, src,
                      allowed_labels=frozenset(cfg.class_names) if cfg.class_names else None)
         if kind in ("dicom", "nifti", "video", "audio"):
             _ingest_labelled_folder(src, labels_file, cfg, sink, progress)
@@ -198,14 +221,14 @@ def ingest_source(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: st
             _ingest_npz(src, cfg, sink, progress)
 
     (out_dir / PROBLEMS_FILE).write_text(json.dumps(sink.problems, indent=1) + "\n")
-    return _write_manifest(sink, src, str(source), kind, cfg)
+    return _write_manifest(sink, label, kind, cfg)
 
 
-def _write_manifest(sink: _Sink, src: Path, source: str, kind: str, cfg: IngestConfig) -> IngestedDataset:
+def _write_manifest(sink: _Sink, source: str, kind: str, cfg: IngestConfig) -> IngestedDataset:
     manifest = sink.rows.frame()
     if manifest.empty:
         first = f"; first: {sink.problems[0]['file']}: {sink.problems[0]['reason']}" if sink.problems else ""
-        raise ValueError(f"{src}: no usable images ({len(sink.problems)} problems{first})")
+        raise ValueError(f"{source}: no usable images ({len(sink.problems)} problems{first})")
     class_names = tuple(cfg.class_names) if cfg.class_names else order_class_names(manifest["label"].astype(str))
     # The class order travels with the manifest (parquet metadata): prepare indexes labels by it.
     manifest.attrs[CLASS_NAMES_ATTR] = list(class_names)
@@ -253,6 +276,7 @@ class _Reading:
     limits: DecodeLimits  # what a file may declare
     clip: ClipSpec  # how clips are sampled and stored
     audio_rate: int  # Hz recordings are resampled to
+    burned_in: BurnedInPolicy  # which files at risk of burned-in text are taken (the others: refused, never decoded)
 
 
 def _decode_chunk(src: str, files: Sequence[str], out_dir: str, shard: int, salt: str, reading: _Reading,
@@ -263,9 +287,13 @@ def _decode_chunk(src: str, files: Sequence[str], out_dir: str, shard: int, salt
     with ShardWriter(Path(out_dir), shard) as writer:
         for rel in files:
             try:
-                decoded = decode(_read_bounded(Path(src) / rel, reading.limits), salt, reading.limits, reading.clip)
+                data = _read_bounded(Path(src) / rel, reading.limits)
+                risk = reading.burned_in.judge(data)
+                decoded = decode(data, salt, reading.limits, reading.clip)
                 if decoded.kind == "audio":
                     decoded = at_rate(decoded, reading.audio_rate)
+                if risk is not None:
+                    decoded = replace(decoded, columns={**decoded.columns, "burned_in_risk": risk})
             except Exception as exc:  # noqa: BLE001 - one file's failure is reported, never the run's
                 known = isinstance(exc, (ImageDecodeError, OSError))  # their messages say what is wrong
                 why = short_reason(exc) if known else f"{type(exc).__name__}: {short_reason(exc)}"
@@ -293,7 +321,7 @@ def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, p
     the caller may run threads), with at most two chunks per worker in flight."""
     size = max(1, cfg.shard_size)
     reading = _Reading(DecodeLimits(**cfg.limits.model_dump()), ClipSpec.from_dict(cfg.video.model_dump()),
-                       cfg.audio.sample_rate)
+                       cfg.audio.sample_rate, BurnedInPolicy.of(cfg.accept_burned_in_risk, cfg.video.mask))
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
     first = sink.reserve_shards(len(chunks))
     workers = min(_worker_count(cfg), len(chunks))
@@ -378,7 +406,7 @@ def _match_rows(src: Path, rows: list[LabelRow], by_key: dict[str, str], key: st
         if key == "path":
             normalised = relative_file(ref)
             if normalised is None:
-                sink.problem(where, "path is empty, absolute or leaves the source folder")
+                sink.problem(where, "path is empty, absolute or leaves the source folder", position=True)
                 continue
             ref = where = normalised
         found = by_key.get(ref) if ref else None
@@ -388,7 +416,7 @@ def _match_rows(src: Path, rows: list[LabelRow], by_key: dict[str, str], key: st
                     else "listed in labels.csv but not an image file (hidden or unsupported suffix)"
                 sink.problem(ref, reason)
             else:
-                sink.problem(where, f"no file has this row's {key}")
+                sink.problem(where, f"no file has this row's {key}", position=True)
             continue
         if found in used:
             sink.problem(found, "listed more than once in labels.csv; the first row is kept")
@@ -452,13 +480,13 @@ def _ingest_npz(src: Path, cfg: IngestConfig, sink: _Sink, progress: _Progress) 
             try:
                 labels, blocks = open_split(zf, split, max(1, cfg.shard_size))
             except SplitUnreadable as exc:
-                sink.problem(f"{src.name}:{split}", str(exc))
+                sink.problem(split, str(exc), position=True)
                 continue
             progress.grow(len(labels))
-            _ingest_npz_split(src.name, split, labels, blocks, sink, progress)
+            _ingest_npz_split(split, labels, blocks, sink, progress)
 
 
-def _ingest_npz_split(name: str, split: str, labels: np.ndarray, blocks: Iterator[np.ndarray], sink: _Sink,
+def _ingest_npz_split(split: str, labels: np.ndarray, blocks: Iterator[np.ndarray], sink: _Sink,
                       progress: _Progress) -> None:
     """One split's images, a shard per block; a block that fails to read ends the split with a problem."""
     index = 0
@@ -467,18 +495,18 @@ def _ingest_npz_split(name: str, split: str, labels: np.ndarray, blocks: Iterato
             with ShardWriter(sink.out_dir, sink.reserve_shards(1)) as writer:
                 for img in block:
                     progress.step()
-                    item = f"{name}:{split}_images[{index}]"
+                    item = f"{split}_images[{index}]"
                     label = str(int(labels[index]))
                     try:
                         arr = check_array(img)
                     except ImageDecodeError as exc:
-                        sink.problem(item, str(exc))
+                        sink.problem(item, str(exc), position=True)
                     else:
-                        if sink.label_allowed(item, label):
+                        if sink.label_allowed(item, label, position=True):
                             sink.add(item, writer.add(arr), label=label, split=split,
                                      patient_id=pseudonym(f"{split}/{index}", sink.salt),
-                                     image_id=f"{split}-{index:06d}")
+                                     image_id=f"{split}-{index:06d}", position=True)
                     index += 1
     except Exception as exc:  # noqa: BLE001 - zip, zlib and numpy errors alike
-        sink.problem(f"{name}:{split}", f"{split}_images truncated or corrupt after {index} images "
-                                        f"({short_reason(exc)})")
+        sink.problem(split, f"{split}_images truncated or corrupt after {index} images "
+                                        f"({short_reason(exc)})", position=True)

@@ -358,4 +358,8 @@ def _statistics(manifest: pd.DataFrame, problems: Sequence[Mapping[str, str]]) -
         "class_counts": {str(k): int(v) for k, v in manifest["label"].value_counts().items()} if "label" in manifest else {},
         "class_counts_by_split": {s: {str(lab): int(n) for lab, n in g.droplevel(0).items()} for s, g in by_split.groupby(level=0)},
         "skipped_inputs": len(problems),
+        # files that may carry burned-in text, taken by ingest.accept_burned_in_risk or ingest.video.mask
+        # (components.privacy.burned_in; the refused ones are skipped inputs)
+        "burned_in_risk": {str(k): int(v) for k, v in manifest["burned_in_risk"].value_counts().items()}
+        if "burned_in_risk" in manifest else {},
     }

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
+from flows.sources import register_source
 from registry.models import Run
 
 from tests.conftest import PROJECT
@@ -79,15 +80,16 @@ def test_watch_notify_reuse_and_a_failing_stage(tmp_path, prefect_api, clean_env
     monkeypatch.setenv("MEDGATE_WEBHOOK_URL", url)
     ws = make_workspace(tmp_path / "ws", TINY)
     source = _cohort_source(tmp_path / "incoming")
+    label = register_source(get_settings(ws), str(source), "incoming")  # `--name incoming`: what every stored place calls it
     remote = tmp_path / "dvc-remote"
     subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(remote)], cwd=ws, check=True, capture_output=True)
 
     # First look at a new source: a retraining run (trigger data-change) that promotes v1.
-    first = watch_flow(str(source), str(ws))
+    first = watch_flow(label, str(ws))
     run = first["run"]
     assert first["changed"] and run["status"] == "completed" and run["trigger"] == "data-change"
     assert run["gate"]["promote"] and run["model_version"] == 1 and run["stages_reused"] == []
-    assert read_seen(ws / ".medgate")[str(source)]["digest"] == first["fingerprint"]["digest"]
+    assert read_seen(ws / ".medgate")[label]["digest"] == first["fingerprint"]["digest"]
     assert run["data_remote"] == "store" and any(remote.rglob("*.dir")), "dvc push sent the outputs to the remote"
 
     # The webhook got the summary: verdict, metrics, links to the three reports.
@@ -112,16 +114,16 @@ def test_watch_notify_reuse_and_a_failing_stage(tmp_path, prefect_api, clean_env
         assert "gate: **PROMOTED**" in summary_md and "(file://" in summary_md
 
     # Unchanged content: the watch starts nothing; touching every file changes nothing either.
-    assert watch_flow(str(source), str(ws)) ["run"] is None
+    assert watch_flow(label, str(ws)) ["run"] is None
     for f in source.rglob("*"):
         os.utime(f)
-    assert watch_flow(str(source), str(ws))["changed"] is False
+    assert watch_flow(label, str(ws))["changed"] is False
 
     # A re-run on unchanged data, code and params trains and builds nothing, and registers no duplicate.
     import bentoml
 
     bentos = len(bentoml.list())
-    again = training_flow(source=str(source), workspace=str(ws), trigger="retrain")
+    again = training_flow(source=label, workspace=str(ws), trigger="retrain")
     assert again["status"] == "completed" and again["reused_production"] == 1 and again["model_version"] == 1
     assert set(again["stages_reused"]) == {"ingest", "validate", "prepare", "train", "baseline", "evaluate", "push"}
     assert not {"ingest", "prepare", "train", "push", "package", "smoke_test"} & set(again["timings_s"])
@@ -130,7 +132,7 @@ def test_watch_notify_reuse_and_a_failing_stage(tmp_path, prefect_api, clean_env
 
     # One train param changed: ingest, prepare and baseline are reused; train and evaluate run.
     set_params(ws, {"train": {"learning_rate": 0.001}})
-    tuned = training_flow(source=str(source), workspace=str(ws), trigger="retrain")
+    tuned = training_flow(source=label, workspace=str(ws), trigger="retrain")
     assert set(tuned["stages_reused"]) == {"ingest", "validate", "prepare", "baseline"}
     assert tuned["model_version"] == 2 and "train" in tuned["timings_s"] and "push" in tuned["timings_s"]
     # Validate reused its suites' outcomes, and wrote this run's own report.
@@ -142,8 +144,8 @@ def test_watch_notify_reuse_and_a_failing_stage(tmp_path, prefect_api, clean_env
     (source / "labels.csv").write_text((source / "labels.csv").read_text() + "\n")
     with workspace_lock(ws / ".medgate", "an operator's run"):
         with pytest.raises(WorkspaceBusy, match="an operator's run"):
-            watch_flow(str(source), str(ws), lock_wait_s=0)
-    assert read_seen(ws / ".medgate")[str(source)]["digest"] == first["fingerprint"]["digest"]
+            watch_flow(label, str(ws), lock_wait_s=0)
+    assert read_seen(ws / ".medgate")[label]["digest"] == first["fingerprint"]["digest"]
     with _registry(ws)() as session:
         assert len(session.scalars(select(Run)).all()) == 3, "a refused run records nothing"
 
@@ -153,7 +155,7 @@ def test_watch_notify_reuse_and_a_failing_stage(tmp_path, prefect_api, clean_env
     dvc_yaml["stages"]["train"]["cmd"] = "python -c \"raise SystemExit('simulated: CUDA out of memory')\""
     (ws / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     with pytest.raises(Exception, match="stage train failed"):
-        training_flow(source=str(source), workspace=str(ws), trigger="retrain")
+        training_flow(source=label, workspace=str(ws), trigger="retrain")
     with _registry(ws)() as session:
         failed = session.scalars(select(Run).order_by(Run.id.desc())).first()
         assert failed.status == "failed" and "stage train failed" in failed.error and "CUDA out of memory" in failed.error

@@ -17,6 +17,7 @@ from components.readers import ImageDecodeError, TooLarge, decode, reader_for_na
 from components.readers.audio import AudioReader, resample
 from components.readers.base import DecodeLimits
 from components.stages.ingest import ingest_source
+from tests.conftest import problems_by_file
 from tests.images import audio_bytes, tone
 
 SALT = "unit-test-salt"
@@ -124,7 +125,7 @@ def test_ingest_reports_each_bad_recording_by_name(tmp_path) -> None:
     cfg = default_params(ingest={"workers": 1, "audio": {"sample_rate": 2000}}).ingest
     result = ingest_source(src, tmp_path / "out", cfg, SALT)
     assert result.kind == "audio" and result.num_images == 7
-    problems = {p["file"]: p["reason"] for p in json.loads((tmp_path / "out" / "problems.json").read_text())}
+    problems = problems_by_file(json.loads((tmp_path / "out" / "problems.json").read_text()), bad, SALT)
     assert set(problems) == set(bad)
     assert "truncated" in problems["rec/cut.wav"] and "zero samples" in problems["rec/empty.wav"]
     manifest = read_manifest(tmp_path / "out" / "manifest.parquet")

@@ -22,6 +22,7 @@ from components.ml.audio import (
     preprocess_recording, window_spans, windows,
 )
 from components.ml.models import build_model, resolve_family
+from components.privacy.names import file_pseudonym
 from components.stages.ingest import ingest_source
 from components.stages.prepare import prepare_dataset
 from components.stages.validate import validate_manifest
@@ -80,7 +81,7 @@ def test_validation_checks_recordings_and_the_report_shows_only_images(tones, tm
     checks = {o["check"] for o in report["expectations"]}
     assert {"sample_rate", "duration", "level", "silence", "patient_leakage", "duplicate_images"} <= checks
     clipping = next(o for o in report["expectations"] if o["check"] == "clipping")
-    assert clipping["offending"] == ["speaker-000/loud.wav"]
+    assert clipping["offending"] == [file_pseudonym("speaker-000/loud.wav", SALT)]  # sources.csv names files by pseudonym
     html = (tmp_path / "report.html").read_text()
     assert "Spectrograms and waveforms per class" in html and "data:image/png;base64," in html
     assert not re.search(r"<audio|<video|data:audio|\.wav\"", html)  # never playable audio

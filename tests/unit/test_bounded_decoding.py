@@ -17,8 +17,10 @@ import pydicom
 import pytest
 
 from components.config import default_params
+from components.privacy.names import file_pseudonym
 from components.readers import DecodeLimits, TooLarge, decode
 from components.stages.ingest import ingest_source
+from tests.conftest import problems_by_file
 from tests.images import FORGED, dicom_bytes, grey_image, npy_bytes, png_bytes
 
 SALT = "unit-test-salt"
@@ -129,11 +131,12 @@ def test_ingest_reports_each_bad_file_and_keeps_the_others(tmp_path: Path) -> No
     forged = {"forged.dcm": FORGED["rle-dicom"](), "forged.png": FORGED["png"](),
               "forged.nii.gz": FORGED["nifti-gz"](), "forged.npy": FORGED["npy"]()}
     _folder(tmp_path / "src", {**good, **forged, "spacing.dcm": _one_value_pixel_spacing()})
-    cfg = default_params(ingest={"workers": 1, "limits": {"max_side": 4096}}).ingest
+    # PNG accepted: the forged PNG's reason is then its declared size
+    cfg = default_params(ingest={"workers": 1, "limits": {"max_side": 4096}, "accept_burned_in_risk": ["PNG"]}).ingest
 
     result = ingest_source(tmp_path / "src", tmp_path / "out", cfg, SALT)
 
-    reasons = {p["file"]: p["reason"] for p in result.problems}
+    reasons = problems_by_file(result.problems, [*forged, "spacing.dcm"], SALT)
     assert set(reasons) == {*forged, "spacing.dcm"}
     for name in forged:
         assert "exceeds the limit of 4096 per side" in reasons[name], reasons[name]
@@ -149,7 +152,7 @@ def test_ingest_reports_a_memory_error_and_goes_on(tmp_path: Path) -> None:
     result = ingest_source(tmp_path / "src", tmp_path / "out", cfg, SALT)
 
     (problem,) = result.problems
-    assert problem["file"] == "huge.npy"
+    assert problem["file"] == file_pseudonym("huge.npy", SALT)
     # Where the kernel refuses 8 TB, numpy raises MemoryError; where it overcommits, reading finds no data.
     assert problem["reason"].startswith("MemoryError: ") or "EOF" in problem["reason"], problem
     assert result.num_images == 1
@@ -162,4 +165,4 @@ def test_a_file_larger_than_the_decoded_limit_is_not_even_read(tmp_path: Path) -
 
     result = ingest_source(tmp_path / "src", tmp_path / "out", cfg, SALT)
 
-    assert [(p["file"], "file of" in p["reason"]) for p in result.problems] == [("big.npy", True)]
+    assert [(p["file"], "file of" in p["reason"]) for p in result.problems] == [(file_pseudonym("big.npy", SALT), True)]

@@ -20,13 +20,16 @@ from components.data.manifest import AUDIO_COLUMNS, EXTRA_COLUMNS, MANIFEST_COLU
 from components.data.shards import ImageStore
 from components.demo.cohort import generate_cohort
 from components.privacy.deid import deid_dicom, pseudonym
+from components.privacy.names import file_pseudonym, source_label
 from components.readers import decode_image
 from components.readers.base import content_hash
 from components.readers.clips import VIDEO_COLUMNS
 from components.stages.ingest import ingest_source
+from tests.conftest import problems_by_file
 from tests.images import jpeg_bytes, medmnist_npz, npy_bytes, png_bytes
 
 SALT = "unit-test-salt"
+PNG_OK = default_params(ingest={"accept_burned_in_risk": ["PNG", "JPEG"]}).ingest  # tests that read PNG and JPEG
 COHORT = default_params(cohort={"patients": 8, "images_per_patient": 2, "image_size": 32, "seed": 11}).cohort
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -66,9 +69,9 @@ def test_dicom_manifest_columns_dtypes_and_files(ingested) -> None:
     assert result.problems == ()
     assert json.loads((out / "problems.json").read_text()) == []
     df = pd.read_parquet(result.manifest)
-    # 2D: no slice spacing; images: no clip or recording columns
-    assert list(df.columns) == [*MANIFEST_COLUMNS, *[c for c in EXTRA_COLUMNS
-                                                     if c != "spacing_d" and c not in VIDEO_COLUMNS and c not in AUDIO_COLUMNS]]
+    # 2D: no slice spacing; images: no clip or recording columns; CT: no burned-in text risk
+    assert list(df.columns) == [*MANIFEST_COLUMNS, *[c for c in EXTRA_COLUMNS if c not in ("spacing_d", "burned_in_risk")
+                                                     and c not in VIDEO_COLUMNS and c not in AUDIO_COLUMNS]]
     for column, dtype in {**MANIFEST_COLUMNS, **EXTRA_COLUMNS}.items():
         if column in df:
             assert str(df[column].dtype) == dtype, column
@@ -233,8 +236,8 @@ def test_each_bad_input_is_reported_with_file_and_reason(cohort: Path, tmp_path:
     rows.append({"path": "good.dcm", "label": "normal"})
     _write_labels(src, rows)
 
-    result = ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
-    reasons = {p["file"]: p["reason"] for p in result.problems}
+    result = ingest_source(src, tmp_path / "out", PNG_OK, SALT)
+    reasons = problems_by_file(result.problems, [*listed, "unlisted.dcm"], SALT)
     assert json.loads((tmp_path / "out" / "problems.json").read_text()) == list(result.problems)
     expected = {
         "truncated.dcm": "pixel data",
@@ -267,9 +270,10 @@ def test_nothing_usable_raises_naming_the_source(tmp_path: Path) -> None:
     src.mkdir()
     (src / "a.dcm").write_bytes(b"garbage")
     _write_labels(src, [{"path": "a.dcm", "label": "x"}])
-    with pytest.raises(ValueError, match=re.escape(str(src))):
+    with pytest.raises(ValueError, match=re.escape(source_label(str(src), SALT))) as raised:
         ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
-    assert json.loads((tmp_path / "out" / "problems.json").read_text())[0]["file"] == "a.dcm"
+    assert str(src) not in str(raised.value)  # named by its label, never its path
+    assert json.loads((tmp_path / "out" / "problems.json").read_text())[0]["file"] == file_pseudonym("a.dcm", SALT)
 
 
 @pytest.mark.parametrize("make", ["empty_dir", "text_file", "missing", "dicom_without_labels"])
@@ -286,7 +290,7 @@ def test_unsupported_source_lists_supported_kinds(tmp_path: Path, make: str) -> 
     with pytest.raises(ValueError) as err:
         ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
     message = str(err.value)
-    assert str(src) in message and "labels.csv" in message and ".npz" in message and "PNG" in message
+    assert source_label(str(src), SALT) in message and "labels.csv" in message and ".npz" in message and "PNG" in message
 
 
 def test_missing_label_column_and_bad_arguments(cohort: Path, tmp_path: Path) -> None:
@@ -330,12 +334,13 @@ def test_png_folder(tmp_path: Path) -> None:
     src = _image_folder(tmp_path / "src")
     (src / "cat_a" / "fake.png").write_text("not an image")
     (src / "loose.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))
-    result = ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
+    result = ingest_source(src, tmp_path / "out", PNG_OK, SALT)
     assert result.kind == "png" and result.class_names == ("cat_a", "cat_b")
     assert result.num_images == 6 and result.num_patients == 6
-    assert {p["file"] for p in result.problems} == {"cat_a/fake.png", "loose.png"}
+    assert set(problems_by_file(result.problems, ["cat_a/fake.png", "loose.png"], SALT)) == {"cat_a/fake.png", "loose.png"}
     df = read_manifest(result.manifest)
-    assert list(df.columns) == list(MANIFEST_COLUMNS)
+    assert list(df.columns) == [*MANIFEST_COLUMNS, "burned_in_risk"]
+    assert df["burned_in_risk"].value_counts().to_dict() == {"PNG": 4, "JPEG": 2}  # accepted at risk, and said so
     shapes = {(r.height, r.width, r.channels) for r in df.itertuples()}
     assert shapes == {(20, 24, 1), (20, 24, 3), (16, 16, 1)}
     for row in df.itertuples():
@@ -344,7 +349,7 @@ def test_png_folder(tmp_path: Path) -> None:
         assert arr.shape == ((row.height, row.width, 3) if row.channels == 3 else (row.height, row.width))
     assert df["split"].isna().all()
 
-    by_prefix = ingest_source(src, tmp_path / "out2", default_params(ingest={"patient_from_filename_prefix": True}).ingest, SALT)
+    by_prefix = ingest_source(src, tmp_path / "out2", PNG_OK.model_copy(update={"patient_from_filename_prefix": True}), SALT)
     assert by_prefix.num_patients == 2
     patients = set(read_manifest(by_prefix.manifest)["patient_id"])
     assert patients == {pseudonym("p1", SALT), pseudonym("p2", SALT)}
@@ -352,7 +357,7 @@ def test_png_folder(tmp_path: Path) -> None:
 
 def test_png_folder_with_split_layout(tmp_path: Path) -> None:
     src = _image_folder(tmp_path / "src", split_layout=True)
-    df = read_manifest(ingest_source(src, tmp_path / "out", default_params().ingest, SALT).manifest)
+    df = read_manifest(ingest_source(src, tmp_path / "out", PNG_OK, SALT).manifest)
     assert df["split"].value_counts().to_dict() == {"train": 6, "test": 6}
     assert set(df["label"]) == {"cat_a", "cat_b"}
 
@@ -391,10 +396,10 @@ def test_npz_problems(tmp_path: Path) -> None:
     result = ingest_source(tmp_path / "odd.npz", tmp_path / "out", default_params().ingest, SALT)
     assert result.num_images == 2
     reasons = {p["file"]: p["reason"] for p in result.problems}
-    assert "4 images but 3 labels" in reasons["odd.npz:train"]
-    assert "multi-label" in reasons["odd.npz:val"]
+    assert "4 images but 3 labels" in reasons["train"]
+    assert "multi-label" in reasons["val"]
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="bad.npz"):
+    with pytest.raises(ValueError, match=source_label(str(tmp_path / "bad.npz"), SALT)):
         ingest_source(tmp_path / "bad.npz", tmp_path / "out2", default_params().ingest, SALT)
 
 
@@ -458,10 +463,11 @@ def test_nifti_folder_volumes_spacing_and_orientation(tmp_path: Path) -> None:
                          ("series.nii", "normal"), ("cut.nii.gz", "tumour")]])
     result = ingest_source(src, tmp_path / "out", default_params().ingest, SALT)
     assert result.kind == "nifti" and result.class_names == ("normal", "tumour")
-    reasons = {p["file"]: p["reason"] for p in result.problems}
+    reasons = problems_by_file(result.problems, ["series.nii", "cut.nii.gz"], SALT)
     assert set(reasons) == {"series.nii", "cut.nii.gz"}
     assert "4D" in reasons["series.nii"] and "gzip" in reasons["cut.nii.gz"]
-    df = read_manifest(result.manifest).set_index(pd.read_csv(tmp_path / "out" / "sources.csv")["source"].to_numpy())
+    names = {file_pseudonym(n, SALT): n for n in ("a.nii.gz", "b.nii", "flat.nii")}
+    df = read_manifest(result.manifest).set_index(pd.read_csv(tmp_path / "out" / "sources.csv")["source"].map(names).to_numpy())
     a = df.loc["a.nii.gz"]
     assert tuple(a[["ndim", "depth", "height", "width"]]) == (3, 4, 5, 6)
     assert tuple(a[["spacing_d", "spacing_h", "spacing_w"]]) == pytest.approx((2.5, 0.9, 0.8))

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from components.privacy.names import file_pseudonym
 from components.demo.cohort import generate_cohort
 from components.config import default_params
 from components.data.drift import compare_manifests, ks_distance
@@ -80,7 +81,9 @@ def broken(tmp_path_factory: pytest.TempPathFactory):
 def test_each_check_fails_on_its_defect_naming_the_files(broken, check: str, offending: set[str]) -> None:
     _, _, failed = broken
     assert check in failed, sorted(failed)
-    named = {f for o in failed[check] for f in o["offending"]}
+    names = {file_pseudonym(f"{stem}.npy", SALT): f"{stem}.npy" for stem in (
+        "leak_train", "leak_test", "orig", "copy", "flat", "bright", "tiny", "wide")}
+    named = {names.get(f, f) for o in failed[check] for f in o["offending"]}  # files by their pseudonyms
     assert named == offending
 
 
@@ -105,7 +108,7 @@ def test_report_is_one_offline_page_with_the_verdict_first(broken) -> None:
     assert page.index("FAILED") < page.index("Checks") < page.index("Class balance per split")
     assert page.index("Class balance per split") < page.index("Intensity histograms") < page.index("Thumbnails per class")
     assert page.count("data:image/png;base64,") >= 2 and "<svg" in page
-    for name in ("leak_train.npy", "leak_test.npy", "copy.npy", "flat.npy", "bright.npy", "tiny.npy", "wide.npy"):
+    for name in (file_pseudonym(f, SALT) for f in ("leak_train.npy", "leak_test.npy", "copy.npy", "flat.npy", "bright.npy", "tiny.npy", "wide.npy")):
         assert name in page
 
 

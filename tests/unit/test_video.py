@@ -14,6 +14,7 @@ import pytest
 from components.config import default_params
 from components.data.manifest import read_manifest
 from components.demo.cine import cine_bytes
+from components.privacy.names import file_pseudonym
 from components.readers import ClipSpec, DecodeLimits, ImageDecodeError, NotAClipModel, TooLarge, decode, decode_image
 from components.readers.clips import sample_indices
 from components.stages.ingest import ingest_source
@@ -146,7 +147,7 @@ def test_ingest_stores_clips_with_their_columns(tmp_path: Path) -> None:
         csv.writer(f).writerows([("path", "label"), *[(n, "normal" if n < "c" else "reduced") for n in files]])
     cfg = default_params(ingest={"workers": 1, "video": {"frames": 6, "size": 24, "mask": [[0, 0, 1, 0.2]]}}).ingest
     result = ingest_source(src, tmp_path / "out", cfg, SALT)
-    assert [(p["file"], "audio streams only" in p["reason"]) for p in result.problems] == [("d.mp4", True)]
+    assert [(p["file"], "audio streams only" in p["reason"]) for p in result.problems] == [(file_pseudonym("d.mp4", SALT), True)]
     df = read_manifest(result.manifest)
     assert sorted(df["frames"].tolist()) == [12, 20, 30] and set(df["depth"]) == {6} and set(df["height"]) == {24}
     assert sorted(df["codec"].tolist()) == ["Explicit VR Little Endian", "h264", "mjpeg"]
@@ -181,16 +182,18 @@ def test_validate_clip_checks(tmp_path: Path) -> None:
         (src / name).write_bytes(data)
     with open(src / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows([("path", "label"), *[(n, "ab"[k % 2]) for k, n in enumerate(clips)]])
-    result = ingest_source(src, tmp_path / "out", default_params(ingest={"workers": 1}).ingest, SALT)
+    cfg = default_params(ingest={"workers": 1, "accept_burned_in_risk": ["VIDEO"]}).ingest  # synthetic clips: no text
+    result = ingest_source(src, tmp_path / "out", cfg, SALT)
     manifest = read_manifest(result.manifest)
     table = pd.read_csv(tmp_path / "out" / "sources.csv", dtype=str)
     sources = dict(zip(table["image_id"], table["source"], strict=True))
-    manifest.loc[manifest["image_id"].map(sources) == "ok2.dcm", "frames"] = pd.NA  # as if a still image: mixed kinds
+    manifest.loc[manifest["image_id"].map(sources) == file_pseudonym("ok2.dcm", SALT), "frames"] = pd.NA  # as if a still image: mixed kinds
     outcomes = run_suites(manifest, default_params().validate_, sources=sources)
     failed: dict[str, set[str]] = {}
+    real = {file_pseudonym(n, SALT): n for n in clips}  # the sources file names each clip by its pseudonym
     for o in outcomes:
         if not o["success"]:
-            failed.setdefault(o["check"], set()).update(o["offending"])
+            failed.setdefault(o["check"], set()).update(real.get(f, f) for f in o["offending"])
     assert failed == {"clip_frames": {"short.dcm"}, "clip_duration": {"short.dcm"}, "clip_resolution": {"tiny.dcm"},
                       "black_clips": {"black.mp4"}, "constant_images": {"black.mp4"}, "row_count": set(),
                       "duplicate_images": {"ok1.mp4", "copy.mp4"}, "duplicates_across_splits": {"ok1.mp4", "copy.mp4"},
