@@ -82,6 +82,39 @@ def dicom_bytes(pixels: np.ndarray, patient_name: str = "Doe^Jane") -> bytes:
     return buf.getvalue()
 
 
+def waveform_dicom_bytes(codes: np.ndarray, rate: int, interpretation: str = "SS", patient_name: str = "Doe^Jane",
+                         declared_samples: int | None = None) -> bytes:
+    """A Basic Voice Audio waveform: stored `codes` (samples x channels, or 1-D) of `interpretation`
+    (SS: int16, SB: int8, MB: mu-law bytes...) at `rate` Hz, naming a patient and an institution."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    voice = "1.2.840.10008.5.1.4.1.1.9.4.1"  # Basic Voice Audio Waveform Storage
+    codes = codes.reshape(len(codes), -1)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = voice, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = voice, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.Modality = patient_name, "MRN-55502", "AU"
+    ds.InstitutionName, ds.PatientSex, ds.PatientAge = "St. Example Hospital", "F", "047Y"
+    group = Dataset()
+    group.MultiplexGroupTimeOffset = 0.0
+    group.WaveformOriginality = "ORIGINAL"
+    group.NumberOfWaveformChannels = codes.shape[1]
+    group.NumberOfWaveformSamples = declared_samples or len(codes)
+    group.SamplingFrequency = rate
+    group.WaveformBitsAllocated = 8 * codes.dtype.itemsize
+    group.WaveformSampleInterpretation = interpretation
+    group.WaveformData = codes.tobytes()
+    ds.WaveformSequence = Sequence([group])
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 def medmnist_npz(path: Path, shape: tuple[int, ...], counts: tuple[int, int, int] = (5, 2, 3)) -> Path:
     """A MedMNIST-like .npz at `path`: uint8 images of `shape` and (n, 1) labels 0/1 per split."""
     rng = np.random.default_rng(1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import struct
 from math import gcd
+from typing import Any
 
 import numpy as np
 
@@ -62,10 +63,15 @@ class AudioReader(
             raise ImageDecodeError(f"{kind} holds zero samples")
         if not np.isfinite(samples).all():
             raise ImageDecodeError(f"{kind} holds NaN or infinite samples")
-        mono = np.ascontiguousarray(samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32))
-        clip = 1.0 - 2.0 ** (1 - PCM_BITS.get(info.subtype, 16))
-        return Decoded(mono, {**level_columns(samples, rate, clip), "sample_rate": int(rate),
-                              "source_channels": int(samples.shape[1])}, kind="audio")
+        return recording(samples, rate, 1.0 - 2.0 ** (1 - PCM_BITS.get(info.subtype, 16)))
+
+
+def recording(samples: np.ndarray, rate: int, clip: float, columns: dict[str, Any] | None = None) -> Decoded:
+    """A decoded recording from (frames, channels) float samples in [-1, 1] at `rate`: the mono downmix,
+    `columns` and the level columns (samples at or over `clip` in magnitude count as clipped)."""
+    mono = np.ascontiguousarray(samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32))
+    return Decoded(mono, {**(columns or {}), **level_columns(samples, rate, clip), "sample_rate": int(rate),
+                          "source_channels": int(samples.shape[1])}, kind="audio")
 
 
 def check_wav_length(data: bytes) -> None:

@@ -3,7 +3,8 @@
 Nothing from a header leaves this module except derived, non-identifying values: pseudonyms
 (`components.privacy.deid.pseudonym`) of PatientID and SOPInstanceUID, ``site`` = pseudonym of
 InstitutionName, ``scanner`` = Manufacturer, ``sex``, ``age_band`` (decade), ``modality``,
-``photometric`` and the pixel spacing.
+``photometric`` and the pixel spacing. A waveform object (no pixels) is read as a recording, its
+header the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from components.privacy.deid import pseudonym
 from components.readers.base import (
     DecodeLimits, Decoded, ImageDecodeError, Reader, check_declared, is_colour, short_reason, spacing_columns,
 )
+from components.readers.audio import recording
 from components.readers.clips import ClipSpec, NotAClipModel, fit_frame, sample_indices, stack_clip, to_grey
+from components.readers.waveform import is_waveform, waveform_recording
 
 # Multi-frame objects of these modalities are stacks of slices (volumes); elsewhere frames are time.
 VOLUME_MODALITIES = frozenset({"CT", "MR", "PT", "NM"})
@@ -39,7 +42,8 @@ class DicomReader(Reader, name="dicom", formats="DICOM (Part 10)", suffixes=(".d
         return data[128:132] == b"DICM" or data[:2] in (b"\x02\x00", b"\x08\x00")
 
     def read(self, data: bytes, salt: str, limits: DecodeLimits | None, clip: ClipSpec | None = None) -> Decoded:
-        """An image or volume (`dicom_to_array`), or a cine loop sampled by `clip` (`cine_to_clip`).
+        """An image or volume (`dicom_to_array`), a cine loop sampled by `clip` (`cine_to_clip`), or a
+        waveform (voice, ECG: `components.readers.waveform`) as a recording.
 
         Raises:
             NotAClipModel: a cine loop and `clip` is None.
@@ -49,6 +53,9 @@ class DicomReader(Reader, name="dicom", formats="DICOM (Part 10)", suffixes=(".d
                 warnings.simplefilter("ignore")
                 force = data[128:132] != b"DICM"
                 ds = pydicom.dcmread(io.BytesIO(data), force=force, stop_before_pixels=True)
+                if is_waveform(ds):
+                    samples, rate, clip_level = waveform_recording(ds, limits)
+                    return recording(samples, rate, clip_level, header_columns(ds, salt))
                 if is_cine(ds):
                     if clip is None:
                         raise NotAClipModel("a multi-frame DICOM cine loop was given where an image is expected")

@@ -18,7 +18,7 @@ from components.readers.audio import AudioReader, resample
 from components.readers.base import DecodeLimits
 from components.stages.ingest import ingest_source
 from tests.conftest import problems_by_file
-from tests.images import audio_bytes, tone
+from tests.images import audio_bytes, tone, waveform_dicom_bytes
 
 SALT = "unit-test-salt"
 LIMITS = DecodeLimits(**default_params().ingest.limits.model_dump())  # what ingest reads with
@@ -145,3 +145,50 @@ def test_class_folders_of_recordings(tmp_path) -> None:
     cfg = default_params(ingest={"workers": 1, "audio": {"sample_rate": 4000}}).ingest
     result = ingest_source(tmp_path / "src", tmp_path / "out", cfg, SALT)
     assert result.kind == "audio-folders" and result.num_images == 6 and result.class_names == ("normal", "murmur")
+
+
+def test_dicom_waveforms_are_recordings_with_a_de_identified_header() -> None:
+    from components.privacy.deid import pseudonym
+
+    codes = (tone(1.0, 8000, channels=2) * 32768).astype("<i2")
+    decoded = decode(waveform_dicom_bytes(codes, 8000), SALT, LIMITS)
+    assert decoded.kind == "audio" and decoded.array.dtype == np.float32
+    np.testing.assert_allclose(decoded.array, codes.mean(axis=1) / 32768, atol=1e-6)  # the channels downmixed
+    cols = decoded.columns
+    assert cols["sample_rate"] == 8000 and cols["source_channels"] == 2 and cols["duration_s"] == 1.0
+    assert cols["patient_id"] == pseudonym("MRN-55502", SALT) and cols["age_band"] == "40-49" and cols["sex"] == "F"
+    assert not re.search(r"Doe|Jane|MRN-55502|Example", " ".join(map(str, cols.values())))
+
+
+def test_dicom_waveform_sample_codes_and_bad_waveforms() -> None:
+    mu = decode(waveform_dicom_bytes(np.array([0xFF, 0x00, 0x80], np.uint8), 8000, "MB"), SALT, LIMITS).array
+    a = decode(waveform_dicom_bytes(np.array([0xD5, 0x55, 0xAA], np.uint8), 8000, "AB"), SALT, LIMITS).array
+    np.testing.assert_allclose(mu * 32768, [0, -32124, 32124])  # G.711: silence and both extremes
+    np.testing.assert_allclose(a * 32768, [8, -8, 32256])
+    short = waveform_dicom_bytes(np.zeros(100, "<i2"), 8000, declared_samples=8000)
+    with pytest.raises(ImageDecodeError, match="truncated DICOM waveform: 8000 samples declared"):
+        decode(short, SALT, LIMITS)
+    with pytest.raises(TooLarge):
+        decode(waveform_dicom_bytes(np.zeros(100, "<i2"), 8000, declared_samples=10**9), SALT, LIMITS)
+    with pytest.raises(ImageDecodeError, match="interpretation 'XX' is not supported"):
+        decode(waveform_dicom_bytes(np.zeros(100, "<i2"), 8000, "XX"), SALT, LIMITS)
+
+
+def test_a_folder_of_dicom_waveforms_ingests_as_recordings(tmp_path) -> None:
+    src = tmp_path / "src"
+    (src / "voice").mkdir(parents=True)
+    rows = ["path,label"]
+    for i in range(4):
+        samples = (tone(0.5, 8000, hz=(150, 600)[i % 2]) * 32768).astype("<i2")
+        (src / "voice" / f"v{i}.dcm").write_bytes(waveform_dicom_bytes(samples, 8000, patient_name=f"Doe^Pat{i}"))
+        rows.append(f"voice/v{i}.dcm,{('low', 'high')[i % 2]}")
+    (src / "labels.csv").write_text("\n".join(rows) + "\n")
+    cfg = default_params(ingest={"workers": 1, "audio": {"sample_rate": 4000}}).ingest
+    result = ingest_source(src, tmp_path / "out", cfg, SALT)
+    manifest = read_manifest(tmp_path / "out" / "manifest.parquet")
+    assert result.num_images == 4 and set(manifest["sample_rate"]) == {8000} and (manifest["ndim"] == 1).all()
+    assert set(manifest["modality"]) == {"AU"} and manifest["patient_id"].nunique() == 1  # the same pseudonymous MRN
+    stored = " ".join(p.read_text(errors="ignore") for p in (tmp_path / "out").rglob("*") if p.suffix in (".csv", ".json"))
+    assert "Doe" not in stored and "MRN-55502" not in stored
+    with ImageStore(tmp_path / "out") as store:
+        assert store.load(manifest["path"].iloc[0]).shape == (2000,)  # 0.5 s at the 4 kHz the dataset asks
