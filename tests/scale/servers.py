@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from typing import Any
 
 import httpx
 from sqlalchemy.engine import make_url
+
+from services.processes import find_free_port, stop_process_group
 
 PROJECT = Path(__file__).resolve().parents[2]
 # The PostgreSQL the tests use (the same variable as the registry's unit tests); its user may create databases.
@@ -65,12 +66,6 @@ def with_driver(url: str, driver: str) -> str:
     return make_url(url).set(drivername=driver).render_as_string(hide_password=False)
 
 
-def free_port() -> int:
-    from services.processes import find_free_port
-
-    return find_free_port()
-
-
 @contextlib.contextmanager
 def process_group(command: list[str], env: Mapping[str, str], log: Path, cwd: Path = PROJECT) -> Iterator[subprocess.Popen[bytes]]:
     """`command` in a process group of its own (its output in `log`), stopped when the block ends."""
@@ -80,18 +75,7 @@ def process_group(command: list[str], env: Mapping[str, str], log: Path, cwd: Pa
     try:
         yield proc
     finally:
-        stop_group(proc)
-
-
-def stop_group(proc: subprocess.Popen[Any]) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        stop_process_group(proc)
 
 
 def wait_http(url: str, proc: subprocess.Popen[Any], log: Path, timeout_s: float = 120.0) -> None:
@@ -127,7 +111,7 @@ def base_env(scratch: Path) -> dict[str, str]:
 def prefect_server(database_url: str, env: Mapping[str, str], log: Path) -> Iterator[str]:
     """`medgate server` on `database_url` (a PostgreSQL URL: Prefect's server gets it with asyncpg) on a
     free port; yields its API URL once `/api/health` answers."""
-    port = free_port()
+    port = find_free_port()
     command = [sys.executable, "-m", "cli", "server", "--port", str(port), "--database-url", with_driver(database_url, "postgresql+asyncpg")]
     with process_group(command, {**env, "PREFECT_UI_ENABLED": "false"}, log) as proc:
         api = f"http://127.0.0.1:{port}/api"
@@ -198,7 +182,7 @@ def _time(value: str) -> datetime:
 @contextlib.contextmanager
 def s3_server(env: Mapping[str, str], log: Path) -> Iterator[str]:
     """moto's S3-compatible server on a free port; yields its endpoint URL."""
-    port = free_port()
+    port = find_free_port()
     command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     with process_group(command, {**env, **S3_KEYS}, log) as proc:
         endpoint = f"http://127.0.0.1:{port}"
