@@ -10,9 +10,9 @@ MEDGATE_TEST_POSTGRES_URL's server, dropped afterwards), in a fresh temporary wo
 1. `medgate run` as an operator types it (a new process: imports and Prefect start-up included),
 2. the same command again with nothing changed;
 3. (postgres) the retraining deployment on a `process` work pool (`medgate schedule --pool`), a
-   `prefect worker` polling it every --worker-poll-s seconds, and one run started: its scheduling
-   delay, from the run's scheduled start to the worker taking it (Pending) and to the flow running
-   in the worker's subprocess (Running), and its wall time (an unchanged re-run).
+   `prefect worker` polling it every --worker-poll-s seconds, and three runs started one after
+   another: their scheduling delay, from the run's scheduled start to the worker taking it (Pending)
+   and to the flow running in the worker's subprocess (Running), and their wall time (unchanged re-runs).
 
 Reported: each stage's own seconds (the flow's `timings_s`), the first run's total wall time,
 the orchestration overhead = total - the stages' own time (interpreter start, imports, Prefect
@@ -141,23 +141,35 @@ def measure_runs(mode: str, scratch: Path, server_env: dict[str, str], worker_po
     }
 
 
-def work_pool_run(ws: Path, env: dict[str, str], api: str, poll_s: float, scratch: Path) -> dict:
-    """One run of the retraining deployment on a `process` work pool, taken by a worker polling every `poll_s` s."""
+def work_pool_run(ws: Path, env: dict[str, str], api: str, poll_s: float, scratch: Path, runs: int = 3) -> dict:
+    """`runs` runs, one after another, of the retraining deployment on a `process` work pool, taken by a
+    worker polling every `poll_s` s; each started at a random moment of the poll cycle. Delays: the
+    median and the range over the runs."""
+    import random
+    import statistics
+
     from tests.scale.servers import prefect, scheduling_delay, start_deployment_run, wait_flow_run, worker
 
     prefect(api, env, "work-pool", "create", "bench", "--type", "process")
     subprocess.run([sys.executable, "-m", "cli", "schedule", "--pool", "bench", "--workspace", str(ws)], cwd=PROJECT, env=env,
                    check=True, capture_output=True)
+    delays, walls = [], []
     with worker(api, "bench", env, scratch / "worker.log", poll_s=poll_s):
-        time.sleep(poll_s)  # the worker's first poll is behind it: the run waits on a poll like any scheduled run
-        started = time.monotonic()
-        run_id = start_deployment_run(api, f"retrain-flow/{ws.name}-retrain")
-        run = wait_flow_run(api, run_id, timeout_s=1800)
-        wall = time.monotonic() - started
-    if run["state"]["type"] != "COMPLETED":
-        raise SystemExit(f"work-pool run ended {run['state']['type']}: see {scratch / 'worker.log'}")
-    delay = scheduling_delay(api, run_id)
-    return {"worker_poll_s": poll_s, "to_worker_s": round(delay["to_worker_s"], 2), "to_running_s": round(delay["to_running_s"], 2), "wall_s": round(wall, 1)}
+        for _ in range(runs):
+            time.sleep(random.uniform(0, poll_s))
+            started = time.monotonic()
+            run_id = start_deployment_run(api, f"retrain-flow/{ws.name}-retrain")
+            run = wait_flow_run(api, run_id, timeout_s=1800)
+            walls.append(time.monotonic() - started)
+            if run["state"]["type"] != "COMPLETED":
+                raise SystemExit(f"work-pool run ended {run['state']['type']}: see {scratch / 'worker.log'}")
+            delays.append(scheduling_delay(api, run_id))
+
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+    return {"worker_poll_s": poll_s, "runs": runs, "to_worker_s": spread([d["to_worker_s"] for d in delays]),
+            "to_running_s": spread([d["to_running_s"] for d in delays]), "wall_s": spread(walls)}
 
 
 def table(results: list[dict]) -> str:
@@ -174,10 +186,17 @@ def table(results: list[dict]) -> str:
         f"{r['overhead_s'] + r['prefect_home_init_s']:.1f} ({(r['overhead_s'] + r['prefect_home_init_s']) / (r['first_wall_s'] + r['prefect_home_init_s']):.0%}) | -"
         for r in results) + " |")
     lines.append("| **re-run / first** | " + " | ".join(f"- | {r['rerun_ratio']:.0%} (target <= {RERUN_TARGET:.0%})" for r in results) + " |")
-    for label, key in (("work pool: scheduled -> worker took it (s)", "to_worker_s"), ("work pool: scheduled -> running (s)", "to_running_s"),
-                       ("work pool: run wall time (s, unchanged)", "wall_s"), ("work pool: worker poll (s)", "worker_poll_s")):
-        lines.append(f"| {label} | " + " | ".join(f"- | {r['work_pool'].get(key, '-')}" for r in results) + " |")
+    for label, key in (("work pool: scheduled -> worker took it (s, median (range))", "to_worker_s"),
+                       ("work pool: scheduled -> running (s)", "to_running_s"), ("work pool: run wall time (s, unchanged)", "wall_s"),
+                       ("work pool: runs; worker poll (s)", "poll")):
+        lines.append(f"| {label} | " + " | ".join(f"- | {_pool_cell(r['work_pool'], key)}" for r in results) + " |")
     return "\n".join(lines)
+
+
+def _pool_cell(pool: dict, key: str) -> str:
+    if not pool:
+        return "-"
+    return f"{pool['runs']}; {pool['worker_poll_s']:g}" if key == "poll" else str(pool[key])
 
 
 def main() -> None:
