@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import TINY
+from tests.integration.conftest import TINY, prefect_api  # noqa: F401 - the in-process flow runs' Prefect API
 from tests.scale.servers import base_env, postgres_problem
 
 
