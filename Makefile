@@ -1,5 +1,6 @@
 # medgate: `make run` trains and serves on the embedded default; `make test` runs the test suite
-# (what CI runs); `make test-fast` only its unit tier (tests/unit, about a minute).
+# (what CI runs); `make test-fast` only its unit tier (tests/unit, about a minute); `make test-scale`
+# the scale-out tier (tests/scale: real Prefect server on PostgreSQL, S3-compatible store, shared registry).
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -16,7 +17,7 @@ PIP_LOCATIONS_FOR_UV := $(BIN)/python -m pip config list | awk -F= ' \
 	  if (rank > 0 && (key in uv) && rank > seen[key]) { seen[key] = rank; value[key] = substr($$0, length($$1) + 3, length($$0) - length($$1) - 3) } } \
 	END { for (k in value) { if (k == "find-links") gsub(/[ \t]+/, ",", value[k]); printf "export %s=\"$${%s:-%s}\"\n", uv[k], uv[k], value[k] } }'
 
-.PHONY: screenshots setup speech-engine browser run test test-fast test-slow test-all lint clean
+.PHONY: screenshots setup speech-engine browser run test test-fast test-slow test-scale test-all lint clean
 
 setup: $(STAMP) speech-engine browser
 	@# A registry server named in the environment is migrated here, once; a SQLite registry migrates itself.
@@ -53,14 +54,14 @@ $(STAMP): requirements.lock pyproject.toml
 run: setup
 	$(BIN)/medgate run
 
-# Everything but the `slow` tier; tests needing ../shared/data or PostgreSQL skip with the reason.
+# Everything but the `slow` and `scale` tiers; tests needing ../shared/data or PostgreSQL skip with the reason.
 # Tests run in TEST_WORKERS processes (pytest-xdist): most of a flow run waits on one core (imports,
 # subprocesses, the Prefect API). worksteal: each takes half of the list in order, and one that is done
 # takes over the tail of the other's; whole files per worker (loadfile) left the longest file to the end.
 TEST_WORKERS ?= 2
 
 test: setup
-	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist worksteal --durations=15
+	$(BIN)/python -m pytest -m "not slow and not scale" -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 # The unit tier: one component at a time, in this process; no servers, no flow runs.
 test-fast: setup
@@ -71,7 +72,14 @@ screenshots: setup
 	MEDGATE_UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest tests/integration/test_console_browser.py -q
 
 test-slow: setup
-	$(BIN)/python -m pytest -m slow -q
+	$(BIN)/python -m pytest -m "slow and not scale" -q
+
+# The scale-out paths on real servers on 127.0.0.1, one test at a time (each starts several flow runs
+# and servers; one of them runs two flows at once): a Prefect server on PostgreSQL with a process work
+# pool and worker, the DVC remote on moto's S3 server, two workspaces and a serving host on one
+# PostgreSQL registry. Needs PostgreSQL on 127.0.0.1:5432 (else those tests skip, saying so).
+test-scale: setup
+	$(BIN)/python -m pytest tests/scale -m scale -q --durations=10
 
 test-all: setup
 	$(BIN)/python -m pytest -q

@@ -177,28 +177,43 @@ retrain = training_command(
 def schedule(
     cron: Optional[str] = typer.Option(None, "--cron", help='Cron expression, e.g. "0 3 * * *" (default: retrain.cron in params.yaml).'),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Source each scheduled run retrains on (default: the embedded cohort)."),
+    pool: Optional[str] = typer.Option(
+        None, "--pool", help="Register the deployment on this Prefect work pool and exit: its workers run it (without a cron: when started).",
+    ),
     list_: bool = typer.Option(False, "--list", help="Show medgate's schedules on the Prefect server and their next runs."),
     as_json: bool = typer.Option(False, "--json", help="With --list: JSON."),
     workspace: Optional[Path] = WorkspaceOpt,
 ) -> None:
-    """Register a Prefect deployment that retrains on a cron schedule, and serve it (runs until Ctrl-C).
+    """Register a Prefect deployment that retrains on a cron schedule, and serve it (runs until Ctrl-C);
+    with --pool, leave it to that work pool's workers instead.
 
     Needs a Prefect server (`medgate server`, then PREFECT_API_URL=http://127.0.0.1:4200/api).
     """
     from components.config import load_params
-    from flows.retrain import NoPrefectServer, list_schedules, retrain_deployment, serve_deployments
+    from flows.retrain import NoPrefectServer, deploy_to_pool, list_schedules, retrain_deployment, serve_deployments
 
     try:
         if list_:
             _print_schedules(list_schedules(), as_json)
             return
         ws = get_settings(workspace).workspace
-        expr = cron or load_params(ws / "params.yaml").retrain.cron
-        if not expr:
+        expr = cron or load_params(ws / "params.yaml").retrain.cron or None
+        if not expr and not pool:
             console.print("[red]error:[/] give --cron EXPR (or set retrain.cron in params.yaml)")
             raise typer.Exit(2)
-        _check_cron(expr)
-        serve_deployments(retrain_deployment(ws, resolve_source(dataset, workspace=workspace), expr))
+        if expr:
+            _check_cron(expr)
+        deployment = retrain_deployment(ws, resolve_source(dataset, workspace=workspace), expr)
+        if not pool:
+            serve_deployments(deployment)
+            return
+        try:
+            name = deploy_to_pool(deployment, pool)
+        except ValueError as exc:
+            console.print(f"[red]error:[/] {exc} (prefect work-pool create {pool} --type process)")
+            raise typer.Exit(2)
+        console.print(f"deployment {name} on work pool {pool}" + (f", cron {expr!r}" if expr else ", runs when started"))
+        console.print(f"start a run:  prefect deployment run '{name}';  a worker:  prefect worker start --pool {pool}")
     except NoPrefectServer as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2)

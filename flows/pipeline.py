@@ -39,11 +39,13 @@ from flows.stages import (
 from flows.workspace import (
     StageRun, WorkspaceError, configure_remote, default_remote, dvc_lock_hash, ensure_workspace, stage_waves,
 )
+from registry.errors import PromotionConflict
 
 DEFAULT_MODEL_NAME = "ct-lesion"
 # dvc.yaml's stages in waves, upstream first (`_reproduce` checks them against dvc.yaml):
 # the stages of one wave are independent of each other and run at once on a threads or dask runner.
 STAGE_WAVES = ((prepare_task,), (train_task, baseline_task), (evaluate_task,))
+PROMOTION_ATTEMPTS = 3  # gate and promote, again while another workspace on the registry promotes first
 
 
 class PhiFound(RuntimeError):
@@ -114,7 +116,7 @@ def _run_training(source: str, settings: Settings, trigger: str, lock: Workspace
         outcome = _gate(settings, params, record, version)
         if outcome is not None:  # else this very model is production under this policy: nothing to register or build
             outcome, model_tag, bento_tag = _package(settings, params, record, outcome, version)
-            _promote(settings, params, record, outcome, (source, dataset.class_names), model_tag, bento_tag)
+            _promote(settings, params, record, outcome, (source, dataset.class_names), model_tag, bento_tag, version)
     return record.summary
 
 
@@ -199,14 +201,21 @@ def _gate(settings: Settings, params: Params, record: RunRecorder, version: str)
     weights = weights_sha256(settings)
     if record.reuse_production(weights, version, test_version):
         return None
-    champion = record.read(read_champion, record.name)
-    retraining = record.read(read_retraining, record.name, params.drift, version)
-    outcome = record.timed(
-        gate_task, metrics, test_version, champion, params.gate.for_model(record.name), ws, params.evaluate,
-        record.run_dir / "gate", retraining,
-    )
+    outcome = _gate_against_production(settings, params, record, metrics, test_version, version)
     record.register_candidate(version, test_version, metrics, weights)
     return outcome
+
+
+def _gate_against_production(
+    settings: Settings, params: Params, record: RunRecorder, metrics: dict[str, Any], test_version: str, version: str
+) -> GateOutcome:
+    """gate_task on the candidate's metrics against the production model of this moment."""
+    champion = record.read(read_champion, record.name)
+    retraining = record.read(read_retraining, record.name, params.drift, version)
+    return record.timed(
+        gate_task, metrics, test_version, champion, params.gate.for_model(record.name), settings.workspace, params.evaluate,
+        record.run_dir / "gate", retraining,
+    )
 
 
 def _package(
@@ -230,14 +239,33 @@ def _package(
 
 def _promote(
     settings: Settings, params: Params, record: RunRecorder, outcome: GateOutcome, source: tuple[str, tuple[str, ...]],
-    model_tag: str | None, bento_tag: str | None,
+    model_tag: str | None, bento_tag: str | None, version: str,
 ) -> None:
     """phi_scan of every artifact for the identifiers of `source` (its label and class names) -> promote
-    (or reject) the candidate; the run then fails when an identifier was found."""
+    (or reject) the candidate; the run then fails when an identifier was found.
+
+    Workspaces sharing a registry (one PostgreSQL) may promote the same model name while this run is
+    between its gate and its promotion: the registry then refuses the promotion (PromotionConflict),
+    and the candidate is gated again against the new production model, keeping its serving and
+    privacy checks, up to PROMOTION_ATTEMPTS times.
+    """
     phi_check, scan = record.timed(phi_scan_task, settings, params, *source, record.run_dir, model_tag, bento_tag)
     record.phi_scanned(scan)
     outcome = outcome.with_check(phi_check)
-    record.timed(promote_task, record, outcome, bento_tag)
+    for attempt in range(1, PROMOTION_ATTEMPTS + 1):
+        try:
+            record.timed(promote_task, record, outcome, bento_tag)
+            break
+        except PromotionConflict as exc:
+            if attempt == PROMOTION_ATTEMPTS:
+                raise
+            get_run_logger().warning("%s: gating %s v%s again", exc, record.name, record.model_version)
+            metrics, _ = read_evaluation(settings)
+            regated = _gate_against_production(settings, params, record, metrics, prepared_data_version(settings.workspace) or version, version)
+            for check in outcome.decision.checks:
+                if check.kind in ("serving", "privacy"):
+                    regated = regated.with_check(check)
+            outcome = regated
     get_run_logger().info("gate: %s", outcome.decision.reason)
     if not record.summary.get("phi_scan", {}).get("clean", True):
         raise PhiFound(record.summary["phi_scan"])

@@ -146,8 +146,8 @@ def deployment_name(workspace: Path, purpose: str) -> str:
     return f"{workspace.name}-{purpose}"
 
 
-def retrain_deployment(workspace: Path, source: str, cron: str) -> Any:
-    """A deployment of `retrain_flow` on `cron`, tagged with its dataset and model name (`source`: a label)."""
+def retrain_deployment(workspace: Path, source: str, cron: str | None) -> Any:
+    """A deployment of `retrain_flow` on `cron` (None: runs only when started), tagged with its dataset and model name (`source`: a label)."""
     from prefect.deployments.runner import EntrypointType
 
     params = load_params(workspace / "params.yaml")
@@ -156,7 +156,8 @@ def retrain_deployment(workspace: Path, source: str, cron: str) -> Any:
         cron=cron,
         parameters={"source": source, "workspace": str(workspace), "trigger": "schedule", "lock_wait_s": params.retrain.lock_wait_s},
         tags=_tags(source, model_name_for(source, params), "schedule"),
-        description=f"Retrain {model_name_for(source, params)} on {source} (workspace {workspace}) on cron {cron!r}.",
+        description=f"Retrain {model_name_for(source, params)} on {source} (workspace {workspace})"
+        + (f" on cron {cron!r}." if cron else ", when started."),
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
 
@@ -188,6 +189,21 @@ def serve_deployments(*deployments: Any) -> None:
 
     require_server()
     serve(*deployments, print_starting_message=True)
+
+
+def deploy_to_pool(deployment: Any, pool: str) -> str:
+    """Register `deployment` on the work pool `pool` (a `process` pool's workers import `flows.retrain`,
+    so each needs medgate installed and the workspace at the same path); returns `<flow>/<deployment>`.
+
+    Raises:
+        NoPrefectServer: no Prefect server is configured.
+        ValueError: the pool does not exist (Prefect's message names it).
+    """
+    from prefect import deploy
+
+    require_server()
+    deploy(deployment, work_pool_name=pool, build=False, push=False, print_next_steps_message=False, ignore_warnings=True)
+    return str(deployment.full_name)
 
 
 def list_schedules(next_runs: int = 3) -> list[dict[str, Any]]:

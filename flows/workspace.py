@@ -198,10 +198,16 @@ def cached_folder(workspace: Path, version: str) -> dict[str, Path] | None:
 
 
 def push_outputs(workspace: Path) -> None:
-    """`dvc push`: the dataset and every stage output to the default remote (e.g. S3)."""
-    code, tail = _dvc(workspace, "push", "-q")
+    """`dvc push`: the dataset and every stage output to the default remote (e.g. S3).
+
+    Raises:
+        StageError: naming the remote and DVC's error lines (`-q` would drop them), e.g. the endpoint
+            it could not connect to.
+    """
+    code, tail = _dvc(workspace, "push")
     if code:
-        raise StageError(f"dvc push failed (exit {code}): {' | '.join(tail[-10:])}")
+        errors = [line for line in tail if line.startswith("ERROR")] or tail[-10:]
+        raise StageError(f"dvc push to remote {default_remote(workspace)} failed (exit {code}): {' | '.join(errors)}")
 
 
 def pipeline_stages(workspace: Path) -> list[str]:

@@ -59,7 +59,7 @@ def serve_in_background(
     try:
         yield proc
     finally:
-        _stop(proc)
+        stop_process_group(proc)
 
 
 def wait_until_ready(base_url: str, proc: subprocess.Popen[Any], timeout_s: float) -> str | None:
@@ -112,7 +112,8 @@ def containerize_bento(bento_tag: str, image_tag: str, backend: str = "docker") 
     return subprocess.run(command, env=bentoml_env(), stdin=subprocess.DEVNULL, check=False).returncode
 
 
-def _stop(proc: subprocess.Popen[Any]) -> None:
+def stop_process_group(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM to `proc`'s process group (started with `start_new_session`), SIGKILL after 20 s."""
     for sig, wait_s in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)

@@ -13,11 +13,12 @@ SHARED_DATA = PROJECT.parent / "shared" / "data"
 
 configure_offline()
 
-TIERS = ("unit", "integration")
+TIERS = ("unit", "integration", "scale")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test's tier is its folder (tests/unit, tests/integration): `-m unit`, `-m integration` select them."""
+    """A test's tier is its folder (tests/unit, tests/integration, tests/scale): `-m unit`, `-m integration`,
+    `-m scale` select them."""
     for item in items:
         tier = item.path.relative_to(PROJECT / "tests").parts[0]
         if tier in TIERS:
