@@ -43,6 +43,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import time
 import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -77,9 +78,11 @@ __all__ = ["ingest_source"]
 
 logger = logging.getLogger(__name__)
 
-# Starting a process costs about a second (a fresh interpreter imports numpy, pydicom, Pillow): fewer
-# chunks than this decode faster in this process (benchmarks/intake.py measures both).
+# Starting the worker processes costs about two seconds here (fresh interpreters import numpy, pydicom,
+# Pillow, soundfile, PyAV): fewer chunks than this, or chunks that decode faster than that saves, are
+# decoded in this process (benchmarks/intake.py and benchmarks/audio.py measure both).
 _POOL_MIN_CHUNKS = 4
+_POOL_START_S = 2.0
 
 
 @dataclass
@@ -317,21 +320,28 @@ def _worker_count(cfg: IngestConfig) -> int:
 
 
 def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, progress: _Progress) -> Iterator[_Result]:
-    """Results for `files`, in order. Two or more chunks and workers: a process pool (spawned, since
-    the caller may run threads), with at most two chunks per worker in flight."""
+    """Results for `files`, in order. Chunks are decoded here, each timed, while `workers` processes
+    would save less time on the rest than starting them costs (`_POOL_START_S`); then a process pool
+    (spawned, since the caller may run threads) decodes the rest, at most two chunks per worker in flight."""
     size = max(1, cfg.shard_size)
     reading = _Reading(DecodeLimits(**cfg.limits.model_dump()), ClipSpec.from_dict(cfg.video.model_dump()),
                        cfg.audio.sample_rate, BurnedInPolicy.of(cfg.accept_burned_in_risk, cfg.video.mask))
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
     first = sink.reserve_shards(len(chunks))
     workers = min(_worker_count(cfg), len(chunks))
-    if workers <= 1 or len(chunks) < _POOL_MIN_CHUNKS:
-        for k, chunk in enumerate(chunks):
-            yield from _decode_chunk(str(src), chunk, str(sink.out_dir), first + k, sink.salt, reading, progress.step)
+    pooled = workers > 1 and len(chunks) >= _POOL_MIN_CHUNKS
+    for k, chunk in enumerate(chunks):
+        started = time.monotonic()
+        results = _decode_chunk(str(src), chunk, str(sink.out_dir), first + k, sink.salt, reading, progress.step)
+        saved = (time.monotonic() - started) * (len(chunks) - k - 1) * (1 - 1 / workers)
+        yield from results
+        if pooled and saved > _POOL_START_S:
+            break
+    else:
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         queue: deque[tuple[int, Future[list[_Result]]]] = deque()
-        upcoming = iter(enumerate(chunks))
+        upcoming = iter(list(enumerate(chunks))[k + 1:])
 
         def submit() -> None:
             nxt = next(upcoming, None)

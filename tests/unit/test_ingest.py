@@ -8,6 +8,7 @@ import io
 import json
 import re
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -480,8 +481,13 @@ def test_nifti_folder_volumes_spacing_and_orientation(tmp_path: Path) -> None:
     assert nib.load(src / "a.nii.gz").shape == (6, 5, 4)  # raw data untouched
 
 
-def test_worker_processes_give_the_same_dataset(cohort: Path, tmp_path: Path) -> None:
+def test_worker_processes_give_the_same_dataset(cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Decoding in two spawned processes, several shards: byte-identical manifest and shards."""
+    from components.stages import ingest
+
+    monkeypatch.setattr(ingest, "_POOL_START_S", 0.0)  # a small cohort is worth the processes only if they cost nothing
+    monkeypatch.setattr(ingest, "ProcessPoolExecutor", _Counting)
+    _Counting.submitted = 0
     inline = ingest_source(cohort, tmp_path / "a", default_params(ingest={"workers": 1, "shard_size": 4}).ingest, SALT)
     pooled = ingest_source(cohort, tmp_path / "b", default_params(ingest={"workers": 2, "shard_size": 4}).ingest, SALT)
     shards = sorted(p.name for p in (tmp_path / "a" / "images").iterdir())
@@ -491,3 +497,24 @@ def test_worker_processes_give_the_same_dataset(cohort: Path, tmp_path: Path) ->
         assert (tmp_path / "a" / "images" / name).read_bytes() == (tmp_path / "b" / "images" / name).read_bytes()
     pd.testing.assert_frame_equal(read_manifest(inline.manifest), read_manifest(pooled.manifest))
     assert (tmp_path / "a" / "sources.csv").read_text() == (tmp_path / "b" / "sources.csv").read_text()
+    assert _Counting.submitted == len(shards) - 1  # the first chunk decoded here, the rest by the pool
+
+
+def test_a_small_source_is_decoded_without_starting_processes(cohort: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from components.stages import ingest
+
+    monkeypatch.setattr(ingest, "ProcessPoolExecutor", _Counting)
+    _Counting.submitted = 0
+    ingest_source(cohort, tmp_path / "a", default_params(ingest={"workers": 2, "shard_size": 4}).ingest, SALT)
+    assert _Counting.submitted == 0  # a few milliseconds a chunk: starting two processes would cost more
+
+
+class _Counting(ProcessPoolExecutor):
+    """A process pool that counts the chunks submitted to it."""
+
+    submitted = 0
+
+    def submit(self, *args, **kwargs):  # type: ignore[override]
+        type(self).submitted += 1
+        return super().submit(*args, **kwargs)
