@@ -147,14 +147,18 @@ def main() -> None:
         print(name, {k: round(v, 3) for k, v in results[name].items()}, flush=True)
     paths = [DATA / p for p in labels["path"]]
     bare, store = bare_read_seconds(paths), bare_store_seconds(paths, root / "bare-store.zip")
-    seeds = [r for n, r in results.items() if n.startswith("seed")]
     print(f"\nload average {os.getloadavg()[0]:.1f}; {len(labels)} recordings")
-    for key in (*SHOWN, *(f"baseline_{k}" for k in SHOWN), "train_s"):
-        values = [r[key] for r in seeds]
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        target = f"  (minimum {MINIMUMS[key]})" if key in MINIMUMS else ""
-        print(f"{key:28s} {np.mean(values):.3f} +- {spread:.3f}{target}")
-    ingest = statistics.mean(r["ingest_s"] for r in seeds)
+    for group in ("seed", "site"):  # the stratified splits, then the sites held out
+        chosen = [r for n, r in results.items() if n.startswith(group)]
+        if not chosen:
+            continue
+        print(f"\n{len(chosen)} {'seeds of the stratified split' if group == 'seed' else 'sites held out'}:")
+        for key in (*SHOWN, *(f"baseline_{k}" for k in SHOWN), "train_s"):
+            values = [r[key] for r in chosen]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            target = f"  (minimum {MINIMUMS[key]})" if key in MINIMUMS and group == "seed" else ""
+            print(f"{key:28s} {np.mean(values):.3f} +- {spread:.3f}{target}")
+    ingest = statistics.mean(r["ingest_s"] for r in results.values())
     print(f"ingest {ingest:.1f} s against a bare soundfile.read loop {bare:.1f} s: ratio {bare / ingest:.2f} (minimum 0.8)")
     print(f"ingest against a bare read + hash + store loop {store:.1f} s: ratio {store / ingest:.2f}")
     print("PhysioNet/CinC 2016 best entries: MAcc about 0.86 on the hidden test set")
