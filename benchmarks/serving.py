@@ -58,6 +58,7 @@ import io
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -67,9 +68,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from burst_memory import TARGET_GROWTH_MB, BurstResult, measure_burst
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project: its tests' forged files
+
+from burst_memory import TARGET_GROWTH_MB, BurstResult, measure_burst  # noqa: E402 - after the path is set
 from burst_memory import report as burst_report
-from serving_targets import TARGET_CONCURRENCY, WIDE_MODEL, targets
+from serving_targets import TARGET_CONCURRENCY, WIDE_MODEL, targets  # noqa: E402
 
 from flows.settings import configure_offline, get_settings
 
