@@ -13,9 +13,11 @@ from cli.report import report
 from cli.retrain import retrain, run, schedule, server, sweep, watch
 from cli.ui import ui
 from cli.users import users_app
+from cli.workspace import init
 from flows.settings import configure_offline
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="medgate: from medical images to a gated, served model.")
+app.command("init")(init)
 app.command("run")(run)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")

@@ -109,8 +109,10 @@ def launch(source: Callable[[], str], workspace: Path | None, trigger: str, wait
     Prefect's API server for the run (flows.prefect_api) starts first: it boots while `source()`
     and the imports below run.
     """
+    from cli.workspace import require_workspace
     from flows.prefect_api import start_prefect_api
 
+    require_workspace(get_settings(workspace).workspace)
     with stdout_to_stderr() if as_json else nullcontext():
         api = start_prefect_api()
         source_path = source()

@@ -84,7 +84,7 @@ def ensure_workspace(workspace: Path) -> None:
     for name in ("params.yaml", "dvc.yaml"):
         if not (workspace / name).is_file():
             raise WorkspaceError(
-                f"{workspace}: no {name}; run medgate from the project root or set MEDGATE_WORKSPACE to a workspace"
+                f"{workspace}: no {name}; run medgate in a workspace (`medgate init DIR` makes one) or set MEDGATE_WORKSPACE"
             )
     if not (workspace / ".dvc").is_dir():
         for args in (("init", "--no-scm", "-q"), ("config", "core.analytics", "false")):
@@ -104,7 +104,10 @@ def create_workspace(root: Path, overrides: Mapping[str, Any] | None = None) -> 
         shutil.copytree(PROJECT_ROOT / ".dvc", root / ".dvc", ignore=ignore)
     if not (root / "components").exists():
         (root / "components").symlink_to(PROJECT_ROOT / "components")
-    update_params(root, overrides or {}, base=PROJECT_ROOT / "params.yaml")
+    if overrides:
+        update_params(root, overrides, base=PROJECT_ROOT / "params.yaml")
+    else:  # verbatim: its comments document every setting
+        shutil.copy(PROJECT_ROOT / "params.yaml", root / "params.yaml")
     return root
 
 

@@ -155,3 +155,18 @@ def test_library_records_and_warnings_go_to_the_log_not_the_console(tmp_path: Pa
     assert "Traceback" in detail and "invalid number of segments" in detail and "non-conformant padding" in detail
     assert "our own" not in detail
     assert warnings.showwarning is showwarning
+
+
+def test_run_outside_a_workspace_names_init_which_makes_one(tmp_path: Path) -> None:
+    folder = tmp_path / "new"
+    refused = medgate(folder, "run")
+    assert refused.returncode == 2 and "`medgate init" in refused.stdout and "no params.yaml" in refused.stdout
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    made = subprocess.run([sys.executable, "-m", "cli", "init", str(folder)], cwd=PROJECT, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert made.returncode == 0 and "default params.yaml" in made.stdout, made.stderr
+    assert (folder / "params.yaml").read_text() == (PROJECT / "params.yaml").read_text() and (folder / "dvc.yaml").is_file()
+    (folder / "params.yaml").write_text((PROJECT / "params.yaml").read_text().replace("seed: 13", "seed: 14"))
+    again = subprocess.run([sys.executable, "-m", "cli", "init", str(folder)], cwd=PROJECT, env=env, capture_output=True,
+                           text=True, timeout=120, check=False)
+    assert again.returncode == 0 and "seed: 14" in (folder / "params.yaml").read_text()  # a workspace's own settings stay
