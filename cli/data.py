@@ -37,12 +37,14 @@ def validate(
     blocking check failed (warnings allowed), 3 when one did, 2 when the source cannot be read at all.
     """
     from components.config import default_params, load_params
+    from components.data.artifacts import write_text_atomically
     from components.stages.ingest import ingest_source
     from components.stages.validate import validate_manifest
     from flows.datasets import source_files
     from flows.drift import drift_against, production_baseline
     from flows.logs import library_log
     from flows.pipeline import model_name_for
+    from flows.recording import SUMMARY_FILE
     from flows.sources import reveal
 
     from cli.retrain import resolve_source
@@ -85,7 +87,7 @@ def validate(
         "validation": {"success": result.success, "verdict": report["verdict"], "report": str(result.report_html),
                        "failed_expectations": list(result.failed_expectations), "warnings": list(result.warnings)},
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomically(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
     _print_validation(report, dataset.kind, dataset.num_images, result.report_html, lambda text: reveal(settings, text))
     _print_log(log)
     if not result.success:

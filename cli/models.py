@@ -280,11 +280,13 @@ def _sign_off(version: str, reason: str, actor: Optional[str], workspace: Option
     console.print(f"{name} v{number} is {done.stage} (signed off by {escape(current_actor(actor))}){follows}", soft_wrap=True)
 
 
+CandidateArg = typer.Argument(..., help="NAME:N, or N when one model name exists.")
+ApproverOpt = typer.Option(None, "--actor", help="The approver: a console user (default: the login name).")
+
+
 @models_app.command("approve")
 def models_approve(
-    version: str = typer.Argument(..., help="NAME:N, or N when one model name exists."),
-    reason: str = ReasonOpt,
-    actor: Optional[str] = typer.Option(None, "--actor", help="The approver: a console user (default: the login name)."),
+    version: str = CandidateArg, reason: str = ReasonOpt, actor: Optional[str] = ApproverOpt,
     workspace: Optional[Path] = WorkspaceOpt,
 ) -> None:
     """Approve a candidate awaiting approval: it is promoted (gate require_approval; docs/gate.md)."""
@@ -293,9 +295,7 @@ def models_approve(
 
 @models_app.command("reject")
 def models_reject(
-    version: str = typer.Argument(..., help="NAME:N, or N when one model name exists."),
-    reason: str = ReasonOpt,
-    actor: Optional[str] = typer.Option(None, "--actor", help="The approver: a console user (default: the login name)."),
+    version: str = CandidateArg, reason: str = ReasonOpt, actor: Optional[str] = ApproverOpt,
     workspace: Optional[Path] = WorkspaceOpt,
 ) -> None:
     """Reject a candidate awaiting approval, with the reason."""

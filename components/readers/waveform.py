@@ -17,7 +17,6 @@ from components.readers.base import DecodeLimits, ImageDecodeError, check_declar
 # WaveformSampleInterpretation -> (numpy type, full scale, offset) of linear codes.
 _LINEAR = {"SB": ("i1", 128.0, 0.0), "UB": ("u1", 128.0, 128.0), "SS": ("<i2", 32768.0, 0.0),
            "US": ("<u2", 32768.0, 32768.0), "SL": ("<i4", 2.0**31, 0.0), "UL": ("<u4", 2.0**31, 2.0**31)}
-_COMPANDED = ("MB", "AB")  # G.711 mu-law, A-law (8 bits)
 
 
 def is_waveform(ds: Dataset) -> bool:
@@ -48,9 +47,8 @@ def waveform_recording(ds: Dataset, limits: DecodeLimits | None) -> tuple[np.nda
         raise ImageDecodeError(f"DICOM waveform sampling frequency {rate:g} Hz is not a whole number")
     check_declared(limits, samples=count, channels=channels, itemsize=4, seconds=count / rate)
     if kind in _COMPANDED:
-        expand = mu_law if kind == "MB" else a_law
+        expand, clip = _COMPANDED[kind]
         values = expand(_samples(data, "u1", count * channels))
-        clip = float(expand(np.array([0x80], np.uint8))[0] if kind == "MB" else expand(np.array([0xAA], np.uint8))[0])
     elif kind in _LINEAR:
         dtype, scale, offset = _LINEAR[kind]
         values = (_samples(data, dtype, count * channels).astype(np.float64) - offset) / scale
@@ -81,3 +79,7 @@ def a_law(codes: np.ndarray) -> np.ndarray:
     exponent, mantissa = (a >> 4) & 0x07, (a & 0x0F).astype(np.int32)
     magnitude = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent, 1) - 1)
     return np.where(a & 0x80, magnitude, -magnitude) / 32768.0
+
+
+# G.711 mu-law and A-law (8-bit codes): the expansion, and the largest magnitude it gives (full scale).
+_COMPANDED = {"MB": (mu_law, 32124 / 32768), "AB": (a_law, 32256 / 32768)}
