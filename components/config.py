@@ -307,7 +307,9 @@ class TrainConfig(_Section):
     # Training images over which BatchNorm statistics are recomputed after each epoch (0: all); a few
     # thousand estimate them well, and the pass costs a forward over them every epoch.
     bn_recalibration_images: int
-    max_minutes: float
+    max_minutes: float  # the whole training's budget: an ensemble's members get an equal share each
+    # Seed ensemble: this many networks (seeds seed, seed+1, ...) on the same split, probabilities averaged.
+    ensemble: int = Field(ge=1)
     device: Literal["auto", "cpu", "cuda"]
     amp: bool  # bfloat16 autocast, on a GPU only
     compile: bool  # torch.compile, on a GPU only
@@ -329,6 +331,10 @@ class EvaluateConfig(_Section):
     temperature_scaling: bool  # fit a temperature on validation; report calibration before/after
     calibration_bins: int
     seed: int
+    # Logit adjustment of a class-balanced model to the training data's prior (components.ml.predictor).
+    prior_correction: bool
+    # Test-time augmentation: mean softmax over the input and its flips along these spatial axes; () off.
+    tta_flip_axes: tuple[int, ...]
 
 
 class Bound(_Section):

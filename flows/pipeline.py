@@ -229,6 +229,7 @@ def _package(
     metadata = {
         "model_name": record.name, "model_version": record.model_version, "dataset_version": version, "run_id": record.run_uid,
         "operating_threshold": metrics["operating_threshold"], "gate": without_none(outcome.to_dict()),
+        "prediction": read_evaluation(settings)[0].get("prediction"),  # how evaluate made the probabilities
         "dvc_lock": dvc_lock_hash(settings.workspace),
     }
     model_tag, bento_tag, _ = record.timed(package_task, settings, params, record.name, metadata, record.packaging_card(outcome))

@@ -7,7 +7,8 @@ Endpoints of `Classifier`:
   `{"label", "probabilities": {class: p}, "decision", "model_version"}`. Form field `windows=true`
   (audio models only) adds `"windows": [{"start_s", "end_s", "probabilities"}]`, one per window.
 - `POST /predict_batch`: multipart field `images` (one or more files) → a list of the same, in order.
-- `GET /metadata`: model tag, name and version, dataset version, class names, preprocessing, gate
+- `GET /metadata`: model tag, name and version, dataset version, class names, preprocessing, `prediction`
+  (ensemble members, test-time flips, prior correction: how the probabilities are made), gate
   decision, and `model_card`: its links, or null when the model store entry holds no card.
 - `GET /model_card` (HTML) and `GET /model_card.md` (Markdown): the card stored with the model; 404
   without one.
@@ -361,6 +362,10 @@ def _load_verified(model_dir: Path, metadata: dict[str, Any], tag: str) -> tuple
     return network, spec
 
 
+# How the model makes its probabilities (components.ml.models.ModelSpec): shown under /metadata's `prediction`.
+_PREDICTION = ("members", "tta_flip_axes", "prior_correction", "class_prior", "trained_prior")
+
+
 def _describe(
     tag: bentoml.Tag, metadata: dict[str, Any], settings: ServingSettings, card_routes: set[str], device_type: str
 ) -> dict[str, Any]:
@@ -380,6 +385,7 @@ def _describe(
         "spec_sha256",
         "gate",
         "gate_checks",
+        *_PREDICTION,
     }
     class_names = list(metadata["class_names"])
     card_links = {"html": "/model_card", "markdown": "/model_card.md"}
@@ -395,6 +401,7 @@ def _describe(
         "input_shape": metadata.get("input_shape"),
         "family": metadata.get("family"),
         "architecture": metadata.get("model"),
+        "prediction": {k: metadata.get(k) for k in _PREDICTION},
         "sha256": metadata.get("sha256"),
         "gate": metadata.get("gate", metadata.get("gate_checks")),
         "model_card": {kind: route for kind, route in card_links.items() if route in card_routes} or None,

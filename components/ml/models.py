@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.networks.nets import DenseNet, EfficientNet, ResNet
 from torch import nn
 
-from components.data.artifacts import SPEC_FILE, WEIGHTS_FILE, file_sha256
 from components.config import ModelConfig
+from components.data.artifacts import SPEC_FILE, WEIGHTS_FILE, file_sha256
 from components.ml.audio import AudioPreprocessing, is_audio
 from components.ml.audio_models import FAMILIES_AUDIO, build_audio_model
+from components.ml.predictor import build_predictor, prior_adjustment
 from components.ml.transforms import Preprocessing
 
 FAMILIES_2D = ("resnet", "densenet", "efficientnet")
@@ -150,7 +153,12 @@ class ModelSpec:
     """Everything needed to rebuild a trained network and feed it: stored beside the weights.
 
     `class_names` is the only source of label order; for two classes, `class_names[1]` is the
-    positive class that `operating_threshold` applies to.
+    positive class that `operating_threshold` applies to. How inputs become probabilities
+    (`components.ml.predictor`): the mean softmax of `members` networks (a seed ensemble) over the
+    input and its flips along `tta_flip_axes`, corrected from `trained_prior` (the class prior the
+    loss saw: uniform under class balancing) to `class_prior` (the training split's) when
+    `prior_correction`. Train writes the first three; evaluate decides the last two, which packaging
+    stores with the model, so the service predicts as evaluate measured.
     """
 
     model: ModelConfig
@@ -158,10 +166,29 @@ class ModelSpec:
     class_names: tuple[str, ...]
     preprocessing: Preprocessing | AudioPreprocessing
     operating_threshold: float = 0.5
+    members: int = 1
+    class_prior: tuple[float, ...] = ()
+    trained_prior: tuple[float, ...] = ()
+    tta_flip_axes: tuple[int, ...] = ()
+    prior_correction: bool = False
 
     @property
     def audio(self) -> bool:
         return isinstance(self.preprocessing, AudioPreprocessing)
+
+    def adjustment(self) -> np.ndarray | None:
+        """What prior correction adds to the log-probabilities; None when it is off or the priors are unknown."""
+        if not (self.prior_correction and self.class_prior and self.trained_prior):
+            return None
+        return prior_adjustment(self.class_prior, self.trained_prior)
+
+    def predicting(self, tta_flip_axes: Sequence[int], prior_correction: bool) -> ModelSpec:
+        """This spec with evaluate's choice of test-time flips and prior correction."""
+        return replace(self, tta_flip_axes=tuple(tta_flip_axes), prior_correction=prior_correction)
+
+    def prediction(self) -> dict[str, Any]:
+        """The fields evaluate decides (metrics.json's `prediction`, what packaging stores)."""
+        return {"tta_flip_axes": list(self.tta_flip_axes), "prior_correction": self.prior_correction}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,6 +198,10 @@ class ModelSpec:
             "class_names": list(self.class_names),
             "preprocessing": self.preprocessing.to_dict(),
             "operating_threshold": self.operating_threshold,
+            "members": self.members,
+            "class_prior": list(self.class_prior),
+            "trained_prior": list(self.trained_prior),
+            **self.prediction(),
         }
 
     @classmethod
@@ -181,9 +212,12 @@ class ModelSpec:
             class_names=tuple(raw["class_names"]),
             preprocessing=preprocessing_from_dict(raw["preprocessing"]),
             operating_threshold=float(raw.get("operating_threshold", 0.5)),
+            members=int(raw.get("members", 1)),
+            class_prior=tuple(float(p) for p in raw.get("class_prior", ())),
+            trained_prior=tuple(float(p) for p in raw.get("trained_prior", ())),
+            tta_flip_axes=tuple(int(a) for a in raw.get("tta_flip_axes", ())),
+            prior_correction=bool(raw.get("prior_correction", False)),
         )
-
-
 
 
 def preprocessing_from_dict(raw: dict[str, Any]) -> Preprocessing | AudioPreprocessing:
@@ -191,17 +225,24 @@ def preprocessing_from_dict(raw: dict[str, Any]) -> Preprocessing | AudioPreproc
     return AudioPreprocessing.from_dict(raw) if is_audio(raw) else Preprocessing.from_dict(raw)
 
 
-def save_model(model: nn.Module, spec: ModelSpec, out_dir: Path) -> Path:
-    """Write weights (a plain state dict) and spec into `out_dir`; returns the weights path."""
+def save_model(model: nn.Module | Sequence[nn.Module], spec: ModelSpec, out_dir: Path) -> Path:
+    """Write weights and spec into `out_dir`; returns the weights path.
+
+    The weights are a plain state dict: of the network, or for an ensemble of `nn.ModuleList(members)`
+    (keys `<member>.<parameter>`), one file holding every member.
+    """
+    members = [model] if isinstance(model, nn.Module) else list(model)
+    if len(members) != spec.members:
+        raise ValueError(f"{len(members)} networks for a spec of {spec.members} members")
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_FILE
-    torch.save(model.state_dict(), weights)
+    torch.save((members[0] if len(members) == 1 else nn.ModuleList(members)).state_dict(), weights)
     (out_dir / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2))
     return weights
 
 
-def load_model(model_dir: Path, expected_sha256: str | None = None) -> tuple[nn.Module, ModelSpec]:
-    """Rebuild the network saved by `save_model`, in eval mode.
+def load_networks(model_dir: Path, expected_sha256: str | None = None) -> tuple[list[nn.Module], ModelSpec]:
+    """The networks saved by `save_model` (one, or an ensemble's members), in eval mode, and their spec.
 
     Raises ValueError if `expected_sha256` is given and the weights file does not match it.
     Weights load with `weights_only=True`: no arbitrary pickle is ever executed.
@@ -210,6 +251,19 @@ def load_model(model_dir: Path, expected_sha256: str | None = None) -> tuple[nn.
     if expected_sha256 is not None and (actual := file_sha256(weights)) != expected_sha256:
         raise ValueError(f"{weights}: sha256 {actual} does not match the registered {expected_sha256}")
     spec = ModelSpec.from_dict(json.loads((model_dir / SPEC_FILE).read_text()))
-    model = build_model(spec.model, spec.input_shape, len(spec.class_names), spec.audio)
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return model.eval(), spec
+    members = [build_model(spec.model, spec.input_shape, len(spec.class_names), spec.audio) for _ in range(spec.members)]
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    (members[0] if len(members) == 1 else nn.ModuleList(members)).load_state_dict(state)
+    return [m.eval() for m in members], spec
+
+
+def spec_predictor(members: Sequence[nn.Module], spec: ModelSpec) -> nn.Module:
+    """The module whose softmax is the probabilities `spec` says its networks give (components.ml.predictor)."""
+    return build_predictor(members, len(spec.input_shape) - 1, spec.tta_flip_axes, spec.adjustment())
+
+
+def load_model(model_dir: Path, expected_sha256: str | None = None) -> tuple[nn.Module, ModelSpec]:
+    """The model saved by `save_model` as one module, in eval mode, whose softmax is its probabilities
+    as its spec says (members, test-time flips, prior correction); see `load_networks` for the checks."""
+    members, spec = load_networks(model_dir, expected_sha256)
+    return spec_predictor(members, spec), spec

@@ -18,17 +18,20 @@ or clips share a label: `patient_auc` and `patient_accuracy` on the mean of each
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
+from torch import nn
 
+from components.config import EvaluateConfig, load_params, stage_arguments
 from components.data.artifacts import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, EvalReport
 from components.data.manifest import SUBGROUP_COLUMNS
-from components.config import EvaluateConfig, load_params, stage_arguments
 from components.data.prepared import load_split
+from components.ml.audio import per_recording
 from components.ml.metrics import (
     apply_temperature,
     bootstrap_ci,
@@ -42,8 +45,8 @@ from components.ml.metrics import (
     reliability_bins,
     score_auc,
 )
-from components.ml.audio import per_recording
-from components.ml.models import load_model
+from components.ml.models import ModelSpec, load_networks, spec_predictor
+from components.ml.predictor import correct_probs
 from components.ml.runtime import predict_probs, set_threads
 from components.ml.video import patient_metrics
 
@@ -108,25 +111,82 @@ def write_plot_data(out_dir: Path, labels: np.ndarray, probs: np.ndarray, predic
     (out_dir / "confusion.json").write_text(json.dumps(confusion))
 
 
-def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir: Path, baseline_dir: Path | None = None) -> EvalReport:
-    """Metrics of the model in `model_dir` on the test split of `data_dir`, beside the baseline's when given."""
-    set_threads(0)
-    model, spec = load_model(model_dir)
-    x_val, y_val, val_rows = load_split(data_dir, "val")
-    x_test, y_test, rows = load_split(data_dir, "test")
-    val_probs, test_probs = predict_probs(model, x_val), predict_probs(model, x_test)
-    if "window" in rows:  # recordings: each one's score is the mean of its windows'
-        _, val_probs, y_val = per_recording(val_rows, val_probs, y_val)
-        rows, test_probs, y_test = per_recording(rows, test_probs, y_test)
-    binary = len(spec.class_names) == 2
-    threshold = choose_threshold(y_val, val_probs[:, 1], cfg.operating_point, cfg.target_sensitivity) if binary else 0.5
+@dataclass(frozen=True)
+class _Splits:
+    """The validation and test images, their labels and rows (for recordings: per window)."""
 
-    metrics: dict[str, Any] = classification_metrics(y_test, test_probs, threshold, cfg.calibration_bins)
+    x_val: np.ndarray
+    y_val: np.ndarray
+    val_rows: pd.DataFrame
+    x_test: np.ndarray
+    y_test: np.ndarray
+    rows: pd.DataFrame
+
+    def scores(self, model: nn.Module, undo: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Validation and test probabilities of `model` (a recording's: the mean of its windows');
+        with `undo`, the prior correction of that adjustment undone."""
+        val_probs, test_probs = predict_probs(model, self.x_val), predict_probs(model, self.x_test)
+        if undo is not None:
+            val_probs, test_probs = correct_probs(val_probs, -undo), correct_probs(test_probs, -undo)
+        if "window" in self.rows:  # recordings: each one's score is the mean of its windows'
+            return per_recording(self.val_rows, val_probs, self.y_val)[1], per_recording(self.rows, test_probs, self.y_test)[1]
+        return val_probs, test_probs
+
+    def labels(self) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        """Validation and test labels and the test rows, one per recording for recordings."""
+        if "window" not in self.rows:
+            return self.y_val, self.y_test, self.rows
+        rows, _, y_test = per_recording(self.rows, np.zeros((len(self.rows), 1)), self.y_test)
+        return per_recording(self.val_rows, np.zeros((len(self.val_rows), 1)), self.y_val)[2], y_test, rows
+
+
+def at_threshold(y_val: np.ndarray, val_probs: np.ndarray, y_test: np.ndarray, test_probs: np.ndarray,
+                 cfg: EvaluateConfig) -> tuple[dict[str, float], float]:
+    """Test metrics at the operating threshold chosen on validation (two classes; else the arg-max), and that threshold."""
+    binary = val_probs.shape[1] == 2
+    threshold = choose_threshold(y_val, val_probs[:, 1], cfg.operating_point, cfg.target_sensitivity) if binary else 0.5
+    return classification_metrics(y_test, test_probs, threshold, cfg.calibration_bins), threshold
+
+
+def member_metrics(networks: list[nn.Module], spec: ModelSpec, splits: _Splits, cfg: EvaluateConfig) -> list[dict[str, float]]:
+    """Each ensemble member's test metrics alone, predicting as the ensemble does (flips, prior correction)."""
+    y_val, y_test, _ = splits.labels()
+    single = replace(spec, members=1)
+    out = []
+    for network in networks:
+        val_probs, test_probs = splits.scores(spec_predictor([network], single))
+        metrics, _ = at_threshold(y_val, val_probs, y_test, test_probs, cfg)
+        out.append({k: metrics[k] for k in ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity")})
+    return out
+
+
+def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir: Path, baseline_dir: Path | None = None) -> EvalReport:
+    """Metrics of the model in `model_dir` on the test split of `data_dir`, beside the baseline's when given.
+
+    The model predicts as `cfg` says (test-time flips, prior correction: `ModelSpec.predicting`), which
+    metrics.json records under `prediction` for packaging to store with the model. With prior
+    correction, `accuracy_uncorrected` and `balanced_accuracy_uncorrected` say what it changed; for an
+    ensemble, `members` lists each member's metrics alone.
+    """
+    set_threads(0)
+    networks, spec = load_networks(model_dir)
+    spec = spec.predicting(cfg.tta_flip_axes, cfg.prior_correction)
+    model = spec_predictor(networks, spec)
+    splits = _Splits(*load_split(data_dir, "val"), *load_split(data_dir, "test"))
+    y_val, y_test, rows = splits.labels()
+    val_probs, test_probs = splits.scores(model)
+    binary = len(spec.class_names) == 2
+    scores, threshold = at_threshold(y_val, val_probs, y_test, test_probs, cfg)
+    metrics: dict[str, Any] = dict(scores)
     for name, fn in {
         "auc": score_auc,
         "accuracy": lambda y, p: float((predict_labels(p, threshold) == y).mean()),
     }.items():
         metrics[f"{name}_ci_lower"], metrics[f"{name}_ci_upper"] = bootstrap_ci(y_test, test_probs, fn, cfg.bootstrap_samples, cfg.seed)
+    if (adjustment := spec.adjustment()) is not None:
+        raw_val, raw_test = splits.scores(model, adjustment)
+        uncorrected, _ = at_threshold(y_val, raw_val, y_test, raw_test, cfg)
+        metrics.update({f"{k}_uncorrected": uncorrected[k] for k in ("accuracy", "balanced_accuracy")})
     metrics["nll"] = negative_log_likelihood(y_test, test_probs)
     if binary:  # the PhysioNet 2016 challenge's score
         metrics["macc"] = (metrics["sensitivity"] + metrics["specificity"]) / 2
@@ -144,6 +204,9 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
     if baseline_dir is not None:
         metrics.update(compare_with_baseline(baseline_dir, rows, y_test, test_probs, metrics, cfg))
     metrics["subgroups"] = subgroup_metrics(rows, y_test, test_probs, threshold)
+    metrics["prediction"] = {**spec.prediction(), "members": spec.members}
+    if spec.members > 1:
+        metrics["members"] = member_metrics(networks, spec, splits, cfg)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=True))

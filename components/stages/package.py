@@ -61,7 +61,9 @@ def save_to_model_store(
     the files say: `sha256` of model.pt, `spec_sha256` of the stored model.json and the ModelSpec
     fields (`class_names`, `preprocessing`, `operating_threshold`, `input_shape`, `family`, `model`).
     An `operating_threshold` in `metadata` (the operating point chosen at evaluation) replaces the one
-    in model.json, in the stored model.json too, so the service decides at the evaluated point.
+    in model.json, in the stored model.json too, so the service decides at the evaluated point; so
+    does a `prediction` (evaluate's `tta_flip_axes` and `prior_correction`, metrics.json's `prediction`),
+    so the service predicts as evaluation measured.
 
     Args:
         model_dir: folder holding model.pt and model.json.
@@ -86,6 +88,9 @@ def save_to_model_store(
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"operating_threshold {threshold} is not a probability")
         spec = dataclasses.replace(spec, operating_threshold=float(threshold))
+    prediction = metadata.get("prediction")
+    if prediction is not None:
+        spec = spec.predicting(prediction["tta_flip_axes"], bool(prediction["prior_correction"]))
     spec_bytes = json.dumps(spec.to_dict(), indent=2).encode()
     sha256 = file_sha256(weights)
     stored_metadata = {

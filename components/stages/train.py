@@ -45,6 +45,7 @@ from components.data.artifacts import (
 )
 from components.data.prepared import load_split, read_dataset_info
 from components.imports import import_closure, module_name
+from components.ml.audio import AudioPreprocessing, SpectrogramAugmentation
 from components.ml.distributed import (
     SINGLE,
     Replica,
@@ -53,9 +54,10 @@ from components.ml.distributed import (
     leave_process_group,
     under_torchrun,
 )
+from components.ml.ensemble import combine_members
 from components.ml.metrics import score_auc
-from components.ml.audio import AudioPreprocessing, SpectrogramAugmentation
 from components.ml.models import ModelSpec, build_model, preprocessing_from_dict, resolve_family, save_model
+from components.ml.predictor import class_prior, trained_prior
 from components.ml.runtime import predict_probs, resolve_device, set_threads
 from components.ml.transforms import BatchAugmentation
 
@@ -64,6 +66,15 @@ def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Inverse class frequency, scaled so that a balanced set gets weight 1 per class."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     return counts.sum() / np.maximum(counts, 1) / num_classes
+
+
+def training_priors(labels: np.ndarray, num_classes: int, cfg: TrainConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The training split's class prior and the one the loss trained under (uniform when class-balanced),
+    for the model spec: what prior correction moves the predictions between."""
+    prior = class_prior(labels, num_classes)
+    balanced = cfg.class_balance != "none"
+    trained = trained_prior(prior, class_weights(labels, num_classes) if balanced else np.ones(num_classes))
+    return tuple(prior.tolist()), tuple(trained.tolist())
 
 
 def input_key(data_dir: Path, cfg: TrainConfig) -> str:
@@ -400,7 +411,11 @@ def train_model(
         state_dir: where the resumable checkpoint lives (default `out_dir`).
         on_epoch: called with each epoch's history record after its checkpoint is written.
         replica: this process's place under torchrun (components.ml.distributed); rank 0 writes the files.
+
+    With `cfg.ensemble` > 1, trains a seed ensemble instead (`train_ensemble`).
     """
+    if cfg.ensemble > 1:
+        return train_ensemble(data_dir, cfg, out_dir, state_dir, on_epoch, replica)
     started_wall = time.monotonic()
     threads = set_threads(cfg.num_threads)
     device = resolve_device(cfg.device, "train.device")
@@ -439,7 +454,9 @@ def train_model(
     if course.best["epoch"] == 0:  # validation AUC never defined (one class in val): keep the last epoch
         course.best = {**course.best, "epoch": len(course.history), "weights": _copy_state(run.eval_model)}
     run.model.load_state_dict(course.best["weights"])
-    spec = ModelSpec(cfg.model, data.input_shape, data.class_names, preprocessing_from_dict(data.info["preprocessing"]))
+    data_prior, loss_prior = training_priors(data.y_train, len(data.class_names), cfg)
+    spec = ModelSpec(cfg.model, data.input_shape, data.class_names, preprocessing_from_dict(data.info["preprocessing"]),
+                     class_prior=data_prior, trained_prior=loss_prior)
     family = resolve_family(cfg.model, data.input_shape, spec.audio)
     if replica.is_main:
         save_model(run.model, spec, out_dir)
@@ -447,6 +464,28 @@ def train_model(
         summary = _training_summary(run, course, family, device, threads, replica)
         (out_dir / TRAINING_FILE).write_text(json.dumps({**summary, "this_call_seconds": time.monotonic() - started_wall}, indent=2))
     return TrainedModel(out_dir / WEIGHTS_FILE, family, course.best["epoch"], course.best["auc"])
+
+
+def train_ensemble(
+    data_dir: Path,
+    cfg: TrainConfig,
+    out_dir: Path,
+    state_dir: Path | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    replica: Replica = SINGLE,
+) -> TrainedModel:
+    """`cfg.ensemble` networks on the same split, seeds `cfg.seed + i`, saved in `out_dir` as one model
+    (components.ml.ensemble).
+
+    Member i is trained by `train_model` into `<state_dir>/member-<i>` (its own resumable checkpoint
+    there: a member finished before a kill is not trained again) within `max_minutes / ensemble`.
+    """
+    folders = [(state_dir or out_dir) / f"member-{i}" for i in range(cfg.ensemble)]
+    for i, folder in enumerate(folders):
+        member = cfg.model_copy(update={"seed": cfg.seed + i, "max_minutes": cfg.max_minutes / cfg.ensemble, "ensemble": 1})
+        trained = train_model(data_dir, member, folder, on_epoch=on_epoch, replica=replica)
+    val_auc = combine_members(folders, data_dir, out_dir) if replica.is_main else math.nan
+    return TrainedModel(out_dir / WEIGHTS_FILE, trained.family, 0, val_auc)
 
 
 def main() -> None:
