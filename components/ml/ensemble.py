@@ -27,8 +27,9 @@ _RATES = ("images_per_second", "data_fraction")
 def combine_members(folders: list[Path], data_dir: Path, out_dir: Path) -> float:
     """Write the members trained into `folders` (each a train output) as one model into `out_dir`;
     returns the ensemble's validation AUC (its members' probabilities averaged)."""
-    networks, specs = zip(*(load_networks(folder) for folder in folders))
-    spec = replace(specs[0], members=len(networks))
+    loaded = [load_networks(folder) for folder in folders]  # each member folder holds one network
+    networks = [members[0] for members, _ in loaded]
+    spec = replace(loaded[0][1], members=len(networks))
     save_model(networks, spec, out_dir)
     x_val, y_val, _ = load_split(data_dir, "val")
     val_auc = score_auc(y_val, predict_probs(spec_predictor(networks, spec), x_val))

@@ -31,6 +31,8 @@ def verdicts(decision):
         ("NaN metric fails", {"auc": math.nan}, None, AUC_POLICY, False, [("value", "auc", "fail")]),
         ("zero baseline skips relative", {"auc": 0.9}, {"auc": 0.0}, AUC_POLICY, True,
          [("value", "auc", "pass"), ("change", "auc", "pass"), ("change", "auc", "skipped")]),
+        ("balanced accuracy, not accuracy", {"accuracy": 0.9, "balanced_accuracy": 0.6}, None,
+         GatePolicy(values={"balanced_accuracy": Bound(lower=0.7)}), False, [("value", "balanced_accuracy", "fail")]),
         ("upper-bound metric", {"ece": 0.12}, None, GatePolicy(values={"ece": Bound(upper=0.1)}), False, [("value", "ece", "fail")]),
         ("lower-is-better change", {"ece": 0.05}, {"ece": 0.08}, GatePolicy(changes={"ece": ChangeThreshold(direction="lower", absolute=0.0)}), True,
          [("change", "ece", "pass")]),

@@ -733,3 +733,37 @@ def test_build_refuses_a_loose_or_missing_model_before_building(stored_model, ta
         settings_for_model(tag, default_params().package, default_params().serve)
     with pytest.raises(ValueError, match=message):
         build_bento({"model_tag": tag, "input_shape": [1, 16, 16]}, {})
+
+
+def test_an_ensemble_with_flips_is_served_as_evaluated(tmp_path, bentoml_home):
+    """Two networks, test-time flips and prior correction, read from the stored model: each member runs
+    once per batch and the answers are the offline predictor's; a plain model is served bare."""
+    import dataclasses
+
+    import bentoml
+
+    from components.ml.models import load_networks, save_model
+    from components.stages.package import save_to_model_store
+
+    nets, spec = zip(*(load_networks(save_tiny_model(tmp_path / f"m{seed}", seed)) for seed in (0, 1)))
+    ensemble = dataclasses.replace(spec[0], members=2, class_prior=(0.7, 0.3), trained_prior=(0.5, 0.5))
+    save_model([n[0] for n in nets], ensemble, tmp_path / "ensemble")
+    prediction = {"tta_flip_axes": [-1], "prior_correction": True}
+    tag, _ = save_to_model_store(tmp_path / "ensemble", "tiny-ensemble", {"prediction": prediction})
+    with pytest.MonkeyPatch.context() as mp:
+        svc = make_classifier(import_service(mp, tag))
+        calls = []
+        for member in svc.network.members:
+            member.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+        image = grey_image()
+        answer = predict(svc, write(tmp_path / "a.png", png_bytes(image)))
+        assert calls == [2, 2], "one forward per member, on the image and its flip"
+        assert svc.metadata()["prediction"] == {**prediction, "members": 2, "class_prior": [0.7, 0.3], "trained_prior": [0.5, 0.5]}
+    for name in SERVICE_MODULES:
+        sys.modules.pop(name, None)
+    expected = offline_probabilities(Path(bentoml.models.get(tag).path), image)
+    np.testing.assert_allclose(list(answer["probabilities"].values()), expected, atol=1e-6)
+
+
+def test_a_plain_model_is_served_as_the_bare_network(svc):
+    assert not hasattr(svc.network, "members"), "one network, no flips, no correction: one forward as before"

@@ -1,0 +1,100 @@
+"""Seed ensembles and test-time flips through train, evaluate and packaging, on tiny images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from components.config import default_params
+from components.data.artifacts import CHECKPOINT_FILE, HISTORY_FILE, SPEC_FILE, TRAINING_FILE
+from components.data.prepared import load_split
+from components.ml.models import load_model
+from components.ml.runtime import predict_probs
+from components.stages.evaluate import evaluate_model
+from components.stages.prepare import prepare_dataset
+from components.stages.train import train_model
+from tests.unit.test_prepare_train import TINY, Killed, make_manifest
+
+ENSEMBLE = TINY.model_copy(update={"epochs": 2, "ensemble": 2})
+TTA = default_params(evaluate={"bootstrap_samples": 20, "tta_flip_axes": [-1], "prior_correction": True}).evaluate
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("prepared")
+    manifest = make_manifest(root / "ingest", patients=48, per_patient=2)
+    prepare_dataset(manifest, default_params(prepare={"val_fraction": 0.25, "test_fraction": 0.25}).prepare, root / "prepare")
+    return root / "prepare"
+
+
+def _kill_at(count: int, seen: list[int]):
+    def on_epoch(record):
+        seen.append(record["epoch"])
+        if len(seen) == count:
+            raise Killed
+
+    return on_epoch
+
+
+def test_ensemble_trains_each_member_once_across_a_kill(prepared, tmp_path):
+    train, state = tmp_path / "train", tmp_path / "state"
+    seen: list[int] = []
+    with pytest.raises(Killed):  # member 0 finished, member 1 killed after its first epoch
+        train_model(prepared, ENSEMBLE, train, state, on_epoch=_kill_at(3, seen))
+    assert torch.load(state / "member-0" / CHECKPOINT_FILE, weights_only=True)["finished"]
+    assert torch.load(state / "member-1" / CHECKPOINT_FILE, weights_only=True)["epoch"] == 1
+
+    again: list[int] = []
+    result = train_model(prepared, ENSEMBLE, train, state, on_epoch=lambda r: again.append(r["epoch"]))
+    assert again == [2], "member 0 is not trained again; member 1 continues after its epoch 1"
+
+    spec = json.loads((train / SPEC_FILE).read_text())
+    assert spec["members"] == 2 and spec["trained_prior"] == pytest.approx([0.5, 0.5])
+    weights = torch.load(train / "model.pt", weights_only=True)
+    for i in (0, 1):
+        member = torch.load(state / f"member-{i}" / "model.pt", weights_only=True)
+        assert all(torch.equal(weights[f"{i}.{k}"], v) for k, v in member.items())
+    assert not torch.equal(weights["0.conv1.weight"], weights["1.conv1.weight"]), "seeds seed and seed + 1"
+    training = json.loads((train / TRAINING_FILE).read_text())
+    assert training["ensemble"] == 2 and len(training["members"]) == 2 and training["epochs_run"] == 4
+    assert training["best_val_auc"] == pytest.approx(result.best_val_auc)
+    assert [h["member"] for h in json.loads((train / HISTORY_FILE).read_text())] == [0, 0, 1, 1]
+
+
+@pytest.fixture(scope="module")
+def ensemble_dir(prepared, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ensemble")
+    train_model(prepared, ENSEMBLE, out / "train", out / "state")
+    return out
+
+
+def test_evaluation_reports_members_and_how_it_predicted(prepared, ensemble_dir):
+    report = evaluate_model(prepared, ensemble_dir / "train", TTA, ensemble_dir / "evaluate")
+    metrics = json.loads(report.metrics_path.read_text())
+    assert metrics["prediction"] == {"tta_flip_axes": [-1], "prior_correction": True, "members": 2}
+    assert len(metrics["members"]) == 2
+    assert all({"auc", "accuracy", "balanced_accuracy"} <= set(m) for m in metrics["members"])
+    assert {"accuracy", "balanced_accuracy"} <= set(report.metrics)
+
+
+def test_packaged_ensemble_predicts_as_evaluated(prepared, ensemble_dir, bentoml_home):
+    import bentoml
+
+    from components.stages.package import save_to_model_store
+
+    evaluate_model(prepared, ensemble_dir / "train", TTA, ensemble_dir / "evaluate-tta")
+    metrics = json.loads((ensemble_dir / "evaluate-tta" / "metrics.json").read_text())
+    tag, _ = save_to_model_store(ensemble_dir / "train", "tiny-ensemble", {"prediction": metrics["prediction"]})
+    stored = Path(bentoml.models.get(tag).path)
+    model, spec = load_model(stored)
+    assert spec.members == 2 and spec.tta_flip_axes == (-1,) and spec.prior_correction
+    x_test, _, rows = load_split(prepared, "test")
+    expected = pd.read_csv(ensemble_dir / "evaluate-tta" / "predictions.csv", dtype={"image_id": str})
+    assert list(expected["image_id"]) == list(rows["image_id"])
+    prob_columns = [f"prob_{name}" for name in spec.class_names]
+    np.testing.assert_allclose(predict_probs(model, x_test), expected[prob_columns].to_numpy(), atol=1e-6)
