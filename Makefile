@@ -60,8 +60,12 @@ run: setup
 # takes over the tail of the other's; whole files per worker (loadfile) left the longest file to the end.
 TEST_WORKERS ?= 2
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -m "not slow and not scale" -q -n $(TEST_WORKERS) --dist worksteal --durations=15
+
+# pyflakes and pycodestyle's error rules (pyproject.toml [tool.ruff.lint]); under a second.
+lint: setup
+	$(BIN)/ruff check --quiet .
 
 # The unit tier: one component at a time, in this process; no servers, no flow runs.
 test-fast: setup

@@ -13,11 +13,15 @@ rest) and prepare, train and evaluate run as their stages do, once per model fam
 ``frame_cnn`` is the frame-averaged 2D baseline every temporal model is measured against). Printed:
 mean +- sd over folds per task and family, train seconds per fold, and the paper's figures.
 
+Resumable: each fold's metrics are appended to ``results.jsonl`` in ``--workdir`` as it finishes, and a
+second call with the same workdir skips what is there (a task's ingest too), so the whole run (hours
+on this CPU) can be taken in parts; ``--summary-only`` prints the table of what is there.
+
 First, ``--throughput``: ingest's decoding and sampling (components.readers) against a bare PyAV
 decode loop over the same files, frames per second, in the same run.
 
     python benchmarks/video.py [--tasks pcr severity01 severity4] [--families frame_cnn cnn_rnn resnet3d]
-        [--folds 5] [--workdir DIR] [--set train.max_epochs=20 ...] [--throughput-only]
+        [--folds 5] [--workdir DIR] [--set train.max_epochs=20 ...] [--throughput-only] [--summary-only]
 
 The CPU of this machine is shared with other work: the load average is printed with the figures.
 """
@@ -127,6 +131,21 @@ def run_fold(manifest: Path, params: Any, family: str, out: Path) -> dict[str, f
     return {**report.metrics, "train_seconds": seconds, **({"train_auc": train_auc} if train_auc is not None else {})}
 
 
+RESULTS = "results.jsonl"
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def read_results(path: Path) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """results.jsonl as task -> family -> each fold's metrics, in fold order."""
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for record in sorted(_records(path), key=lambda r: r["fold"]):
+        results.setdefault(record["task"], {}).setdefault(record["family"], []).append(record["metrics"])
+    return results
+
+
 def summarise(results: dict[str, dict[str, list[dict[str, float]]]]) -> None:
     keys = ("auc", "patient_auc", "patient_accuracy", "accuracy", "train_seconds")
     print(f"\n{'task':<12}{'family':<11}" + "".join(f"{k:>20}" for k in keys))
@@ -150,7 +169,11 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="params overrides, e.g. train.max_epochs=20")
     parser.add_argument("--throughput-files", type=int, default=40)
     parser.add_argument("--throughput-only", action="store_true")
+    parser.add_argument("--summary-only", action="store_true", help="print the table of --workdir's results.jsonl")
     args = parser.parse_args()
+    if args.summary_only:
+        summarise(read_results(args.workdir / RESULTS))
+        return
     if not DATA.is_dir():
         sys.exit(f"{DATA}: not found; this benchmark needs the COVID-BLUES clips there")
     overrides: dict[str, Any] = {}
@@ -176,17 +199,23 @@ def main() -> None:
     if args.throughput_only:
         return
     root = args.workdir or Path(tempfile.mkdtemp(prefix="medgate-video-"))
-    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    root.mkdir(parents=True, exist_ok=True)
+    done = {(r["task"], r["fold"], r["family"]) for r in _records(root / RESULTS)}
     for task in args.tasks:
-        ingested = ingest_source(task_source(task, root), root / f"ingest-{task}", params.ingest, SALT)
-        for k, manifest in enumerate(fold_manifests(ingested.manifest, args.folds, params.prepare.seed)):
+        manifest = root / f"ingest-{task}" / "manifest.parquet"
+        if not manifest.exists():
+            manifest = ingest_source(task_source(task, root), root / f"ingest-{task}", params.ingest, SALT).manifest
+        for k, fold_manifest in enumerate(fold_manifests(manifest, args.folds, params.prepare.seed)):
             for family in args.families:
-                metrics = run_fold(manifest, params, family, root / f"{task}-fold{k}")
-                results.setdefault(task, {}).setdefault(family, []).append(metrics)
+                if (task, k, family) in done:
+                    continue
+                metrics = run_fold(fold_manifest, params, family, root / f"{task}-fold{k}")
+                with open(root / RESULTS, "a") as f:
+                    f.write(json.dumps({"task": task, "fold": k, "family": family, "metrics": metrics}) + "\n")
                 print(f"{task} fold {k} {family}: auc {metrics['auc']:.3f} "
                       f"patient_acc {metrics.get('patient_accuracy', float('nan')):.3f} {metrics['train_seconds']:.0f} s",
                       flush=True)
-    summarise(results)
+    summarise(read_results(root / RESULTS))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pydicom.uid import RLELossless
 from components.config import default_params
 from components.demo.cohort import generate_cohort
 from tests.conftest import PROJECT
-from tests.integration.conftest import TINY, make_workspace
+from tests.integration.conftest import make_workspace
 
 pytestmark = pytest.mark.timeout(600)
 

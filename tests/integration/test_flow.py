@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import TINY, make_workspace, set_params
+from tests.integration.conftest import set_params
 
 pytestmark = pytest.mark.timeout(900)
 
