@@ -127,10 +127,14 @@ def training_chart(history: list[dict[str, float]], best_epoch: int | None) -> s
 
     fig = Figure(figsize=(9.4, 3.6))
     loss_ax, auc_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    epochs = [h["epoch"] for h in history]
-    loss_ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss", markersize=3)
-    loss_ax.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation loss", markersize=3)
-    auc_ax.plot(epochs, [h["val_auc"] for h in history], "o-", color="tab:green", label="validation AUC", markersize=3)
+    members = sorted({int(h.get("member", 0)) for h in history})  # an ensemble's history: each member's epochs
+    for member in members:
+        runs = [h for h in history if int(h.get("member", 0)) == member]
+        name = f" (member {member})" if len(members) > 1 else ""
+        epochs = [h["epoch"] for h in runs]
+        loss_ax.plot(epochs, [h["train_loss"] for h in runs], "o-", label="train loss" + name, markersize=3)
+        loss_ax.plot(epochs, [h["val_loss"] for h in runs], "o-", label="validation loss" + name, markersize=3)
+        auc_ax.plot(epochs, [h["val_auc"] for h in runs], "o-", label="validation AUC" + name, markersize=3)
     for ax in (loss_ax, auc_ax):
         if best_epoch:
             ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1, label=f"selected epoch {best_epoch}")
@@ -169,6 +173,29 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
     return "<h2>Test metrics</h2>" + table(header, rows) + "".join(f"<p class=muted>{n}</p>" for n in notes)
 
 
+def _prediction_section(metrics: dict[str, Any]) -> str:
+    """How the probabilities were made (ensemble, test-time flips, prior correction) and each member's metrics."""
+    prediction = metrics.get("prediction")
+    if not prediction:
+        return ""
+    flips = prediction.get("tta_flip_axes") or []
+    facts = [
+        ["networks", f"{prediction.get('members', 1)} (probabilities averaged)" if prediction.get("members", 1) > 1 else "1"],
+        ["test-time flips", f"axes {', '.join(str(a) for a in flips)}" if flips else "none"],
+        ["prior correction", "to the training split's class prior" if prediction.get("prior_correction") else "off"],
+    ]
+    if "accuracy_uncorrected" in metrics:
+        facts.append(["without prior correction", f"accuracy {fmt(metrics['accuracy_uncorrected'])}, balanced accuracy "
+                      f"{fmt(metrics.get('balanced_accuracy_uncorrected'))} (corrected: {fmt(metrics.get('accuracy'))}, "
+                      f"{fmt(metrics.get('balanced_accuracy'))})"])
+    members = metrics.get("members") or []
+    shown = ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity")
+    rows = [[f"member {i}", *[fmt(m.get(k)) for k in shown]] for i, m in enumerate(members)]
+    if rows:
+        rows.append(["ensemble", *[fmt(metrics.get(k)) for k in shown]])
+    return ("<h2>Prediction</h2>" + table(["", ""], facts) + (table(["network", *shown], rows) if rows else ""))
+
+
 def _gate_section(gate: dict[str, Any] | None) -> str:
     if gate is None:
         return "<h2>Gate</h2><p class=muted>The gate did not run for this run.</p>"
@@ -198,9 +225,14 @@ def _subgroup_section(subgroups: dict[str, Any]) -> str:
 def _training_section(training: dict[str, Any], history: list[dict[str, float]], chart_svg: str) -> str:
     if not history:
         return ""
+    if training.get("ensemble"):
+        selected = ", ".join(str(m.get("best_epoch")) for m in training.get("members", []))
+        epochs = f"{training.get('epochs_run')} run by {training['ensemble']} members, epochs {selected} selected (ensemble validation AUC {fmt(training.get('best_val_auc'))})"
+    else:
+        epochs = f"{training.get('epochs_run')} run, epoch {training.get('best_epoch')} selected (validation AUC {fmt(training.get('best_val_auc'))})"
     facts = [
         ["network", f"{escape(training.get('family'))} ({training.get('parameters', 0):,} parameters)"],
-        ["epochs", f"{training.get('epochs_run')} run, epoch {training.get('best_epoch')} selected (validation AUC {fmt(training.get('best_val_auc'))}); stopped by {escape(training.get('stopped'))}"],
+        ["epochs", f"{epochs}; stopped by {escape(training.get('stopped'))}"],
         ["training time", f"{fmt(training.get('train_seconds'), 1)} s on {escape(training.get('device'))} ({training.get('threads')} threads), {fmt(training.get('images_per_second'), 0)} images/s, {fmt(100 * training.get('data_fraction', 0), 1)}% of it preparing batches"],
     ]
     if training.get("resumed_after_epoch"):
@@ -251,6 +283,7 @@ def build_report(
         f"<h1>{escape(title)}</h1>{verdict}"
         + table(["", ""], facts)
         + _metrics_section(metrics)
+        + _prediction_section(metrics)
         + _gate_section(gate)
         + f"<h2>Curves</h2><div class=charts>{figures}</div>"
         + _subgroup_section(metrics.get("subgroups") or {})

@@ -9,12 +9,12 @@ from components.documents.report import RunOutputs, build_report
 from cli.report import find_report
 
 
-def _page(metrics, gate=None, class_names=("a", "b", "c")):
+def _page(metrics, gate=None, class_names=("a", "b", "c"), history=(), training=None):
     predictions = pd.DataFrame({
         "image_id": ["1", "2", "3", "4"], "label": ["a", "b", "c", "c"], "predicted": ["a", "b", "b", "c"],
         "prob_a": [0.8, 0.2, 0.1, 0.1], "prob_b": [0.1, 0.7, 0.6, 0.1], "prob_c": [0.1, 0.1, 0.3, 0.8],
     })
-    outputs = RunOutputs(metrics, predictions, list(class_names), history=[], training={}, baseline_predictions=None,
+    outputs = RunOutputs(metrics, predictions, list(class_names), history=list(history), training=training or {}, baseline_predictions=None,
                          calibration_bins=[])
     return build_report({"run_id": "r1", "model_name": "m"}, outputs, gate)
 
@@ -35,6 +35,19 @@ def test_gate_checks_are_escaped():
         {"kind": "value", "metric": "auc<script>", "value": 0.9, "threshold": 0.8, "comparison": ">=", "verdict": "pass", "detail": ""}]}
     page = _page({"auc": 0.9}, gate)
     assert "PROMOTED" in page and "auc&lt;script&gt;" in page and "<script>" not in page
+
+
+def test_an_ensemble_shows_each_member_and_how_it_predicted():
+    metrics = {"auc": 0.9, "accuracy": 0.8, "balanced_accuracy": 0.7, "accuracy_uncorrected": 0.6,
+               "balanced_accuracy_uncorrected": 0.75,
+               "prediction": {"members": 2, "tta_flip_axes": [-1], "prior_correction": True},
+               "members": [{"auc": 0.81, "accuracy": 0.71}, {"auc": 0.82, "accuracy": 0.72}]}
+    history = [{"epoch": e, "train_loss": 0.5, "val_loss": 0.5, "val_auc": 0.8, "member": m} for m in (0, 1) for e in (1, 2)]
+    training = {"ensemble": 2, "epochs_run": 4, "members": [{"best_epoch": 1}, {"best_epoch": 2}], "stopped": "epochs"}
+    page = _page(metrics, history=history, training=training)
+    assert "4 run by 2 members, epochs 1, 2 selected" in page and page.count("<svg") == 4
+    assert all(text in page for text in ("member 0", "member 1", "0.8100", "0.7200", "axes -1", "to the training split"))
+    assert "accuracy 0.6000, balanced accuracy 0.7500" in page
 
 
 def _run(runs, uid, report=True, status="completed", error=None):
