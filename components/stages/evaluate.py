@@ -10,6 +10,9 @@ the served model answers) and `plots/` (ROC, calibration and confusion data for 
 Calibration: `ece` is that of the model as served. With `temperature_scaling`, a temperature is
 fitted on the validation split and `ece_scaled`/`nll_scaled` say what it would give; it changes
 neither AUC nor the predicted labels (the threshold is chosen on the same scale).
+How the probabilities are made (`cfg.tta_flip_axes`, `cfg.prior_correction`; ensemble members from
+the model): components.ml.predictor, as the service makes them; metrics.json's `prediction` records
+it for packaging. Accuracy and balanced accuracy are always both reported.
 Against the classical baseline (components.stages.baseline, same test images): `baseline_<metric>`,
 `auc_minus_baseline` and its paired bootstrap 95% interval. Where every patient's several images
 or clips share a label: `patient_auc` and `patient_accuracy` on the mean of each patient's scores.
