@@ -10,7 +10,8 @@ keyed to this training's inputs (train params, prepared data, training code). A 
 checkpoint with its own key continues after that checkpoint's epoch (or, when it had finished,
 only rewrites the outputs); a checkpoint with another key is ignored and overwritten. dvc.yaml
 declares `state_dir` a `persist` output, which `dvc repro` does not delete before running, so
-`medgate run` after a killed run continues from the last finished epoch.
+`medgate run` after a killed run continues from the last finished epoch. A seed ensemble
+(`train.ensemble` > 1) trains member i into `state_dir/member-<i>/`, with its own checkpoint there.
 
 Deterministic for a given seed on CPU, across a resume too; GPU kernels may differ slightly.
 """
@@ -412,10 +413,10 @@ def train_model(
         on_epoch: called with each epoch's history record after its checkpoint is written.
         replica: this process's place under torchrun (components.ml.distributed); rank 0 writes the files.
 
-    With `cfg.ensemble` > 1, trains a seed ensemble instead (`train_ensemble`).
+    With `cfg.ensemble` > 1, trains a seed ensemble instead (`_train_ensemble`).
     """
     if cfg.ensemble > 1:
-        return train_ensemble(data_dir, cfg, out_dir, state_dir, on_epoch, replica)
+        return _train_ensemble(data_dir, cfg, out_dir, state_dir, on_epoch, replica)
     started_wall = time.monotonic()
     threads = set_threads(cfg.num_threads)
     device = resolve_device(cfg.device, "train.device")
@@ -466,14 +467,8 @@ def train_model(
     return TrainedModel(out_dir / WEIGHTS_FILE, family, course.best["epoch"], course.best["auc"])
 
 
-def train_ensemble(
-    data_dir: Path,
-    cfg: TrainConfig,
-    out_dir: Path,
-    state_dir: Path | None = None,
-    on_epoch: Callable[[dict[str, float]], None] | None = None,
-    replica: Replica = SINGLE,
-) -> TrainedModel:
+def _train_ensemble(data_dir: Path, cfg: TrainConfig, out_dir: Path, state_dir: Path | None,
+                    on_epoch: Callable[[dict[str, float]], None] | None, replica: Replica) -> TrainedModel:
     """`cfg.ensemble` networks on the same split, seeds `cfg.seed + i`, saved in `out_dir` as one model
     (components.ml.ensemble).
 
