@@ -98,3 +98,24 @@ def test_packaged_ensemble_predicts_as_evaluated(prepared, ensemble_dir, bentoml
     assert list(expected["image_id"]) == list(rows["image_id"])
     prob_columns = [f"prob_{name}" for name in spec.class_names]
     np.testing.assert_allclose(predict_probs(model, x_test), expected[prob_columns].to_numpy(), atol=1e-6)
+
+
+def test_recordings_are_scored_per_recording_with_the_correction_undone_per_window():
+    from torch import nn
+
+    from components.ml.predictor import correct_probs
+    from components.stages.evaluate import _Splits
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
+    x = torch.rand(5, 1, 2, 2).numpy()
+    rows = pd.DataFrame({"image_id": ["r1", "r1", "r2", "r3", "r3"], "window": [0, 1, 0, 0, 1], "patient_id": "p"})
+    labels = np.array([1, 1, 0, 1, 1])
+    splits = _Splits(x, labels, rows, x, labels, rows)
+    y_val, y_test, per_recording_rows = splits.labels()
+    assert list(per_recording_rows["image_id"]) == ["r1", "r2", "r3"] and list(y_test) == list(y_val) == [1, 0, 1]
+    adjustment = np.log([0.2, 0.8]) - np.log([0.5, 0.5])
+    corrected = torch.softmax(net(torch.from_numpy(x)), dim=1).detach().numpy()
+    _, test_probs = splits.scores(net, undo=-adjustment)  # undoing -adjustment applies it: window by window, then the mean
+    windows = correct_probs(corrected, adjustment)
+    np.testing.assert_allclose(test_probs, [windows[:2].mean(0), windows[2], windows[3:].mean(0)], atol=1e-6)
