@@ -82,13 +82,14 @@ def run_dataset(name: str, seeds: list[int], workdir: Path, overrides: dict[str,
         m, t = summary["metrics"], summary["training"]
         runs.append({
             "seed": seed, "auc": m["auc"], "accuracy": m["accuracy"], "auc_ci": [m["auc_ci_lower"], m["auc_ci_upper"]],
+            "balanced_accuracy": m.get("balanced_accuracy"), "accuracy_uncorrected": m.get("accuracy_uncorrected"),
             "baseline_auc": m.get("baseline_auc"), "baseline_accuracy": m.get("baseline_accuracy"),
             "train_seconds": t["train_seconds"], "train_stage_seconds": summary["timings_s"]["train"],
             "images_per_second": t["images_per_second"], "data_fraction": t["data_fraction"],
             "epochs": f"{t['best_epoch']}/{t['epochs_run']}/{t['epochs_planned']}", "family": t["family"],
             "flow_seconds": time.monotonic() - started, "report": summary.get("report"),
         })
-        print(f"  {name} seed {seed}: test AUC {m['auc']:.4f}, ACC {m['accuracy']:.4f}, baseline AUC {m.get('baseline_auc', float('nan')):.4f}, "
+        print(f"  {name} seed {seed}: test AUC {m['auc']:.4f}, ACC {m['accuracy']:.4f} (balanced {m['balanced_accuracy']:.4f}), baseline AUC {m.get('baseline_auc', float('nan')):.4f}, "
               f"training {t['train_seconds']:.0f} s ({t['images_per_second']:.0f} img/s), epochs best/run/planned {runs[-1]['epochs']}", flush=True)
     return runs
 
