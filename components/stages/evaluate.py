@@ -125,13 +125,13 @@ class _Splits:
     y_test: np.ndarray
     rows: pd.DataFrame
 
-    def scores(self, model: nn.Module, undo: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Validation and test probabilities of `model` (a recording's: the mean of its windows');
-        with `undo`, the prior correction of that adjustment undone."""
-        val_probs, test_probs = predict_probs(model, self.x_val), predict_probs(model, self.x_test)
-        if undo is not None:
-            val_probs, test_probs = correct_probs(val_probs, -undo), correct_probs(test_probs, -undo)
-        if "window" in self.rows:  # recordings: each one's score is the mean of its windows'
+    def predict(self, model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        """Validation and test probabilities of `model`, per image (or window)."""
+        return predict_probs(model, self.x_val), predict_probs(model, self.x_test)
+
+    def per_item(self, val_probs: np.ndarray, test_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities per image, or per recording (the mean of its windows')."""
+        if "window" in self.rows:
             return per_recording(self.val_rows, val_probs, self.y_val)[1], per_recording(self.rows, test_probs, self.y_test)[1]
         return val_probs, test_probs
 
@@ -157,7 +157,7 @@ def member_metrics(networks: list[nn.Module], spec: ModelSpec, splits: _Splits, 
     single = replace(spec, members=1)
     out = []
     for network in networks:
-        val_probs, test_probs = splits.scores(spec_predictor([network], single))
+        val_probs, test_probs = splits.per_item(*splits.predict(spec_predictor([network], single)))
         metrics, _ = at_threshold(y_val, val_probs, y_test, test_probs, cfg)
         out.append({k: metrics[k] for k in ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity")})
     return out
@@ -177,7 +177,8 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
     model = spec_predictor(networks, spec)
     splits = _Splits(*load_split(data_dir, "val"), *load_split(data_dir, "test"))
     y_val, y_test, rows = splits.labels()
-    val_probs, test_probs = splits.scores(model)
+    val_windows, test_windows = splits.predict(model)
+    val_probs, test_probs = splits.per_item(val_windows, test_windows)
     binary = len(spec.class_names) == 2
     scores, threshold = at_threshold(y_val, val_probs, y_test, test_probs, cfg)
     metrics: dict[str, Any] = dict(scores)
@@ -186,8 +187,8 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
         "accuracy": lambda y, p: float((predict_labels(p, threshold) == y).mean()),
     }.items():
         metrics[f"{name}_ci_lower"], metrics[f"{name}_ci_upper"] = bootstrap_ci(y_test, test_probs, fn, cfg.bootstrap_samples, cfg.seed)
-    if (adjustment := spec.adjustment()) is not None:
-        raw_val, raw_test = splits.scores(model, adjustment)
+    if (adjustment := spec.adjustment()) is not None:  # undone image by image (window by window), as it was applied
+        raw_val, raw_test = splits.per_item(correct_probs(val_windows, -adjustment), correct_probs(test_windows, -adjustment))
         uncorrected, _ = at_threshold(y_val, raw_val, y_test, raw_test, cfg)
         metrics.update({f"{k}_uncorrected": uncorrected[k] for k in ("accuracy", "balanced_accuracy")})
     metrics["nll"] = negative_log_likelihood(y_test, test_probs)

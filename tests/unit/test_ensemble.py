@@ -100,10 +100,9 @@ def test_packaged_ensemble_predicts_as_evaluated(prepared, ensemble_dir, bentoml
     np.testing.assert_allclose(predict_probs(model, x_test), expected[prob_columns].to_numpy(), atol=1e-6)
 
 
-def test_recordings_are_scored_per_recording_with_the_correction_undone_per_window():
+def test_recordings_are_scored_per_recording():
     from torch import nn
 
-    from components.ml.predictor import correct_probs
     from components.stages.evaluate import _Splits
 
     torch.manual_seed(0)
@@ -114,8 +113,21 @@ def test_recordings_are_scored_per_recording_with_the_correction_undone_per_wind
     splits = _Splits(x, labels, rows, x, labels, rows)
     y_val, y_test, per_recording_rows = splits.labels()
     assert list(per_recording_rows["image_id"]) == ["r1", "r2", "r3"] and list(y_test) == list(y_val) == [1, 0, 1]
-    adjustment = np.log([0.2, 0.8]) - np.log([0.5, 0.5])
-    corrected = torch.softmax(net(torch.from_numpy(x)), dim=1).detach().numpy()
-    _, test_probs = splits.scores(net, undo=-adjustment)  # undoing -adjustment applies it: window by window, then the mean
-    windows = correct_probs(corrected, adjustment)
+    val_windows, windows = splits.predict(net)
+    np.testing.assert_allclose(windows, torch.softmax(net(torch.from_numpy(x)), dim=1).detach().numpy(), atol=1e-6)
+    _, test_probs = splits.per_item(val_windows, windows)
     np.testing.assert_allclose(test_probs, [windows[:2].mean(0), windows[2], windows[3:].mean(0)], atol=1e-6)
+
+
+def test_uncorrected_figures_are_those_of_an_evaluation_without_correction(prepared, ensemble_dir, tmp_path):
+    import shutil
+
+    model_dir = Path(shutil.copytree(ensemble_dir / "train", tmp_path / "train"))
+    spec = json.loads((model_dir / SPEC_FILE).read_text())
+    (model_dir / SPEC_FILE).write_text(json.dumps({**spec, "class_prior": [0.8, 0.2]}))  # as if trained on 80/20
+    corrected = evaluate_model(prepared, model_dir, TTA, tmp_path / "on").metrics
+    off = evaluate_model(prepared, model_dir, TTA.model_copy(update={"prior_correction": False}), tmp_path / "off").metrics
+    assert "accuracy_uncorrected" not in off
+    assert corrected["accuracy_uncorrected"] == pytest.approx(off["accuracy"])
+    assert corrected["balanced_accuracy_uncorrected"] == pytest.approx(off["balanced_accuracy"])
+    assert corrected["auc"] != off["auc"] or corrected["operating_threshold"] != off["operating_threshold"]
