@@ -110,7 +110,7 @@ def _prepare(source: str, workspace: str, params: Params) -> None:
 
 
 def apply_best(workspace: Path, overrides: dict[str, Any], state_dir: Path) -> None:
-    """Write the best trial's train params into params.yaml (comments kept) and its checkpoint into
+    """Write the best trial's train params into params.yaml (comments kept) and its checkpoint(s) into
     the train stage's checkpoint folder (its persistent output), where the train stage resumes it."""
     from dvc.utils.serialize import modify_yaml
 
@@ -122,8 +122,11 @@ def apply_best(workspace: Path, overrides: dict[str, Any], state_dir: Path) -> N
                 node = node.setdefault(part, {})
             node[leaf] = value
     target = stage_dir(workspace, "train", persist=True)
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(state_dir / CHECKPOINT_FILE, target / CHECKPOINT_FILE)
+    # One checkpoint, or an ensemble's one per member (member-<i>/checkpoint.pt).
+    for checkpoint in [state_dir / CHECKPOINT_FILE, *sorted(state_dir.glob(f"member-*/{CHECKPOINT_FILE}"))]:
+        if checkpoint.is_file():
+            (target / checkpoint.relative_to(state_dir)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(checkpoint, target / checkpoint.relative_to(state_dir))
 
 
 @flow(name="sweep-flow", flow_run_name=lambda: f"sweep-{uuid.uuid4().hex[:6]}")

@@ -252,3 +252,20 @@ def test_notice_carries_verdict_metrics_and_existing_report_links(tmp_path):
     markdown = render_markdown(summary)
     assert "gate: **refused** (1 check failed)" in markdown and f"[run report]({report.as_uri()})" in markdown
 
+
+
+def test_the_best_sweep_trial_of_an_ensemble_hands_over_every_member_checkpoint(tmp_path):
+    from flows.sweep import apply_best
+
+    import shutil
+
+    (tmp_path / "ws").mkdir()
+    shutil.copyfile(Path(__file__).parents[2] / "dvc.yaml", tmp_path / "ws" / "dvc.yaml")
+    (tmp_path / "ws" / "params.yaml").write_text("train:\n  ensemble: 1\n")
+    for member in (0, 1):
+        (tmp_path / "trial" / f"member-{member}").mkdir(parents=True)
+        (tmp_path / "trial" / f"member-{member}" / "checkpoint.pt").write_bytes(b"member %d" % member)
+    apply_best(tmp_path / "ws", {"ensemble": 2}, tmp_path / "trial")
+    assert "ensemble: 2" in (tmp_path / "ws" / "params.yaml").read_text()
+    state = tmp_path / "ws" / "data" / "train_state"
+    assert [(state / f"member-{m}" / "checkpoint.pt").read_bytes() for m in (0, 1)] == [b"member 0", b"member 1"]
