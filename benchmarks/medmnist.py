@@ -37,14 +37,15 @@ sys.path.insert(0, str(PROJECT))
 
 from flows.workspace import create_workspace, stage_dir, update_params  # noqa: E402 - after the path is set
 
-# The issue's targets on this 2-core CPU.
+# Issue 18's targets on this 2-core CPU (means over seeds; training under 10 minutes a seed, an ensemble whole).
 TARGETS: dict[str, dict[str, float]] = {
-    "pneumoniamnist": {"auc": 0.96, "accuracy": 0.88, "train_seconds": 600.0},
-    "breastmnist": {"auc": 0.91},
-    "adrenalmnist3d": {"auc": 0.85},
+    "pneumoniamnist": {"auc": 0.98, "accuracy": 0.92, "train_seconds": 600.0},
+    "breastmnist": {"auc": 0.92, "train_seconds": 600.0},
+    "adrenalmnist3d": {"auc": 0.88, "train_seconds": 600.0},
 }
 PAPER_COLUMNS = {"breastmnist": "BreastMNIST", "pneumoniamnist": "PneumoniaMNIST", "adrenalmnist3d": "AdrenalMNIST3D"}
-NO_GATE = {"gate": {"default": {"values": {}, "changes": {}, "subgroup_floors": {}}, "models": {}}}
+# Every seed's model is measured, none refused or compared with the seed before it.
+NO_GATE = {"default": {"values": {}, "changes": {}, "subgroup_floors": {}}, "models": {}}
 
 
 def paper_results(readme: Path) -> dict[str, list[tuple[str, float, float]]]:
@@ -73,7 +74,9 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 def run_dataset(name: str, seeds: list[int], workdir: Path, overrides: dict[str, Any]) -> list[dict[str, Any]]:
     from flows.pipeline import training_flow
 
-    ws = create_workspace(workdir / name, {**overrides, **NO_GATE})
+    ws = create_workspace(workdir / name, overrides)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    (ws / "params.yaml").write_text(yaml.safe_dump({**params, "gate": NO_GATE}, sort_keys=False))  # replaced, not merged
     runs = []
     for seed in seeds:
         update_params(ws, {"train": {"seed": seed}})
@@ -135,7 +138,7 @@ def main() -> None:
     from flows.settings import configure_offline
 
     configure_offline()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="medgate-bench-"))
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="medgate-bench-"))).resolve()  # BENTOML_HOME below
     os.environ.setdefault("BENTOML_HOME", str(workdir / "bentoml"))
     os.environ.setdefault("MEDGATE_DEID_SALT", "benchmark")
     overrides = parse_sets(args.set)
