@@ -16,16 +16,14 @@ file's name cannot hide it.
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import pydicom
 
 from components.config import BURNED_IN_MODALITIES
 from components.readers import READERS, ImageDecodeError
-from components.readers.dicom import is_cine
+from components.readers.dicom import is_cine, parse
 from components.readers.raster import PNG_MAGIC
 
 VIDEO = "VIDEO"  # a clip from a video container (MP4, MOV, AVI)
@@ -58,7 +56,7 @@ def burned_in_risk(data: bytes) -> Risk | None:
     try:
         with warnings.catch_warnings():  # pydicom's warnings can quote header values
             warnings.simplefilter("ignore")
-            head = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM", stop_before_pixels=True)
+            head = parse(data)  # kept for the reader: the file is parsed once
         modality = str(head.get("Modality", "") or "").strip().upper()
         burned = str(head.get("BurnedInAnnotation", "") or "").strip().upper()
         clip = is_cine(head)

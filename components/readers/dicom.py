@@ -13,6 +13,7 @@ import io
 import math
 import re
 import warnings
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 from pydicom.pixels import apply_modality_lut, iter_pixels
 
 from components.privacy.deid import pseudonym
@@ -33,6 +35,11 @@ from components.readers.waveform import is_waveform, waveform_recording
 # Multi-frame objects of these modalities are stacks of slices (volumes); elsewhere frames are time.
 VOLUME_MODALITIES = frozenset({"CT", "MR", "PT", "NM"})
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$")
+# Values larger than this are read from the file's bytes when first used, not when the header is parsed:
+# a cine loop's frames are decoded one at a time, and a copy of all of them would double its memory.
+_DEFER_BYTES = 16 * 2**20
+_NATIVE_LE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})  # Implicit and Explicit VR Little Endian
+_last: tuple[bytes, Dataset] | None = None  # `parse`'s last file and its dataset
 
 
 class DicomReader(Reader, name="dicom", formats="DICOM (Part 10)", suffixes=(".dcm", ".dicom", ".ima", "")):
@@ -51,8 +58,7 @@ class DicomReader(Reader, name="dicom", formats="DICOM (Part 10)", suffixes=(".d
         try:
             with warnings.catch_warnings():  # pydicom warnings can quote header values
                 warnings.simplefilter("ignore")
-                force = data[128:132] != b"DICM"
-                ds = pydicom.dcmread(io.BytesIO(data), force=force, stop_before_pixels=True)
+                ds = parse(data)
                 if is_waveform(ds):
                     samples, rate, clip_level = waveform_recording(ds, limits)
                     return recording(samples, rate, clip_level, header_columns(ds, salt))
@@ -61,7 +67,6 @@ class DicomReader(Reader, name="dicom", formats="DICOM (Part 10)", suffixes=(".d
                         raise NotAClipModel("a multi-frame DICOM cine loop was given where an image is expected")
                     arr, columns = cine_to_clip(ds, io.BytesIO(data), clip, limits)
                     return Decoded(arr, {**header_columns(ds, salt), **columns}, kind="video")
-                ds = pydicom.dcmread(io.BytesIO(data), force=force)
                 arr = dicom_to_array(ds, limits)
         except ImageDecodeError:
             raise
@@ -71,9 +76,46 @@ class DicomReader(Reader, name="dicom", formats="DICOM (Part 10)", suffixes=(".d
         return Decoded(arr, {**header_columns(ds, salt), **spacing_columns(spacing)})
 
 
+@cache
+def _tag(keyword: str) -> BaseTag:
+    return BaseTag(tag_for_keyword(keyword))
+
+
+def _has(ds: Dataset, keyword: str) -> bool:
+    """``keyword in ds`` without looking the keyword up in pydicom's dictionary on each call (as `_value`)."""
+    return _tag(keyword) in ds
+
+
+def _value(ds: Dataset, keyword: str, default: Any = None) -> Any:
+    """``ds.get(keyword, default)`` by a cached tag: pydicom's keyword look-up costs more than reading
+    the element, and a header is read some fifty times per image."""
+    tag = _tag(keyword)
+    return ds[tag].value if tag in ds else default
+
+
+def parse(data: bytes) -> Dataset:
+    """A whole DICOM file's dataset, pixels parsed but not decoded; values over `_DEFER_BYTES` (a cine
+    loop's frames) stay in `data` until used.
+
+    Parsing costs more than decoding a small image, and ingest needs the header twice (the burned-in
+    screen before decoding, then the reader): the last file's dataset is kept (one entry, by the
+    identity of `data`), so each file is parsed once. Callers must not change the dataset.
+
+    Raises:
+        Exception: whatever pydicom raises for a damaged file (nothing is kept then).
+    """
+    global _last
+    if _last is not None and _last[0] is data:
+        return _last[1]
+    _last = None  # the previous file's bytes are not held while this one is parsed
+    ds = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM", defer_size=_DEFER_BYTES)
+    _last = (data, ds)
+    return ds
+
+
 def _frames(ds: Dataset) -> int:
     try:
-        return int(ds.get("NumberOfFrames", 1) or 1)
+        return int(_value(ds, "NumberOfFrames", 1) or 1)
     except (TypeError, ValueError):
         return 1
 
@@ -84,9 +126,9 @@ def refuse_identifying_pixels(ds: Dataset) -> None:
     Raises:
         ImageDecodeError: BurnedInAnnotation or RecognizableVisualFeatures is YES.
     """
-    if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
+    if str(_value(ds, "BurnedInAnnotation", "") or "").strip().upper() == "YES":
         raise ImageDecodeError("DICOM BurnedInAnnotation is YES: text in the pixels may identify the patient")
-    if str(ds.get("RecognizableVisualFeatures", "") or "").strip().upper() == "YES":
+    if str(_value(ds, "RecognizableVisualFeatures", "") or "").strip().upper() == "YES":
         raise ImageDecodeError("DICOM RecognizableVisualFeatures is YES: the pixels show features that may identify the patient")
 
 
@@ -96,16 +138,16 @@ def is_cine(ds: Dataset) -> bool:
     cine rate (MR cine)."""
     if _frames(ds) < 2:
         return False
-    timed = any(k in ds for k in ("FrameTime", "FrameTimeVector", "CineRate"))
-    modality = str(ds.get("Modality", "") or "").strip().upper()
-    return timed or int(ds.get("SamplesPerPixel", 1) or 1) > 1 or modality not in VOLUME_MODALITIES
+    timed = any(_has(ds, k) for k in ("FrameTime", "FrameTimeVector", "CineRate"))
+    modality = str(_value(ds, "Modality", "") or "").strip().upper()
+    return timed or int(_value(ds, "SamplesPerPixel", 1) or 1) > 1 or modality not in VOLUME_MODALITIES
 
 
 def _frame_rate(ds: Dataset) -> float | None:
     """Frames per second: CineRate, else 1000 / FrameTime, else from the FrameTimeVector (ms between frames)."""
     def number(keyword: str) -> float | None:
         try:
-            x = float(ds.get(keyword))
+            x = float(_value(ds, keyword))
         except (TypeError, ValueError):
             return None
         return x if math.isfinite(x) and x > 0 else None
@@ -114,7 +156,7 @@ def _frame_rate(ds: Dataset) -> float | None:
         return rate
     if ms := number("FrameTime"):
         return 1000.0 / ms
-    vector = [float(v) for v in (ds.get("FrameTimeVector") or [])[1:] if float(v) > 0]
+    vector = [float(v) for v in (_value(ds, "FrameTimeVector") or [])[1:] if float(v) > 0]
     return 1000.0 * len(vector) / sum(vector) if vector else None
 
 
@@ -133,15 +175,15 @@ def cine_to_clip(ds: Dataset, file: io.BytesIO, spec: ClipSpec,
         ImageDecodeError: BurnedInAnnotation or RecognizableVisualFeatures YES, a palette-colour loop, undecodable pixel data.
     """
     refuse_identifying_pixels(ds)
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    photometric = str(_value(ds, "PhotometricInterpretation", "")).strip().upper()
     if photometric == "PALETTE COLOR":
         raise ImageDecodeError("PALETTE COLOR DICOM is not supported: its pixel values are palette indices")
     frames, fps = _frames(ds), _frame_rate(ds)
-    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    bits = int(ds.get("BitsStored", 8) or 8)
+    rows, columns = int(_value(ds, "Rows", 0) or 0), int(_value(ds, "Columns", 0) or 0)
+    bits = int(_value(ds, "BitsStored", 8) or 8)
     check_declared(limits, rows=rows, columns=columns, frames=frames,
-                   channels=int(ds.get("SamplesPerPixel", 1) or 1),
-                   itemsize=(int(ds.get("BitsAllocated", 8) or 8) + 7) // 8,
+                   channels=int(_value(ds, "SamplesPerPixel", 1) or 1),
+                   itemsize=(int(_value(ds, "BitsAllocated", 8) or 8) + 7) // 8,
                    seconds=frames / fps if fps else None, streamed=True)
     wanted = sample_indices(frames, spec.frames, spec.stride)
     order = sorted(set(wanted))
@@ -151,7 +193,7 @@ def cine_to_clip(ds: Dataset, file: io.BytesIO, spec: ClipSpec,
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         where = f" (transfer syntax {syntax.name})" if syntax is not None else ""
         raise ImageDecodeError(f"cannot decode DICOM cine pixel data{where}: {short_reason(exc)}") from None
-    unsigned = int(ds.get("PixelRepresentation", 0) or 0) == 0
+    unsigned = int(_value(ds, "PixelRepresentation", 0) or 0) == 0
     top = float(2**bits - 1)
     clip = [top - decoded[i] if photometric == "MONOCHROME1" else decoded[i] for i in wanted]
     arr = stack_clip(clip, spec, full_scale=top if unsigned and bits <= 16 else None)
@@ -175,24 +217,26 @@ def dicom_to_array(ds: Dataset, limits: DecodeLimits | None) -> np.ndarray:
             pixels themselves may identify the patient), a palette-colour image, or pixel data that
             cannot be decoded.
     """
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    if not any(_has(ds, k) for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageDecodeError("DICOM has no pixel data (truncated file or not an image object)")
     refuse_identifying_pixels(ds)
     frames = _frames(ds)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    modality = str(ds.get("Modality", "") or "").strip().upper()
+    samples = int(_value(ds, "SamplesPerPixel", 1) or 1)
+    photometric = str(_value(ds, "PhotometricInterpretation", "")).strip().upper()
+    modality = str(_value(ds, "Modality", "") or "").strip().upper()
     if is_cine(ds):
         raise NotAClipModel(f"multi-frame {modality or 'DICOM'} object ({frames} frames) is a cine loop, "
                             "not an image or volume (read it with a clip spec)")
     if photometric == "PALETTE COLOR":
         raise ImageDecodeError("PALETTE COLOR DICOM is not supported: its pixel values are palette indices")
-    stored = -(-int(ds.get("BitsAllocated", 8) or 8) // 8)
+    stored = -(-int(_value(ds, "BitsAllocated", 8) or 8) // 8)
     # Monochrome pixels come back as float32, colour as uint8: the larger of that and the stored size.
-    check_declared(limits, rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0),
+    check_declared(limits, rows=int(_value(ds, "Rows", 0) or 0), columns=int(_value(ds, "Columns", 0) or 0),
                    frames=frames, channels=samples, itemsize=max(stored, 4 if samples == 1 else 1))
     try:
-        arr = ds.pixel_array
+        arr = native_pixels(ds)
+        if arr is None:
+            arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad pixel data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         where = f" (transfer syntax {syntax.name})" if syntax is not None else ""
@@ -210,17 +254,23 @@ def dicom_to_array(ds: Dataset, limits: DecodeLimits | None) -> np.ndarray:
 
     def to_units(values: np.ndarray, per_frame: bool) -> np.ndarray:
         if rescale is None:
-            return np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
+            shift = _whole_shift(values, ds)
+            if shift is None:
+                return np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
+            units = values.astype(np.float32)
+            if shift:
+                units += np.float32(shift)
+            return units
         slope, intercept = (rescale[:, 0], rescale[:, 1]) if per_frame else rescale[0]
         if per_frame:
             slope, intercept = slope[:, None, None], intercept[:, None, None]
         return values * slope + intercept
 
-    out = to_units(arr, frames > 1).astype(np.float32)
+    out = to_units(arr, frames > 1).astype(np.float32, copy=False)
     if photometric == "MONOCHROME1":
         if np.issubdtype(arr.dtype, np.integer):
-            bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8) or arr.dtype.itemsize * 8)
-            signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+            bits = int(_value(ds, "BitsStored", arr.dtype.itemsize * 8) or arr.dtype.itemsize * 8)
+            signed = int(_value(ds, "PixelRepresentation", 0) or 0) == 1
             lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
             ends = to_units(np.array([lo, hi]), False)
             top = float(ends.min() + ends.max())
@@ -230,10 +280,47 @@ def dicom_to_array(ds: Dataset, limits: DecodeLimits | None) -> np.ndarray:
     return out
 
 
+def native_pixels(ds: Dataset) -> np.ndarray | None:
+    """The stored values of a one-frame, one-sample, uncompressed little-endian image whose stored bits
+    fill its allocated bits (nothing to mask or sign-extend), exactly as `ds.pixel_array` gives them,
+    read straight from the pixel data; None for any other image (pydicom's decoder reads those).
+
+    pydicom's decoder checks every pixel attribute on each call: for a small image that costs more
+    than parsing the whole header (benchmarks/intake.py).
+    """
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax not in _NATIVE_LE or not _has(ds, "PixelData") or _frames(ds) != 1 or _value(ds, "SamplesPerPixel", 1) != 1:
+        return None
+    bits, signed = _value(ds, "BitsAllocated"), _value(ds, "PixelRepresentation")
+    rows, columns = _value(ds, "Rows"), _value(ds, "Columns")
+    if bits not in (8, 16, 32) or _value(ds, "BitsStored") != bits or signed not in (0, 1) or not rows or not columns:
+        return None
+    data = ds.PixelData
+    count = rows * columns
+    if not isinstance(data, bytes) or len(data) not in (count * bits // 8, count * bits // 8 + 1):  # + even padding
+        return None
+    return np.frombuffer(data, dtype=f"<{'ui'[signed]}{bits // 8}", count=count).reshape(rows, columns)
+
+
+def _whole_shift(values: np.ndarray, ds: Dataset) -> float | None:
+    """The top-level modality LUT as a shift when it is one that float32 computes exactly (pixels of at
+    most 16-bit integers, no LUT sequence, slope 1 and a whole intercept under 2**23, or no rescale:
+    0); None otherwise (`apply_modality_lut` in float64 then). CT's usual rescale is such a shift."""
+    if values.dtype.kind not in "iu" or values.dtype.itemsize > 2 or _value(ds, "ModalityLUTSequence"):
+        return None
+    if not (_has(ds, "RescaleSlope") and _has(ds, "RescaleIntercept")):  # pydicom applies neither alone
+        return 0.0
+    try:
+        slope, intercept = float(_value(ds, "RescaleSlope")), float(_value(ds, "RescaleIntercept"))
+    except (TypeError, ValueError):
+        return None
+    return intercept if slope == 1.0 and intercept.is_integer() and abs(intercept) < 2**23 else None
+
+
 def _frame_rescale(ds: Dataset, frames: int) -> np.ndarray | None:
     """Per-frame (slope, intercept) rows from enhanced functional groups; None when the top level
     (RescaleSlope/Intercept or a Modality LUT Sequence) or nothing applies."""
-    if any(k in ds for k in ("RescaleSlope", "RescaleIntercept", "ModalityLUTSequence")):
+    if any(_has(ds, k) for k in ("RescaleSlope", "RescaleIntercept", "ModalityLUTSequence")):
         return None
 
     def pick(item: Dataset | None) -> tuple[float, float] | None:
@@ -242,8 +329,8 @@ def _frame_rescale(ds: Dataset, frames: int) -> np.ndarray | None:
             return None
         return float(seq[0].get("RescaleSlope", 1) or 1), float(seq[0].get("RescaleIntercept", 0) or 0)
 
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    per = ds.get("PerFrameFunctionalGroupsSequence") or []
+    shared = _value(ds, "SharedFunctionalGroupsSequence")
+    per = _value(ds, "PerFrameFunctionalGroupsSequence") or []
     common = pick(shared[0]) if shared else None
     own = [pick(per[i]) if i < len(per) else None for i in range(frames)]
     if common is None and not any(own):
@@ -261,10 +348,10 @@ def _spacing(ds: Dataset, volume: bool) -> tuple[float | None, float | None, flo
         return x if math.isfinite(x) and x > 0 else None
 
     measures = None
-    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared = _value(ds, "SharedFunctionalGroupsSequence")
     if shared and shared[0].get("PixelMeasuresSequence"):
         measures = shared[0].PixelMeasuresSequence[0]
-    pixel = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or (
+    pixel = _value(ds, "PixelSpacing") or _value(ds, "ImagerPixelSpacing") or (
         measures.get("PixelSpacing") if measures is not None else None)
     h = w = None
     if pixel is not None and len(pixel) == 2:
@@ -286,10 +373,10 @@ def header_columns(ds: Dataset, salt: str) -> dict[str, Any]:
     SOPInstanceUID; ``site``: ``site-`` + pseudonym of InstitutionName.
     """
     def text(keyword: str) -> str:
-        return str(ds.get(keyword, "") or "").strip()
+        return str(_value(ds, keyword, "") or "").strip()
 
     patient = text("PatientID") or text("StudyInstanceUID")
-    sop = str(ds.get("SOPInstanceUID", "") or "")
+    sop = str(_value(ds, "SOPInstanceUID", "") or "")
     institution = text("InstitutionName")
     sex = text("PatientSex").upper()
     band = age_band(text("PatientAge"))
