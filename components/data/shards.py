@@ -8,7 +8,9 @@ measures both). Fixed member timestamps: the same pixels give the same shard byt
 
 from __future__ import annotations
 
+import io
 import zipfile
+from functools import cache
 from pathlib import Path
 from typing import Any, Self
 
@@ -36,8 +38,12 @@ class ShardWriter:
             if self._zip is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._zip = zipfile.ZipFile(self.path.with_suffix(".tmp"), "w", zipfile.ZIP_STORED, allowZip64=True)
-            with self._zip.open(zipfile.ZipInfo(member, date_time=_ZIP_TIME), "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, arr, allow_pickle=False)
+            header = _npy_header(arr.dtype.str, arr.shape)
+            info = zipfile.ZipInfo(member, date_time=_ZIP_TIME)
+            info.file_size = len(header) + arr.nbytes  # zip64 fields only where the member needs them
+            with self._zip.open(info, "w") as f:  # the bytes `np.save` writes, without copying the pixels
+                f.write(header)
+                f.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
             self._members.add(member)
         return pixel_columns(arr, digest, f"{self.rel}/{member}")
 
@@ -52,6 +58,14 @@ class ShardWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@cache
+def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    """The ``.npy`` header `np.save` writes for a C-order array (format 1.0; one per dtype and shape)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
 
 
 def pixel_columns(arr: np.ndarray, digest: str, rel: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@ the readers claim in it, by name. Ingest (components.stages.ingest) reads the fi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from components.readers import reader_for_name
@@ -57,12 +58,24 @@ def in_class_folders(name: str) -> bool:
 
 
 def walk_files(root: Path) -> list[str]:
-    """Relative posix paths of the non-hidden files under root, sorted (a file: its own name)."""
+    """Relative posix paths of the non-hidden files under root, sorted (a file: its own name); links to
+    files count, linked folders are not entered, unreadable folders are skipped."""
     if root.is_file():
         return [root.name]
-    found = []
-    for p in root.rglob("*"):
-        rel = p.relative_to(root)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
-            found.append(rel.as_posix())
+    found: list[str] = []
+
+    def visit(folder: str, prefix: str) -> None:  # os.scandir: file types without a stat per file
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_file():
+                found.append(prefix + entry.name)
+            elif entry.is_dir(follow_symlinks=False):
+                visit(entry.path, f"{prefix}{entry.name}/")
+
+    visit(str(root), "")
     return sorted(found)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
@@ -34,6 +35,7 @@ from components.readers.waveform import is_waveform, waveform_recording
 
 # Multi-frame objects of these modalities are stacks of slices (volumes); elsewhere frames are time.
 VOLUME_MODALITIES = frozenset({"CT", "MR", "PT", "NM"})
+_PLAIN_ASCII = re.compile(rb"[ -\[\]-~]*")  # printable ASCII but the value separator (backslash)
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$")
 # Values larger than this are read from the file's bytes when first used, not when the header is parsed:
 # a cine loop's frames are decoded one at a time, and a copy of all of them would double its memory.
@@ -373,7 +375,7 @@ def header_columns(ds: Dataset, salt: str) -> dict[str, Any]:
     SOPInstanceUID; ``site``: ``site-`` + pseudonym of InstitutionName.
     """
     def text(keyword: str) -> str:
-        return str(_value(ds, keyword, "") or "").strip()
+        return _text(ds, keyword)
 
     patient = text("PatientID") or text("StudyInstanceUID")
     sop = str(_value(ds, "SOPInstanceUID", "") or "")
@@ -393,6 +395,18 @@ def header_columns(ds: Dataset, salt: str) -> dict[str, Any]:
         "photometric": text("PhotometricInterpretation") or None,
     }
     return {k: v for k, v in columns.items() if v is not None}
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """``str(ds.get(keyword) or "").strip()``. A value still as read whose bytes are printable ASCII
+    without a backslash (one value) is decoded here: every DICOM character set reads those bytes as
+    ASCII, and pydicom's conversion of a value costs more than decoding a small image's pixels."""
+    tag = _tag(keyword)
+    elem = ds.get_item(tag) if tag in ds else None
+    raw = elem.value if isinstance(elem, RawDataElement) else None
+    if isinstance(raw, bytes) and _PLAIN_ASCII.fullmatch(raw):
+        return raw.decode("ascii").strip()
+    return str(_value(ds, keyword, "") or "").strip()
 
 
 def age_band(patient_age: str | None) -> str | None:
