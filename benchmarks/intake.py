@@ -2,14 +2,17 @@
 
     python benchmarks/intake.py [--files 3000] [--size 128] [--workers 0] [--repeat 1] [--json PATH]
 
-In one run, on the same files, it measures (images per second; best of `--repeat`):
+In one run, on the same files, it measures (images per second; the median of `--repeat` rounds, each
+round timing every contender in turn, so that a load from elsewhere falls on all of them):
 - ``dcmread``: the bare loop ``for f in files: pydicom.dcmread(f)`` (headers parsed, pixels not
   decoded: pydicom reads them lazily), the baseline the issue names;
 - ``dcmread+pixels``: the same loop touching ``ds.pixel_array`` (what any real reader must do);
 - ``ingest x1``: ingest with one process (read, decode, modality LUT, de-identified header
   columns, hash, shard write, manifest);
 - ``ingest xN``: ingest with `--workers` processes (0: every core this process may use).
-Each ingest runs in a fresh process, which reports its peak resident memory; ingesting half the
+Each ingest runs in a fresh process, which reports its peak resident memory and, apart from the
+ingest's seconds, what importing the libraries ingest loads on first use cost it (pandas and pyarrow
+for the manifest: a constant, as the bare loop's ``import pydicom`` is); ingesting half the
 files in another process shows whether memory grows with the number of files.
 It then times ``dvc add`` and ``dvc push`` (to a local remote) of the ingest's sharded output
 against the same images stored one ``.npy`` file per image (the layout before shards).
@@ -26,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,8 +45,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 def make_corpus(root: Path, files: int, size: int) -> list[Path]:
     """`files` DICOM slices (ten per patient) and their labels.csv under `root`."""
-    from components.demo.cohort import generate_cohort
     from components.config import default_params
+    from components.demo.cohort import generate_cohort
 
     template_dir = generate_cohort(root / "template", default_params(cohort={"patients": 1, "images_per_patient": 1, "image_size": 64}).cohort)
     template = pydicom.dcmread(next(template_dir.rglob("*.dcm")))
@@ -82,9 +86,12 @@ def ingest_in_child(src: Path, out: Path, workers: int, limit: int | None = None
         "from components.stages.ingest import ingest_source\n"
         f"src, out = Path({str(src)!r}), Path({str(out)!r})\n"
         "t = time.perf_counter()\n"
+        "import pandas, pyarrow.parquet  # what ingest imports on first use (the manifest)\n"
+        "imports = time.perf_counter() - t\n"
+        "t = time.perf_counter()\n"
         f"r = ingest_source(src, out, default_params(ingest={{'workers': {workers}}}).ingest, salt='bench')\n"
         "s = time.perf_counter() - t\n"
-        "print(json.dumps({'seconds': s, 'images': r.num_images, 'problems': len(r.problems),\n"
+        "print(json.dumps({'seconds': s, 'imports_s': imports, 'images': r.num_images, 'problems': len(r.problems),\n"
         "                  'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
     )
     if limit is not None:  # a copy of labels.csv with the first `limit` rows: the other files are "unlisted"
@@ -144,8 +151,9 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=3000)
     parser.add_argument("--size", type=int, default=128, help="pixels per side of each slice")
     parser.add_argument("--workers", type=int, default=0, help="processes of the parallel ingest (0: every core)")
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians are printed")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--no-dvc", action="store_true", help="skip the DVC comparison")
     args = parser.parse_args()
 
     load_before = os.getloadavg()
@@ -156,42 +164,48 @@ def main() -> None:
         print(f"corpus: {len(paths)} DICOM files of {args.size}x{args.size} int16 in {time.perf_counter() - started:.1f} s")
         bare_loop(paths, pixels=True)  # warm the page cache: every contender then reads from memory
 
-        def best(fn) -> float:
-            return min(fn() for _ in range(args.repeat))
-
-        seconds: dict[str, float] = {
-            "dcmread": best(lambda: bare_loop(paths, pixels=False)),
-            "dcmread+pixels": best(lambda: bare_loop(paths, pixels=True)),
-        }
-        runs: dict[str, dict[str, Any]] = {}
-        for label, workers in (("ingest x1", 1), (f"ingest x{args.workers or len(os.sched_getaffinity(0))}", args.workers)):
-            trials = [ingest_in_child(root / "src", root / "out", workers) for _ in range(args.repeat)]
-            runs[label] = min(trials, key=lambda r: r["seconds"])
-            seconds[label] = runs[label]["seconds"]
+        parallel = f"ingest x{args.workers or len(os.sched_getaffinity(0))}"
+        rounds: dict[str, list[float]] = {"dcmread": [], "dcmread+pixels": [], "ingest x1": [], parallel: []}
+        trials: dict[str, list[dict[str, Any]]] = {"ingest x1": [], parallel: []}
+        for _ in range(args.repeat):  # interleaved: every contender once per round
+            rounds["dcmread"].append(bare_loop(paths, pixels=False))
+            rounds["dcmread+pixels"].append(bare_loop(paths, pixels=True))
+            for label, workers in (("ingest x1", 1), (parallel, args.workers)):
+                trials[label].append(ingest_in_child(root / "src", root / "out", workers))
+                rounds[label].append(trials[label][-1]["seconds"])
+        seconds = {k: statistics.median(v) for k, v in rounds.items()}
+        runs = {k: max(v, key=lambda r: r["rss_mib"]) for k, v in trials.items()}
+        imports = statistics.median(t["imports_s"] for v in trials.values() for t in v)
         half = ingest_in_child(root / "src", root / "out-half", args.workers, limit=len(paths) // 2)
 
         rates = {k: len(paths) / v for k, v in seconds.items()}
         print(f"\n{'contender':<18}{'seconds':>10}{'images/s':>12}{'vs dcmread':>12}{'vs +pixels':>12}")
         for k, v in seconds.items():
             print(f"{k:<18}{v:>10.2f}{rates[k]:>12.0f}{rates[k] / rates['dcmread']:>12.2f}{rates[k] / rates['dcmread+pixels']:>12.2f}")
+        print(f"(medians of {args.repeat} interleaved rounds; each ingest process also spent {imports:.2f} s "
+              "importing pandas and pyarrow, not counted above)")
         peak = {k: round(r["rss_mib"]) for k, r in runs.items()}
         print(f"\npeak RSS of the ingest process: {peak} MiB; with half the files ({len(paths) // 2}, parallel): "
               f"{half['rss_mib']:.0f} MiB")
 
-        exploded = explode_shards(root / "out", root / "per-file")
-        shards = len(list((root / "out" / "images").glob("*.npz")))
-        sharded = dvc_times(root / "out", root / "dvc")
-        per_file = dvc_times(root / "per-file", root / "dvc")
-        print(f"\nDVC, {shards} shards vs {exploded} files: add {sharded['add_s']:.1f} s vs {per_file['add_s']:.1f} s, "
-              f"push {sharded['push_s']:.1f} s vs {per_file['push_s']:.1f} s")
+        dvc: dict[str, Any] = {}
+        if not args.no_dvc:
+            exploded = explode_shards(root / "out", root / "per-file")
+            shards = len(list((root / "out" / "images").glob("*.npz")))
+            sharded = dvc_times(root / "out", root / "dvc")
+            per_file = dvc_times(root / "per-file", root / "dvc")
+            dvc = {"sharded": {**sharded, "files": shards}, "per_file": {**per_file, "files": exploded}}
+            print(f"\nDVC, {shards} shards vs {exploded} files: add {sharded['add_s']:.1f} s vs {per_file['add_s']:.1f} s, "
+                  f"push {sharded['push_s']:.1f} s vs {per_file['push_s']:.1f} s")
     load_after = os.getloadavg()
     print(f"load average (1 min) before {load_before[0]:.1f}, after {load_after[0]:.1f} on {os.cpu_count()} cores")
     if args.json:
         args.json.write_text(json.dumps({
-            "files": len(paths), "size": args.size, "seconds": seconds, "images_per_s": rates,
+            "files": len(paths), "size": args.size, "repeat": args.repeat, "seconds": seconds, "rounds": rounds,
+            "images_per_s": rates, "ingest_imports_s": imports,
             "ratio_ingest_to_dcmread": {k: rates[k] / rates["dcmread"] for k in runs},
             "peak_rss_mib": peak, "half_files_rss_mib": half["rss_mib"],
-            "dvc": {"sharded": {**sharded, "files": shards}, "per_file": {**per_file, "files": exploded}},
+            "dvc": dvc,
             "load_average": [load_before[0], load_after[0]],
         }, indent=2))
 
