@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-
 from components.config import BURNED_IN_MODALITIES
 from components.readers import READERS, ImageDecodeError
 from components.readers.dicom import is_cine, parse

@@ -46,24 +46,26 @@ class AudioReader(
         import soundfile
 
         kind = FORMATS.get(data[:4], "WAV, FLAC or OGG")
-        try:
-            info = soundfile.info(io.BytesIO(data))
+        try:  # one open for the header and the samples: opening costs about as much as reading a short recording
+            sound = soundfile.SoundFile(io.BytesIO(data))
         except Exception as exc:  # noqa: BLE001 - libsndfile raises its own error or RuntimeError
             raise ImageDecodeError(f"unreadable {kind} header: {short_reason(exc)}") from None
-        if info.frames <= 0 or info.samplerate <= 0:
-            raise ImageDecodeError(f"{kind} holds zero samples")
-        check_declared(limits, samples=info.frames, channels=info.channels, itemsize=4, seconds=info.duration)
-        if kind == "WAV":
-            check_wav_length(data)
-        try:
-            samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        except Exception as exc:  # noqa: BLE001
-            raise ImageDecodeError(f"corrupt or truncated {kind}: {short_reason(exc)}") from None
+        with sound:
+            frames, rate, subtype = sound.frames, sound.samplerate, sound.subtype
+            if frames <= 0 or rate <= 0:
+                raise ImageDecodeError(f"{kind} holds zero samples")
+            check_declared(limits, samples=frames, channels=sound.channels, itemsize=4, seconds=frames / rate)
+            if kind == "WAV":
+                check_wav_length(data)
+            try:
+                samples = sound.read(dtype="float32", always_2d=True)
+            except Exception as exc:  # noqa: BLE001
+                raise ImageDecodeError(f"corrupt or truncated {kind}: {short_reason(exc)}") from None
         if samples.size == 0:
             raise ImageDecodeError(f"{kind} holds zero samples")
         if not np.isfinite(samples).all():
             raise ImageDecodeError(f"{kind} holds NaN or infinite samples")
-        return recording(samples, rate, 1.0 - 2.0 ** (1 - PCM_BITS.get(info.subtype, 16)))
+        return recording(samples, rate, 1.0 - 2.0 ** (1 - PCM_BITS.get(subtype, 16)))
 
 
 def recording(samples: np.ndarray, rate: int, clip: float, columns: dict[str, Any] | None = None) -> Decoded:
@@ -99,7 +101,9 @@ def level_columns(samples: np.ndarray, rate: int, clip: float) -> dict[str, floa
     samples at or over `clip` in magnitude count as clipped."""
     # One pass per statistic over float32 (float64 sums): each pass costs about as much as decoding PCM.
     mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1)
-    magnitude = np.abs(mono) if samples.shape[1] == 1 else np.abs(samples).max(axis=1)
+    peak = max(float(samples.max()), -float(samples.min()))
+    # Frames at full scale on any channel; none when the peak is below it (most recordings: no pass then).
+    clipped = 0 if peak < clip else np.count_nonzero(np.abs(samples).max(axis=1) >= clip)
     squares = np.square(mono)
     frame = max(1, round(SILENCE_FRAME_S * rate))
     n = max(1, len(mono) // frame)
@@ -107,10 +111,10 @@ def level_columns(samples: np.ndarray, rate: int, clip: float) -> dict[str, floa
     frame_rms = np.sqrt(framed.mean(axis=1, dtype=np.float64))
     return {
         "duration_s": len(mono) / rate,
-        "peak_dbfs": float(20 * np.log10(max(float(magnitude.max()), _FLOOR))),
+        "peak_dbfs": float(20 * np.log10(max(peak, _FLOOR))),
         "rms_dbfs": float(20 * np.log10(max(float(np.sqrt(squares.mean(dtype=np.float64))), _FLOOR))),
         "dc_offset": float(mono.mean(dtype=np.float64)),
-        "clipped_fraction": float(np.count_nonzero(magnitude >= clip) / len(magnitude)),
+        "clipped_fraction": float(clipped / len(mono)),
         "silent_fraction": float(np.count_nonzero(frame_rms < 10 ** (SILENCE_DBFS / 20)) / len(frame_rms)),
     }
 

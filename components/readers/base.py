@@ -6,7 +6,6 @@ import hashlib
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
 import numpy as np
@@ -108,7 +107,14 @@ class Reader(ABC):
     def claims(self, name: str) -> bool:
         """Whether a file called `name` is one of this format's by its suffix."""
         lower = name.lower()
-        return any(lower.endswith(s) if s else PurePosixPath(lower).suffix == "" for s in self.suffixes)
+        return any(lower.endswith(s) if s else not _has_suffix(lower) for s in self.suffixes)
+
+
+def _has_suffix(name: str) -> bool:
+    """``PurePosixPath(name).suffix != ""`` for a relative file path, without building the path (ingest asks per file)."""
+    last = name.rstrip("/").rsplit("/", 1)[-1]
+    dot = last.rfind(".")
+    return 0 < dot < len(last) - 1
 
 
 def check_array(arr: np.ndarray) -> np.ndarray:

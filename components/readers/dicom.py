@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataelem import RawDataElement
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import BaseTag
 from pydicom.pixels import apply_modality_lut, iter_pixels
+from pydicom.tag import BaseTag
 
 from components.privacy.deid import pseudonym
 from components.readers.base import (
