@@ -14,12 +14,17 @@ hashes and stores each recording (what any intake must do). The CPU is shared wi
 work: the load average is printed with the figures.
 
     python benchmarks/audio.py [--seeds 3] [--workdir DIR] [--set train.max_epochs=20 ...] [--leave-site-out]
+    python benchmarks/audio.py --intake-only 5 [--set ingest.audio.sample_rate=4000] [--set ingest.workers=1]
+
+``--intake-only`` times ingest alone against those loops and one that also resamples to the stored
+rate, in interleaved rounds (medians), without training.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import statistics
 import sys
@@ -64,6 +69,16 @@ def split_labels(labels: pd.DataFrame, seed: int, test_site: str | None) -> pd.D
     return out
 
 
+def linked_source(src: Path, labels: pd.DataFrame) -> Path:
+    """A source folder at `src` whose recordings link to the data set's (ingest walks real folders only)."""
+    (src / "audio").mkdir(parents=True, exist_ok=True)
+    for rel in labels["path"]:
+        if not (src / rel).exists():
+            (src / rel).symlink_to(DATA / rel)
+    labels[[c for c in ("path", "label", "site", "split") if c in labels]].to_csv(src / "labels.csv", index=False)
+    return src
+
+
 def run_once(work: Path, labels: pd.DataFrame, params: Any, seed: int) -> dict[str, float]:
     from components.stages.baseline import train_baseline
     from components.stages.evaluate import evaluate_model
@@ -71,12 +86,7 @@ def run_once(work: Path, labels: pd.DataFrame, params: Any, seed: int) -> dict[s
     from components.stages.prepare import prepare_dataset
     from components.stages.train import train_model
 
-    src = work / "source"
-    (src / "audio").mkdir(parents=True, exist_ok=True)
-    for rel in labels["path"]:  # file links: ingest walks real folders only
-        if not (src / rel).exists():
-            (src / rel).symlink_to(DATA / rel)
-    labels[["path", "label", "site", "split"]].to_csv(src / "labels.csv", index=False)
+    src = linked_source(work / "source", labels)
     started = time.monotonic()
     dataset = ingest_source(src, work / "ingest", params.ingest, "benchmark-salt")
     ingest_s = time.monotonic() - started
@@ -120,12 +130,69 @@ def bare_store_seconds(paths: list[Path], out: Path) -> float:
     return time.monotonic() - started
 
 
+def bare_intake_seconds(paths: list[Path], out: Path, rate: int) -> float:
+    """What any intake that stores samples at one rate under a content hash must do: read, resample to
+    `rate` (as ingest: scipy's polyphase filter, when the rates differ), hash the stored float32
+    samples (ingest's content hash is of what it stores), store them (one zip member each)."""
+    import hashlib
+    import zipfile
+
+    import soundfile
+    from scipy.signal import resample_poly
+
+    started = time.monotonic()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as shard:
+        for p in paths:
+            samples, source_rate = soundfile.read(io.BytesIO(p.read_bytes()), dtype="float32")
+            if source_rate != rate:
+                g = math.gcd(source_rate, rate)
+                samples = resample_poly(samples, rate // g, source_rate // g).astype(np.float32)
+            with shard.open(f"{hashlib.sha256(samples.data.cast('B')).hexdigest()}.npy", "w") as f:
+                np.lib.format.write_array(f, samples, allow_pickle=False)
+    return time.monotonic() - started
+
+
+def intake_only(labels: pd.DataFrame, params: Any, root: Path, repeat: int) -> None:
+    """Ingest's throughput alone against the bare loops, on the same files in the same run: `repeat`
+    rounds, each timing every contender in turn (a load from elsewhere falls on all), then medians."""
+    from components.stages.ingest import ingest_source
+
+    src = linked_source(root / "intake-source", labels)
+    paths = [DATA / p for p in labels["path"]]
+    rate = params.ingest.audio.sample_rate
+
+    def ingest() -> float:
+        started = time.monotonic()
+        ingest_source(src, root / "intake-out", params.ingest, "benchmark-salt")
+        return time.monotonic() - started
+
+    contenders = {"soundfile.read": lambda: bare_read_seconds(paths),
+                  "read+hash+store": lambda: bare_store_seconds(paths, root / "bare-store.zip"),
+                  f"read+{rate} Hz+hash+store": lambda: bare_intake_seconds(paths, root / "bare-intake.zip", rate),
+                  f"ingest (workers {params.ingest.workers or 'all'})": ingest}
+    ingest()  # warms the page cache and ingest's one-off imports
+    load = os.getloadavg()[0]
+    rounds: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(repeat):
+        for name, run in contenders.items():
+            rounds[name].append(run())
+    median = {k: statistics.median(v) for k, v in rounds.items()}
+    ingest_s = median[next(reversed(median))]
+    print(f"{len(paths)} recordings, stored at {rate} Hz; medians of {repeat} interleaved rounds; "
+          f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
+    print(f"{'contender':<30}{'seconds':>9}{'ingest ratio':>14}")
+    for name, seconds in median.items():
+        print(f"{name:<30}{seconds:>9.2f}{seconds / ingest_s:>14.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--set", action="append", default=[], help="a params override, e.g. train.max_epochs=20")
     parser.add_argument("--leave-site-out", action="store_true")
+    parser.add_argument("--intake-only", type=int, metavar="ROUNDS", default=0,
+                        help="only ingest's throughput against the bare loops, over ROUNDS interleaved rounds")
     args = parser.parse_args()
     if not (DATA / "labels.csv").is_file():
         sys.exit(f"{DATA}: not found (the benchmark needs ../shared/data/physionet2016)")
@@ -138,6 +205,9 @@ def main() -> None:
     params = default_params(**overrides)
     labels = pd.read_csv(DATA / "labels.csv", dtype=str)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="medgate-audio-"))
+    if args.intake_only:
+        intake_only(labels, params, root, args.intake_only)
+        return
     runs = [(f"seed {s}", split_labels(labels, s, None), s) for s in range(args.seeds)]
     if args.leave_site_out:
         runs += [(f"site {site} out", split_labels(labels, 0, site), 0) for site in sorted(labels["site"].unique())]

@@ -43,7 +43,7 @@ class ShardWriter:
             info.file_size = len(header) + arr.nbytes  # zip64 fields only where the member needs them
             with self._zip.open(info, "w") as f:  # the bytes `np.save` writes, without copying the pixels
                 f.write(header)
-                f.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
+                f.write(np.ascontiguousarray(arr).data.cast("B"))
             self._members.add(member)
         return pixel_columns(arr, digest, f"{self.rel}/{member}")
 

@@ -80,7 +80,10 @@ class DicomReader(Reader, name="dicom", formats="DICOM (Part 10)", suffixes=(".d
 
 @cache
 def _tag(keyword: str) -> BaseTag:
-    return BaseTag(tag_for_keyword(keyword))
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(f"{keyword} is not a DICOM keyword")
+    return BaseTag(tag)
 
 
 def _has(ds: Dataset, keyword: str) -> bool:
