@@ -152,6 +152,14 @@ def bare_intake_seconds(paths: list[Path], out: Path, rate: int) -> float:
     return time.monotonic() - started
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (a process pool's workers)."""
+    import resource
+
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def intake_only(labels: pd.DataFrame, params: Any, root: Path, repeat: int) -> None:
     """Ingest's throughput alone against the bare loops, on the same files in the same run: `repeat`
     rounds, each timing every contender in turn (a load from elsewhere falls on all), then medians."""
@@ -170,19 +178,25 @@ def intake_only(labels: pd.DataFrame, params: Any, root: Path, repeat: int) -> N
                   "read+hash+store": lambda: bare_store_seconds(paths, root / "bare-store.zip"),
                   f"read+{rate} Hz+hash+store": lambda: bare_intake_seconds(paths, root / "bare-intake.zip", rate),
                   f"ingest (workers {params.ingest.workers or 'all'})": ingest}
+    import scipy.signal  # noqa: F401 - imported before the clocks start, as ingest's imports are by its warm-up
     ingest()  # warms the page cache and ingest's one-off imports
     load = os.getloadavg()[0]
-    rounds: dict[str, list[float]] = {k: [] for k in contenders}
+    wall: dict[str, list[float]] = {k: [] for k in contenders}
+    cpu: dict[str, list[float]] = {k: [] for k in contenders}
     for _ in range(repeat):
         for name, run in contenders.items():
-            rounds[name].append(run())
-    median = {k: statistics.median(v) for k, v in rounds.items()}
-    ingest_s = median[next(reversed(median))]
+            before = cpu_seconds()
+            wall[name].append(run())
+            cpu[name].append(cpu_seconds() - before)
     print(f"{len(paths)} recordings, stored at {rate} Hz; medians of {repeat} interleaved rounds; "
           f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
-    print(f"{'contender':<30}{'seconds':>9}{'ingest ratio':>14}")
-    for name, seconds in median.items():
-        print(f"{name:<30}{seconds:>9.2f}{seconds / ingest_s:>14.2f}")
+    print("CPU seconds: this process's and its finished worker processes' (what a shared machine's load leaves alone)")
+    print(f"{'contender':<30}{'seconds':>9}{'ratio':>7}{'CPU s':>8}{'ratio':>7}")
+    ingest_name = next(reversed(contenders))
+    for name in contenders:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        print(f"{name:<30}{w:>9.2f}{w / statistics.median(wall[ingest_name]):>7.2f}"
+              f"{c:>8.2f}{c / statistics.median(cpu[ingest_name]):>7.2f}")
 
 
 def main() -> None:

@@ -68,12 +68,15 @@ def make_corpus(root: Path, files: int, size: int) -> list[Path]:
     return paths
 
 
-def bare_loop(paths: list[Path], pixels: bool) -> float:
-    started = time.perf_counter()
+def bare_loop(paths: list[Path], pixels: bool, cpu: list[float] | None = None) -> float:
+    """Seconds of the loop; its CPU seconds are appended to `cpu`."""
+    started, started_cpu = time.perf_counter(), time.process_time()
     for path in paths:
         ds = pydicom.dcmread(path)
         if pixels:
             ds.pixel_array  # noqa: B018 - decoding is what is timed
+    if cpu is not None:
+        cpu.append(time.process_time() - started_cpu)
     return time.perf_counter() - started
 
 
@@ -88,10 +91,13 @@ def ingest_in_child(src: Path, out: Path, workers: int, limit: int | None = None
         "t = time.perf_counter()\n"
         "import pandas, pyarrow.parquet  # what ingest imports on first use (the manifest)\n"
         "imports = time.perf_counter() - t\n"
-        "t = time.perf_counter()\n"
+        "usage = lambda: (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))\n"
+        "t, c = time.perf_counter(), usage()\n"
         f"r = ingest_source(src, out, default_params(ingest={{'workers': {workers}}}).ingest, salt='bench')\n"
         "s = time.perf_counter() - t\n"
-        "print(json.dumps({'seconds': s, 'imports_s': imports, 'images': r.num_images, 'problems': len(r.problems),\n"
+        "cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(usage(), c))\n"
+        "print(json.dumps({'seconds': s, 'cpu_s': cpu, 'imports_s': imports, 'images': r.num_images,\n"
+        "                  'problems': len(r.problems),\n"
         "                  'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
     )
     if limit is not None:  # a copy of labels.csv with the first `limit` rows: the other files are "unlisted"
@@ -166,23 +172,29 @@ def main() -> None:
 
         parallel = f"ingest x{args.workers or len(os.sched_getaffinity(0))}"
         rounds: dict[str, list[float]] = {"dcmread": [], "dcmread+pixels": [], "ingest x1": [], parallel: []}
+        cpu: dict[str, list[float]] = {k: [] for k in rounds}
         trials: dict[str, list[dict[str, Any]]] = {"ingest x1": [], parallel: []}
         for _ in range(args.repeat):  # interleaved: every contender once per round
-            rounds["dcmread"].append(bare_loop(paths, pixels=False))
-            rounds["dcmread+pixels"].append(bare_loop(paths, pixels=True))
+            rounds["dcmread"].append(bare_loop(paths, pixels=False, cpu=cpu["dcmread"]))
+            rounds["dcmread+pixels"].append(bare_loop(paths, pixels=True, cpu=cpu["dcmread+pixels"]))
             for label, workers in (("ingest x1", 1), (parallel, args.workers)):
                 trials[label].append(ingest_in_child(root / "src", root / "out", workers))
                 rounds[label].append(trials[label][-1]["seconds"])
+                cpu[label].append(trials[label][-1]["cpu_s"])
         seconds = {k: statistics.median(v) for k, v in rounds.items()}
+        cpu_s = {k: statistics.median(v) for k, v in cpu.items()}
         runs = {k: max(v, key=lambda r: r["rss_mib"]) for k, v in trials.items()}
         imports = statistics.median(t["imports_s"] for v in trials.values() for t in v)
         half = ingest_in_child(root / "src", root / "out-half", args.workers, limit=len(paths) // 2)
 
         rates = {k: len(paths) / v for k, v in seconds.items()}
-        print(f"\n{'contender':<18}{'seconds':>10}{'images/s':>12}{'vs dcmread':>12}{'vs +pixels':>12}")
+        print(f"\n{'contender':<18}{'seconds':>10}{'images/s':>12}{'vs dcmread':>12}{'vs +pixels':>12}"
+              f"{'CPU s':>8}{'vs +pixels':>12}")
         for k, v in seconds.items():
-            print(f"{k:<18}{v:>10.2f}{rates[k]:>12.0f}{rates[k] / rates['dcmread']:>12.2f}{rates[k] / rates['dcmread+pixels']:>12.2f}")
-        print(f"(medians of {args.repeat} interleaved rounds; each ingest process also spent {imports:.2f} s "
+            print(f"{k:<18}{v:>10.2f}{rates[k]:>12.0f}{rates[k] / rates['dcmread']:>12.2f}"
+                  f"{rates[k] / rates['dcmread+pixels']:>12.2f}{cpu_s[k]:>8.2f}{cpu_s['dcmread+pixels'] / cpu_s[k]:>12.2f}")
+        print(f"(medians of {args.repeat} interleaved rounds; CPU s: the loop's or the ingest process's and its "
+              f"workers', which a load from elsewhere leaves alone; each ingest process also spent {imports:.2f} s "
               "importing pandas and pyarrow, not counted above)")
         peak = {k: round(r["rss_mib"]) for k, r in runs.items()}
         print(f"\npeak RSS of the ingest process: {peak} MiB; with half the files ({len(paths) // 2}, parallel): "
@@ -202,7 +214,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({
             "files": len(paths), "size": args.size, "repeat": args.repeat, "seconds": seconds, "rounds": rounds,
-            "images_per_s": rates, "ingest_imports_s": imports,
+            "images_per_s": rates, "cpu_s": cpu_s, "cpu_rounds": cpu, "ingest_imports_s": imports,
             "ratio_ingest_to_dcmread": {k: rates[k] / rates["dcmread"] for k in runs},
             "peak_rss_mib": peak, "half_files_rss_mib": half["rss_mib"],
             "dvc": dvc,
