@@ -55,7 +55,7 @@ def burned_in_risk(data: bytes) -> Risk | None:
     try:
         with warnings.catch_warnings():  # pydicom's warnings can quote header values
             warnings.simplefilter("ignore")
-            head = parse(data)  # kept for the reader: the file is parsed once
+            head = parse(data, keep=True)  # for the reader: the file is parsed once
         modality = str(head.get("Modality", "") or "").strip().upper()
         burned = str(head.get("BurnedInAnnotation", "") or "").strip().upper()
         clip = is_cine(head)

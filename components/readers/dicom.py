@@ -41,7 +41,7 @@ _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$")
 # a cine loop's frames are decoded one at a time, and a copy of all of them would double its memory.
 _DEFER_BYTES = 16 * 2**20
 _NATIVE_LE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})  # Implicit and Explicit VR Little Endian
-_last: tuple[bytes, Dataset] | None = None  # `parse`'s last file and its dataset
+_kept: tuple[bytes, Dataset] | None = None  # a file and its dataset, parsed for the next `parse` call
 
 
 class DicomReader(Reader, name="dicom", formats="DICOM (Part 10)", suffixes=(".dcm", ".dicom", ".ima", "")):
@@ -98,23 +98,27 @@ def _value(ds: Dataset, keyword: str, default: Any = None) -> Any:
     return ds[tag].value if tag in ds else default
 
 
-def parse(data: bytes) -> Dataset:
+def parse(data: bytes, keep: bool = False) -> Dataset:
     """A whole DICOM file's dataset, pixels parsed but not decoded; values over `_DEFER_BYTES` (a cine
     loop's frames) stay in `data` until used.
 
-    Parsing costs more than decoding a small image, and ingest needs the header twice (the burned-in
-    screen before decoding, then the reader): the last file's dataset is kept (one entry, by the
-    identity of `data`), so each file is parsed once. Callers must not change the dataset.
+    Parsing costs more than decoding a small image, and ingest needs the header twice: `keep` holds
+    the dataset (one file, by the identity of `data`) for the next call, which takes it (the burned-in
+    screen keeps it for the reader), so each file is parsed once and no header outlives its reading.
+    Callers must not change the dataset.
 
     Raises:
         Exception: whatever pydicom raises for a damaged file (nothing is kept then).
     """
-    global _last
-    if _last is not None and _last[0] is data:
-        return _last[1]
-    _last = None  # the previous file's bytes are not held while this one is parsed
-    ds = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM", defer_size=_DEFER_BYTES)
-    _last = (data, ds)
+    global _kept
+    kept, _kept = _kept, None
+    if kept is not None and kept[0] is data:
+        ds = kept[1]
+    else:
+        del kept  # the previous file's bytes are not held while this one is parsed
+        ds = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM", defer_size=_DEFER_BYTES)
+    if keep:
+        _kept = (data, ds)
     return ds
 
 

@@ -31,7 +31,9 @@ handles them (components.privacy.burned_in). The service decodes uploads with th
 training and serving decode identically.
 
 Throughput: inputs are decoded in chunks of ``cfg.shard_size`` (one shard each) by ``cfg.workers``
-processes; memory holds a few chunks' worth of small records, never the dataset's pixels.
+processes; memory holds a few chunks' worth of small records, never the dataset's pixels. A DICOM
+file is parsed once (the burned-in screen hands its dataset to the reader); ``benchmarks/intake.py``
+and ``benchmarks/audio.py --intake-only`` measure ingest against bare decoding loops.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from components.data.sources import walk_files
 from components.demo.cohort import generate_cohort
 from components.readers.audio import level_columns
 from components.readers.base import DecodeLimits
+from components.readers import dicom as dicom_reader
 from components.readers.dicom import dicom_to_array, header_columns, native_pixels, parse
 from components.stages.ingest import ingest_source
 
@@ -130,6 +131,7 @@ def test_ingest_parses_each_dicom_file_once(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: calls.append(1) or real(*a, **k))
     result = ingest_source(cohort, tmp_path / "out", default_params(ingest={"workers": 1}).ingest, SALT)
     assert result.num_images == 6 and len(calls) == 6
+    assert dicom_reader._kept is None  # the reader took the screen's dataset: no header outlives its file
 
 
 def test_shard_members_are_the_bytes_np_save_writes(tmp_path: Path) -> None:
