@@ -130,10 +130,11 @@ def bare_store_seconds(paths: list[Path], out: Path) -> float:
     return time.monotonic() - started
 
 
-def bare_intake_seconds(paths: list[Path], out: Path, rate: int) -> float:
+def bare_intake_seconds(paths: list[Path], out: Path | None, rate: int) -> float:
     """What any intake that stores samples at one rate under a content hash must do: read, resample to
     `rate` (as ingest: scipy's polyphase filter, when the rates differ), hash the stored float32
-    samples (ingest's content hash is of what it stores), store them (one zip member each)."""
+    samples (ingest's content hash is of what it stores), store them (one zip member each); with no
+    `out`, only read and resample."""
     import hashlib
     import zipfile
 
@@ -141,14 +142,15 @@ def bare_intake_seconds(paths: list[Path], out: Path, rate: int) -> float:
     from scipy.signal import resample_poly
 
     started = time.monotonic()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as shard:
+    with zipfile.ZipFile(out or io.BytesIO(), "w", zipfile.ZIP_STORED) as shard:
         for p in paths:
             samples, source_rate = soundfile.read(io.BytesIO(p.read_bytes()), dtype="float32")
             if source_rate != rate:
                 g = math.gcd(source_rate, rate)
                 samples = resample_poly(samples, rate // g, source_rate // g).astype(np.float32)
-            with shard.open(f"{hashlib.sha256(samples.data.cast('B')).hexdigest()}.npy", "w") as f:
-                np.lib.format.write_array(f, samples, allow_pickle=False)
+            if out is not None:
+                with shard.open(f"{hashlib.sha256(samples.data.cast('B')).hexdigest()}.npy", "w") as f:
+                    np.lib.format.write_array(f, samples, allow_pickle=False)
     return time.monotonic() - started
 
 
@@ -176,6 +178,7 @@ def intake_only(labels: pd.DataFrame, params: Any, root: Path, repeat: int) -> N
 
     contenders = {"soundfile.read": lambda: bare_read_seconds(paths),
                   "read+hash+store": lambda: bare_store_seconds(paths, root / "bare-store.zip"),
+                  f"read+{rate} Hz": lambda: bare_intake_seconds(paths, None, rate),
                   f"read+{rate} Hz+hash+store": lambda: bare_intake_seconds(paths, root / "bare-intake.zip", rate),
                   f"ingest (workers {params.ingest.workers or 'all'})": ingest}
     import scipy.signal  # noqa: F401 - imported before the clocks start, as ingest's imports are by its warm-up
