@@ -307,7 +307,11 @@ class TrainConfig(_Section):
     # Training images over which BatchNorm statistics are recomputed after each epoch (0: all); a few
     # thousand estimate them well, and the pass costs a forward over them every epoch.
     bn_recalibration_images: int
-    max_minutes: float
+    # Batches indexed and augmented ahead of the training step on a background thread (0: in the step's thread).
+    prefetch_batches: int = Field(ge=0)
+    # Wall-clock budget: after the first epoch the planned epochs shrink to what fits (the one-cycle
+    # schedule re-planned to end with them); past it, training also stops after the current epoch.
+    max_minutes: float = Field(gt=0)
     device: Literal["auto", "cpu", "cuda"]
     amp: bool  # bfloat16 autocast, on a GPU only
     compile: bool  # torch.compile, on a GPU only

@@ -45,6 +45,7 @@ from components.data.artifacts import (
 )
 from components.data.prepared import load_split, read_dataset_info
 from components.imports import import_closure, module_name
+from components.ml.audio import AudioPreprocessing, SpectrogramAugmentation
 from components.ml.distributed import (
     SINGLE,
     Replica,
@@ -54,8 +55,8 @@ from components.ml.distributed import (
     under_torchrun,
 )
 from components.ml.metrics import score_auc
-from components.ml.audio import AudioPreprocessing, SpectrogramAugmentation
 from components.ml.models import ModelSpec, build_model, preprocessing_from_dict, resolve_family, save_model
+from components.ml.prefetch import prefetched
 from components.ml.runtime import predict_probs, resolve_device, set_threads
 from components.ml.transforms import BatchAugmentation
 
@@ -146,6 +147,19 @@ def plan_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return int(min(cfg.max_epochs, max(cfg.min_epochs, math.ceil(cfg.steps / max(steps_per_epoch, 1)))))
 
 
+def plan_within_budget(planned: int, done: int, epoch_seconds: float, seconds_left: float) -> int:
+    """The epochs to run in all: `planned`, or as many as fit when the `done` epochs are followed by
+    more of `epoch_seconds` each in `seconds_left` (never fewer than `done`)."""
+    fit = done + max(0, math.floor(seconds_left / max(epoch_seconds, 1e-9)))
+    return max(done, min(planned, fit))
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int, steps_done: int = 0) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The one-cycle schedule over `total_steps`, positioned after `steps_done` of them (a re-planned
+    schedule keeps its step count and continues along the new, shorter curve)."""
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(1, total_steps), last_epoch=steps_done - 1)
+
+
 def epoch_batches(labels: np.ndarray, cfg: TrainConfig, weights: np.ndarray, generator: torch.Generator) -> list[torch.Tensor]:
     """One epoch's batches of indices: shuffled, or class-balanced sampling with replacement."""
     n = len(labels)
@@ -199,7 +213,9 @@ class _Run:
     shuffle_gen: torch.Generator
     augment_gen: torch.Generator
     weights: np.ndarray  # inverse class frequencies
-    epochs: int
+    steps_per_epoch: int
+    epochs_configured: int  # what params ask for (plan_epochs)
+    epochs: int  # what the schedule is planned for: epochs_configured, or fewer to fit the time budget
 
 
 def _build_run(data: _Data, cfg: TrainConfig, device: torch.device, replica: Replica) -> _Run:
@@ -216,7 +232,7 @@ def _build_run(data: _Data, cfg: TrainConfig, device: torch.device, replica: Rep
     augment_gen = torch.Generator().manual_seed(cfg.seed + 1)
     steps_per_epoch = len(epoch_batches(data.y_train, cfg, weights, torch.Generator().manual_seed(0)))
     epochs = plan_epochs(cfg, steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.learning_rate, total_steps=max(1, steps_per_epoch * epochs))
+    scheduler = one_cycle(optimizer, cfg.learning_rate, steps_per_epoch * epochs)
     ema = _Ema(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     net = replica.wrap(model, device)
     if device.type == "cuda" and cfg.compile:
@@ -236,6 +252,8 @@ def _build_run(data: _Data, cfg: TrainConfig, device: torch.device, replica: Rep
         shuffle_gen=shuffle_gen,
         augment_gen=augment_gen,
         weights=weights,
+        steps_per_epoch=steps_per_epoch,
+        epochs_configured=epochs,
         epochs=epochs,
     )
 
@@ -250,6 +268,7 @@ class _Course:
     finished: bool = False
     resumed_from: int = 0
     stopped: str = "epochs"  # epochs | early stopping | time limit
+    plan: str = "params"  # why run.epochs: params | budget (re-planned after the first epoch)
 
 
 def _resume(run: _Run, path: Path, key: str, device: torch.device) -> _Course:
@@ -267,11 +286,12 @@ def _resume(run: _Run, path: Path, key: str, device: torch.device) -> _Course:
     run.shuffle_gen.set_state(saved["shuffle_rng"])
     run.augment_gen.set_state(saved["augment_rng"])
     torch.set_rng_state(saved["torch_rng"])
+    run.epochs = int(saved["epochs_planned"])  # the scheduler's state, loaded above, is planned for these
     if run.ema is not None:
         run.ema.state, run.ema.steps = {k: v.to(device) for k, v in saved["ema"].items()}, int(saved["ema_steps"])
     return _Course(
         best=saved["best"], history=saved["history"], stale=int(saved["stale"]), finished=bool(saved["finished"]),
-        resumed_from=int(saved["epoch"]), stopped=str(saved["stopped"]),
+        resumed_from=int(saved["epoch"]), stopped=str(saved["stopped"]), plan=str(saved["plan"]),
     )
 
 
@@ -281,6 +301,7 @@ def _save_checkpoint(run: _Run, course: _Course, key: str, epoch: int, path: Pat
     _save_atomically(
         {
             "key": key, "epoch": epoch, "finished": course.finished, "stopped": course.stopped, "stale": course.stale,
+            "epochs_planned": run.epochs, "plan": course.plan,
             "history": course.history, "best": course.best,
             "model": _copy_state(run.model), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "shuffle_rng": run.shuffle_gen.get_state(), "augment_rng": run.augment_gen.get_state(), "torch_rng": torch.get_rng_state(),
@@ -292,20 +313,24 @@ def _save_checkpoint(run: _Run, course: _Course, key: str, epoch: int, path: Pat
 
 def _train_epoch(run: _Run, data: _Data, cfg: TrainConfig, device: torch.device, replica: Replica) -> tuple[float, int, float]:
     """One pass over the training split. Returns the summed loss, the images trained on and the
-    seconds spent getting batches ready."""
+    seconds the loop waited for batches (indexed, copied and augmented `cfg.prefetch_batches`
+    ahead on a background thread)."""
     run.model.train()
     on_gpu = device.type == "cuda"
     total, seen, data_seconds = 0.0, 0, 0.0
-    for idx in epoch_batches(data.y_train, cfg, run.weights, run.shuffle_gen):
-        t0 = time.monotonic()
-        images = run.augment(torch.from_numpy(data.x_train[idx.numpy()]).to(device, non_blocking=True))
-        labels = torch.from_numpy(data.y_train[idx.numpy()]).to(device, non_blocking=True)
-        if replica.distributed and len(idx) < 2 * replica.world_size:
+
+    def make(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = idx.numpy()
+        images = run.augment(torch.from_numpy(data.x_train[rows]).to(device, non_blocking=True))
+        return images, torch.from_numpy(data.y_train[rows]).to(device, non_blocking=True)
+
+    for (images, labels), waited in prefetched(make, epoch_batches(data.y_train, cfg, run.weights, run.shuffle_gen), cfg.prefetch_batches):
+        data_seconds += waited
+        if replica.distributed and len(labels) < 2 * replica.world_size:
             continue  # a slice of one image cannot train BatchNorm
         if replica.distributed:  # every replica drew the same global batch; each trains on its slice
             global_weight = run.criterion_sum.weight[labels].sum()
             images, labels = replica.shard(images), replica.shard(labels)
-        data_seconds += time.monotonic() - t0
         run.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu and cfg.amp):
             logits = run.net(images)
@@ -345,14 +370,26 @@ def _select(run: _Run, course: _Course, record: dict[str, float], cfg: TrainConf
     # Not early in the schedule: there the one-cycle learning rate is high and validation AUC noisy.
     if course.stale >= cfg.patience and epoch >= cfg.early_stopping_after * run.epochs:
         course.stopped = "early stopping"
-    elif time.monotonic() > deadline:
+    elif epoch < run.epochs and time.monotonic() > deadline:  # the plan misjudged: a safety net
         course.stopped = "time limit"
     course.finished = replica.agree(epoch == run.epochs or course.stopped != "epochs")
 
 
-def _epoch_record(run: _Run, epoch: int, started: float, trained: tuple[float, int, float], validated: tuple[float, float]) -> dict[str, float]:
-    total, seen, data_seconds = trained
-    train_seconds = time.monotonic() - started
+def _plan_budget(run: _Run, course: _Course, cfg: TrainConfig, epoch_seconds: float, seconds_left: float, replica: Replica) -> None:
+    """After the first epoch: fewer epochs when the configured ones would overrun `max_minutes`, the
+    one-cycle schedule re-planned to end with them (rank 0's clock decides for every replica)."""
+    epochs = replica.agree_value(plan_within_budget(run.epochs, 1, epoch_seconds, seconds_left))
+    if epochs >= run.epochs:
+        return
+    run.epochs = epochs
+    run.scheduler = one_cycle(run.optimizer, cfg.learning_rate, run.steps_per_epoch * epochs, run.scheduler.last_epoch)
+    course.plan = f"budget: {epochs} of {run.epochs_configured} epochs fit in {cfg.max_minutes:g} min at {epoch_seconds:.1f} s per epoch"
+
+
+def _epoch_record(run: _Run, epoch: int, started: float, trained: tuple[float, int, float, float], validated: tuple[float, float]) -> dict[str, float]:
+    """One epoch's history record. `train_seconds` is the batch loop's time and `data_seconds` the part
+    of it spent waiting for batches; `seconds`, the whole epoch, is completed after the checkpoint."""
+    total, seen, data_seconds, train_seconds = trained
     return {
         "epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": validated[0], "val_auc": validated[1],
         "learning_rate": float(run.scheduler.get_last_lr()[0]), "seconds": time.monotonic() - started,
@@ -367,7 +404,9 @@ def _training_summary(run: _Run, course: _Course, family: str, device: torch.dev
     return {
         "family": family,
         "parameters": sum(p.numel() for p in run.model.parameters()),
+        "epochs_configured": run.epochs_configured,
         "epochs_planned": run.epochs,
+        "plan": course.plan,
         "epochs_run": len(history),
         "best_epoch": course.best["epoch"],
         "best_val_auc": course.best["auc"],
@@ -376,7 +415,7 @@ def _training_summary(run: _Run, course: _Course, family: str, device: torch.dev
         "seconds": sum(h["seconds"] for h in history),
         "train_seconds": train_seconds,
         "images_per_second": sum(h["images_per_second"] * h["train_seconds"] for h in history) / max(train_seconds, 1e-9),
-        "data_fraction": sum(h["data_seconds"] for h in history) / max(train_seconds, 1e-9),
+        "data_fraction": sum(h["data_seconds"] for h in history) / max(train_seconds, 1e-9),  # waiting for batches
         "device": device.type,
         "threads": threads,
         "processes": replica.world_size,
@@ -416,21 +455,25 @@ def train_model(
         task = progress.add_task("train", total=run.epochs, completed=len(course.history), status="")
         if course.resumed_from and not course.finished:
             progress.console.print(f"train: resuming after epoch {course.resumed_from} from {checkpoint_path}")
-        for epoch in range(len(course.history) + 1, run.epochs + 1):
+        for epoch in range(len(course.history) + 1, run.epochs_configured + 1):
             if course.finished:
                 break
             started = time.monotonic()
             trained = _train_epoch(run, data, cfg, device, replica)
-            record = _epoch_record(run, epoch, started, trained, _validate(run, data, device))
+            record = _epoch_record(run, epoch, started, (*trained, time.monotonic() - started), _validate(run, data, device))
             course.history.append(record)
+            if epoch == 1:
+                _plan_budget(run, course, cfg, time.monotonic() - started, deadline - time.monotonic(), replica)
+                progress.update(task, total=run.epochs)
             _select(run, course, record, cfg, deadline, replica)
             if replica.is_main:
                 _save_checkpoint(run, course, key, epoch, checkpoint_path)
+            record["seconds"] = time.monotonic() - started  # the whole epoch, its checkpoint included
             progress.update(task, completed=epoch, status=f"loss {record['train_loss']:.3f} val_auc {record['val_auc']:.3f}")
             progress.console.print(
                 f"epoch {epoch}/{run.epochs}: loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
                 f"val AUC {record['val_auc']:.4f}, {record['images_per_second']:.0f} img/s "
-                f"({record['data_seconds'] / max(record['train_seconds'], 1e-9):.0%} in data)",
+                f"({record['data_seconds'] / max(record['train_seconds'], 1e-9):.0%} waiting for data)",
                 soft_wrap=True,
             )
             if on_epoch is not None:
