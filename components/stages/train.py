@@ -156,8 +156,10 @@ def plan_within_budget(planned: int, done: int, epoch_seconds: float, seconds_le
 
 def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int, steps_done: int = 0) -> torch.optim.lr_scheduler.OneCycleLR:
     """The one-cycle schedule over `total_steps`, positioned after `steps_done` of them (a re-planned
-    schedule keeps its step count and continues along the new, shorter curve)."""
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(1, total_steps), last_epoch=steps_done - 1)
+    schedule keeps its step count and continues along the new, shorter curve; one planned to end
+    where it stands rests on its last step)."""
+    total_steps = max(1, total_steps)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, last_epoch=min(steps_done, total_steps - 1) - 1)
 
 
 def epoch_batches(labels: np.ndarray, cfg: TrainConfig, weights: np.ndarray, generator: torch.Generator) -> list[torch.Tensor]:
@@ -205,7 +207,7 @@ class _Run:
     net: nn.Module  # what the steps run: the model, under DDP and torch.compile where they apply
     eval_model: nn.Module  # what is validated and selected: the model, or a copy holding the EMA weights
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: torch.optim.lr_scheduler.OneCycleLR
     criterion: nn.CrossEntropyLoss
     criterion_sum: nn.CrossEntropyLoss
     augment: BatchAugmentation | SpectrogramAugmentation
@@ -340,7 +342,8 @@ def _train_epoch(run: _Run, data: _Data, cfg: TrainConfig, device: torch.device,
                 loss = run.criterion(logits, labels)
         loss.backward()
         run.optimizer.step()
-        run.scheduler.step()
+        if run.scheduler.last_epoch < run.scheduler.total_steps - 1:  # after the last step: its rate, the schedule's end
+            run.scheduler.step()
         if run.ema is not None:
             run.ema.update(run.model)
         total += loss.item() * len(labels)
