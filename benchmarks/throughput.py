@@ -9,8 +9,7 @@
    validation split and the BatchNorm recalibration images cut by the same share so that an
    epoch keeps a full run's proportions.
 2. The data path: MONAI's per-image random transforms through a DataLoader (0 and 2 workers)
-   against `BatchAugmentation` on the batch tensor, images/s of augmentation alone, beside the
-   images/s of the network's training step (first case).
+   against `BatchAugmentation` on the batch tensor, images/s of augmentation alone (first case).
 3. OpenMP waiting: the bare loop in fresh processes with OMP_WAIT_POLICY active or passive, 1 or 2
    threads. The policy is read when the OpenMP runtime loads, hence the separate processes.
 
