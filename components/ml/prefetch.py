@@ -22,8 +22,8 @@ Batch = TypeVar("Batch")
 
 def _single_threaded(make: Callable[[Item], Batch]) -> Callable[[Item], Batch]:
     """`make` with one intra-op thread on the worker: beside a step that already uses every core,
-    a second team of OpenMP threads only adds switching (the main thread's own setting is per thread
-    and stays as it was)."""
+    a second team of OpenMP threads only adds switching. The count is per OpenMP thread, so the
+    caller's stays; the default that threads started later take is restored by `prefetched`."""
 
     def run(item: Item) -> Batch:
         if torch.get_num_threads() != 1:
@@ -54,19 +54,20 @@ def prefetched(make: Callable[[Item], Batch], items: Iterable[Item], depth: int)
     pending: deque[Future[Batch]] = deque()
     remaining = iter(items)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+    threads = torch.get_num_threads()
     try:
         work = _single_threaded(make)
         for item in remaining:
             pending.append(pool.submit(work, item))
             if len(pending) > depth:
                 break
-        while pending:
+        while pending:  # during the caller's step with one batch, the next `depth` are being made
             started = time.monotonic()
             batch = pending.popleft().result()
-            waited = time.monotonic() - started
-            for item in remaining:  # top the queue up before the caller's step starts
+            yield batch, time.monotonic() - started
+            for item in remaining:
                 pending.append(pool.submit(work, item))
                 break
-            yield batch, waited
     finally:  # a caller that stops early (an exception in its step) leaves no work running
         pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)

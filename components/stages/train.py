@@ -58,6 +58,7 @@ from components.ml.metrics import score_auc
 from components.ml.models import ModelSpec, build_model, preprocessing_from_dict, resolve_family, save_model
 from components.ml.prefetch import prefetched
 from components.ml.runtime import predict_probs, resolve_device, set_threads
+from components.ml.schedule import one_cycle, plan_within_budget
 from components.ml.transforms import BatchAugmentation
 
 
@@ -145,21 +146,6 @@ def plan_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
     if cfg.epochs:
         return cfg.epochs
     return int(min(cfg.max_epochs, max(cfg.min_epochs, math.ceil(cfg.steps / max(steps_per_epoch, 1)))))
-
-
-def plan_within_budget(planned: int, done: int, epoch_seconds: float, seconds_left: float) -> int:
-    """The epochs to run in all: `planned`, or as many as fit when the `done` epochs are followed by
-    more of `epoch_seconds` each in `seconds_left` (never fewer than `done`)."""
-    fit = done + max(0, math.floor(seconds_left / max(epoch_seconds, 1e-9)))
-    return max(done, min(planned, fit))
-
-
-def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int, steps_done: int = 0) -> torch.optim.lr_scheduler.OneCycleLR:
-    """The one-cycle schedule over `total_steps`, positioned after `steps_done` of them (a re-planned
-    schedule keeps its step count and continues along the new, shorter curve; one planned to end
-    where it stands rests on its last step)."""
-    total_steps = max(1, total_steps)
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, last_epoch=min(steps_done, total_steps - 1) - 1)
 
 
 def epoch_batches(labels: np.ndarray, cfg: TrainConfig, weights: np.ndarray, generator: torch.Generator) -> list[torch.Tensor]:
@@ -462,12 +448,13 @@ def train_model(
             if course.finished:
                 break
             started = time.monotonic()
-            trained = _train_epoch(run, data, cfg, device, replica)
-            record = _epoch_record(run, epoch, started, (*trained, time.monotonic() - started), _validate(run, data, device))
-            course.history.append(record)
+            trained = (*_train_epoch(run, data, cfg, device, replica), time.monotonic() - started)
+            validated = _validate(run, data, device)
             if epoch == 1:
                 _plan_budget(run, course, cfg, time.monotonic() - started, deadline - time.monotonic(), replica)
                 progress.update(task, total=run.epochs)
+            record = _epoch_record(run, epoch, started, trained, validated)
+            course.history.append(record)
             _select(run, course, record, cfg, deadline, replica)
             if replica.is_main:
                 _save_checkpoint(run, course, key, epoch, checkpoint_path)

@@ -12,8 +12,9 @@ import components.stages.train as train_module
 from components.config import default_params
 from components.data.artifacts import CHECKPOINT_FILE, HISTORY_FILE, TRAINING_FILE
 from components.ml.prefetch import prefetched
+from components.ml.schedule import plan_within_budget
 from components.stages.prepare import prepare_dataset
-from components.stages.train import plan_within_budget, train_model
+from components.stages.train import train_model
 from tests.unit.test_prepare_train import TINY, Killed, _stop_after, _weights, make_manifest
 
 MIN_LR = TINY.learning_rate / 25 / 1e4  # OneCycleLR's defaults: div_factor 25, final_div_factor 1e4
@@ -46,7 +47,17 @@ def test_prefetch_runs_on_another_thread_and_reports_waiting():
         threads.add(threading.get_ident())
         return i
 
-    out = list(prefetched(make, range(6), 2))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the worker makes batches with 1
+    try:
+        out = list(prefetched(make, range(6), 2))
+        later = []  # a thread started afterwards (a flow's next task) gets the process's count back
+        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert torch.get_num_threads() == 2 and later == [2]
+    finally:
+        torch.set_num_threads(before)
     assert [b for b, _ in out] == list(range(6)) and all(w >= 0 for _, w in out)
     assert threading.get_ident() not in threads and len(threads) == 1
 
