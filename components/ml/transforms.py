@@ -166,7 +166,7 @@ class BatchAugmentation:
         axes alike on every slice, so trilinear interpolation separates exactly into a bilinear
         resample of the slices (depth as channels: one sampling grid per volume, not per voxel)
         and a linear one along depth, a matrix product that also applies the contrast: the same
-        result as `AffineTransform` in 3D (to float rounding) at about a tenth of its cost at 64^3.
+        result as `AffineTransform` in 3D (to float rounding) at a fraction of its cost (at 64^3, a fifth).
         """
         n = images.shape[0]
         factor = torch.ones(n, device=images.device) if factor is None else factor
