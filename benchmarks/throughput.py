@@ -2,18 +2,22 @@
 
 1. medgate's training step (`components.stages.train.train_model`: batched augmentation, weighted loss,
    one-cycle schedule, validation and a checkpoint every epoch) against a bare PyTorch loop on
-   the same network, data and batch size (no augmentation, no validation, no checkpoint).
+   the same network, data and batch size (no augmentation, no validation, no checkpoint), with
+   `data_fraction` (training.json: the share of the batch loop's time spent waiting for a batch).
+   Cases: PneumoniaMNIST at 28x28, and AdrenalMNIST3D upsampled (trilinear) from the 28^3 release
+   to 64^3 (the 64^3 release is not in ../shared/data) on `--share-3d` of its training split, the
+   validation split and the BatchNorm recalibration images cut by the same share so that an
+   epoch keeps a full run's proportions.
 2. The data path: MONAI's per-image random transforms through a DataLoader (0 and 2 workers)
-   against `BatchAugmentation` on the batch tensor, images/s of augmentation alone, beside the
-   images/s of the network's training step.
+   against `BatchAugmentation` on the batch tensor, images/s of augmentation alone (first case).
 3. OpenMP waiting: the bare loop in fresh processes with OMP_WAIT_POLICY active or passive, 1 or 2
    threads. The policy is read when the OpenMP runtime loads, hence the separate processes.
 
 The CPU of a shared machine is noisy: every figure is the median of `--repeats` interleaved runs.
 
-    python benchmarks/throughput.py [--data data/prepare] [--epochs 2] [--repeats 3]
+    python benchmarks/throughput.py [--data data/prepare] [--epochs 2] [--repeats 3] [--ratios-only]
 
-Without --data it uses the training split of ../shared/data/pneumoniamnist.npz (28x28).
+Without --data it runs both MedMNIST cases from ../shared/data.
 """
 
 from __future__ import annotations
@@ -73,7 +77,8 @@ def medgate_step(data_dir: Path, cfg: TrainConfig, epochs: int) -> dict[str, flo
         history = json.loads((Path(tmp) / "train" / "history.json").read_text())
         training = json.loads((Path(tmp) / "train" / TRAINING_FILE).read_text())
     images = sum(h["images_per_second"] * h["train_seconds"] for h in history)
-    return {"step": training["images_per_second"], "epoch": images / sum(h["seconds"] for h in history)}
+    return {"step": training["images_per_second"], "epoch": images / sum(h["seconds"] for h in history),
+            "data_fraction": training["data_fraction"]}
 
 
 def compare_with_bare_loop(data_dir: Path, cfg: TrainConfig, epochs: int = 2, repeats: int = 3) -> dict[str, float]:
@@ -84,16 +89,18 @@ def compare_with_bare_loop(data_dir: Path, cfg: TrainConfig, epochs: int = 2, re
     info = read_dataset_info(data_dir)
     images, labels, _ = load_split(data_dir, "train")
     threads = set_threads(cfg.num_threads)
-    medgate, medgate_epoch, bare = [], [], []
+    medgate, medgate_epoch, data_fraction, bare = [], [], [], []
     for _ in range(repeats):
         result = medgate_step(data_dir, cfg, epochs)
         medgate.append(result["step"])
         medgate_epoch.append(result["epoch"])
+        data_fraction.append(result["data_fraction"])
         set_threads(cfg.num_threads)
         bare.append(bare_loop(images, labels, cfg, tuple(info["input_shape"]), epochs))
     m, e, b = statistics.median(medgate), statistics.median(medgate_epoch), statistics.median(bare)
     return {"medgate_images_per_second": m, "medgate_epoch_images_per_second": e, "bare_images_per_second": b,
-            "ratio": m / b, "epoch_ratio": e / b, "threads": threads, "batch_size": cfg.batch_size}
+            "ratio": m / b, "epoch_ratio": e / b, "data_fraction": statistics.median(data_fraction),
+            "threads": threads, "batch_size": cfg.batch_size}
 
 
 def _monai_per_image(cfg: TrainConfig, spatial_dims: int):
@@ -156,14 +163,21 @@ def openmp_policies(data: Path, epochs: int) -> dict[str, float]:
     return out
 
 
-def _prepared_from_npz(npz: Path, out_dir: Path) -> Path:
-    """A prepared-dataset folder (the layout components.stages.prepare writes) from a MedMNIST file."""
+def _prepared_from_npz(npz: Path, out_dir: Path, size: int = 0, share: float = 1.0) -> Path:
+    """A prepared-dataset folder (the layout components.stages.prepare writes) from a MedMNIST file:
+    the first `share` of each split, resized (bilinear or trilinear) to `size` pixels a side when given."""
     import pandas as pd
+    import torch
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     with np.load(npz) as raw:
         for split in ("train", "val", "test"):
-            x = raw[f"{split}_images"].astype(np.float32)[:, None] / 255.0
-            y = raw[f"{split}_labels"][:, 0].astype(np.int64)
+            count = max(2, round(len(raw[f"{split}_labels"]) * share))
+            x = raw[f"{split}_images"][:count].astype(np.float32)[:, None] / 255.0
+            y = raw[f"{split}_labels"][:count, 0].astype(np.int64)
+            if size:
+                mode = "trilinear" if x.ndim == 5 else "bilinear"
+                x = torch.nn.functional.interpolate(torch.from_numpy(x), size=(size,) * (x.ndim - 2), mode=mode, align_corners=False).numpy()
             np.savez(out_dir / f"{split}.npz", images=x, labels=y)
             ids = [f"{split}-{i}" for i in range(len(y))]
             pd.DataFrame({"image_id": ids, "patient_id": ids, "label": y.astype(str), "path": ""}).to_csv(out_dir / f"{split}.csv", index=False)
@@ -174,12 +188,27 @@ def _prepared_from_npz(npz: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def _cases(args: argparse.Namespace, tmp: Path, cfg: TrainConfig) -> list[tuple[str, Path, TrainConfig]]:
+    """(name, prepared folder, train params) per case: --data alone, or the two MedMNIST cases."""
+    if args.data:
+        return [(Path(args.data).name, Path(args.data), cfg)]
+    share = args.share_3d
+    recalibration = max(1, round(cfg.bn_recalibration_images * share)) if cfg.bn_recalibration_images else 0
+    return [
+        ("PneumoniaMNIST 28x28", _prepared_from_npz(SHARED_DATA / "pneumoniamnist.npz", tmp / "28"), cfg),
+        (f"AdrenalMNIST3D 64^3 ({share:.0%} of it)", _prepared_from_npz(SHARED_DATA / "adrenalmnist3d.npz", tmp / "64", 64, share),
+         cfg.model_copy(update={"bn_recalibration_images": recalibration})),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="", help="a prepared dataset folder (default: PneumoniaMNIST's train split)")
+    parser.add_argument("--data", default="", help="a prepared dataset folder (default: the PneumoniaMNIST and AdrenalMNIST3D cases)")
     parser.add_argument("--params", type=Path, default=PROJECT / "params.yaml")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--share-3d", type=float, default=0.33, help="share of AdrenalMNIST3D's splits in the 64^3 case")
+    parser.add_argument("--ratios-only", action="store_true", help="only part 1 (the ratios to the bare loop)")
     parser.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -191,30 +220,37 @@ def main() -> None:
 
     cfg = load_params(args.params).train
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(args.data) if args.data else _prepared_from_npz(SHARED_DATA / "pneumoniamnist.npz", Path(tmp))
         if args.bare_only:
+            data_dir = Path(args.data)
             set_threads(args.threads)
             images, labels, _ = load_split(data_dir, "train")
             subset = slice(0, 1024)  # enough batches for a steady rate; the active policy can be very slow
             print(bare_loop(images[subset], labels[subset], cfg, tuple(read_dataset_info(data_dir)["input_shape"]), args.epochs))
             return
-        images, _, _ = load_split(data_dir, "train")
-        print(f"data: {data_dir} ({len(images)} training images of shape {images.shape[1:]}), batch {cfg.batch_size}, {args.epochs} epochs x {args.repeats} repeats")
         print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (the CPU is shared: compare ratios, not absolutes)")
-        step = compare_with_bare_loop(data_dir, cfg, args.epochs, args.repeats)
-        print(f"\n1. training step, images/s ({step['threads']} threads):")
-        print(f"   bare PyTorch loop          {step['bare_images_per_second']:8.0f}")
-        print(f"   medgate train step         {step['medgate_images_per_second']:8.0f}   ratio {step['ratio']:.2f}")
-        print(f"   medgate whole epochs       {step['medgate_epoch_images_per_second']:8.0f}   ratio {step['epoch_ratio']:.2f} (with validation and checkpoint)")
-        aug = augmentation_paths(images, cfg)
-        print("\n2. augmentation alone, images/s:")
-        for name, value in aug.items():
-            print(f"   {name:28s} {value:8.0f}   {value / step['bare_images_per_second']:.1f}x the network's training step")
-        print("\n3. OpenMP wait policy, bare loop images/s (fresh processes):")
-        for name, value in openmp_policies(data_dir, args.epochs).items():
-            print(f"   {name:28s} {value:8.0f}")
+        cases = _cases(args, Path(tmp), cfg)
+        for name, data_dir, case_cfg in cases:
+            images, _, _ = load_split(data_dir, "train")
+            print(f"\n1. {name}: {len(images)} training images of shape {images.shape[1:]}, batch {case_cfg.batch_size}, "
+                  f"{args.epochs} epochs x {args.repeats} repeats")
+            step = compare_with_bare_loop(data_dir, case_cfg, args.epochs, args.repeats)
+            print(f"   training step, images/s ({step['threads']} threads):")
+            print(f"   bare PyTorch loop          {step['bare_images_per_second']:8.1f}")
+            print(f"   medgate train step         {step['medgate_images_per_second']:8.1f}   ratio {step['ratio']:.2f}")
+            print(f"   medgate whole epochs       {step['medgate_epoch_images_per_second']:8.1f}   ratio {step['epoch_ratio']:.2f} (with validation and checkpoint)")
+            print(f"   data_fraction              {step['data_fraction']:8.2f}   (share of the batch loop spent waiting for a batch)")
+        if args.ratios_only:
+            return
+        name, data_dir, case_cfg = cases[0]
+        images, _, _ = load_split(data_dir, "train")
+        aug = augmentation_paths(images, case_cfg)
+        print(f"\n2. augmentation alone ({name}), images/s:")
+        for label, value in aug.items():
+            print(f"   {label:28s} {value:8.0f}")
+        print(f"\n3. OpenMP wait policy, bare loop images/s ({name}, fresh processes):")
+        for label, value in openmp_policies(data_dir, args.epochs).items():
+            print(f"   {label:28s} {value:8.0f}")
         print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
-
 
 if __name__ == "__main__":
     main()

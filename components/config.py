@@ -304,10 +304,17 @@ class TrainConfig(_Section):
     augment: AugmentConfig
     audio_augment: AudioAugmentConfig
     ema_decay: float  # > 0: select and save an exponential moving average of the weights
-    # Training images over which BatchNorm statistics are recomputed after each epoch (0: all); a few
-    # thousand estimate them well, and the pass costs a forward over them every epoch.
+    # Training images over which BatchNorm statistics are recomputed after each epoch (0: all). The
+    # pass costs a forward over them every epoch (at 64^3 a forward is over half a training step: all
+    # of AdrenalMNIST3D's 1,188 added 60% to an epoch); on PneumoniaMNIST validation AUC was the same
+    # to 0.0001 from 64 to 2,048 images, so 128 keep it a few percent of an epoch.
     bn_recalibration_images: int
-    max_minutes: float  # the whole training's budget: an ensemble's members get an equal share each
+    # Batches indexed and augmented ahead of the training step on a background thread (0: in the step's thread).
+    prefetch_batches: int = Field(ge=0)
+    # Wall-clock budget of the whole training (an ensemble's members get an equal share each): after the first
+    # epoch the planned epochs shrink to what fits (the one-cycle schedule re-planned to end with them); past it,
+    # training also stops after the current epoch.
+    max_minutes: float = Field(gt=0)
     # Seed ensemble: this many networks (seeds seed, seed+1, ...) on the same split, probabilities averaged.
     ensemble: int = Field(ge=1)
     device: Literal["auto", "cpu", "cuda"]

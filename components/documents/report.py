@@ -233,7 +233,7 @@ def _training_section(training: dict[str, Any], history: list[dict[str, float]],
     facts = [
         ["network", f"{escape(training.get('family'))} ({training.get('parameters', 0):,} parameters)"],
         ["epochs", f"{epochs}; stopped by {escape(training.get('stopped'))}"],
-        ["training time", f"{fmt(training.get('train_seconds'), 1)} s on {escape(training.get('device'))} ({training.get('threads')} threads), {fmt(training.get('images_per_second'), 0)} images/s, {fmt(100 * training.get('data_fraction', 0), 1)}% of it preparing batches"],
+        ["training time", f"{fmt(training.get('train_seconds'), 1)} s on {escape(training.get('device'))} ({training.get('threads')} threads), {fmt(training.get('images_per_second'), 0)} images/s, {fmt(100 * training.get('data_fraction', 0), 1)}% of it waiting for batches"],
     ]
     if training.get("resumed_after_epoch"):
         facts.append(["resumed", f"after epoch {training['resumed_after_epoch']} from a checkpoint"])

@@ -48,11 +48,15 @@ class Replica:
 
     def agree(self, flag: bool) -> bool:
         """Rank 0's value of `flag` on every replica (e.g. stopping on a time limit that each clock sees differently)."""
+        return bool(self.agree_value(int(flag)))
+
+    def agree_value(self, value: int) -> int:
+        """Rank 0's `value` on every replica (e.g. epochs planned from each one's own clock)."""
         if not self.distributed:
-            return flag
-        value = torch.tensor([int(flag)])
-        dist.broadcast(value, src=0)
-        return bool(value.item())
+            return value
+        shared = torch.tensor([value])
+        dist.broadcast(shared, src=0)
+        return int(shared.item())
 
 
 SINGLE = Replica()

@@ -117,9 +117,11 @@ class BatchAugmentation:
 
     Per image: with `affine_probability` a rotation (in the (H, W) plane, also for volumes),
     zoom and shift resampled by MONAI's `AffineTransform` (bilinear, border padding); a flip
-    along each of `flip_axes` with probability 0.5; a contrast change about the image mean; and
-    with `noise_probability` Gaussian noise. Working on the batch tensor instead of image by image
-    keeps augmentation from starving the network of data (see benchmarks/throughput.py).
+    along each of `flip_axes` with probability 0.5; a contrast change about the mean of the image
+    as stored; and with `noise_probability` Gaussian noise. Working on the batch tensor instead of
+    image by image keeps augmentation from starving the network of data, and the fewer passes over
+    a batch of volumes the better (see benchmarks/throughput.py): flips and contrast ride along
+    with the resampling where there is one.
 
     Args:
         cfg: the `train.augment` section.
@@ -155,6 +157,43 @@ class BatchAugmentation:
         theta[:, :d, d] = shift
         return theta
 
+    def transform(self, images: torch.Tensor, theta: torch.Tensor, factor: torch.Tensor | None = None,
+                  mean: torch.Tensor | None = None) -> torch.Tensor:
+        """`images` resampled through `theta` (from `affine_matrices`), bilinear or trilinear with
+        border padding, then their contrast changed: `(x - mean) * factor + mean` per image.
+
+        A volume's matrix moves the depth axis by a scale and shift of its own and the in-plane
+        axes alike on every slice, so trilinear interpolation separates exactly into a bilinear
+        resample of the slices (depth as channels: one sampling grid per volume, not per voxel)
+        and a linear one along depth, a matrix product that also applies the contrast: the same
+        result as `AffineTransform` in 3D (to float rounding) at a fraction of its cost (at 64^3, a fifth).
+        """
+        n = images.shape[0]
+        factor = torch.ones(n, device=images.device) if factor is None else factor
+        mean = torch.zeros(n, device=images.device) if mean is None else mean
+        offset = (mean * (1 - factor)).to(images.dtype)
+        if self.spatial_dims == 2:
+            shape = (n, *[1] * (images.ndim - 1))
+            return torch.addcmul(offset.view(shape), self.resample(images, theta), factor.view(shape).to(images.dtype))
+        _, channels, depth, height, width = images.shape
+        plane = torch.eye(3, device=theta.device).repeat(n, 1, 1)
+        plane[:, :2, :2], plane[:, :2, 2] = theta[:, 1:3, 1:3], theta[:, 1:3, 3]
+        slices = self.resample(images.reshape(n, channels * depth, height, width), plane)
+        # Source depth of each output slice, in voxels (align_corners=False), clamped as border padding does.
+        out = (2 * torch.arange(depth, device=theta.device, dtype=theta.dtype) + 1) / depth - 1
+        source = (((out * theta[:, :1, 0] + theta[:, :1, 3] + 1) * depth - 1) / 2).clamp(0, depth - 1)
+        below = source.floor().clamp(max=max(depth - 2, 0))
+        # Linear interpolation along depth as a (depth x depth) matrix with two weights a row: one
+        # matrix product reads each slice once, where gathering the two neighbours read it twice.
+        weights = torch.zeros(n, depth, depth, device=theta.device, dtype=images.dtype)
+        rows, volumes = torch.arange(depth, device=theta.device).expand(n, depth), torch.arange(n).view(-1, 1)
+        weights[volumes, rows, below.long()] = (1 - (source - below)).to(images.dtype)
+        weights[volumes, rows, (below + 1).clamp(max=depth - 1).long()] += (source - below).to(images.dtype)
+        weights *= factor.to(images.dtype).view(n, 1, 1)
+        mixed = torch.baddbmm(offset.view(n, 1, 1).repeat_interleave(channels, 0), weights.repeat_interleave(channels, 0),
+                              slices.view(n * channels, depth, height * width))
+        return mixed.view(n, channels, depth, height, width)
+
     def frame_indices(self, n: int, frames: int) -> torch.Tensor:
         """(n, frames) stored frames each clip's positions take: position k moves by up to
         `temporal_jitter` frames (uniform, rounded, clamped), in time order (a sampling that varies
@@ -166,24 +205,49 @@ class BatchAugmentation:
         cfg, n = self.cfg, images.shape[0]
         if not cfg.enabled or n == 0:
             return images
-        # Only the chosen images are resampled, flipped or given noise: on batches of 28^3 volumes
-        # that took a third of the time of transforming every image and masking the result.
-        images, device = images.clone(), images.device
+        device = images.device
         if self.clip and cfg.temporal_jitter > 0:
             index = self.frame_indices(n, images.shape[2]).to(device)
             images = images.gather(2, index.view(n, 1, -1, 1, 1).expand_as(images))
-        chosen = self._chosen(n, cfg.affine_probability).to(device)
-        if len(chosen):
-            images[chosen] = self.resample(images[chosen], self.affine_matrices(len(chosen)).to(device))
+        resampled = self._chosen(n, cfg.affine_probability)
+        theta = self.affine_matrices(len(resampled))
+        flipped = torch.zeros(n, self.spatial_dims, dtype=torch.bool)
         for axis in cfg.flip_axes:
-            chosen = self._chosen(n, 0.5).to(device)
-            images[chosen] = images[chosen].flip(2 + axis % self.spatial_dims)
-        if cfg.contrast > 0:
-            factor = (1 + self._uniform(n, cfg.contrast)).to(device).view(-1, *[1] * (images.ndim - 1))
-            mean = images.mean(dim=tuple(range(1, images.ndim)), keepdim=True)
-            images = (images - mean) * factor + mean
+            flipped[self._chosen(n, 0.5), axis % self.spatial_dims] = True
+        factor = 1 + self._uniform(n, cfg.contrast) if cfg.contrast > 0 else torch.ones(n)
+        factor = factor.to(device)
+        mean = images.mean(dim=tuple(range(1, images.ndim))) if cfg.contrast > 0 else torch.zeros(n, device=device)
+        if 2 * len(resampled) > n:
+            # Most are resampled: all are, the others through the identity (a change of float
+            # rounding only), which costs less than picking the chosen ones out of the batch and back.
+            identity = torch.eye(self.spatial_dims + 1).repeat(n, 1, 1)
+            identity[resampled] = theta
+            resampled, theta = torch.arange(n), identity
+        # A resampled image's flips are folded into its matrix (a mirrored sampling grid: the same
+        # pixels, no extra pass over the volume).
+        theta[:, :, : self.spatial_dims] *= 1 - 2 * flipped[resampled].to(theta.dtype).unsqueeze(1)
+        if len(resampled) == n:
+            out = self.transform(images, theta.to(device), factor, mean)
+        else:  # few chosen: only they are resampled (on 28^3 volumes, a third of the time of all)
+            out = torch.empty_like(images)
+            if len(resampled):
+                chosen = resampled.to(device)
+                out[chosen] = self.transform(images[chosen], theta.to(device), factor[chosen], mean[chosen])
+        kept_mask = torch.ones(n, dtype=torch.bool)
+        kept_mask[resampled] = False
+        kept = kept_mask.nonzero().squeeze(1)
+        if len(kept):
+            unmoved = images[kept.to(device)]
+            for axis in range(self.spatial_dims):
+                mirror = flipped[kept, axis].nonzero().squeeze(1).to(device)
+                if len(mirror):
+                    unmoved[mirror] = unmoved[mirror].flip(2 + axis)
+            shape = (len(kept), *[1] * (images.ndim - 1))
+            f = factor[kept.to(device)].view(shape)
+            out[kept.to(device)] = torch.addcmul((mean[kept.to(device)].view(shape) * (1 - f)), unmoved, f)
         chosen = self._chosen(n, cfg.noise_probability if cfg.noise_std > 0 else 0.0).to(device)
         if len(chosen):
-            noise = torch.randn((len(chosen), *images.shape[1:]), generator=self.generator) * cfg.noise_std
-            images[chosen] += noise.to(device)
-        return images
+            noise = torch.randn((len(chosen), *images.shape[1:]), generator=self.generator).mul_(cfg.noise_std)
+            for image, change in zip(chosen.tolist(), noise.to(device)):  # in place: no gather and scatter
+                out[image] += change
+        return out

@@ -59,8 +59,11 @@ from components.ml.ensemble import combine_members
 from components.ml.metrics import score_auc
 from components.ml.models import ModelSpec, build_model, preprocessing_from_dict, resolve_family, save_model
 from components.ml.predictor import class_prior, trained_prior
+from components.ml.prefetch import prefetched
 from components.ml.runtime import predict_probs, resolve_device, set_threads
+from components.ml.schedule import one_cycle, plan_within_budget
 from components.ml.transforms import BatchAugmentation
+from components.ml.weights import WeightAverage, bn_calibration_images, recalibrate_batchnorm
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -99,55 +102,6 @@ def _save_atomically(obj: Any, path: Path) -> None:
 
 def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
-def bn_calibration_images(images: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """The training images `recalibrate_batchnorm` averages over: all, or a fixed seeded sample of `limit`."""
-    if limit <= 0 or len(images) <= limit:
-        return images
-    chosen = np.sort(np.random.default_rng(seed).choice(len(images), size=limit, replace=False))
-    return images[chosen]
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> None:
-    """Recompute BatchNorm statistics as exact averages over the (unaugmented) training images.
-
-    On small datasets the weights move fast between the few steps of an epoch, so the running
-    averages lag behind them and eval-mode outputs collapse to one class ("precise BN" fixes it).
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over all batches
-    model.train()
-    for i in range(0, len(images), batch_size):
-        model(torch.from_numpy(images[i : i + batch_size]).to(device))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.eval()
-
-
-class _Ema:
-    """Exponential moving average of the weights (and BatchNorm statistics), with a warm-up so
-    that the first steps, far from the final weights, fade out quickly."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay, self.steps = decay, 0
-        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.steps += 1
-        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        for key, value in model.state_dict().items():
-            if value.dtype.is_floating_point:
-                self.state[key].mul_(decay).add_(value.detach(), alpha=1 - decay)
-            else:
-                self.state[key].copy_(value)
 
 
 def plan_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
@@ -203,15 +157,17 @@ class _Run:
     net: nn.Module  # what the steps run: the model, under DDP and torch.compile where they apply
     eval_model: nn.Module  # what is validated and selected: the model, or a copy holding the EMA weights
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: torch.optim.lr_scheduler.OneCycleLR
     criterion: nn.CrossEntropyLoss
     criterion_sum: nn.CrossEntropyLoss
     augment: BatchAugmentation | SpectrogramAugmentation
-    ema: _Ema | None
+    ema: WeightAverage | None
     shuffle_gen: torch.Generator
     augment_gen: torch.Generator
     weights: np.ndarray  # inverse class frequencies
-    epochs: int
+    steps_per_epoch: int
+    epochs_configured: int  # what params ask for (plan_epochs)
+    epochs: int  # what the schedule is planned for: epochs_configured, or fewer to fit the time budget
 
 
 def _build_run(data: _Data, cfg: TrainConfig, device: torch.device, replica: Replica) -> _Run:
@@ -228,8 +184,8 @@ def _build_run(data: _Data, cfg: TrainConfig, device: torch.device, replica: Rep
     augment_gen = torch.Generator().manual_seed(cfg.seed + 1)
     steps_per_epoch = len(epoch_batches(data.y_train, cfg, weights, torch.Generator().manual_seed(0)))
     epochs = plan_epochs(cfg, steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.learning_rate, total_steps=max(1, steps_per_epoch * epochs))
-    ema = _Ema(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    scheduler = one_cycle(optimizer, cfg.learning_rate, steps_per_epoch * epochs)
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     net = replica.wrap(model, device)
     if device.type == "cuda" and cfg.compile:
         net = torch.compile(net)  # type: ignore[assignment]
@@ -248,6 +204,8 @@ def _build_run(data: _Data, cfg: TrainConfig, device: torch.device, replica: Rep
         shuffle_gen=shuffle_gen,
         augment_gen=augment_gen,
         weights=weights,
+        steps_per_epoch=steps_per_epoch,
+        epochs_configured=epochs,
         epochs=epochs,
     )
 
@@ -262,6 +220,7 @@ class _Course:
     finished: bool = False
     resumed_from: int = 0
     stopped: str = "epochs"  # epochs | early stopping | time limit
+    plan: str = "params"  # why run.epochs: params | budget (re-planned after the first epoch)
 
 
 def _resume(run: _Run, path: Path, key: str, device: torch.device) -> _Course:
@@ -279,11 +238,12 @@ def _resume(run: _Run, path: Path, key: str, device: torch.device) -> _Course:
     run.shuffle_gen.set_state(saved["shuffle_rng"])
     run.augment_gen.set_state(saved["augment_rng"])
     torch.set_rng_state(saved["torch_rng"])
+    run.epochs = int(saved["epochs_planned"])  # the scheduler's state, loaded above, is planned for these
     if run.ema is not None:
         run.ema.state, run.ema.steps = {k: v.to(device) for k, v in saved["ema"].items()}, int(saved["ema_steps"])
     return _Course(
         best=saved["best"], history=saved["history"], stale=int(saved["stale"]), finished=bool(saved["finished"]),
-        resumed_from=int(saved["epoch"]), stopped=str(saved["stopped"]),
+        resumed_from=int(saved["epoch"]), stopped=str(saved["stopped"]), plan=str(saved["plan"]),
     )
 
 
@@ -293,6 +253,7 @@ def _save_checkpoint(run: _Run, course: _Course, key: str, epoch: int, path: Pat
     _save_atomically(
         {
             "key": key, "epoch": epoch, "finished": course.finished, "stopped": course.stopped, "stale": course.stale,
+            "epochs_planned": run.epochs, "plan": course.plan,
             "history": course.history, "best": course.best,
             "model": _copy_state(run.model), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "shuffle_rng": run.shuffle_gen.get_state(), "augment_rng": run.augment_gen.get_state(), "torch_rng": torch.get_rng_state(),
@@ -304,20 +265,24 @@ def _save_checkpoint(run: _Run, course: _Course, key: str, epoch: int, path: Pat
 
 def _train_epoch(run: _Run, data: _Data, cfg: TrainConfig, device: torch.device, replica: Replica) -> tuple[float, int, float]:
     """One pass over the training split. Returns the summed loss, the images trained on and the
-    seconds spent getting batches ready."""
+    seconds the loop waited for batches (indexed, copied and augmented `cfg.prefetch_batches`
+    ahead on a background thread)."""
     run.model.train()
     on_gpu = device.type == "cuda"
     total, seen, data_seconds = 0.0, 0, 0.0
-    for idx in epoch_batches(data.y_train, cfg, run.weights, run.shuffle_gen):
-        t0 = time.monotonic()
-        images = run.augment(torch.from_numpy(data.x_train[idx.numpy()]).to(device, non_blocking=True))
-        labels = torch.from_numpy(data.y_train[idx.numpy()]).to(device, non_blocking=True)
-        if replica.distributed and len(idx) < 2 * replica.world_size:
+
+    def make(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = idx.numpy()
+        images = run.augment(torch.from_numpy(data.x_train[rows]).to(device, non_blocking=True))
+        return images, torch.from_numpy(data.y_train[rows]).to(device, non_blocking=True)
+
+    for (images, labels), waited in prefetched(make, epoch_batches(data.y_train, cfg, run.weights, run.shuffle_gen), cfg.prefetch_batches):
+        data_seconds += waited
+        if replica.distributed and len(labels) < 2 * replica.world_size:
             continue  # a slice of one image cannot train BatchNorm
         if replica.distributed:  # every replica drew the same global batch; each trains on its slice
             global_weight = run.criterion_sum.weight[labels].sum()
             images, labels = replica.shard(images), replica.shard(labels)
-        data_seconds += time.monotonic() - t0
         run.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu and cfg.amp):
             logits = run.net(images)
@@ -327,7 +292,8 @@ def _train_epoch(run: _Run, data: _Data, cfg: TrainConfig, device: torch.device,
                 loss = run.criterion(logits, labels)
         loss.backward()
         run.optimizer.step()
-        run.scheduler.step()
+        if run.scheduler.last_epoch < run.scheduler.total_steps - 1:  # after the last step: its rate, the schedule's end
+            run.scheduler.step()
         if run.ema is not None:
             run.ema.update(run.model)
         total += loss.item() * len(labels)
@@ -357,14 +323,26 @@ def _select(run: _Run, course: _Course, record: dict[str, float], cfg: TrainConf
     # Not early in the schedule: there the one-cycle learning rate is high and validation AUC noisy.
     if course.stale >= cfg.patience and epoch >= cfg.early_stopping_after * run.epochs:
         course.stopped = "early stopping"
-    elif time.monotonic() > deadline:
+    elif epoch < run.epochs and time.monotonic() > deadline:  # the plan misjudged: a safety net
         course.stopped = "time limit"
     course.finished = replica.agree(epoch == run.epochs or course.stopped != "epochs")
 
 
-def _epoch_record(run: _Run, epoch: int, started: float, trained: tuple[float, int, float], validated: tuple[float, float]) -> dict[str, float]:
-    total, seen, data_seconds = trained
-    train_seconds = time.monotonic() - started
+def _plan_budget(run: _Run, course: _Course, cfg: TrainConfig, epoch_seconds: float, seconds_left: float, replica: Replica) -> None:
+    """After the first epoch: fewer epochs when the configured ones would overrun `max_minutes`, the
+    one-cycle schedule re-planned to end with them (rank 0's clock decides for every replica)."""
+    epochs = replica.agree_value(plan_within_budget(run.epochs, 1, epoch_seconds, seconds_left))
+    if epochs >= run.epochs:
+        return
+    run.epochs = epochs
+    run.scheduler = one_cycle(run.optimizer, cfg.learning_rate, run.steps_per_epoch * epochs, run.scheduler.last_epoch)
+    course.plan = f"budget: {epochs} of {run.epochs_configured} epochs fit in {cfg.max_minutes:g} min at {epoch_seconds:.1f} s per epoch"
+
+
+def _epoch_record(run: _Run, epoch: int, started: float, trained: tuple[float, int, float, float], validated: tuple[float, float]) -> dict[str, float]:
+    """One epoch's history record. `train_seconds` is the batch loop's time and `data_seconds` the part
+    of it spent waiting for batches; `seconds`, the whole epoch, is completed after the checkpoint."""
+    total, seen, data_seconds, train_seconds = trained
     return {
         "epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": validated[0], "val_auc": validated[1],
         "learning_rate": float(run.scheduler.get_last_lr()[0]), "seconds": time.monotonic() - started,
@@ -379,7 +357,9 @@ def _training_summary(run: _Run, course: _Course, family: str, device: torch.dev
     return {
         "family": family,
         "parameters": sum(p.numel() for p in run.model.parameters()),
+        "epochs_configured": run.epochs_configured,
         "epochs_planned": run.epochs,
+        "plan": course.plan,
         "epochs_run": len(history),
         "best_epoch": course.best["epoch"],
         "best_val_auc": course.best["auc"],
@@ -388,7 +368,7 @@ def _training_summary(run: _Run, course: _Course, family: str, device: torch.dev
         "seconds": sum(h["seconds"] for h in history),
         "train_seconds": train_seconds,
         "images_per_second": sum(h["images_per_second"] * h["train_seconds"] for h in history) / max(train_seconds, 1e-9),
-        "data_fraction": sum(h["data_seconds"] for h in history) / max(train_seconds, 1e-9),
+        "data_fraction": sum(h["data_seconds"] for h in history) / max(train_seconds, 1e-9),  # waiting for batches
         "device": device.type,
         "threads": threads,
         "processes": replica.world_size,
@@ -432,21 +412,26 @@ def train_model(
         task = progress.add_task("train", total=run.epochs, completed=len(course.history), status="")
         if course.resumed_from and not course.finished:
             progress.console.print(f"train: resuming after epoch {course.resumed_from} from {checkpoint_path}")
-        for epoch in range(len(course.history) + 1, run.epochs + 1):
+        for epoch in range(len(course.history) + 1, run.epochs_configured + 1):
             if course.finished:
                 break
             started = time.monotonic()
-            trained = _train_epoch(run, data, cfg, device, replica)
-            record = _epoch_record(run, epoch, started, trained, _validate(run, data, device))
+            trained = (*_train_epoch(run, data, cfg, device, replica), time.monotonic() - started)
+            validated = _validate(run, data, device)
+            if epoch == 1:
+                _plan_budget(run, course, cfg, time.monotonic() - started, deadline - time.monotonic(), replica)
+                progress.update(task, total=run.epochs)
+            record = _epoch_record(run, epoch, started, trained, validated)
             course.history.append(record)
             _select(run, course, record, cfg, deadline, replica)
             if replica.is_main:
                 _save_checkpoint(run, course, key, epoch, checkpoint_path)
+            record["seconds"] = time.monotonic() - started  # the whole epoch, its checkpoint included
             progress.update(task, completed=epoch, status=f"loss {record['train_loss']:.3f} val_auc {record['val_auc']:.3f}")
             progress.console.print(
                 f"epoch {epoch}/{run.epochs}: loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
                 f"val AUC {record['val_auc']:.4f}, {record['images_per_second']:.0f} img/s "
-                f"({record['data_seconds'] / max(record['train_seconds'], 1e-9):.0%} in data)",
+                f"({record['data_seconds'] / max(record['train_seconds'], 1e-9):.0%} waiting for data)",
                 soft_wrap=True,
             )
             if on_epoch is not None:

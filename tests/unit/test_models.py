@@ -132,3 +132,26 @@ def test_flips_mirror_some_images_and_leave_the_others():
     kept = [torch.equal(o, i) for o, i in zip(out, x)]
     assert all(m or k for m, k in zip(mirrored, kept))
     assert 0 < sum(mirrored) < len(x)
+
+
+def test_separable_volume_resample_matches_trilinear_affine():
+    """In-plane bilinear on the slices, then linear along depth: MONAI's trilinear AffineTransform,
+    also for mirrored matrices, shifts past the border and thin volumes."""
+    from components.ml.transforms import BatchAugmentation
+
+    aug = BatchAugmentation(default_params().train.augment, 3, torch.Generator().manual_seed(0))
+    for shape in [(6, 1, 12, 16, 16), (3, 2, 5, 9, 7), (2, 1, 1, 8, 8)]:
+        x = torch.rand(shape)
+        theta = aug.affine_matrices(shape[0])
+        theta[:, 0, 3] *= 20  # depth shifts far past the border
+        theta[0, :, 0] *= -1  # a depth flip folded into the matrix
+        theta[-1, :, 2] *= -1  # a left-right one
+        assert torch.allclose(aug.transform(x, theta), aug.resample(x, theta), atol=1e-5)
+
+
+def test_flips_of_resampled_images_are_folded_into_their_matrices():
+    x = torch.rand(32, 1, 6, 10, 10)
+    out = _augment(x, rotate_degrees=0, zoom=0, translate=0, affine_probability=1.0, noise_std=0, contrast=0, flip_axes=(0, -1))
+    ways = [x, x.flip(2), x.flip(4), x.flip(2).flip(4)]
+    taken = [[torch.allclose(o, w[i], atol=1e-5) for w in ways].index(True) for i, o in enumerate(out)]
+    assert set(taken) == {0, 1, 2, 3}  # every image unchanged or mirrored, each combination drawn

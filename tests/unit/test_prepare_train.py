@@ -13,8 +13,8 @@ from components.stages.evaluate import evaluate_model
 from components.data.manifest import CLASS_NAMES_ATTR, order_class_names
 from components.stages.prepare import prepare_dataset, split_patients
 from components.data.artifacts import CHECKPOINT_FILE, HISTORY_FILE, TRAINING_FILE
+from components.ml.weights import bn_calibration_images
 from components.stages.train import (
-    bn_calibration_images,
     class_weights,
     epoch_batches,
     plan_epochs,

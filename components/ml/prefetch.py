@@ -1,0 +1,73 @@
+"""Batches made ahead of the training step, on a background thread.
+
+PyTorch releases the GIL inside its operations, so indexing and augmenting the next batches on a
+thread overlaps with the network's step in the main thread. One worker thread, fed in order, keeps
+the random generators of `make` consumed in the same order as a loop without prefetching: the same
+seed gives the same batches either way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+import torch
+
+Item = TypeVar("Item")
+Batch = TypeVar("Batch")
+
+
+def _single_threaded(make: Callable[[Item], Batch]) -> Callable[[Item], Batch]:
+    """`make` with one intra-op thread on the worker: beside a step that already uses every core,
+    a second team of OpenMP threads only adds switching. The count is per OpenMP thread, so the
+    caller's stays; the default that threads started later take is restored by `prefetched`."""
+
+    def run(item: Item) -> Batch:
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
+        return make(item)
+
+    return run
+
+
+def prefetched(make: Callable[[Item], Batch], items: Iterable[Item], depth: int) -> Iterator[tuple[Batch, float]]:
+    """`make(item)` for each item in order, with the seconds the caller waited for it.
+
+    Args:
+        make: builds one batch; called on one background thread when `depth` > 0, in item order.
+        items: what to build batches from.
+        depth: batches built ahead of the one being consumed (0: built on demand, in this thread).
+
+    Yields:
+        (batch, waited): `waited` is the time between asking for the batch and getting it, which
+        is all of `make`'s time without prefetching and near zero when the worker keeps ahead.
+    """
+    if depth <= 0:
+        for item in items:
+            started = time.monotonic()
+            batch = make(item)
+            yield batch, time.monotonic() - started
+        return
+    pending: deque[Future[Batch]] = deque()
+    remaining = iter(items)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+    threads = torch.get_num_threads()
+    try:
+        work = _single_threaded(make)
+        for item in remaining:
+            pending.append(pool.submit(work, item))
+            if len(pending) > depth:
+                break
+        while pending:  # during the caller's step with one batch, the next `depth` are being made
+            started = time.monotonic()
+            batch = pending.popleft().result()
+            yield batch, time.monotonic() - started
+            for item in remaining:
+                pending.append(pool.submit(work, item))
+                break
+    finally:  # a caller that stops early (an exception in its step) leaves no work running
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
