@@ -39,9 +39,9 @@ from flows.workspace import create_workspace, stage_dir, update_params  # noqa: 
 
 # Issue 18's targets on this 2-core CPU (means over seeds; training under 10 minutes a seed, an ensemble whole).
 TARGETS: dict[str, dict[str, float]] = {
-    "pneumoniamnist": {"auc": 0.98, "accuracy": 0.92, "train_seconds": 600.0},
-    "breastmnist": {"auc": 0.92, "train_seconds": 600.0},
-    "adrenalmnist3d": {"auc": 0.88, "train_seconds": 600.0},
+    "pneumoniamnist": {"auc": 0.98, "argmax_accuracy": 0.92, "train_stage_seconds": 600.0},
+    "breastmnist": {"auc": 0.92, "train_stage_seconds": 600.0},
+    "adrenalmnist3d": {"auc": 0.88, "train_stage_seconds": 600.0},
 }
 PAPER_COLUMNS = {"breastmnist": "BreastMNIST", "pneumoniamnist": "PneumoniaMNIST", "adrenalmnist3d": "AdrenalMNIST3D"}
 # Every seed's model is measured, none refused or compared with the seed before it.
@@ -84,7 +84,7 @@ def run_dataset(name: str, seeds: list[int], workdir: Path, overrides: dict[str,
         summary = training_flow(source=str(SHARED_DATA / f"{name}.npz"), workspace=str(ws), trigger="benchmark")
         m, t = summary["metrics"], summary["training"]
         runs.append({
-            "seed": seed, "auc": m["auc"], "accuracy": m["accuracy"], "auc_ci": [m["auc_ci_lower"], m["auc_ci_upper"]],
+            "seed": seed, "auc": m["auc"], "accuracy": m["accuracy"], "argmax_accuracy": m["argmax_accuracy"], "auc_ci": [m["auc_ci_lower"], m["auc_ci_upper"]],
             "balanced_accuracy": m.get("balanced_accuracy"), "accuracy_uncorrected": m.get("accuracy_uncorrected"),
             "baseline_auc": m.get("baseline_auc"), "baseline_accuracy": m.get("baseline_accuracy"),
             "train_seconds": t["train_seconds"], "train_stage_seconds": summary["timings_s"]["train"],
@@ -92,7 +92,7 @@ def run_dataset(name: str, seeds: list[int], workdir: Path, overrides: dict[str,
             "epochs": f"{t['best_epoch']}/{t['epochs_run']}/{t['epochs_planned']}", "family": t["family"],
             "flow_seconds": time.monotonic() - started, "report": summary.get("report"),
         })
-        print(f"  {name} seed {seed}: test AUC {m['auc']:.4f}, ACC {m['accuracy']:.4f} (balanced {m['balanced_accuracy']:.4f}), baseline AUC {m.get('baseline_auc', float('nan')):.4f}, "
+        print(f"  {name} seed {seed}: test AUC {m['auc']:.4f}, ACC {m['argmax_accuracy']:.4f} (at the operating point {m['accuracy']:.4f}, balanced {m['balanced_accuracy']:.4f}), baseline AUC {m.get('baseline_auc', float('nan')):.4f}, "
               f"training {t['train_seconds']:.0f} s ({t['images_per_second']:.0f} img/s), epochs best/run/planned {runs[-1]['epochs']}", flush=True)
     return runs
 
@@ -115,9 +115,9 @@ def verdicts(name: str, runs: list[dict[str, Any]]) -> list[str]:
     out = []
     for metric, target in TARGETS.get(name, {}).items():
         value = statistics.mean(r[metric] for r in runs)
-        ok = value <= target if metric == "train_seconds" else value >= target
+        ok = value <= target if metric.endswith("seconds") else value >= target
         gap = "" if ok else f" (missed by {abs(value - target):.3f})"
-        out.append(f"{metric} {'<=' if metric == 'train_seconds' else '>='} {target:g}: {'met' if ok else 'MISSED'} at {value:.3f}{gap}")
+        out.append(f"{metric} {'<=' if metric.endswith("seconds") else '>='} {target:g}: {'met' if ok else 'MISSED'} at {value:.3f}{gap}")
     return out
 
 
@@ -158,14 +158,17 @@ def main() -> None:
     load_end = os.getloadavg()[0]
 
     print(f"\nMedMNIST v2 test split, medgate (mean ± sd over seeds) beside the paper (Table 3); load average {load_start:.1f} -> {load_end:.1f} on {os.cpu_count()} shared cores")
-    header = f"{'dataset':16s} {'seeds':>5s} {'AUC':>15s} {'ACC':>15s} {'baseline AUC':>13s} {'train s':>8s} {'stage s':>8s} {'img/s':>7s}  network"
+    # ACC is the arg-max's, as the paper's; "ACC op" at the operating point the gate and the service use.
+    header = (f"{'dataset':16s} {'seeds':>5s} {'AUC':>15s} {'ACC':>15s} {'ACC op':>15s} {'baseline AUC':>13s} {'train s':>8s} "
+              f"{'stage s':>8s} {'img/s':>7s} {'data':>5s}  network")
     print(header)
     print("-" * len(header))
     for name, result in results.items():
         runs = result["runs"]
-        print(f"{name:16s} {len(runs):5d} {_mean_sd([r['auc'] for r in runs]):>15s} {_mean_sd([r['accuracy'] for r in runs]):>15s} "
-              f"{_mean_sd([r['baseline_auc'] for r in runs]):>13s} {statistics.mean(r['train_seconds'] for r in runs):8.0f} "
-              f"{statistics.mean(r['train_stage_seconds'] for r in runs):8.0f} {statistics.mean(r['images_per_second'] for r in runs):7.0f}  {runs[0]['family']}")
+        print(f"{name:16s} {len(runs):5d} {_mean_sd([r['auc'] for r in runs]):>15s} {_mean_sd([r['argmax_accuracy'] for r in runs]):>15s} "
+              f"{_mean_sd([r['accuracy'] for r in runs]):>15s} {_mean_sd([r['baseline_auc'] for r in runs]):>13s} "
+              f"{statistics.mean(r['train_seconds'] for r in runs):8.0f} {statistics.mean(r['train_stage_seconds'] for r in runs):8.0f} "
+              f"{statistics.mean(r['images_per_second'] for r in runs):7.0f} {statistics.mean(r['data_fraction'] for r in runs):5.2f}  {runs[0]['family']}")
         for method, auc, acc in paper.get(PAPER_COLUMNS[name], []):
             print(f"{'':16s} {'paper':>5s} {auc:15.3f} {acc:15.3f}  {method}")
         for line in verdicts(name, runs):

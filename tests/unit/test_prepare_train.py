@@ -157,6 +157,8 @@ def test_prepare_train_evaluate_beats_chance(prepared, tmp_path):
     predictions = pd.read_csv(tmp_path / "evaluate" / "predictions.csv")
     assert len(predictions) == info["counts"]["test"]
     assert {"prob_neg", "prob_pos"} <= set(predictions.columns)
+    argmax = (predictions["prob_pos"] > predictions["prob_neg"]).map({True: "pos", False: "neg"})
+    assert report.metrics["argmax_accuracy"] == pytest.approx((argmax == predictions["label"]).mean())
     roc = json.loads((tmp_path / "evaluate" / "plots" / "roc.json").read_text())
     assert roc[0]["fpr"] == 0.0 and roc[-1]["tpr"] == 1.0
 
