@@ -117,7 +117,7 @@ def verdicts(name: str, runs: list[dict[str, Any]]) -> list[str]:
         value = statistics.mean(r[metric] for r in runs)
         ok = value <= target if metric.endswith("seconds") else value >= target
         gap = "" if ok else f" (missed by {abs(value - target):.3f})"
-        out.append(f"{metric} {'<=' if metric.endswith("seconds") else '>='} {target:g}: {'met' if ok else 'MISSED'} at {value:.3f}{gap}")
+        out.append(f"{metric} {'<=' if metric.endswith('seconds') else '>='} {target:g}: {'met' if ok else 'MISSED'} at {value:.3f}{gap}")
     return out
 
 
