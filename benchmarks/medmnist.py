@@ -78,8 +78,10 @@ def run_dataset(name: str, seeds: list[int], workdir: Path, overrides: dict[str,
     params = yaml.safe_load((ws / "params.yaml").read_text())
     (ws / "params.yaml").write_text(yaml.safe_dump({**params, "gate": NO_GATE}, sort_keys=False))  # replaced, not merged
     runs = []
+    members = int(params.get("train", {}).get("ensemble", 1))
     for seed in seeds:
-        update_params(ws, {"train": {"seed": seed}})
+        # An ensemble of seed s trains seeds s .. s+N-1: spaced by N, no two runs share a member.
+        update_params(ws, {"train": {"seed": seed * members}})
         started = time.monotonic()
         summary = training_flow(source=str(SHARED_DATA / f"{name}.npz"), workspace=str(ws), trigger="benchmark")
         m, t = summary["metrics"], summary["training"]
