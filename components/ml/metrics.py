@@ -99,7 +99,8 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, bins: int = 10) -> dict[str, float]:
-    """AUC, accuracy, sensitivity, specificity, F1, balanced accuracy and ECE; NaN where undefined."""
+    """AUC, accuracy, sensitivity, specificity, F1, balanced accuracy and ECE at `threshold`, and the
+    arg-max's accuracy without one (what MedMNIST and most papers call accuracy); NaN where undefined."""
     n_classes = probs.shape[1]
     predicted = predict_labels(probs, threshold)
     cm = confusion_matrix(labels, predicted, labels=range(n_classes)).astype(np.float64)
@@ -123,6 +124,7 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: flo
         "specificity": float(specificity),
         "f1": float(f1),
         "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)) if len(labels) else math.nan,
+        "argmax_accuracy": float((probs.argmax(axis=1) == labels).mean()) if len(labels) else math.nan,
         "ece": expected_calibration_error(labels, probs, bins),
     }
 

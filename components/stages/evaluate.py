@@ -22,7 +22,6 @@ or clips share a label: `patient_auc` and `patient_accuracy` on the mean of each
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -193,9 +192,6 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
         raw_val, raw_test = splits.per_item(correct_probs(val_windows, -adjustment), correct_probs(test_windows, -adjustment))
         uncorrected, _ = at_threshold(y_val, raw_val, y_test, raw_test, cfg)
         metrics.update({f"{k}_uncorrected": uncorrected[k] for k in ("accuracy", "balanced_accuracy")})
-    # The arg-max's accuracy, no threshold: what MedMNIST and most papers call accuracy (for two classes
-    # `accuracy` is at the operating point, which trades accuracy for sensitivity + specificity).
-    metrics["argmax_accuracy"] = float((test_probs.argmax(axis=1) == y_test).mean()) if len(y_test) else math.nan
     metrics["nll"] = negative_log_likelihood(y_test, test_probs)
     if binary:  # the PhysioNet 2016 challenge's score
         metrics["macc"] = (metrics["sensitivity"] + metrics["specificity"]) / 2

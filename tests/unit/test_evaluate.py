@@ -40,6 +40,17 @@ def test_binary_metrics_by_hand():
     assert m["auc"] == pytest.approx(7 / 9)
 
 
+def test_argmax_accuracy_ignores_the_operating_threshold():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probs = binary([0.1, 0.4, 0.6, 0.3, 0.7, 0.9])
+    m = classification_metrics(labels, probs, threshold=0.8)
+    assert m["accuracy"] == pytest.approx(4 / 6)  # at 0.8: 0 0 0 0 0 1
+    assert m["argmax_accuracy"] == pytest.approx(4 / 6)  # at 0.5: 0 0 1 0 1 1
+    m = classification_metrics(labels, probs, threshold=0.65)
+    assert m["accuracy"] == pytest.approx(5 / 6)  # 0 0 0 0 1 1
+    assert m["argmax_accuracy"] == pytest.approx(4 / 6)
+
+
 def test_multiclass_metrics_by_hand():
     labels = np.array([0, 1, 2, 2])
     probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.6, 0.3], [0.1, 0.1, 0.8]])
