@@ -16,9 +16,8 @@ from components.data.prepared import load_split
 from components.ml.models import load_model
 from components.ml.runtime import predict_probs
 from components.stages.evaluate import evaluate_model
-from components.stages.prepare import prepare_dataset
 from components.stages.train import train_model
-from tests.unit.test_prepare_train import TINY, Killed, make_manifest
+from tests.unit.test_prepare_train import TINY, Killed, prepare_tiny
 
 ENSEMBLE = TINY.model_copy(update={"epochs": 2, "ensemble": 2})
 TTA = default_params(evaluate={"bootstrap_samples": 20, "tta_flip_axes": [-1], "prior_correction": True}).evaluate
@@ -26,10 +25,7 @@ TTA = default_params(evaluate={"bootstrap_samples": 20, "tta_flip_axes": [-1], "
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("prepared")
-    manifest = make_manifest(root / "ingest", patients=48, per_patient=2)
-    prepare_dataset(manifest, default_params(prepare={"val_fraction": 0.25, "test_fraction": 0.25}).prepare, root / "prepare")
-    return root / "prepare"
+    return prepare_tiny(tmp_path_factory.mktemp("prepared"), patients=48)
 
 
 def _kill_at(count: int, seen: list[int]):

@@ -2,6 +2,7 @@
 exactly where it stopped, and the baseline, evaluation and report run on its outputs."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,12 +52,16 @@ def make_manifest(root, patients=40, per_patient=3, size=16, seed=0):
     return root / "manifest.parquet"
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prepared")
-    manifest = make_manifest(root / "ingest", patients=48, per_patient=2)
+def prepare_tiny(root: Path, patients: int) -> Path:
+    """`make_manifest`'s dataset (two images per patient) through prepare, a quarter each for val and test."""
+    manifest = make_manifest(root / "ingest", patients=patients, per_patient=2)
     prepare_dataset(manifest, default_params(prepare={"val_fraction": 0.25, "test_fraction": 0.25}).prepare, root / "prepare")
     return root / "prepare"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return prepare_tiny(tmp_path_factory.mktemp("prepared"), patients=48)
 
 
 def test_split_keeps_patients_whole(tmp_path):

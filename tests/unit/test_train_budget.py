@@ -9,23 +9,18 @@ import pytest
 import torch
 
 import components.stages.train as train_module
-from components.config import default_params
 from components.data.artifacts import CHECKPOINT_FILE, HISTORY_FILE, TRAINING_FILE
 from components.ml.prefetch import prefetched
 from components.ml.schedule import plan_within_budget
-from components.stages.prepare import prepare_dataset
 from components.stages.train import train_model
-from tests.unit.test_prepare_train import TINY, Killed, _stop_after, _weights, make_manifest
+from tests.unit.test_prepare_train import TINY, Killed, _stop_after, _weights, prepare_tiny
 
 MIN_LR = TINY.learning_rate / 25 / 1e4  # OneCycleLR's defaults: div_factor 25, final_div_factor 1e4
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prepared")
-    manifest = make_manifest(root / "ingest", patients=32, per_patient=2)
-    prepare_dataset(manifest, default_params(prepare={"val_fraction": 0.25, "test_fraction": 0.25}).prepare, root / "prepare")
-    return root / "prepare"
+    return prepare_tiny(tmp_path_factory.mktemp("prepared"), patients=32)
 
 
 def _random_batches(depth):
