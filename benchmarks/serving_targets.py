@@ -10,6 +10,15 @@
 - no errors; a burst of oversized uploads grows the server's resident memory by <= 300 MB.
 Also shown, without a target: the default network's service against its raw model, and the server CPU time
 per request behind the c=1 latency targets (on a loaded machine p50 at c=1 is mostly waiting for a CPU).
+
+The ceilings. When the servers are bound by the CPU, as at concurrency 32 on this machine, requests per second
+are in inverse proportion to the server CPU time per request. Any BentoML service running this network spends
+at least the floor's time plus the network's, at the network's cheapest batch, per request. The most it can reach
+is therefore floor / (floor + network) of the floor's throughput, and FastAPI / (floor + network) of the
+FastAPI endpoint's. Both are printed. Where a ceiling is under its target, that target cannot be met by any
+BentoML service. The nearest meaningful target is then medgate's own overhead: its server CPU time per
+request at most 1.25 times floor + network, which is the 0.8 of the floor target applied to the time that no
+BentoML service can avoid. CPU time is less disturbed by the machine's other load than requests per second.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ OF_FLOOR = 0.8  # throughput at c=32, medgate / BentoML floor
 WIDE_OF_RAW = 0.8  # width-64 ResNet-18: throughput at c=32 / raw best batch
 WIDE_C1_SLACK_MS = 5.0  # width-64 ResNet-18: p50 at c=1 - raw batch-1 p50
 WIDE_MODEL = {"width": 64, "depth": 18}
+OF_UNAVOIDABLE = 1 / OF_FLOOR  # server CPU-ms/request at c=32, medgate / (floor + network at its cheapest batch)
 
 Row = tuple[str, str, float | int, str, float | None, bool]  # route, name, value, comparison, goal, met
 
@@ -51,6 +61,7 @@ def targets(raw: RawResult, levels: list[LevelResult], burst: BurstResult | None
                      medgate[0].server_cpu_ms - fastapi[0].server_cpu_ms, "", None, True))
     if medgate[1] and floor:
         rows.append(_at_least("bento", f"req/s at c={c32}: medgate / BentoML floor", medgate[1].per_s / floor.per_s, OF_FLOOR))
+    rows += _ceiling_rows(raw, medgate[1], fastapi[1], floor)
     best = raw.best[1]
     if medgate[1]:
         rows.append(("bento", f"images/s at c={c32} / raw best batch (default net)", medgate[1].per_s / best, "", None, True))
@@ -63,6 +74,26 @@ def targets(raw: RawResult, levels: list[LevelResult], burst: BurstResult | None
         rows.append((route, "errors", errors, "<=", 0, errors == 0))
     if burst is not None:
         rows.append(_at_most("bento", "memory growth, burst of oversized uploads (MB)", burst.growth_mb, TARGET_GROWTH_MB))
+    return rows
+
+
+def _ceiling_rows(raw: RawResult, medgate: LevelResult | None, fastapi: LevelResult | None,
+                  floor: LevelResult | None) -> list[Row]:
+    """The highest throughput ratios any BentoML service running this network can reach, and medgate's CPU
+    time per request against that unavoidable time (see the module's docstring)."""
+    if floor is None or not floor.server_cpu_ms or not raw.cpu_ms_per_image:
+        return []
+    network = min(raw.cpu_ms_per_image.values())
+    unavoidable = floor.server_cpu_ms + network
+    c32 = TARGET_CONCURRENCY
+    rows: list[Row] = [("bento", f"ceiling of req/s at c={c32} / BentoML floor: floor / (floor + network) CPU-ms",
+                        floor.server_cpu_ms / unavoidable, "", None, True)]
+    if fastapi is not None and fastapi.server_cpu_ms:
+        rows.append(("bento", f"ceiling of req/s at c={c32} / FastAPI endpoint: FastAPI / (floor + network) CPU-ms",
+                     fastapi.server_cpu_ms / unavoidable, "", None, True))
+    if medgate is not None and medgate.server_cpu_ms:
+        rows.append(_at_most("bento", f"server CPU-ms/request at c={c32}: medgate / (floor + network)",
+                             medgate.server_cpu_ms / unavoidable, OF_UNAVOIDABLE))
     return rows
 
 

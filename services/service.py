@@ -45,6 +45,7 @@ environment variable MEDGATE_MODEL_TAG names it. Either way it must be an exact 
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import logging
@@ -80,6 +81,7 @@ from services.inference import (
     window_scores,
 )
 from services.origin import ALLOWED_HOSTS_ENV, OriginGuard, read_allowed_hosts
+from services.readiness import WorkerRoll
 from services.settings import API_KEY_ENV, MODEL_SHA256_ENV, PINNED_SETTINGS_FILE, ServingSettings, settings_for_model
 
 if TYPE_CHECKING:
@@ -212,7 +214,19 @@ class Classifier:
             if (path := model_dir / name).is_file()
         }
         self.description = _describe(stored.tag, metadata, SETTINGS, set(self.model_cards), self.device.type)
+        # What is loaded by now (torch, MONAI, BentoML, the network: some 370,000 objects) lives as long as the
+        # worker. Frozen, the collector no longer walks it: a full collection over it took 0.37-0.43 s of a
+        # worker's CPU, and of every request waiting on it, about once per 1,500 requests at concurrency 32.
+        gc.collect()
+        gc.freeze()
+        index = bentoml.server_context.worker_index  # None outside `bentoml serve`: the only worker
+        self.workers = WorkerRoll(WORKERS if index is not None else 1)
+        self.workers.enter(index if index is not None else os.getpid())
         logger.info("serving model %s (sha256 %s verified) on %s", stored.tag, metadata["sha256"][:12], self.device)
+
+    def __is_ready__(self) -> bool:
+        """`/readyz`: 200 only once every worker of this server has loaded the model (services.readiness)."""
+        return self.workers.complete()
 
     @bentoml.api
     async def predict(self, image: Path, windows: bool = False) -> Json:

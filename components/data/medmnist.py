@@ -23,6 +23,7 @@ import numpy as np
 from components.config import IngestConfig
 from components.data.manifest import SPLITS
 from components.readers.base import short_reason
+from components.readers.npy import read_npy_header
 
 MEDMNIST_PREFIX = "medmnist:"
 
@@ -113,13 +114,7 @@ def open_split(zf: zipfile.ZipFile, split: str, chunk: int) -> tuple[np.ndarray,
 
 
 def _npy_header(fp: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
-    version = np.lib.format.read_magic(fp)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
-    else:
-        raise ValueError(f".npy format version {version} not supported")
+    shape, fortran, dtype = read_npy_header(fp)
     if dtype.hasobject:
         raise ValueError("object arrays are not images")
     if not shape:

@@ -155,11 +155,10 @@ def _npy_text(data: bytes) -> Iterator[tuple[str, bytes]]:
     """A .npy of strings holds them as UTF-32: decoded, they are text like any other."""
     import numpy as np
 
+    from components.readers.npy import read_npy_header
+
     try:
-        stream = io.BytesIO(data)
-        version = np.lib.format.read_magic(stream)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        _, _, dtype = read_header(stream)
+        _, _, dtype = read_npy_header(io.BytesIO(data))
         if dtype.kind not in "US":  # numbers (pixels) hold no text
             return
         arr = np.load(io.BytesIO(data), allow_pickle=False)

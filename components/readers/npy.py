@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import IO
 
 import numpy as np
 
@@ -20,24 +21,32 @@ class NpyReader(Reader, name="npy", formats=".npy", suffixes=(".npy",)):
 
     def read(self, data: bytes, salt: str, limits: DecodeLimits | None) -> Decoded:
         try:
-            shape, dtype = _header(data)
+            stream = io.BytesIO(data)
+            shape, fortran_order, dtype = read_npy_header(stream)
+            offset = stream.tell()
             check_declared(limits, **_layout(shape), itemsize=dtype.itemsize)
-            return Decoded(np.load(io.BytesIO(data), allow_pickle=False))
+            if dtype.hasobject:
+                raise ValueError("object arrays need pickles, which are refused")
+            count = math.prod(shape)
+            if len(data) - offset < count * dtype.itemsize:
+                raise ValueError(f"{len(data) - offset} bytes of data for {count} values of {dtype}")
+            # The header is parsed once (np.load would parse it again); the copy makes the array writable.
+            flat = np.frombuffer(data, dtype, count, offset).copy()
+            return Decoded(flat.reshape(shape[::-1]).T if fortran_order else flat.reshape(shape))
         except ImageDecodeError:
             raise
         except (ValueError, OSError, EOFError) as exc:
             raise ImageDecodeError(f"corrupt .npy: {short_reason(exc)}") from None
 
 
-def _header(data: bytes) -> tuple[tuple[int, ...], np.dtype]:
-    """The shape and dtype the header declares, read without the array."""
-    fp = io.BytesIO(data)
+def read_npy_header(fp: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """The shape, Fortran order and dtype a .npy header declares; `fp` is left at the first data byte."""
     version = np.lib.format.read_magic(fp)
     if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
-    else:
-        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
-    return shape, dtype
+        return np.lib.format.read_array_header_1_0(fp)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(fp)
+    raise ValueError(f".npy format version {version} not supported")
 
 
 def _layout(shape: tuple[int, ...]) -> dict[str, int]:

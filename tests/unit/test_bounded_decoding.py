@@ -144,8 +144,31 @@ def test_ingest_reports_each_bad_file_and_keeps_the_others(tmp_path: Path) -> No
     assert result.num_images == len(good)
 
 
-def test_ingest_reports_a_memory_error_and_goes_on(tmp_path: Path) -> None:
-    """Limits high enough to let a forged .npy header through: numpy's MemoryError is that file's problem."""
+def test_ingest_reports_a_memory_error_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader that runs out of memory (numpy asked for a forged size) makes that file's problem only."""
+    from components.readers.npy import NpyReader
+
+    real_read, forged = NpyReader.read, FORGED["npy"]()
+
+    def read(self, data, salt, limits):
+        if data == forged:
+            raise MemoryError("Unable to allocate 7.28 TiB")
+        return real_read(self, data, salt, limits)
+
+    monkeypatch.setattr(NpyReader, "read", read)
+    _folder(tmp_path / "src", {"good.npy": npy_bytes(grey_image()), "huge.npy": forged})
+    cfg = default_params(ingest={"workers": 1}).ingest
+
+    result = ingest_source(tmp_path / "src", tmp_path / "out", cfg, SALT)
+
+    (problem,) = result.problems
+    assert problem["file"] == file_pseudonym("huge.npy", SALT)
+    assert problem["reason"].startswith("MemoryError: "), problem
+    assert result.num_images == 1
+
+
+def test_a_npy_declaring_more_data_than_it_holds_is_refused_before_allocating(tmp_path: Path) -> None:
+    """Limits high enough to let a forged .npy header through: its missing data is found before numpy allocates."""
     _folder(tmp_path / "src", {"good.npy": npy_bytes(grey_image()), "huge.npy": FORGED["npy"]()})
     cfg = default_params(ingest={"workers": 1, "limits": {"max_bytes": 10**14, "max_side": 10**7}}).ingest
 
@@ -153,8 +176,7 @@ def test_ingest_reports_a_memory_error_and_goes_on(tmp_path: Path) -> None:
 
     (problem,) = result.problems
     assert problem["file"] == file_pseudonym("huge.npy", SALT)
-    # Where the kernel refuses 8 TB, numpy raises MemoryError; where it overcommits, reading finds no data.
-    assert problem["reason"].startswith("MemoryError: ") or "EOF" in problem["reason"], problem
+    assert "corrupt .npy" in problem["reason"] and "bytes of data for" in problem["reason"], problem
     assert result.num_images == 1
 
 

@@ -87,6 +87,13 @@ def test_targets_are_ratios_of_the_same_run(bench_modules):
     assert rows[("wide", "images/s at c=32 / raw best batch (ResNet-18 w64)")][::2] == (pytest.approx(0.85), True)
     assert rows[("wide", "p50 at c=1 - raw batch-1 p50 (ResNet-18 w64, ms)")] == (pytest.approx(6.0), 5.0, False)
     assert rows[("wide", "server CPU-ms/request at c=1 - raw batch-1 CPU-ms/image")][0] == pytest.approx(1.5)
+    # Ceilings from CPU time: floor 2.0 and network 0.7 (its cheapest batch) per request are unavoidable.
+    assert rows[("bento", "ceiling of req/s at c=32 / BentoML floor: floor / (floor + network) CPU-ms")][0] == \
+        pytest.approx(2.0 / 2.7)
+    assert rows[("bento", "ceiling of req/s at c=32 / FastAPI endpoint: FastAPI / (floor + network) CPU-ms")][0] == \
+        pytest.approx(2.0 / 2.7)
+    assert rows[("bento", "server CPU-ms/request at c=32: medgate / (floor + network)")] == \
+        (pytest.approx(2.0 / 2.7), 1.25, True)
     assert rows[("floor", "errors")] == (3, 0, False)
     assert rows[("bento", "errors")] == (0, 0, True)
 
