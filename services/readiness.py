@@ -10,23 +10,37 @@ its siblings share, and `/readyz` answers 200 only when the roll is complete.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+
+PREFIX = "medgate-workers-"
 
 
 def sibling_folder() -> Path:
     """A folder shared by the worker processes of one server and by no other server: named after their
     parent (the server's supervising process) and its start time, so a reused process id is another folder."""
     parent = os.getppid()
+    return Path(tempfile.gettempdir()) / f"{PREFIX}{parent}-{_start_time(parent)}"
+
+
+def remove_stale_folders(root: Path) -> None:
+    """Remove the folders under `root` of servers that have ended (a killed worker leaves its entry)."""
+    for folder in root.glob(f"{PREFIX}*-*"):
+        pid, _, started = folder.name.removeprefix(PREFIX).partition("-")
+        if pid.isdigit() and _start_time(int(pid)) != started:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _start_time(pid: int) -> str:
+    """Field 22 of /proc/PID/stat, the start time in clock ticks since boot ("0" where unknown)."""
     try:
-        # Field 22 of /proc/PID/stat: the start time in clock ticks since boot; the name may hold spaces.
-        started = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]  # the name may hold spaces
     except (OSError, IndexError):
-        started = "0"
-    return Path(tempfile.gettempdir()) / f"medgate-workers-{parent}-{started}"
+        return "0"
 
 
 class WorkerRoll:
@@ -39,10 +53,9 @@ class WorkerRoll:
 
     def enter(self, worker: int | str) -> None:
         """Record `worker` (BentoML's worker index; a restarted worker keeps its index) as ready."""
+        remove_stale_folders(self.folder.parent)
         self.folder.mkdir(mode=0o700, exist_ok=True)
-        entry = self.folder / f"worker-{worker}"
-        entry.touch()
-        atexit.register(self._leave, entry)
+        (self.folder / f"worker-{worker}").touch()
 
     def complete(self) -> bool:
         """Whether every expected worker has entered (stays true once it is)."""
@@ -50,8 +63,3 @@ class WorkerRoll:
             with contextlib.suppress(FileNotFoundError):
                 self._complete = sum(1 for _ in self.folder.glob("worker-*")) >= self.expected
         return self._complete
-
-    def _leave(self, entry: Path) -> None:
-        entry.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # not empty: another worker is still running
-            self.folder.rmdir()

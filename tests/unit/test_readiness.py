@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from services.readiness import WorkerRoll, sibling_folder
+from services.readiness import WorkerRoll, remove_stale_folders, sibling_folder
 
 
 def test_the_roll_is_complete_when_every_expected_worker_has_entered(tmp_path):
@@ -24,6 +24,17 @@ def test_workers_of_one_server_share_a_folder_and_other_servers_do_not():
     siblings = {subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip() for _ in range(2)}
     assert siblings == {str(sibling_folder().with_name(f"medgate-workers-{os.getpid()}-{_start_time(os.getpid())}"))}
     assert str(sibling_folder()) not in siblings  # this process's own parent is another server
+
+
+def test_the_folders_of_ended_servers_are_removed(tmp_path):
+    live = tmp_path / f"medgate-workers-{os.getpid()}-{_start_time(os.getpid())}"
+    reused = tmp_path / f"medgate-workers-{os.getpid()}-1"  # this process id, another start time: ended
+    ended = tmp_path / "medgate-workers-999999999-5"
+    for folder in (live, reused, ended):
+        folder.mkdir()
+        (folder / "worker-1").touch()
+    remove_stale_folders(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [live.name]
 
 
 def _start_time(pid: int) -> str:
