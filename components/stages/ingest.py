@@ -31,6 +31,7 @@ handles them (components.privacy.burned_in). The service decodes uploads with th
 training and serving decode identically.
 
 Throughput: inputs are decoded in chunks of ``cfg.shard_size`` (one shard each) by ``cfg.workers``
+(`components.data.decoding`)
 processes; memory holds a few chunks' worth of small records, never the dataset's pixels. A DICOM
 file is parsed once (the burned-in screen hands its dataset to the reader); ``benchmarks/intake.py``
 and ``benchmarks/audio.py --intake-only`` measure ingest against bare decoding loops.
@@ -42,15 +43,10 @@ import contextlib
 import csv
 import json
 import logging
-import multiprocessing
-import os
 import shutil
-import time
 import zipfile
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -58,6 +54,7 @@ import numpy as np
 
 from components.config import IngestConfig
 from components.data.artifacts import IngestedDataset
+from components.data.decoding import decode_files
 from components.data.labels import LabelRow, read_labels, relative_file
 from components.data.manifest import (
     AUDIO_RATE_ATTR, CLASS_NAMES_ATTR, CLIP_SPEC_ATTR, MANIFEST_FILE, PROBLEMS_FILE, SOURCES_FILE, SPLITS, SUBGROUP_COLUMNS,
@@ -68,24 +65,15 @@ from components.data.shards import ShardWriter
 from components.data.sources import (
     LABELS_FILE, SUPPORTED_SOURCES, detect_kind, in_class_folders, is_labels_file, listed_candidates, walk_files,
 )
-from components.privacy.burned_in import BurnedInPolicy
 from components.privacy.deid import pseudonym
 from components.privacy.names import file_pseudonym, source_label
-from components.readers import ClipSpec, DecodeLimits, ImageDecodeError, TooLarge, decode
-from components.readers.audio import at_rate
+from components.readers import ImageDecodeError
 from components.readers.base import check_array, short_reason
 from components.readers.dicom import header_value, is_keyword
 
 __all__ = ["ingest_source"]
 
 logger = logging.getLogger(__name__)
-
-# Starting the worker processes costs about two seconds here (fresh interpreters import numpy, pydicom,
-# Pillow, soundfile, PyAV): fewer chunks than this, or chunks that decode faster than that saves, are
-# decoded in this process (benchmarks/intake.py and benchmarks/audio.py measure both).
-_POOL_MIN_CHUNKS = 4
-_POOL_START_S = 2.0
-
 
 @dataclass
 class _Sink:
@@ -265,102 +253,6 @@ def _check_out_dir(src: Path, out_dir: Path) -> None:
         raise ValueError(f"{src}: source lies inside {out_dir / 'images'}, which ingest replaces")
 
 
-@dataclass(frozen=True)
-class _Result:
-    """What a worker learned from one file: its manifest columns (pseudonyms only), or why it was skipped."""
-
-    file: str
-    columns: dict[str, Any] | None = None  # pixel and reader columns; None when the file was skipped
-    problem: str = ""
-
-
-@dataclass(frozen=True)
-class _Reading:
-    """How every file of a source is read (the same in each worker process)."""
-
-    limits: DecodeLimits  # what a file may declare
-    clip: ClipSpec  # how clips are sampled and stored
-    audio_rate: int  # Hz recordings are resampled to
-    burned_in: BurnedInPolicy  # which files at risk of burned-in text are taken (the others: refused, never decoded)
-
-
-def _decode_chunk(src: str, files: Sequence[str], out_dir: str, shard: int, salt: str, reading: _Reading,
-                  on_file: Callable[[], None] | None = None) -> list[_Result]:
-    """Decode `files` (relative to `src`) into shard `shard` of `out_dir` as `reading` says; runs in a
-    worker process. Whatever fails in one file (a refusal, a reader's TypeError or MemoryError) is that file's problem."""
-    results = []
-    with ShardWriter(Path(out_dir), shard) as writer:
-        for rel in files:
-            try:
-                data = _read_bounded(Path(src) / rel, reading.limits)
-                risk = reading.burned_in.judge(data)
-                decoded = decode(data, salt, reading.limits, reading.clip)
-                if decoded.kind == "audio":
-                    decoded = at_rate(decoded, reading.audio_rate)
-                if risk is not None:
-                    decoded = replace(decoded, columns={**decoded.columns, "burned_in_risk": risk})
-            except Exception as exc:  # noqa: BLE001 - one file's failure is reported, never the run's
-                known = isinstance(exc, (ImageDecodeError, OSError))  # their messages say what is wrong
-                why = short_reason(exc) if known else f"{type(exc).__name__}: {short_reason(exc)}"
-                results.append(_Result(rel, problem=why))
-            else:
-                results.append(_Result(rel, {**decoded.columns, **writer.add(decoded.array)}))
-            if on_file is not None:
-                on_file()
-    return results
-
-
-def _read_bounded(path: Path, limits: DecodeLimits) -> bytes:
-    """The file's bytes, unless the file alone is larger than the decoded size `limits` allow."""
-    if (size := path.stat().st_size) > limits.max_bytes:
-        raise TooLarge(f"file of {size / 2**20:.1f} MiB is over the limit of {limits.max_bytes / 2**20:.1f} MiB")
-    return path.read_bytes()
-
-
-def _worker_count(cfg: IngestConfig) -> int:
-    return cfg.workers or len(os.sched_getaffinity(0))
-
-
-def _decode_files(src: Path, files: list[str], cfg: IngestConfig, sink: _Sink, progress: _Progress) -> Iterator[_Result]:
-    """Results for `files`, in order. Chunks are decoded here, each timed, while `workers` processes
-    would save less time on the rest than starting them costs (`_POOL_START_S`); then a process pool
-    (spawned, since the caller may run threads) decodes the rest, at most two chunks per worker in flight."""
-    size = max(1, cfg.shard_size)
-    reading = _Reading(DecodeLimits(**cfg.limits.model_dump()), ClipSpec.from_dict(cfg.video.model_dump()),
-                       cfg.audio.sample_rate, BurnedInPolicy.of(cfg.accept_burned_in_risk, cfg.video.mask))
-    chunks = [files[i:i + size] for i in range(0, len(files), size)]
-    first = sink.reserve_shards(len(chunks))
-    workers = min(_worker_count(cfg), len(chunks))
-    pooled = workers > 1 and len(chunks) >= _POOL_MIN_CHUNKS
-    for k, chunk in enumerate(chunks):
-        started = time.monotonic()
-        results = _decode_chunk(str(src), chunk, str(sink.out_dir), first + k, sink.salt, reading, progress.step)
-        saved = (time.monotonic() - started) * (len(chunks) - k - 1) * (1 - 1 / workers)
-        yield from results
-        if pooled and saved > _POOL_START_S:
-            break
-    else:
-        return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        queue: deque[tuple[int, Future[list[_Result]]]] = deque()
-        upcoming = iter(list(enumerate(chunks))[k + 1:])
-
-        def submit() -> None:
-            nxt = next(upcoming, None)
-            if nxt is not None:
-                k, chunk = nxt
-                queue.append((len(chunk), pool.submit(_decode_chunk, str(src), chunk, str(sink.out_dir),
-                                                      first + k, sink.salt, reading)))
-
-        for _ in range(2 * workers):
-            submit()
-        while queue:
-            n, future = queue.popleft()
-            results = future.result()
-            submit()
-            progress.step(n)
-            yield from results
-
 # An accepted file: (file, label, split, labels.csv patient_id, its labels.csv subgroup columns).
 _Accepted = tuple[str, str, str | None, str, dict[str, str]]
 
@@ -371,7 +263,7 @@ def _ingest_labelled_folder(src: Path, labels_file: str, cfg: IngestConfig, sink
     by_key, unreadable = _files_by_key(src, files, cfg.key_column, progress)
     accepted, used = _match_rows(src, rows, by_key, cfg.key_column, sink)
     progress.grow(len(accepted))
-    results = _decode_files(src, [a[0] for a in accepted], cfg, sink, progress)
+    results = decode_files(src, [a[0] for a in accepted], cfg, sink.out_dir, sink.salt, sink.reserve_shards, progress.step)
     for (rel, label, split, patient_csv, subgroups), result in zip(accepted, results, strict=True):
         if result.columns is None:
             sink.problem(rel, result.problem)
@@ -463,7 +355,7 @@ def _ingest_class_folders(src: Path, cfg: IngestConfig, sink: _Sink, progress: _
         elif sink.label_allowed(rel, class_parts[0]):
             accepted.append((rel, class_parts[0], split))
     progress.grow(len(accepted))
-    results = _decode_files(src, [a[0] for a in accepted], cfg, sink, progress)
+    results = decode_files(src, [a[0] for a in accepted], cfg, sink.out_dir, sink.salt, sink.reserve_shards, progress.step)
     for (rel, label, split), result in zip(accepted, results, strict=True):
         if result.columns is None:
             sink.problem(rel, result.problem)

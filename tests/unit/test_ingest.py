@@ -483,10 +483,10 @@ def test_nifti_folder_volumes_spacing_and_orientation(tmp_path: Path) -> None:
 
 def test_worker_processes_give_the_same_dataset(cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Decoding in two spawned processes, several shards: byte-identical manifest and shards."""
-    from components.stages import ingest
+    from components.data import decoding
 
-    monkeypatch.setattr(ingest, "_POOL_START_S", 0.0)  # a small cohort is worth the processes only if they cost nothing
-    monkeypatch.setattr(ingest, "ProcessPoolExecutor", _Counting)
+    monkeypatch.setattr(decoding, "_POOL_START_S", 0.0)  # a small cohort is worth the processes only if they cost nothing
+    monkeypatch.setattr(decoding, "ProcessPoolExecutor", _Counting)
     _Counting.submitted = 0
     inline = ingest_source(cohort, tmp_path / "a", default_params(ingest={"workers": 1, "shard_size": 4}).ingest, SALT)
     pooled = ingest_source(cohort, tmp_path / "b", default_params(ingest={"workers": 2, "shard_size": 4}).ingest, SALT)
@@ -502,9 +502,9 @@ def test_worker_processes_give_the_same_dataset(cohort: Path, tmp_path: Path, mo
 
 def test_a_small_source_is_decoded_without_starting_processes(cohort: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from components.stages import ingest
+    from components.data import decoding
 
-    monkeypatch.setattr(ingest, "ProcessPoolExecutor", _Counting)
+    monkeypatch.setattr(decoding, "ProcessPoolExecutor", _Counting)
     _Counting.submitted = 0
     ingest_source(cohort, tmp_path / "a", default_params(ingest={"workers": 2, "shard_size": 4}).ingest, SALT)
     assert _Counting.submitted == 0  # a few milliseconds a chunk: starting two processes would cost more
