@@ -88,6 +88,7 @@ def run_dataset(name: str, seeds: list[int], workdir: Path, overrides: dict[str,
         runs.append({
             "seed": seed, "auc": m["auc"], "accuracy": m["accuracy"], "argmax_accuracy": m["argmax_accuracy"], "auc_ci": [m["auc_ci_lower"], m["auc_ci_upper"]],
             "balanced_accuracy": m.get("balanced_accuracy"), "accuracy_uncorrected": m.get("accuracy_uncorrected"),
+            "argmax_accuracy_uncorrected": m.get("argmax_accuracy_uncorrected"),
             "baseline_auc": m.get("baseline_auc"), "baseline_accuracy": m.get("baseline_accuracy"),
             "train_seconds": t["train_seconds"], "train_stage_seconds": summary["timings_s"]["train"],
             "images_per_second": t["images_per_second"], "data_fraction": t["data_fraction"],
