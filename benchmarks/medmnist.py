@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -90,7 +91,7 @@ def run_dataset(name: str, seeds: list[int], workdir: Path, overrides: dict[str,
             "balanced_accuracy": m.get("balanced_accuracy"), "accuracy_uncorrected": m.get("accuracy_uncorrected"),
             "argmax_accuracy_uncorrected": m.get("argmax_accuracy_uncorrected"),
             "baseline_auc": m.get("baseline_auc"), "baseline_accuracy": m.get("baseline_accuracy"),
-            "train_seconds": t["train_seconds"], "train_stage_seconds": summary["timings_s"]["train"],
+            "train_seconds": t["train_seconds"], "train_stage_seconds": summary["timings_s"].get("train", math.nan),  # absent: DVC reused the stage
             "images_per_second": t["images_per_second"], "data_fraction": t["data_fraction"],
             "epochs": f"{t['best_epoch']}/{t['epochs_run']}/{t['epochs_planned']}", "family": t["family"],
             "flow_seconds": time.monotonic() - started, "report": summary.get("report"),
@@ -118,6 +119,9 @@ def verdicts(name: str, runs: list[dict[str, Any]]) -> list[str]:
     out = []
     for metric, target in TARGETS.get(name, {}).items():
         value = statistics.mean(r[metric] for r in runs)
+        if math.isnan(value):
+            out.append(f"{metric}: not measured (DVC reused a seed's stage: rerun in a fresh --workdir)")
+            continue
         ok = value <= target if metric.endswith("seconds") else value >= target
         gap = "" if ok else f" (missed by {abs(value - target):.3f})"
         out.append(f"{metric} {'<=' if metric.endswith('seconds') else '>='} {target:g}: {'met' if ok else 'MISSED'} at {value:.3f}{gap}")
