@@ -15,12 +15,25 @@ step against a bare PyTorch loop on the same network, data and batch size (bench
         [--workdir DIR] [--set train.max_epochs=40 ...] [--no-throughput]
 
 The CPU of this machine is shared with other work: the load average is printed with the figures.
+
+Issue 18's settings (2 shared cores, `train.num_threads=1`; mean ± sd over 3 seeds, measured 2026-12-05):
+
+    --datasets pneumoniamnist --set train.steps=2000 train.ema_decay=0.998 "evaluate.tta_flip_axes=[-1]"
+        one network: AUC 0.9795 ± 0.0014 (0.98 missed by 0.0005), ACC 0.887 ± 0.022, ACC op 0.926 ± 0.011, train stage 166 s
+    --datasets breastmnist adrenalmnist3d --set train.ensemble=3 train.steps=2000 "evaluate.tta_flip_axes=[-1]"
+        BreastMNIST AUC 0.929 ± 0.002; AdrenalMNIST3D 0.874 ± 0.005 (with train.ema_decay=0.99: 0.874 ± 0.004)
+
+On PneumoniaMNIST a 3-member ensemble did no better (0.978 ± 0.006) and neither did width 32, 64-px
+input, an unweighted loss or 3,000 steps (one seed each). Its ACC (the papers' arg-max, at the training prior of
+74% pneumonia) misses 0.92 because the test split has 62.5%: the arg-max over-calls pneumonia there;
+the operating point (Youden on validation, independent of the prior) meets it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -88,8 +101,9 @@ def run_dataset(name: str, seeds: list[int], workdir: Path, overrides: dict[str,
         runs.append({
             "seed": seed, "auc": m["auc"], "accuracy": m["accuracy"], "argmax_accuracy": m["argmax_accuracy"], "auc_ci": [m["auc_ci_lower"], m["auc_ci_upper"]],
             "balanced_accuracy": m.get("balanced_accuracy"), "accuracy_uncorrected": m.get("accuracy_uncorrected"),
+            "argmax_accuracy_uncorrected": m.get("argmax_accuracy_uncorrected"),
             "baseline_auc": m.get("baseline_auc"), "baseline_accuracy": m.get("baseline_accuracy"),
-            "train_seconds": t["train_seconds"], "train_stage_seconds": summary["timings_s"]["train"],
+            "train_seconds": t["train_seconds"], "train_stage_seconds": summary["timings_s"].get("train", math.nan),  # absent: DVC reused the stage
             "images_per_second": t["images_per_second"], "data_fraction": t["data_fraction"],
             "epochs": f"{t['best_epoch']}/{t['epochs_run']}/{t['epochs_planned']}", "family": t["family"],
             "flow_seconds": time.monotonic() - started, "report": summary.get("report"),
@@ -117,6 +131,9 @@ def verdicts(name: str, runs: list[dict[str, Any]]) -> list[str]:
     out = []
     for metric, target in TARGETS.get(name, {}).items():
         value = statistics.mean(r[metric] for r in runs)
+        if math.isnan(value):
+            out.append(f"{metric}: not measured (DVC reused a seed's stage: rerun in a fresh --workdir)")
+            continue
         ok = value <= target if metric.endswith("seconds") else value >= target
         gap = "" if ok else f" (missed by {abs(value - target):.3f})"
         out.append(f"{metric} {'<=' if metric.endswith('seconds') else '>='} {target:g}: {'met' if ok else 'MISSED'} at {value:.3f}{gap}")

@@ -169,8 +169,8 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
 
     The model predicts as `cfg` says (test-time flips, prior correction: `ModelSpec.predicting`), which
     metrics.json records under `prediction` for packaging to store with the model. With prior
-    correction, `accuracy_uncorrected` and `balanced_accuracy_uncorrected` say what it changed; for an
-    ensemble, `members` lists each member's metrics alone.
+    correction, `accuracy_uncorrected`, `balanced_accuracy_uncorrected` and `argmax_accuracy_uncorrected`
+    say what it changed; for an ensemble, `members` lists each member's metrics alone.
     """
     set_threads(0)
     networks, spec = load_networks(model_dir)
@@ -191,7 +191,7 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
     if (adjustment := spec.adjustment()) is not None:  # undone image by image (window by window), as it was applied
         raw_val, raw_test = splits.per_item(correct_probs(val_windows, -adjustment), correct_probs(test_windows, -adjustment))
         uncorrected, _ = at_threshold(y_val, raw_val, y_test, raw_test, cfg)
-        metrics.update({f"{k}_uncorrected": uncorrected[k] for k in ("accuracy", "balanced_accuracy")})
+        metrics.update({f"{k}_uncorrected": uncorrected[k] for k in ("accuracy", "balanced_accuracy", "argmax_accuracy")})
     metrics["nll"] = negative_log_likelihood(y_test, test_probs)
     if binary:  # the PhysioNet 2016 challenge's score
         metrics["macc"] = (metrics["sensitivity"] + metrics["specificity"]) / 2

@@ -126,4 +126,5 @@ def test_uncorrected_figures_are_those_of_an_evaluation_without_correction(prepa
     assert "accuracy_uncorrected" not in off
     assert corrected["accuracy_uncorrected"] == pytest.approx(off["accuracy"])
     assert corrected["balanced_accuracy_uncorrected"] == pytest.approx(off["balanced_accuracy"])
+    assert corrected["argmax_accuracy_uncorrected"] == pytest.approx(off["argmax_accuracy"])
     assert corrected["auc"] != off["auc"] or corrected["operating_threshold"] != off["operating_threshold"]
