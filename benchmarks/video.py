@@ -21,7 +21,7 @@ First, ``--throughput``: ingest's decoding and sampling (components.readers) aga
 decode loop over the same files, frames per second, in the same run.
 
     python benchmarks/video.py [--tasks pcr severity01 severity4] [--families frame_cnn cnn_rnn resnet3d]
-        [--folds 5] [--workdir DIR] [--set train.max_epochs=20 ...] [--throughput-only] [--summary-only]
+        [--folds 5] [--only-folds 0 1 2] [--workdir DIR] [--set train.max_epochs=20 ...] [--throughput-only] [--summary-only]
 
 The CPU of this machine is shared with other work: the load average is printed with the figures.
 """
@@ -165,6 +165,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["pcr", "severity01", "severity4"])
     parser.add_argument("--families", nargs="+", default=["frame_cnn", "cnn_rnn", "resnet3d"])
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--only-folds", nargs="+", type=int, default=None, help="run these folds (0-based) only, e.g. for screening")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--set", nargs="*", default=[], help="params overrides, e.g. train.max_epochs=20")
     parser.add_argument("--throughput-files", type=int, default=40)
@@ -207,7 +208,7 @@ def main() -> None:
             manifest = ingest_source(task_source(task, root), root / f"ingest-{task}", params.ingest, SALT).manifest
         for k, fold_manifest in enumerate(fold_manifests(manifest, args.folds, params.prepare.seed)):
             for family in args.families:
-                if (task, k, family) in done:
+                if (task, k, family) in done or (args.only_folds is not None and k not in args.only_folds):
                     continue
                 metrics = run_fold(fold_manifest, params, family, root / f"{task}-fold{k}")
                 with open(root / RESULTS, "a") as f:
