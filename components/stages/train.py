@@ -1,4 +1,4 @@
-"""train: fit a MONAI network on the prepared train split, selecting the epoch by validation AUC.
+"""train: fit a MONAI network on the prepared train split, keeping the epoch `train.select` picks (validation AUC by default).
 
 Writes under `out_dir`: `model.pt` + `model.json` (the selected epoch, see components.ml.models),
 `history.json` (the training curves: one record per epoch with losses, validation AUC, learning
