@@ -21,9 +21,15 @@ First, ``--throughput``: ingest's decoding and sampling (components.readers) aga
 decode loop over the same files, frames per second, in the same run.
 
     python benchmarks/video.py [--tasks pcr severity01 severity4] [--families frame_cnn cnn_rnn resnet3d]
-        [--folds 5] [--workdir DIR] [--set train.max_epochs=20 ...] [--throughput-only] [--summary-only]
+        [--folds 5] [--only-folds 0 1 2] [--workdir DIR] [--set train.max_epochs=20 ...] [--throughput-only] [--summary-only]
 
 The CPU of this machine is shared with other work: the load average is printed with the figures.
+
+The settings of the figures reported on issue 13 (112 px frames: at 64 px the B-lines and the pleural line are
+a pixel or two; the last epoch kept, since a validation split of about 8 patients picks lucky early epochs):
+
+    python benchmarks/video.py --tasks severity01 pcr --families resnet3d frame_cnn --workdir DIR --set
+        train.epochs=40 train.batch_size=16 train.num_threads=1 train.select=last ingest.video.size=112 prepare.max_size=112
 """
 
 from __future__ import annotations
@@ -156,7 +162,8 @@ def summarise(results: dict[str, dict[str, list[dict[str, float]]]]) -> None:
                 values = [f[key] for f in folds if key in f and f[key] == f[key]]
                 cells.append(f"{statistics.mean(values):.3f} +- {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
                              if values else "-")
-            print(f"{task:<12}{family:<11}" + "".join(f"{c:>20}" for c in cells))
+            per_fold = " ".join(f"{f['auc']:.3f}" for f in folds)
+            print(f"{task:<12}{family:<11}" + "".join(f"{c:>20}" for c in cells) + f"   folds' auc: {per_fold}")
     print(f"\n{PAPER}\nload average {os.getloadavg()}")
 
 
@@ -165,6 +172,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["pcr", "severity01", "severity4"])
     parser.add_argument("--families", nargs="+", default=["frame_cnn", "cnn_rnn", "resnet3d"])
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--only-folds", nargs="+", type=int, default=None, help="run these folds (0-based) only, e.g. for screening")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--set", nargs="*", default=[], help="params overrides, e.g. train.max_epochs=20")
     parser.add_argument("--throughput-files", type=int, default=40)
@@ -207,7 +215,7 @@ def main() -> None:
             manifest = ingest_source(task_source(task, root), root / f"ingest-{task}", params.ingest, SALT).manifest
         for k, fold_manifest in enumerate(fold_manifests(manifest, args.folds, params.prepare.seed)):
             for family in args.families:
-                if (task, k, family) in done:
+                if (task, k, family) in done or (args.only_folds is not None and k not in args.only_folds):
                     continue
                 metrics = run_fold(fold_manifest, params, family, root / f"{task}-fold{k}")
                 with open(root / RESULTS, "a") as f:

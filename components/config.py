@@ -295,7 +295,10 @@ class TrainConfig(_Section):
     learning_rate: float
     weight_decay: float
     label_smoothing: float
-    patience: int  # epochs without a better validation AUC before stopping...
+    # The saved epoch: best validation AUC, lowest validation loss, or the last one (then no early stopping);
+    # on a validation split of a few patients the best AUC can be a lucky early epoch.
+    select: Literal["val_auc", "val_loss", "last"]
+    patience: int  # epochs without a better validation figure (train.select) before stopping...
     early_stopping_after: float  # ...once this share of the planned epochs has run
     seed: int
     num_threads: int  # 0: every core this process may use

@@ -1,4 +1,4 @@
-"""train: fit a MONAI network on the prepared train split, selecting the epoch by validation AUC.
+"""train: fit a MONAI network on the prepared train split, keeping the epoch `train.select` picks (validation AUC by default).
 
 Writes under `out_dir`: `model.pt` + `model.json` (the selected epoch, see components.ml.models),
 `history.json` (the training curves: one record per epoch with losses, validation AUC, learning
@@ -311,11 +311,20 @@ def _validate(run: _Run, data: _Data, device: torch.device) -> tuple[float, floa
     return val_loss, score_auc(data.y_val, val_probs)
 
 
+def _better(val_auc: float, val_loss: float, best: dict[str, Any], select: str) -> bool:
+    """Whether an epoch with these validation figures replaces `best` under `select` (train.select)."""
+    if select == "last":
+        return True
+    if select == "val_loss":
+        return val_loss < best["loss"]
+    # NaN (one class in val) never counts as better; equal AUC prefers the lower validation loss.
+    return val_auc > best["auc"] or (val_auc == best["auc"] and val_loss < best["loss"])
+
+
 def _select(run: _Run, course: _Course, record: dict[str, float], cfg: TrainConfig, deadline: float, replica: Replica) -> None:
     """Keep the epoch of `record` when it is the best so far, and decide whether training stops."""
     val_auc, val_loss, epoch = record["val_auc"], record["val_loss"], int(record["epoch"])
-    # NaN (one class in val) never counts as better; equal AUC prefers the lower validation loss.
-    if val_auc > course.best["auc"] or (val_auc == course.best["auc"] and val_loss < course.best["loss"]):
+    if _better(val_auc, val_loss, course.best, cfg.select):
         course.best = {"auc": val_auc, "loss": val_loss, "epoch": epoch, "weights": _copy_state(run.eval_model)}
         course.stale = 0
     else:

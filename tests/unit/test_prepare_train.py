@@ -16,6 +16,7 @@ from components.stages.prepare import prepare_dataset, split_patients
 from components.data.artifacts import CHECKPOINT_FILE, HISTORY_FILE, TRAINING_FILE
 from components.ml.weights import bn_calibration_images
 from components.stages.train import (
+    _better,
     class_weights,
     epoch_batches,
     plan_epochs,
@@ -175,6 +176,22 @@ def test_prepare_train_evaluate_beats_chance(prepared, tmp_path):
     assert page.count("<svg") == 4  # ROC, confusion, calibration, training curves
     assert "REFUSED" in page and "auc &gt;= 0.99" in page and "site" in page
     assert "<script" not in page and "src=" not in page  # self-contained: nothing to fetch
+
+
+def test_epoch_selection_rules():
+    best = {"auc": 0.8, "loss": 0.5}
+    assert _better(0.9, 0.9, best, "val_auc") and _better(0.8, 0.4, best, "val_auc") and not _better(0.7, 0.1, best, "val_auc")
+    assert not _better(float("nan"), 0.1, best, "val_auc")  # one class in val: never better
+    assert _better(0.1, 0.4, best, "val_loss") and not _better(0.99, 0.6, best, "val_loss")
+    assert _better(0.1, 9.0, best, "last")
+
+
+def test_selecting_the_last_epoch_never_stops_early(prepared, tmp_path):
+    cfg = TINY.model_copy(update={"select": "last", "patience": 1, "early_stopping_after": 0.0})
+    trained = train_model(prepared, cfg, tmp_path / "train")
+    summary = json.loads((tmp_path / "train" / TRAINING_FILE).read_text())
+    assert trained.best_epoch == cfg.epochs == len(json.loads((tmp_path / "train" / HISTORY_FILE).read_text()))
+    assert summary["stopped"] == "epochs"
 
 
 class Killed(Exception):
