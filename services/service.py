@@ -12,7 +12,8 @@ Endpoints of `Classifier`:
   decision, and `model_card`: its links, or null when the model store entry holds no card.
 - `GET /model_card` (HTML) and `GET /model_card.md` (Markdown): the card stored with the model; 404
   without one.
-- BentoML's `/livez`, `/readyz` and `/metrics` (Prometheus).
+- BentoML's `/livez`, `/readyz` and `/metrics` (Prometheus); `/readyz` answers 200 only once every worker
+  process of the server has loaded the model (`__is_ready__`, services.readiness).
 
 Uploads are decoded and preprocessed with the training code (`components.ml.transforms.preprocess`),
 then the network runs behind `services.batching.MicroBatcher`: concurrent requests of a worker share
