@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from components.config import BURNED_IN_MODALITIES
 from components.readers import READERS, ImageDecodeError
-from components.readers.dicom import is_cine, parse
+from components.readers.dicom import header_text, is_cine, parse
 from components.readers.raster import PNG_MAGIC
 
 VIDEO = "VIDEO"  # a clip from a video container (MP4, MOV, AVI)
@@ -56,8 +56,8 @@ def burned_in_risk(data: bytes) -> Risk | None:
         with warnings.catch_warnings():  # pydicom's warnings can quote header values
             warnings.simplefilter("ignore")
             head = parse(data, keep=True)  # for the reader: the file is parsed once
-        modality = str(head.get("Modality", "") or "").strip().upper()
-        burned = str(head.get("BurnedInAnnotation", "") or "").strip().upper()
+        modality = header_text(head, "Modality").upper()
+        burned = header_text(head, "BurnedInAnnotation").upper()
         clip = is_cine(head)
     except Exception:  # noqa: BLE001 - an unreadable header is the decoder's to report
         return None

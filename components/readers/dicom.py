@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, iter_pixels
 from pydicom.tag import BaseTag
+from pydicom.values import convert_DS_string, convert_IS_string
 
 from components.privacy.deid import pseudonym
 from components.readers.base import (
@@ -41,6 +42,12 @@ _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$")
 # a cine loop's frames are decoded one at a time, and a copy of all of them would double its memory.
 _DEFER_BYTES = 16 * 2**20
 _NATIVE_LE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})  # Implicit and Explicit VR Little Endian
+# Values `_plain_value` decodes without pydicom: binary integers (VR: bytes, signed) and text VRs whose
+# one plain-ASCII value pydicom gives as the right-stripped string (UIDs: of NULs too).
+_BINARY_INTS = {"US": (2, False), "SS": (2, True), "UL": (4, False), "SL": (4, True)}
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+_NUMBER_STRINGS = {"DS": convert_DS_string, "IS": convert_IS_string}
+_CONVERT = object()  # `_plain_value`: leave this value to pydicom
 _kept: tuple[bytes, Dataset] | None = None  # a file and its dataset, parsed for the next `parse` call
 
 
@@ -93,9 +100,49 @@ def _has(ds: Dataset, keyword: str) -> bool:
 
 def _value(ds: Dataset, keyword: str, default: Any = None) -> Any:
     """``ds.get(keyword, default)`` by a cached tag: pydicom's keyword look-up costs more than reading
-    the element, and a header is read some fifty times per image."""
+    the element, and a header is read some fifty times per image. A value still as read is decoded
+    here where that is plain (`_plain_value`): pydicom's conversion of one element costs about 10 us,
+    as much as a small image's pixels."""
     tag = _tag(keyword)
-    return ds[tag].value if tag in ds else default
+    elem = ds.get_item(tag, keep_deferred=True)
+    if elem is None:
+        return default
+    if isinstance(elem, RawDataElement) and (value := _plain_value(elem)) is not _CONVERT:
+        return value
+    return ds[tag].value
+
+
+@cache
+def _dictionary_vr(tag: BaseTag) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
+
+
+def _plain_value(elem: RawDataElement) -> Any:
+    """The value pydicom gives a raw element, for the encodings where that is plain: one binary integer
+    (US, SS, UL, SL), OB/OW bytes, IS and DS by pydicom's converters, and text that is printable ASCII
+    without a backslash (one value; every DICOM character set reads those bytes as ASCII),
+    right-stripped of spaces. `_CONVERT` for anything else (empty, deferred, UN, text other than a UID
+    padded with NULs, PN, sequences): pydicom converts those."""
+    value, vr = elem.value, elem.VR or _dictionary_vr(elem.tag)
+    if not isinstance(value, bytes) or not value:
+        return _CONVERT
+    if vr in _BINARY_INTS:
+        size, signed = _BINARY_INTS[vr]
+        if len(value) != size:
+            return _CONVERT
+        return int.from_bytes(value, "little" if elem.is_little_endian else "big", signed=signed)
+    if vr in ("OB", "OW", "OB or OW"):
+        return value
+    if vr in _NUMBER_STRINGS:  # pydicom's own converter, without the element around it
+        return _NUMBER_STRINGS[vr](value, elem.is_little_endian)
+    if vr == "UI":  # padded with a NUL to an even length; always in the default character set
+        value = value.rstrip(b"\0 ")
+    if not _PLAIN_ASCII.fullmatch(value):
+        return _CONVERT
+    return value.decode("ascii").rstrip(" ") if vr in _TEXT_VRS else _CONVERT
 
 
 def parse(data: bytes, keep: bool = False) -> Dataset:
@@ -135,9 +182,9 @@ def refuse_identifying_pixels(ds: Dataset) -> None:
     Raises:
         ImageDecodeError: BurnedInAnnotation or RecognizableVisualFeatures is YES.
     """
-    if str(_value(ds, "BurnedInAnnotation", "") or "").strip().upper() == "YES":
+    if header_text(ds, "BurnedInAnnotation").upper() == "YES":
         raise ImageDecodeError("DICOM BurnedInAnnotation is YES: text in the pixels may identify the patient")
-    if str(_value(ds, "RecognizableVisualFeatures", "") or "").strip().upper() == "YES":
+    if header_text(ds, "RecognizableVisualFeatures").upper() == "YES":
         raise ImageDecodeError("DICOM RecognizableVisualFeatures is YES: the pixels show features that may identify the patient")
 
 
@@ -148,7 +195,7 @@ def is_cine(ds: Dataset) -> bool:
     if _frames(ds) < 2:
         return False
     timed = any(_has(ds, k) for k in ("FrameTime", "FrameTimeVector", "CineRate"))
-    modality = str(_value(ds, "Modality", "") or "").strip().upper()
+    modality = header_text(ds, "Modality").upper()
     return timed or int(_value(ds, "SamplesPerPixel", 1) or 1) > 1 or modality not in VOLUME_MODALITIES
 
 
@@ -232,7 +279,7 @@ def dicom_to_array(ds: Dataset, limits: DecodeLimits | None) -> np.ndarray:
     frames = _frames(ds)
     samples = int(_value(ds, "SamplesPerPixel", 1) or 1)
     photometric = str(_value(ds, "PhotometricInterpretation", "")).strip().upper()
-    modality = str(_value(ds, "Modality", "") or "").strip().upper()
+    modality = header_text(ds, "Modality").upper()
     if is_cine(ds):
         raise NotAClipModel(f"multi-frame {modality or 'DICOM'} object ({frames} frames) is a cine loop, "
                             "not an image or volume (read it with a clip spec)")
@@ -304,7 +351,7 @@ def native_pixels(ds: Dataset) -> np.ndarray | None:
     rows, columns = _value(ds, "Rows"), _value(ds, "Columns")
     if bits not in (8, 16, 32) or _value(ds, "BitsStored") != bits or signed not in (0, 1) or not rows or not columns:
         return None
-    data = ds.PixelData
+    data = _value(ds, "PixelData")
     count = rows * columns
     if not isinstance(data, bytes) or len(data) not in (count * bits // 8, count * bits // 8 + 1):  # + even padding
         return None
@@ -382,7 +429,7 @@ def header_columns(ds: Dataset, salt: str) -> dict[str, Any]:
     SOPInstanceUID; ``site``: ``site-`` + pseudonym of InstitutionName.
     """
     def text(keyword: str) -> str:
-        return _text(ds, keyword)
+        return header_text(ds, keyword)
 
     patient = text("PatientID") or text("StudyInstanceUID")
     sop = str(_value(ds, "SOPInstanceUID", "") or "")
@@ -404,15 +451,8 @@ def header_columns(ds: Dataset, salt: str) -> dict[str, Any]:
     return {k: v for k, v in columns.items() if v is not None}
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    """``str(ds.get(keyword) or "").strip()``. A value still as read whose bytes are printable ASCII
-    without a backslash (one value) is decoded here: every DICOM character set reads those bytes as
-    ASCII, and pydicom's conversion of a value costs more than decoding a small image's pixels."""
-    tag = _tag(keyword)
-    elem = ds.get_item(tag) if tag in ds else None
-    raw = elem.value if isinstance(elem, RawDataElement) else None
-    if isinstance(raw, bytes) and _PLAIN_ASCII.fullmatch(raw):
-        return raw.decode("ascii").strip()
+def header_text(ds: Dataset, keyword: str) -> str:
+    """``str(ds.get(keyword) or "").strip()``, by `_value`."""
     return str(_value(ds, keyword, "") or "").strip()
 
 

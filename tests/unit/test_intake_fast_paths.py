@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
@@ -120,6 +121,53 @@ def test_a_raw_value_padded_with_nuls_goes_through_pydicom() -> None:
     for _ in converted:
         pass
     assert header_columns(parse(data), SALT) == header_columns(converted, SALT)
+
+
+_VALUES = {  # keyword: values as written, one of each VR `_plain_value` decodes (and some it leaves to pydicom)
+    "Rows": 7, "SmallestImagePixelValue": -3, "ReferencedFrameNumber": 12, "SimpleFrameList": [70000],
+    "RescaleSlope": "0.5", "RescaleIntercept": "-1024", "PixelSpacing": ["0.7", " 1.25e-1"], "SliceThickness": "9.75",
+    "NumberOfFrames": "1", "InstanceNumber": " 12 ", "SeriesNumber": "1.0", "SOPInstanceUID": "1.2.345",
+    "StudyInstanceUID": "1.2.3456", "Modality": "CT", "PatientAge": "045Y", "StudyDate": "20200601",
+    "Manufacturer": "Acme ", "ImageType": ["ORIGINAL", "PRIMARY"], "PatientName": "Doe^Jane", "InstitutionName": "",
+    "FrameTimeVector": ["0", "33.3"],
+}
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")  # "1.0": pydicom reads it, and so must this
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_values_read_without_conversion_are_pydicoms(syntax: str) -> None:
+    """Every value `_value` decodes itself equals what pydicom converts, and has a type that compares the same."""
+    values = dict(_VALUES)
+    values["ReferencedFrameNumber"] = 12  # IS in the dictionary; US/SS/UL/SL below set by element
+    data = _dicom(np.arange(12, dtype=np.int16).reshape(3, 4), syntax=syntax, **values)
+    raw, converted = parse(data), pydicom.dcmread(io.BytesIO(data))
+    for keyword in [*values, "PixelData", "BitsAllocated", "PixelRepresentation"]:
+        fast, expected = dicom_reader._value(raw, keyword), converted.get(keyword)
+        expected = list(expected) if isinstance(expected, MultiValue) else expected
+        fast = list(fast) if isinstance(fast, list) else fast
+        assert fast == expected and (fast is None) == (expected is None), keyword
+        assert dicom_reader.header_text(raw, keyword) == str(converted.get(keyword) or "").strip(), keyword
+    malformed = parse(data.replace(b"9.75", b"9,75"))  # left to pydicom, which refuses it
+    with pytest.raises(ValueError, match="9,75"):
+        dicom_reader._value(malformed, "SliceThickness")
+
+
+def test_plain_values_cover_the_binary_integer_vrs() -> None:
+    ds = Dataset()
+    ds.add_new(0x00091001, "SS", -2)
+    ds.add_new(0x00091002, "UL", 70000)
+    ds.add_new(0x00091003, "SL", -70000)
+    ds.add_new(0x00091004, "US", [1, 2])  # two values: pydicom's list
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    raw = parse(buf.getvalue())
+    for tag, expected in ((0x00091001, -2), (0x00091002, 70000), (0x00091003, -70000)):
+        value = dicom_reader._plain_value(raw.get_item(tag))
+        assert value == expected and type(value) is int
+    assert dicom_reader._plain_value(raw.get_item(0x00091004)) is dicom_reader._CONVERT
 
 
 def test_ingest_parses_each_dicom_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
