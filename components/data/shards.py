@@ -9,6 +9,7 @@ measures both). Fixed member timestamps: the same pixels give the same shard byt
 from __future__ import annotations
 
 import io
+import math
 import zipfile
 from functools import cache
 from pathlib import Path
@@ -69,9 +70,12 @@ def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
 
 
 def pixel_columns(arr: np.ndarray, digest: str, rel: str) -> dict[str, Any]:
-    """The manifest columns of a stored array: `rel` (its path), shape, dtype, intensity statistics, hash."""
+    """The manifest columns of a stored array: `rel` (its path), shape, dtype, intensity statistics, hash.
+
+    The statistics are `np.mean`'s and `np.std`'s in float64 to the bit: their reductions, called
+    without numpy's Python wrappers (a small image's statistics cost less than those)."""
     colour = is_colour(arr)
-    mean = arr.mean(dtype=np.float64)
+    mean = np.add.reduce(arr, axis=None, dtype=np.float64) / arr.size
     deviation = np.subtract(arr, mean, dtype=np.float64)  # np.std's steps, its mean computed once
     spatial = arr.shape[:2] if colour else arr.shape
     ndim = len(spatial)
@@ -82,13 +86,18 @@ def pixel_columns(arr: np.ndarray, digest: str, rel: str) -> dict[str, Any]:
         "width": int(spatial[-1]),
         "depth": int(spatial[0]) if ndim == 3 else 1,
         "channels": int(arr.shape[-1]) if colour else 1,
-        "dtype": str(arr.dtype),
-        "intensity_min": float(arr.min()),
-        "intensity_max": float(arr.max()),
+        "dtype": _dtype_name(arr.dtype),
+        "intensity_min": float(np.minimum.reduce(arr, axis=None)),
+        "intensity_max": float(np.maximum.reduce(arr, axis=None)),
         "intensity_mean": float(mean),
-        "intensity_std": float(np.sqrt(np.square(deviation, out=deviation).mean())),
+        "intensity_std": math.sqrt(np.add.reduce(np.square(deviation, out=deviation), axis=None) / deviation.size),
         "content_hash": digest,
     }
+
+
+@cache
+def _dtype_name(dtype: np.dtype) -> str:
+    return str(dtype)  # costs more than a small image's minimum
 
 
 class ImageStore:

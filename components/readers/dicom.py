@@ -313,10 +313,8 @@ def dicom_to_array(ds: Dataset, limits: DecodeLimits | None) -> np.ndarray:
             shift = _whole_shift(values, ds)
             if shift is None:
                 return np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
-            units = values.astype(np.float32)
-            if shift:
-                units += np.float32(shift)
-            return units
+            # int16 + a whole shift is exact in float32: one pass where a float64 LUT made two
+            return np.add(values, np.float32(shift), dtype=np.float32) if shift else values.astype(np.float32)
         slope, intercept = (rescale[:, 0], rescale[:, 1]) if per_frame else rescale[0]
         if per_frame:
             slope, intercept = slope[:, None, None], intercept[:, None, None]

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
 from components.readers.base import DecodeLimits, ImageDecodeError, check_declared
 
 # WaveformSampleInterpretation -> (numpy type, full scale, offset) of linear codes.
 _LINEAR = {"SB": ("i1", 128.0, 0.0), "UB": ("u1", 128.0, 128.0), "SS": ("<i2", 32768.0, 0.0),
            "US": ("<u2", 32768.0, 32768.0), "SL": ("<i4", 2.0**31, 0.0), "UL": ("<u4", 2.0**31, 2.0**31)}
+_WAVEFORM_SEQUENCE, _PIXEL_DATA = BaseTag(0x54000100), BaseTag(0x7FE00010)
 
 
 def is_waveform(ds: Dataset) -> bool:
     """Whether a header holds waveforms and no image."""
-    return "WaveformSequence" in ds and "PixelData" not in ds and len(ds.WaveformSequence) > 0
+    # By tag: a keyword look-up costs more than the check, which every DICOM file goes through.
+    return _WAVEFORM_SEQUENCE in ds and _PIXEL_DATA not in ds and len(ds[_WAVEFORM_SEQUENCE].value) > 0
 
 
 def waveform_recording(ds: Dataset, limits: DecodeLimits | None) -> tuple[np.ndarray, int, float]:
