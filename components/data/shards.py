@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import zipfile
+import zlib
 from functools import cache
 from pathlib import Path
 from typing import Any, Self
@@ -39,12 +40,8 @@ class ShardWriter:
             if self._zip is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._zip = zipfile.ZipFile(self.path.with_suffix(".tmp"), "w", zipfile.ZIP_STORED, allowZip64=True)
-            header = _npy_header(arr.dtype.str, arr.shape)
-            info = zipfile.ZipInfo(member, date_time=_ZIP_TIME)
-            info.file_size = len(header) + arr.nbytes  # zip64 fields only where the member needs them
-            with self._zip.open(info, "w") as f:  # the bytes `np.save` writes, without copying the pixels
-                f.write(header)
-                f.write(np.ascontiguousarray(arr).data.cast("B"))
+            # the bytes `np.save` writes, without copying the pixels
+            _store(self._zip, member, _npy_header(arr.dtype.str, arr.shape), np.ascontiguousarray(arr).data.cast("B"))
             self._members.add(member)
         return pixel_columns(arr, digest, f"{self.rel}/{member}")
 
@@ -59,6 +56,24 @@ class ShardWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _store(zf: zipfile.ZipFile, name: str, header: bytes, data: memoryview) -> None:
+    """Append a stored member `header` + `data` to `zf` (open for writing) with the bytes
+    ``zf.open(name, "w")`` writes, zip64 fields only where the member needs them. Its CRC and size
+    are known before it is written, so its header is written once: zipfile writes it, seeks back to
+    rewrite it and flushes its buffer around every member, which costs more than the CRC."""
+    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+    info.file_size = info.compress_size = len(header) + data.nbytes
+    info.CRC = zlib.crc32(data, zlib.crc32(header))
+    info.external_attr = 0o600 << 16  # what zipfile gives a member written without one
+    info.header_offset = zf.start_dir
+    zf.fp.write(info.FileHeader(info.file_size * 1.05 > zipfile.ZIP64_LIMIT))  # zipfile's own zip64 rule
+    zf.fp.write(header)
+    zf.fp.write(data)
+    zf.start_dir = zf.fp.tell()  # where the central directory, written by `close`, begins
+    zf.filelist.append(info)
+    zf.NameToInfo[name] = info
 
 
 @cache

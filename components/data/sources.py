@@ -24,31 +24,29 @@ def is_labels_file(src: Path) -> bool:
     return src.is_file() and src.suffix.lower() == ".csv"
 
 
-def detect_kind(src: Path) -> str:
-    """The layout of a source: "npz"; a labelled folder by the format of the files it lists ("dicom",
-    "nifti", "video", "audio"); class folders of images ("png") or of recordings ("audio-folders").
+def detect_source(src: Path) -> tuple[str, list[str]]:
+    """The layout of a source and, for a labelled folder, its files that some reader claims by name
+    (relative posix paths; [] for the other layouts). Layouts: "npz"; a labelled folder by the format of
+    the files it lists ("dicom", "nifti", "video", "audio"); class folders of images ("png") or of
+    recordings ("audio-folders").
 
     Raises:
         ValueError: none of `SUPPORTED_SOURCES`.
     """
     if src.is_file() and src.suffix.lower() == ".npz":
-        return "npz"
+        return "npz", []
     folder = src.parent if is_labels_file(src) else src
     if folder != src or (src / LABELS_FILE).is_file():
-        names = {r.name for p in listed_candidates(folder) if (r := reader_for_name(p)) is not None}
-        return names.pop() if names in ({"nifti"}, {"video"}, {"audio"}) else "dicom"
+        claimed = [(p, r.name) for p in walk_files(folder) if (r := reader_for_name(p)) is not None]
+        names = {name for _, name in claimed}
+        return names.pop() if names in ({"nifti"}, {"video"}, {"audio"}) else "dicom", [p for p, _ in claimed]
     if src.is_dir():
         for sub in src.iterdir():
             found = {r.name for p in sub.rglob("*") if p.is_file() and (r := reader_for_name(p.name)) is not None
                      and r.in_class_folders} if sub.is_dir() and not sub.name.startswith(".") else set()
             if found:
-                return "audio-folders" if found == {"audio"} else "png"
+                return "audio-folders" if found == {"audio"} else "png", []
     raise ValueError(f"{src}: unsupported source; supported: {'; '.join(SUPPORTED_SOURCES)}")
-
-
-def listed_candidates(src: Path) -> list[str]:
-    """The files of a labels.csv folder that some reader claims by name."""
-    return [p for p in walk_files(src) if reader_for_name(p) is not None]
 
 
 def in_class_folders(name: str) -> bool:

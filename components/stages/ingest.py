@@ -63,7 +63,7 @@ from components.data.manifest import (
 from components.data.medmnist import MEDMNIST_PREFIX, SplitUnreadable, archive_splits, open_split
 from components.data.shards import ShardWriter
 from components.data.sources import (
-    LABELS_FILE, SUPPORTED_SOURCES, detect_kind, in_class_folders, is_labels_file, listed_candidates, walk_files,
+    LABELS_FILE, SUPPORTED_SOURCES, detect_source, in_class_folders, is_labels_file, walk_files,
 )
 from components.privacy.deid import pseudonym
 from components.privacy.names import file_pseudonym, source_label
@@ -193,7 +193,7 @@ def _ingest(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: str, sho
     src = Path(source)
     if not src.exists():
         raise ValueError(f"{src}: source does not exist; supported: {'; '.join(SUPPORTED_SOURCES)}")
-    kind = detect_kind(src)
+    kind, listed = detect_source(src)  # a labelled folder's files: walked once
     src, labels_file = (src.parent, src.name) if is_labels_file(src) else (src, LABELS_FILE)
     _check_out_dir(src, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,7 +207,7 @@ def _ingest(source: str | Path, out_dir: Path, cfg: IngestConfig, salt: str, sho
         sink = _Sink(out_dir, salt, writer, src,
                      allowed_labels=frozenset(cfg.class_names) if cfg.class_names else None)
         if kind in ("dicom", "nifti", "video", "audio"):
-            _ingest_labelled_folder(src, labels_file, cfg, sink, progress)
+            _ingest_labelled_folder(src, labels_file, listed, cfg, sink, progress)
         elif kind in ("png", "audio-folders"):
             _ingest_class_folders(src, cfg, sink, progress)
         else:
@@ -257,9 +257,10 @@ def _check_out_dir(src: Path, out_dir: Path) -> None:
 _Accepted = tuple[str, str, str | None, str, dict[str, str]]
 
 
-def _ingest_labelled_folder(src: Path, labels_file: str, cfg: IngestConfig, sink: _Sink, progress: _Progress) -> None:
+def _ingest_labelled_folder(src: Path, labels_file: str, files: list[str], cfg: IngestConfig, sink: _Sink,
+                            progress: _Progress) -> None:
+    """`files`: the folder's files some reader claims (`detect_source`)."""
     rows = read_labels(src / labels_file, cfg.key_column)
-    files = listed_candidates(src)
     by_key, unreadable = _files_by_key(src, files, cfg.key_column, progress)
     accepted, used = _match_rows(src, rows, by_key, cfg.key_column, sink)
     progress.grow(len(accepted))

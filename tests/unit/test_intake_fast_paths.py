@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -186,13 +187,31 @@ def test_shard_members_are_the_bytes_np_save_writes(tmp_path: Path) -> None:
     arrays = [np.arange(12, dtype=np.float32).reshape(3, 4), np.ones((2, 3, 3), np.uint8), np.arange(5, dtype=">i2")]
     with ShardWriter(tmp_path, 0) as writer:
         members = [writer.add(a)["path"].rsplit("/", 1)[1] for a in arrays]
-    import zipfile
-
     with zipfile.ZipFile(tmp_path / "images" / "00000.npz") as zf:
         for array, member in zip(arrays, members, strict=True):
             expected = io.BytesIO()
             np.save(expected, array)
             assert zf.read(member) == expected.getvalue()
+
+
+@pytest.mark.parametrize("zip64_limit", [zipfile.ZIP64_LIMIT, 150])  # 150: zip64 headers and offsets on small members
+def test_shards_are_the_bytes_zipfile_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zip64_limit: int) -> None:
+    """Members written with their CRC known up front give the shard zipfile's own writer gives (DVC sees no change)."""
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", zip64_limit)
+    arrays = [np.arange(12, dtype=np.float32).reshape(3, 4), np.ones((2, 3, 3), np.uint8), np.arange(40, dtype=">i2"),
+              np.arange(12, dtype=np.float32).reshape(3, 4)]  # the last: a duplicate, stored once
+    with ShardWriter(tmp_path, 0) as writer:
+        members = [writer.add(a)["path"].rsplit("/", 1)[1] for a in arrays]
+    expected = tmp_path / "zipfile.npz"
+    with zipfile.ZipFile(expected, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for array, member in list(zip(arrays, members, strict=True))[:3]:
+            info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
+            npy = io.BytesIO()
+            np.save(npy, array)
+            info.file_size = len(npy.getvalue())
+            with zf.open(info, "w") as f:
+                f.write(npy.getvalue())
+    assert (tmp_path / "images" / "00000.npz").read_bytes() == expected.read_bytes()
 
 
 def test_walk_files_follows_file_links_not_folder_links_and_skips_hidden(tmp_path: Path) -> None:
