@@ -486,6 +486,7 @@ def test_worker_processes_give_the_same_dataset(cohort: Path, tmp_path: Path, mo
     from components.data import decoding
 
     monkeypatch.setattr(decoding, "_POOL_START_S", 0.0)  # a small cohort is worth the processes only if they cost nothing
+    monkeypatch.setattr(decoding, "spare_cores", lambda since: 1.0)  # and only on a core nothing else uses
     monkeypatch.setattr(decoding, "ProcessPoolExecutor", _Counting)
     _Counting.submitted = 0
     inline = ingest_source(cohort, tmp_path / "a", default_params(ingest={"workers": 1, "shard_size": 4}).ingest, SALT)
@@ -508,6 +509,34 @@ def test_a_small_source_is_decoded_without_starting_processes(cohort: Path, tmp_
     _Counting.submitted = 0
     ingest_source(cohort, tmp_path / "a", default_params(ingest={"workers": 2, "shard_size": 4}).ingest, SALT)
     assert _Counting.submitted == 0  # a few milliseconds a chunk: starting two processes would cost more
+
+
+def test_no_processes_start_where_other_work_keeps_the_cores_busy(cohort: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """More processes on busy cores would share them with this one and add their start: never faster."""
+    from components.data import decoding
+
+    monkeypatch.setattr(decoding, "_POOL_START_S", 0.0)
+    monkeypatch.setattr(decoding, "spare_cores", lambda since: 0.0)
+    monkeypatch.setattr(decoding, "ProcessPoolExecutor", _Counting)
+    _Counting.submitted = 0
+    ingest_source(cohort, tmp_path / "a", default_params(ingest={"workers": 2, "shard_size": 4}).ingest, SALT)
+    assert _Counting.submitted == 0
+
+
+def test_spare_cores_are_the_idle_share_of_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from components.data import decoding
+
+    monkeypatch.setattr(decoding.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(decoding.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(decoding, "cpu_ticks", lambda: (1150, 1400))
+    assert decoding.spare_cores((1000, 1000)) == pytest.approx(1.5)  # 150 of 400 ticks idle, of 4 CPUs
+    assert decoding.spare_cores((0, 0)) == 3.0  # all idle: every core but this process's own
+    monkeypatch.setattr(decoding, "cpu_ticks", lambda: (1000, 1400))
+    assert decoding.spare_cores((1000, 1000)) == 0.0  # none idle
+    monkeypatch.setattr(decoding.os, "getloadavg", lambda: (3.5, 3.0, 3.0))
+    assert decoding.spare_cores((1000, 1395)) == pytest.approx(0.5)  # too short to measure: the load average
+    assert decoding.spare_cores(None) == pytest.approx(0.5)
 
 
 class _Counting(ProcessPoolExecutor):
