@@ -9,7 +9,9 @@ round timing every contender in turn, so that a load from elsewhere falls on all
 - ``dcmread+pixels``: the same loop touching ``ds.pixel_array`` (what any real reader must do);
 - ``ingest x1``: ingest with one process (read, decode, modality LUT, de-identified header
   columns, hash, shard write, manifest);
-- ``ingest xN``: ingest with `--workers` processes (0: every core this process may use).
+- ``ingest xN``: ingest with `--workers` processes (0: every core this process may use). A pool
+  starts only where it saves more than its start and only on cores that stay idle
+  (`components.data.decoding`): 1,000 files never start one; ``--files 8000 --workers 2`` may.
 Each ingest runs in a fresh process, which reports its peak resident memory and, apart from the
 ingest's seconds, what importing the libraries ingest loads on first use cost it (pandas and pyarrow
 for the manifest: a constant, as the bare loop's ``import pydicom`` is); ingesting half the

@@ -43,7 +43,8 @@ _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$")
 _DEFER_BYTES = 16 * 2**20
 _NATIVE_LE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})  # Implicit and Explicit VR Little Endian
 # Values `_plain_value` decodes without pydicom: binary integers (VR: bytes, signed) and text VRs whose
-# one plain-ASCII value pydicom gives as the right-stripped string (UIDs: of NULs too).
+# one plain-ASCII value pydicom gives as the right-stripped string (UIDs: of NULs too; dates and times
+# as text, pydicom's default).
 _BINARY_INTS = {"US": (2, False), "SS": (2, True), "UL": (4, False), "SL": (4, True)}
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
 _NUMBER_STRINGS = {"DS": convert_DS_string, "IS": convert_IS_string}
@@ -313,7 +314,7 @@ def dicom_to_array(ds: Dataset, limits: DecodeLimits | None) -> np.ndarray:
             shift = _whole_shift(values, ds)
             if shift is None:
                 return np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
-            # int16 + a whole shift is exact in float32: one pass where a float64 LUT made two
+            # 16-bit integers plus a whole shift are exact in float32: one pass, not a cast and an add
             return np.add(values, np.float32(shift), dtype=np.float32) if shift else values.astype(np.float32)
         slope, intercept = (rescale[:, 0], rescale[:, 1]) if per_frame else rescale[0]
         if per_frame:
