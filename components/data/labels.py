@@ -13,6 +13,9 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 
+_UNCLEAN_PARTS = frozenset({"", ".", ".."})  # path parts `relative_file` drops or refuses
+
+
 class LabelRow(NamedTuple):
     """One row: its line number in the file (the header is line 1) and its stripped values by column."""
 
@@ -41,6 +44,8 @@ def relative_file(value: str) -> str | None:
     """A ``path`` value as a clean posix path inside the folder; None when empty, absolute or leaving it."""
     if not value:
         return None
+    if "\\" not in value and value[0] != "/" and not _UNCLEAN_PARTS.intersection(value.split("/")):
+        return value  # already clean, the usual case: no path built (ingest asks once per row)
     p = PurePosixPath(value.replace("\\", "/"))
     if p.is_absolute() or ".." in p.parts:
         return None

@@ -18,6 +18,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
 from components.config import default_params
+from components.data.labels import relative_file
 from components.data.shards import ShardWriter
 from components.data.sources import walk_files
 from components.demo.cohort import generate_cohort
@@ -212,6 +213,14 @@ def test_shards_are_the_bytes_zipfile_writes(tmp_path: Path, monkeypatch: pytest
             with zf.open(info, "w") as f:
                 f.write(npy.getvalue())
     assert (tmp_path / "images" / "00000.npz").read_bytes() == expected.read_bytes()
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("p00001/0.dcm", "p00001/0.dcm"), ("a/..b/c.dcm", "a/..b/c.dcm"), ("./a//b/", "a/b"), ("a\\b.dcm", "a/b.dcm"),
+    ("a/./b.dcm", "a/b.dcm"), ("/abs.dcm", None), ("../x.dcm", None), ("a/../b.dcm", None), ("", None), (".", None),
+])
+def test_relative_file_keeps_clean_paths_and_cleans_or_refuses_the_rest(value: str, expected: str | None) -> None:
+    assert relative_file(value) == expected
 
 
 def test_walk_files_follows_file_links_not_folder_links_and_skips_hidden(tmp_path: Path) -> None:
