@@ -280,8 +280,8 @@ def dicom_to_array(ds: Dataset, limits: DecodeLimits | None) -> np.ndarray:
     frames = _frames(ds)
     samples = int(_value(ds, "SamplesPerPixel", 1) or 1)
     photometric = str(_value(ds, "PhotometricInterpretation", "")).strip().upper()
-    modality = header_text(ds, "Modality").upper()
-    if is_cine(ds):
+    if frames > 1 and is_cine(ds):
+        modality = header_text(ds, "Modality").upper()
         raise NotAClipModel(f"multi-frame {modality or 'DICOM'} object ({frames} frames) is a cine loop, "
                             "not an image or volume (read it with a clip spec)")
     if photometric == "PALETTE COLOR":
