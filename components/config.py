@@ -252,6 +252,9 @@ class ModelConfig(_Section):
     depth: Literal[10, 18, 34]  # ResNet depth (resnet, resnet3d and the cnn_rnn encoder)
     dropout: float
     rnn_hidden: int
+    # instance: every input (an image, a volume, a whole clip) scaled to zero mean and unit variance by the
+    # network's first layer, so gain and brightness set per scan or device are not features; none: as stored.
+    input_norm: Literal["none", "instance"] = "none"
 
 
 class AugmentConfig(_Section):

@@ -111,9 +111,28 @@ class FrameCNN(nn.Module):
         return self.frame(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)).reshape(b, t, -1).mean(dim=1)
 
 
+class Standardized(nn.Module):
+    """`net` on each input scaled to zero mean and unit variance over all its values (`input_norm: instance`):
+    part of the network, so training, evaluation and the service all apply it."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(1, x.ndim))
+        std, mean = torch.std_mean(x, dim=dims, keepdim=True)
+        return self.net((x - mean) / (std + 1e-3))
+
+
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, audio: bool = False) -> nn.Module:
     """The network for inputs of `input_shape` = (C, *spatial) (spectrograms when `audio`), returning
     `num_classes` logits."""
+    net = _build_network(cfg, input_shape, num_classes, audio)
+    return Standardized(net) if cfg.input_norm == "instance" else net
+
+
+def _build_network(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, audio: bool) -> nn.Module:
     family = resolve_family(cfg, input_shape, audio)
     in_channels, spatial = input_shape[0], input_shape[1:]
     if family in FAMILIES_AUDIO:

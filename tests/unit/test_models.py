@@ -29,6 +29,23 @@ def test_family_forward(family, input_shape):
     assert torch.isfinite(out).all()
 
 
+def test_instance_input_norm_ignores_each_inputs_gain_and_offset_and_survives_save_load(tmp_path):
+    cfg = default_params(train={"model": {"family": "resnet3d", "width": 8, "input_norm": "instance"}}).train.model
+    spec = ModelSpec(cfg, (1, 4, 16, 16), ("neg", "pos"), Preprocessing((4, 16, 16), 1, 0.0, 255.0))
+    torch.manual_seed(0)
+    model = build_model(cfg, spec.input_shape, 2).eval()
+    clips = torch.rand(2, *spec.input_shape)
+    rescaled = clips * torch.tensor([3.0, 0.5]).view(2, 1, 1, 1, 1) + torch.tensor([0.2, -0.1]).view(2, 1, 1, 1, 1)
+    plain = build_model(default_params(train={"model": {"family": "resnet3d", "width": 8}}).train.model, spec.input_shape, 2).eval()
+    with torch.no_grad():
+        assert torch.allclose(model(clips), model(rescaled), atol=2e-3)  # up to the guard against a constant input
+        assert not torch.allclose(plain(clips), plain(rescaled), atol=2e-2)  # what the layer is for
+        save_model(model, spec, tmp_path)
+        loaded, loaded_spec = load_model(tmp_path)
+        assert loaded_spec.model.input_norm == "instance"
+        assert torch.allclose(loaded(clips), model(clips))
+
+
 def test_auto_family_follows_dimensions():
     assert resolve_family(default_params().train.model, (1, 28, 28)) == "resnet"
     assert resolve_family(default_params().train.model, (1, 28, 28, 28)) == "resnet3d"
