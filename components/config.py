@@ -254,7 +254,7 @@ class ModelConfig(_Section):
     rnn_hidden: int
     # instance: every input (an image, a volume, a whole clip) scaled to zero mean and unit variance by the
     # network's first layer, so gain and brightness set per scan or device are not features; none: as stored.
-    input_norm: Literal["none", "instance"] = "none"
+    input_norm: Literal["none", "instance"]
 
 
 class AugmentConfig(_Section):

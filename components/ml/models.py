@@ -226,7 +226,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelSpec:
         return cls(
-            model=ModelConfig.model_validate(raw["model"]),
+            model=ModelConfig.model_validate({"input_norm": "none", **raw["model"]}),  # stored before input_norm: none
             input_shape=tuple(int(s) for s in raw["input_shape"]),
             class_names=tuple(raw["class_names"]),
             preprocessing=preprocessing_from_dict(raw["preprocessing"]),

@@ -44,6 +44,9 @@ def test_instance_input_norm_ignores_each_inputs_gain_and_offset_and_survives_sa
         loaded, loaded_spec = load_model(tmp_path)
         assert loaded_spec.model.input_norm == "instance"
         assert torch.allclose(loaded(clips), model(clips))
+    stored = spec.to_dict()
+    del stored["model"]["input_norm"]  # a model stored before the setting existed
+    assert ModelSpec.from_dict(stored).model.input_norm == "none"
 
 
 def test_auto_family_follows_dimensions():
