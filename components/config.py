@@ -294,7 +294,9 @@ class TrainConfig(_Section):
     batch_size: int
     learning_rate: float
     weight_decay: float
-    label_smoothing: float
+    label_smoothing: float = Field(ge=0, lt=1)
+    # > 0: mixup (components.ml.mixup), pairs mixed by a weight drawn from Beta(mixup_alpha, mixup_alpha).
+    mixup_alpha: float = Field(ge=0)
     # The saved epoch: best validation AUC, lowest validation loss, or the last one (then no early stopping);
     # on a validation split of a few patients the best AUC can be a lucky early epoch.
     select: Literal["val_auc", "val_loss", "last"]
