@@ -347,6 +347,9 @@ class EvaluateConfig(_Section):
     prior_correction: bool
     # Test-time augmentation: mean softmax over the input and its flips along these spatial axes; () off.
     tta_flip_axes: tuple[int, ...]
+    # Fit a temperature on validation (NLL) and divide the log-probabilities by it before the prior
+    # correction, as the model predicts (stored with it): the correction assumes calibrated probabilities.
+    calibrate_prediction: bool
 
 
 class Bound(_Section):
