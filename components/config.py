@@ -297,7 +297,9 @@ class TrainConfig(_Section):
     batch_size: int
     learning_rate: float
     weight_decay: float
-    label_smoothing: float
+    label_smoothing: float = Field(ge=0, lt=1)
+    # > 0: mixup (components.ml.mixup), pairs mixed by a weight drawn from Beta(mixup_alpha, mixup_alpha).
+    mixup_alpha: float = Field(ge=0)
     # The saved epoch: best validation AUC, lowest validation loss, or the last one (then no early stopping);
     # on a validation split of a few patients the best AUC can be a lucky early epoch.
     select: Literal["val_auc", "val_loss", "last"]
@@ -348,6 +350,9 @@ class EvaluateConfig(_Section):
     prior_correction: bool
     # Test-time augmentation: mean softmax over the input and its flips along these spatial axes; () off.
     tta_flip_axes: tuple[int, ...]
+    # Fit a temperature on validation (NLL) and divide the log-probabilities by it before the prior
+    # correction, as the model predicts (stored with it): the correction assumes calibrated probabilities.
+    calibrate_prediction: bool
 
 
 class Bound(_Section):

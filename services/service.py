@@ -378,7 +378,7 @@ def _load_verified(model_dir: Path, metadata: dict[str, Any], tag: str) -> tuple
 
 
 # How the model makes its probabilities (components.ml.models.ModelSpec): shown under /metadata's `prediction`.
-_PREDICTION = ("members", "tta_flip_axes", "prior_correction", "class_prior", "trained_prior")
+_PREDICTION = ("members", "tta_flip_axes", "prior_correction", "temperature", "class_prior", "trained_prior")
 
 
 def _describe(

@@ -184,6 +184,8 @@ def _prediction_section(metrics: dict[str, Any]) -> str:
         ["test-time flips", f"axes {', '.join(str(a) for a in flips)}" if flips else "none"],
         ["prior correction", "to the training split's class prior" if prediction.get("prior_correction") else "off"],
     ]
+    if prediction.get("temperature", 1.0) != 1.0:
+        facts.append(["temperature", f"{fmt(prediction['temperature'], 3)} (fitted on validation, before the prior correction)"])
     if "accuracy_uncorrected" in metrics:
         facts.append(["without prior correction", f"accuracy {fmt(metrics['accuracy_uncorrected'])}, balanced accuracy "
                       f"{fmt(metrics.get('balanced_accuracy_uncorrected'))} (corrected: {fmt(metrics.get('accuracy'))}, "

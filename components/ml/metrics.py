@@ -77,21 +77,24 @@ def negative_log_likelihood(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()) if len(labels) else math.nan
 
 
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(logits / T), from probabilities: log-probabilities differ from the logits by a
-    per-image constant, which the softmax removes."""
+def apply_temperature(probs: np.ndarray, temperature: float, offset: np.ndarray | None = None) -> np.ndarray:
+    """softmax(logits / T + offset), from probabilities: log-probabilities differ from the logits by a
+    per-image constant, which the softmax removes. `offset`: per class, e.g. a prior correction."""
     scaled = np.log(np.clip(probs, 1e-12, None)) / temperature
+    if offset is not None:
+        scaled = scaled + offset
     scaled -= scaled.max(axis=1, keepdims=True)
     exp = np.exp(scaled)
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
-    """The temperature in [0.05, 20] minimising the negative log-likelihood of `labels` (Guo et al. 2017)."""
+def fit_temperature(labels: np.ndarray, probs: np.ndarray, offset: np.ndarray | None = None) -> float:
+    """The temperature in [0.05, 20] minimising the negative log-likelihood of `labels` (Guo et al. 2017)
+    under `apply_temperature(probs, T, offset)`."""
     if len(labels) == 0:
         return 1.0
     result = minimize_scalar(
-        lambda log_t: negative_log_likelihood(labels, apply_temperature(probs, math.exp(log_t))),
+        lambda log_t: negative_log_likelihood(labels, apply_temperature(probs, math.exp(log_t), offset)),
         bounds=(math.log(0.05), math.log(20.0)),
         method="bounded",
     )

@@ -176,8 +176,9 @@ class ModelSpec:
     (`components.ml.predictor`): the mean softmax of `members` networks (a seed ensemble) over the
     input and its flips along `tta_flip_axes`, corrected from `trained_prior` (the class prior the
     loss saw: uniform under class balancing) to `class_prior` (the training split's) when
-    `prior_correction`. Train writes the first three; evaluate decides the last two, which packaging
-    stores with the model, so the service predicts as evaluate measured.
+    `prior_correction`, the mean's log-probabilities first divided by `temperature` (1: as they are).
+    Train writes the first three; evaluate decides the last three, which packaging stores with the
+    model, so the service predicts as evaluate measured.
     """
 
     model: ModelConfig
@@ -190,6 +191,7 @@ class ModelSpec:
     trained_prior: tuple[float, ...] = ()
     tta_flip_axes: tuple[int, ...] = ()
     prior_correction: bool = False
+    temperature: float = 1.0
 
     @property
     def audio(self) -> bool:
@@ -201,13 +203,13 @@ class ModelSpec:
             return None
         return prior_adjustment(self.class_prior, self.trained_prior)
 
-    def predicting(self, tta_flip_axes: Sequence[int], prior_correction: bool) -> ModelSpec:
-        """This spec with evaluate's choice of test-time flips and prior correction."""
-        return replace(self, tta_flip_axes=tuple(tta_flip_axes), prior_correction=prior_correction)
+    def predicting(self, tta_flip_axes: Sequence[int], prior_correction: bool, temperature: float = 1.0) -> ModelSpec:
+        """This spec with evaluate's choice of test-time flips, prior correction and temperature."""
+        return replace(self, tta_flip_axes=tuple(tta_flip_axes), prior_correction=prior_correction, temperature=temperature)
 
     def prediction(self) -> dict[str, Any]:
         """The fields evaluate decides (metrics.json's `prediction`, what packaging stores)."""
-        return {"tta_flip_axes": list(self.tta_flip_axes), "prior_correction": self.prior_correction}
+        return {"tta_flip_axes": list(self.tta_flip_axes), "prior_correction": self.prior_correction, "temperature": self.temperature}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -236,6 +238,7 @@ class ModelSpec:
             trained_prior=tuple(float(p) for p in raw.get("trained_prior", ())),
             tta_flip_axes=tuple(int(a) for a in raw.get("tta_flip_axes", ())),
             prior_correction=bool(raw.get("prior_correction", False)),
+            temperature=float(raw.get("temperature", 1.0)),
         )
 
 
@@ -278,11 +281,11 @@ def load_networks(model_dir: Path, expected_sha256: str | None = None) -> tuple[
 
 def spec_predictor(members: Sequence[nn.Module], spec: ModelSpec) -> nn.Module:
     """The module whose softmax is the probabilities `spec` says its networks give (components.ml.predictor)."""
-    return build_predictor(members, len(spec.input_shape) - 1, spec.tta_flip_axes, spec.adjustment())
+    return build_predictor(members, len(spec.input_shape) - 1, spec.tta_flip_axes, spec.adjustment(), spec.temperature)
 
 
 def load_model(model_dir: Path, expected_sha256: str | None = None) -> tuple[nn.Module, ModelSpec]:
     """The model saved by `save_model` as one module, in eval mode, whose softmax is its probabilities
-    as its spec says (members, test-time flips, prior correction); see `load_networks` for the checks."""
+    as its spec says (members, test-time flips, temperature, prior correction); see `load_networks` for the checks."""
     members, spec = load_networks(model_dir, expected_sha256)
     return spec_predictor(members, spec), spec

@@ -8,6 +8,11 @@ adjustment"): a network trained class-balanced (weighted loss or balanced sampli
 p(y|x) under a uniform prior, so its arg-max favours rare classes; adding log(data prior / trained
 prior) to its log-probabilities makes the arg-max that of the data's prior. With one network, no
 flips and no correction, the predictor is the bare network: one forward pass, as before.
+
+With a `temperature` (`evaluate.calibrate_prediction`, fitted on validation), the mean softmax's
+log-probabilities are divided by it before the correction: logit adjustment assumes calibrated
+probabilities, and a network trained with label smoothing or mixup is under-confident, so the
+same log-prior shift would move its arg-max too far.
 """
 
 from __future__ import annotations
@@ -61,17 +66,19 @@ def flip_views(flip_axes: Sequence[int], spatial_dims: int) -> list[tuple[int, .
 
 
 class Predictor(nn.Module):
-    """Members x test-time views -> mean softmax -> optional prior correction.
+    """Members x test-time views -> mean softmax -> / temperature -> optional prior correction.
 
     `forward` returns log-probabilities: valid logits whose softmax is the predictor's probabilities,
     so everything that runs a network (`components.ml.runtime.predict_probs`, the service's batch)
     runs a predictor unchanged. Each member runs once per batch, on all views stacked.
     """
 
-    def __init__(self, members: Sequence[nn.Module], views: Sequence[tuple[int, ...]], adjustment: np.ndarray | None):
+    def __init__(self, members: Sequence[nn.Module], views: Sequence[tuple[int, ...]], adjustment: np.ndarray | None,
+                 temperature: float = 1.0):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.views = list(views) or [()]
+        self.temperature = temperature
         self.adjustment: torch.Tensor | None
         self.register_buffer("adjustment", None if adjustment is None else torch.as_tensor(adjustment, dtype=torch.float32))
 
@@ -83,17 +90,18 @@ class Predictor(nn.Module):
             probs = torch.softmax(member(stacked).float(), dim=1).view(len(self.views), n, -1).sum(dim=0)
             total = probs if total is None else total + probs
         assert total is not None
-        log_probs = torch.log((total / (len(self.members) * len(self.views))).clamp_min(1e-30))
+        log_probs = torch.log((total / (len(self.members) * len(self.views))).clamp_min(1e-30)) / self.temperature
         return log_probs if self.adjustment is None else log_probs + self.adjustment
 
 
 def build_predictor(
-    members: Sequence[nn.Module], spatial_dims: int, flip_axes: Sequence[int] = (), adjustment: np.ndarray | None = None
+    members: Sequence[nn.Module], spatial_dims: int, flip_axes: Sequence[int] = (), adjustment: np.ndarray | None = None,
+    temperature: float = 1.0,
 ) -> nn.Module:
     """The module whose softmax is the model's probabilities: the bare network when there is one member,
-    no flip and no (or a zero) adjustment, else a `Predictor`. In eval mode."""
+    no flip, no (or a zero) adjustment and a temperature of 1, else a `Predictor`. In eval mode."""
     if adjustment is not None and not np.any(adjustment):
         adjustment = None
-    if len(members) == 1 and not flip_axes and adjustment is None:
+    if len(members) == 1 and not flip_axes and adjustment is None and temperature == 1.0:
         return members[0].eval()
-    return Predictor(members, flip_views(flip_axes, spatial_dims), adjustment).eval()
+    return Predictor(members, flip_views(flip_axes, spatial_dims), adjustment, temperature).eval()

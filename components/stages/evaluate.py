@@ -10,7 +10,7 @@ the served model answers) and `plots/` (ROC, calibration and confusion data for 
 Calibration: `ece` is that of the model as served. With `temperature_scaling`, a temperature is
 fitted on the validation split and `ece_scaled`/`nll_scaled` say what it would give; it changes
 neither AUC nor the predicted labels (the threshold is chosen on the same scale).
-How the probabilities are made (`cfg.tta_flip_axes`, `cfg.prior_correction`; ensemble members from
+How the probabilities are made (`cfg.tta_flip_axes`, `cfg.calibrate_prediction`, `cfg.prior_correction`; ensemble members from
 the model): components.ml.predictor, as the service makes them; metrics.json's `prediction` records
 it for packaging. Accuracy and balanced accuracy are always both reported, and `argmax_accuracy`
 (the arg-max class, no threshold: the papers' accuracy; for two classes `accuracy` is at the operating point).
@@ -164,10 +164,19 @@ def member_metrics(networks: list[nn.Module], spec: ModelSpec, splits: _Splits, 
     return out
 
 
+def calibrated(spec: ModelSpec, y_val: np.ndarray, val_probs: np.ndarray) -> ModelSpec:
+    """`spec` with the temperature that minimises the validation NLL of its probabilities (`val_probs`,
+    made at temperature 1) when the log-probabilities are divided by it before the prior correction."""
+    adjustment = spec.adjustment()
+    raw = val_probs if adjustment is None else correct_probs(val_probs, -adjustment)
+    return replace(spec, temperature=fit_temperature(y_val, raw, adjustment))
+
+
 def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir: Path, baseline_dir: Path | None = None) -> EvalReport:
     """Metrics of the model in `model_dir` on the test split of `data_dir`, beside the baseline's when given.
 
-    The model predicts as `cfg` says (test-time flips, prior correction: `ModelSpec.predicting`), which
+    The model predicts as `cfg` says (test-time flips, prior correction: `ModelSpec.predicting`; with
+    `calibrate_prediction` a temperature fitted on validation before the correction), which
     metrics.json records under `prediction` for packaging to store with the model. With prior
     correction, `accuracy_uncorrected`, `balanced_accuracy_uncorrected` and `argmax_accuracy_uncorrected`
     say what it changed; for an ensemble, `members` lists each member's metrics alone.
@@ -179,6 +188,9 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
     splits = _Splits(*load_split(data_dir, "val"), *load_split(data_dir, "test"))
     y_val, y_test, rows = splits.labels()
     val_windows, test_windows = splits.predict(model)
+    if cfg.calibrate_prediction:
+        spec = calibrated(spec, splits.y_val, val_windows)
+        val_windows, test_windows = splits.predict(spec_predictor(networks, spec))
     val_probs, test_probs = splits.per_item(val_windows, test_windows)
     binary = len(spec.class_names) == 2
     scores, threshold = at_threshold(y_val, val_probs, y_test, test_probs, cfg)

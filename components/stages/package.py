@@ -62,7 +62,7 @@ def save_to_model_store(
     fields (`class_names`, `preprocessing`, `operating_threshold`, `input_shape`, `family`, `model`).
     An `operating_threshold` in `metadata` (the operating point chosen at evaluation) replaces the one
     in model.json, in the stored model.json too, so the service decides at the evaluated point; so
-    does a `prediction` (evaluate's `tta_flip_axes` and `prior_correction`, metrics.json's `prediction`),
+    does a `prediction` (evaluate's `tta_flip_axes`, `prior_correction` and `temperature`, metrics.json's `prediction`),
     so the service predicts as evaluation measured.
 
     Args:
@@ -90,7 +90,7 @@ def save_to_model_store(
         spec = dataclasses.replace(spec, operating_threshold=float(threshold))
     prediction = metadata.get("prediction")
     if prediction is not None:
-        spec = spec.predicting(prediction["tta_flip_axes"], bool(prediction["prior_correction"]))
+        spec = spec.predicting(prediction["tta_flip_axes"], bool(prediction["prior_correction"]), float(prediction.get("temperature", 1.0)))
     spec_bytes = json.dumps(spec.to_dict(), indent=2).encode()
     sha256 = file_sha256(weights)
     stored_metadata = {

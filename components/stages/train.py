@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ from components.ml.distributed import (
 )
 from components.ml.ensemble import combine_members
 from components.ml.metrics import score_auc
+from components.ml.mixup import mix_batch, mixed_loss
 from components.ml.models import ModelSpec, build_model, preprocessing_from_dict, resolve_family, save_model
 from components.ml.predictor import class_prior, trained_prior
 from components.ml.prefetch import prefetched
@@ -271,34 +273,40 @@ def _train_epoch(run: _Run, data: _Data, cfg: TrainConfig, device: torch.device,
     on_gpu = device.type == "cuda"
     total, seen, data_seconds = 0.0, 0, 0.0
 
-    def make(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def make(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
         rows = idx.numpy()
         images = run.augment(torch.from_numpy(data.x_train[rows]).to(device, non_blocking=True))
-        return images, torch.from_numpy(data.y_train[rows]).to(device, non_blocking=True)
+        labels = torch.from_numpy(data.y_train[rows]).to(device, non_blocking=True)
+        mixed, partners, lam = mix_batch(images, labels, cfg.mixup_alpha, run.augment_gen)
+        return mixed, labels, partners, lam
 
-    for (images, labels), waited in prefetched(make, epoch_batches(data.y_train, cfg, run.weights, run.shuffle_gen), cfg.prefetch_batches):
+    for (images, labels, partners, lam), waited in prefetched(make, epoch_batches(data.y_train, cfg, run.weights, run.shuffle_gen), cfg.prefetch_batches):
         data_seconds += waited
         if replica.distributed and len(labels) < 2 * replica.world_size:
             continue  # a slice of one image cannot train BatchNorm
         if replica.distributed:  # every replica drew the same global batch; each trains on its slice
-            global_weight = run.criterion_sum.weight[labels].sum()
-            images, labels = replica.shard(images), replica.shard(labels)
+            images = replica.shard(images)
         run.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu and cfg.amp):
             logits = run.net(images)
-            if replica.distributed:
-                loss = global_loss(run.criterion_sum, logits, labels, global_weight, replica)
-            else:
-                loss = run.criterion(logits, labels)
+            loss = mixed_loss(partial(_batch_loss, run, logits, replica), labels, partners, lam)
         loss.backward()
         run.optimizer.step()
         if run.scheduler.last_epoch < run.scheduler.total_steps - 1:  # after the last step: its rate, the schedule's end
             run.scheduler.step()
         if run.ema is not None:
             run.ema.update(run.model)
-        total += loss.item() * len(labels)
-        seen += len(labels)
+        total += loss.item() * len(images)
+        seen += len(images)
     return total, seen, data_seconds
+
+
+def _batch_loss(run: _Run, logits: torch.Tensor, replica: Replica, labels: torch.Tensor) -> torch.Tensor:
+    """The loss of `logits` against `labels` (the whole global batch's): under torchrun, this replica's
+    slice's share of the global batch's weighted mean."""
+    if not replica.distributed:
+        return run.criterion(logits, labels)
+    return global_loss(run.criterion_sum, logits, replica.shard(labels), run.criterion_sum.weight[labels].sum(), replica)
 
 
 def _validate(run: _Run, data: _Data, device: torch.device) -> tuple[float, float]:

@@ -72,25 +72,28 @@ def ensemble_dir(prepared, tmp_path_factory) -> Path:
 def test_evaluation_reports_members_and_how_it_predicted(prepared, ensemble_dir):
     report = evaluate_model(prepared, ensemble_dir / "train", TTA, ensemble_dir / "evaluate")
     metrics = json.loads(report.metrics_path.read_text())
-    assert metrics["prediction"] == {"tta_flip_axes": [-1], "prior_correction": True, "members": 2}
+    assert metrics["prediction"] == {"tta_flip_axes": [-1], "prior_correction": True, "temperature": 1.0, "members": 2}
     assert len(metrics["members"]) == 2
     assert all({"auc", "accuracy", "balanced_accuracy"} <= set(m) for m in metrics["members"])
     assert {"accuracy", "balanced_accuracy"} <= set(report.metrics)
 
 
-def test_packaged_ensemble_predicts_as_evaluated(prepared, ensemble_dir, bentoml_home):
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_packaged_ensemble_predicts_as_evaluated(prepared, ensemble_dir, bentoml_home, calibrate):
     import bentoml
 
     from components.stages.package import save_to_model_store
 
-    evaluate_model(prepared, ensemble_dir / "train", TTA, ensemble_dir / "evaluate-tta")
-    metrics = json.loads((ensemble_dir / "evaluate-tta" / "metrics.json").read_text())
+    out = ensemble_dir / f"evaluate-tta-{calibrate}"
+    evaluate_model(prepared, ensemble_dir / "train", TTA.model_copy(update={"calibrate_prediction": calibrate}), out)
+    metrics = json.loads((out / "metrics.json").read_text())
     tag, _ = save_to_model_store(ensemble_dir / "train", "tiny-ensemble", {"prediction": metrics["prediction"]})
     stored = Path(bentoml.models.get(tag).path)
     model, spec = load_model(stored)
     assert spec.members == 2 and spec.tta_flip_axes == (-1,) and spec.prior_correction
+    assert (spec.temperature != 1.0) == calibrate and spec.temperature == metrics["prediction"]["temperature"]
     x_test, _, rows = load_split(prepared, "test")
-    expected = pd.read_csv(ensemble_dir / "evaluate-tta" / "predictions.csv", dtype={"image_id": str})
+    expected = pd.read_csv(out / "predictions.csv", dtype={"image_id": str})
     assert list(expected["image_id"]) == list(rows["image_id"])
     prob_columns = [f"prob_{name}" for name in spec.class_names]
     np.testing.assert_allclose(predict_probs(model, x_test), expected[prob_columns].to_numpy(), atol=1e-6)

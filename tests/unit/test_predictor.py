@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from components.config import default_params
+from components.ml.metrics import apply_temperature, fit_temperature
 from components.ml.models import ModelSpec, build_model, load_model, load_networks, save_model
 from components.ml.predictor import (
     Predictor,
@@ -76,6 +77,33 @@ def test_predictor_averages_members_and_flips_then_corrects():
     np.testing.assert_allclose(probs, correct_probs(raw, adjustment), atol=1e-6)
 
 
+def test_temperature_divides_the_log_probabilities_before_the_correction():
+    net, x = _net(0), torch.randn(5, 1, 4, 4)
+    adjustment = np.log([0.6, 0.3, 0.1]) - np.log([1 / 3] * 3)
+    assert isinstance(build_predictor([net], 2, temperature=0.5), Predictor)
+    with torch.no_grad():
+        raw = torch.softmax(net(x), dim=1).numpy()
+        probs = torch.softmax(build_predictor([net], 2, adjustment=adjustment, temperature=0.5)(x), dim=1).numpy()
+    np.testing.assert_allclose(probs, correct_probs(apply_temperature(raw, 0.5), adjustment), atol=1e-6)
+    np.testing.assert_allclose(probs, apply_temperature(raw, 0.5, adjustment), atol=1e-6)
+
+
+def test_calibration_before_the_correction_finds_the_temperature_that_made_the_scores():
+    """Scores made under-confident by a known factor, then corrected to a 70/30 prior: the fitted
+    temperature undoes the factor, and the corrected arg-max is that of the calibrated scores."""
+    rng = np.random.default_rng(0)
+    labels = (rng.random(4000) < 0.3).astype(int)
+    balanced_logit = rng.normal(0, 1, len(labels)) + np.where(labels == 1, 1.5, -1.5)
+    adjustment = prior_adjustment([0.7, 0.3], [0.5, 0.5])
+    # The true p(y|x) under the data's prior is softmax(balanced logits + adjustment); the network's are halved.
+    under = np.stack([np.zeros_like(balanced_logit), balanced_logit / 2], axis=1)
+    probs = np.exp(under) / np.exp(under).sum(1, keepdims=True)
+    truth = apply_temperature(probs, 0.5, adjustment)
+    labels = (rng.random(len(labels)) < truth[:, 1]).astype(int)
+    assert fit_temperature(labels, probs, adjustment) == pytest.approx(0.5, rel=0.15)
+    assert fit_temperature(labels, correct_probs(probs, adjustment)) > 0.55  # fitted after the correction: another scale
+
+
 def test_prior_correction_recovers_accuracy_of_a_class_weighted_model():
     """A model fitted with an inverse-frequency weighted loss on imbalanced classes favours the rare
     ones at the arg-max; corrected to the training prior it is more accurate."""
@@ -115,7 +143,8 @@ def _spec(members: int = 1, **fields) -> ModelSpec:
 
 
 def test_ensemble_is_one_weights_file_and_one_model(tmp_path):
-    spec = _spec(2, class_prior=(0.6, 0.3, 0.1), trained_prior=(1 / 3, 1 / 3, 1 / 3), tta_flip_axes=(-1,), prior_correction=True)
+    spec = _spec(2, class_prior=(0.6, 0.3, 0.1), trained_prior=(1 / 3, 1 / 3, 1 / 3), tta_flip_axes=(-1,), prior_correction=True,
+                 temperature=0.8)
     nets = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -130,16 +159,16 @@ def test_ensemble_is_one_weights_file_and_one_model(tmp_path):
     x = torch.rand(3, 1, 16, 16)
     with torch.no_grad():
         raw = np.mean([torch.softmax(n(v), dim=1).numpy() for n in nets for v in (x, x.flip(3))], axis=0)
-        np.testing.assert_allclose(torch.softmax(model(x), dim=1).numpy(), correct_probs(raw, spec.adjustment()), atol=1e-6)
+        np.testing.assert_allclose(torch.softmax(model(x), dim=1).numpy(), apply_temperature(raw, 0.8, spec.adjustment()), atol=1e-6)
     with pytest.raises(ValueError, match="members"):
         save_model(nets, _spec(1), tmp_path)
 
 
 def test_spec_of_a_model_saved_before_these_fields_predicts_as_before():
     raw = _spec().to_dict()
-    for key in ("members", "class_prior", "trained_prior", "tta_flip_axes", "prior_correction"):
+    for key in ("members", "class_prior", "trained_prior", "tta_flip_axes", "prior_correction", "temperature"):
         raw.pop(key)
     spec = ModelSpec.from_dict(raw)
-    assert spec.members == 1 and spec.adjustment() is None and spec.tta_flip_axes == ()
+    assert spec.members == 1 and spec.adjustment() is None and spec.tta_flip_axes == () and spec.temperature == 1.0
     # Correction asked for but no priors stored: nothing to correct with.
     assert spec.predicting((), True).adjustment() is None

@@ -768,7 +768,7 @@ def test_build_refuses_a_loose_or_missing_model_before_building(stored_model, ta
 
 
 def test_an_ensemble_with_flips_is_served_as_evaluated(tmp_path, bentoml_home):
-    """Two networks, test-time flips and prior correction, read from the stored model: each member runs
+    """Two networks, test-time flips, a temperature and prior correction, read from the stored model: each member runs
     once per batch and the answers are the offline predictor's; a plain model is served bare."""
     import dataclasses
 
@@ -780,7 +780,7 @@ def test_an_ensemble_with_flips_is_served_as_evaluated(tmp_path, bentoml_home):
     nets, spec = zip(*(load_networks(save_tiny_model(tmp_path / f"m{seed}", seed)) for seed in (0, 1)))
     ensemble = dataclasses.replace(spec[0], members=2, class_prior=(0.7, 0.3), trained_prior=(0.5, 0.5))
     save_model([n[0] for n in nets], ensemble, tmp_path / "ensemble")
-    prediction = {"tta_flip_axes": [-1], "prior_correction": True}
+    prediction = {"tta_flip_axes": [-1], "prior_correction": True, "temperature": 0.8}
     tag, _ = save_to_model_store(tmp_path / "ensemble", "tiny-ensemble", {"prediction": prediction})
     with pytest.MonkeyPatch.context() as mp:
         svc = make_classifier(import_service(mp, tag))
