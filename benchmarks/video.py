@@ -30,6 +30,11 @@ a pixel or two; the last epoch kept, since a validation split of about 8 patient
 
     python benchmarks/video.py --tasks severity01 pcr --families resnet3d frame_cnn --workdir DIR --set
         train.epochs=40 train.batch_size=16 train.num_threads=1 train.select=last ingest.video.size=112 prepare.max_size=112
+
+Severity 0 against 1-3 with `train.model.input_norm=instance` added (each clip standardised by the network, so
+the gain an operator set for a patient is not a feature), 5 folds, 2026-12-05, load 2-4: resnet3d clip AUC
+0.650 +- 0.128 (without: 0.599 +- 0.149), frame_cnn 0.632 +- 0.081 (without: 0.614 +- 0.114); for PCR, whose
+label is the patient's, it costs: resnet3d 0.629 +- 0.095, patient accuracy 0.506 (without: 0.663, 0.665).
 """
 
 from __future__ import annotations
