@@ -232,7 +232,7 @@ def cine_to_clip(ds: Dataset, file: io.BytesIO, spec: ClipSpec,
         ImageDecodeError: BurnedInAnnotation or RecognizableVisualFeatures YES, a palette-colour loop, undecodable pixel data.
     """
     refuse_identifying_pixels(ds)
-    photometric = str(_value(ds, "PhotometricInterpretation", "")).strip().upper()
+    photometric = header_text(ds, "PhotometricInterpretation").upper()
     if photometric == "PALETTE COLOR":
         raise ImageDecodeError("PALETTE COLOR DICOM is not supported: its pixel values are palette indices")
     frames, fps = _frames(ds), _frame_rate(ds)
@@ -279,7 +279,7 @@ def dicom_to_array(ds: Dataset, limits: DecodeLimits | None) -> np.ndarray:
     refuse_identifying_pixels(ds)
     frames = _frames(ds)
     samples = int(_value(ds, "SamplesPerPixel", 1) or 1)
-    photometric = str(_value(ds, "PhotometricInterpretation", "")).strip().upper()
+    photometric = header_text(ds, "PhotometricInterpretation").upper()
     if frames > 1 and is_cine(ds):
         modality = header_text(ds, "Modality").upper()
         raise NotAClipModel(f"multi-frame {modality or 'DICOM'} object ({frames} frames) is a cine loop, "
