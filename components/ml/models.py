@@ -120,9 +120,9 @@ class Standardized(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = tuple(range(1, x.ndim))
-        std, mean = torch.std_mean(x, dim=dims, keepdim=True)
-        return self.net((x - mean) / (std + 1e-3))
+        flat = x.reshape(x.shape[0], -1)  # not x.ndim: torch.fx traces this (components.ml.runtime.folded_for_inference)
+        std, mean = torch.std_mean(flat, dim=1, keepdim=True)
+        return self.net(((flat - mean) / (std + 1e-3)).view_as(x))
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, audio: bool = False) -> nn.Module:

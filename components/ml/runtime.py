@@ -37,3 +37,20 @@ def predict_probs(model: nn.Module, images: np.ndarray, batch_size: int = 256, d
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def folded_for_inference(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, bool]:
+    """`model` in eval mode with each BatchNorm that follows a convolution (or linear layer) folded into its
+    weights, one pass over the activations fewer per layer, and whether it was folded. The folded module is a
+    copy; `model` is returned as it is where torch.fx cannot trace it or the copy's outputs on `example`
+    differ from the model's by more than float rounding."""
+    from torch.fx.experimental.optimization import fuse
+
+    model.eval()
+    try:
+        folded = fuse(model)
+    except Exception:  # any tracing failure (data-dependent control flow, say): run it unfolded
+        return model, False
+    with torch.inference_mode():
+        same = torch.allclose(folded(example).float(), model(example).float(), rtol=1e-4, atol=1e-4)
+    return (folded.eval(), True) if same else (model, False)

@@ -6,6 +6,8 @@ import torch
 
 from components.config import default_params
 from components.ml.models import ModelSpec, build_model, file_sha256, load_model, resolve_family, save_model
+from components.ml.predictor import build_predictor
+from components.ml.runtime import folded_for_inference
 from components.ml.transforms import PreprocessError, Preprocessing, preprocess
 
 
@@ -47,6 +49,44 @@ def test_instance_input_norm_ignores_each_inputs_gain_and_offset_and_survives_sa
     stored = spec.to_dict()
     del stored["model"]["input_norm"]  # a model stored before the setting existed
     assert ModelSpec.from_dict(stored).model.input_norm == "none"
+
+
+@pytest.mark.parametrize(
+    "model_cfg, input_shape",
+    [
+        ({"family": "resnet"}, (1, 28, 28)),
+        ({"family": "resnet3d", "input_norm": "instance"}, (1, 8, 16, 16)),
+        ({"family": "cnn_rnn"}, (1, 6, 16, 16)),
+        ({"family": "frame_cnn"}, (1, 6, 16, 16)),
+    ],
+)
+def test_folding_batchnorm_removes_it_and_keeps_the_outputs(model_cfg, input_shape):
+    torch.manual_seed(0)
+    cfg = default_params(train={"model": {**model_cfg, "width": 8}}).train.model
+    members = [build_model(cfg, input_shape, num_classes=3) for _ in range(2)]
+    for norm in (m for member in members for m in member.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2), norm.weight.data.uniform_(0.5, 2)
+    model = build_predictor(members, len(input_shape) - 1, [-1], np.array([0.2, -0.1, 0.0]), 1.3)  # ensemble, flips, prior
+    x = torch.randn(3, *input_shape)
+    folded, done = folded_for_inference(model, x[:2])
+    assert done and folded is not model
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    with torch.inference_mode():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+
+
+def test_a_model_fx_cannot_trace_is_served_unfolded():
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            y = self.norm(self.conv(x))
+            return y.mean(dim=(2, 3)) if x.sum() > 0 else -y.mean(dim=(2, 3))  # control flow on the data
+
+    model = Branchy()
+    assert folded_for_inference(model, torch.randn(2, 1, 8, 8)) == (model, False)
 
 
 def test_auto_family_follows_dimensions():

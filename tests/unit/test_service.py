@@ -194,6 +194,7 @@ def test_metadata_describes_the_pinned_model(svc, service_module):
     on_gpu = torch.cuda.is_available()  # package.device "auto"
     assert meta["serving"]["device"] == ("cuda" if on_gpu else "cpu")
     assert meta["serving"]["max_batch_size"] == (256 if on_gpu else 64)
+    assert meta["serving"]["batchnorm_folded"] is True  # the test model is a ResNet
     json.dumps(meta)
 
 
@@ -785,8 +786,9 @@ def test_an_ensemble_with_flips_is_served_as_evaluated(tmp_path, bentoml_home):
     with pytest.MonkeyPatch.context() as mp:
         svc = make_classifier(import_service(mp, tag))
         calls = []
-        for member in svc.network.members:
-            member.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+        for member in svc.network.members.children():  # each member's first convolution: folded or not, it runs
+            first = next(m for m in member.modules() if isinstance(m, torch.nn.Conv2d))
+            first.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
         image = grey_image()
         answer = predict(svc, write(tmp_path / "a.png", png_bytes(image)))
         assert calls == [2, 2], "one forward per member, on the image and its flip"
