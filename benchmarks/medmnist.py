@@ -62,7 +62,7 @@ sys.path.insert(0, str(PROJECT))
 
 from flows.workspace import create_workspace, stage_dir, update_params  # noqa: E402 - after the path is set
 
-# Issue 18's targets on this 2-core CPU (means over seeds; training under 10 minutes a seed, an ensemble whole).
+# Issue 18's targets on this 2-core CPU (means over seeds; training under 10 minutes a seed: the slowest seed is judged, an ensemble whole).
 TARGETS: dict[str, dict[str, float]] = {
     "pneumoniamnist": {"auc": 0.98, "argmax_accuracy": 0.92, "train_stage_seconds": 600.0},
     "breastmnist": {"auc": 0.92, "train_stage_seconds": 600.0},
@@ -139,16 +139,19 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def verdicts(name: str, runs: list[dict[str, Any]]) -> list[str]:
-    """Each target of the dataset: met, or missed by how much."""
+    """Each target of the dataset: met, or missed by how much. Metrics are judged on their mean over
+    seeds; times on the slowest seed, since each seed must stay under its limit."""
     out = []
     for metric, target in TARGETS.get(name, {}).items():
-        value = statistics.mean(r[metric] for r in runs)
+        values = [r[metric] for r in runs]
+        value = max(values) if metric.endswith("seconds") else statistics.mean(values)
         if math.isnan(value):
             out.append(f"{metric}: not measured (DVC reused a seed's stage: rerun in a fresh --workdir)")
             continue
         ok = value <= target if metric.endswith("seconds") else value >= target
         gap = "" if ok else f" (missed by {abs(value - target):.3f})"
-        out.append(f"{metric} {'<=' if metric.endswith('seconds') else '>='} {target:g}: {'met' if ok else 'MISSED'} at {value:.3f}{gap}")
+        judged = f"slowest {metric}" if metric.endswith("seconds") else metric
+        out.append(f"{judged} {'<=' if metric.endswith('seconds') else '>='} {target:g}: {'met' if ok else 'MISSED'} at {value:.3f}{gap}")
     return out
 
 
@@ -166,6 +169,7 @@ def main() -> None:
     if missing:
         sys.exit(f"{SHARED_DATA}: missing {', '.join(m + '.npz' for m in missing)}")
 
+    from components.config import load_params
     from flows.settings import configure_offline
 
     configure_offline()
@@ -182,7 +186,6 @@ def main() -> None:
         results[name] = {"runs": run_dataset(name, list(range(seeds[name])), workdir, overrides)}
         if not args.no_throughput:
             from benchmarks.throughput import compare_with_bare_loop
-            from components.config import load_params
 
             ws = workdir / name
             results[name]["throughput"] = compare_with_bare_loop(stage_dir(ws, "prepare"), load_params(ws / "params.yaml").train, epochs=1, repeats=2)
@@ -204,6 +207,8 @@ def main() -> None:
             print(f"{'':16s} {'paper':>5s} {auc:15.3f} {acc:15.3f}  {method}")
         for line in verdicts(name, runs):
             print(f"{'':22s}target {line}")
+        if not load_params(workdir / name / "params.yaml").evaluate.prior_correction:
+            print(f"{'':22s}ACC here: the arg-max without prior correction (a class-balanced network's is at a uniform prior)")
     if not args.no_throughput:
         print("\nTraining step throughput, medgate vs a bare PyTorch loop (same network, data, batch size; median of 2):")
         for name, result in results.items():

@@ -15,7 +15,7 @@
 
 The CPU of a shared machine is noisy: every figure is the median of `--repeats` interleaved runs.
 
-    python benchmarks/throughput.py [--data data/prepare] [--epochs 2] [--repeats 3] [--ratios-only]
+    python benchmarks/throughput.py [--data data/prepare | --case all|28|64] [--epochs 2] [--repeats 3] [--ratios-only]
 
 Without --data it runs both MedMNIST cases from ../shared/data.
 """
@@ -194,11 +194,13 @@ def _cases(args: argparse.Namespace, tmp: Path, cfg: TrainConfig) -> list[tuple[
         return [(Path(args.data).name, Path(args.data), cfg)]
     share = args.share_3d
     recalibration = max(1, round(cfg.bn_recalibration_images * share)) if cfg.bn_recalibration_images else 0
-    return [
-        ("PneumoniaMNIST 28x28", _prepared_from_npz(SHARED_DATA / "pneumoniamnist.npz", tmp / "28"), cfg),
-        (f"AdrenalMNIST3D 64^3 ({share:.0%} of it)", _prepared_from_npz(SHARED_DATA / "adrenalmnist3d.npz", tmp / "64", 64, share),
-         cfg.model_copy(update={"bn_recalibration_images": recalibration})),
-    ]
+    cases = []
+    if args.case in ("all", "28"):
+        cases.append(("PneumoniaMNIST 28x28", _prepared_from_npz(SHARED_DATA / "pneumoniamnist.npz", tmp / "28"), cfg))
+    if args.case in ("all", "64"):
+        cases.append((f"AdrenalMNIST3D 64^3 ({share:.0%} of it)", _prepared_from_npz(SHARED_DATA / "adrenalmnist3d.npz", tmp / "64", 64, share),
+                      cfg.model_copy(update={"bn_recalibration_images": recalibration})))
+    return cases
 
 
 def main() -> None:
@@ -207,6 +209,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=PROJECT / "params.yaml")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--case", choices=["all", "28", "64"], default="all", help="without --data: which MedMNIST case(s)")
     parser.add_argument("--share-3d", type=float, default=0.33, help="share of AdrenalMNIST3D's splits in the 64^3 case")
     parser.add_argument("--ratios-only", action="store_true", help="only part 1 (the ratios to the bare loop)")
     parser.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)
