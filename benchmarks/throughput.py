@@ -17,7 +17,7 @@ The CPU of a shared machine is noisy: every figure is the median of `--repeats` 
 
     python benchmarks/throughput.py [--data data/prepare | --case all|28|64] [--epochs 2] [--repeats 3] [--ratios-only]
 
-Without --data it runs both MedMNIST cases from ../shared/data.
+Without --data it runs the MedMNIST cases from ../shared/data (`--case 28` or `--case 64`: one of them).
 """
 
 from __future__ import annotations
