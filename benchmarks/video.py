@@ -41,7 +41,8 @@ load 1.4-4: macro AUC resnet3d 0.554 +- 0.067 (folds 0.527 0.543 0.651 0.578 0.4
 paused); in 9 of the 10 trainings validation loss ends above its value at epoch 16 (overfitting). Against it,
 severity 0 against 1-3 with `train.mixup_alpha=0.4` added: resnet3d 0.657 +- 0.097 (folds 0.823 0.570 0.617
 0.649 0.625, 230 s a fold, load 1-2), no better than without it (0.650); with test-time flips on the same models
-0.654 +- 0.084; with train.epochs=16 instead of 40 0.567 +- 0.078.
+0.654 +- 0.084; with train.epochs=16 instead of 40 0.567 +- 0.078; with train.weight_decay=0.05 (AdamW) 0.641 +-
+0.110.
 """
 
 from __future__ import annotations
