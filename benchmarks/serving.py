@@ -108,6 +108,9 @@ class LevelResult:
     server_cpu_ms: float | None  # CPU time per request of the Bento's processes (and the proxy's thread)
     client_cpu_ms: float | None = None  # CPU time per request of the load generator (this process)
     images: int = 1  # per request: 1 for /predict, more for /predict_batch
+    # Per round: the open connections each of the server's processes held after the warm-up (how the
+    # workers shared the clients' connections).
+    connections: list[list[int]] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list, repr=False)  # sorted; left out of the JSON report
 
@@ -151,11 +154,11 @@ def main(argv: list[str] | None = None) -> int:
                 routes.append(("fastapi-1w", lambda: _serve_fastapi(model_dir, settings.torch_threads, 1, stack)))
         levels: list[LevelResult] = []
         burst: BurstResult | None = None
-        servers: dict[str, tuple[str, Callable[[], float]]] = {}
+        servers: dict[str, tuple[str, Callable[[], float], int]] = {}
         for route, start in routes:
             base_url, ready_s, cpu_probe, pid = start()
             print(f"{route}: ready in {ready_s:.1f} s at {base_url}")
-            servers[route] = (base_url, cpu_probe)
+            servers[route] = (base_url, cpu_probe, pid)
             if route == "bento" and (args.burst_rounds or args.burst_only):
                 from tests.images import FORGED
 
@@ -228,7 +231,7 @@ def measure_raw(
 
 
 def measure_interleaved(
-    servers: dict[str, tuple[str, Callable[[], float]]], payload: bytes, args: argparse.Namespace
+    servers: dict[str, tuple[str, Callable[[], float], int]], payload: bytes, args: argparse.Namespace
 ) -> list[LevelResult]:
     """Every server at its levels (the Bento at each of `args.concurrency`, the others at 1 and 32; the
     Bento's `/predict_batch` at concurrency 8), each level's requests and seconds split into `args.rounds`
@@ -247,16 +250,18 @@ def measure_interleaved(
         for _ in range(args.rounds):
             for c, route, images in (step for step in plan if (step[0], step[2]) == level):
                 requests = args.requests if images == 1 else max(4 * BATCH_CONCURRENCY, args.requests // images)
-                base_url, probe = servers[route]
+                base_url, probe, pid = servers[route]
                 pieces.setdefault(route, []).extend(asyncio.run(measure_service(
                     base_url, route, payload, [c], -(-requests // args.rounds), args.seconds / args.rounds,
-                    cpu_probe=probe, images=images,
+                    cpu_probe=probe, images=images, server_pid=pid,
                 )))
         for route_pieces in pieces.values():
             merged.append(r := _merge(route_pieces))
             path = "/predict" if r.images == 1 else f"/predict_batch x{r.images}"
+            shares = ", ".join("/".join(map(str, c)) for c in r.connections if len(c) > 1)
             print(f"  {r.route} {path} c={r.concurrency}: {r.requests} requests, {r.per_s:.0f}/s, "
-                  f"p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, errors {r.errors}", flush=True)
+                  f"p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, errors {r.errors}"
+                  + (f"; connections per worker {shares}" if shares else ""), flush=True)
     return merged
 
 
@@ -282,6 +287,7 @@ def _merge(pieces: list[LevelResult]) -> LevelResult:
         server_cpu_ms=per_request([(p.server_cpu_ms, p.requests) for p in pieces]),
         client_cpu_ms=per_request([(p.client_cpu_ms, p.requests) for p in pieces]),
         images=pieces[0].images,
+        connections=[c for p in pieces for c in p.connections],
         error_samples=sorted({e for p in pieces for e in p.error_samples})[:5],
         latencies_ms=ms,
     )
@@ -296,11 +302,13 @@ async def measure_service(
     max_seconds: float,
     cpu_probe: Callable[[], float] | None = None,
     images: int = 1,
+    server_pid: int | None = None,
 ) -> list[LevelResult]:
     """`/predict` (or `/predict_batch` with `images` per request) at each concurrency level:
     `max_requests` (or `max_seconds`) after a short warm-up.
 
     `cpu_probe()`: CPU seconds used so far by the server, to report its CPU time per request.
+    `server_pid`: the server's process, to report how its processes share the connections.
     """
     import aiohttp
 
@@ -320,11 +328,14 @@ async def measure_service(
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(base_url, connector=connector, timeout=timeout) as session:
             await _load(session, path, body, headers, concurrency, concurrency * 2, 30.0)  # warm-up, not counted
+            port = int(base_url.rsplit(":", 1)[1])
+            held = _connections_per_process(server_pid, port) if server_pid else []
             cpu_before = cpu_probe() if cpu_probe else None
             client_before = time.process_time()
             r = await _load(session, path, body, headers, concurrency, max_requests, max_seconds, route=route)
             client_s = time.process_time() - client_before
             r.images = images
+            r.connections = [held] if held else []
             if cpu_before is not None and cpu_probe is not None and r.requests:
                 r.server_cpu_ms = (cpu_probe() - cpu_before) * 1000 / r.requests
             if r.requests and route != "supervisor":  # the supervisor's proxy thread runs in this process
@@ -637,6 +648,24 @@ def _tree_cpu_s(pid: int) -> float:
                 tree.add(child)
                 todo.append(child)
     return sum(stats[p][1] for p in tree if p in stats)
+
+
+def _connections_per_process(pid: int, port: int) -> list[int]:
+    """Established connections to local `port` held by each process of `pid`'s tree that holds any, sorted."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+    counts = []
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            held = sum(1 for c in proc.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port)
+            if held:
+                counts.append(held)
+    return sorted(counts)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

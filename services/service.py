@@ -13,7 +13,8 @@ Endpoints of `Classifier`:
 - `GET /model_card` (HTML) and `GET /model_card.md` (Markdown): the card stored with the model; 404
   without one.
 - BentoML's `/livez`, `/readyz` and `/metrics` (Prometheus); `/readyz` answers 200 only once every worker
-  process of the server has loaded the model (`__is_ready__`, services.readiness).
+  process of the server has loaded the model (`__is_ready__`, services.readiness). The workers share
+  connections evenly (services.balance).
 
 Uploads are decoded and preprocessed with the training code (`components.ml.transforms.preprocess`),
 then the network runs behind `services.batching.MicroBatcher`: concurrent requests of a worker share
@@ -65,6 +66,7 @@ from starlette.responses import JSONResponse, Response
 from components.config import default_params
 from components.documents.modelcard import HTML_FILE as CARD_HTML
 from components.documents.modelcard import MARKDOWN_FILE as CARD_MARKDOWN
+from services.balance import ConnectionShare, share_connections
 from services.batching import MicroBatcher, Overloaded
 from services.guard import ApiKeyGuard, UploadGuard
 from services.inference import (
@@ -226,6 +228,8 @@ class Classifier:
         index = bentoml.server_context.worker_index  # None outside `bentoml serve`: the only worker
         self.workers = WorkerRoll(WORKERS if index is not None else 1)
         self.workers.enter(index if index is not None else os.getpid())
+        if index is not None and WORKERS > 1:  # before the workers start listening (services.balance)
+            share_connections(ConnectionShare(self.workers.folder, index))
         logger.info("serving model %s (sha256 %s verified) on %s", stored.tag, metadata["sha256"][:12], self.device)
 
     def __is_ready__(self) -> bool:
