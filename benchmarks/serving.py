@@ -2,7 +2,7 @@
 hand-written FastAPI endpoint and the BentoML floor, with issue 15's targets as ratios of this run's figures.
 
     python benchmarks/serving.py [--quick] [--workspace DIR] [--bento TAG] [--concurrency 1,8,32,64]
-                                 [--requests 400] [--seconds 15] [--batch-images 16]
+                                 [--requests 2000] [--seconds 15] [--batch-images 16]
                                  [--via-supervisor] [--api-workers N] [--model-width W]
                                  [--model-depth D] [--image-size S] [--no-floor] [--no-fastapi]
                                  [--no-wide] [--stand-in] [--json PATH]
@@ -15,7 +15,8 @@ In one run it measures
 - the service: `/predict` with a `.npy` upload over HTTP, p50/p95/p99 latency, requests per second
   and errors (anything but 200) at each concurrency level, bounded by `--requests` and `--seconds`,
   and the CPU time the server's processes spent per request (which the machine's other load
-  disturbs less than the wall-clock figures);
+  disturbs less than the wall-clock figures), and how the server's worker processes shared the clients'
+  connections (per round, after the warm-up: "16/16" is an even split; services.balance);
 - `/predict_batch` with `--batch-images` images per request at concurrency 8, in images per second;
 - with `--via-supervisor`, the same levels again through `medgate serve`'s reloading proxy;
 - the framework floor: `benchmarks/floor_service.py`, a BentoML service with the same upload signature
@@ -695,7 +696,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 64], help="levels, e.g. 1,8,32,64"
     )
-    parser.add_argument("--requests", type=int, default=400, help="requests per level (after a warm-up of 2 per client)")
+    parser.add_argument("--requests", type=int, default=2000,
+                        help="requests per level (after a warm-up of 2 per client), split over the rounds")
     parser.add_argument("--seconds", type=float, default=15.0, help="time limit per level and server")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of each level, the servers taking turns in each (the load may vary meanwhile)")
