@@ -341,3 +341,32 @@ def test_same_origin_and_plain_clients_are_answered(served):
     for headers in ({"Origin": served["base_url"]}, {"Origin": f"http://localhost:{port}", "Sec-Fetch-Site": "same-origin"},
                     {"Host": f"localhost:{port}"}, {"Sec-Fetch-Site": "none"}):  # fmt: skip
         assert client.get("/metadata", headers=headers).status_code == 200, headers
+
+
+def test_the_backends_workers_share_a_burst_of_connections(served):
+    """Connections opened at once are spread over the worker processes (services.balance), not all
+    held by the first to wake."""
+    import re
+    import socket
+
+    import psutil
+
+    port = int(re.findall(r"(?:now serving \S+ on backend port|on http://\S+ \(backend port) (\d+)", served["log"]())[-1])
+    workers = [p for p in map(psutil.Process, descendants(served["proc"].pid))
+               if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+    if len(workers) < 2:
+        pytest.skip(f"the backend has {len(workers)} worker process on this machine: nothing to share")
+    request = f"GET /livez HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(6 * len(workers))]
+    try:
+        for client in clients:
+            client.sendall(request)
+        for client in clients:
+            assert client.recv(4096).startswith(b"HTTP/1.1 200"), "every connection is answered"
+        held = sorted(sum(1 for c in w.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port)
+                      for w in workers)
+        # The proxy of `medgate serve` holds its own connections to the backend besides these.
+        assert sum(held) >= len(clients) and held[-1] - held[0] <= 2, held
+    finally:
+        for client in clients:
+            client.close()
