@@ -29,6 +29,7 @@ class PrivateApi:
     """A Prefect API server subprocess on a free loopback port, stopped at exit."""
 
     def __init__(self) -> None:
+        from services.lifetime import die_with_parent
         from services.processes import find_free_port
 
         port = str(find_free_port())
@@ -36,7 +37,7 @@ class PrivateApi:
         self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
              "--host", "127.0.0.1", "--port", port, "--log-level", "error", "--lifespan", "on"],
-            env={**os.environ, **_SERVER_ENV}, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            env={**os.environ, **_SERVER_ENV}, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
         )
         atexit.register(self.stop)
 
@@ -71,16 +72,6 @@ class PrivateApi:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _die_with_parent() -> None:
-    """In the server's process, before exec: SIGTERM it when this process dies, even by SIGKILL
-    (Linux's PR_SET_PDEATHSIG), so that a killed run leaves no server behind."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def start_prefect_api() -> PrivateApi | None:

@@ -69,6 +69,7 @@ from components.documents.modelcard import MARKDOWN_FILE as CARD_MARKDOWN
 from services.balance import ConnectionShare, share_connections
 from services.batching import MicroBatcher, Overloaded
 from services.guard import ApiKeyGuard, UploadGuard
+from services.lifetime import die_with_parent
 from services.inference import (
     InputProblem,
     ModelCard,
@@ -158,6 +159,7 @@ def worker_count(settings: ServingSettings) -> int:
 
 
 SETTINGS = resolve_settings()
+PARENT = os.getppid()  # in a worker, its server's supervising process, read as early as can be
 API_KEY = read_api_key()
 WORKERS = worker_count(SETTINGS)
 _ERRORS = {HTTPStatus.BAD_REQUEST: BadInput, HTTPStatus.UNPROCESSABLE_ENTITY: UnprocessableEntity}
@@ -226,6 +228,8 @@ class Classifier:
         gc.collect()
         gc.freeze()
         index = bentoml.server_context.worker_index  # None outside `bentoml serve`: the only worker
+        if index is not None:  # a worker of `bentoml serve`: it ends with the server (services.lifetime)
+            die_with_parent(PARENT)
         self.workers = WorkerRoll(WORKERS if index is not None else 1)
         self.workers.enter(index if index is not None else os.getpid())
         if index is not None and WORKERS > 1:  # before the workers start listening (services.balance)

@@ -1,6 +1,7 @@
 """Shared test set-up: offline settings, a BentoML store of the session's own, and the tiers by folder."""
 
 import os
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -47,3 +48,20 @@ def problems_by_file(problems: Iterable[Mapping[str, str]], files: Iterable[str]
 
     names = {file_pseudonym(f, salt): f for f in files}
     return {names.get(p["file"], p["file"]): p["reason"] for p in problems}
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` runs (Linux /proc; a zombie has ended, only its status waits to be read)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def wait_gone(pids: Iterable[int], what: str, timeout_s: float = 120) -> None:
+    """Fail unless every process of `pids` has ended within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while any(running(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: {sorted(p for p in pids if running(p))} still running after {timeout_s} s")
+        time.sleep(0.1)

@@ -26,7 +26,7 @@ from components.documents.modelcard import HTML_FILE, MARKDOWN_FILE
 from components.stages.package import build_bento, save_to_model_store
 from services.processes import find_free_port
 from services.settings import API_KEY_ENV, settings_for_model
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, running
 from tests.tiny_model import save_tiny_model
 
 CLASS_NAMES = ("benign", "malignant")
@@ -163,7 +163,7 @@ def _stop_supervisor(proc: subprocess.Popen[bytes], read_log: Callable[[], str])
         status = proc.wait(timeout=90)
     except subprocess.TimeoutExpired:
         status = None
-    left = {pid for pid in below if Path(f"/proc/{pid}").exists()}
+    left = {pid for pid in below if running(pid)}
     for pid in left | ({proc.pid} if status is None else set()):
         try:
             os.kill(pid, signal.SIGKILL)

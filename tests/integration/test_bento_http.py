@@ -28,7 +28,7 @@ from components.data.artifacts import MODEL_REF_FILE
 from components.stages.package import bento_sources
 from services.smoke import check_golden, smoke_test_bento
 from services.supervisor import BENTO_HEADER
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, wait_gone
 from tests.images import FORGED, npy_bytes
 from tests.integration.bento_fixtures import (
     API_KEY,
@@ -283,7 +283,7 @@ def test_promotion_and_rollback_reload_without_dropping_requests(served, tmp_pat
     assert load.seen[(200, served["bento_tag"])] > 0 and load.seen[(200, b["bento_tag"])] > 0, load.seen
     assert client.get("/metadata").json()["model_tag"] == b["model_tag"]
     assert client.get("/model_card").status_code == 404  # B was stored without a card
-    _wait_gone(a_backends)
+    wait_gone(a_backends, "old Bento processes")
 
     b_backends = descendants(proc.pid)
     with Load(served["base_url"]) as load:
@@ -296,18 +296,9 @@ def test_promotion_and_rollback_reload_without_dropping_requests(served, tmp_pat
     assert not load.failures, load.failures[:5]
     assert load.seen[(200, served["bento_tag"])] > 0, load.seen
     assert client.get("/metadata").json()["model_tag"] == served["model_tag"]
-    _wait_gone(b_backends)
+    wait_gone(b_backends, "old Bento processes")
     log = served["log"]()
     assert f"reload: now serving {b['bento_tag']}" in log and f"stopped {b['bento_tag']}" in log
-
-
-def _wait_gone(pids: set[int], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
-            return
-        time.sleep(0.5)
-    pytest.fail(f"old Bento processes {pids} still running after {timeout_s} s")
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ import pytest
 
 from services.processes import find_free_port
 from services.supervisor import BENTO_HEADER, run_in_thread
+from tests.conftest import wait_gone
+from tests.integration.bento_fixtures import descendants
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -42,8 +44,11 @@ def test_a_dead_backend_restarts_at_the_next_poll_after_a_failed_switch(packaged
         _wait(lambda: handle.supervisor.failed_tag == bad, 120, f"{bad} not recorded as failed")
         assert handle.backend is first and client.get("/readyz").status_code == 200
 
+        workers = descendants(first.proc.pid)
         os.killpg(first.proc.pid, signal.SIGKILL)
         first.proc.wait(timeout=30)
+        # Its workers end with it (services.lifetime), instead of holding the model and the old port.
+        wait_gone(workers, "the killed server's workers", timeout_s=60)
         _wait(lambda: handle.backend is not first, 240, "the dead backend was not restarted")
         resp = client.get("/readyz")
         assert resp.status_code == 200 and resp.headers[BENTO_HEADER] == good
