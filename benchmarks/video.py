@@ -43,6 +43,10 @@ severity 0 against 1-3 with `train.mixup_alpha=0.4` added: resnet3d 0.657 +- 0.0
 0.649 0.625, 230 s a fold, load 1-2), no better than without it (0.650); with test-time flips on the same models
 0.654 +- 0.084; with train.epochs=16 instead of 40 0.567 +- 0.078; with train.weight_decay=0.05 (AdamW) 0.641 +-
 0.110.
+A seed ensemble on top of the mixup settings (`train.ensemble=3`: seeds 0-2, probabilities averaged; with
+train.num_threads=2 and train.max_minutes=90, so that a pause cannot cut a member short), 5 folds, 2026-12-05, load
+2-3: resnet3d 0.637 +- 0.101 (folds 0.805 0.570 0.567 0.656 0.586, 442-480 s a fold, fold 0 698 s with a pause
+and other jobs running; one network 0.657), its members alone 0.643, 0.642 and 0.606: no gain, the spread stays.
 """
 
 from __future__ import annotations
