@@ -69,7 +69,6 @@ from components.documents.modelcard import MARKDOWN_FILE as CARD_MARKDOWN
 from services.balance import ConnectionShare, share_connections
 from services.batching import MicroBatcher, Overloaded
 from services.guard import ApiKeyGuard, UploadGuard
-from services.lifetime import die_with_parent
 from services.inference import (
     InputProblem,
     ModelCard,
@@ -84,6 +83,7 @@ from services.inference import (
     to_prediction,
     window_scores,
 )
+from services.lifetime import die_with_parent
 from services.origin import ALLOWED_HOSTS_ENV, OriginGuard, read_allowed_hosts
 from services.readiness import WorkerRoll
 from services.settings import API_KEY_ENV, MODEL_SHA256_ENV, PINNED_SETTINGS_FILE, ServingSettings, settings_for_model
@@ -181,6 +181,9 @@ class Classifier:
     bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
 
     def __init__(self) -> None:
+        index = bentoml.server_context.worker_index  # None outside `bentoml serve`: the only worker
+        if index is not None:  # a worker of `bentoml serve`: it ends with the server, even while loading
+            die_with_parent(PARENT)  # (services.lifetime)
         # Here, not at import: `bentoml serve` imports this module in its supervising process as well.
         import torch
 
@@ -227,9 +230,6 @@ class Classifier:
         # worker's CPU, and of every request waiting on it, about once per 1,500 requests at concurrency 32.
         gc.collect()
         gc.freeze()
-        index = bentoml.server_context.worker_index  # None outside `bentoml serve`: the only worker
-        if index is not None:  # a worker of `bentoml serve`: it ends with the server (services.lifetime)
-            die_with_parent(PARENT)
         self.workers = WorkerRoll(WORKERS if index is not None else 1)
         self.workers.enter(index if index is not None else os.getpid())
         if index is not None and WORKERS > 1:  # before the workers start listening (services.balance)

@@ -54,7 +54,7 @@ def running(pid: int) -> bool:
     """Whether process `pid` runs (Linux /proc; a zombie has ended, only its status waits to be read)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
+    except FileNotFoundError:
         return False
 
 
