@@ -12,8 +12,25 @@
    against `BatchAugmentation` on the batch tensor, images/s of augmentation alone (first case).
 3. OpenMP waiting: the bare loop in fresh processes with OMP_WAIT_POLICY active or passive, 1 or 2
    threads. The policy is read when the OpenMP runtime loads, hence the separate processes.
+4. glibc's malloc (last case): the bare loop in fresh processes with freed memory kept for reuse, as
+   medgate's train and evaluate stages run (`components.ml.runtime.keep_freed_memory`), and with glibc's
+   defaults, which map and fault in afresh each block above 32 MiB: images/s, page faults, peak memory.
 
 The CPU of a shared machine is noisy: every figure is the median of `--repeats` interleaved runs.
+
+Measured 2026-12-05, idle 2-core machine, 3 repeats (issue 18's targets: whole epochs at least 0.85 of the bare
+loop, at most 15% of an epoch waiting for batches):
+
+    28x28: step 0.97, whole epochs 0.94, data_fraction 0.03 (2 threads)
+    64^3: step 0.83, whole epochs 0.77, data_fraction 0.14 (2 threads; batches made in the step's thread,
+        as components.ml.prefetch.worth_a_thread decides: with the worker thread beside it 0.76 / 0.71)
+        step 0.91, whole epochs 0.84, data_fraction 0.05 (train.num_threads=1, the worker on the other core)
+        without augmentation (train.augment.enabled=false), 2 threads: step 1.02, whole epochs 0.94
+    augmenting a batch of 64 volumes at 64^3 costs 124 ms of CPU (74 ms on 2 threads: resampling 36, depth 20,
+        noise 12) against 443 ms for the step on 2 threads: with every core in the step, that cost cannot hide
+        behind it, and with validation (6-8% of an epoch) it bounds whole epochs near 0.80 of the bare loop.
+    4. kept: 121-139 images/s, 0.4 million page faults, peak 2.07 GiB; glibc's defaults: 67-83 images/s,
+        3.6 million, 1.91 GiB: 1.7-1.8x the speed for 8% more memory.
 
     python benchmarks/throughput.py [--data data/prepare | --case all|28|64] [--epochs 2] [--repeats 3] [--ratios-only]
 
@@ -25,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -151,16 +169,28 @@ def augmentation_paths(images: np.ndarray, cfg: TrainConfig, max_images: int = 2
     return out
 
 
+def _bare_in_fresh_process(data: Path, epochs: int, threads: int, policy: str, *flags: str) -> tuple[float, int, int]:
+    """The bare loop run by this script in a new process: (images/s, minor page faults, peak resident KiB)."""
+    cmd = [sys.executable, __file__, "--bare-only", "--threads", str(threads), "--epochs", str(epochs), "--data", str(data), *flags]
+    result = subprocess.run(cmd, env={**os.environ, "OMP_WAIT_POLICY": policy}, capture_output=True, text=True, cwd=PROJECT, check=True)
+    rate, faults, peak = result.stdout.split()[-3:]
+    return float(rate), int(faults), int(peak)
+
+
 def openmp_policies(data: Path, epochs: int) -> dict[str, float]:
     """The bare loop's images/s per OMP_WAIT_POLICY and thread count, each in a fresh process."""
-    out = {}
-    for policy in ("ACTIVE", "PASSIVE"):
-        for threads in (1, 2):
-            env = {**os.environ, "OMP_WAIT_POLICY": policy}
-            cmd = [sys.executable, __file__, "--bare-only", "--threads", str(threads), "--epochs", str(epochs), "--data", str(data)]
-            result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=PROJECT, check=True)
-            out[f"{policy.lower()}_{threads}_threads"] = float(result.stdout.strip().splitlines()[-1])
-    return out
+    return {f"{policy.lower()}_{threads}_threads": _bare_in_fresh_process(data, epochs, threads, policy)[0]
+            for policy in ("ACTIVE", "PASSIVE") for threads in (1, 2)}
+
+
+def allocator(data: Path, epochs: int, repeats: int) -> dict[str, tuple[float, int, int]]:
+    """The bare loop (every core) with freed memory kept, as medgate's stages run, and with glibc's defaults,
+    in fresh processes, interleaved: the medians of images/s, minor page faults and peak resident KiB."""
+    runs: dict[str, list[tuple[float, int, int]]] = {"kept (medgate's stages)": [], "glibc's defaults": []}
+    for _ in range(repeats):
+        for name, flags in zip(runs, ((), ("--glibc-default-malloc",))):
+            runs[name].append(_bare_in_fresh_process(data, epochs, 0, "PASSIVE", *flags))
+    return {name: tuple(statistics.median(column) for column in zip(*values)) for name, values in runs.items()}  # type: ignore[misc]
 
 
 def _prepared_from_npz(npz: Path, out_dir: Path, size: int = 0, share: float = 1.0) -> Path:
@@ -214,13 +244,16 @@ def main() -> None:
     parser.add_argument("--ratios-only", action="store_true", help="only part 1 (the ratios to the bare loop)")
     parser.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--glibc-default-malloc", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     # As in the dvc.yaml stages; only takes effect before torch loads the OpenMP runtime, below.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from components.config import load_params
     from components.data.prepared import load_split, read_dataset_info
-    from components.ml.runtime import set_threads
+    from components.ml.runtime import keep_freed_memory, set_threads
 
+    if not args.glibc_default_malloc:
+        keep_freed_memory()  # as the train stage's process does, for both loops: the comparison is of the loops
     cfg = load_params(args.params).train
     with tempfile.TemporaryDirectory() as tmp:
         if args.bare_only:
@@ -228,7 +261,10 @@ def main() -> None:
             set_threads(args.threads)
             images, labels, _ = load_split(data_dir, "train")
             subset = slice(0, 1024)  # enough batches for a steady rate; the active policy can be very slow
-            print(bare_loop(images[subset], labels[subset], cfg, tuple(read_dataset_info(data_dir)["input_shape"]), args.epochs))
+            rate = bare_loop(images[subset], labels[subset], cfg, tuple(read_dataset_info(data_dir)["input_shape"]), args.epochs)
+            # VmHWM, not ru_maxrss: a forked child starts with its parent's maximum.
+            peak = next(line.split()[1] for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+            print(rate, resource.getrusage(resource.RUSAGE_SELF).ru_minflt, peak)
             return
         print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (the CPU is shared: compare ratios, not absolutes)")
         cases = _cases(args, Path(tmp), cfg)
@@ -253,6 +289,10 @@ def main() -> None:
         print(f"\n3. OpenMP wait policy, bare loop images/s ({name}, fresh processes):")
         for label, value in openmp_policies(data_dir, args.epochs).items():
             print(f"   {label:28s} {value:8.0f}")
+        name, data_dir, _ = cases[-1]
+        print(f"\n4. freed memory kept or given back (glibc's malloc), bare loop ({name}, fresh processes, {args.repeats} repeats):")
+        for label, (rate, faults, peak) in allocator(data_dir, args.epochs, args.repeats).items():
+            print(f"   {label:28s} {rate:8.1f} images/s  {faults / 1e3:8.0f}k page faults  peak {peak / 1024:6.0f} MiB")
         print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ DATA = PROJECT.parent / "shared" / "data" / "covid-blues"
 sys.path.insert(0, str(PROJECT))
 
 from components.config import load_params, merged  # noqa: E402 - after the path is set
+from components.ml.runtime import keep_freed_memory  # noqa: E402
 
 PAPER = ("paper (Wiedemann et al., IEEE JBHI 2025): up to 0.79 accuracy with targeted training of its image "
          "models; 0.65 for models trained only on other datasets")
@@ -196,6 +197,7 @@ def main() -> None:
     parser.add_argument("--throughput-only", action="store_true")
     parser.add_argument("--summary-only", action="store_true", help="print the table of --workdir's results.jsonl")
     args = parser.parse_args()
+    keep_freed_memory()  # as the train and evaluate stages' processes do
     if args.summary_only:
         summarise(read_results(args.workdir / RESULTS))
         return

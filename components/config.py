@@ -317,7 +317,8 @@ class TrainConfig(_Section):
     # of AdrenalMNIST3D's 1,188 added 60% to an epoch); on PneumoniaMNIST validation AUC was the same
     # to 0.0001 from 64 to 2,048 images, so 128 keep it a few percent of an epoch.
     bn_recalibration_images: int
-    # Batches indexed and augmented ahead of the training step on a background thread (0: in the step's thread).
+    # Batches indexed and augmented ahead of the training step on a background thread where the step leaves
+    # it a core (components.ml.prefetch.worth_a_thread; 0, or no core free: in the step's thread).
     prefetch_batches: int = Field(ge=0)
     # Wall-clock budget of the whole training (an ensemble's members get an equal share each): after the first
     # epoch the planned epochs shrink to what fits (the one-cycle schedule re-planned to end with them); past it,

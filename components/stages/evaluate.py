@@ -51,7 +51,7 @@ from components.ml.metrics import (
 )
 from components.ml.models import ModelSpec, load_networks, spec_predictor
 from components.ml.predictor import correct_probs
-from components.ml.runtime import predict_probs, set_threads
+from components.ml.runtime import keep_freed_memory, predict_probs, set_threads
 from components.ml.video import patient_metrics
 
 
@@ -239,6 +239,7 @@ def evaluate_model(data_dir: Path, model_dir: Path, cfg: EvaluateConfig, out_dir
 
 def main() -> None:
     args = stage_arguments(__doc__, ["data", "model"], {"baseline": "the baseline stage's output, to compare against"})
+    keep_freed_memory()
     report = evaluate_model(args.data, args.model, load_params(args.params).evaluate, args.out, args.baseline)
     shown = ", ".join(f"{k} {report.metrics[k]:.4f}" for k in ("auc", "accuracy", "sensitivity", "specificity"))
     print(f"evaluate: {shown}")

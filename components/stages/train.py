@@ -61,8 +61,8 @@ from components.ml.metrics import score_auc
 from components.ml.mixup import mix_batch, mixed_loss
 from components.ml.models import ModelSpec, build_model, preprocessing_from_dict, resolve_family, save_model
 from components.ml.predictor import class_prior, trained_prior
-from components.ml.prefetch import prefetched
-from components.ml.runtime import predict_probs, resolve_device, set_threads
+from components.ml.prefetch import prefetched, worth_a_thread
+from components.ml.runtime import keep_freed_memory, predict_probs, resolve_device, set_threads
 from components.ml.schedule import one_cycle, plan_within_budget
 from components.ml.transforms import BatchAugmentation
 from components.ml.weights import WeightAverage, bn_calibration_images, recalibrate_batchnorm
@@ -268,7 +268,7 @@ def _save_checkpoint(run: _Run, course: _Course, key: str, epoch: int, path: Pat
 def _train_epoch(run: _Run, data: _Data, cfg: TrainConfig, device: torch.device, replica: Replica) -> tuple[float, int, float]:
     """One pass over the training split. Returns the summed loss, the images trained on and the
     seconds the loop waited for batches (indexed, copied and augmented `cfg.prefetch_batches`
-    ahead on a background thread)."""
+    ahead on a background thread where the step leaves it a core)."""
     run.model.train()
     on_gpu = device.type == "cuda"
     total, seen, data_seconds = 0.0, 0, 0.0
@@ -280,7 +280,8 @@ def _train_epoch(run: _Run, data: _Data, cfg: TrainConfig, device: torch.device,
         mixed, partners, lam = mix_batch(images, labels, cfg.mixup_alpha, run.augment_gen)
         return mixed, labels, partners, lam
 
-    for (images, labels, partners, lam), waited in prefetched(make, epoch_batches(data.y_train, cfg, run.weights, run.shuffle_gen), cfg.prefetch_batches):
+    depth = worth_a_thread(cfg.prefetch_batches, torch.get_num_threads(), on_gpu)
+    for (images, labels, partners, lam), waited in prefetched(make, epoch_batches(data.y_train, cfg, run.weights, run.shuffle_gen), depth):
         data_seconds += waited
         if replica.distributed and len(labels) < 2 * replica.world_size:
             continue  # a slice of one image cannot train BatchNorm
@@ -487,6 +488,7 @@ def _train_ensemble(data_dir: Path, cfg: TrainConfig, out_dir: Path, state_dir: 
 
 def main() -> None:
     args = stage_arguments(__doc__, ["data"], {"state": "folder of the resumable checkpoint (default: --out)"})
+    keep_freed_memory()
     params = load_params(args.params)
     processes = params.orchestration.train_processes
     if processes > 1 and not torch.distributed.is_torchelastic_launched():
