@@ -34,9 +34,9 @@ def keep_freed_memory(trim_threshold_bytes: int = 1 << 30) -> bool:
     glibc maps every block above its largest mmap threshold (32 MiB) fresh and unmaps it on free, so each
     batch of volumes or clips, and each of their activations and gradients, pays its page faults again: at
     64^3, a bare training loop ran 1.7-1.8x faster with the memory kept, its peak memory 8% higher
-    (benchmarks/throughput.py). For the process of a stage
-    that trains or evaluates: the heap keeps up to `trim_threshold_bytes` free until the process ends.
-    Returns whether it took (not on a C library without glibc's `mallopt`).
+    (benchmarks/throughput.py). For the process of a stage that trains or evaluates: the heap keeps up to
+    `trim_threshold_bytes` free until the process ends. Returns whether it took (not on a C library
+    without glibc's `mallopt`).
     """
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
