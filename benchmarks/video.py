@@ -47,6 +47,9 @@ A seed ensemble on top of the mixup settings (`train.ensemble=3`: seeds 0-2, pro
 train.num_threads=2 and train.max_minutes=90, so that a pause cannot cut a member short), 5 folds, 2026-12-05, load
 2-3: resnet3d 0.637 +- 0.101 (folds 0.805 0.570 0.567 0.656 0.586, 442-480 s a fold, fold 0 698 s with a pause
 and other jobs running; one network 0.657), its members alone 0.643, 0.642 and 0.606: no gain, the spread stays.
+At 160 px instead of 112 (`ingest.video.size=160 prepare.max_size=160`, one network, train.num_threads=2, the
+stages' memory kept for reuse), 5 folds, 2026-12-05, idle: resnet3d 0.641 +- 0.095 (folds 0.765 0.580 0.561 0.723
+0.579), 222-237 s a fold for twice the pixels of the 112 px runs' 230 s: more detail does not lift it either.
 """
 
 from __future__ import annotations
