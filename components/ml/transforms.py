@@ -128,7 +128,8 @@ class BatchAugmentation:
         spatial_dims: 2 for images (N, C, H, W), 3 for volumes (N, C, D, H, W) and clips (N, C, T, H, W).
         generator: the source of every random draw, so a seed (and a restored state) repeats a run.
         clip: the first spatial axis is time: each clip's frames are also jittered in time
-            (`temporal_jitter`), the same spatial change applying to all of its frames.
+            (`temporal_jitter`), the same in-plane change applying to all of its frames and none along
+            time (a zoom or sub-frame shift there would blend neighbouring frames into each other).
     """
 
     def __init__(self, cfg: AugmentConfig, spatial_dims: int, generator: torch.Generator, clip: bool = False):
@@ -152,9 +153,11 @@ class BatchAugmentation:
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         h, w = d - 2, d - 1  # the in-plane axes, last two spatial dimensions
         theta[:, h, h], theta[:, h, w], theta[:, w, h], theta[:, w, w] = cos, -sin, sin, cos
-        if d == 3:
+        if d == 3 and not self.clip:
             theta[:, 0, 0] = 1 / scale
         theta[:, :d, d] = shift
+        if self.clip:
+            theta[:, 0, d] = 0  # time moves by temporal_jitter alone, whole frames at a time
         return theta
 
     def transform(self, images: torch.Tensor, theta: torch.Tensor, factor: torch.Tensor | None = None,
@@ -179,6 +182,10 @@ class BatchAugmentation:
         plane = torch.eye(3, device=theta.device).repeat(n, 1, 1)
         plane[:, :2, :2], plane[:, :2, 2] = theta[:, 1:3, 1:3], theta[:, 1:3, 3]
         slices = self.resample(images.reshape(n, channels * depth, height, width), plane)
+        if bool((theta[:, 0] == torch.tensor([1.0, 0, 0, 0], dtype=theta.dtype, device=theta.device)).all()):
+            # Nothing moves along depth (a clip's time): the pass along it would copy every slice as it is.
+            shape = (n, 1, 1, 1, 1)
+            return torch.addcmul(offset.view(shape), slices.view(n, channels, depth, height, width), factor.to(images.dtype).view(shape))
         # Source depth of each output slice, in voxels (align_corners=False), clamped as border padding does.
         out = (2 * torch.arange(depth, device=theta.device, dtype=theta.dtype) + 1) / depth - 1
         source = (((out * theta[:, :1, 0] + theta[:, :1, 3] + 1) * depth - 1) / 2).clamp(0, depth - 1)

@@ -215,3 +215,18 @@ def test_flips_of_resampled_images_are_folded_into_their_matrices():
     ways = [x, x.flip(2), x.flip(4), x.flip(2).flip(4)]
     taken = [[torch.allclose(o, w[i], atol=1e-5) for w in ways].index(True) for i, o in enumerate(out)]
     assert set(taken) == {0, 1, 2, 3}  # every image unchanged or mirrored, each combination drawn
+
+
+def test_a_clips_spatial_change_never_blends_its_frames():
+    """Rotation, zoom and shift act in-plane on every frame alike; time moves by whole frames only."""
+    from components.ml.transforms import BatchAugmentation
+
+    frames = torch.arange(10.0).view(1, 1, 10, 1, 1).expand(32, 1, 10, 8, 8).clone()  # each frame holds its index
+    cfg = default_params(train={"augment": {"affine_probability": 1.0, "noise_std": 0, "contrast": 0, "temporal_jitter": 0.0,
+                                            "flip_axes": (-1,)}}).train.augment
+    aug = BatchAugmentation(cfg, 3, torch.Generator().manual_seed(0), clip=True)
+    assert torch.allclose(aug(frames), frames, atol=1e-5)  # a constant frame resampled in-plane stays itself
+    theta = aug.affine_matrices(32)
+    assert torch.equal(theta[:, 0], torch.tensor([1.0, 0, 0, 0]).expand(32, 4))
+    volume = BatchAugmentation(cfg, 3, torch.Generator().manual_seed(0))(frames)  # a volume's depth is zoomed and shifted
+    assert not torch.allclose(volume, frames, atol=1e-3)
