@@ -50,6 +50,9 @@ and other jobs running; one network 0.657), its members alone 0.643, 0.642 and 0
 At 160 px instead of 112 (`ingest.video.size=160 prepare.max_size=160`, one network, train.num_threads=2, the
 stages' memory kept for reuse), 5 folds, 2026-12-05, idle: resnet3d 0.641 +- 0.095 (folds 0.765 0.580 0.561 0.723
 0.579), 222-237 s a fold for twice the pixels of the 112 px runs' 230 s: more detail does not lift it either.
+The 112 px mixup settings with train.num_threads=2, idle, 2026-12-05: 0.662 +- 0.090 (0.810 0.588 0.595 0.643 0.673),
+103-105 s a fold; with clip augmentation in-plane only (time moved by whole frames, no longer zoomed or shifted by
+part of a frame, which blended neighbouring frames): 0.663 +- 0.081 (0.773 0.548 0.647 0.656 0.693), 101-105 s.
 """
 
 from __future__ import annotations
