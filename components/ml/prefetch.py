@@ -32,8 +32,8 @@ def worth_a_thread(depth: int, step_threads: int, on_gpu: bool) -> int:
 
 def _single_threaded(make: Callable[[Item], Batch]) -> Callable[[Item], Batch]:
     """`make` with one intra-op thread on the worker, beside the step's own: a second team of OpenMP
-    threads would only add switching. The count is per OpenMP thread, so the
-    caller's stays; the default that threads started later take is restored by `prefetched`."""
+    threads would only add switching. The count is per OpenMP thread, so the caller's stays; the
+    default that threads started later take is restored by `prefetched`."""
 
     def run(item: Item) -> Batch:
         if torch.get_num_threads() != 1:
