@@ -35,9 +35,10 @@ def _faults(mode: str) -> int:
 
 
 def test_kept_memory_is_reused_without_page_faults():
-    # glibc's defaults map each 64 MiB block afresh: 16,384 faults a block, two blocks a round.
-    assert _faults("default") >= 5 * 2 * 16384 * 0.9
-    assert _faults("kept") < 1000
+    # glibc's defaults map each 64 MiB block afresh: 16,384 faults a block with 4 KiB pages (327,700 measured
+    # here), fewer where the kernel backs every mapping with huge pages; kept memory faults no more (0 here).
+    default, kept = _faults("default"), _faults("kept")
+    assert kept < 1000 and kept * 50 < default, (default, kept)
 
 
 def test_batches_are_made_ahead_on_a_thread_only_where_the_step_leaves_a_core():
