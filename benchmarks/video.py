@@ -52,7 +52,8 @@ stages' memory kept for reuse), 5 folds, 2026-12-05, idle: resnet3d 0.641 +- 0.0
 0.579), 222-237 s a fold for twice the pixels of the 112 px runs' 230 s: more detail does not lift it either.
 The 112 px mixup settings with train.num_threads=2, idle, 2026-12-05: 0.662 +- 0.090 (0.810 0.588 0.595 0.643 0.673),
 103-105 s a fold; with clip augmentation in-plane only (time moved by whole frames, no longer zoomed or shifted by
-part of a frame, which blended neighbouring frames): 0.663 +- 0.081 (0.773 0.548 0.647 0.656 0.693), 101-105 s.
+part of a frame, which blended neighbouring frames): 0.663 +- 0.081 (0.773 0.548 0.647 0.656 0.693), 101-105 s;
+with 32 frames a clip instead of 16 (ingest.video.frames=32): 0.628 +- 0.059 (0.673 0.552 0.616 0.700 0.598), 212-222 s.
 """
 
 from __future__ import annotations
