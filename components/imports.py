@@ -2,12 +2,14 @@
 
 One reading serves three needs: the layer test (no upward import, no cycle), the test that each
 `dvc.yaml` stage lists every module its code reads, and the Bento, which ships only the modules
-the service imports.
+the service imports and pins the distributions they import from outside.
 """
 
 from __future__ import annotations
 
 import ast
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +59,19 @@ def imports_of(root: Path, path: Path, packages: tuple[str, ...] = PACKAGES) -> 
             if names or not node.names:
                 found.append(Import(node.module, tuple(names), node.lineno))
     return found
+
+
+def external_imports(paths: Iterable[Path], packages: tuple[str, ...] = PACKAGES) -> set[str]:
+    """Top-level names of the modules outside the project and the standard library that the source
+    files `paths` import, at any depth (function-level and optional imports included)."""
+    found: set[str] = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return {name for name in found if name not in packages and name not in sys.stdlib_module_names}
 
 
 def import_closure(root: Path, modules: list[str], packages: tuple[str, ...] = PACKAGES) -> set[Path]:

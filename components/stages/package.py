@@ -34,15 +34,18 @@ from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml.exceptions import NotFound
 
 from components.data.artifacts import MODEL_REF_FILE
-from components.imports import import_closure
+from components.imports import external_imports, import_closure
 
 SERVICE_MODULE = "services.service"
 SERVICE_IMPORT = f"{SERVICE_MODULE}:Classifier"
 # Where the service reads its settings: beside its module (services.settings.PINNED_SETTINGS_FILE).
 SETTINGS_PATH = Path(*SERVICE_MODULE.split(".")[:-1], MODEL_REF_FILE).as_posix()
-# Distributions the service imports; pinned in the Bento to the versions it was built and tested with.
-SERVICE_DISTRIBUTIONS = ("numpy", "torch", "monai", "pillow", "pydicom", "nibabel", "pydantic", "pyyaml",
-                         "soundfile", "scipy")
+# Pinned in the Bento besides the distributions its modules import: uvicorn's HTTP parser in C, which
+# BentoML's server takes where it is installed. Its pure-Python fallback (h11) cost the default model's
+# service half of its throughput at concurrency 32 (benchmarks/serving.py).
+SERVER_DISTRIBUTIONS = ("httptools",)
+# BentoML installs itself into a Bento's environment, at the version that built it.
+_UNPINNED = {"bentoml"}
 _QUIET_ENV = {"BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1"}
 # Environment that would make a Bento import something other than its own copy, or another model.
 _DROPPED_ENV = ("PYTHONPATH", "MEDGATE_MODEL_TAG")
@@ -156,7 +159,7 @@ def build_bento(
         "exclude": ["__pycache__/"],
         "models": [model_tag],
         "envs": [{"name": k, "value": v} for k, v in _QUIET_ENV.items()],
-        "python": {"packages": _pinned_distributions(), "lock_packages": False},
+        "python": {"packages": pinned_distributions(root, sources), "lock_packages": False},
     }
     with tempfile.TemporaryDirectory(prefix="medgate-bento-") as tmp:
         ctx = Path(tmp)
@@ -237,9 +240,14 @@ def _verify_pin(bento_tag: str, model_tag: str) -> None:
         raise RuntimeError(f"Bento {bento_tag} pins {pinned} / {ref}, expected exactly {model_tag}")
 
 
-def _pinned_distributions() -> list[str]:
+def pinned_distributions(root: Path, sources: list[str]) -> list[str]:
+    """`name==version` of every installed distribution the `sources` (paths under `root`) import from
+    outside the project, and of `SERVER_DISTRIBUTIONS`: the versions the Bento was built and tested with.
+    Read from the sources, so that a reader's new library cannot be missing from a containerised Bento."""
+    providers = importlib_metadata.packages_distributions()
+    names = {dist for module in external_imports(root / s for s in sources) for dist in providers.get(module, [])}
     pins = []
-    for name in SERVICE_DISTRIBUTIONS:
+    for name in sorted((names | set(SERVER_DISTRIBUTIONS)) - _UNPINNED, key=str.lower):
         with contextlib.suppress(importlib_metadata.PackageNotFoundError):
             pins.append(f"{name}=={importlib_metadata.version(name).split('+')[0]}")
     return pins
