@@ -182,6 +182,8 @@ def window_scores(rows: np.ndarray, spans: Sequence[tuple[float, float]], card: 
 
 def per_upload(probabilities: np.ndarray, counts: Sequence[int]) -> np.ndarray:
     """Rows of window probabilities → one row per upload, the mean of its `counts` windows (images: 1 each)."""
+    if all(n == 1 for n in counts):  # one row each (images): nothing to average
+        return probabilities
     ends = np.cumsum(counts)
     return np.stack([probabilities[end - n:end].mean(axis=0) for n, end in zip(counts, ends, strict=True)])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from typing import IO
@@ -42,11 +43,19 @@ class NpyReader(Reader, name="npy", formats=".npy", suffixes=(".npy",)):
 def read_npy_header(fp: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
     """The shape, Fortran order and dtype a .npy header declares; `fp` is left at the first data byte."""
     version = np.lib.format.read_magic(fp)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(fp)
-    if version == (2, 0):
-        return np.lib.format.read_array_header_2_0(fp)
-    raise ValueError(f".npy format version {version} not supported")
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f".npy format version {version} not supported")
+    length_field = fp.read(2 if version == (1, 0) else 4)
+    header = fp.read(int.from_bytes(length_field, "little"))
+    return _parse_header(version, length_field + header)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_header(version: tuple[int, int], raw: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    # numpy parses the header's dict with ast.literal_eval, 0.1 ms a time; a service's clients send the
+    # same few headers again and again. A truncated or malformed header raises here, and is not cached.
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(io.BytesIO(raw))
 
 
 def _layout(shape: tuple[int, ...]) -> dict[str, int]:

@@ -208,3 +208,15 @@ def test_multiframe_ct_is_a_volume_with_per_frame_rescale() -> None:
     enhanced = dicom_to_array(stack, LIMITS)
     np.testing.assert_allclose(enhanced[0], one)
     np.testing.assert_allclose(enhanced[1], (one + 1024) * 2 - 1024)
+
+
+def test_npy_arrays_sharing_a_header_each_decode_to_their_own_data() -> None:
+    # The header's parse is cached (components.readers.npy): the same header, other pixels, other orders.
+    first, second = (np.random.default_rng(seed).random((6, 7)).astype(np.float32) for seed in (0, 1))
+    np.testing.assert_array_equal(decode_image(npy_bytes(first), LIMITS), first)
+    np.testing.assert_array_equal(decode_image(npy_bytes(second), LIMITS), second)
+    np.testing.assert_array_equal(decode_image(npy_bytes(np.asfortranarray(second)), LIMITS), second)
+    whole = npy_bytes(first)
+    for cut in (9, 12, 40):  # inside the length field, inside the header, inside the data
+        with pytest.raises(ImageDecodeError, match=r"\.npy"):
+            decode_image(whole[:cut], LIMITS)
