@@ -29,6 +29,7 @@ loop, at most 15% of an epoch waiting for batches):
     augmenting a batch of 64 volumes at 64^3 costs 124 ms of CPU (74 ms on 2 threads: resampling 36, depth 20,
         noise 12) against 443 ms for the step on 2 threads: with every core in the step, that cost cannot hide
         behind it, and with validation (6-8% of an epoch) it bounds whole epochs near 0.80 of the bare loop.
+    64^3 again (`--case 64 --ratios-only`, idle, 2026-12-05, later): step 0.81, whole epochs 0.76, data_fraction 0.13.
     4. kept: 121-139 images/s, 0.4 million page faults, peak 2.07 GiB; glibc's defaults: 67-83 images/s,
         3.6 million, 1.91 GiB: 1.7-1.8x the speed for 8% more memory.
 
