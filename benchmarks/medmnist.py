@@ -11,7 +11,7 @@ stage with process start and validation), images/s, the paper's rows (MedMNIST v
 from ../shared/data/README.md) and the issue's target. Then the throughput of medgate's training
 step against a bare PyTorch loop on the same network, data and batch size (benchmarks/throughput.py).
 
-    python benchmarks/medmnist.py [--datasets breastmnist pneumoniamnist adrenalmnist3d] [--seeds 3 [NAME=N ...]]
+    python benchmarks/medmnist.py [--datasets breastmnist pneumoniamnist adrenalmnist3d] [--seeds 3 [NAME=N ...]] [--first-seed 0]
         [--workdir DIR] [--set train.max_epochs=40 ...] [--no-throughput]
 
 The CPU of this machine is shared with other work: the load average is printed with the figures.
@@ -178,6 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist", "adrenalmnist3d"], choices=list(PAPER_COLUMNS))
     parser.add_argument("--seeds", nargs="+", default=["3"], metavar="N|NAME=N", help="seeds per dataset: a number, and/or per dataset, e.g. 3 pneumoniamnist=1")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds K, K+1, ...: to confirm a result on seeds it was not measured with")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the workspaces here (default: a temporary folder)")
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="params.yaml overrides")
     parser.add_argument("--no-throughput", action="store_true", help="skip the medgate-vs-bare-loop comparison")
@@ -202,7 +203,7 @@ def main() -> None:
     seeds = seeds_per_dataset(args.seeds, args.datasets)
     for name in args.datasets:
         print(f"{name}: {seeds[name]} seed(s) through training_flow in {workdir / name}", flush=True)
-        results[name] = {"runs": run_dataset(name, list(range(seeds[name])), workdir, overrides)}
+        results[name] = {"runs": run_dataset(name, list(range(args.first_seed, args.first_seed + seeds[name])), workdir, overrides)}
         if not args.no_throughput:
             from benchmarks.throughput import compare_with_bare_loop
 
