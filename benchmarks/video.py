@@ -54,6 +54,9 @@ The 112 px mixup settings with train.num_threads=2, idle, 2026-12-05: 0.662 +- 0
 103-105 s a fold; with clip augmentation in-plane only (time moved by whole frames, no longer zoomed or shifted by
 part of a frame, which blended neighbouring frames): 0.663 +- 0.081 (0.773 0.548 0.647 0.656 0.693), 101-105 s;
 with 32 frames a clip instead of 16 (ingest.video.frames=32): 0.628 +- 0.059 (0.673 0.552 0.616 0.700 0.598), 212-222 s.
+On the same 112 px mixup settings, 2 threads, nothing else running (but a minute of tests in fold 0 of the first): the CNN+GRU (`--families cnn_rnn`) 0.626 +- 0.087 (0.763
+0.569 0.539 0.648 0.612), 260-296 s a fold; resnet3d with EMA weights (train.ema_decay=0.99: weights averaged over
+about the last 100 steps, some 6 epochs) 0.651 +- 0.079 (0.750 0.558 0.617 0.715 0.617), 110-134 s.
 """
 
 from __future__ import annotations
