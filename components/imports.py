@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +46,10 @@ def imports_of(root: Path, path: Path, packages: tuple[str, ...] = PACKAGES) -> 
     `from a.b import c` counts as an import of `a.b.c` when that is a module, else of `a.b` taking `c`.
     """
     found: list[Import] = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in _absolute_imports(path):
         if isinstance(node, ast.Import):
             found += [Import(a.name, (), node.lineno) for a in node.names if a.name.split(".")[0] in packages]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] in packages:
+        elif node.module.split(".")[0] in packages:
             names: list[str] = []
             for alias in node.names:
                 if module_path(root, f"{node.module}.{alias.name}") is not None:
@@ -64,14 +64,20 @@ def imports_of(root: Path, path: Path, packages: tuple[str, ...] = PACKAGES) -> 
 def external_imports(paths: Iterable[Path], packages: tuple[str, ...] = PACKAGES) -> set[str]:
     """Top-level names of the modules outside the project and the standard library that the source
     files `paths` import, at any depth (function-level and optional imports included)."""
-    found: set[str] = set()
-    for path in paths:
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Import):
-                found |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                found.add(node.module.split(".")[0])
+    found = {
+        name.split(".")[0]
+        for path in paths
+        for node in _absolute_imports(path)
+        for name in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module])
+    }
     return {name for name in found if name not in packages and name not in sys.stdlib_module_names}
+
+
+def _absolute_imports(path: Path) -> Iterator[ast.Import | ast.ImportFrom]:
+    """The `import` and absolute `from ... import` statements of the source file `path`, at any depth."""
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module):
+            yield node
 
 
 def import_closure(root: Path, modules: list[str], packages: tuple[str, ...] = PACKAGES) -> set[Path]:
