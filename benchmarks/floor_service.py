@@ -11,11 +11,14 @@ from typing import Annotated, Any
 import bentoml
 from bentoml.validators import ContentType
 
+from services.settings import UNTRACED
+
 Json = Annotated[dict[str, Any], ContentType("application/json")]
 WORKERS_ENV = "MEDGATE_FLOOR_WORKERS"
 
 
-@bentoml.service(name="medgate_floor", workers=int(os.environ.get(WORKERS_ENV, "1")), traffic={"timeout": 60})
+# Untraced as medgate's service is by default: the floor is the least any BentoML service can cost.
+@bentoml.service(name="medgate_floor", workers=int(os.environ.get(WORKERS_ENV, "1")), traffic={"timeout": 60}, tracing=UNTRACED)
 class Floor:
     @bentoml.api
     async def predict(self, image: Path) -> Json:

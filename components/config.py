@@ -428,6 +428,9 @@ class ServeConfig(_Section):
     reload_poll_s: float
     # Host names `medgate serve` answers to besides the loopback names and the address it binds.
     allowed_hosts: tuple[str, ...]
+    # OpenTelemetry spans for every request (exported where BentoML's own `tracing` configuration names an
+    # exporter); false: BentoML's tracing middleware passes every request through untouched.
+    tracing: bool
 
 
 class ModelCardText(_Section):

@@ -86,7 +86,7 @@ from services.inference import (
 from services.lifetime import die_with_parent
 from services.origin import ALLOWED_HOSTS_ENV, OriginGuard, read_allowed_hosts
 from services.readiness import WorkerRoll
-from services.settings import API_KEY_ENV, MODEL_SHA256_ENV, PINNED_SETTINGS_FILE, ServingSettings, settings_for_model
+from services.settings import API_KEY_ENV, MODEL_SHA256_ENV, PINNED_SETTINGS_FILE, UNTRACED, ServingSettings, settings_for_model
 
 if TYPE_CHECKING:
     import torch
@@ -174,6 +174,7 @@ JsonList = Annotated[list[dict[str, Any]], ContentType("application/json")]
     name="medgate_classifier",
     workers=WORKERS,
     traffic={"timeout": 60, "max_concurrency": SETTINGS.max_concurrency * WORKERS},
+    **({} if SETTINGS.tracing else {"tracing": UNTRACED}),
 )
 class Classifier:
     """Classifies medical images with one exact model version from the BentoML model store."""

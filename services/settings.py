@@ -24,7 +24,7 @@ API_KEY_ENV = "MEDGATE_API_KEY"
 # Set by `medgate serve` for its backends: the registry's artifact_sha256 of the version it serves.
 # When set, the service serves model.pt only if its content has this hash.
 MODEL_SHA256_ENV = "MEDGATE_MODEL_SHA256"
-# The integer settings beside the model tag, input shape and device.
+# The integer settings beside the model tag, input shape, device and tracing.
 SETTING_KEYS = (
     "max_batch_size",
     "gpu_max_batch_size",
@@ -41,6 +41,10 @@ SETTING_KEYS = (
     "max_upload_seconds",
 )
 PINNED_SETTINGS_FILE = Path(__file__).with_name(MODEL_REF_FILE)
+# A service's BentoML `tracing` config with every URL excluded from the OpenTelemetry middleware (serve.tracing
+# false): with no exporter configured, medgate's offline default, its spans went nowhere, yet cost about a
+# seventh of a small request's CPU (benchmarks/serving.py's profile).
+UNTRACED = {"excluded_urls": [".*"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +67,7 @@ class ServingSettings:
     decode_threads: int
     max_upload_seconds: int
     device: str
+    tracing: bool
 
     def __post_init__(self) -> None:
         exact_model_tag(self.model_tag)
@@ -92,6 +97,7 @@ class ServingSettings:
             model_tag=str(raw["model_tag"]),
             input_shape=tuple(int(s) for s in raw["input_shape"]),
             device=str(raw["device"]),
+            tracing=bool(raw["tracing"]),
             **{k: int(raw[k]) for k in SETTING_KEYS},
         )
 

@@ -103,6 +103,13 @@ def test_http_prediction_equals_in_process(served, in_process, tmp_path):
     )
 
 
+def test_requests_make_no_tracing_spans_unless_asked(served):
+    # BentoML's tracing middleware names each request's span in this header; serve.tracing is false by default.
+    resp = post_image(served["client"], npy_bytes(stored_image(seed=4)))
+    assert resp.status_code == 200, resp.text
+    assert "x-bentoml-request-id" not in resp.headers
+
+
 def test_batch_metadata_and_model_card_over_http(served):
     client = served["client"]
     files = [("images", (f"{i}.npy", npy_bytes(stored_image(seed=i)))) for i in range(4)]
