@@ -529,6 +529,52 @@ def test_batcher_runs_an_idle_request_at_once_and_queued_ones_together():
     assert [float(a[0, 0]) for a in answers] == [2.0 * i for i in range(1, 8)]
 
 
+def test_batcher_keeps_clients_that_come_back_together_in_one_batch():
+    """Closed-loop clients (each sends again when answered) come back a little apart: the batch waits for them.
+    Leaving with the first one split them into two groups that alternated (1, 7, 1, 7, ...)."""
+    from services.batching import MicroBatcher
+
+    def network(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.03)
+        return batch
+
+    async def main():
+        batcher = MicroBatcher(network, max_batch_size=64, max_latency_ms=10_000)
+
+        async def client(i: int) -> None:
+            for _ in range(10):
+                await batcher(np.array([[float(i)]]))
+                await asyncio.sleep(0.0002 * i)  # client i comes back 0.2 i ms after its answer
+
+        await asyncio.gather(*(client(i) for i in range(8)))
+        return list(batcher.batch_sizes), batcher.gathers
+
+    sizes, gathers = asyncio.run(main())
+    assert sum(sizes) == 80 and gathers > 0
+    assert sizes.count(8) >= 8, sizes
+
+
+def test_batcher_never_waits_for_a_lone_client():
+    from services.batching import MicroBatcher
+
+    def network(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.01)
+        return batch
+
+    async def main():
+        batcher = MicroBatcher(network, max_batch_size=64, max_latency_ms=10_000)
+        for i in range(10):
+            await batcher(np.array([[float(i)]]))
+        together = await asyncio.gather(*(batcher(np.array([[float(i)]])) for i in range(3)))  # one burst of 3...
+        for i in range(3):  # ...then one client again: the first call waits at most one batch's time, once
+            await batcher(np.array([[float(i)]]))
+        return list(batcher.batch_sizes), batcher.gathers, len(together)
+
+    sizes, gathers, burst = asyncio.run(main())
+    assert burst == 3 and sizes == [1] * 10 + [3] + [1, 1, 1], sizes
+    assert gathers == 1  # only the first call after the burst waited
+
+
 def test_batcher_fails_only_the_callers_of_a_failing_batch():
     from services.batching import MicroBatcher
 
