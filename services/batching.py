@@ -99,9 +99,11 @@ class MicroBatcher:
         deadline = loop.time() + min(GATHER_S, self._batch_s)
         while self._queued_rows < expected and (left := deadline - loop.time()) > 0:
             self._waiter = waiter = loop.create_future()
-            timer = loop.call_later(left, lambda: waiter.done() or waiter.set_result(None))
-            await waiter
-            timer.cancel()
+            timer = loop.call_later(left, lambda w=waiter: w.done() or w.set_result(None))
+            try:
+                await waiter
+            finally:
+                timer.cancel()
         self._waiter = None
 
     async def _run(self, parts: list[np.ndarray], futures: list[asyncio.Future[np.ndarray]]) -> None:
