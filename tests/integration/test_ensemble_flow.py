@@ -30,7 +30,8 @@ def test_ensemble_with_flips_is_packaged_and_served_as_evaluated(tmp_path, prefe
     assert serving["verdict"] == "pass", serving  # the Bento answered the golden images as evaluate did
 
     metrics = json.loads((stage_dir(ws, "evaluate") / "metrics.json").read_text())
-    assert metrics["prediction"] == {"tta_flip_axes": [-1], "prior_correction": True, "members": 2}
+    # temperature 1.0: evaluate.calibrate_prediction is off by default (params.yaml)
+    assert metrics["prediction"] == {"tta_flip_axes": [-1], "prior_correction": True, "temperature": 1.0, "members": 2}
     assert len(metrics["members"]) == 2 and all("auc" in m and "accuracy" in m for m in metrics["members"])
     assert (ws / "data" / "train_state" / "member-1" / "checkpoint.pt").is_file()
 
