@@ -37,10 +37,13 @@ class MicroBatcher:
         max_batch_size: most rows per call of `fn`.
         max_latency_ms: a request whose expected wait (queued batches times the recent batch time) is
             over this is refused with `Overloaded` instead of queued.
+        observe: called with each batch's size (the service's metric of it).
     """
 
-    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_latency_ms: float):
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_latency_ms: float,
+                 observe: Callable[[int], None] | None = None):
         self._fn = fn
+        self._observe = observe
         self._max_batch_size = max_batch_size
         self._budget_s = max_latency_ms / 1000
         self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
@@ -119,6 +122,8 @@ class MicroBatcher:
         self._batch_s = elapsed if self._batch_s == 0 else 0.8 * self._batch_s + 0.2 * elapsed
         self._last_rows = sum(len(p) for p in parts)
         self.batch_sizes.append(self._last_rows)
+        if self._observe is not None:
+            self._observe(self._last_rows)
         start = 0
         for rows, future in zip(parts, futures):
             if not future.done():  # a caller that went away (client disconnected) has cancelled its future

@@ -84,6 +84,7 @@ from services.inference import (
     window_scores,
 )
 from services.lifetime import die_with_parent
+from services.metrics import BATCH_SIZES
 from services.origin import ALLOWED_HOSTS_ENV, OriginGuard, read_allowed_hosts
 from services.readiness import WorkerRoll
 from services.settings import API_KEY_ENV, MODEL_SHA256_ENV, PINNED_SETTINGS_FILE, UNTRACED, ServingSettings, settings_for_model
@@ -203,7 +204,7 @@ class Classifier:
         example = torch.randn((2, *SETTINGS.input_shape), generator=torch.Generator().manual_seed(0)).to(self.device)
         self.network, folded = folded_for_inference(network.to(self.device), example)
         self.max_batch_size = batch_limit(SETTINGS, self.device.type)
-        self.batcher = MicroBatcher(self._forward, self.max_batch_size, SETTINGS.max_latency_ms)
+        self.batcher = MicroBatcher(self._forward, self.max_batch_size, SETTINGS.max_latency_ms, BATCH_SIZES.observe)
         # Warm up before /readyz answers, not in the first requests: a decode of each in-memory-made format
         # (their libraries initialise lazily, and the first requests arrive on several threads at once), one forward pass.
         _warm_up_decoders()
