@@ -15,26 +15,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import time
 
 import numpy as np
+from serving import BOUNDARY, upload_body  # (serving puts the project, and with it tests.images, on the path)
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-BOUNDARY = b"medgate-benchmark-boundary"
+from tests.images import npy_bytes
+
 ANSWER = b'{"label":"normal","probabilities":{"normal":0.5,"lesion":0.5},"decision":"normal","model_version":"m:1"}'
 
 
 def service_request() -> bytes:
-    upload = io.BytesIO()
-    np.save(upload, np.zeros((64, 64), np.float32))
-    body = (b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="image"; filename="image.npy"\r\n'
-            b"Content-Type: application/octet-stream\r\n\r\n" + upload.getvalue() + b"\r\n--" + BOUNDARY + b"--\r\n")
-    return (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=" + BOUNDARY
-            + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    body = upload_body(npy_bytes(np.zeros((64, 64), np.float32)), "image")
+    return (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 async def reading_app(scope, receive, send) -> None:  # noqa: ANN001 - the ASGI signature

@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import json
 import os
 import statistics
@@ -77,8 +76,10 @@ from burst_memory import report as burst_report
 from serving_targets import TARGET_CONCURRENCY, WIDE_MODEL, targets  # noqa: E402
 
 from flows.settings import configure_offline, get_settings
+from tests.images import npy_bytes
 
 BATCH_CONCURRENCY = 8  # of the /predict_batch measurement
+BOUNDARY = "medgate-benchmark-boundary"  # of the uploads' multipart bodies
 
 
 @dataclass
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         workers = settings.api_workers or len(os.sched_getaffinity(0))
         raw = None if args.burst_only else measure_raw(
             model_dir, image, settings.torch_threads, workers, settings.max_batch_size, args.raw_seconds)
-        payload = _npy_bytes(image)
+        payload = npy_bytes(image)
         routes = [("bento", lambda: _serve_direct(bento_tag, stack))]
         if args.via_supervisor and not args.burst_only:
             routes.append(("supervisor", lambda: _serve_supervised(bento_tag, stack)))
@@ -313,14 +314,9 @@ async def measure_service(
     """
     import aiohttp
 
-    boundary = "medgate-benchmark-boundary"
     path, field_name = ("/predict", "image") if images == 1 else ("/predict_batch", "images")
-    part = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; filename="image.npy"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + payload + b"\r\n"
-    body = part * images + f"--{boundary}--\r\n".encode()
-    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    body = upload_body(payload, field_name, images)
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
     if key := os.environ.get("MEDGATE_API_KEY"):
         headers["Authorization"] = f"Bearer {key}"
     results = []
@@ -669,10 +665,13 @@ def _connections_per_process(pid: int, port: int) -> list[int]:
     return sorted(counts)
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
+def upload_body(payload: bytes, field_name: str, images: int = 1) -> bytes:
+    """A multipart/form-data body (boundary BOUNDARY) holding `images` copies of the `.npy` `payload` in `field_name`."""
+    part = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field_name}"; filename="image.npy"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + payload + b"\r\n"
+    return part * images + f"--{BOUNDARY}--\r\n".encode()
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:

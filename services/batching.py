@@ -49,10 +49,10 @@ class MicroBatcher:
         self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
         self._queued_rows = 0
         self._batch_s = 0.0  # moving average of one call's duration
-        self._last_rows = 0  # rows of the last call: the demand a busy server expects back
         self._waiter: asyncio.Future[None] | None = None  # woken by each request queued while a batch gathers
         self._worker: asyncio.Task[None] | None = None
-        self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes, for tests and metrics
+        # Recent batch sizes (the last: the demand a busy server expects back), for tests and metrics.
+        self.batch_sizes: deque[int] = deque(maxlen=1000)
         self.gathers = 0  # batches that waited for the last one's clients
 
     async def __call__(self, rows: np.ndarray) -> np.ndarray:
@@ -94,7 +94,7 @@ class MicroBatcher:
         (benchmarks/serving.py, ResNet-18 w64; mean 8), paying small batches' cost per image. At low load
         the last batch had one row and the queue holds one: nothing waits.
         """
-        expected = min(self._last_rows, self._max_batch_size)
+        expected = min(self.batch_sizes[-1] if self.batch_sizes else 0, self._max_batch_size)
         if self._queued_rows >= expected:
             return
         self.gathers += 1
@@ -120,10 +120,9 @@ class MicroBatcher:
             return
         elapsed = time.perf_counter() - started
         self._batch_s = elapsed if self._batch_s == 0 else 0.8 * self._batch_s + 0.2 * elapsed
-        self._last_rows = sum(len(p) for p in parts)
-        self.batch_sizes.append(self._last_rows)
+        self.batch_sizes.append(sum(len(p) for p in parts))
         if self._observe is not None:
-            self._observe(self._last_rows)
+            self._observe(self.batch_sizes[-1])
         start = 0
         for rows, future in zip(parts, futures):
             if not future.done():  # a caller that went away (client disconnected) has cancelled its future
