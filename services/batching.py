@@ -5,8 +5,8 @@ waits while the network is busy, and whatever queued meanwhile runs next as one 
 `max_batch_size` images). A batch with fewer rows queued than the last one had also waits briefly for
 the rest (the last batch's clients, coming back): at most one batch's time and `GATHER_S`. At low load
 each request runs alone and at once, so batching adds no latency; under load the batches grow with the
-queue. The network runs in a worker thread, so the event loop keeps reading and preprocessing requests
-while it computes.
+queue. A batch expected to be short (`inline_s`) runs on the event loop; a longer one runs in a worker
+thread, so that the event loop keeps reading and preprocessing requests while it computes.
 """
 
 from __future__ import annotations
@@ -38,17 +38,24 @@ class MicroBatcher:
         max_latency_ms: a request whose expected wait (queued batches times the recent batch time) is
             over this is refused with `Overloaded` instead of queued.
         observe: called with each batch's size (the service's metric of it).
+        inline_s: a batch expected (from the calls so far) to take at most this long runs on the event loop
+            itself, not in a worker thread; 0: every batch runs in a thread. Where no CPU is free to run the
+            event loop beside the computation (a CPU server with its CPUs already shared among its workers' forward passes), the
+            thread buys no overlap, only its costs: handing the batch over and back, and the GIL passed
+            between the two threads at every layer of the network (see services.service).
     """
 
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_latency_ms: float,
-                 observe: Callable[[int], None] | None = None):
+                 observe: Callable[[int], None] | None = None, inline_s: float = 0.0):
         self._fn = fn
+        self._inline_s = inline_s
         self._observe = observe
         self._max_batch_size = max_batch_size
         self._budget_s = max_latency_ms / 1000
         self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
         self._queued_rows = 0
         self._batch_s = 0.0  # moving average of one call's duration
+        self._row_s = 0.0  # moving average of one call's duration per row (0: no call yet)
         self._waiter: asyncio.Future[None] | None = None  # woken by each request queued while a batch gathers
         self._worker: asyncio.Task[None] | None = None
         # Recent batch sizes (the last: the demand a busy server expects back), for tests and metrics.
@@ -110,9 +117,13 @@ class MicroBatcher:
         self._waiter = None
 
     async def _run(self, parts: list[np.ndarray], futures: list[asyncio.Future[np.ndarray]]) -> None:
+        batch = np.concatenate(parts)
+        # Per-row time over-estimates a larger batch than those measured (its rows cost less), so a batch
+        # runs inline only once calls have shown it short; the first call runs in a thread.
+        inline = 0 < len(batch) * self._row_s <= self._inline_s
         started = time.perf_counter()
         try:
-            out = await anyio.to_thread.run_sync(self._fn, np.concatenate(parts))
+            out = self._fn(batch) if inline else await anyio.to_thread.run_sync(self._fn, batch)
         except Exception as exc:  # noqa: BLE001 - handed to every caller of this batch
             for future in futures:
                 if not future.done():
@@ -120,11 +131,15 @@ class MicroBatcher:
             return
         elapsed = time.perf_counter() - started
         self._batch_s = elapsed if self._batch_s == 0 else 0.8 * self._batch_s + 0.2 * elapsed
-        self.batch_sizes.append(sum(len(p) for p in parts))
+        row_s = elapsed / len(batch)
+        self._row_s = row_s if self._row_s == 0 else 0.8 * self._row_s + 0.2 * row_s
+        self.batch_sizes.append(len(batch))
         if self._observe is not None:
-            self._observe(self.batch_sizes[-1])
+            self._observe(len(batch))
         start = 0
         for rows, future in zip(parts, futures):
             if not future.done():  # a caller that went away (client disconnected) has cancelled its future
                 future.set_result(out[start : start + len(rows)])
             start += len(rows)
+        if inline:  # let the event loop answer these callers (and read new requests) before the next batch
+            await asyncio.sleep(0)

@@ -63,10 +63,8 @@ class ModelCard:
 
 
 def read_upload(path: Path, max_bytes: int, name: str = "image") -> bytes:
-    """The bytes of one uploaded file, refusing empty and oversized ones."""
+    """The bytes of one uploaded file, refusing an oversized one."""
     size = path.stat().st_size
-    if size == 0:
-        raise InputProblem(f"{name}: the upload is empty")
     if size > max_bytes:
         raise InputProblem(
             f"{name}: the upload is {size} bytes, over the limit of {max_bytes}",

@@ -16,9 +16,13 @@ Endpoints of `Classifier`:
   process of the server has loaded the model (`__is_ready__`, services.readiness). The workers share
   connections evenly (services.balance).
 
+Over HTTP, `services.guard.UploadGuard` reads the two upload routes' requests, parses each form once in
+memory and hands it to `Classifier.answer`: no upload is written to disk, and BentoML's own multipart
+handling (temporary files, a pydantic model), which cost more CPU per request than the network, never runs.
 Uploads are decoded and preprocessed with the training code (`components.ml.transforms.preprocess`),
 then the network runs behind `services.batching.MicroBatcher`: concurrent requests of a worker share
-forward passes, and a request that finds the network idle runs at once. (BentoML's own batcher sits
+forward passes, and a request that finds the network idle runs at once (on a CPU server, a short batch
+runs on the event loop itself: `inline_forward_s`). (BentoML's own batcher sits
 behind an HTTP route; reaching it from `/predict` costs a JSON round trip of every image or a second
 process, measured at 11.6 and 9.2 CPU-ms per request against 6.3 for this; see benchmarks/serving.py.)
 
@@ -68,7 +72,7 @@ from components.documents.modelcard import HTML_FILE as CARD_HTML
 from components.documents.modelcard import MARKDOWN_FILE as CARD_MARKDOWN
 from services.balance import ConnectionShare, share_connections
 from services.batching import MicroBatcher, Overloaded
-from services.guard import ApiKeyGuard, UploadGuard
+from services.guard import ApiKeyGuard, Form, UploadGuard
 from services.inference import (
     InputProblem,
     ModelCard,
@@ -102,6 +106,9 @@ CARD_ROUTES = {"/model_card": (CARD_HTML, "text/html"), "/model_card.md": (CARD_
 # decodes in tenths of a millisecond, less than a round trip through a worker thread, and the decode
 # limits bound even a small file's decoded size (benchmarks/serving.py measures the effect).
 INLINE_DECODE_BYTES = 256 * 1024
+# Longest a batch expected to take may run on the event loop (MicroBatcher's inline_s): probes and new
+# requests wait for it meanwhile.
+INLINE_FORWARD_S = 0.02
 logger = logging.getLogger("medgate.service")
 
 
@@ -154,6 +161,17 @@ def batch_limit(settings: ServingSettings, device_type: str) -> int:
     return settings.gpu_max_batch_size if device_type == "cuda" else settings.max_batch_size
 
 
+def inline_forward_s(settings: ServingSettings, device_type: str) -> float:
+    """MicroBatcher's `inline_s`: INLINE_FORWARD_S on a CPU server whose workers' forward passes use every CPU
+    it may use, else 0. A worker thread lets the event loop read requests while the network computes only
+    where a CPU (or a GPU) is free to compute meanwhile; without one, the forward pass on the event loop
+    itself costs less: 0.06 server CPU-ms per request at concurrency 32 and 0.7 at concurrency 1, and 1 ms
+    of p50 at concurrency 1 (the default network, benchmarks/serving.py's stand-in, 2 CPUs)."""
+    cpus = len(os.sched_getaffinity(0))
+    busy = worker_count(settings) * (settings.torch_threads or cpus) >= cpus
+    return INLINE_FORWARD_S if device_type == "cpu" and busy else 0.0
+
+
 def worker_count(settings: ServingSettings) -> int:
     """`api_workers`, where 0 means one per CPU this server may use (its affinity, not the host's count)."""
     return settings.api_workers or len(os.sched_getaffinity(0))
@@ -204,7 +222,8 @@ class Classifier:
         example = torch.randn((2, *SETTINGS.input_shape), generator=torch.Generator().manual_seed(0)).to(self.device)
         self.network, folded = folded_for_inference(network.to(self.device), example)
         self.max_batch_size = batch_limit(SETTINGS, self.device.type)
-        self.batcher = MicroBatcher(self._forward, self.max_batch_size, SETTINGS.max_latency_ms, BATCH_SIZES.observe)
+        self.batcher = MicroBatcher(self._forward, self.max_batch_size, SETTINGS.max_latency_ms, BATCH_SIZES.observe,
+                                    inline_forward_s(SETTINGS, self.device.type))
         # Warm up before /readyz answers, not in the first requests: a decode of each in-memory-made format
         # (their libraries initialise lazily, and the first requests arrive on several threads at once), one forward pass.
         _warm_up_decoders()
@@ -242,12 +261,17 @@ class Classifier:
         """`/readyz`: 200 only once every worker of this server has loaded the model (services.readiness)."""
         return self.workers.complete()
 
+    # Over HTTP, services.guard answers the two upload routes through `answer`, from the body it has read and
+    # parsed in memory. These two methods describe the routes (BentoML's OpenAPI document and clients) and
+    # serve in-process calls; both ways run `_predict`.
     @bentoml.api
     async def predict(self, image: Path, windows: bool = False) -> Json:
         """Classify one image: form field `image`, a PNG, JPEG, DICOM, NIfTI or .npy file (or a clip or a
         recording, by the model). `windows` (an audio model): also each window's span and probabilities."""
         try:
-            (prediction,) = await self._predict_files([image], ["image"], windows)
+            (prediction,) = await self._predict([read_upload(image, self.max_upload_bytes)], ["image"], windows)
+        except InputProblem as problem:
+            raise _ERRORS.get(problem.status, BentoMLException)(str(problem), error_code=problem.status) from None
         except Overloaded as exc:
             return _busy(exc)  # type: ignore[return-value]  # BentoML sends a Response as it is
         return prediction
@@ -255,14 +279,44 @@ class Classifier:
     @bentoml.api
     async def predict_batch(self, images: list[Path], windows: bool = False) -> JsonList:
         """Classify several images: form field `images`, repeated; answers in upload order."""
-        if not images:
-            raise BadInput("no images: send one or more files in form field 'images'")
-        if len(images) > self.max_batch_images:
-            raise BadInput(f"{len(images)} images in one request; the limit is {self.max_batch_images}")
         try:
-            return await self._predict_files(images, [f"images[{i}]" for i in range(len(images))], windows)
+            names = self._batch_names(len(images))
+            uploads = [read_upload(path, self.max_upload_bytes, name) for path, name in zip(images, names)]
+            return await self._predict(uploads, names, windows)
+        except InputProblem as problem:
+            raise _ERRORS.get(problem.status, BentoMLException)(str(problem), error_code=problem.status) from None
         except Overloaded as exc:
             return _busy(exc)  # type: ignore[return-value]
+
+    async def answer(self, route: str, form: Form) -> Response:
+        """The HTTP response of an upload route (`/predict` or `/predict_batch`) to its form, as services.guard
+        read it: the guard has checked that the route's file field holds one or more files."""
+        try:
+            windows = _form_flag(form, "windows")
+            if route == "/predict":
+                if len(form["image"]) > 1:
+                    raise InputProblem(f"form field 'image' holds {len(form['image'])} files; /predict takes one "
+                                       "(send several to /predict_batch, in field 'images')")
+                (prediction,) = await self._predict([form["image"][0].data], ["image"], windows)
+                return JSONResponse(prediction)
+            names = self._batch_names(len(form["images"]))
+            return JSONResponse(await self._predict([part.data for part in form["images"]], names, windows))
+        except InputProblem as problem:
+            return JSONResponse({"error": str(problem)}, status_code=problem.status)
+        except Overloaded as exc:
+            return _busy(exc)
+        except Exception:  # noqa: BLE001 - answered as BentoML answers an API's failure: logged, not shown
+            logger.exception("%s failed", route)
+            return JSONResponse({"error": "internal error: see the server's log"},
+                                status_code=HTTPStatus.INTERNAL_SERVER_ERROR)
+
+    def _batch_names(self, count: int) -> list[str]:
+        """How the uploads of a `/predict_batch` request are named in messages; refuses none or too many."""
+        if not count:
+            raise InputProblem("no images: send one or more files in form field 'images'")
+        if count > self.max_batch_images:
+            raise InputProblem(f"{count} images in one request; the limit is {self.max_batch_images}")
+        return [f"images[{i}]" for i in range(count)]
 
     @bentoml.api(route="/metadata")
     def metadata(self) -> Json:
@@ -286,46 +340,48 @@ class Classifier:
         body, media_type = self.model_cards[route]
         return Response(body, media_type=media_type)
 
-    async def _predict_files(self, paths: list[Path], names: list[str], windows: bool = False) -> list[dict[str, Any]]:
-        try:
-            if windows and not self.card.audio:
-                raise InputProblem("windows: only an audio model scores windows; this one takes whole inputs",
-                                   HTTPStatus.UNPROCESSABLE_ENTITY)
-            if self._decodes_inline(paths):
-                batch, counts, spans = self._prepare(paths, names)
-            else:
-                batch, counts, spans = await anyio.to_thread.run_sync(self._prepare, paths, names, limiter=self.decoding)
-        except InputProblem as problem:
-            raise _ERRORS.get(problem.status, BentoMLException)(
-                str(problem), error_code=problem.status
-            ) from None
+    async def _predict(self, uploads: list[bytes], names: list[str], windows: bool = False) -> list[dict[str, Any]]:
+        """The predictions of the uploads (files' bytes), in order. Raises InputProblem (a bad upload, named by
+        `names`) and Overloaded (no room to queue or decode now)."""
+        if windows and not self.card.audio:
+            raise InputProblem("windows: only an audio model scores windows; this one takes whole inputs",
+                               HTTPStatus.UNPROCESSABLE_ENTITY)
+        if self._decodes_inline(uploads):
+            batch, counts, spans = self._prepare(uploads, names)
+        else:
+            batch, counts, spans = await anyio.to_thread.run_sync(self._prepare, uploads, names, limiter=self.decoding)
         step = self.max_batch_size
-        parts = await asyncio.gather(*(self.batcher(batch[i : i + step]) for i in range(0, len(batch), step)))
-        rows = np.concatenate(parts)
+        if len(batch) <= step:  # one call: no task to gather
+            rows = await self.batcher(batch)
+        else:
+            rows = np.concatenate(await asyncio.gather(*(self.batcher(batch[i : i + step])
+                                                         for i in range(0, len(batch), step))))
         predictions = [to_prediction(row, self.card) for row in per_upload(rows, counts)]
         if windows:
             for prediction, end, n, span in zip(predictions, np.cumsum(counts), counts, spans, strict=True):
                 prediction["windows"] = window_scores(rows[end - n:end], span, self.card)
         return predictions
 
-    def _decodes_inline(self, paths: list[Path]) -> bool:
+    def _decodes_inline(self, uploads: list[bytes]) -> bool:
         """Whether these uploads are decoded on the event loop: small images (not clips or recordings),
         whose decode and preprocessing take less CPU than handing them to a thread and back."""
         if self.card.audio or self.card.preprocessing.clip:
             return False
-        return sum(p.stat().st_size for p in paths) <= INLINE_DECODE_BYTES
+        return sum(len(upload) for upload in uploads) <= INLINE_DECODE_BYTES
 
-    def _prepare(self, paths: list[Path], names: list[str]) -> tuple[np.ndarray, list[int], list[list[tuple[float, float]]]]:
+    def _prepare(self, uploads: list[bytes], names: list[str]) -> tuple[np.ndarray, list[int], list[list[tuple[float, float]]]]:
         """The network's batch, how many of its rows each upload has (a recording: its windows) and, for
-        recordings, each window's span in seconds. Each upload is read and decoded (an image also
-        preprocessed) before the next is read, so one decoded image at a time is alive, never a whole batch."""
-        uploads = ((read_upload(p, self.max_upload_bytes, n), n) for p, n in zip(paths, names, strict=True))
+        recordings, each window's span in seconds. Each upload is decoded (an image also preprocessed) before
+        the next, so one decoded image at a time is alive, never a whole batch."""
+        for upload, name in zip(uploads, names, strict=True):
+            if not upload:
+                raise InputProblem(f"{name}: the upload is empty")
         try:
             if self.card.audio:
-                recordings = [decode_recording(u, self.card, self.limits.max_seconds, n) for u, n in uploads]
+                recordings = [decode_recording(u, self.card, self.limits.max_seconds, n) for u, n in zip(uploads, names)]
                 return (*prepare_recordings(recordings, self.card), recording_spans(recordings, self.card))
             return np.stack([prepare_input(decode_upload(u, self.card, self.limits, n), self.card, n)
-                             for u, n in uploads]), [1] * len(paths), []
+                             for u, n in zip(uploads, names)]), [1] * len(uploads), []
         except MemoryError:
             raise Overloaded("not enough memory free to decode the upload now; retry later") from None
 
@@ -346,11 +402,24 @@ if (ALLOWED_HOSTS := read_allowed_hosts(os.environ.get(ALLOWED_HOSTS_ENV))) is n
     Classifier.add_asgi_middleware(OriginGuard, allowed=ALLOWED_HOSTS)  # type: ignore[attr-defined]
 Classifier.add_asgi_middleware(  # type: ignore[attr-defined]  # bentoml.service returns a Service
     UploadGuard,
+    answer=lambda route, form: bentoml.get_current_service().answer(route, form),
     max_bytes=SETTINGS.max_upload_bytes,
     max_buffered_bytes=SETTINGS.max_buffered_bytes,
     file_fields={"/predict": "image", "/predict_batch": "images"},
     get_routes=("/metadata", *CARD_ROUTES),
 )
+
+
+def _form_flag(form: Form, field: str) -> bool:
+    """A true/false text field of a form (absent: false); 400 for anything else."""
+    parts = form.get(field)
+    text = parts[0].data.decode("latin-1").strip().lower() if parts else "false"
+    if text not in _FLAGS:
+        raise InputProblem(f"{field}: expected true or false")
+    return _FLAGS[text]
+
+
+_FLAGS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
 def _busy(exc: Overloaded) -> JSONResponse:

@@ -100,7 +100,9 @@ def served(packaged: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
 
     port = find_free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MEDGATE_DATABASE_URL": url, API_KEY_ENV: API_KEY, "COLUMNS": "200"}
+    tmpdir = ws / "tmp"  # the server's own temporary directory, for tests to look into
+    tmpdir.mkdir()
+    env = {**os.environ, "MEDGATE_DATABASE_URL": url, API_KEY_ENV: API_KEY, "COLUMNS": "200", "TMPDIR": str(tmpdir)}
     log_path = ws / "serve.log"
     medgate = Path(sys.executable).with_name("medgate")
     started = time.perf_counter()
@@ -118,7 +120,8 @@ def served(packaged: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
         with httpx.Client(base_url=base, timeout=60, headers=AUTH) as client:
             yield {
                 "client": client, "base_url": base, "proc": proc, "sessions": sessions, "register": register,
-                "log": read_log, "ready_s": time.perf_counter() - started, "workspace": ws, **packaged,
+                "log": read_log, "ready_s": time.perf_counter() - started, "workspace": ws, "tmpdir": tmpdir,
+                **packaged,
             }  # fmt: skip
     finally:
         _stop_supervisor(proc, read_log)

@@ -164,8 +164,13 @@ def test_api_key_is_required_except_for_the_probes(served, headers, status):
         ({"files": {"image": ("v.npy", npy_bytes(np.zeros((6, 16, 16), np.float32)))}}, 422),
         ({"files": {"image": ("big.npy", b"\x93NUMPY" + b"0" * 300_000)}}, 413),
         ({"files": {"picture": ("a.npy", b"123")}}, 400),
+        ({"files": {"image": ("a.npy", b"")}}, 400),
+        ({"files": [("image", ("a.npy", npy_bytes(stored_image(seed=0)))), ("image", ("b.npy", b"x"))]}, 400),
+        ({"files": {"image": ("a.npy", npy_bytes(stored_image(seed=0)))}, "data": {"windows": "maybe"}}, 400),
+        ({"files": {"image": ("a.npy", npy_bytes(stored_image(seed=0)))}, "data": {"windows": "true"}}, 422),
     ],
-    ids=["json", "undecodable", "volume-to-2d-model", "too-big", "missing-field"],
+    ids=["json", "undecodable", "volume-to-2d-model", "too-big", "missing-field", "empty-file", "two-files",
+         "windows-not-a-flag", "windows-to-an-image-model"],
 )
 def test_malformed_request_gets_a_4xx_and_the_server_lives_on(served, request_kwargs, status):
     client = served["client"]
@@ -175,6 +180,17 @@ def test_malformed_request_gets_a_4xx_and_the_server_lives_on(served, request_kw
     assert client.get("/readyz").status_code == 200
     assert post_image(client, npy_bytes(stored_image(seed=0))).status_code == 200
     assert served["proc"].poll() is None
+
+
+def test_uploads_never_touch_the_servers_disk(served):
+    """The guard reads and parses uploads in memory: BentoML's own handling wrote each to a request folder
+    in the server's temporary directory (TMPDIR, set by the fixture)."""
+    client = served["client"]
+    image = npy_bytes(stored_image(seed=0))
+    assert post_image(client, image).status_code == 200
+    batch = client.post("/predict_batch", files=[("images", ("a.npy", image)), ("images", ("b.npy", image))])
+    assert batch.status_code == 200 and len(batch.json()) == 2
+    assert not list(served["tmpdir"].glob("bentoml-request-*"))
 
 
 @pytest.mark.parametrize("kind", FORGED)

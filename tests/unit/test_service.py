@@ -320,30 +320,29 @@ def test_a_npy_declaring_more_data_than_it_holds_is_400_before_allocating(svc, t
 
 
 def test_a_batch_is_decoded_and_preprocessed_one_image_at_a_time(svc, tmp_path):
-    paths = [write(tmp_path / f"{i}.png", png_bytes(grey_image(seed=i, size=512))) for i in range(24)]
-    names = [f"images[{i}]" for i in range(len(paths))]
+    uploads = [png_bytes(grey_image(seed=i, size=512)) for i in range(24)]
+    names = [f"images[{i}]" for i in range(len(uploads))]
 
     def peak_bytes(n: int) -> int:
         tracemalloc.start()
         try:
-            batch, counts, _ = svc._prepare(paths[:n], names[:n])
+            batch, counts, _ = svc._prepare(uploads[:n], names[:n])
             assert batch.shape == (n, 1, 16, 16) and counts == [1] * n
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
 
     peak_bytes(1)
-    one, all_of_them = peak_bytes(1), peak_bytes(len(paths))
+    one, all_of_them = peak_bytes(1), peak_bytes(len(uploads))
     # 24 decoded 512x512 images alive at once would be 6 MiB more than one of them.
     assert all_of_them < 1.5 * one, (one, all_of_them)
 
 
 def test_small_images_decode_on_the_event_loop_and_large_ones_in_a_thread(svc, service_module, tmp_path):
-    small = write(tmp_path / "small.png", png_bytes(grey_image()))
-    large = write(tmp_path / "large.npy", b"\0" * (service_module.INLINE_DECODE_BYTES + 1))
+    small, large = png_bytes(grey_image()), b"\0" * (service_module.INLINE_DECODE_BYTES + 1)
     assert svc._decodes_inline([small]) and not svc._decodes_inline([large])
-    assert not svc._decodes_inline([small] * (service_module.INLINE_DECODE_BYTES // small.stat().st_size + 1))
-    assert predict(svc, small)["label"] in svc.card.class_names
+    assert not svc._decodes_inline([small] * (service_module.INLINE_DECODE_BYTES // len(small) + 1))
+    assert predict(svc, write(tmp_path / "small.png", small))["label"] in svc.card.class_names
 
 
 def test_each_worker_bounds_its_requests_and_decodes(svc, service_module):
@@ -386,12 +385,17 @@ def test_the_guard_bounds_the_request_bytes_a_worker_holds():
     from services.guard import UploadGuard
 
     async def app(scope, receive, send):
-        await PlainTextResponse(str(guard.buffered))(scope, receive, send)
+        raise AssertionError("the guard answers the upload routes itself")
 
-    guard = UploadGuard(app, max_bytes=10_000, max_buffered_bytes=5_000, file_fields={"/predict": "image"})
+    async def answer(route, form):
+        return PlainTextResponse(f"{guard.buffered} {len(form['image'][0].data)}")
+
+    guard = UploadGuard(app, max_bytes=10_000, max_buffered_bytes=5_000, file_fields={"/predict": "image"},
+                        answer=answer)
     client = TestClient(guard)  # no lifespan: this app has none
     held = client.post("/predict", files={"image": ("a.npy", b"x" * 1_000)})
-    assert held.status_code == 200 and 1_000 < int(held.text) < 1_500  # the body, while it is served
+    buffered, upload = map(int, held.text.split())
+    assert held.status_code == 200 and 1_000 < buffered < 1_500 and upload == 1_000  # the body, while it is served
     assert guard.buffered == 0
     refused = client.post("/predict", files={"image": ("a.npy", b"x" * 6_000)})
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
