@@ -579,6 +579,65 @@ def test_batcher_never_waits_for_a_lone_client():
     assert gathers == 1  # only the first call after the burst waited
 
 
+def test_batcher_runs_short_batches_on_the_event_loop_and_long_ones_in_a_thread():
+    from services.batching import MicroBatcher
+
+    loop_thread, threads = threading.get_ident(), []
+
+    def network(batch: np.ndarray) -> np.ndarray:
+        threads.append((len(batch), threading.get_ident() == loop_thread))
+        time.sleep(0.001 * len(batch))  # 1 ms a row
+        return batch
+
+    async def main():
+        batcher = MicroBatcher(network, max_batch_size=64, max_latency_ms=10_000, inline_s=0.02)
+        for _ in range(3):
+            await batcher(np.zeros((1, 1)))
+        await batcher(np.zeros((64, 1)))  # about 64 ms expected: over inline_s
+        await batcher(np.zeros((1, 1)))
+
+    asyncio.run(main())
+    # The first call, with nothing learnt yet, in a thread; then short batches on the loop, the long one not.
+    assert threads == [(1, False), (1, True), (1, True), (64, False), (1, True)]
+
+
+def test_batcher_answers_an_inline_batchs_callers_before_running_the_next():
+    from services.batching import MicroBatcher
+
+    answered, seen = set(), []
+
+    def network(batch: np.ndarray) -> np.ndarray:
+        seen.append(sorted(answered))
+        return batch
+
+    async def main():
+        batcher = MicroBatcher(network, max_batch_size=2, max_latency_ms=10_000, inline_s=1.0)
+        await batcher(np.zeros((1, 1)))  # learns that a call is short
+        answered.clear()
+
+        async def client(i: int) -> None:
+            await batcher(np.array([[float(i)]]))
+            answered.add(i)
+
+        await asyncio.gather(*(client(i) for i in range(4)))
+
+    asyncio.run(main())
+    assert seen[1:] == [[], [0, 1]]  # clients 0 and 1 had their answers before the batch of 2 and 3 ran
+
+
+def test_inline_forward_only_where_no_cpu_is_free_beside_the_workers(service_module, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setattr(service_module.os, "sched_getaffinity", lambda pid: set(range(4)))
+    settings = service_module.SETTINGS
+    inline = service_module.inline_forward_s
+    assert inline(replace(settings, api_workers=0, torch_threads=1), "cpu") == service_module.INLINE_FORWARD_S
+    assert inline(replace(settings, api_workers=2, torch_threads=2), "cpu") == service_module.INLINE_FORWARD_S
+    assert inline(replace(settings, api_workers=1, torch_threads=0), "cpu") == service_module.INLINE_FORWARD_S
+    assert inline(replace(settings, api_workers=2, torch_threads=1), "cpu") == 0  # 2 CPUs free for the loops
+    assert inline(replace(settings, api_workers=0, torch_threads=1), "cuda") == 0  # the loop runs beside the GPU
+
+
 def test_batcher_fails_only_the_callers_of_a_failing_batch():
     from services.batching import MicroBatcher
 
