@@ -1,6 +1,7 @@
 """The framework floor for benchmarks/serving.py: a BentoML service with the medgate `/predict` signature
 (one multipart file upload, a JSON answer) that does no work, so its cost per request is BentoML's,
-uvicorn's and HTTP's alone. Served from this folder with `bentoml serve floor_service:Floor`."""
+uvicorn's and HTTP's alone: BentoML's own handling of the route (a multipart parse into a temporary file
+and a pydantic model), which medgate's upload routes skip (services.guard). Served from this folder with `bentoml serve floor_service:Floor`."""
 
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ In one run it measures
 - `/predict_batch` with `--batch-images` images per request at concurrency 8, in images per second;
 - with `--via-supervisor`, the same levels again through `medgate serve`'s reloading proxy;
 - the framework floor: `benchmarks/floor_service.py`, a BentoML service with the same upload signature
-  and worker count that does no work, at concurrency 1 and 32: the most any BentoML service can serve
-  here, whatever its model (`--no-floor` skips it);
+  and worker count that does no work, at concurrency 1 and 32: what BentoML's own handling of such a
+  route costs (medgate's upload routes skip it: services.guard) (`--no-floor` skips it);
 - the hand-written baseline: `benchmarks/fastapi_baseline.py`, FastAPI + uvicorn serving the same
   network one image per request with one worker per CPU and the Bento's intra-op threads, at
   concurrency 1 and 32, and with one worker at concurrency 1 (`fastapi-1w`: uvicorn's multi-worker

@@ -165,8 +165,8 @@ def inline_forward_s(settings: ServingSettings, device_type: str) -> float:
     """MicroBatcher's `inline_s`: INLINE_FORWARD_S on a CPU server whose workers' forward passes use every CPU
     it may use, else 0. A worker thread lets the event loop read requests while the network computes only
     where a CPU (or a GPU) is free to compute meanwhile; without one, the forward pass on the event loop
-    itself costs less: 0.06 server CPU-ms per request at concurrency 32 and 0.7 at concurrency 1, and 1 ms
-    of p50 at concurrency 1 (the default network, benchmarks/serving.py's stand-in, 2 CPUs)."""
+    itself costs less: 0.06-0.10 server CPU-ms per request at concurrency 32 and 0.4-1.0 ms of p50 at
+    concurrency 1 (the default network, benchmarks/serving.py's stand-in, 2 CPUs; two interleaved A/B runs)."""
     cpus = len(os.sched_getaffinity(0))
     busy = worker_count(settings) * (settings.torch_threads or cpus) >= cpus
     return INLINE_FORWARD_S if device_type == "cpu" and busy else 0.0
