@@ -110,12 +110,17 @@ def test_requests_make_no_tracing_spans_unless_asked(served):
     assert "x-bentoml-request-id" not in resp.headers
 
 
-def test_metrics_count_the_batchers_forward_passes(served):
+def test_metrics_count_the_requests_and_the_batchers_forward_passes(served):
     assert post_image(served["client"], npy_bytes(stored_image(seed=5))).status_code == 200
     metrics = served["client"].get("/metrics")
     assert metrics.status_code == 200
     counts = [float(line.split()[-1]) for line in metrics.text.splitlines() if line.startswith("medgate_batch_size_count")]
     assert counts and sum(counts) >= 1, metrics.text[:2000]
+    # BentoML's own request metrics sit outside the guard that answers /predict: they count it too.
+    answered = [float(line.split()[-1]) for line in metrics.text.splitlines()
+                if line.startswith("bentoml_service_request_total{") and 'endpoint="/predict"' in line
+                and 'http_response_code="200"' in line]
+    assert answered and sum(answered) >= 1, metrics.text[:2000]
 
 
 def test_batch_metadata_and_model_card_over_http(served):
