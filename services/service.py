@@ -271,7 +271,7 @@ class Classifier:
         try:
             (prediction,) = await self._predict([read_upload(image, self.max_upload_bytes)], ["image"], windows)
         except InputProblem as problem:
-            raise _ERRORS.get(problem.status, BentoMLException)(str(problem), error_code=problem.status) from None
+            raise _as_bentoml(problem) from None
         except Overloaded as exc:
             return _busy(exc)  # type: ignore[return-value]  # BentoML sends a Response as it is
         return prediction
@@ -284,7 +284,7 @@ class Classifier:
             uploads = [read_upload(path, self.max_upload_bytes, name) for path, name in zip(images, names)]
             return await self._predict(uploads, names, windows)
         except InputProblem as problem:
-            raise _ERRORS.get(problem.status, BentoMLException)(str(problem), error_code=problem.status) from None
+            raise _as_bentoml(problem) from None
         except Overloaded as exc:
             return _busy(exc)  # type: ignore[return-value]
 
@@ -408,6 +408,11 @@ Classifier.add_asgi_middleware(  # type: ignore[attr-defined]  # bentoml.service
     file_fields={"/predict": "image", "/predict_batch": "images"},
     get_routes=("/metadata", *CARD_ROUTES),
 )
+
+
+def _as_bentoml(problem: InputProblem) -> BentoMLException:
+    """A bad upload as the BentoML error of its status, for in-process callers of the API methods."""
+    return _ERRORS.get(problem.status, BentoMLException)(str(problem), error_code=problem.status)
 
 
 def _form_flag(form: Form, field: str) -> bool:
