@@ -1,7 +1,8 @@
 """The framework floor for benchmarks/serving.py: a BentoML service with the medgate `/predict` signature
 (one multipart file upload, a JSON answer) that does no work, so its cost per request is BentoML's,
 uvicorn's and HTTP's alone: BentoML's own handling of the route (a multipart parse into a temporary file
-and a pydantic model), which medgate's upload routes skip (services.guard). Served from this folder with `bentoml serve floor_service:Floor`."""
+and a pydantic model), which medgate's upload routes skip (services.guard). Served from this folder with
+`bentoml serve floor_service:Floor`."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ Json = Annotated[dict[str, Any], ContentType("application/json")]
 WORKERS_ENV = "MEDGATE_FLOOR_WORKERS"
 
 
-# Untraced as medgate's service is by default: the floor is the least any BentoML service can cost.
+# Untraced as medgate's service is by default: the floor is the least BentoML's own route handling costs.
 @bentoml.service(name="medgate_floor", workers=int(os.environ.get(WORKERS_ENV, "1")), traffic={"timeout": 60}, tracing=UNTRACED)
 class Floor:
     @bentoml.api

@@ -40,9 +40,9 @@ class MicroBatcher:
         observe: called with each batch's size (the service's metric of it).
         inline_s: a batch expected (from the calls so far) to take at most this long runs on the event loop
             itself, not in a worker thread; 0: every batch runs in a thread. Where no CPU is free to run the
-            event loop beside the computation (a CPU server with its CPUs already shared among its workers' forward passes), the
-            thread buys no overlap, only its costs: handing the batch over and back, and the GIL passed
-            between the two threads at every layer of the network (see services.service).
+            event loop beside the computation (a CPU server whose CPUs its workers' forward passes already
+            share), the thread buys no overlap, only its costs: handing the batch over and back, and the GIL
+            passed between the two threads at every layer (see ServingSettings.inline_forward_s).
     """
 
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_latency_ms: float,

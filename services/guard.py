@@ -104,10 +104,9 @@ class UploadGuard:
         path = scope["path"]
         if scope["method"] == "GET" and path in self.get_routes:
             scope = {**scope, "method": "POST"}
-        send = _unwrap_error_body(send)
         field = self.file_fields.get(path)
-        if field is None or scope["method"] != "POST":
-            await self.app(scope, receive, send)
+        if field is None or scope["method"] != "POST":  # BentoML answers: its 4xx bodies need unwrapping
+            await self.app(scope, receive, _unwrap_error_body(send))
             return
 
         headers = Headers(scope=scope)

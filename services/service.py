@@ -22,7 +22,7 @@ handling (temporary files, a pydantic model), which cost more CPU per request th
 Uploads are decoded and preprocessed with the training code (`components.ml.transforms.preprocess`),
 then the network runs behind `services.batching.MicroBatcher`: concurrent requests of a worker share
 forward passes, and a request that finds the network idle runs at once (on a CPU server, a short batch
-runs on the event loop itself: `inline_forward_s`). (BentoML's own batcher sits
+runs on the event loop itself: `ServingSettings.inline_forward_s`). (BentoML's own batcher sits
 behind an HTTP route; reaching it from `/predict` costs a JSON round trip of every image or a second
 process, measured at 11.6 and 9.2 CPU-ms per request against 6.3 for this; see benchmarks/serving.py.)
 
@@ -106,9 +106,6 @@ CARD_ROUTES = {"/model_card": (CARD_HTML, "text/html"), "/model_card.md": (CARD_
 # decodes in tenths of a millisecond, less than a round trip through a worker thread, and the decode
 # limits bound even a small file's decoded size (benchmarks/serving.py measures the effect).
 INLINE_DECODE_BYTES = 256 * 1024
-# Longest a batch expected to take may run on the event loop (MicroBatcher's inline_s): probes and new
-# requests wait for it meanwhile.
-INLINE_FORWARD_S = 0.02
 logger = logging.getLogger("medgate.service")
 
 
@@ -156,31 +153,10 @@ def read_api_key() -> str:
     return key
 
 
-def batch_limit(settings: ServingSettings, device_type: str) -> int:
-    """Most images per forward pass: `gpu_max_batch_size` on a GPU, `max_batch_size` on a CPU."""
-    return settings.gpu_max_batch_size if device_type == "cuda" else settings.max_batch_size
-
-
-def inline_forward_s(settings: ServingSettings, device_type: str) -> float:
-    """MicroBatcher's `inline_s`: INLINE_FORWARD_S on a CPU server whose workers' forward passes use every CPU
-    it may use, else 0. A worker thread lets the event loop read requests while the network computes only
-    where a CPU (or a GPU) is free to compute meanwhile; without one, the forward pass on the event loop
-    itself costs less: 0.06-0.10 server CPU-ms per request at concurrency 32 and 0.4-1.0 ms of p50 at
-    concurrency 1 (the default network, benchmarks/serving.py's stand-in, 2 CPUs; two interleaved A/B runs)."""
-    cpus = len(os.sched_getaffinity(0))
-    busy = worker_count(settings) * (settings.torch_threads or cpus) >= cpus
-    return INLINE_FORWARD_S if device_type == "cpu" and busy else 0.0
-
-
-def worker_count(settings: ServingSettings) -> int:
-    """`api_workers`, where 0 means one per CPU this server may use (its affinity, not the host's count)."""
-    return settings.api_workers or len(os.sched_getaffinity(0))
-
-
 SETTINGS = resolve_settings()
 PARENT = os.getppid()  # in a worker, its server's supervising process, read as early as can be
 API_KEY = read_api_key()
-WORKERS = worker_count(SETTINGS)
+WORKERS = SETTINGS.workers()
 _ERRORS = {HTTPStatus.BAD_REQUEST: BadInput, HTTPStatus.UNPROCESSABLE_ENTITY: UnprocessableEntity}
 # Declared, so that BentoML does not derive the media type from a JSON schema it builds for every answer.
 Json = Annotated[dict[str, Any], ContentType("application/json")]
@@ -221,9 +197,9 @@ class Classifier:
         # image (the default network: 8-12% at batch sizes 1-64, one thread).
         example = torch.randn((2, *SETTINGS.input_shape), generator=torch.Generator().manual_seed(0)).to(self.device)
         self.network, folded = folded_for_inference(network.to(self.device), example)
-        self.max_batch_size = batch_limit(SETTINGS, self.device.type)
+        self.max_batch_size = SETTINGS.batch_limit(self.device.type)
         self.batcher = MicroBatcher(self._forward, self.max_batch_size, SETTINGS.max_latency_ms, BATCH_SIZES.observe,
-                                    inline_forward_s(SETTINGS, self.device.type))
+                                    SETTINGS.inline_forward_s(self.device.type))
         # Warm up before /readyz answers, not in the first requests: a decode of each in-memory-made format
         # (their libraries initialise lazily, and the first requests arrive on several threads at once), one forward pass.
         _warm_up_decoders()
@@ -511,11 +487,11 @@ def _describe(
         "serving": {
             "device": device_type,
             "batchnorm_folded": batchnorm_folded,
-            "max_batch_size": batch_limit(settings, device_type),
+            "max_batch_size": settings.batch_limit(device_type),
             "max_latency_ms": settings.max_latency_ms,
             "max_upload_bytes": settings.max_upload_bytes,
             "max_batch_images": settings.max_batch_images,
-            "api_workers": worker_count(settings),
+            "api_workers": settings.workers(),
             "api_key_required": bool(API_KEY),
         },
         "extra": {k: v for k, v in metadata.items() if k not in shown},

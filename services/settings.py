@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ PINNED_SETTINGS_FILE = Path(__file__).with_name(MODEL_REF_FILE)
 # false): with no exporter configured, medgate's offline default, its spans went nowhere, yet cost about a
 # fifth of a small request's CPU (1.9 against 1.5 CPU-ms at concurrency 32, benchmarks/serving.py).
 UNTRACED = {"excluded_urls": [".*"]}
+# Longest a batch expected to take may run on the event loop (MicroBatcher's inline_s): probes and new
+# requests wait for it meanwhile.
+INLINE_FORWARD_S = 0.02
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +91,24 @@ class ServingSettings:
         if self.max_buffered_bytes < self.max_upload_bytes:
             raise ValueError(f"serve settings: max_buffered_bytes ({self.max_buffered_bytes}) is below max_upload_bytes "
                              f"({self.max_upload_bytes}): no upload at the limit could be read")
+
+    def workers(self) -> int:
+        """`api_workers`, where 0 means one per CPU this server may use (its affinity, not the host's count)."""
+        return self.api_workers or len(os.sched_getaffinity(0))
+
+    def batch_limit(self, device_type: str) -> int:
+        """Most images per forward pass: `gpu_max_batch_size` on a GPU, `max_batch_size` on a CPU."""
+        return self.gpu_max_batch_size if device_type == "cuda" else self.max_batch_size
+
+    def inline_forward_s(self, device_type: str) -> float:
+        """MicroBatcher's `inline_s`: INLINE_FORWARD_S on a CPU server whose workers' forward passes use every
+        CPU it may use, else 0. A worker thread lets the event loop read requests while the network computes
+        only where a CPU (or a GPU) is free to compute meanwhile; without one, the forward pass on the event
+        loop itself costs less: 0.06-0.10 server CPU-ms per request at concurrency 32 and 0.4-1.0 ms of p50 at
+        concurrency 1 (the default network, benchmarks/serving.py's stand-in, 2 CPUs; two interleaved A/B runs)."""
+        cpus = len(os.sched_getaffinity(0))
+        busy = self.workers() * (self.torch_threads or cpus) >= cpus
+        return INLINE_FORWARD_S if device_type == "cpu" and busy else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "input_shape": list(self.input_shape)}

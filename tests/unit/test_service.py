@@ -628,14 +628,15 @@ def test_batcher_answers_an_inline_batchs_callers_before_running_the_next():
 def test_inline_forward_only_where_no_cpu_is_free_beside_the_workers(service_module, monkeypatch):
     from dataclasses import replace
 
-    monkeypatch.setattr(service_module.os, "sched_getaffinity", lambda pid: set(range(4)))
+    from services.settings import INLINE_FORWARD_S
+
+    monkeypatch.setattr("services.settings.os.sched_getaffinity", lambda pid: set(range(4)))
     settings = service_module.SETTINGS
-    inline = service_module.inline_forward_s
-    assert inline(replace(settings, api_workers=0, torch_threads=1), "cpu") == service_module.INLINE_FORWARD_S
-    assert inline(replace(settings, api_workers=2, torch_threads=2), "cpu") == service_module.INLINE_FORWARD_S
-    assert inline(replace(settings, api_workers=1, torch_threads=0), "cpu") == service_module.INLINE_FORWARD_S
-    assert inline(replace(settings, api_workers=2, torch_threads=1), "cpu") == 0  # 2 CPUs free for the loops
-    assert inline(replace(settings, api_workers=0, torch_threads=1), "cuda") == 0  # the loop runs beside the GPU
+    assert replace(settings, api_workers=0, torch_threads=1).inline_forward_s("cpu") == INLINE_FORWARD_S
+    assert replace(settings, api_workers=2, torch_threads=2).inline_forward_s("cpu") == INLINE_FORWARD_S
+    assert replace(settings, api_workers=1, torch_threads=0).inline_forward_s("cpu") == INLINE_FORWARD_S
+    assert replace(settings, api_workers=2, torch_threads=1).inline_forward_s("cpu") == 0  # 2 CPUs free for the loops
+    assert replace(settings, api_workers=0, torch_threads=1).inline_forward_s("cuda") == 0  # the loop runs beside the GPU
 
 
 def test_batcher_fails_only_the_callers_of_a_failing_batch():
